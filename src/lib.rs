@@ -1,0 +1,26 @@
+//! vmq: a VM-queue I/O dataplane for KVM.
+//!
+//! Virtio split-ring queues in guest memory carry messages between guest VMs; a host-side switch
+//! spreads requests across backend VM queues by weighted health and fails over, losing nothing,
+//! when a VM stops draining its queue.
+//!
+//! Data flows one way through the modules: CLI -> [`vmm`] / event loop -> [`switch`] ->
+//! [`device`] / [`transport`] -> [`ring`] / [`wire`].
+//!
+//! Built with `default-features = false`, only the `no_std` modules [`wire`] and [`ring`] remain;
+//! guest images use the crate that way.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![deny(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod ring;
+pub mod wire;
+
+#[cfg(feature = "std")]
+pub mod device;
+#[cfg(feature = "std")]
+pub mod switch;
+#[cfg(feature = "std")]
+pub mod transport;
+#[cfg(feature = "std")]
+pub mod vmm;

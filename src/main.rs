@@ -1,0 +1,2 @@
+//! The `vmq` command line.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The switch: router, health, balancing policies, failover, in-flight table, stats.

@@ -1,0 +1,1 @@
+//! virtio-mmio v2 register emulation.
