@@ -1,0 +1,514 @@
+//! [`DevicePort`]: one VM's rx and tx queues, device side.
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use virtio_queue::{Error as QueueError, Queue, QueueOwnedT, QueueT};
+
+use super::chain::{self, ChainError, Seg};
+use super::DeviceError;
+use crate::wire::{MsgHeader, Status, HEADER_SIZE};
+
+/// Index of the rx queue: the device writes deliveries into buffers the guest posts here.
+pub const RX_QUEUE: u16 = 0;
+/// Index of the tx queue: the guest posts messages here for the device to read.
+pub const TX_QUEUE: u16 = 1;
+
+/// A message chain popped from a tx queue and validated.
+///
+/// The chain stays in guest memory, owned by the device, until [`DevicePort::complete_tx`]
+/// returns it; its payload is read from there ([`TxChain::payload`]) as often as needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxChain {
+    /// Head descriptor index (what goes back on the used ring).
+    pub head: u16,
+    /// The validated header (its `src` is whatever the guest wrote; the switch restamps it).
+    pub header: MsgHeader,
+    /// Readable bytes in the chain (header + payload + any slack).
+    pub total: u32,
+    desc_table: u64,
+    qsize: u16,
+}
+
+impl TxChain {
+    /// The payload, read from `mem` (the memory of the port it was popped from).
+    pub fn payload<'a, M>(&self, mem: &'a M) -> Payload<'a, M>
+    where
+        M: GuestMemoryBackend + ?Sized,
+    {
+        Payload::Chain {
+            mem,
+            desc_table: self.desc_table,
+            qsize: self.qsize,
+            head: self.head,
+            len: self.header.len(),
+        }
+    }
+}
+
+/// Where the payload of a delivery comes from.
+pub enum Payload<'a, M: ?Sized> {
+    /// Bytes on the host (messages the switch makes itself).
+    Bytes(&'a [u8]),
+    /// The payload of a held tx chain in another (or the same) port's memory.
+    Chain {
+        /// That port's memory.
+        mem: &'a M,
+        /// Its tx descriptor table.
+        desc_table: u64,
+        /// Its tx queue size.
+        qsize: u16,
+        /// The chain head.
+        head: u16,
+        /// Payload length (from the validated header).
+        len: u32,
+    },
+}
+
+impl<M: ?Sized> Payload<'_, M> {
+    /// Payload length in bytes.
+    pub fn len(&self) -> u32 {
+        match self {
+            Self::Bytes(b) => b.len() as u32,
+            Self::Chain { len, .. } => *len,
+        }
+    }
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a delivery did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliverError {
+    /// The destination has no rx buffer posted: back-pressure, try later.
+    NoBuffer,
+    /// The destination port broke the protocol (and is now marked broken).
+    Dest(DeviceError),
+    /// The source chain changed under us and no longer walks (the source broke the protocol).
+    Source(ChainError),
+}
+
+/// Per-port counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortCounters {
+    /// Chains popped from tx.
+    pub tx_chains: u64,
+    /// Bytes of header + payload popped from tx.
+    pub tx_bytes: u64,
+    /// Deliveries written into rx.
+    pub rx_chains: u64,
+    /// Bytes written into rx.
+    pub rx_bytes: u64,
+    /// Deliveries that found no rx buffer.
+    pub rx_no_buffer: u64,
+    /// Deliveries cut to a header because the rx buffer was too small.
+    pub rx_too_small: u64,
+    /// Guest notifications (interrupts) the port asked for.
+    pub notifies: u64,
+    /// Guest notifications EVENT_IDX suppressed.
+    pub notifies_suppressed: u64,
+    /// Protocol faults by the guest (bad chains, bad headers, index jumps).
+    pub faults: u64,
+}
+
+/// One VM's port: its rx and tx virtqueues over its guest memory, seen from the device.
+pub struct DevicePort<M> {
+    mem: M,
+    rx: Queue,
+    tx: Queue,
+    rx_segs: Vec<Seg>,
+    broken: bool,
+    counters: PortCounters,
+}
+
+impl<M: GuestMemoryBackend> DevicePort<M> {
+    /// A port over queues the driver has configured and made ready.
+    pub fn new(mem: M, rx: Queue, tx: Queue) -> Result<Self, DeviceError> {
+        for (q, queue) in [(RX_QUEUE, &rx), (TX_QUEUE, &tx)] {
+            if !queue.ready() {
+                return Err(DeviceError::NotReady { queue: q });
+            }
+            if !queue.is_valid(&mem) {
+                return Err(DeviceError::Ring {
+                    queue: q,
+                    reason: "descriptor table, avail or used ring outside guest memory or misaligned"
+                        .into(),
+                });
+            }
+        }
+        let rx_segs = Vec::with_capacity(rx.size() as usize);
+        Ok(Self {
+            mem,
+            rx,
+            tx,
+            rx_segs,
+            broken: false,
+            counters: PortCounters::default(),
+        })
+    }
+
+    /// The port's guest memory.
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+    /// Counters so far.
+    pub fn counters(&self) -> PortCounters {
+        self.counters
+    }
+    /// Whether a guest fault has marked the port broken (DEVICE_NEEDS_RESET).
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+    /// The rx queue.
+    pub fn rx_queue(&self) -> &Queue {
+        &self.rx
+    }
+    /// The tx queue.
+    pub fn tx_queue(&self) -> &Queue {
+        &self.tx
+    }
+
+    fn fault(&mut self, e: DeviceError) -> DeviceError {
+        self.broken = true;
+        self.counters.faults += 1;
+        e
+    }
+
+    fn queue_error(&mut self, queue: u16, e: QueueError) -> DeviceError {
+        let err = match e {
+            QueueError::InvalidAvailRingIndex => DeviceError::AvailIndexJump { queue },
+            QueueError::QueueNotReady => DeviceError::NotReady { queue },
+            other => DeviceError::Ring {
+                queue,
+                reason: other.to_string(),
+            },
+        };
+        self.fault(err)
+    }
+
+    /// Pops the next message from the tx queue, walks and validates its chain and header.
+    ///
+    /// Returns `Ok(None)` when the queue is empty. Any guest fault marks the port broken.
+    pub fn pop_tx(&mut self) -> Result<Option<TxChain>, DeviceError> {
+        if self.broken {
+            return Err(DeviceError::Broken);
+        }
+        let next = match self.tx.iter(&self.mem) {
+            Ok(mut it) => it.next(),
+            Err(e) => return Err(self.queue_error(TX_QUEUE, e)),
+        };
+        let Some(dc) = next else {
+            return Ok(None);
+        };
+        let head = dc.head_index();
+        let desc_table = self.tx.desc_table();
+        let qsize = self.tx.size();
+        let mut raw = [0u8; HEADER_SIZE];
+        let mut filled = 0usize;
+        let mem = &self.mem;
+        let walked = chain::walk(mem, desc_table, qsize, head, false, |seg| {
+            if filled < HEADER_SIZE {
+                let n = (seg.len as usize).min(HEADER_SIZE - filled);
+                // The walker checked the range; a failure here can only be a concurrent
+                // unmap, which leaves `filled` short and fails header parsing below.
+                if mem
+                    .read_slice(&mut raw[filled..filled + n], GuestAddress(seg.addr))
+                    .is_ok()
+                {
+                    filled += n;
+                }
+            }
+        });
+        let total = match walked {
+            Ok(t) => t,
+            Err(e) => return Err(self.fault(e.into())),
+        };
+        let header = match MsgHeader::parse(&raw[..filled], (total as usize).saturating_sub(HEADER_SIZE)) {
+            Ok(h) => h,
+            Err(e) => return Err(self.fault(e.into())),
+        };
+        self.counters.tx_chains += 1;
+        self.counters.tx_bytes += HEADER_SIZE as u64 + header.len() as u64;
+        Ok(Some(TxChain {
+            head,
+            header,
+            total,
+            desc_table,
+            qsize,
+        }))
+    }
+
+    /// Returns a tx chain to the guest (used ring, length 0: the device wrote nothing).
+    pub fn complete_tx(&mut self, head: u16) -> Result<(), DeviceError> {
+        if self.broken {
+            return Err(DeviceError::Broken);
+        }
+        self.tx
+            .add_used(&self.mem, head, 0)
+            .map_err(|e| self.queue_error(TX_QUEUE, e))
+    }
+
+    /// Rx buffers the guest has posted and the device has not used yet.
+    pub fn rx_buffers_available(&self) -> u16 {
+        self.rx
+            .avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire)
+            .map(|idx| (idx - std::num::Wrapping(self.rx.next_avail())).0)
+            .unwrap_or(0)
+    }
+
+    /// The guest's rx avail index: it moves each time the guest re-posts a buffer, i.e. each
+    /// time it consumes a delivery. A backend whose index stands still while work waits for it
+    /// has stopped draining.
+    pub fn rx_consumer_index(&self) -> u16 {
+        self.rx
+            .avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire)
+            .map(|w| w.0)
+            .unwrap_or(0)
+    }
+
+    /// Writes `header` and `payload` into the next rx buffer the guest posted and puts it on
+    /// the used ring. Returns the bytes written.
+    ///
+    /// If the buffer cannot hold the message, only the header goes in, with status
+    /// [`Status::TooLarge`] and length 0 (the caller learns it from the returned `false`).
+    pub fn deliver<S>(
+        &mut self,
+        header: &MsgHeader,
+        payload: &Payload<'_, S>,
+    ) -> Result<(u32, bool), DeliverError>
+    where
+        S: GuestMemoryBackend + ?Sized,
+    {
+        if self.broken {
+            return Err(DeliverError::Dest(DeviceError::Broken));
+        }
+        let next = match self.rx.iter(&self.mem) {
+            Ok(mut it) => it.next(),
+            Err(e) => return Err(DeliverError::Dest(self.queue_error(RX_QUEUE, e))),
+        };
+        let Some(dc) = next else {
+            self.counters.rx_no_buffer += 1;
+            return Err(DeliverError::NoBuffer);
+        };
+        let head = dc.head_index();
+        self.rx_segs.clear();
+        let segs = &mut self.rx_segs;
+        let walked = chain::walk(
+            &self.mem,
+            self.rx.desc_table(),
+            self.rx.size(),
+            head,
+            true,
+            |s| segs.push(s),
+        );
+        let capacity = match walked {
+            Ok(c) => c as u64,
+            Err(e) => return Err(DeliverError::Dest(self.fault(e.into()))),
+        };
+        let needed = HEADER_SIZE as u64 + payload.len() as u64;
+        let fits = capacity >= needed;
+        let mut w = ChainWriter::new(&self.mem, &self.rx_segs);
+        let written = if fits {
+            w.write(&header.to_bytes());
+            match payload {
+                Payload::Bytes(b) => w.write(b),
+                Payload::Chain {
+                    mem,
+                    desc_table,
+                    qsize,
+                    head: src_head,
+                    len,
+                } => {
+                    let mut skip = HEADER_SIZE as u64;
+                    let mut left = *len as u64;
+                    let r = chain::walk(*mem, *desc_table, *qsize, *src_head, false, |s| {
+                        let mut addr = s.addr;
+                        let mut n = s.len as u64;
+                        let k = skip.min(n);
+                        skip -= k;
+                        addr += k;
+                        n -= k;
+                        let n = n.min(left);
+                        if n > 0 {
+                            w.copy_from(*mem, addr, n);
+                            left -= n;
+                        }
+                    });
+                    if let Err(e) = r {
+                        // Undo the pop: the rx buffer is still the guest's to use.
+                        self.rx.go_to_previous_position();
+                        return Err(DeliverError::Source(e));
+                    }
+                    if left > 0 {
+                        self.rx.go_to_previous_position();
+                        return Err(DeliverError::Source(ChainError::BufferOutOfRange {
+                            addr: 0,
+                            len: *len,
+                        }));
+                    }
+                }
+            }
+            needed as u32
+        } else {
+            self.counters.rx_too_small += 1;
+            let mut h = *header;
+            h.set_len(0);
+            h.set_status(Status::TooLarge);
+            if capacity >= HEADER_SIZE as u64 {
+                w.write(&h.to_bytes());
+                HEADER_SIZE as u32
+            } else {
+                0
+            }
+        };
+        if let Err(e) = self.rx.add_used(&self.mem, head, written) {
+            return Err(DeliverError::Dest(self.queue_error(RX_QUEUE, e)));
+        }
+        self.counters.rx_chains += 1;
+        self.counters.rx_bytes += written as u64;
+        Ok((written, fits))
+    }
+
+    /// After a batch of [`DevicePort::deliver`]s: whether the guest asked to be notified about
+    /// its rx queue (EVENT_IDX `used_event`).
+    pub fn rx_needs_notification(&mut self) -> bool {
+        self.needs_notification(RX_QUEUE)
+    }
+
+    /// After a batch of [`DevicePort::complete_tx`]s: whether the guest asked to be notified
+    /// about its tx queue.
+    pub fn tx_needs_notification(&mut self) -> bool {
+        self.needs_notification(TX_QUEUE)
+    }
+
+    fn needs_notification(&mut self, q: u16) -> bool {
+        let queue = if q == RX_QUEUE { &mut self.rx } else { &mut self.tx };
+        let r = queue.needs_notification(&self.mem).unwrap_or(true);
+        if r {
+            self.counters.notifies += 1;
+        } else {
+            self.counters.notifies_suppressed += 1;
+        }
+        r
+    }
+
+    /// Asks the guest to kick when it adds to `queue` (before the device sleeps). Returns
+    /// whether entries are already waiting, in which case the device should not sleep.
+    pub fn enable_kicks(&mut self, queue: u16) -> Result<bool, DeviceError> {
+        let (q, mem) = if queue == RX_QUEUE {
+            (&mut self.rx, &self.mem)
+        } else {
+            (&mut self.tx, &self.mem)
+        };
+        q.enable_notification(mem)
+            .map_err(|e| DeviceError::Ring {
+                queue,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Tells the guest not to kick for `queue` (the device is polling it).
+    pub fn disable_kicks(&mut self, queue: u16) -> Result<(), DeviceError> {
+        let (q, mem) = if queue == RX_QUEUE {
+            (&mut self.rx, &self.mem)
+        } else {
+            (&mut self.tx, &self.mem)
+        };
+        q.disable_notification(mem).map_err(|e| DeviceError::Ring {
+            queue,
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Writes bytes across the writable buffers of an rx chain, in order.
+struct ChainWriter<'a, M: ?Sized> {
+    mem: &'a M,
+    segs: &'a [Seg],
+    seg: usize,
+    off: u64,
+}
+
+impl<'a, M: GuestMemoryBackend + ?Sized> ChainWriter<'a, M> {
+    fn new(mem: &'a M, segs: &'a [Seg]) -> Self {
+        Self {
+            mem,
+            segs,
+            seg: 0,
+            off: 0,
+        }
+    }
+
+    /// The next span of the current buffer, at most `max` bytes.
+    fn span(&mut self, max: u64) -> Option<(u64, u64)> {
+        while let Some(s) = self.segs.get(self.seg) {
+            let room = s.len as u64 - self.off;
+            if room > 0 {
+                let n = room.min(max);
+                let addr = s.addr + self.off;
+                self.off += n;
+                return Some((addr, n));
+            }
+            self.seg += 1;
+            self.off = 0;
+        }
+        None
+    }
+
+    fn write(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let Some((addr, n)) = self.span(data.len() as u64) else {
+                return;
+            };
+            let (now, rest) = data.split_at(n as usize);
+            // Ranges were checked by the walker; see `copy_from` for why errors are ignored.
+            let _ = self.mem.write_slice(now, GuestAddress(addr));
+            data = rest;
+        }
+    }
+
+    fn copy_from<S: GuestMemoryBackend + ?Sized>(&mut self, src: &S, mut addr: u64, mut len: u64) {
+        while len > 0 {
+            let Some((dst, n)) = self.span(len) else {
+                return;
+            };
+            copy_guest(src, addr, self.mem, dst, n as usize);
+            addr += n;
+            len -= n;
+        }
+    }
+}
+
+/// Copies `len` bytes from `src` memory at `from` to `dst` memory at `to`, both ranges already
+/// checked to lie in their memories (so a failure cannot happen short of a concurrent unmap,
+/// and then the copy stops short, writing nothing outside either memory).
+fn copy_guest<S, D>(src: &S, from: u64, dst: &D, to: u64, len: usize)
+where
+    S: GuestMemoryBackend + ?Sized,
+    D: GuestMemoryBackend + ?Sized,
+{
+    // Fast path: both ranges inside one region each (always true for vmq's VMs).
+    if let (Ok(s), Ok(d)) = (
+        src.get_slice(GuestAddress(from), len),
+        dst.get_slice(GuestAddress(to), len),
+    ) {
+        s.copy_to_volatile_slice(d);
+        return;
+    }
+    // Ranges that straddle regions: go through a bounce buffer in chunks.
+    let mut buf = [0u8; 256];
+    let mut done = 0usize;
+    while done < len {
+        let n = (len - done).min(buf.len());
+        if src
+            .read_slice(&mut buf[..n], GuestAddress(from + done as u64))
+            .is_err()
+            || dst
+                .write_slice(&buf[..n], GuestAddress(to + done as u64))
+                .is_err()
+        {
+            return;
+        }
+        done += n;
+    }
+}
