@@ -19,6 +19,8 @@ pub mod wire;
 #[cfg(feature = "std")]
 pub mod device;
 #[cfg(feature = "std")]
+pub mod peer;
+#[cfg(feature = "std")]
 pub mod switch;
 #[cfg(feature = "std")]
 pub mod transport;

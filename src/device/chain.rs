@@ -4,8 +4,8 @@
 //! VMs must know *why*, so it can mark the port broken and count the fault. This walker reads
 //! every descriptor from guest memory once, checks it, and hands the caller each buffer.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use virtio_queue::desc::split::Descriptor;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::ring::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE};
 

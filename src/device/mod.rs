@@ -13,3 +13,6 @@ mod port;
 pub use chain::{ChainError, Seg};
 pub use error::DeviceError;
 pub use port::{DeliverError, DevicePort, Payload, PortCounters, TxChain, RX_QUEUE, TX_QUEUE};
+
+#[cfg(test)]
+mod tests;

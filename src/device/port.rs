@@ -1,7 +1,7 @@
 //! [`DevicePort`]: one VM's rx and tx queues, device side.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use virtio_queue::{Error as QueueError, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::chain::{self, ChainError, Seg};
 use super::DeviceError;
@@ -131,8 +131,9 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
             if !queue.is_valid(&mem) {
                 return Err(DeviceError::Ring {
                     queue: q,
-                    reason: "descriptor table, avail or used ring outside guest memory or misaligned"
-                        .into(),
+                    reason:
+                        "descriptor table, avail or used ring outside guest memory or misaligned"
+                            .into(),
                 });
             }
         }
@@ -223,10 +224,11 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
             Ok(t) => t,
             Err(e) => return Err(self.fault(e.into())),
         };
-        let header = match MsgHeader::parse(&raw[..filled], (total as usize).saturating_sub(HEADER_SIZE)) {
-            Ok(h) => h,
-            Err(e) => return Err(self.fault(e.into())),
-        };
+        let header =
+            match MsgHeader::parse(&raw[..filled], (total as usize).saturating_sub(HEADER_SIZE)) {
+                Ok(h) => h,
+                Err(e) => return Err(self.fault(e.into())),
+            };
         self.counters.tx_chains += 1;
         self.counters.tx_bytes += HEADER_SIZE as u64 + header.len() as u64;
         Ok(Some(TxChain {
@@ -236,6 +238,47 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
             desc_table,
             qsize,
         }))
+    }
+
+    /// Copies the payload of `chain` (popped from this port) into `buf`; returns its length.
+    /// The chain is walked again, so a guest that rewrote it after publishing is caught here.
+    pub fn read_payload(&mut self, chain: &TxChain, buf: &mut [u8]) -> Result<usize, DeviceError> {
+        let len = chain.header.len() as usize;
+        let Some(out) = buf.get_mut(..len) else {
+            return Err(DeviceError::Ring {
+                queue: TX_QUEUE,
+                reason: format!(
+                    "payload of {len} bytes does not fit a {}-byte buffer",
+                    buf.len()
+                ),
+            });
+        };
+        let mut skip = HEADER_SIZE;
+        let mut done = 0usize;
+        let mem = &self.mem;
+        let r = chain::walk(mem, chain.desc_table, chain.qsize, chain.head, false, |s| {
+            let k = skip.min(s.len as usize);
+            skip -= k;
+            let n = (s.len as usize - k).min(len - done);
+            if n > 0
+                && mem
+                    .read_slice(&mut out[done..done + n], GuestAddress(s.addr + k as u64))
+                    .is_ok()
+            {
+                done += n;
+            }
+        });
+        match r {
+            Ok(_) if done == len => Ok(len),
+            Ok(_) => Err(self.fault(
+                ChainError::BufferOutOfRange {
+                    addr: 0,
+                    len: len as u32,
+                }
+                .into(),
+            )),
+            Err(e) => Err(self.fault(e.into())),
+        }
     }
 
     /// Returns a tx chain to the guest (used ring, length 0: the device wrote nothing).
@@ -382,7 +425,11 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
     }
 
     fn needs_notification(&mut self, q: u16) -> bool {
-        let queue = if q == RX_QUEUE { &mut self.rx } else { &mut self.tx };
+        let queue = if q == RX_QUEUE {
+            &mut self.rx
+        } else {
+            &mut self.tx
+        };
         let r = queue.needs_notification(&self.mem).unwrap_or(true);
         if r {
             self.counters.notifies += 1;
@@ -400,11 +447,10 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
         } else {
             (&mut self.tx, &self.mem)
         };
-        q.enable_notification(mem)
-            .map_err(|e| DeviceError::Ring {
-                queue,
-                reason: e.to_string(),
-            })
+        q.enable_notification(mem).map_err(|e| DeviceError::Ring {
+            queue,
+            reason: e.to_string(),
+        })
     }
 
     /// Tells the guest not to kick for `queue` (the device is polling it).

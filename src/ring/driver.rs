@@ -102,7 +102,12 @@ impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> DriverRing<M, S> {
             });
         }
         for (what, addr, align, len) in [
-            ("descriptor table", layout.desc, 16, RingLayout::desc_bytes(size)),
+            (
+                "descriptor table",
+                layout.desc,
+                16,
+                RingLayout::desc_bytes(size),
+            ),
             ("avail ring", layout.avail, 2, RingLayout::avail_bytes(size)),
             ("used ring", layout.used, 4, RingLayout::used_bytes(size)),
         ] {
@@ -111,7 +116,11 @@ impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> DriverRing<M, S> {
             }
             // Probe both ends so a ring that runs off memory fails here, not mid-traffic.
             mem.read(addr, &mut [0u8; 2])?;
-            mem.read(addr.checked_add(len - 2).ok_or(RingError::OutOfBounds { addr, len })?, &mut [0u8; 2])?;
+            mem.read(
+                addr.checked_add(len - 2)
+                    .ok_or(RingError::OutOfBounds { addr, len })?,
+                &mut [0u8; 2],
+            )?;
         }
         let mut ring = Self {
             mem,
@@ -203,7 +212,8 @@ impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> DriverRing<M, S> {
             d[8..12].copy_from_slice(&b.len.to_le_bytes());
             d[12..14].copy_from_slice(&flags.to_le_bytes());
             d[14..16].copy_from_slice(&next.to_le_bytes());
-            self.mem.write(self.layout.desc + DESC_SIZE * idx as u64, &d)?;
+            self.mem
+                .write(self.layout.desc + DESC_SIZE * idx as u64, &d)?;
             if i + 1 < n {
                 idx = next;
             }
@@ -213,7 +223,8 @@ impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> DriverRing<M, S> {
         self.num_free -= n as u16;
         self.state.as_mut()[size + head as usize] = n as u16;
         let slot = self.avail_idx & (self.layout.size - 1);
-        self.mem.write(self.layout.avail_slot(slot), &head.to_le_bytes())?;
+        self.mem
+            .write(self.layout.avail_slot(slot), &head.to_le_bytes())?;
         self.avail_idx = self.avail_idx.wrapping_add(1);
         self.counters.added += 1;
         Ok(head)
@@ -296,7 +307,8 @@ impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> DriverRing<M, S> {
     /// returns whether chains are already waiting (in which case the caller should not sleep).
     pub fn enable_interrupts(&mut self) -> Result<bool, RingError> {
         if self.event_idx {
-            self.mem.store_u16(self.layout.used_event(), self.last_used)?;
+            self.mem
+                .store_u16(self.layout.used_event(), self.last_used)?;
         } else {
             self.mem.store_u16(self.layout.avail, 0)?;
         }
@@ -322,7 +334,8 @@ impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> DriverRing<M, S> {
     /// device's need-event test fails until the index wraps all the way round.
     pub fn disable_interrupts(&mut self) -> Result<(), RingError> {
         if !self.event_idx {
-            self.mem.store_u16(self.layout.avail, AVAIL_F_NO_INTERRUPT)?;
+            self.mem
+                .store_u16(self.layout.avail, AVAIL_F_NO_INTERRUPT)?;
         }
         Ok(())
     }

@@ -21,8 +21,8 @@ mod mmap;
 
 pub use driver::{Buf, DriverRing, RingCounters, Used};
 pub use layout::{
-    need_event, RingLayout, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE, MAX_QUEUE_SIZE,
-    RING_F_EVENT_IDX, USED_F_NO_NOTIFY, AVAIL_F_NO_INTERRUPT,
+    need_event, RingLayout, AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
+    DESC_SIZE, MAX_QUEUE_SIZE, RING_F_EVENT_IDX, USED_F_NO_NOTIFY,
 };
 pub use memory::{RawMemory, RingMemory};
 pub use msg::{MsgRx, MsgTx, RxMsg, SlotArena};

@@ -61,10 +61,10 @@ impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> MsgTx<M, S> {
                 slot: self.arena.slot_size,
             });
         }
-        let head = self.ring.next_head().ok_or(RingError::QueueFull {
-            needed: 1,
-            free: 0,
-        })?;
+        let head = self
+            .ring
+            .next_head()
+            .ok_or(RingError::QueueFull { needed: 1, free: 0 })?;
         let addr = self.arena.slot(head);
         let mem = self.ring.memory();
         mem.write(addr, &hdr.to_bytes())?;
@@ -155,7 +155,12 @@ impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> MsgRx<M, S> {
         result.map(Some)
     }
 
-    fn read_message(&self, addr: u64, written: u32, payload: &mut [u8]) -> Result<RxMsg, RingError> {
+    fn read_message(
+        &self,
+        addr: u64,
+        written: u32,
+        payload: &mut [u8],
+    ) -> Result<RxMsg, RingError> {
         let written = (written as usize).min(self.arena.slot_size as usize);
         let mut raw = [0u8; HEADER_SIZE];
         let mem = self.ring.memory();
