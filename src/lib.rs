@@ -17,6 +17,8 @@ pub mod ring;
 pub mod wire;
 
 #[cfg(feature = "std")]
+pub mod bench;
+#[cfg(feature = "std")]
 pub mod device;
 #[cfg(feature = "std")]
 pub mod peer;

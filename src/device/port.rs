@@ -12,10 +12,16 @@ pub const RX_QUEUE: u16 = 0;
 /// Index of the tx queue: the guest posts messages here for the device to read.
 pub const TX_QUEUE: u16 = 1;
 
+/// Buffers of a chain kept inline in its [`TxChain`]; longer chains are walked again.
+const INLINE_SEGS: usize = 4;
+
 /// A message chain popped from a tx queue and validated.
 ///
 /// The chain stays in guest memory, owned by the device, until [`DevicePort::complete_tx`]
 /// returns it; its payload is read from there ([`TxChain::payload`]) as often as needed.
+/// Chains of up to four buffers keep the buffer list validated at pop time, so a guest that
+/// rewrites its descriptors afterwards changes nothing; longer chains are walked (and checked)
+/// again on every read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TxChain {
     /// Head descriptor index (what goes back on the used ring).
@@ -26,21 +32,50 @@ pub struct TxChain {
     pub total: u32,
     desc_table: u64,
     qsize: u16,
+    segs: [Seg; INLINE_SEGS],
+    /// Buffers in `segs`; 0 when the chain has more than `INLINE_SEGS`.
+    nsegs: u8,
 }
 
 impl TxChain {
     /// The payload, read from `mem` (the memory of the port it was popped from).
-    pub fn payload<'a, M>(&self, mem: &'a M) -> Payload<'a, M>
+    pub fn payload<'a, M>(&'a self, mem: &'a M) -> Payload<'a, M>
     where
         M: GuestMemoryBackend + ?Sized,
     {
-        Payload::Chain {
-            mem,
-            desc_table: self.desc_table,
-            qsize: self.qsize,
-            head: self.head,
-            len: self.header.len(),
+        Payload::Chain { mem, chain: self }
+    }
+
+    /// Calls `f(addr, len)` for each span of payload bytes, in order.
+    fn for_each_payload_span<M, F>(&self, mem: &M, mut f: F) -> Result<(), ChainError>
+    where
+        M: GuestMemoryBackend + ?Sized,
+        F: FnMut(u64, u64),
+    {
+        let len = self.header.len();
+        let mut skip = HEADER_SIZE as u64;
+        let mut left = len as u64;
+        let mut visit = |s: Seg| {
+            let k = skip.min(s.len as u64);
+            skip -= k;
+            let n = (s.len as u64 - k).min(left);
+            if n > 0 {
+                f(s.addr + k, n);
+                left -= n;
+            }
+        };
+        if self.nsegs > 0 {
+            self.segs[..self.nsegs as usize]
+                .iter()
+                .for_each(|s| visit(*s));
+        } else {
+            chain::walk(mem, self.desc_table, self.qsize, self.head, false, visit)?;
         }
+        if left > 0 {
+            // Only a chain rewritten since it was validated can come up short.
+            return Err(ChainError::BufferOutOfRange { addr: 0, len });
+        }
+        Ok(())
     }
 }
 
@@ -52,14 +87,8 @@ pub enum Payload<'a, M: ?Sized> {
     Chain {
         /// That port's memory.
         mem: &'a M,
-        /// Its tx descriptor table.
-        desc_table: u64,
-        /// Its tx queue size.
-        qsize: u16,
-        /// The chain head.
-        head: u16,
-        /// Payload length (from the validated header).
-        len: u32,
+        /// The chain.
+        chain: &'a TxChain,
     },
 }
 
@@ -68,7 +97,7 @@ impl<M: ?Sized> Payload<'_, M> {
     pub fn len(&self) -> u32 {
         match self {
             Self::Bytes(b) => b.len() as u32,
-            Self::Chain { len, .. } => *len,
+            Self::Chain { chain, .. } => chain.header.len(),
         }
     }
     /// Whether the payload is empty.
@@ -191,57 +220,55 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
     ///
     /// Returns `Ok(None)` when the queue is empty. Any guest fault marks the port broken.
     pub fn pop_tx(&mut self) -> Result<Option<TxChain>, DeviceError> {
+        let mut out = None;
+        self.pop_tx_batch(1, |c| out = Some(c))?;
+        Ok(out)
+    }
+
+    /// Pops up to `max` messages, handing each to `sink`; returns how many. Reads the guest's
+    /// avail index once for the whole batch. A bounded `max` keeps one busy port from
+    /// starving the others.
+    ///
+    /// On a guest fault the chains already handed to `sink` stay valid, the port is marked
+    /// broken and the error returned.
+    pub fn pop_tx_batch<F>(&mut self, max: usize, mut sink: F) -> Result<usize, DeviceError>
+    where
+        F: FnMut(TxChain),
+    {
         if self.broken {
             return Err(DeviceError::Broken);
         }
-        let next = match self.tx.iter(&self.mem) {
-            Ok(mut it) => it.next(),
-            Err(e) => return Err(self.queue_error(TX_QUEUE, e)),
-        };
-        let Some(dc) = next else {
-            return Ok(None);
-        };
-        let head = dc.head_index();
         let desc_table = self.tx.desc_table();
         let qsize = self.tx.size();
-        let mut raw = [0u8; HEADER_SIZE];
-        let mut filled = 0usize;
         let mem = &self.mem;
-        let walked = chain::walk(mem, desc_table, qsize, head, false, |seg| {
-            if filled < HEADER_SIZE {
-                let n = (seg.len as usize).min(HEADER_SIZE - filled);
-                // The walker checked the range; a failure here can only be a concurrent
-                // unmap, which leaves `filled` short and fails header parsing below.
-                if mem
-                    .read_slice(&mut raw[filled..filled + n], GuestAddress(seg.addr))
-                    .is_ok()
-                {
-                    filled += n;
+        let mut iter = match self.tx.iter(mem) {
+            Ok(it) => it,
+            Err(e) => return Err(self.queue_error(TX_QUEUE, e)),
+        };
+        let mut n = 0;
+        let mut fault = None;
+        while n < max {
+            let Some(dc) = iter.next() else { break };
+            match parse_tx_chain(mem, desc_table, qsize, dc.head_index()) {
+                Ok(c) => {
+                    self.counters.tx_chains += 1;
+                    self.counters.tx_bytes += HEADER_SIZE as u64 + c.header.len() as u64;
+                    sink(c);
+                    n += 1;
+                }
+                Err(e) => {
+                    fault = Some(e);
+                    break;
                 }
             }
-        });
-        let total = match walked {
-            Ok(t) => t,
-            Err(e) => return Err(self.fault(e.into())),
-        };
-        let header =
-            match MsgHeader::parse(&raw[..filled], (total as usize).saturating_sub(HEADER_SIZE)) {
-                Ok(h) => h,
-                Err(e) => return Err(self.fault(e.into())),
-            };
-        self.counters.tx_chains += 1;
-        self.counters.tx_bytes += HEADER_SIZE as u64 + header.len() as u64;
-        Ok(Some(TxChain {
-            head,
-            header,
-            total,
-            desc_table,
-            qsize,
-        }))
+        }
+        match fault {
+            Some(e) => Err(self.fault(e)),
+            None => Ok(n),
+        }
     }
 
     /// Copies the payload of `chain` (popped from this port) into `buf`; returns its length.
-    /// The chain is walked again, so a guest that rewrote it after publishing is caught here.
     pub fn read_payload(&mut self, chain: &TxChain, buf: &mut [u8]) -> Result<usize, DeviceError> {
         let len = chain.header.len() as usize;
         let Some(out) = buf.get_mut(..len) else {
@@ -253,24 +280,21 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
                 ),
             });
         };
-        let mut skip = HEADER_SIZE;
-        let mut done = 0usize;
         let mem = &self.mem;
-        let r = chain::walk(mem, chain.desc_table, chain.qsize, chain.head, false, |s| {
-            let k = skip.min(s.len as usize);
-            skip -= k;
-            let n = (s.len as usize - k).min(len - done);
-            if n > 0
-                && mem
-                    .read_slice(&mut out[done..done + n], GuestAddress(s.addr + k as u64))
-                    .is_ok()
+        let mut done = 0usize;
+        let r = chain.for_each_payload_span(mem, |addr, n| {
+            let n = n as usize;
+            // The span was checked to lie in memory; a failed read leaves `done` short.
+            if mem
+                .read_slice(&mut out[done..done + n], GuestAddress(addr))
+                .is_ok()
             {
                 done += n;
             }
         });
         match r {
-            Ok(_) if done == len => Ok(len),
-            Ok(_) => Err(self.fault(
+            Ok(()) if done == len => Ok(len),
+            Ok(()) => Err(self.fault(
                 ChainError::BufferOutOfRange {
                     addr: 0,
                     len: len as u32,
@@ -355,39 +379,12 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
             w.write(&header.to_bytes());
             match payload {
                 Payload::Bytes(b) => w.write(b),
-                Payload::Chain {
-                    mem,
-                    desc_table,
-                    qsize,
-                    head: src_head,
-                    len,
-                } => {
-                    let mut skip = HEADER_SIZE as u64;
-                    let mut left = *len as u64;
-                    let r = chain::walk(*mem, *desc_table, *qsize, *src_head, false, |s| {
-                        let mut addr = s.addr;
-                        let mut n = s.len as u64;
-                        let k = skip.min(n);
-                        skip -= k;
-                        addr += k;
-                        n -= k;
-                        let n = n.min(left);
-                        if n > 0 {
-                            w.copy_from(*mem, addr, n);
-                            left -= n;
-                        }
-                    });
+                Payload::Chain { mem, chain } => {
+                    let r = chain.for_each_payload_span(*mem, |addr, n| w.copy_from(*mem, addr, n));
                     if let Err(e) = r {
                         // Undo the pop: the rx buffer is still the guest's to use.
                         self.rx.go_to_previous_position();
                         return Err(DeliverError::Source(e));
-                    }
-                    if left > 0 {
-                        self.rx.go_to_previous_position();
-                        return Err(DeliverError::Source(ChainError::BufferOutOfRange {
-                            addr: 0,
-                            len: *len,
-                        }));
                     }
                 }
             }
@@ -465,6 +462,46 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
             reason: e.to_string(),
         })
     }
+}
+
+/// Walks and validates the tx chain at `head`: gathers the header from its first bytes
+/// (however they are split) and keeps up to [`INLINE_SEGS`] buffers.
+fn parse_tx_chain<M: GuestMemoryBackend>(
+    mem: &M,
+    desc_table: u64,
+    qsize: u16,
+    head: u16,
+) -> Result<TxChain, DeviceError> {
+    let mut raw = [0u8; HEADER_SIZE];
+    let mut filled = 0usize;
+    let mut segs = [Seg { addr: 0, len: 0 }; INLINE_SEGS];
+    let mut count = 0usize;
+    let total = chain::walk(mem, desc_table, qsize, head, false, |seg| {
+        if let Some(slot) = segs.get_mut(count) {
+            *slot = seg;
+        }
+        count += 1;
+        if filled < HEADER_SIZE {
+            let n = (seg.len as usize).min(HEADER_SIZE - filled);
+            // The walker checked the range; a failure leaves `filled` short and fails parsing.
+            if mem
+                .read_slice(&mut raw[filled..filled + n], GuestAddress(seg.addr))
+                .is_ok()
+            {
+                filled += n;
+            }
+        }
+    })?;
+    let header = MsgHeader::parse(&raw[..filled], (total as usize).saturating_sub(HEADER_SIZE))?;
+    Ok(TxChain {
+        head,
+        header,
+        total,
+        desc_table,
+        qsize,
+        segs,
+        nsegs: if count <= INLINE_SEGS { count as u8 } else { 0 },
+    })
 }
 
 /// Writes bytes across the writable buffers of an rx chain, in order.

@@ -267,7 +267,6 @@ fn long_run_wraps_16_bit_indices() {
     let (mut a, mut a_port) = host_peer(cfg).unwrap();
     let (mut b, mut b_port) = host_peer(cfg).unwrap();
     let mut buf = [0u8; 96];
-    let mut next_rx = 0u64;
     for i in 0..70_000u64 {
         let (h, p) = msg_bytes(i, (i % 90) as u32);
         a.tx.send(&h, &p).unwrap();
@@ -279,9 +278,8 @@ fn long_run_wraps_16_bit_indices() {
         a_port.complete_tx(chain.head).unwrap();
         assert_eq!(a.tx.reclaim().unwrap(), 1);
         let m = b.rx.recv(&mut buf).unwrap().unwrap();
-        assert_eq!(m.header.msg_id(), next_rx);
+        assert_eq!(m.header.msg_id(), i);
         assert_eq!(&buf[..m.len], &p[..]);
-        next_rx += 1;
         b.rx.flush().unwrap();
     }
     assert_eq!(a_port.tx_queue().next_avail(), (70_000u32 % 65536) as u16);
@@ -586,7 +584,32 @@ fn hostile_rx_chain_breaks_only_the_destination() {
 }
 
 #[test]
-fn source_rewritten_after_publish_is_caught_at_copy_time() {
+fn short_chain_is_immune_to_rewrites_after_pop() {
+    // Chains of up to four buffers are snapshotted when validated: rewriting the descriptor
+    // afterwards cannot redirect the copy.
+    let cfg = PeerConfig {
+        queue_size: 8,
+        slot_size: 256,
+        event_idx: true,
+    };
+    let (mut a, mut a_port) = host_peer(cfg).unwrap();
+    let (mut b, mut b_port) = host_peer(cfg).unwrap();
+    let (h, p) = msg_bytes(5, 10);
+    let head = a.tx.send(&h, &p).unwrap();
+    a.tx.flush().unwrap();
+    let chain = a_port.pop_tx().unwrap().unwrap();
+    let at = a.tx.ring().layout().desc + 16 * head as u64;
+    a.memory().write_obj(1u64 << 40, GuestAddress(at)).unwrap();
+    b_port
+        .deliver(&chain.header, &chain.payload(a_port.memory()))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let m = b.rx.recv(&mut buf).unwrap().unwrap();
+    assert_eq!(&buf[..m.len], &p[..]);
+}
+
+#[test]
+fn long_chain_rewritten_after_pop_is_caught_at_copy_time() {
     let cfg = PeerConfig {
         queue_size: 8,
         slot_size: 256,
@@ -594,23 +617,24 @@ fn source_rewritten_after_publish_is_caught_at_copy_time() {
     };
     let (mut a, mut a_port) = host_peer(cfg).unwrap();
     let (_b, mut b_port) = host_peer(cfg).unwrap();
-    let (h, p) = msg_bytes(5, 10);
-    let head = a.tx.send(&h, &p).unwrap();
+    let (h, p) = msg_bytes(5, 40);
+    let mut bytes = h.to_bytes().to_vec();
+    bytes.extend_from_slice(&p);
+    a.memory().write_slice(&bytes, GuestAddress(0x100)).unwrap();
+    // Six buffers of 12 bytes: too long to snapshot, so it is walked again on every read.
+    let bufs: Vec<Buf> = (0..6).map(|i| Buf::readable(0x100 + 12 * i, 12)).collect();
+    let head = a.tx.ring_mut().add(&bufs).unwrap();
     a.tx.flush().unwrap();
     let chain = a_port.pop_tx().unwrap().unwrap();
-    // The hostile sender turns its held descriptor into a loop.
-    let l = a.tx.ring().layout();
-    let at = l.desc + 16 * head as u64;
-    a.memory()
-        .write_obj(DESC_F_NEXT, GuestAddress(at + 12))
-        .unwrap();
+    // The hostile sender turns its held head descriptor into a self-loop.
+    let at = a.tx.ring().layout().desc + 16 * head as u64;
     a.memory().write_obj(head, GuestAddress(at + 14)).unwrap();
     let free_before = b_port.rx_buffers_available();
     let e = b_port
         .deliver(&chain.header, &chain.payload(a_port.memory()))
         .unwrap_err();
     assert_eq!(e, DeliverError::Source(ChainError::Loop { size: 8 }));
-    // The destination's rx buffer was not consumed.
+    // The destination's rx buffer was not consumed, and only the source is to blame.
     assert_eq!(b_port.rx_buffers_available(), free_before);
     assert!(!b_port.is_broken());
 }

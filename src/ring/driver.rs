@@ -264,16 +264,35 @@ impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> DriverRing<M, S> {
 
     /// Takes the next chain the device returned and frees its descriptors.
     pub fn pop_used(&mut self) -> Result<Option<Used>, RingError> {
+        let mut out = None;
+        self.pop_used_batch(1, |u| out = Some(u))?;
+        Ok(out)
+    }
+
+    /// Takes up to `max` returned chains, handing each to `f`; returns how many. Reads the
+    /// device's used index once for the whole batch.
+    pub fn pop_used_batch<F: FnMut(Used)>(
+        &mut self,
+        max: usize,
+        mut f: F,
+    ) -> Result<usize, RingError> {
         let published = self.mem.load_u16(self.layout.used + 2)?;
-        if published == self.last_used {
-            return Ok(None);
-        }
-        if published.wrapping_sub(self.last_used) > self.outstanding() {
+        let ready = published.wrapping_sub(self.last_used);
+        if ready > self.outstanding() {
             return Err(RingError::UsedIndexJump {
                 last: self.last_used,
                 published,
             });
         }
+        let n = (ready as usize).min(max);
+        for _ in 0..n {
+            f(self.take_used()?);
+        }
+        Ok(n)
+    }
+
+    /// Consumes the used element at `last_used`, which the caller knows is published.
+    fn take_used(&mut self) -> Result<Used, RingError> {
         let slot = self.last_used & (self.layout.size - 1);
         let mut e = [0u8; 8];
         self.mem.read(self.layout.used_elem(slot), &mut e)?;
@@ -300,7 +319,7 @@ impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> DriverRing<M, S> {
         self.num_free += count;
         self.last_used = self.last_used.wrapping_add(1);
         self.counters.used += 1;
-        Ok(Some(Used { head, len }))
+        Ok(Used { head, len })
     }
 
     /// Asks the device to notify (interrupt) the driver when the next chain is used, and

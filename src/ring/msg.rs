@@ -79,11 +79,7 @@ impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> MsgTx<M, S> {
 
     /// Takes back every slot the device has finished with; returns how many.
     pub fn reclaim(&mut self) -> Result<usize, RingError> {
-        let mut n = 0;
-        while self.ring.pop_used()?.is_some() {
-            n += 1;
-        }
-        Ok(n)
+        self.ring.pop_used_batch(usize::MAX, |_| ())
     }
 
     /// Slots free for [`MsgTx::send`].

@@ -1,0 +1,58 @@
+//! Thread placement for benchmarks: which CPU each side spins on.
+
+/// Where the two sides of a benchmark run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// CPU of the producing (driver) thread, if pinned.
+    pub producer: Option<usize>,
+    /// CPU of the consuming (device) thread, if pinned.
+    pub consumer: Option<usize>,
+}
+
+impl Placement {
+    /// Producer on CPU 0 and consumer on CPU 1 when the machine has two CPUs or more;
+    /// unpinned otherwise.
+    pub fn two_cores() -> Self {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if n >= 2 {
+            Self {
+                producer: Some(0),
+                consumer: Some(1),
+            }
+        } else {
+            Self {
+                producer: None,
+                consumer: None,
+            }
+        }
+    }
+
+    /// Human-readable description for reports.
+    pub fn describe(&self) -> String {
+        let cpu = |c: Option<usize>| c.map_or("unpinned".to_string(), |c| format!("cpu{c}"));
+        format!(
+            "producer {} / consumer {}",
+            cpu(self.producer),
+            cpu(self.consumer)
+        )
+    }
+}
+
+/// Pins the calling thread to `cpu`. Failure (e.g. a restricted cpuset) is logged and ignored:
+/// the benchmark still runs, only unpinned.
+pub fn pin_current_thread(cpu: Option<usize>) {
+    let Some(cpu) = cpu else { return };
+    // SAFETY: `cpu_set_t` is a plain bitmask; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below CPU_SETSIZE for any machine this runs on (checked by the macro's
+    // own bounds logic in libc), and `set` is a valid, exclusively borrowed cpu_set_t.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 means the calling thread; `set` is a valid cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        log::warn!(
+            "could not pin thread to cpu{cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}

@@ -1,0 +1,38 @@
+//! Queue-throughput benchmarks shared by `vmq bench` and the criterion benches.
+//!
+//! Every figure is a ratio against a baseline measured in the same run on the same machine,
+//! with message size, batch size and thread placement stated in the report.
+
+mod affinity;
+mod report;
+pub mod ring;
+
+pub use affinity::{pin_current_thread, Placement};
+pub use report::{BenchRecord, Report};
+
+use std::time::Duration;
+
+/// How long each measured run lasts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Budget {
+    /// Run until this many messages have crossed.
+    Count(u64),
+    /// Run for this long.
+    Time(Duration),
+}
+
+/// Outcome of one measured run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Run {
+    /// Messages that crossed.
+    pub msgs: u64,
+    /// Wall time from the start signal to the last message.
+    pub elapsed: Duration,
+}
+
+impl Run {
+    /// Messages per second.
+    pub fn msgs_per_s(&self) -> f64 {
+        self.msgs as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
