@@ -1,1 +1,11 @@
 //! The switch: router, health, balancing policies, failover, in-flight table, stats.
+//!
+//! This part holds the pure decision logic, free of queues and I/O: time ([`clock`]), the
+//! in-flight block pool ([`pool`]), per-backend health scores ([`health`]), stall ejection and
+//! slow start ([`failover`]) and the balancing policies ([`policy`]).
+
+pub mod clock;
+pub mod pool;
+
+pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use pool::{BlockPool, PoolConfig, PoolError, PoolStats, Token};
