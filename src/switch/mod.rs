@@ -5,7 +5,9 @@
 //! slow start ([`failover`]) and the balancing policies ([`policy`]).
 
 pub mod clock;
+pub mod health;
 pub mod pool;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use health::{BackendHealth, Combine, HealthConfig, HealthStats, HealthWeights};
 pub use pool::{BlockPool, PoolConfig, PoolError, PoolStats, Token};

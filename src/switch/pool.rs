@@ -62,7 +62,9 @@ impl Default for PoolConfig {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PoolError {
     /// Every block of every allowed subpool is in use.
-    #[error("in-flight pool exhausted: all {capacity} blocks of {max_subpools} subpools are in use")]
+    #[error(
+        "in-flight pool exhausted: all {capacity} blocks of {max_subpools} subpools are in use"
+    )]
     Exhausted {
         /// Blocks in the pool.
         capacity: u32,
@@ -163,8 +165,10 @@ impl<T> BlockPool<T> {
         if idx >= self.cfg.max_subpools as usize {
             return false;
         }
-        self.subpools
-            .push(Subpool::new(self.cfg.subpool_size, self.next_generation[idx]));
+        self.subpools.push(Subpool::new(
+            self.cfg.subpool_size,
+            self.next_generation[idx],
+        ));
         self.has_free[idx / 64] |= 1 << (idx % 64);
         self.free_total += self.cfg.subpool_size;
         self.stats.grows += 1;
@@ -387,7 +391,10 @@ mod tests {
         }
         assert_eq!(p.subpools(), 3);
         assert_eq!(p.len(), 12);
-        assert!(matches!(p.alloc(99), Err(PoolError::Exhausted { capacity: 12, .. })));
+        assert!(matches!(
+            p.alloc(99),
+            Err(PoolError::Exhausted { capacity: 12, .. })
+        ));
         assert_eq!(p.stats().exhausted, 1);
     }
 
