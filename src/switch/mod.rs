@@ -5,9 +5,11 @@
 //! slow start ([`failover`]) and the balancing policies ([`policy`]).
 
 pub mod clock;
+pub mod failover;
 pub mod health;
 pub mod pool;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use failover::{BackendStatus, Event, Failover, FailoverConfig, FailoverStats};
 pub use health::{BackendHealth, Combine, HealthConfig, HealthStats, HealthWeights};
 pub use pool::{BlockPool, PoolConfig, PoolError, PoolStats, Token};
