@@ -7,9 +7,11 @@
 pub mod clock;
 pub mod failover;
 pub mod health;
+pub mod policy;
 pub mod pool;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use failover::{BackendStatus, Event, Failover, FailoverConfig, FailoverStats};
 pub use health::{BackendHealth, Combine, HealthConfig, HealthStats, HealthWeights};
+pub use policy::{new_policy, Candidate, PickRequest, Policy, PolicyConfig, PolicyKind};
 pub use pool::{BlockPool, PoolConfig, PoolError, PoolStats, Token};

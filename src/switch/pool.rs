@@ -348,7 +348,7 @@ mod tests {
         let t = p.alloc(7).unwrap();
         assert_eq!(t.id(), 0);
         assert_eq!(t.generation(), 1);
-        assert_eq!(t.0, (1 << 32) | 0);
+        assert_eq!(t.0, 1 << 32);
     }
 
     #[test]
