@@ -1,0 +1,585 @@
+//! Stall detection, ejection and return of the backends of one service.
+//!
+//! Outlier detection (Envoy) and rise/fall (HAProxy) driven by the queues instead of by error
+//! counts: a backend with work pending whose rx consumer index has not moved for
+//! [`FailoverConfig::stall_window_ns`] is stalled. [`Failover::sweep`] ejects stalled backends
+//! with a backoff that grows with each ejection, but never more than
+//! [`FailoverConfig::max_ejection_percent`] of the service; a stalled backend beyond that cap is
+//! kept [`BackendStatus::Stalled`]: it gets no new work but is not ejected. An ejected backend
+//! returns once its ejection time is over and it drains again (or has nothing left to drain), and
+//! its weight ramps up linearly from [`FailoverConfig::slow_start_min`] over
+//! [`FailoverConfig::slow_start_ns`]. When fewer than [`FailoverConfig::panic_threshold`] of the
+//! backends are usable, the service panics and uses all of them.
+
+use serde::Deserialize;
+
+/// Failover parameters of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct FailoverConfig {
+    /// A backend with pending work whose consumer index has not moved for this long is stalled.
+    /// Default 5 ms.
+    pub stall_window_ns: u64,
+    /// Ejection time of the first ejection; the n-th lasts n times this. Default 30 ms.
+    pub base_ejection_ns: u64,
+    /// Longest ejection. Default 300 ms.
+    pub max_ejection_ns: u64,
+    /// Most backends ejected at once, in percent of the service; at least one may always be
+    /// ejected. Default 10.
+    pub max_ejection_percent: u32,
+    /// Duration of the linear weight ramp after a return. Default 50 ms; 0 disables slow start.
+    pub slow_start_ns: u64,
+    /// Weight factor at the start of the ramp. Default 0.1.
+    pub slow_start_min: f64,
+    /// Below this fraction of usable backends, all backends are used. Default 0.5.
+    pub panic_threshold: f64,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        Self {
+            stall_window_ns: 5_000_000,
+            base_ejection_ns: 30_000_000,
+            max_ejection_ns: 300_000_000,
+            max_ejection_percent: 10,
+            slow_start_ns: 50_000_000,
+            slow_start_min: 0.1,
+            panic_threshold: 0.5,
+        }
+    }
+}
+
+/// Where a backend stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendStatus {
+    /// Takes work at full weight.
+    Healthy,
+    /// Stalled but not ejected (the ejection cap was reached): no new work, still counted in
+    /// rotation for the cap.
+    Stalled,
+    /// Out of rotation until at least `until_ns`.
+    Ejected {
+        /// End of the ejection time.
+        until_ns: u64,
+    },
+    /// Back in rotation, weight ramping up since `since_ns`.
+    Warming {
+        /// When the backend returned.
+        since_ns: u64,
+    },
+}
+
+/// What a sweep changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The backend was ejected for the `count`-th time.
+    Ejected {
+        /// Backend index.
+        backend: usize,
+        /// Ejections of this backend so far (drives the backoff).
+        count: u32,
+    },
+    /// The backend stalled but the ejection cap kept it in; it gets no new work.
+    Stalled {
+        /// Backend index.
+        backend: usize,
+    },
+    /// A stalled (not ejected) backend drains again.
+    Recovered {
+        /// Backend index.
+        backend: usize,
+    },
+    /// An ejected backend is back, in slow start.
+    Returned {
+        /// Backend index.
+        backend: usize,
+    },
+    /// Too few usable backends: all are used until enough recover.
+    PanicEntered,
+    /// Enough backends are usable again.
+    PanicLeft,
+}
+
+/// Counters of a service's failover.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FailoverStats {
+    /// Stalls detected (ejected or not).
+    pub stalls: u64,
+    /// Ejections.
+    pub ejections: u64,
+    /// Stalls left in because of the ejection cap.
+    pub ejections_capped: u64,
+    /// Stalled backends that drained again without ejection.
+    pub recoveries: u64,
+    /// Returns from ejection.
+    pub returns: u64,
+    /// Times the service entered panic mode.
+    pub panics: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Backend {
+    status: BackendStatus,
+    consumer_idx: u16,
+    /// Last time the consumer index moved, or the backend had nothing pending.
+    last_progress_ns: u64,
+    pending: bool,
+    /// The index moved since the backend was ejected.
+    moved_since_eject: bool,
+    ejections: u32,
+    /// Last time the ejection count was raised or lowered.
+    count_changed_ns: u64,
+}
+
+impl Backend {
+    fn new(now_ns: u64, status: BackendStatus) -> Self {
+        Self {
+            status,
+            consumer_idx: 0,
+            last_progress_ns: now_ns,
+            pending: false,
+            moved_since_eject: false,
+            ejections: 0,
+            count_changed_ns: now_ns,
+        }
+    }
+}
+
+/// Failover state of one service's backends, indexed 0..n.
+#[derive(Clone, Debug)]
+pub struct Failover {
+    cfg: FailoverConfig,
+    backends: Vec<Backend>,
+    panic: bool,
+    stats: FailoverStats,
+}
+
+impl Failover {
+    /// `n` backends, all healthy at `now_ns`.
+    pub fn new(cfg: FailoverConfig, n: usize, now_ns: u64) -> Self {
+        Self {
+            cfg,
+            backends: vec![Backend::new(now_ns, BackendStatus::Healthy); n],
+            panic: false,
+            stats: FailoverStats::default(),
+        }
+    }
+
+    /// Adds a backend, in slow start from `now_ns`; returns its index.
+    pub fn add_backend(&mut self, now_ns: u64) -> usize {
+        self.backends.push(Backend::new(
+            now_ns,
+            BackendStatus::Warming { since_ns: now_ns },
+        ));
+        self.backends.len() - 1
+    }
+
+    /// Number of backends.
+    pub fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// True when the service has no backend.
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+
+    /// Records the backend's rx consumer index (e.g. the used-ring position it has consumed up to)
+    /// and whether work is pending for it (delivered and unconsumed, or held for it). Cheap; call
+    /// it whenever the queue is looked at. Out-of-range indexes are ignored.
+    pub fn observe(&mut self, backend: usize, consumer_idx: u16, pending: bool, now_ns: u64) {
+        let Some(b) = self.backends.get_mut(backend) else {
+            return;
+        };
+        if consumer_idx != b.consumer_idx {
+            b.consumer_idx = consumer_idx;
+            b.last_progress_ns = now_ns;
+            b.moved_since_eject = true;
+        } else if !pending {
+            // Nothing to drain: the stall clock starts when work is pending.
+            b.last_progress_ns = now_ns;
+        }
+        b.pending = pending;
+    }
+
+    /// Takes `backend` out of rotation now, ignoring the cap (a broken port, a reset). It returns
+    /// like any ejected backend.
+    pub fn force_eject(&mut self, backend: usize, now_ns: u64, out: &mut Vec<Event>) {
+        if backend < self.backends.len() {
+            self.eject(backend, now_ns, out);
+        }
+    }
+
+    fn eject(&mut self, i: usize, now_ns: u64, out: &mut Vec<Event>) {
+        let cfg = self.cfg;
+        let b = &mut self.backends[i];
+        b.ejections = b.ejections.saturating_add(1);
+        b.count_changed_ns = now_ns;
+        let t = cfg
+            .base_ejection_ns
+            .saturating_mul(u64::from(b.ejections))
+            .min(cfg.max_ejection_ns);
+        b.status = BackendStatus::Ejected {
+            until_ns: now_ns.saturating_add(t),
+        };
+        b.moved_since_eject = false;
+        self.stats.ejections += 1;
+        out.push(Event::Ejected {
+            backend: i,
+            count: b.ejections,
+        });
+    }
+
+    fn max_ejected(&self) -> usize {
+        let n = self.backends.len();
+        (n * self.cfg.max_ejection_percent as usize / 100).max(1)
+    }
+
+    /// Applies time: ejects stalled backends (within the cap), returns recovered ones, ends slow
+    /// starts, decays ejection counts and updates panic mode. Appends what changed to `out` (the
+    /// buffer is not cleared, so the caller can reuse it without allocating).
+    pub fn sweep(&mut self, now_ns: u64, out: &mut Vec<Event>) {
+        let cfg = self.cfg;
+        let mut ejected = self
+            .backends
+            .iter()
+            .filter(|b| matches!(b.status, BackendStatus::Ejected { .. }))
+            .count();
+        let cap = self.max_ejected();
+        for i in 0..self.backends.len() {
+            let b = self.backends[i];
+            let stalled =
+                b.pending && now_ns.saturating_sub(b.last_progress_ns) >= cfg.stall_window_ns;
+            match b.status {
+                BackendStatus::Ejected { until_ns } => {
+                    if now_ns >= until_ns && (b.moved_since_eject || !b.pending) {
+                        let b = &mut self.backends[i];
+                        b.status = if cfg.slow_start_ns == 0 {
+                            BackendStatus::Healthy
+                        } else {
+                            BackendStatus::Warming { since_ns: now_ns }
+                        };
+                        // The stall clock restarts on return.
+                        b.last_progress_ns = now_ns;
+                        ejected -= 1;
+                        self.stats.returns += 1;
+                        out.push(Event::Returned { backend: i });
+                    }
+                }
+                BackendStatus::Stalled if !stalled => {
+                    self.backends[i].status = BackendStatus::Healthy;
+                    self.stats.recoveries += 1;
+                    out.push(Event::Recovered { backend: i });
+                }
+                BackendStatus::Stalled if ejected < cap => {
+                    self.eject(i, now_ns, out);
+                    ejected += 1;
+                }
+                BackendStatus::Stalled => {}
+                BackendStatus::Healthy | BackendStatus::Warming { .. } if stalled => {
+                    self.stats.stalls += 1;
+                    if ejected < cap {
+                        self.eject(i, now_ns, out);
+                        ejected += 1;
+                    } else {
+                        self.backends[i].status = BackendStatus::Stalled;
+                        self.stats.ejections_capped += 1;
+                        out.push(Event::Stalled { backend: i });
+                    }
+                }
+                BackendStatus::Warming { since_ns } => {
+                    if now_ns.saturating_sub(since_ns) >= cfg.slow_start_ns {
+                        self.backends[i].status = BackendStatus::Healthy;
+                    }
+                }
+                BackendStatus::Healthy => {
+                    // Each max_ejection_ns of good behaviour forgives one past ejection.
+                    let b = &mut self.backends[i];
+                    if b.ejections > 0
+                        && now_ns.saturating_sub(b.count_changed_ns) >= cfg.max_ejection_ns
+                    {
+                        b.ejections -= 1;
+                        b.count_changed_ns = now_ns;
+                    }
+                }
+            }
+        }
+        let usable = self.backends.iter().filter(|b| Self::usable(b)).count();
+        let panic = !self.backends.is_empty()
+            && (usable as f64) < cfg.panic_threshold * self.backends.len() as f64;
+        if panic != self.panic {
+            self.panic = panic;
+            if panic {
+                self.stats.panics += 1;
+                out.push(Event::PanicEntered);
+            } else {
+                out.push(Event::PanicLeft);
+            }
+        }
+    }
+
+    /// [`Failover::sweep`] into a fresh vector.
+    pub fn sweep_vec(&mut self, now_ns: u64) -> Vec<Event> {
+        let mut v = Vec::new();
+        self.sweep(now_ns, &mut v);
+        v
+    }
+
+    fn usable(b: &Backend) -> bool {
+        matches!(
+            b.status,
+            BackendStatus::Healthy | BackendStatus::Warming { .. }
+        )
+    }
+
+    /// Status of a backend (`None` when out of range).
+    pub fn status(&self, backend: usize) -> Option<BackendStatus> {
+        self.backends.get(backend).map(|b| b.status)
+    }
+
+    /// Ejections of a backend that still count toward its backoff.
+    pub fn ejections(&self, backend: usize) -> u32 {
+        self.backends.get(backend).map_or(0, |b| b.ejections)
+    }
+
+    /// Whether the service is in panic mode (as of the last sweep).
+    pub fn panic(&self) -> bool {
+        self.panic
+    }
+
+    /// Whether new work may go to `backend`: healthy or warming, or any backend in panic mode.
+    pub fn in_rotation(&self, backend: usize) -> bool {
+        self.backends
+            .get(backend)
+            .is_some_and(|b| self.panic || Self::usable(b))
+    }
+
+    /// Factor to multiply the backend's weight by: 0 when it must get no new work, the slow-start
+    /// ramp while warming, 1 otherwise. In panic mode every backend gets at least its ramp value,
+    /// stalled and ejected ones 1.
+    pub fn weight_factor(&self, backend: usize, now_ns: u64) -> f64 {
+        let Some(b) = self.backends.get(backend) else {
+            return 0.0;
+        };
+        match b.status {
+            BackendStatus::Healthy => 1.0,
+            BackendStatus::Warming { since_ns } => {
+                if self.cfg.slow_start_ns == 0 {
+                    return 1.0;
+                }
+                let f = now_ns.saturating_sub(since_ns) as f64 / self.cfg.slow_start_ns as f64;
+                let min = self.cfg.slow_start_min.clamp(0.0, 1.0);
+                (min + (1.0 - min) * f).min(1.0)
+            }
+            BackendStatus::Stalled | BackendStatus::Ejected { .. } => {
+                if self.panic {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+
+    /// Counters since creation.
+    pub fn stats(&self) -> FailoverStats {
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn svc(n: usize, pct: u32) -> Failover {
+        let cfg = FailoverConfig {
+            max_ejection_percent: pct,
+            ..FailoverConfig::default()
+        };
+        Failover::new(cfg, n, 0)
+    }
+
+    /// Every backend drains steadily except those in `stuck`.
+    fn tick(f: &mut Failover, idx: &mut [u16], stuck: &[usize], now: u64) -> Vec<Event> {
+        for (i, c) in idx.iter_mut().enumerate() {
+            if !stuck.contains(&i) {
+                *c = c.wrapping_add(1);
+            }
+            f.observe(i, *c, true, now);
+        }
+        f.sweep_vec(now)
+    }
+
+    #[test]
+    fn stall_is_detected_after_the_window_and_ejected() {
+        let mut f = svc(10, 10);
+        let mut idx = [0u16; 10];
+        let mut now = 0;
+        let mut events = Vec::new();
+        while now < 4 * MS {
+            now += MS;
+            events.extend(tick(&mut f, &mut idx, &[3], now));
+        }
+        assert!(events.is_empty(), "{events:?}");
+        now += MS;
+        let events = tick(&mut f, &mut idx, &[3], now);
+        assert_eq!(
+            events,
+            vec![Event::Ejected {
+                backend: 3,
+                count: 1
+            }]
+        );
+        assert_eq!(f.weight_factor(3, now), 0.0);
+        assert!(!f.in_rotation(3));
+        assert_eq!(f.stats().stalls, 1);
+    }
+
+    #[test]
+    fn idle_backend_is_not_stalled() {
+        let mut f = svc(2, 50);
+        for t in 0..100 {
+            f.observe(0, 7, false, t * MS);
+            assert!(f.sweep_vec(t * MS).is_empty());
+        }
+    }
+
+    #[test]
+    fn ejection_cap_leaves_the_rest_stalled_without_work() {
+        let mut f = svc(10, 10);
+        let mut idx = [0u16; 10];
+        let mut now = 0;
+        let mut events = Vec::new();
+        while now < 6 * MS {
+            now += MS;
+            events.extend(tick(&mut f, &mut idx, &[1, 2], now));
+        }
+        assert_eq!(
+            events,
+            vec![
+                Event::Ejected {
+                    backend: 1,
+                    count: 1
+                },
+                Event::Stalled { backend: 2 }
+            ]
+        );
+        assert_eq!(f.status(2), Some(BackendStatus::Stalled));
+        assert_eq!(f.weight_factor(2, now), 0.0);
+        assert_eq!(f.stats().ejections_capped, 1);
+        // Backend 2 drains again: recovered, no ejection.
+        now += MS;
+        let events = tick(&mut f, &mut idx, &[1], now);
+        assert_eq!(events, vec![Event::Recovered { backend: 2 }]);
+        assert_eq!(f.weight_factor(2, now), 1.0);
+    }
+
+    #[test]
+    fn returns_after_ejection_time_when_draining_with_slow_start_and_backoff() {
+        let mut f = svc(4, 25);
+        let mut idx = [0u16; 4];
+        let mut now = 0;
+        while f.status(0) == Some(BackendStatus::Healthy) {
+            now += MS;
+            tick(&mut f, &mut idx, &[0], now);
+        }
+        let ejected_at = now;
+        assert_eq!(
+            f.status(0),
+            Some(BackendStatus::Ejected {
+                until_ns: ejected_at + 30 * MS
+            })
+        );
+        // Still stuck after the ejection time: stays out.
+        while now < ejected_at + 40 * MS {
+            now += MS;
+            assert!(tick(&mut f, &mut idx, &[0], now).is_empty());
+        }
+        // Drains again: returns in slow start at 10 % weight.
+        now += MS;
+        let events = tick(&mut f, &mut idx, &[], now);
+        assert_eq!(events, vec![Event::Returned { backend: 0 }]);
+        assert!((f.weight_factor(0, now) - 0.1).abs() < 1e-9);
+        assert!((f.weight_factor(0, now + 25 * MS) - 0.55).abs() < 1e-9);
+        now += 50 * MS;
+        tick(&mut f, &mut idx, &[], now);
+        assert_eq!(f.status(0), Some(BackendStatus::Healthy));
+        // Second stall: twice as long.
+        while f.status(0) == Some(BackendStatus::Healthy) {
+            now += MS;
+            tick(&mut f, &mut idx, &[0], now);
+        }
+        assert_eq!(
+            f.status(0),
+            Some(BackendStatus::Ejected {
+                until_ns: now + 60 * MS
+            })
+        );
+        assert_eq!(f.ejections(0), 2);
+    }
+
+    #[test]
+    fn backoff_is_capped_and_forgiven_over_time() {
+        let cfg = FailoverConfig {
+            max_ejection_percent: 100,
+            slow_start_ns: 0,
+            ..FailoverConfig::default()
+        };
+        let mut f = Failover::new(cfg, 1, 0);
+        let mut out = Vec::new();
+        let mut now = 0;
+        for _ in 0..20 {
+            f.force_eject(0, now, &mut out);
+        }
+        assert_eq!(
+            f.status(0),
+            Some(BackendStatus::Ejected { until_ns: 300 * MS })
+        );
+        now += 300 * MS;
+        f.observe(0, 1, false, now);
+        f.sweep(now, &mut out);
+        assert_eq!(f.status(0), Some(BackendStatus::Healthy));
+        now += 300 * MS;
+        f.sweep(now, &mut out);
+        assert_eq!(f.ejections(0), 19);
+    }
+
+    #[test]
+    fn panic_mode_uses_all_backends() {
+        let cfg = FailoverConfig {
+            max_ejection_percent: 100,
+            ..FailoverConfig::default()
+        };
+        let mut f = Failover::new(cfg, 4, 0);
+        let mut idx = [0u16; 4];
+        let mut now = 0;
+        let mut events = Vec::new();
+        while now < 6 * MS {
+            now += MS;
+            events.extend(tick(&mut f, &mut idx, &[0, 1, 2], now));
+        }
+        assert!(events.contains(&Event::PanicEntered));
+        assert!(f.panic());
+        assert!(f.in_rotation(0));
+        assert_eq!(f.weight_factor(0, now), 1.0);
+        assert_eq!(f.stats().panics, 1);
+    }
+
+    #[test]
+    fn empty_ejected_backend_returns_without_traffic() {
+        let mut f = svc(2, 50);
+        let mut out = Vec::new();
+        f.force_eject(1, 0, &mut out);
+        // Its pending work was moved away; nothing left to drain.
+        f.observe(1, 0, false, 10 * MS);
+        f.sweep(10 * MS, &mut out);
+        assert!(matches!(f.status(1), Some(BackendStatus::Ejected { .. })));
+        f.sweep(30 * MS, &mut out);
+        assert_eq!(
+            f.status(1),
+            Some(BackendStatus::Warming { since_ns: 30 * MS })
+        );
+    }
+}

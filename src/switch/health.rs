@@ -1,0 +1,633 @@
+//! Weighted health of one backend, from what the switch observes at its queues.
+//!
+//! Each metric is normalised to [0, 1] (1 = healthy) and the score is their weighted mean; a
+//! metric with nothing to say yet (no reply seen, no load report, ring size unknown) drops out of
+//! the mean rather than counting as perfect or as failed. Below [`HealthConfig::threshold`] the
+//! backend leaves rotation, and it comes back at [`HealthConfig::rejoin_threshold`].
+//!
+//! The backend's own load report (cooperative balancing) is cross-checked against what the switch
+//! sees: a report of "idle" from a backend that is not draining its queue, or of "saturated" from
+//! one that drains fast with buffers to spare, marks the report suspect and the switch's own
+//! observation replaces it until the two agree again.
+
+use serde::Deserialize;
+
+/// Highest value of a load report (saturated).
+pub const LOAD_MAX: u16 = 1000;
+
+/// Weights of the health metrics in the score. Zero drops a metric.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct HealthWeights {
+    /// Free rx buffers the backend has posted (room to deliver). Default 1.0.
+    pub free_rx: f64,
+    /// Drain rate against the backlog waiting in its rx queue. Default 1.0.
+    pub drain: f64,
+    /// Reply latency (EWMA) against the target. Default 1.0.
+    pub latency: f64,
+    /// Error replies (EWMA of the error fraction). Default 2.0.
+    pub errors: f64,
+    /// Requests in flight against the in-flight limit. Default 0.5.
+    pub in_flight: f64,
+    /// The backend's own load report (or the switch's view when the report is suspect). Default 1.0.
+    pub load: f64,
+}
+
+impl Default for HealthWeights {
+    fn default() -> Self {
+        Self {
+            free_rx: 1.0,
+            drain: 1.0,
+            latency: 1.0,
+            errors: 2.0,
+            in_flight: 0.5,
+            load: 1.0,
+        }
+    }
+}
+
+/// How the normalised metrics are combined into one score.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Combine {
+    /// Weighted arithmetic mean. A backend failing every request but with an idle queue keeps a
+    /// score of about 1/3 with the default weights, so it stays in rotation.
+    Arithmetic,
+    /// Weighted geometric mean (each metric floored at 0.01): one metric near zero (all errors,
+    /// no free buffer) pulls the score down however good the others are. The default.
+    #[default]
+    Geometric,
+}
+
+/// Health scoring parameters, shared by the backends of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct HealthConfig {
+    /// Metric weights.
+    pub weights: HealthWeights,
+    /// How metrics combine. Default [`Combine::Geometric`].
+    pub combine: Combine,
+    /// A backend whose score falls below this leaves rotation. Default 0.2.
+    pub threshold: f64,
+    /// A backend out of rotation rejoins at or above this score (hysteresis). Default 0.3.
+    pub rejoin_threshold: f64,
+    /// Half-life of the drain, latency and error EWMAs. Default 20 ms.
+    pub ewma_half_life_ns: u64,
+    /// Reply latency at or under which the latency metric is perfect. Default 100 us.
+    pub latency_target_ns: u64,
+    /// Requests in flight at which the in-flight metric reaches 0. Default 256.
+    pub in_flight_limit: u32,
+    /// Fraction of the rx ring free at which the free-rx metric is perfect. Default 0.5.
+    pub free_rx_ok_fraction: f64,
+    /// A load report older than this is ignored. Default 100 ms.
+    pub load_report_ttl_ns: u64,
+    /// Reports at or under this load (0..=1000) claim "idle / low". Default 300.
+    pub load_low: u16,
+    /// Reports at or over this load claim "saturated". Default 800.
+    pub load_high: u16,
+    /// A contradiction between report and observation must last this long to mark the report
+    /// suspect. Default 2 ms.
+    pub suspect_after_ns: u64,
+    /// Agreement must last this long to trust the report again. Default 20 ms.
+    pub suspect_clear_ns: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            weights: HealthWeights::default(),
+            combine: Combine::Geometric,
+            threshold: 0.2,
+            rejoin_threshold: 0.3,
+            ewma_half_life_ns: 20_000_000,
+            latency_target_ns: 100_000,
+            in_flight_limit: 256,
+            free_rx_ok_fraction: 0.5,
+            load_report_ttl_ns: 100_000_000,
+            load_low: 300,
+            load_high: 800,
+            suspect_after_ns: 2_000_000,
+            suspect_clear_ns: 20_000_000,
+        }
+    }
+}
+
+/// Counters of one backend's health tracking.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HealthStats {
+    /// Replies seen.
+    pub replies: u64,
+    /// Replies with an error status.
+    pub errors: u64,
+    /// Load reports received.
+    pub load_reports: u64,
+    /// Times the load report became suspect.
+    pub reports_suspected: u64,
+    /// Times the backend left rotation.
+    pub left_rotation: u64,
+}
+
+/// Weight of one sample in a value EWMA even when no time has passed, so a burst of replies in
+/// one batch still moves the average.
+const SAMPLE_FLOOR: f64 = 1.0 / 32.0;
+
+/// Floor of a metric in the geometric mean, so one zero does not make the score exactly zero and
+/// scores stay comparable.
+const GEO_FLOOR: f64 = 0.01;
+
+fn decay_alpha(dt_ns: u64, half_life_ns: u64) -> f64 {
+    if half_life_ns == 0 {
+        return 1.0;
+    }
+    1.0 - (-(dt_ns as f64) / half_life_ns as f64).exp2()
+}
+
+/// A time-weighted EWMA of sampled values (latency, error fraction).
+#[derive(Clone, Copy, Debug, Default)]
+struct ValueEwma {
+    value: Option<f64>,
+    last_ns: u64,
+}
+
+impl ValueEwma {
+    fn add(&mut self, sample: f64, now_ns: u64, half_life_ns: u64) {
+        self.value = Some(match self.value {
+            None => sample,
+            Some(v) => {
+                let a = decay_alpha(now_ns.saturating_sub(self.last_ns), half_life_ns)
+                    .max(SAMPLE_FLOOR);
+                v + a * (sample - v)
+            }
+        });
+        self.last_ns = now_ns;
+    }
+}
+
+/// Health state of one backend.
+#[derive(Clone, Debug)]
+pub struct BackendHealth {
+    cfg: HealthConfig,
+    n_free: u32,
+    ring_size: u32,
+    /// Requests delivered to the rx queue and not yet consumed by the backend.
+    unconsumed: u32,
+    in_flight: u32,
+    /// Drain EWMA (rx buffers consumed per second) as of `drain_last_ns`, plus the count consumed
+    /// since then, folded in lazily.
+    drain_per_s: f64,
+    drain_acc: u64,
+    drain_last_ns: u64,
+    drain_seen: bool,
+    latency: ValueEwma,
+    errors: ValueEwma,
+    load: Option<(u16, u64)>,
+    suspect: bool,
+    /// Since when the report and the observation have disagreed (or agreed, when suspect).
+    verdict_since: Option<u64>,
+    in_rotation: bool,
+    last_score: f64,
+    stats: HealthStats,
+}
+
+/// What the switch observes, reduced to the two facts the cross-check needs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Observed {
+    free_frac: Option<f64>,
+    drain_score: f64,
+}
+
+impl BackendHealth {
+    /// A backend with no history yet: in rotation, score 1.
+    pub fn new(cfg: HealthConfig) -> Self {
+        Self {
+            cfg,
+            n_free: 0,
+            ring_size: 0,
+            unconsumed: 0,
+            in_flight: 0,
+            drain_per_s: 0.0,
+            drain_acc: 0,
+            drain_last_ns: 0,
+            drain_seen: false,
+            latency: ValueEwma::default(),
+            errors: ValueEwma::default(),
+            load: None,
+            suspect: false,
+            verdict_since: None,
+            in_rotation: true,
+            last_score: 1.0,
+            stats: HealthStats::default(),
+        }
+    }
+
+    /// The backend posted rx buffers: `n_free` are now available to the switch out of
+    /// `ring_size`.
+    pub fn on_rx_posted(&mut self, n_free: u32, ring_size: u32) {
+        self.on_free_rx(n_free, ring_size);
+    }
+
+    /// The switch's current count of free rx buffers of this backend, out of `ring_size`.
+    pub fn on_free_rx(&mut self, n_free: u32, ring_size: u32) {
+        self.ring_size = ring_size;
+        self.n_free = n_free.min(ring_size);
+    }
+
+    /// The backend consumed `n` delivered rx buffers. Drives the drain-rate EWMA.
+    pub fn on_consumed(&mut self, n: u32, now_ns: u64) {
+        self.unconsumed = self.unconsumed.saturating_sub(n);
+        if !self.drain_seen {
+            // The rate is measured from the first observation on.
+            self.drain_seen = true;
+            self.drain_last_ns = now_ns;
+        }
+        self.drain_acc += u64::from(n);
+        self.fold_drain(now_ns);
+    }
+
+    fn fold_drain(&mut self, now_ns: u64) {
+        if now_ns > self.drain_last_ns {
+            self.drain_per_s = self.projected_drain(now_ns);
+            self.drain_acc = 0;
+            self.drain_last_ns = now_ns;
+        }
+    }
+
+    fn projected_drain(&self, now_ns: u64) -> f64 {
+        let dt = now_ns.saturating_sub(self.drain_last_ns);
+        if dt == 0 {
+            return self.drain_per_s;
+        }
+        let inst = self.drain_acc as f64 * 1e9 / dt as f64;
+        let a = decay_alpha(dt, self.cfg.ewma_half_life_ns);
+        self.drain_per_s + a * (inst - self.drain_per_s)
+    }
+
+    /// A request was delivered to this backend's rx queue.
+    pub fn on_dispatch(&mut self, now_ns: u64) {
+        if !self.drain_seen {
+            self.drain_seen = true;
+            self.drain_last_ns = now_ns;
+        }
+        self.unconsumed = self.unconsumed.saturating_add(1);
+        self.in_flight = self.in_flight.saturating_add(1);
+    }
+
+    /// A reply arrived `latency_ns` after dispatch; `ok` is false for an error status.
+    pub fn on_reply(&mut self, latency_ns: u64, ok: bool, now_ns: u64) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let hl = self.cfg.ewma_half_life_ns;
+        self.latency.add(latency_ns as f64, now_ns, hl);
+        self.errors.add(if ok { 0.0 } else { 1.0 }, now_ns, hl);
+        self.stats.replies += 1;
+        if !ok {
+            self.stats.errors += 1;
+        }
+    }
+
+    /// `n` requests in flight here will get no reply from this backend (re-dispatched elsewhere
+    /// or failed back); they stop counting as in flight. Their rx buffers stay unconsumed until
+    /// [`BackendHealth::on_consumed`] says otherwise.
+    pub fn on_abandon(&mut self, n: u32) {
+        self.in_flight = self.in_flight.saturating_sub(n);
+    }
+
+    /// The backend reported its load, 0 (idle) ..= 1000 (saturated); larger values are clamped.
+    pub fn on_load_report(&mut self, load: u16, now_ns: u64) {
+        self.load = Some((load.min(LOAD_MAX), now_ns));
+        self.stats.load_reports += 1;
+    }
+
+    /// Requests dispatched and not yet answered.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    /// Requests delivered and not yet consumed from the rx queue.
+    pub fn unconsumed(&self) -> u32 {
+        self.unconsumed
+    }
+
+    /// Drain-rate EWMA in rx buffers per second, decayed to `now_ns`.
+    pub fn drain_per_s(&self, now_ns: u64) -> f64 {
+        self.projected_drain(now_ns)
+    }
+
+    /// Reply latency EWMA in nanoseconds, if any reply was seen.
+    pub fn latency_ns(&self) -> Option<f64> {
+        self.latency.value
+    }
+
+    /// Error-fraction EWMA in [0, 1], if any reply was seen.
+    pub fn error_rate(&self) -> Option<f64> {
+        self.errors.value
+    }
+
+    fn observed(&self, now_ns: u64) -> Observed {
+        let free_frac =
+            (self.ring_size > 0).then(|| f64::from(self.n_free) / f64::from(self.ring_size));
+        // Nothing waiting: draining is not in question.
+        let drain_score = if self.unconsumed == 0 {
+            1.0
+        } else {
+            // The rate that clears the backlog within the latency target.
+            let needed =
+                f64::from(self.unconsumed) * 1e9 / self.cfg.latency_target_ns.max(1) as f64;
+            (self.projected_drain(now_ns) / needed).min(1.0)
+        };
+        Observed {
+            free_frac,
+            drain_score,
+        }
+    }
+
+    fn fresh_load(&self, now_ns: u64) -> Option<u16> {
+        let (load, at) = self.load?;
+        (now_ns.saturating_sub(at) <= self.cfg.load_report_ttl_ns).then_some(load)
+    }
+
+    /// Does the fresh report contradict the observation? `None` when there is no fresh report.
+    fn contradiction(&self, obs: Observed, now_ns: u64) -> Option<bool> {
+        let load = self.fresh_load(now_ns)?;
+        let free = obs.free_frac.unwrap_or(1.0);
+        let stuck = self.unconsumed > 0 && obs.drain_score < 0.1 && free < 0.25;
+        let flowing = obs.drain_score >= 0.9 && free >= 0.5;
+        Some((load <= self.cfg.load_low && stuck) || (load >= self.cfg.load_high && flowing))
+    }
+
+    /// Health score in [0, 1] at `now_ns`, without changing state.
+    pub fn score(&self, now_ns: u64) -> f64 {
+        let w = &self.cfg.weights;
+        let obs = self.observed(now_ns);
+        let mut sum = 0.0;
+        let mut total = 0.0;
+        let geometric = self.cfg.combine == Combine::Geometric;
+        let mut add = |weight: f64, metric: Option<f64>| {
+            if let Some(m) = metric {
+                if weight > 0.0 {
+                    let m = m.clamp(0.0, 1.0);
+                    sum += weight * if geometric { m.max(GEO_FLOOR).ln() } else { m };
+                    total += weight;
+                }
+            }
+        };
+        let ok = self.cfg.free_rx_ok_fraction.max(f64::MIN_POSITIVE);
+        add(w.free_rx, obs.free_frac.map(|f| f / ok));
+        add(w.drain, self.drain_seen.then_some(obs.drain_score));
+        let target = self.cfg.latency_target_ns.max(1) as f64;
+        add(
+            w.latency,
+            self.latency.value.map(|l| target / l.max(target)),
+        );
+        add(w.errors, self.errors.value.map(|e| 1.0 - e));
+        add(
+            w.in_flight,
+            Some(1.0 - f64::from(self.in_flight) / f64::from(self.cfg.in_flight_limit.max(1))),
+        );
+        let load = if self.suspect {
+            // Trust the queue: as busy as its worse observed metric says.
+            Some(
+                obs.drain_score
+                    .min(obs.free_frac.map_or(1.0, |f| f / ok).min(1.0)),
+            )
+        } else {
+            self.fresh_load(now_ns)
+                .map(|l| 1.0 - f64::from(l) / f64::from(LOAD_MAX))
+        };
+        add(w.load, load);
+        if total > 0.0 && geometric {
+            (sum / total).exp()
+        } else if total > 0.0 {
+            sum / total
+        } else {
+            1.0
+        }
+    }
+
+    /// Re-evaluates the load-report cross-check and rotation at `now_ns`; returns the score.
+    /// Call it once per frame (or per health tick) for each backend.
+    pub fn refresh(&mut self, now_ns: u64) -> f64 {
+        self.fold_drain(now_ns);
+        let obs = self.observed(now_ns);
+        match self.contradiction(obs, now_ns) {
+            // No fresh report: nothing to suspect, and the load metric drops out anyway.
+            None => {
+                self.suspect = false;
+                self.verdict_since = None;
+            }
+            Some(contradicts) => {
+                // While trusted we time contradictions; while suspect, agreements.
+                if contradicts != self.suspect {
+                    let since = *self.verdict_since.get_or_insert(now_ns);
+                    let hold = if self.suspect {
+                        self.cfg.suspect_clear_ns
+                    } else {
+                        self.cfg.suspect_after_ns
+                    };
+                    if now_ns.saturating_sub(since) >= hold {
+                        self.suspect = !self.suspect;
+                        self.verdict_since = None;
+                        if self.suspect {
+                            self.stats.reports_suspected += 1;
+                        }
+                    }
+                } else {
+                    self.verdict_since = None;
+                }
+            }
+        }
+        let s = self.score(now_ns);
+        if self.in_rotation && s < self.cfg.threshold {
+            self.in_rotation = false;
+            self.stats.left_rotation += 1;
+        } else if !self.in_rotation && s >= self.cfg.rejoin_threshold {
+            self.in_rotation = true;
+        }
+        self.last_score = s;
+        s
+    }
+
+    /// Whether the backend is in rotation, as of the last [`BackendHealth::refresh`].
+    pub fn in_rotation(&self) -> bool {
+        self.in_rotation
+    }
+
+    /// The score computed by the last [`BackendHealth::refresh`].
+    pub fn last_score(&self) -> f64 {
+        self.last_score
+    }
+
+    /// Whether the backend's load report is currently distrusted (see the module docs).
+    pub fn load_report_suspect(&self) -> bool {
+        self.suspect
+    }
+
+    /// Counters since creation.
+    pub fn stats(&self) -> HealthStats {
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const US: u64 = 1_000;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn fresh_backend_is_healthy() {
+        let mut h = BackendHealth::new(HealthConfig::default());
+        assert!(close(h.refresh(0), 1.0));
+        assert!(h.in_rotation());
+    }
+
+    #[test]
+    fn score_is_the_weighted_mean_of_known_metrics() {
+        let cfg = HealthConfig {
+            weights: HealthWeights {
+                free_rx: 1.0,
+                drain: 0.0,
+                latency: 0.0,
+                errors: 0.0,
+                in_flight: 0.0,
+                load: 3.0,
+            },
+            combine: Combine::Arithmetic,
+            ..HealthConfig::default()
+        };
+        let mut h = BackendHealth::new(cfg);
+        h.on_free_rx(64, 256); // 0.25 / 0.5 = 0.5
+        assert!(close(h.score(0), 0.5), "load unknown drops out");
+        h.on_load_report(500, 0); // 0.5 -> (0.5 + 3 * 0.5) / 4
+        assert!(close(h.score(0), 0.5));
+        h.on_load_report(0, 0); // (0.5 + 3) / 4
+        assert!(close(h.score(0), 0.875));
+        // The report expires.
+        assert!(close(h.score(200 * MS), 0.5));
+    }
+
+    #[test]
+    fn geometric_mean_lets_one_failed_metric_dominate() {
+        let weights = HealthWeights {
+            free_rx: 1.0,
+            drain: 0.0,
+            latency: 0.0,
+            errors: 1.0,
+            in_flight: 0.0,
+            load: 0.0,
+        };
+        let mut h = BackendHealth::new(HealthConfig {
+            weights,
+            ..HealthConfig::default()
+        });
+        h.on_free_rx(256, 256);
+        h.on_dispatch(0);
+        h.on_reply(1, false, 0);
+        // sqrt(1 * 0.01)
+        assert!(close(h.score(0), 0.1), "{}", h.score(0));
+    }
+
+    #[test]
+    fn drain_rate_tracks_consumption_per_second() {
+        let mut h = BackendHealth::new(HealthConfig::default());
+        let mut now = 0;
+        // 10 buffers every 100 us = 100k/s, for 200 ms (10 half-lives).
+        for _ in 0..2000 {
+            now += 100 * US;
+            h.on_consumed(10, now);
+        }
+        let r = h.drain_per_s(now);
+        assert!((r - 100_000.0).abs() < 1_000.0, "{r}");
+        // Nothing consumed for one half-life: the rate halves.
+        let r2 = h.drain_per_s(now + 20 * MS);
+        assert!((r2 - r / 2.0).abs() < 1.0, "{r2}");
+    }
+
+    #[test]
+    fn errors_and_latency_take_a_backend_out_of_rotation_with_hysteresis() {
+        let mut h = BackendHealth::new(HealthConfig::default());
+        let mut now = 0;
+        for _ in 0..200 {
+            now += 100 * US;
+            h.on_dispatch(now);
+            h.on_consumed(1, now);
+            h.on_reply(10 * MS, false, now);
+            h.refresh(now);
+        }
+        assert!(!h.in_rotation(), "score {}", h.last_score());
+        assert_eq!(h.stats().left_rotation, 1);
+        // Recovery: good replies push the score back over the rejoin threshold.
+        for _ in 0..2000 {
+            now += 100 * US;
+            h.on_dispatch(now);
+            h.on_consumed(1, now);
+            h.on_reply(50 * US, true, now);
+            h.refresh(now);
+        }
+        assert!(h.in_rotation(), "score {}", h.last_score());
+    }
+
+    #[test]
+    fn idle_report_from_a_stuck_backend_becomes_suspect() {
+        let mut h = BackendHealth::new(HealthConfig::default());
+        h.on_free_rx(256, 256);
+        // Work delivered, then the backend stops consuming and keeps claiming it is idle.
+        for _ in 0..250 {
+            h.on_dispatch(0);
+        }
+        h.on_free_rx(6, 256);
+        let mut now = 0;
+        let trusted = h.refresh(now);
+        while now < 40 * MS {
+            now += MS;
+            h.on_load_report(0, now);
+            h.refresh(now);
+        }
+        assert!(h.load_report_suspect());
+        assert_eq!(h.stats().reports_suspected, 1);
+        assert!(h.refresh(now) < trusted);
+        // The backend catches up: the report is trusted again after the clear hold.
+        h.on_free_rx(256, 256);
+        while now < 200 * MS {
+            now += MS;
+            h.on_consumed(5, now);
+            h.on_load_report(0, now);
+            h.refresh(now);
+        }
+        assert!(!h.load_report_suspect());
+    }
+
+    #[test]
+    fn saturated_report_from_a_flowing_backend_becomes_suspect() {
+        let mut h = BackendHealth::new(HealthConfig::default());
+        h.on_free_rx(250, 256);
+        let mut now = 0;
+        while now < 30 * MS {
+            now += 100 * US;
+            h.on_dispatch(now);
+            h.on_consumed(1, now);
+            h.on_reply(20 * US, true, now);
+            h.on_load_report(1000, now);
+            h.refresh(now);
+        }
+        assert!(h.load_report_suspect());
+        // The switch's view (flowing) replaces the report: score stays high.
+        assert!(h.score(now) > 0.9, "{}", h.score(now));
+    }
+
+    #[test]
+    fn a_brief_contradiction_is_not_enough() {
+        let mut h = BackendHealth::new(HealthConfig::default());
+        h.on_free_rx(250, 256);
+        h.on_dispatch(0);
+        h.on_consumed(1, 100 * US);
+        h.on_load_report(1000, 100 * US);
+        h.refresh(100 * US);
+        h.refresh(MS);
+        assert!(!h.load_report_suspect());
+    }
+}
