@@ -189,6 +189,10 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
     pub fn is_broken(&self) -> bool {
         self.broken
     }
+    /// Size of the rx queue.
+    pub fn rx_queue_size(&self) -> u16 {
+        self.rx.size()
+    }
     /// The rx queue.
     pub fn rx_queue(&self) -> &Queue {
         &self.rx

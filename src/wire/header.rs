@@ -72,6 +72,10 @@ pub enum Status {
     BackendError = 4,
     /// The reply does not fit the requester's posted rx buffer.
     TooLarge = 5,
+    /// The request was dispatched but no reply came before its deadline.
+    Timeout = 6,
+    /// The sender's port or the destination port broke (virtio DEVICE_NEEDS_RESET).
+    PortBroken = 7,
 }
 
 impl Status {
@@ -84,6 +88,8 @@ impl Status {
             3 => Self::BadRequest,
             4 => Self::BackendError,
             5 => Self::TooLarge,
+            6 => Self::Timeout,
+            7 => Self::PortBroken,
             _ => return None,
         })
     }

@@ -1,0 +1,110 @@
+//! A service: a named group of backend ports behind one balancing policy, with the health and
+//! failover state of each member.
+
+use std::collections::VecDeque;
+
+use serde::Deserialize;
+
+use super::failover::{Failover, FailoverConfig};
+use super::health::{BackendHealth, HealthConfig};
+use super::policy::{Candidate, Policy, PolicyConfig};
+use super::pool::Token;
+use super::port::PortId;
+
+/// Service identifier (index into the switch's service table; `dst` of requests to it).
+pub type ServiceId = u32;
+
+/// How a service balances, judges health and fails over.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Balancing policy.
+    pub policy: PolicyConfig,
+    /// Health metrics and weights.
+    pub health: HealthConfig,
+    /// Stall window, ejection backoff, slow start, panic threshold.
+    pub failover: FailoverConfig,
+    /// A request not answered this long after it was accepted is failed back to its sender.
+    /// Default 1 s.
+    pub request_timeout_ns: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            policy: PolicyConfig::default(),
+            health: HealthConfig::default(),
+            failover: FailoverConfig::default(),
+            request_timeout_ns: 1_000_000_000,
+        }
+    }
+}
+
+/// Per-service counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceStats {
+    /// Requests addressed to the service.
+    pub requests: u64,
+    /// Deliveries to backends (first dispatches and re-dispatches).
+    pub dispatches: u64,
+    /// Replies delivered to frontends.
+    pub replies: u64,
+    /// Replies with an error status from a backend.
+    pub backend_errors: u64,
+    /// Requests re-dispatched after their backend was ejected or broke.
+    pub redispatches: u64,
+    /// Replies dropped because their request had been re-dispatched or answered already.
+    pub late_replies_dropped: u64,
+    /// Requests failed back with an error status (no backend before the deadline).
+    pub failed_back: u64,
+    /// Stalls detected.
+    pub stalls: u64,
+    /// Ejections.
+    pub ejections: u64,
+    /// Returns from ejection.
+    pub returns: u64,
+}
+
+/// One backend of a service.
+pub(crate) struct Member {
+    pub port: PortId,
+    pub base_weight: f64,
+    pub health: BackendHealth,
+    pub dispatched: u64,
+    pub bytes: u64,
+}
+
+pub(crate) struct Service {
+    pub name: String,
+    pub cfg: ServiceConfig,
+    pub members: Vec<Member>,
+    /// What the policy sees, one entry per member, kept up to date in place.
+    pub candidates: Vec<Candidate>,
+    pub policy: Box<dyn Policy>,
+    pub failover: Failover,
+    /// Accepted requests waiting for a backend, oldest first.
+    pub wait: VecDeque<Token>,
+    pub stats: ServiceStats,
+}
+
+impl Service {
+    /// Recomputes every candidate's weight: base x health score x failover factor, 0 when out
+    /// of rotation (unless the service is in panic mode).
+    pub fn refresh(&mut self, now_ns: u64) {
+        let panic = self.failover.panic();
+        for (i, m) in self.members.iter_mut().enumerate() {
+            let score = m.health.refresh(now_ns);
+            let usable = self.failover.in_rotation(i) && (panic || m.health.in_rotation());
+            let c = &mut self.candidates[i];
+            c.weight = if usable {
+                m.base_weight * score.max(0.05) * self.failover.weight_factor(i, now_ns).max(0.01)
+            } else {
+                0.0
+            };
+            c.in_flight = m.health.in_flight();
+            c.queued = m.health.unconsumed();
+            c.drain_per_s = m.health.drain_per_s(now_ns);
+        }
+        self.policy.on_frame(&self.candidates, now_ns);
+    }
+}

@@ -1,0 +1,248 @@
+//! Switch counters and the snapshot that prints as a table and as JSON.
+
+use std::fmt;
+
+use serde::Serialize;
+use vm_memory::GuestMemoryBackend;
+
+use super::failover::BackendStatus;
+use super::port::PortStats;
+use super::service::ServiceStats;
+use super::Switch;
+
+/// Switch-wide counters. Every accepted request ends in exactly one of `replies_delivered`,
+/// `failed_back` or `orphaned`, or is still in flight:
+/// `requests_accepted = replies_delivered + failed_back + orphaned + refused + in_flight`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// Requests taken from frontends.
+    pub requests_accepted: u64,
+    /// Replies delivered to frontends.
+    pub replies_delivered: u64,
+    /// Requests answered by the switch with an error status.
+    pub failed_back: u64,
+    /// Requests dropped because their frontend went away (their late replies are dropped).
+    pub orphaned: u64,
+    /// Requests refused at once because the in-flight table was full.
+    pub refused: u64,
+    /// Of `failed_back`: dispatched requests that timed out.
+    pub timeouts: u64,
+    /// Re-dispatches after an ejection or a broken backend.
+    pub redispatches: u64,
+    /// Replies dropped because their request was already answered or re-dispatched.
+    pub late_replies_dropped: u64,
+    /// One-way messages delivered.
+    pub oneway_delivered: u64,
+    /// One-way messages that could not be delivered (the sender got an error notice).
+    pub oneway_undeliverable: u64,
+    /// Ports marked broken by a guest fault.
+    pub port_faults: u64,
+}
+
+/// One port in a snapshot.
+#[derive(Clone, Debug, Serialize)]
+pub struct PortSnapshot {
+    /// Port id.
+    pub id: u32,
+    /// Name.
+    pub name: String,
+    /// Broken or removed.
+    pub down: bool,
+    /// Counters.
+    #[serde(flatten)]
+    pub stats: PortStats,
+}
+
+/// One backend of a service in a snapshot.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberSnapshot {
+    /// Port id.
+    pub port: u32,
+    /// Port name.
+    pub name: String,
+    /// Configured weight.
+    pub base_weight: f64,
+    /// Effective weight the policy sees (base x health x slow start; 0 out of rotation).
+    pub weight: f64,
+    /// Health score in [0, 1].
+    pub health: f64,
+    /// `healthy`, `stalled`, `ejected` or `warming`.
+    pub status: &'static str,
+    /// Requests dispatched to it.
+    pub dispatched: u64,
+    /// Its share of the service's dispatches.
+    pub share: f64,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// Drain rate, rx buffers per second.
+    pub drain_per_s: f64,
+    /// Reply latency EWMA in microseconds.
+    pub latency_us: Option<f64>,
+    /// Its load reports disagree with the drain the switch observes.
+    pub load_report_suspect: bool,
+}
+
+/// One service in a snapshot.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceSnapshot {
+    /// Service id.
+    pub id: u32,
+    /// Name.
+    pub name: String,
+    /// Policy name.
+    pub policy: &'static str,
+    /// In panic mode (all backends used).
+    pub panic: bool,
+    /// Requests waiting for a backend.
+    pub waiting: usize,
+    /// Counters.
+    #[serde(flatten)]
+    pub stats: ServiceStats,
+    /// Backends.
+    pub members: Vec<MemberSnapshot>,
+}
+
+/// A point-in-time view of the switch.
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    /// Clock reading.
+    pub now_ns: u64,
+    /// Requests accepted and not yet answered.
+    pub in_flight: usize,
+    /// In-flight table subpools.
+    pub pool_subpools: usize,
+    /// Switch-wide counters.
+    pub totals: Totals,
+    /// Ports.
+    pub ports: Vec<PortSnapshot>,
+    /// Services.
+    pub services: Vec<ServiceSnapshot>,
+}
+
+impl<M: GuestMemoryBackend + Clone> Switch<M> {
+    /// Counters and current health.
+    pub fn snapshot(&self) -> Snapshot {
+        let now = self.clock.now_ns();
+        let ports = self
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PortSnapshot {
+                id: i as u32,
+                name: p.name.clone(),
+                down: p.down,
+                stats: p.stats,
+            })
+            .collect();
+        let services = self
+            .services
+            .iter()
+            .enumerate()
+            .map(|(id, s)| {
+                let total: u64 = s.members.iter().map(|m| m.dispatched).sum();
+                let members = s
+                    .members
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| MemberSnapshot {
+                        port: m.port,
+                        name: self.ports[m.port as usize].name.clone(),
+                        base_weight: m.base_weight,
+                        weight: s.candidates[i].weight,
+                        health: m.health.last_score(),
+                        status: match s.failover.status(i) {
+                            Some(BackendStatus::Healthy) | None => "healthy",
+                            Some(BackendStatus::Stalled) => "stalled",
+                            Some(BackendStatus::Ejected { .. }) => "ejected",
+                            Some(BackendStatus::Warming { .. }) => "warming",
+                        },
+                        dispatched: m.dispatched,
+                        share: if total > 0 {
+                            m.dispatched as f64 / total as f64
+                        } else {
+                            0.0
+                        },
+                        in_flight: m.health.in_flight(),
+                        drain_per_s: m.health.drain_per_s(now),
+                        latency_us: m.health.latency_ns().map(|l| l / 1e3),
+                        load_report_suspect: m.health.load_report_suspect(),
+                    })
+                    .collect();
+                ServiceSnapshot {
+                    id: id as u32,
+                    name: s.name.clone(),
+                    policy: s.policy.name(),
+                    panic: s.failover.panic(),
+                    waiting: s.wait.len(),
+                    stats: s.stats,
+                    members,
+                }
+            })
+            .collect();
+        Snapshot {
+            now_ns: now,
+            in_flight: self.inflight.len(),
+            pool_subpools: self.inflight.subpools(),
+            totals: self.totals,
+            ports,
+            services,
+        }
+    }
+}
+
+impl fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = &self.totals;
+        writeln!(
+            f,
+            "requests {}  replies {}  failed back {}  orphaned {}  in flight {}  redispatched {}  late dropped {}  one-way {} (undeliverable {})  port faults {}",
+            t.requests_accepted, t.replies_delivered, t.failed_back, t.orphaned, self.in_flight,
+            t.redispatches, t.late_replies_dropped, t.oneway_delivered, t.oneway_undeliverable,
+            t.port_faults
+        )?;
+        for s in &self.services {
+            writeln!(
+                f,
+                "service {} ({}, {}{}): requests {} replies {} errors {} redispatched {} late {} failed back {} stalls {} ejections {} waiting {}",
+                s.name, s.id, s.policy, if s.panic { ", PANIC" } else { "" },
+                s.stats.requests, s.stats.replies, s.stats.backend_errors, s.stats.redispatches,
+                s.stats.late_replies_dropped, s.stats.failed_back, s.stats.stalls,
+                s.stats.ejections, s.waiting
+            )?;
+            writeln!(
+                f,
+                "  {:<12} {:>6} {:>8} {:>7} {:>8} {:>7} {:>9} {:>10} {:>9}",
+                "backend",
+                "weight",
+                "eff",
+                "health",
+                "status",
+                "share",
+                "in-flight",
+                "drain/s",
+                "lat us"
+            )?;
+            for m in &s.members {
+                writeln!(
+                    f,
+                    "  {:<12} {:>6.1} {:>8.2} {:>7.2} {:>8} {:>6.1}% {:>9} {:>10.0} {:>9}{}",
+                    m.name,
+                    m.base_weight,
+                    m.weight,
+                    m.health,
+                    m.status,
+                    m.share * 100.0,
+                    m.in_flight,
+                    m.drain_per_s,
+                    m.latency_us.map_or("-".into(), |l| format!("{l:.1}")),
+                    if m.load_report_suspect {
+                        "  load report suspect"
+                    } else {
+                        ""
+                    }
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
