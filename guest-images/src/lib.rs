@@ -24,21 +24,21 @@ macro_rules! entry {
             entry = sym __vmq_entry,
         );
 
-        extern "C" fn __vmq_entry(bb: *const $crate::abi::BootBlock) -> ! {
+        extern "C" fn __vmq_entry(bb: u64) -> ! {
             let f: fn(&$crate::abi::BootBlock) -> u32 = $main;
             $crate::exit(f(&$crate::boot_block(bb)))
         }
     };
 }
 
-/// Copies the boot block the VMM wrote at `ptr` (passed in `rdi`). Exits with status
+/// Copies the boot block the VMM wrote at `addr` (passed in `rdi`). Exits with status
 /// [`abi::EXIT_PANIC`] if it is not there or has the wrong magic or version.
-pub fn boot_block(ptr: *const BootBlock) -> BootBlock {
-    if ptr as u64 != abi::BOOT_BLOCK_ADDR {
+pub fn boot_block(addr: u64) -> BootBlock {
+    if addr != abi::BOOT_BLOCK_ADDR {
         exit(abi::EXIT_PANIC);
     }
     // SAFETY: the VMM wrote a BootBlock at this fixed, mapped, aligned address before start.
-    let bb = unsafe { core::ptr::read_volatile(ptr) };
+    let bb = unsafe { core::ptr::read_volatile(addr as *const BootBlock) };
     if !bb.is_valid() {
         exit(abi::EXIT_PANIC);
     }

@@ -3,11 +3,19 @@
 //! # Costs measured on the development machine
 //!
 //! `kvm_pvm` (software virtualisation nested in a cloud VM), shared 2-core host, release build,
-//! medians of the `measure_costs` test in `vmm-tests/vm.rs` (run it with `--ignored
-//! --nocapture`): see the figures in that test's output; at the time of writing they were
-//! about 1 ms to create a VM (KVM VM, 16 MiB memory, vCPU), ~20 us per port-I/O exit round trip
-//! to this VMM and ~6-7 us per write to an ioeventfd-registered MMIO address (absorbed in the
-//! kernel, no exit to user space). On real VMX/SVM hardware expect ~1 us per port-I/O exit.
+//! from the `measure_costs` test in `vmm-tests/vm.rs` (`cargo test --release --test vm --
+//! --ignored --nocapture measure_costs`); figures drift from run to run on shared machines:
+//!
+//! | what | cost |
+//! |------|------|
+//! | `Vm::new` (KVM VM, 16 MiB memory, page tables, vCPU) | ~0.55 ms |
+//! | start to exit of a guest that exits at once (vCPU set-up, thread, run) | ~1.7 ms |
+//! | `hello` end to end (create, load, run, 3 console lines, 1 ms doorbell wait, 2 MMIO exits) | ~5.5 ms |
+//! | port-I/O exit to this VMM and back into the guest | ~38 us |
+//! | write to an ioeventfd-registered MMIO address (absorbed in the kernel, no user exit) | ~5 us |
+//!
+//! On real VMX/SVM hardware a port-I/O exit costs around 1 us. Either way: poll while there is
+//! work, notify rarely, and print whole lines (one exit per line, see `abi::PORT_CONSOLE`).
 
 use std::sync::Arc;
 
