@@ -108,8 +108,9 @@ impl VcpuHandle {
         })
     }
 
-    /// Asks the vCPU to stop: wakes it from a doorbell wait and kicks it out of the guest.
-    /// Returns at once; [`VcpuHandle::join`] then reports [`RunOutcome::Stopped`] (unless the
+    /// Asks the vCPU to stop: wakes it from a doorbell wait and kicks it out of the guest
+    /// (`kvm_run.immediate_exit` plus `SIGRTMIN` to the vCPU thread; the VMM installs a
+    /// process-wide no-op handler for that signal on the first start). Returns at once; [`VcpuHandle::join`] then reports [`RunOutcome::Stopped`] (unless the
     /// guest ended first).
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);

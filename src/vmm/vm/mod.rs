@@ -8,11 +8,11 @@
 //!
 //! | what | cost |
 //! |------|------|
-//! | `Vm::new` (KVM VM, 16 MiB memory, page tables, vCPU) | ~0.55 ms |
-//! | start to exit of a guest that exits at once (vCPU set-up, thread, run) | ~1.7 ms |
-//! | `hello` end to end (create, load, run, 3 console lines, 1 ms doorbell wait, 2 MMIO exits) | ~5.5 ms |
-//! | port-I/O exit to this VMM and back into the guest | ~38 us |
-//! | write to an ioeventfd-registered MMIO address (absorbed in the kernel, no user exit) | ~5 us |
+//! | `Vm::new` (KVM VM, 16 MiB memory, page tables, vCPU) | ~0.53-0.55 ms |
+//! | start to exit of a guest that exits at once (vCPU set-up, thread, run) | ~0.7-1.7 ms |
+//! | `hello` end to end (create, load, run, 3 console lines, 1 ms doorbell wait, 2 MMIO exits) | ~3.5-5.5 ms |
+//! | port-I/O exit to this VMM and back into the guest | ~25-38 us |
+//! | write to an ioeventfd-registered MMIO address (absorbed in the kernel, no user exit) | ~4-5 us |
 //!
 //! On real VMX/SVM hardware a port-I/O exit costs around 1 us. Either way: poll while there is
 //! work, notify rarely, and print whole lines (one exit per line, see `abi::PORT_CONSOLE`).
