@@ -7,12 +7,13 @@
 //! Data flows one way through the modules: CLI -> [`vmm`] / event loop -> [`switch`] ->
 //! [`device`] / [`transport`] -> [`ring`] / [`wire`].
 //!
-//! Built with `default-features = false`, only the `no_std` modules [`wire`] and [`ring`] remain;
+//! Built with `default-features = false`, only the `no_std` modules [`abi`], [`wire`] and [`ring`] remain;
 //! guest images use the crate that way.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod abi;
 pub mod ring;
 pub mod wire;
 

@@ -1,1 +1,33 @@
 //! KVM: guest memory, vCPU set-up and run loop, guest-image loading, port I/O and MMIO wiring.
+//!
+//! A [`Vm`] owns one KVM VM with one vCPU that runs a vmq guest image in 64-bit **user mode**
+//! (CPL 3, IOPL 3), which runs natively even under software KVM such as `kvm_pvm`. The guest
+//! talks to the VMM through the ports in [`crate::abi`] (console, exit, doorbell-wait) and
+//! through MMIO devices registered on the VM's [`MmioBus`].
+//!
+//! ```no_run
+//! use vmq::vmm::{images, Vm, VmConfig};
+//! let mut vm = Vm::new(VmConfig::new("hello"))?;
+//! vm.load_elf(images::HELLO)?;
+//! let handle = vm.start()?;
+//! let outcome = handle.join()?;
+//! println!("{outcome:?}: {:?}", vm.console().lines());
+//! # Ok::<(), vmq::vmm::Error>(())
+//! ```
+//!
+//! Measured on the development machine (`kvm_pvm`, nested software virtualisation, a shared
+//! 2-core cloud VM): see [`Vm`] for the figures.
+
+mod arch;
+mod bus;
+mod error;
+pub mod images;
+mod loader;
+mod vcpu;
+mod vm;
+
+pub use bus::{MmioBus, MmioDevice};
+pub use error::{ElfError, Error, Result};
+pub use loader::{load_elf, LoadedImage};
+pub use vcpu::{Console, ExitCounters, ExitSnapshot, RunOutcome, VcpuHandle};
+pub use vm::{IoeventMode, Vm, VmConfig};
