@@ -42,12 +42,8 @@ impl Policy for ExpectedDelay {
             self.start + 1
         };
         let mut best: Option<(usize, f64, f64)> = None;
-        for k in 0..n {
-            let i = if self.start + k >= n {
-                self.start + k - n
-            } else {
-                self.start + k
-            };
+        // Scan from a rotating start (two plain ranges, no per-item wrap) so ties spread.
+        for i in (self.start..n).chain(0..self.start) {
             let x = &c[i];
             if !x.eligible() {
                 continue;
