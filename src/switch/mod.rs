@@ -52,3 +52,6 @@ pub enum SwitchError {
     #[error("invalid in-flight pool configuration: {0}")]
     Pool(#[from] pool::PoolError),
 }
+
+#[cfg(test)]
+mod tests;
