@@ -22,6 +22,8 @@ pub mod bench;
 #[cfg(feature = "std")]
 pub mod device;
 #[cfg(feature = "std")]
+pub mod event;
+#[cfg(feature = "std")]
 pub mod peer;
 #[cfg(feature = "std")]
 pub mod switch;

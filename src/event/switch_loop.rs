@@ -1,0 +1,158 @@
+//! [`SwitchLoop`]: runs a [`Switch`] on the calling thread until told to stop.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use vm_memory::GuestMemoryBackend;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{Doorbells, SweepTimer};
+use crate::switch::Switch;
+
+/// How eagerly the loop spins before it sleeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoopConfig {
+    /// Empty polls in a row before the loop arms kicks and sleeps.
+    pub spin_polls: u32,
+    /// Longest sleep (the sweep timer period).
+    pub max_sleep: Duration,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        Self {
+            spin_polls: 2000,
+            max_sleep: Duration::from_millis(1),
+        }
+    }
+}
+
+/// Loop counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LoopStats {
+    /// Calls to `Switch::poll`.
+    pub polls: u64,
+    /// Messages moved.
+    pub messages: u64,
+    /// Times the loop slept.
+    pub sleeps: u64,
+    /// Guest kicks (and control writes) that woke it.
+    pub doorbells: u64,
+}
+
+/// The switch thread: a [`Switch`] plus the event manager it sleeps in.
+pub struct SwitchLoop<M> {
+    /// The switch it drives.
+    pub switch: Switch<M>,
+    em: EventManager<Box<dyn MutEventSubscriber + Send>>,
+    cfg: LoopConfig,
+    stats: LoopStats,
+    rings: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    wake: Arc<EventFd>,
+}
+
+impl<M: GuestMemoryBackend + Clone> SwitchLoop<M> {
+    /// A loop over `switch` that wakes on any of `kicks` (guest QueueNotify ioeventfds).
+    pub fn new(switch: Switch<M>, kicks: Vec<EventFd>, cfg: LoopConfig) -> std::io::Result<Self> {
+        let mut em: EventManager<Box<dyn MutEventSubscriber + Send>> =
+            EventManager::new().map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        let rings = Arc::new(AtomicU64::new(0));
+        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+        let mut fds = kicks;
+        fds.push(wake.try_clone()?);
+        em.add_subscriber(Box::new(Doorbells::new(fds, rings.clone())));
+        em.add_subscriber(Box::new(SweepTimer::new(cfg.max_sleep)?));
+        Ok(Self {
+            switch,
+            em,
+            cfg,
+            stats: LoopStats::default(),
+            rings,
+            stop: Arc::new(AtomicBool::new(false)),
+            wake,
+        })
+    }
+
+    /// A handle other threads use to stop the loop.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            stop: self.stop.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> LoopStats {
+        LoopStats {
+            doorbells: self.rings.load(Ordering::Relaxed),
+            ..self.stats
+        }
+    }
+
+    /// Runs until `done(&switch)` says so or a [`Stopper`] fires. `tick` runs about every
+    /// `tick_every` of switch-clock time (progress reports), on this thread.
+    pub fn run<D, T>(&mut self, mut done: D, tick_every: Duration, mut tick: T)
+    where
+        D: FnMut(&Switch<M>) -> bool,
+        T: FnMut(&Switch<M>, &LoopStats),
+    {
+        let mut idle = 0u32;
+        let mut next_tick = std::time::Instant::now() + tick_every;
+        while !self.stop.load(Ordering::Acquire) {
+            let n = self.switch.poll();
+            self.stats.polls += 1;
+            self.stats.messages += n as u64;
+            if n > 0 {
+                idle = 0;
+            } else {
+                idle += 1;
+                if idle >= self.cfg.spin_polls {
+                    idle = 0;
+                    self.sleep();
+                }
+            }
+            if self.stats.polls % 256 == 0 || idle == 0 {
+                if done(&self.switch) {
+                    break;
+                }
+                let now = std::time::Instant::now();
+                if now >= next_tick {
+                    next_tick = now + tick_every;
+                    let s = self.stats();
+                    tick(&self.switch, &s);
+                }
+            }
+        }
+    }
+
+    fn sleep(&mut self) {
+        if self.switch.prepare_idle() {
+            self.switch.resume_polling();
+            return;
+        }
+        let ms = (self.switch.until_next_sweep() / 1_000_000).clamp(1, 1000) as i32;
+        self.stats.sleeps += 1;
+        if let Err(e) = self.em.run_with_timeout(ms) {
+            log::warn!("event loop wait failed: {e:?}");
+        }
+        self.switch.resume_polling();
+    }
+}
+
+/// Stops a [`SwitchLoop`] from another thread.
+#[derive(Clone)]
+pub struct Stopper {
+    stop: Arc<AtomicBool>,
+    wake: Arc<EventFd>,
+}
+
+impl Stopper {
+    /// Asks the loop to return; wakes it if it sleeps.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.wake.write(1);
+    }
+}
