@@ -28,6 +28,8 @@ pub mod peer;
 #[cfg(feature = "std")]
 pub mod switch;
 #[cfg(feature = "std")]
+pub mod topology;
+#[cfg(feature = "std")]
 pub mod transport;
 #[cfg(feature = "std")]
 pub mod vmm;
