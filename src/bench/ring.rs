@@ -140,7 +140,7 @@ pub fn run_vmq(size: u32, batch: u32, budget: Budget, placement: Placement) -> R
                 port.complete_tx(c.head).expect("complete");
                 got += 1;
                 if (i + 1) % batch as usize == 0 || i + 1 == n {
-                    port.tx_needs_notification();
+                    port.publish_tx();
                 }
             }
         }

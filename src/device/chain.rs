@@ -4,9 +4,9 @@
 //! VMs must know *why*, so it can mark the port broken and count the fault. This walker reads
 //! every descriptor from guest memory once, checks it, and hands the caller each buffer.
 
-use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::GuestMemoryBackend;
 
+use super::GuestView;
 use crate::ring::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE};
 
 /// One buffer of a chain, already checked to lie inside guest memory.
@@ -66,7 +66,7 @@ pub enum ChainError {
 /// Calls `f` with every non-empty buffer, in order, after checking it. `writable` is the
 /// direction every buffer must have. Returns the total length.
 pub fn walk<M, F>(
-    mem: &M,
+    mem: &GuestView<M>,
     desc_table: u64,
     size: u16,
     head: u16,
@@ -74,7 +74,7 @@ pub fn walk<M, F>(
     mut f: F,
 ) -> Result<u32, ChainError>
 where
-    M: GuestMemoryBackend + ?Sized,
+    M: GuestMemoryBackend,
     F: FnMut(Seg),
 {
     let mut index = head;
@@ -88,10 +88,12 @@ where
         let addr = desc_table
             .checked_add(DESC_SIZE * index as u64)
             .ok_or(ChainError::DescriptorUnreadable { index })?;
-        let d: Descriptor = mem
-            .read_obj(GuestAddress(addr))
-            .map_err(|_| ChainError::DescriptorUnreadable { index })?;
-        let flags = d.flags();
+        let mut raw = [0u8; DESC_SIZE as usize];
+        if !mem.read(addr, &mut raw) {
+            return Err(ChainError::DescriptorUnreadable { index });
+        }
+        let d = Desc::from_le(&raw);
+        let flags = d.flags;
         if flags & DESC_F_INDIRECT != 0 {
             return Err(ChainError::Indirect);
         }
@@ -99,13 +101,11 @@ where
             return Err(ChainError::WrongDirection);
         }
         let seg = Seg {
-            addr: d.addr().0,
-            len: d.len(),
+            addr: d.addr,
+            len: d.len,
         };
         if seg.len > 0 {
-            let in_range = seg.addr.checked_add(seg.len as u64).is_some()
-                && mem.check_range(GuestAddress(seg.addr), seg.len as usize);
-            if !in_range {
+            if !mem.in_range(seg.addr, seg.len) {
                 return Err(ChainError::BufferOutOfRange {
                     addr: seg.addr,
                     len: seg.len,
@@ -117,7 +117,29 @@ where
         if flags & DESC_F_NEXT == 0 {
             return Ok(total);
         }
-        index = d.next();
+        index = d.next;
     }
     Err(ChainError::Loop { size })
+}
+
+/// A split-ring descriptor (`struct virtq_desc`), decoded from its little-endian bytes.
+struct Desc {
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+}
+
+impl Desc {
+    #[inline]
+    fn from_le(b: &[u8; DESC_SIZE as usize]) -> Self {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[0..8]);
+        Self {
+            addr: u64::from_le_bytes(a),
+            len: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
+            flags: u16::from_le_bytes([b[12], b[13]]),
+            next: u16::from_le_bytes([b[14], b[15]]),
+        }
+    }
 }

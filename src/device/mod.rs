@@ -6,12 +6,16 @@
 //! notification decisions. Every descriptor is checked by [`chain`]'s strict walker: a hostile
 //! chain is a typed [`ChainError`], never a panic and never an access outside the port's memory.
 
+mod avail;
 pub mod chain;
 mod error;
+mod mem;
 mod port;
+mod used;
 
 pub use chain::{ChainError, Seg};
 pub use error::DeviceError;
+pub use mem::GuestView;
 pub use port::{DeliverError, DevicePort, Payload, PortCounters, TxChain, RX_QUEUE, TX_QUEUE};
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! [`DevicePort`]: one VM's rx and tx queues, device side.
 
-use virtio_queue::{Error as QueueError, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryBackend;
 
+use super::avail::AvailRing;
 use super::chain::{self, ChainError, Seg};
-use super::DeviceError;
+use super::used::UsedRing;
+use super::{DeviceError, GuestView};
 use crate::wire::{MsgHeader, Status, HEADER_SIZE};
 
 /// Index of the rx queue: the device writes deliveries into buffers the guest posts here.
@@ -39,17 +41,17 @@ pub struct TxChain {
 
 impl TxChain {
     /// The payload, read from `mem` (the memory of the port it was popped from).
-    pub fn payload<'a, M>(&'a self, mem: &'a M) -> Payload<'a, M>
+    pub fn payload<'a, M>(&'a self, mem: &'a GuestView<M>) -> Payload<'a, M>
     where
-        M: GuestMemoryBackend + ?Sized,
+        M: GuestMemoryBackend,
     {
         Payload::Chain { mem, chain: self }
     }
 
     /// Calls `f(addr, len)` for each span of payload bytes, in order.
-    fn for_each_payload_span<M, F>(&self, mem: &M, mut f: F) -> Result<(), ChainError>
+    fn for_each_payload_span<M, F>(&self, mem: &GuestView<M>, mut f: F) -> Result<(), ChainError>
     where
-        M: GuestMemoryBackend + ?Sized,
+        M: GuestMemoryBackend,
         F: FnMut(u64, u64),
     {
         let len = self.header.len();
@@ -80,19 +82,19 @@ impl TxChain {
 }
 
 /// Where the payload of a delivery comes from.
-pub enum Payload<'a, M: ?Sized> {
+pub enum Payload<'a, M> {
     /// Bytes on the host (messages the switch makes itself).
     Bytes(&'a [u8]),
     /// The payload of a held tx chain in another (or the same) port's memory.
     Chain {
         /// That port's memory.
-        mem: &'a M,
+        mem: &'a GuestView<M>,
         /// The chain.
         chain: &'a TxChain,
     },
 }
 
-impl<M: ?Sized> Payload<'_, M> {
+impl<M> Payload<'_, M> {
     /// Payload length in bytes.
     pub fn len(&self) -> u32 {
         match self {
@@ -142,9 +144,13 @@ pub struct PortCounters {
 
 /// One VM's port: its rx and tx virtqueues over its guest memory, seen from the device.
 pub struct DevicePort<M> {
-    mem: M,
+    mem: GuestView<M>,
     rx: Queue,
     tx: Queue,
+    rx_avail: AvailRing,
+    tx_avail: AvailRing,
+    rx_used: UsedRing,
+    tx_used: UsedRing,
     rx_segs: Vec<Seg>,
     broken: bool,
     counters: PortCounters,
@@ -168,7 +174,11 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
         }
         let rx_segs = Vec::with_capacity(rx.size() as usize);
         Ok(Self {
-            mem,
+            mem: GuestView::new(mem),
+            rx_avail: AvailRing::new(&rx),
+            tx_avail: AvailRing::new(&tx),
+            rx_used: UsedRing::new(&rx),
+            tx_used: UsedRing::new(&tx),
             rx,
             tx,
             rx_segs,
@@ -179,6 +189,10 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
 
     /// The port's guest memory.
     pub fn memory(&self) -> &M {
+        self.mem.memory()
+    }
+    /// The port's guest memory with its host view (what payloads are read through).
+    pub fn view(&self) -> &GuestView<M> {
         &self.mem
     }
     /// Counters so far.
@@ -208,18 +222,6 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
         e
     }
 
-    fn queue_error(&mut self, queue: u16, e: QueueError) -> DeviceError {
-        let err = match e {
-            QueueError::InvalidAvailRingIndex => DeviceError::AvailIndexJump { queue },
-            QueueError::QueueNotReady => DeviceError::NotReady { queue },
-            other => DeviceError::Ring {
-                queue,
-                reason: other.to_string(),
-            },
-        };
-        self.fault(err)
-    }
-
     /// Pops the next message from the tx queue, walks and validates its chain and header.
     ///
     /// Returns `Ok(None)` when the queue is empty. Any guest fault marks the port broken.
@@ -244,16 +246,21 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
         }
         let desc_table = self.tx.desc_table();
         let qsize = self.tx.size();
-        let mem = &self.mem;
-        let mut iter = match self.tx.iter(mem) {
-            Ok(it) => it,
-            Err(e) => return Err(self.queue_error(TX_QUEUE, e)),
+        let ready = match self.tx_avail.ready(&self.mem, true) {
+            Ok(r) => r as usize,
+            Err(_) => return Err(self.fault(DeviceError::AvailIndexJump { queue: TX_QUEUE })),
         };
         let mut n = 0;
         let mut fault = None;
-        while n < max {
-            let Some(dc) = iter.next() else { break };
-            match parse_tx_chain(mem, desc_table, qsize, dc.head_index()) {
+        while n < max.min(ready) {
+            let Some(head) = self.tx_avail.pop(&self.mem, &mut self.tx) else {
+                fault = Some(DeviceError::Ring {
+                    queue: TX_QUEUE,
+                    reason: "avail ring unreadable".into(),
+                });
+                break;
+            };
+            match parse_tx_chain(&self.mem, desc_table, qsize, head) {
                 Ok(c) => {
                     self.counters.tx_chains += 1;
                     self.counters.tx_bytes += HEADER_SIZE as u64 + c.header.len() as u64;
@@ -289,10 +296,7 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
         let r = chain.for_each_payload_span(mem, |addr, n| {
             let n = n as usize;
             // The span was checked to lie in memory; a failed read leaves `done` short.
-            if mem
-                .read_slice(&mut out[done..done + n], GuestAddress(addr))
-                .is_ok()
-            {
+            if mem.read(addr, &mut out[done..done + n]) {
                 done += n;
             }
         });
@@ -314,15 +318,20 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
         if self.broken {
             return Err(DeviceError::Broken);
         }
-        self.tx
-            .add_used(&self.mem, head, 0)
-            .map_err(|e| self.queue_error(TX_QUEUE, e))
+        if self.tx_used.push(&self.mem, &mut self.tx, head, 0) {
+            Ok(())
+        } else {
+            Err(self.fault(DeviceError::Ring {
+                queue: TX_QUEUE,
+                reason: format!("cannot return chain {head} on the used ring"),
+            }))
+        }
     }
 
     /// Rx buffers the guest has posted and the device has not used yet.
     pub fn rx_buffers_available(&self) -> u16 {
         self.rx
-            .avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire)
+            .avail_idx(self.mem.memory(), std::sync::atomic::Ordering::Acquire)
             .map(|idx| (idx - std::num::Wrapping(self.rx.next_avail())).0)
             .unwrap_or(0)
     }
@@ -332,7 +341,7 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
     /// has stopped draining.
     pub fn rx_consumer_index(&self) -> u16 {
         self.rx
-            .avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire)
+            .avail_idx(self.mem.memory(), std::sync::atomic::Ordering::Acquire)
             .map(|w| w.0)
             .unwrap_or(0)
     }
@@ -348,20 +357,29 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
         payload: &Payload<'_, S>,
     ) -> Result<(u32, bool), DeliverError>
     where
-        S: GuestMemoryBackend + ?Sized,
+        S: GuestMemoryBackend,
     {
         if self.broken {
             return Err(DeliverError::Dest(DeviceError::Broken));
         }
-        let next = match self.rx.iter(&self.mem) {
-            Ok(mut it) => it.next(),
-            Err(e) => return Err(DeliverError::Dest(self.queue_error(RX_QUEUE, e))),
+        match self.rx_avail.ready(&self.mem, false) {
+            Ok(0) => {
+                self.counters.rx_no_buffer += 1;
+                return Err(DeliverError::NoBuffer);
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err(DeliverError::Dest(
+                    self.fault(DeviceError::AvailIndexJump { queue: RX_QUEUE }),
+                ))
+            }
+        }
+        let Some(head) = self.rx_avail.pop(&self.mem, &mut self.rx) else {
+            return Err(DeliverError::Dest(self.fault(DeviceError::Ring {
+                queue: RX_QUEUE,
+                reason: "avail ring unreadable".into(),
+            })));
         };
-        let Some(dc) = next else {
-            self.counters.rx_no_buffer += 1;
-            return Err(DeliverError::NoBuffer);
-        };
-        let head = dc.head_index();
         self.rx_segs.clear();
         let segs = &mut self.rx_segs;
         let walked = chain::walk(
@@ -387,7 +405,7 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
                     let r = chain.for_each_payload_span(*mem, |addr, n| w.copy_from(*mem, addr, n));
                     if let Err(e) = r {
                         // Undo the pop: the rx buffer is still the guest's to use.
-                        self.rx.go_to_previous_position();
+                        self.rx_avail.unpop(&mut self.rx);
                         return Err(DeliverError::Source(e));
                     }
                 }
@@ -405,48 +423,53 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
                 0
             }
         };
-        if let Err(e) = self.rx.add_used(&self.mem, head, written) {
-            return Err(DeliverError::Dest(self.queue_error(RX_QUEUE, e)));
+        if !self.rx_used.push(&self.mem, &mut self.rx, head, written) {
+            return Err(DeliverError::Dest(self.fault(DeviceError::Ring {
+                queue: RX_QUEUE,
+                reason: format!("cannot return chain {head} on the used ring"),
+            })));
         }
         self.counters.rx_chains += 1;
         self.counters.rx_bytes += written as u64;
         Ok((written, fits))
     }
 
-    /// After a batch of [`DevicePort::deliver`]s: whether the guest asked to be notified about
-    /// its rx queue (EVENT_IDX `used_event`).
-    pub fn rx_needs_notification(&mut self) -> bool {
-        self.needs_notification(RX_QUEUE)
+    /// After a batch of [`DevicePort::deliver`]s: makes them visible to the guest (one used
+    /// index store for the batch) and returns whether the guest asked to be notified
+    /// (EVENT_IDX `used_event`). Deliveries are not visible before this is called.
+    pub fn publish_rx(&mut self) -> bool {
+        let r = self.rx_used.publish(&self.mem);
+        self.count_notify(r)
     }
 
-    /// After a batch of [`DevicePort::complete_tx`]s: whether the guest asked to be notified
-    /// about its tx queue.
-    pub fn tx_needs_notification(&mut self) -> bool {
-        self.needs_notification(TX_QUEUE)
+    /// After a batch of [`DevicePort::complete_tx`]s: returns the chains to the guest (one used
+    /// index store) and says whether it asked to be notified.
+    pub fn publish_tx(&mut self) -> bool {
+        let r = self.tx_used.publish(&self.mem);
+        self.count_notify(r)
     }
 
-    fn needs_notification(&mut self, q: u16) -> bool {
-        let queue = if q == RX_QUEUE {
-            &mut self.rx
-        } else {
-            &mut self.tx
-        };
-        let r = queue.needs_notification(&self.mem).unwrap_or(true);
-        if r {
-            self.counters.notifies += 1;
-        } else {
-            self.counters.notifies_suppressed += 1;
+    fn count_notify(&mut self, r: Option<bool>) -> bool {
+        match r {
+            Some(true) => {
+                self.counters.notifies += 1;
+                true
+            }
+            Some(false) => {
+                self.counters.notifies_suppressed += 1;
+                false
+            }
+            None => false,
         }
-        r
     }
 
     /// Asks the guest to kick when it adds to `queue` (before the device sleeps). Returns
     /// whether entries are already waiting, in which case the device should not sleep.
     pub fn enable_kicks(&mut self, queue: u16) -> Result<bool, DeviceError> {
         let (q, mem) = if queue == RX_QUEUE {
-            (&mut self.rx, &self.mem)
+            (&mut self.rx, self.mem.memory())
         } else {
-            (&mut self.tx, &self.mem)
+            (&mut self.tx, self.mem.memory())
         };
         q.enable_notification(mem).map_err(|e| DeviceError::Ring {
             queue,
@@ -457,9 +480,9 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
     /// Tells the guest not to kick for `queue` (the device is polling it).
     pub fn disable_kicks(&mut self, queue: u16) -> Result<(), DeviceError> {
         let (q, mem) = if queue == RX_QUEUE {
-            (&mut self.rx, &self.mem)
+            (&mut self.rx, self.mem.memory())
         } else {
-            (&mut self.tx, &self.mem)
+            (&mut self.tx, self.mem.memory())
         };
         q.disable_notification(mem).map_err(|e| DeviceError::Ring {
             queue,
@@ -471,7 +494,7 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
 /// Walks and validates the tx chain at `head`: gathers the header from its first bytes
 /// (however they are split) and keeps up to [`INLINE_SEGS`] buffers.
 fn parse_tx_chain<M: GuestMemoryBackend>(
-    mem: &M,
+    mem: &GuestView<M>,
     desc_table: u64,
     qsize: u16,
     head: u16,
@@ -485,13 +508,15 @@ fn parse_tx_chain<M: GuestMemoryBackend>(
             *slot = seg;
         }
         count += 1;
-        if filled < HEADER_SIZE {
+        if filled == 0 && seg.len as usize >= HEADER_SIZE {
+            // The common case, a header in one buffer: a fixed-size copy the compiler inlines.
+            if mem.read(seg.addr, &mut raw) {
+                filled = HEADER_SIZE;
+            }
+        } else if filled < HEADER_SIZE {
             let n = (seg.len as usize).min(HEADER_SIZE - filled);
             // The walker checked the range; a failure leaves `filled` short and fails parsing.
-            if mem
-                .read_slice(&mut raw[filled..filled + n], GuestAddress(seg.addr))
-                .is_ok()
-            {
+            if mem.read(seg.addr, &mut raw[filled..filled + n]) {
                 filled += n;
             }
         }
@@ -509,15 +534,15 @@ fn parse_tx_chain<M: GuestMemoryBackend>(
 }
 
 /// Writes bytes across the writable buffers of an rx chain, in order.
-struct ChainWriter<'a, M: ?Sized> {
-    mem: &'a M,
+struct ChainWriter<'a, M> {
+    mem: &'a GuestView<M>,
     segs: &'a [Seg],
     seg: usize,
     off: u64,
 }
 
-impl<'a, M: GuestMemoryBackend + ?Sized> ChainWriter<'a, M> {
-    fn new(mem: &'a M, segs: &'a [Seg]) -> Self {
+impl<'a, M: GuestMemoryBackend> ChainWriter<'a, M> {
+    fn new(mem: &'a GuestView<M>, segs: &'a [Seg]) -> Self {
         Self {
             mem,
             segs,
@@ -542,60 +567,32 @@ impl<'a, M: GuestMemoryBackend + ?Sized> ChainWriter<'a, M> {
         None
     }
 
+    // Ranges were checked by the walker, so writes cannot fail short of a concurrent unmap;
+    // then the copy stops short, touching nothing outside either memory.
     fn write(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             let Some((addr, n)) = self.span(data.len() as u64) else {
                 return;
             };
             let (now, rest) = data.split_at(n as usize);
-            // Ranges were checked by the walker; see `copy_from` for why errors are ignored.
-            let _ = self.mem.write_slice(now, GuestAddress(addr));
+            self.mem.write(addr, now);
             data = rest;
         }
     }
 
-    fn copy_from<S: GuestMemoryBackend + ?Sized>(&mut self, src: &S, mut addr: u64, mut len: u64) {
+    fn copy_from<S: GuestMemoryBackend>(
+        &mut self,
+        src: &GuestView<S>,
+        mut addr: u64,
+        mut len: u64,
+    ) {
         while len > 0 {
             let Some((dst, n)) = self.span(len) else {
                 return;
             };
-            copy_guest(src, addr, self.mem, dst, n as usize);
+            self.mem.copy_from(src, addr, dst, n);
             addr += n;
             len -= n;
         }
-    }
-}
-
-/// Copies `len` bytes from `src` memory at `from` to `dst` memory at `to`, both ranges already
-/// checked to lie in their memories (so a failure cannot happen short of a concurrent unmap,
-/// and then the copy stops short, writing nothing outside either memory).
-fn copy_guest<S, D>(src: &S, from: u64, dst: &D, to: u64, len: usize)
-where
-    S: GuestMemoryBackend + ?Sized,
-    D: GuestMemoryBackend + ?Sized,
-{
-    // Fast path: both ranges inside one region each (always true for vmq's VMs).
-    if let (Ok(s), Ok(d)) = (
-        src.get_slice(GuestAddress(from), len),
-        dst.get_slice(GuestAddress(to), len),
-    ) {
-        s.copy_to_volatile_slice(d);
-        return;
-    }
-    // Ranges that straddle regions: go through a bounce buffer in chunks.
-    let mut buf = [0u8; 256];
-    let mut done = 0usize;
-    while done < len {
-        let n = (len - done).min(buf.len());
-        if src
-            .read_slice(&mut buf[..n], GuestAddress(from + done as u64))
-            .is_err()
-            || dst
-                .write_slice(&buf[..n], GuestAddress(to + done as u64))
-                .is_err()
-        {
-            return;
-        }
-        done += n;
     }
 }

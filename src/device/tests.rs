@@ -171,7 +171,7 @@ fn roundtrip(size: u16, msgs: &[(u32, usize, usize)], batch: usize, event_idx: b
                     None => break,
                 },
             };
-            match b_port.deliver(&chain.header, &chain.payload(a_port.memory())) {
+            match b_port.deliver(&chain.header, &chain.payload(a_port.view())) {
                 Ok((_, fits)) => assert!(fits),
                 Err(DeliverError::NoBuffer) => {
                     held = Some(chain);
@@ -181,8 +181,8 @@ fn roundtrip(size: u16, msgs: &[(u32, usize, usize)], batch: usize, event_idx: b
             }
             a_port.complete_tx(chain.head).unwrap();
         }
-        a_port.tx_needs_notification();
-        b_port.rx_needs_notification();
+        a_port.publish_tx();
+        b_port.publish_rx();
         // A reclaims.
         while let Some(u) = a.ring.pop_used().unwrap() {
             assert_eq!(u.len, 0);
@@ -248,7 +248,7 @@ proptest! {
             mem.write_slice(&d, GuestAddress(0x100 + 16 * i as u64)).unwrap();
         }
         let mut segs = Vec::new();
-        if chain::walk(&mem, 0x100, 8, head, false, |s| segs.push(s)).is_ok() {
+        if chain::walk(&GuestView::new(mem), 0x100, 8, head, false, |s| segs.push(s)).is_ok() {
             for s in segs {
                 prop_assert!(s.addr + s.len as u64 <= 0x10000);
             }
@@ -273,9 +273,11 @@ fn long_run_wraps_16_bit_indices() {
         a.tx.flush().unwrap();
         let chain = a_port.pop_tx().unwrap().unwrap();
         b_port
-            .deliver(&chain.header, &chain.payload(a_port.memory()))
+            .deliver(&chain.header, &chain.payload(a_port.view()))
             .unwrap();
         a_port.complete_tx(chain.head).unwrap();
+        a_port.publish_tx();
+        b_port.publish_rx();
         assert_eq!(a.tx.reclaim().unwrap(), 1);
         let m = b.rx.recv(&mut buf).unwrap().unwrap();
         assert_eq!(m.header.msg_id(), i);
@@ -347,7 +349,7 @@ fn event_idx_interrupts_follow_used_event() {
     let deliver = |port: &mut DevicePort<GuestMemoryMmap>| {
         port.deliver::<GuestMemoryMmap>(&h, &Payload::Bytes(&[]))
             .unwrap();
-        port.rx_needs_notification()
+        port.publish_rx()
     };
     // Driver wants an interrupt for the next used entry (used_event = 0).
     assert!(!s.ring.enable_interrupts().unwrap());
@@ -367,7 +369,7 @@ fn event_idx_interrupts_follow_used_event() {
         .unwrap();
     port.deliver::<GuestMemoryMmap>(&h, &Payload::Bytes(&[]))
         .unwrap();
-    assert!(port.rx_needs_notification());
+    assert!(port.publish_rx());
     let c = port.counters();
     assert_eq!((c.notifies, c.notifies_suppressed), (3, 3));
 }
@@ -569,7 +571,7 @@ fn hostile_rx_chain_breaks_only_the_destination() {
     a.tx.flush().unwrap();
     let chain = a_port.pop_tx().unwrap().unwrap();
     let e = b_port
-        .deliver(&chain.header, &chain.payload(a_port.memory()))
+        .deliver(&chain.header, &chain.payload(a_port.view()))
         .unwrap_err();
     assert!(matches!(
         e,
@@ -601,8 +603,9 @@ fn short_chain_is_immune_to_rewrites_after_pop() {
     let at = a.tx.ring().layout().desc + 16 * head as u64;
     a.memory().write_obj(1u64 << 40, GuestAddress(at)).unwrap();
     b_port
-        .deliver(&chain.header, &chain.payload(a_port.memory()))
+        .deliver(&chain.header, &chain.payload(a_port.view()))
         .unwrap();
+    b_port.publish_rx();
     let mut buf = [0u8; 16];
     let m = b.rx.recv(&mut buf).unwrap().unwrap();
     assert_eq!(&buf[..m.len], &p[..]);
@@ -631,7 +634,7 @@ fn long_chain_rewritten_after_pop_is_caught_at_copy_time() {
     a.memory().write_obj(head, GuestAddress(at + 14)).unwrap();
     let free_before = b_port.rx_buffers_available();
     let e = b_port
-        .deliver(&chain.header, &chain.payload(a_port.memory()))
+        .deliver(&chain.header, &chain.payload(a_port.view()))
         .unwrap_err();
     assert_eq!(e, DeliverError::Source(ChainError::Loop { size: 8 }));
     // The destination's rx buffer was not consumed, and only the source is to blame.

@@ -111,6 +111,19 @@ impl RawMemory {
         }
     }
 
+    /// Copies `len` bytes at `from` in this memory to `to` in `dst` (another view, possibly of
+    /// another guest). Both ranges are bounds-checked; they may overlap only if a caller copies
+    /// within one memory, which `copy` handles.
+    pub fn copy_to(&self, from: u64, dst: &RawMemory, to: u64, len: u64) -> Result<(), RingError> {
+        let s = self.ptr(from, len)?;
+        let d = dst.ptr(to, len)?;
+        // SAFETY: both pointers are valid for `len` bytes (bounds-checked above, and the
+        // constructors' contracts keep the spans mapped). `copy` allows overlap, which can only
+        // happen within one guest's memory.
+        unsafe { core::ptr::copy(s, d, len as usize) };
+        Ok(())
+    }
+
     #[inline]
     fn index(&self, addr: u64) -> Result<&AtomicU16, RingError> {
         let p = self.ptr(addr, 2)?;

@@ -104,7 +104,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
             return Err(SwitchError::DuplicateName(name.to_string()));
         }
         let id = self.ports.len() as PortId;
-        let mem = dev.memory().clone();
+        let mem = dev.view().clone();
         let ci = dev.rx_consumer_index();
         let mut backlog = std::collections::VecDeque::new();
         backlog.push_back(Backlog::Hello);
@@ -734,6 +734,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
                 }
                 Ok(fits) => {
                     n += 1;
+                    self.ports[d as usize].rx_dirty = true;
                     self.after_backlog_delivery(d, item, fits, now);
                 }
             }
@@ -859,11 +860,11 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
             let mut notify = false;
             if e.rx_dirty {
                 e.rx_dirty = false;
-                notify |= e.dev.rx_needs_notification();
+                notify |= e.dev.publish_rx();
             }
             if e.tx_dirty {
                 e.tx_dirty = false;
-                notify |= e.dev.tx_needs_notification();
+                notify |= e.dev.publish_tx();
             }
             if notify {
                 e.stats.notifies += 1;

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::device::{DevicePort, TxChain};
+use crate::device::{DevicePort, GuestView, TxChain};
 use crate::switch::pool::Token;
 use crate::wire::Status;
 
@@ -81,7 +81,7 @@ pub(crate) struct PortEntry<M> {
     pub dev: DevicePort<M>,
     /// A second handle on the port's memory, so a payload can be read from it while `dev`
     /// (perhaps of the same port) is borrowed mutably.
-    pub mem: M,
+    pub mem: GuestView<M>,
     pub notifier: Box<dyn Notifier>,
     /// `(service, member index)` for every service this port serves.
     pub member_of: Vec<(u32, usize)>,

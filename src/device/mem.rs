@@ -1,0 +1,133 @@
+//! [`GuestView`]: guest memory access on the device's hot path.
+//!
+//! vm-memory's generic `Bytes` implementation resolves the region and walks a slice iterator
+//! on every access, which costs more than the copy itself for small ones. A `GuestView` resolves
+//! each region's host mapping once and checks every access against it; memory without host
+//! mappings (or a range straddling regions) takes vm-memory's generic path.
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+
+use crate::ring::{RawMemory, RingMemory};
+
+/// A guest memory plus the host view of each of its regions.
+#[derive(Clone, Debug)]
+pub struct GuestView<M> {
+    mem: M,
+    regions: Vec<RawMemory>,
+}
+
+impl<M: GuestMemoryBackend> GuestView<M> {
+    /// Views `mem`; the view keeps `mem` (and so its mappings) alive.
+    pub fn new(mem: M) -> Self {
+        let mut regions = Vec::new();
+        for r in mem.iter() {
+            match r.get_host_address(MemoryRegionAddress(0)) {
+                // SAFETY: the region is mapped at `host` for `r.len()` bytes and stays mapped
+                // while `mem` lives, which is as long as this view (it owns `mem`). Mappings
+                // are page aligned, so index alignment matches guest alignment.
+                Ok(host) => {
+                    regions.push(unsafe { RawMemory::new(host, r.start_addr().0, r.len()) })
+                }
+                Err(_) => {
+                    regions.clear();
+                    break;
+                }
+            }
+        }
+        Self { mem, regions }
+    }
+
+    /// The memory viewed.
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    #[inline]
+    fn region(&self, addr: u64, len: u64) -> Option<&RawMemory> {
+        self.regions.iter().find(|r| r.contains(addr, len))
+    }
+
+    /// Whether `[addr, addr + len)` lies in guest memory.
+    #[inline]
+    pub fn in_range(&self, addr: u64, len: u32) -> bool {
+        if len == 0 {
+            return addr.checked_add(0).is_some();
+        }
+        if addr.checked_add(len as u64).is_none() {
+            return false;
+        }
+        self.region(addr, len as u64).is_some()
+            || self.mem.check_range(GuestAddress(addr), len as usize)
+    }
+
+    /// Copies guest bytes at `addr` into `buf`; false if any part is outside guest memory.
+    #[inline]
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        match self.region(addr, buf.len() as u64) {
+            Some(r) => r.read(addr, buf).is_ok(),
+            None => self.mem.read_slice(buf, GuestAddress(addr)).is_ok(),
+        }
+    }
+
+    /// Copies `data` to guest memory at `addr`; false if any part is outside guest memory.
+    #[inline]
+    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+        match self.region(addr, data.len() as u64) {
+            Some(r) => r.write(addr, data).is_ok(),
+            None => self.mem.write_slice(data, GuestAddress(addr)).is_ok(),
+        }
+    }
+
+    /// Stores a ring index with release ordering; false if outside memory or misaligned.
+    #[inline]
+    pub fn store_u16(&self, addr: u64, val: u16) -> bool {
+        match self.region(addr, 2) {
+            Some(r) => r.store_u16(addr, val).is_ok(),
+            None => self
+                .mem
+                .store(
+                    val.to_le(),
+                    GuestAddress(addr),
+                    std::sync::atomic::Ordering::Release,
+                )
+                .is_ok(),
+        }
+    }
+
+    /// Loads a ring index with acquire ordering; `None` if outside memory or misaligned.
+    #[inline]
+    pub fn load_u16(&self, addr: u64) -> Option<u16> {
+        match self.region(addr, 2) {
+            Some(r) => r.load_u16(addr).ok(),
+            None => self
+                .mem
+                .load::<u16>(GuestAddress(addr), std::sync::atomic::Ordering::Acquire)
+                .ok()
+                .map(u16::from_le),
+        }
+    }
+
+    /// Copies `len` bytes from `src` memory at `from` to this memory at `to`.
+    pub fn copy_from(
+        &self,
+        src: &GuestView<impl GuestMemoryBackend>,
+        from: u64,
+        to: u64,
+        len: u64,
+    ) -> bool {
+        if let (Some(s), Some(d)) = (src.region(from, len), self.region(to, len)) {
+            return s.copy_to(from, d, to, len).is_ok();
+        }
+        // Straddling ranges: bounce through a small buffer.
+        let mut buf = [0u8; 256];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            if !src.read(from + done, &mut buf[..n]) || !self.write(to + done, &buf[..n]) {
+                return false;
+            }
+            done += n as u64;
+        }
+        true
+    }
+}
