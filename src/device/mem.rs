@@ -22,11 +22,12 @@ impl<M: GuestMemoryBackend> GuestView<M> {
         let mut regions = Vec::new();
         for r in mem.iter() {
             match r.get_host_address(MemoryRegionAddress(0)) {
-                // SAFETY: the region is mapped at `host` for `r.len()` bytes and stays mapped
-                // while `mem` lives, which is as long as this view (it owns `mem`). Mappings
-                // are page aligned, so index alignment matches guest alignment.
                 Ok(host) => {
-                    regions.push(unsafe { RawMemory::new(host, r.start_addr().0, r.len()) })
+                    // SAFETY: the region is mapped at `host` for `r.len()` bytes and stays
+                    // mapped while `mem` lives, which is as long as this view (it owns `mem`).
+                    // Mappings are page aligned, so index alignment matches guest alignment.
+                    let view = unsafe { RawMemory::new(host, r.start_addr().0, r.len()) };
+                    regions.push(view);
                 }
                 Err(_) => {
                     regions.clear();
