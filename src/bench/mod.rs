@@ -4,6 +4,7 @@
 //! with message size, batch size and thread placement stated in the report.
 
 mod affinity;
+pub mod exits;
 mod report;
 pub mod ring;
 
