@@ -208,6 +208,9 @@ pub const EXIT_CRASHED: u32 = 14;
 /// Exit status: a parameter is out of range (e.g. a payload larger than [`MAX_GUEST_PAYLOAD`]).
 pub const EXIT_BAD_PARAM: u32 = 15;
 
+/// Exit status (peer): the switch reported messages it could not deliver.
+pub const EXIT_UNDELIVERED: u32 = 16;
+
 /// Largest payload the guest images send ([`PARAM_SIZE`]).
 pub const MAX_GUEST_PAYLOAD: u64 = 4096;
 
@@ -260,9 +263,8 @@ pub struct BootBlock {
     pub results: [u64; NUM_RESULTS],
 }
 
-const _: () = assert!(
-    core::mem::size_of::<BootBlock>() == 56 + NAME_LEN + 8 * NUM_PARAMS + 8 * NUM_RESULTS
-);
+const _: () =
+    assert!(core::mem::size_of::<BootBlock>() == 56 + NAME_LEN + 8 * NUM_PARAMS + 8 * NUM_RESULTS);
 const _: () = assert!(core::mem::size_of::<BootBlock>() <= 4096);
 
 impl BootBlock {

@@ -22,6 +22,11 @@ pub const QUEUE_NUM_MAX: u16 = 256;
 /// Number of queues: 0 = rx (the device writes into guest buffers), 1 = tx (the guest sends).
 pub const NUM_QUEUES: u16 = 2;
 
+/// Queue index of rx: the device writes deliveries into buffers the guest posts here.
+pub const QUEUE_RX: u16 = 0;
+/// Queue index of tx: the guest posts messages here for the device to read.
+pub const QUEUE_TX: u16 = 1;
+
 /// Register offset: `MagicValue` (R).
 pub const REG_MAGIC: u64 = 0x000;
 /// Register offset: `Version` (R).
@@ -113,6 +118,8 @@ const _: () = {
     use virtio_bindings::virtio_mmio as vm;
     use virtio_bindings::virtio_ring as vr;
     assert!(MAGIC == u32::from_le_bytes(*b"virt"));
+    assert!(QUEUE_RX == crate::device::RX_QUEUE);
+    assert!(QUEUE_TX == crate::device::TX_QUEUE);
     assert!(REG_MAGIC == vm::VIRTIO_MMIO_MAGIC_VALUE as u64);
     assert!(REG_VERSION == vm::VIRTIO_MMIO_VERSION as u64);
     assert!(REG_DEVICE_ID == vm::VIRTIO_MMIO_DEVICE_ID as u64);

@@ -34,7 +34,12 @@ pub enum TransportEvent {
 impl std::fmt::Debug for TransportEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Activated(p) => write!(f, "Activated(rx {} tx {})", p.rx_queue_size(), p.tx_queue().size()),
+            Self::Activated(p) => write!(
+                f,
+                "Activated(rx {} tx {})",
+                p.rx_queue_size(),
+                p.tx_queue().size()
+            ),
             Self::Reset => write!(f, "Reset"),
         }
     }
@@ -266,16 +271,24 @@ impl VirtioMmio {
                 self.interrupt_status.fetch_and(!val, Ordering::SeqCst);
             }
             VIRTIO_MMIO_STATUS => self.write_status(st, val),
-            _ => reject(st, format_args!("write of {val:#x} to read-only or unknown register {reg:#x}")),
+            _ => reject(
+                st,
+                format_args!("write of {val:#x} to read-only or unknown register {reg:#x}"),
+            ),
         }
     }
 
     fn write_driver_features(&self, st: &mut State, val: u32) {
         if st.regs.status & (VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK) != 0 {
-            return reject(st, format_args!("driver features written after FEATURES_OK"));
+            return reject(
+                st,
+                format_args!("driver features written after FEATURES_OK"),
+            );
         }
         match st.regs.driver_features_sel {
-            0 => st.regs.driver_features = (st.regs.driver_features & !0xffff_ffff) | u64::from(val),
+            0 => {
+                st.regs.driver_features = (st.regs.driver_features & !0xffff_ffff) | u64::from(val)
+            }
             1 => {
                 st.regs.driver_features =
                     (st.regs.driver_features & 0xffff_ffff) | (u64::from(val) << 32)
@@ -283,7 +296,12 @@ impl VirtioMmio {
             sel => {
                 if val != 0 {
                     st.regs.driver_features_unknown = true;
-                    reject(st, format_args!("driver features word {sel} = {val:#x}: the device offers none there"));
+                    reject(
+                        st,
+                        format_args!(
+                            "driver features word {sel} = {val:#x}: the device offers none there"
+                        ),
+                    );
                 }
             }
         }
@@ -291,22 +309,36 @@ impl VirtioMmio {
 
     fn write_queue_reg(&self, st: &mut State, reg: u32, val: u32) {
         if st.regs.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
-            return reject(st, format_args!("queue register {reg:#x} written after DRIVER_OK"));
+            return reject(
+                st,
+                format_args!("queue register {reg:#x} written after DRIVER_OK"),
+            );
         }
         let sel = st.regs.queue_sel;
         let max = self.queue_num_max;
         let Some(q) = st.regs.queues.get_mut(sel as usize) else {
-            return reject(st, format_args!("queue register {reg:#x} written for queue {sel}, which does not exist"));
+            return reject(
+                st,
+                format_args!(
+                    "queue register {reg:#x} written for queue {sel}, which does not exist"
+                ),
+            );
         };
         if q.ready && !(reg == VIRTIO_MMIO_QUEUE_READY && val == 0) {
-            return reject(st, format_args!("queue {sel} register {reg:#x} written while the queue is ready"));
+            return reject(
+                st,
+                format_args!("queue {sel} register {reg:#x} written while the queue is ready"),
+            );
         }
         let lo = |a: u64| (a & !0xffff_ffff) | u64::from(val);
         let hi = |a: u64| (a & 0xffff_ffff) | (u64::from(val) << 32);
         match reg {
             VIRTIO_MMIO_QUEUE_NUM => {
                 if val == 0 || val > u32::from(max) || !val.is_power_of_two() {
-                    return reject(st, format_args!("queue {sel} size {val} is not a power of two in 1..={max}"));
+                    return reject(
+                        st,
+                        format_args!("queue {sel} size {val} is not a power of two in 1..={max}"),
+                    );
                 }
                 q.num = val as u16;
             }
@@ -314,7 +346,10 @@ impl VirtioMmio {
                 if val == 0 {
                     q.ready = false;
                 } else if q.num == 0 {
-                    return reject(st, format_args!("queue {sel} made ready before its size was set"));
+                    return reject(
+                        st,
+                        format_args!("queue {sel} made ready before its size was set"),
+                    );
                 } else {
                     q.ready = true;
                 }
@@ -338,7 +373,10 @@ impl VirtioMmio {
         // NEEDS_RESET belongs to the device: a driver echoing it back changes nothing.
         let mut new = (val & !VIRTIO_CONFIG_S_NEEDS_RESET) | (old & VIRTIO_CONFIG_S_NEEDS_RESET);
         if new & old != old {
-            return reject(st, format_args!("status {val:#x} clears bits of {old:#x}; only a reset (0) may"));
+            return reject(
+                st,
+                format_args!("status {val:#x} clears bits of {old:#x}; only a reset (0) may"),
+            );
         }
         let added = new & !old;
         if added & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
@@ -375,7 +413,10 @@ impl VirtioMmio {
             ));
         }
         if regs.driver_features & (1 << VIRTIO_F_VERSION_1) == 0 {
-            return Err("the driver did not accept VIRTIO_F_VERSION_1 (legacy drivers are not supported)".into());
+            return Err(
+                "the driver did not accept VIRTIO_F_VERSION_1 (legacy drivers are not supported)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -406,7 +447,12 @@ impl VirtioMmio {
         Ok(DevicePort::new(self.mem.clone(), rx, tx)?)
     }
 
-    fn build_queue(&self, regs: &Regs, queue: u16, event_idx: bool) -> Result<Queue, TransportError> {
+    fn build_queue(
+        &self,
+        regs: &Regs,
+        queue: u16,
+        event_idx: bool,
+    ) -> Result<Queue, TransportError> {
         let r = regs.queues[queue as usize];
         if !r.ready {
             return Err(TransportError::QueueNotReady { queue });
@@ -417,9 +463,12 @@ impl VirtioMmio {
         };
         let mut q = Queue::new(self.queue_num_max).map_err(err)?;
         q.try_set_size(r.num).map_err(err)?;
-        q.try_set_desc_table_address(GuestAddress(r.desc)).map_err(err)?;
-        q.try_set_avail_ring_address(GuestAddress(r.avail)).map_err(err)?;
-        q.try_set_used_ring_address(GuestAddress(r.used)).map_err(err)?;
+        q.try_set_desc_table_address(GuestAddress(r.desc))
+            .map_err(err)?;
+        q.try_set_avail_ring_address(GuestAddress(r.avail))
+            .map_err(err)?;
+        q.try_set_used_ring_address(GuestAddress(r.used))
+            .map_err(err)?;
         q.set_event_idx(event_idx);
         q.set_ready(true);
         Ok(q)
@@ -459,7 +508,13 @@ impl MmioDevice for VirtioMmio {
         }
         let mut st = self.lock();
         if data.len() != 4 || offset % 4 != 0 {
-            return reject(&mut st, format_args!("{}-byte read at {offset:#x}: registers are 32-bit", data.len()));
+            return reject(
+                &mut st,
+                format_args!(
+                    "{}-byte read at {offset:#x}: registers are 32-bit",
+                    data.len()
+                ),
+            );
         }
         let v = self.read_reg(&mut st, offset as u32);
         data.copy_from_slice(&v.to_le_bytes());
@@ -468,10 +523,19 @@ impl MmioDevice for VirtioMmio {
     fn write(&self, offset: u64, data: &[u8]) {
         let mut st = self.lock();
         if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
-            return reject(&mut st, format_args!("write to the read-only config space at {offset:#x}"));
+            return reject(
+                &mut st,
+                format_args!("write to the read-only config space at {offset:#x}"),
+            );
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            return reject(&mut st, format_args!("{}-byte write at {offset:#x}: registers are 32-bit", data.len()));
+            return reject(
+                &mut st,
+                format_args!(
+                    "{}-byte write at {offset:#x}: registers are 32-bit",
+                    data.len()
+                ),
+            );
         };
         if offset % 4 != 0 {
             return reject(&mut st, format_args!("unaligned write at {offset:#x}"));

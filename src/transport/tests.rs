@@ -40,7 +40,11 @@ fn negotiate(dev: &VirtioMmio, features: u64) -> u32 {
         wr(dev, REG_DRIVER_FEATURES_SEL, sel);
         wr(dev, REG_DRIVER_FEATURES, (features >> (32 * sel)) as u32);
     }
-    wr(dev, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+    wr(
+        dev,
+        REG_STATUS,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+    );
     rd(dev, REG_STATUS)
 }
 
@@ -87,7 +91,10 @@ fn identity_registers_and_config_space() {
     dev.read(REG_CONFIG, &mut c);
     assert_eq!(u16::from_le_bytes([c[0], c[1]]), NUM_QUEUES);
     assert_eq!(u16::from_le_bytes([c[2], c[3]]), QUEUE_NUM_MAX);
-    assert_eq!(u32::from_le_bytes([c[4], c[5], c[6], c[7]]), crate::wire::MAX_PAYLOAD);
+    assert_eq!(
+        u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+        crate::wire::MAX_PAYLOAD
+    );
     let mut b = [0xaa_u8; 2];
     dev.read(REG_CONFIG + CONFIG_QUEUE_NUM_MAX, &mut b);
     assert_eq!(u16::from_le_bytes(b), QUEUE_NUM_MAX);
@@ -110,7 +117,11 @@ fn unknown_offsets_and_bad_widths_are_harmless() {
     dev.write(REG_STATUS, &[1]);
     dev.write(REG_STATUS, &[1, 0, 0, 0, 0, 0, 0, 0]);
     dev.write(REG_CONFIG, &[1, 2, 3, 4]);
-    assert_eq!(rd(&dev, REG_STATUS), 0, "narrow or wide status writes are ignored");
+    assert_eq!(
+        rd(&dev, REG_STATUS),
+        0,
+        "narrow or wide status writes are ignored"
+    );
     wr(&dev, REG_MAGIC, 0);
     assert_eq!(rd(&dev, REG_MAGIC), MAGIC);
     assert!(dev.counters().rejected >= 12, "{:?}", dev.counters());
@@ -133,13 +144,29 @@ fn valid_bring_up_hands_out_a_working_port() {
 
     // A message the driver sends on queue 1 comes out of the port.
     let rmem = MmapRingMemory::new(&mem);
-    let ring = DriverRing::new(rmem, RingLayout::contiguous(TX_RING, 64), vec![0u16; 128], true)
+    let ring = DriverRing::new(
+        rmem,
+        RingLayout::contiguous(TX_RING, 64),
+        vec![0u16; 128],
+        true,
+    )
+    .unwrap();
+    let mut tx = MsgTx::new(
+        ring,
+        SlotArena {
+            base: 0x20000,
+            slot_size: 128,
+        },
+    );
+    tx.send(&MsgHeader::new(MsgKind::OneWay, 3, 9, 4), b"ping")
         .unwrap();
-    let mut tx = MsgTx::new(ring, SlotArena { base: 0x20000, slot_size: 128 });
-    tx.send(&MsgHeader::new(MsgKind::OneWay, 3, 9, 4), b"ping").unwrap();
     assert!(tx.flush().unwrap(), "a fresh ring wants the first kick");
     wr(&dev, REG_QUEUE_NOTIFY, 1);
-    assert_eq!(kick.read().unwrap(), 1, "QueueNotify signals the kick eventfd");
+    assert_eq!(
+        kick.read().unwrap(),
+        1,
+        "QueueNotify signals the kick eventfd"
+    );
     let chain = port.pop_tx().unwrap().expect("the message");
     assert_eq!(chain.header.msg_id(), 9);
     assert_eq!(dev.counters().notifies, 1);
@@ -214,7 +241,11 @@ fn bad_features_keep_features_ok_clear() {
     wr(&dev, REG_STATUS, OK_SO_FAR);
     assert_eq!(rd(&dev, REG_STATUS) & STATUS_FEATURES_OK, 0);
     // DRIVER_OK without FEATURES_OK is ignored.
-    wr(&dev, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK);
+    wr(
+        &dev,
+        REG_STATUS,
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK,
+    );
     assert_eq!(rd(&dev, REG_STATUS), STATUS_ACKNOWLEDGE | STATUS_DRIVER);
     assert!(events.try_recv().is_err());
     // Without EVENT_IDX is fine: the queues then use flags.
@@ -243,7 +274,10 @@ fn status_bits_cannot_be_cleared_and_features_freeze() {
 fn reset_after_activation_reports_and_allows_a_new_bring_up() {
     let (dev, events, _mem) = device(None);
     bring_up(&dev, 16);
-    assert!(matches!(events.try_recv(), Ok(TransportEvent::Activated(_))));
+    assert!(matches!(
+        events.try_recv(),
+        Ok(TransportEvent::Activated(_))
+    ));
     dev.set_needs_reset();
     let s = rd(&dev, REG_STATUS);
     assert_eq!(s, OK_SO_FAR | STATUS_DRIVER_OK | STATUS_NEEDS_RESET);
@@ -272,7 +306,11 @@ fn reset_after_activation_reports_and_allows_a_new_bring_up() {
     // NEEDS_RESET before DRIVER_OK means nothing.
     dev.set_needs_reset();
     assert_eq!(rd(&dev, REG_STATUS), 0);
-    assert_eq!(dev.counters().resets, 5, "every bring-up starts with a reset");
+    assert_eq!(
+        dev.counters().resets,
+        5,
+        "every bring-up starts with a reset"
+    );
 }
 
 #[test]
