@@ -21,6 +21,8 @@ use crate::vmm::MmioDevice;
 use crate::wire::MAX_PAYLOAD;
 
 /// What the device tells its owner.
+// One event per activation: boxing the port would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum TransportEvent {
     /// The driver set `DRIVER_OK`: here is the port over its two queues, ready for the switch.
     Activated(DevicePort<GuestMemoryMmap>),
@@ -346,7 +348,7 @@ impl VirtioMmio {
                 if val == 0 {
                     q.ready = false;
                 } else if q.num == 0 {
-                    return reject(
+                    reject(
                         st,
                         format_args!("queue {sel} made ready before its size was set"),
                     );
