@@ -9,6 +9,40 @@ use core::fmt::{self, Write};
 pub use vmq::abi;
 use vmq::abi::BootBlock;
 
+pub mod virtio;
+
+/// The results area of the boot block ([`BootBlock::results`], `abi::RES_*` indices): counters
+/// the VMM can read while the guest runs and after it exits.
+pub mod results {
+    use vmq::abi::{self, BootBlock};
+
+    fn slot(i: usize) -> *mut u64 {
+        let i = i.min(abi::NUM_RESULTS - 1);
+        let at = abi::BOOT_BLOCK_ADDR as usize
+            + core::mem::offset_of!(BootBlock, results)
+            + i * core::mem::size_of::<u64>();
+        core::ptr::with_exposed_provenance_mut(at)
+    }
+
+    /// Sets result `i`.
+    pub fn set(i: usize, v: u64) {
+        // SAFETY: the boot block page is mapped RAM at a fixed address; `slot` keeps the index
+        // inside the results array, which is 8-byte aligned (repr(C), u64 fields).
+        unsafe { slot(i).write_volatile(v) }
+    }
+
+    /// Reads result `i`.
+    pub fn get(i: usize) -> u64 {
+        // SAFETY: as for `set`.
+        unsafe { slot(i).read_volatile() }
+    }
+
+    /// Adds `n` to result `i`.
+    pub fn add(i: usize, n: u64) {
+        set(i, get(i).wrapping_add(n));
+    }
+}
+
 /// Defines the image entry: `_start` aligns the stack and calls `$main(&BootBlock) -> u32`;
 /// its return value becomes the exit status.
 #[macro_export]

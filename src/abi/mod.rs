@@ -17,6 +17,12 @@
 //! | [`MMIO_BASE`] (`0xd000_0000`) ..         | MMIO device windows, [`MMIO_SLOT_SIZE`] apart |
 //!
 //! The guest starts in 64-bit user mode (CPL 3, IOPL 3), with `rdi` = [`BOOT_BLOCK_ADDR`].
+//!
+//! The vmq virtio-mmio device (register offsets, ids, feature and status bits, config space) is
+//! described in [`virtio`]. Guest images read their parameters from [`BootBlock::params`]
+//! (`PARAM_*` indices) and write their counters to [`BootBlock::results`] (`RES_*` indices).
+
+pub mod virtio;
 
 /// Console port. An 8-bit write appends that byte to the VM's console; a 32-bit write of `n`
 /// appends the first `n` bytes (at most [`CONSOLE_BUF_SIZE`]) of the console buffer at
@@ -81,10 +87,12 @@ pub const TSS_SELECTOR: u16 = 0x40;
 
 /// `BootBlock::magic`: "VMQBOOT1" in little endian.
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"VMQBOOT1");
-/// `BootBlock::version` this build writes.
-pub const BOOT_VERSION: u32 = 1;
+/// `BootBlock::version` this build writes. Version 2 added [`BootBlock::results`].
+pub const BOOT_VERSION: u32 = 2;
 /// Number of `u64` parameters in the boot block.
 pub const NUM_PARAMS: usize = 32;
+/// Number of `u64` result slots in the boot block (see the `RES_*` indices).
+pub const NUM_RESULTS: usize = 16;
 /// Bytes of the VM name in the boot block (NUL padded, not necessarily NUL terminated).
 pub const NAME_LEN: usize = 32;
 
@@ -103,8 +111,126 @@ pub const PARAM_SIZE: usize = 5;
 /// Parameter index: an address the guest should poke (test hook; `hello` uses it as an MMIO
 /// address).
 pub const PARAM_TEST_ADDR: usize = 6;
+/// Parameter index: a destination port, encoded with [`port_param`] (0 = not set). `client`
+/// sends to this port instead of [`PARAM_SERVICE`]; `peer` sends its one-way messages here.
+pub const PARAM_TARGET: usize = 8;
+/// Parameter index: most requests a `client` keeps outstanding (0 = as many as its tx ring
+/// holds; it is always bounded by the tx ring).
+pub const PARAM_WINDOW: usize = 9;
+/// Parameter index: how a guest waits when it has nothing to do: [`WAIT_POLL`] or
+/// [`WAIT_DOORBELL`].
+pub const PARAM_WAIT: usize = 10;
+/// Parameter index: `worker` busy-loop iterations per request (0 = none).
+pub const PARAM_SLOW: usize = 11;
+/// Parameter index: `worker` answers every n-th request with `Status::BackendError`
+/// (0 = never).
+pub const PARAM_ERROR_EVERY: usize = 12;
+/// Parameter index: `worker` exits with [`EXIT_CRASHED`] right after its K-th reply, leaving
+/// whatever else it was given unanswered (0 = never).
+pub const PARAM_CRASH_AFTER: usize = 13;
+/// Parameter index: how many one-way messages a `peer` must receive before it may exit.
+pub const PARAM_EXPECT: usize = 14;
+/// Parameter index: the queue size the guest driver asks for (0 = the device's maximum; else a
+/// power of two, clamped to the maximum).
+pub const PARAM_QUEUE_SIZE: usize = 15;
 /// First parameter index not assigned here; guests may define their own from this one on.
-pub const PARAM_FIRST_FREE: usize = 8;
+pub const PARAM_FIRST_FREE: usize = 16;
+
+/// [`PARAM_WAIT`]: spin on the rings, never sleep (one core per guest).
+pub const WAIT_POLL: u64 = 0;
+/// [`PARAM_WAIT`]: spin a bounded while, then ask for a notification and park the vCPU on the
+/// doorbell-wait port.
+pub const WAIT_DOORBELL: u64 = 1;
+
+/// Encodes port id `port` for [`PARAM_TARGET`] (`port + 1`, so 0 can mean "not set").
+pub const fn port_param(port: u32) -> u64 {
+    port as u64 + 1
+}
+
+/// Decodes a [`PARAM_TARGET`] value: `None` when not set or out of range.
+pub const fn param_port(value: u64) -> Option<u32> {
+    if value == 0 || value > u32::MAX as u64 {
+        None
+    } else {
+        Some((value - 1) as u32)
+    }
+}
+
+/// Result index: messages sent (client: requests; worker: replies; peer: one-way messages).
+pub const RES_SENT: usize = 0;
+/// Result index: messages received (client: replies of any status; worker: requests; peer:
+/// one-way messages), not counting the hello.
+pub const RES_RECEIVED: usize = 1;
+/// Result index: client: replies with `Status::Ok` and the right payload; worker: replies sent
+/// with `Status::Ok`; peer: messages that arrived in order and intact.
+pub const RES_OK: usize = 2;
+/// Result index: client: replies with an error status (the sum of the `RES_STATUS_*` slots);
+/// worker: replies sent with `Status::BackendError`; peer: error notices from the switch.
+pub const RES_ERRORS: usize = 3;
+/// Result index: client: replies whose id is not outstanding (never sent, or answered twice);
+/// peer: messages from a sender id it cannot track.
+pub const RES_DUPLICATES: usize = 4;
+/// Result index: client: `Ok` replies whose payload is not the worker's transform of the
+/// request; peer: messages out of order or with a corrupt payload.
+pub const RES_MISMATCHES: usize = 5;
+/// Result index: QueueNotify writes (kicks) the guest made.
+pub const RES_KICKS: usize = 6;
+/// Result index: doorbell waits the guest made.
+pub const RES_WAITS: usize = 7;
+/// Result index: doorbell waits that ended by their timeout (a safety net; should stay low).
+pub const RES_WAIT_TIMEOUTS: usize = 8;
+/// Result index: the guest's port id from the switch's hello (`u64::MAX` before it came).
+pub const RES_PORT_ID: usize = 9;
+/// Result index: ring or protocol errors the guest's driver saw (bad messages, ring faults).
+pub const RES_RING_ERRORS: usize = 10;
+/// Result index: client: error replies with `Status::NoBackend`.
+pub const RES_STATUS_NO_BACKEND: usize = 11;
+/// Result index: client: error replies with `Status::Unreachable`.
+pub const RES_STATUS_UNREACHABLE: usize = 12;
+/// Result index: client: error replies with `Status::BackendError`.
+pub const RES_STATUS_BACKEND_ERROR: usize = 13;
+/// Result index: client: error replies with `Status::Timeout` or `Status::PortBroken`.
+pub const RES_STATUS_TIMEOUT_OR_BROKEN: usize = 14;
+/// Result index: client: error replies with any other status.
+pub const RES_STATUS_OTHER: usize = 15;
+
+/// Exit status: no vmq virtio-mmio device found, or it refused the driver (features, queues).
+pub const EXIT_NO_DEVICE: u32 = 10;
+/// Exit status: the driver saw a ring fault it cannot recover from (the device broke the ring
+/// protocol, or the device asked for a reset).
+pub const EXIT_RING_FAULT: u32 = 11;
+/// Exit status (client): a reply came for an id that was not outstanding.
+pub const EXIT_DUPLICATE: u32 = 12;
+/// Exit status (client, peer): a payload mismatch or an out-of-order message.
+pub const EXIT_MISMATCH: u32 = 13;
+/// Exit status (worker): [`PARAM_CRASH_AFTER`] fired.
+pub const EXIT_CRASHED: u32 = 14;
+/// Exit status: a parameter is out of range (e.g. a payload larger than [`MAX_GUEST_PAYLOAD`]).
+pub const EXIT_BAD_PARAM: u32 = 15;
+
+/// Exit status (peer): the switch reported messages it could not deliver.
+pub const EXIT_UNDELIVERED: u32 = 16;
+
+/// Largest payload the guest images send ([`PARAM_SIZE`]).
+pub const MAX_GUEST_PAYLOAD: u64 = 4096;
+
+/// The byte a `worker` XORs into every payload byte of a request to make its reply; a
+/// `client` checks for it.
+pub const WORKER_XOR: u8 = 0x5a;
+
+/// Byte `i` of the payload of a `client` request with id `msg_id`.
+pub const fn request_byte(msg_id: u64, i: usize) -> u8 {
+    (msg_id as u8).wrapping_mul(31).wrapping_add(i as u8) ^ ((msg_id >> 8) as u8)
+}
+
+/// Byte `i` (counting after the 8-byte sequence number) of the `seq`-th one-way message a
+/// `peer` with port id `src` sends.
+pub const fn peer_byte(src: u32, seq: u64, i: usize) -> u8 {
+    (seq as u8)
+        .wrapping_mul(13)
+        .wrapping_add((i as u8).wrapping_mul(7))
+        .wrapping_add((src as u8).wrapping_mul(101))
+}
 
 /// The boot block: written by the VMM at [`BOOT_BLOCK_ADDR`] before the vCPU starts; its
 /// address is passed in `rdi`. Little endian, `repr(C)`, no padding.
@@ -132,9 +258,14 @@ pub struct BootBlock {
     pub name: [u8; NAME_LEN],
     /// Caller-defined parameters; see the `PARAM_*` indices.
     pub params: [u64; NUM_PARAMS],
+    /// Counters the guest writes while it runs and before it exits; see the `RES_*` indices.
+    /// The VMM zeroes them at start and reads them at any time.
+    pub results: [u64; NUM_RESULTS],
 }
 
-const _: () = assert!(core::mem::size_of::<BootBlock>() == 56 + NAME_LEN + 8 * NUM_PARAMS);
+const _: () =
+    assert!(core::mem::size_of::<BootBlock>() == 56 + NAME_LEN + 8 * NUM_PARAMS + 8 * NUM_RESULTS);
+const _: () = assert!(core::mem::size_of::<BootBlock>() <= 4096);
 
 impl BootBlock {
     /// An empty boot block with magic and version set.
@@ -150,6 +281,7 @@ impl BootBlock {
             free_end: 0,
             name: [0; NAME_LEN],
             params: [0; NUM_PARAMS],
+            results: [0; NUM_RESULTS],
         }
     }
 

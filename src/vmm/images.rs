@@ -5,8 +5,27 @@
 /// select test and measurement loops (see `guest-images/src/bin/hello.rs`).
 pub static HELLO: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hello.elf"));
 
+/// The `client` guest: sends `PARAM_COUNT` requests to a service (or port) through the vmq
+/// device and checks that each gets exactly one reply with the worker's transform of its
+/// payload. See `guest-images/src/bin/client.rs` and the `abi::PARAM_*` / `abi::RES_*` docs.
+pub static CLIENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/client.elf"));
+
+/// The `worker` guest: answers requests with the payload XOR `abi::WORKER_XOR` and its load;
+/// fault parameters make it slow, erroring, stalling or crashing. See
+/// `guest-images/src/bin/worker.rs`.
+pub static WORKER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/worker.elf"));
+
+/// The `peer` guest: sends one-way messages to a port and checks that what it receives arrives
+/// in order and intact. See `guest-images/src/bin/peer.rs`.
+pub static PEER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/peer.elf"));
+
 /// Every built image by name.
-pub static ALL: &[(&str, &[u8])] = &[("hello", HELLO)];
+pub static ALL: &[(&str, &[u8])] = &[
+    ("hello", HELLO),
+    ("client", CLIENT),
+    ("worker", WORKER),
+    ("peer", PEER),
+];
 
 /// Looks up an image by name.
 pub fn by_name(name: &str) -> Option<&'static [u8]> {

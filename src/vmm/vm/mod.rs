@@ -239,6 +239,20 @@ impl Vm {
         self.config.mmio_count = count;
     }
 
+    /// The virtio-mmio devices announced in the boot block: `(base, count)`.
+    pub fn virtio_mmio(&self) -> (u64, u64) {
+        (self.config.mmio_base, self.config.mmio_count)
+    }
+
+    /// The guest's result counters ([`abi::BootBlock::results`], see the `abi::RES_*`
+    /// indices), read from guest memory at any time (zero before [`Vm::start`]).
+    pub fn results(&self) -> [u64; abi::NUM_RESULTS] {
+        let off = std::mem::offset_of!(abi::BootBlock, results) as u64;
+        self.mem
+            .read_obj(GuestAddress(abi::BOOT_BLOCK_ADDR + off))
+            .unwrap_or([0; abi::NUM_RESULTS])
+    }
+
     /// Registers `dev` for guest-physical `base..base + len`. The range must lie outside RAM
     /// and not overlap another device. Only before [`Vm::start`].
     pub fn register_mmio(&mut self, base: u64, len: u64, dev: Arc<dyn MmioDevice>) -> Result<()> {

@@ -1,0 +1,176 @@
+//! `client`: sends requests and checks that every one gets exactly one, correct, reply.
+//!
+//! Parameters (`abi::PARAM_*`): `COUNT` requests of `SIZE` payload bytes (byte `i` of request
+//! `id` is `abi::request_byte(id, i)`; ids run 1..=COUNT) to service `SERVICE`, or to port
+//! `TARGET` when set (`abi::port_param`); at most `WINDOW` outstanding (0 = the tx ring, which
+//! bounds it anyway); `WAIT` = 0 spins, 1 parks on the doorbell when idle; `QUEUE_SIZE`.
+//!
+//! A reply must carry an outstanding id; with `Status::Ok` its payload must be the request's
+//! bytes XOR `abi::WORKER_XOR`. Results: `RES_SENT`, `RES_RECEIVED` (replies to outstanding
+//! ids), `RES_OK`, `RES_ERRORS` (+ per-status `RES_STATUS_*`), `RES_DUPLICATES` (replies to ids
+//! not outstanding), `RES_MISMATCHES`, `RES_KICKS`, `RES_WAITS`, `RES_WAIT_TIMEOUTS`,
+//! `RES_PORT_ID`, `RES_RING_ERRORS`.
+//!
+//! Exits once every request has its reply: 0 if none was a duplicate or a mismatch, else
+//! `abi::EXIT_DUPLICATE` or `abi::EXIT_MISMATCH`. Other statuses: `EXIT_BAD_PARAM`,
+//! `EXIT_NO_DEVICE`, `EXIT_RING_FAULT`.
+#![no_std]
+#![no_main]
+
+use guest_rt::abi::{self, BootBlock};
+use guest_rt::results;
+use guest_rt::virtio::{on_error, probe_or_exit, DriverError, FreeMem, Vmq};
+use vmq::wire::{MsgHeader, MsgKind, Status};
+
+guest_rt::entry!(main);
+
+const MAX: usize = abi::MAX_GUEST_PAYLOAD as usize + 1024;
+
+struct Client {
+    dev: Vmq,
+    size: usize,
+    next_id: u64,
+    answered: u64,
+    replied: &'static mut [u8],
+}
+
+fn main(bb: &BootBlock) -> u32 {
+    let p = &bb.params;
+    let size = p[abi::PARAM_SIZE];
+    if size > abi::MAX_GUEST_PAYLOAD {
+        return abi::EXIT_BAD_PARAM;
+    }
+    let count = p[abi::PARAM_COUNT];
+    let mut free = FreeMem::new(bb);
+    let Some(replied) = free.alloc_bytes((count as usize).div_ceil(8)) else {
+        return abi::EXIT_BAD_PARAM;
+    };
+    let dev = probe_or_exit(bb, &mut free, size);
+    let tx_size = u64::from(dev.tx.ring().size());
+    let window = match p[abi::PARAM_WINDOW] {
+        0 => tx_size,
+        w => w.min(tx_size),
+    };
+    let target = abi::param_port(p[abi::PARAM_TARGET]);
+    let service = p[abi::PARAM_SERVICE] as u32;
+    let mut c = Client {
+        dev,
+        size: size as usize,
+        next_id: 1,
+        answered: 0,
+        replied,
+    };
+    let mut buf = [0u8; MAX];
+    let mut payload = [0u8; MAX];
+    while c.answered < count {
+        let mut progress = c.receive(&mut buf);
+        if let Err(e) = c.dev.tx.reclaim() {
+            on_error(e.into());
+        }
+        while c.next_id <= count && c.next_id - 1 - c.answered < window && c.dev.tx.free() > 0 {
+            let id = c.next_id;
+            for (i, b) in payload[..c.size].iter_mut().enumerate() {
+                *b = abi::request_byte(id, i);
+            }
+            let hdr = match target {
+                Some(port) => MsgHeader::new(MsgKind::Request, port, id, c.size as u32),
+                None => MsgHeader::request_to_service(service, id, c.size as u32),
+            };
+            if let Err(e) = c.dev.tx.send(&hdr, &payload[..c.size]) {
+                on_error(e.into());
+                break;
+            }
+            c.next_id += 1;
+            results::add(abi::RES_SENT, 1);
+            progress = true;
+        }
+        if let Err(e) = c.dev.flush_tx() {
+            on_error(e.into());
+        }
+        if !progress && c.answered < count {
+            let tx_full = c.dev.tx.free() == 0;
+            if let Err(e) = c.dev.wait(tx_full) {
+                on_error(e);
+            }
+        }
+    }
+    if results::get(abi::RES_DUPLICATES) > 0 {
+        abi::EXIT_DUPLICATE
+    } else if results::get(abi::RES_MISMATCHES) > 0 {
+        abi::EXIT_MISMATCH
+    } else {
+        0
+    }
+}
+
+impl Client {
+    /// Takes every delivered message; returns whether there was any.
+    fn receive(&mut self, buf: &mut [u8]) -> bool {
+        let mut any = false;
+        loop {
+            let m = match self.dev.recv(buf) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    on_error(e.into());
+                    any = true;
+                    continue;
+                }
+            };
+            any = true;
+            match m.header.kind() {
+                Some(MsgKind::Hello) => self.dev.note_hello(&m.header),
+                Some(MsgKind::Reply) => self.reply(&m.header, &buf[..m.len]),
+                _ => results::add(abi::RES_RING_ERRORS, 1),
+            }
+        }
+        if let Err(e) = self.dev.flush_rx() {
+            on_error(DriverError::from(e));
+        }
+        any
+    }
+
+    fn reply(&mut self, h: &MsgHeader, payload: &[u8]) {
+        let id = h.msg_id();
+        if id == 0 || id >= self.next_id {
+            results::add(abi::RES_DUPLICATES, 1);
+            return;
+        }
+        let (byte, bit) = (((id - 1) / 8) as usize, 1u8 << ((id - 1) % 8));
+        if self.replied[byte] & bit != 0 {
+            results::add(abi::RES_DUPLICATES, 1);
+            return;
+        }
+        self.replied[byte] |= bit;
+        self.answered += 1;
+        results::add(abi::RES_RECEIVED, 1);
+        match h.status() {
+            Some(Status::Ok) => {
+                let good = payload.len() == self.size
+                    && payload
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &b)| b == abi::request_byte(id, i) ^ abi::WORKER_XOR);
+                results::add(
+                    if good {
+                        abi::RES_OK
+                    } else {
+                        abi::RES_MISMATCHES
+                    },
+                    1,
+                );
+            }
+            st => {
+                results::add(abi::RES_ERRORS, 1);
+                let slot = match st {
+                    Some(Status::NoBackend) => abi::RES_STATUS_NO_BACKEND,
+                    Some(Status::Unreachable) => abi::RES_STATUS_UNREACHABLE,
+                    Some(Status::BackendError) => abi::RES_STATUS_BACKEND_ERROR,
+                    Some(Status::Timeout | Status::PortBroken) => abi::RES_STATUS_TIMEOUT_OR_BROKEN,
+                    _ => abi::RES_STATUS_OTHER,
+                };
+                results::add(slot, 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! Real-KVM tests of the vmq device end to end: guest images (`peer`, `client`, `worker`) bring
+//! up the virtio-mmio device, and a real `Switch` on a host thread moves their messages.
+//!
+//! They assert on counts only, never on time. Without a usable `/dev/kvm` each test prints
+//! "skipping" and passes, unless `CI=true` or `VMQ_REQUIRE_KVM=1`.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+use vmq::abi;
+use vmq::switch::{MonotonicClock, ServiceConfig, Snapshot, Switch, SwitchConfig};
+use vmq::transport::TransportEvent;
+use vmq::vmm::{images, IoeventMode, RunOutcome, VcpuHandle, Vm, VmConfig, VmqLink};
+
+/// Whether KVM tests can run here; panics where KVM is required.
+fn require_kvm() -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            let required = std::env::var("CI").is_ok_and(|v| v == "true")
+                || std::env::var("VMQ_REQUIRE_KVM").is_ok_and(|v| v == "1");
+            if required {
+                panic!(
+                    "/dev/kvm is required (CI=true or VMQ_REQUIRE_KVM=1) but cannot be opened: {e}"
+                );
+            }
+            eprintln!("skipping: /dev/kvm not available ({e})");
+            false
+        }
+    }
+}
+
+/// A guest VM with a vmq device in slot 0, started.
+struct Guest {
+    vm: Vm,
+    link: VmqLink,
+    vcpu: Option<VcpuHandle>,
+}
+
+impl Guest {
+    fn start(name: &str, image: &[u8], params: &[(usize, u64)]) -> Self {
+        let mut cfg = VmConfig::new(name);
+        for &(i, v) in params {
+            cfg = cfg.param(i, v);
+        }
+        let mut vm = Vm::new(cfg).expect("create VM");
+        vm.load_elf(image).expect("load image");
+        let link = VmqLink::attach(&mut vm, 0).expect("attach vmq device");
+        let vcpu = Some(vm.start().expect("start vCPU"));
+        Self { vm, link, vcpu }
+    }
+
+    /// Waits for the guest's driver to set DRIVER_OK.
+    fn activated(&self) -> vmq::device::DevicePort<GuestMemoryMmap> {
+        match self.link.events.recv_timeout(Duration::from_secs(10)) {
+            Ok(TransportEvent::Activated(port)) => port,
+            other => panic!(
+                "{}: expected an activation, got {other:?}; console: {:?}",
+                self.vm.name(),
+                self.vm.console().lines()
+            ),
+        }
+    }
+
+    fn join(&mut self) -> RunOutcome {
+        let h = self.vcpu.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !h.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if !h.is_finished() {
+            h.stop();
+        }
+        h.join().expect("vCPU thread")
+    }
+
+    fn stop(&mut self) -> RunOutcome {
+        let h = self.vcpu.take().expect("running");
+        h.stop();
+        h.join().expect("vCPU thread")
+    }
+
+    fn results(&self) -> [u64; abi::NUM_RESULTS] {
+        self.vm.results()
+    }
+}
+
+/// The switch on its own thread: polls while there is work; when idle, asks the guests to kick
+/// and sleeps on their kick eventfds (bounded by the next sweep).
+struct SwitchLoop {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<(Switch<GuestMemoryMmap>, u64)>,
+}
+
+impl SwitchLoop {
+    fn spawn(mut sw: Switch<GuestMemoryMmap>, kicks: Vec<EventFd>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut idle = 0u32;
+            let mut sleeps = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                if sw.poll() > 0 {
+                    idle = 0;
+                    continue;
+                }
+                idle += 1;
+                if idle < 256 {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                idle = 0;
+                if !sw.prepare_idle() {
+                    sleeps += 1;
+                    let mut fds: Vec<libc::pollfd> = kicks
+                        .iter()
+                        .map(|k| libc::pollfd {
+                            fd: k.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        })
+                        .collect();
+                    let ms = (sw.until_next_sweep() / 1_000_000).clamp(1, 10) as i32;
+                    // SAFETY: `fds` is a valid array of pollfds that outlives the call.
+                    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+                    for k in &kicks {
+                        let _ = k.read();
+                    }
+                }
+                sw.resume_polling();
+            }
+            (sw, sleeps)
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> (Snapshot, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (sw, sleeps) = self.thread.join().expect("switch thread");
+        (sw.snapshot(), sleeps)
+    }
+}
+
+fn switch() -> Switch<GuestMemoryMmap> {
+    Switch::new(SwitchConfig::default(), Arc::new(MonotonicClock::new())).expect("switch")
+}
+
+/// A service config for tests of the data path: no stall ejection or deadline within a run,
+/// however the shared test machine schedules the vCPUs.
+fn patient_service() -> ServiceConfig {
+    let mut cfg = ServiceConfig::default();
+    cfg.failover.stall_window_ns = 10_000_000_000;
+    cfg.request_timeout_ns = 60_000_000_000;
+    cfg
+}
+
+fn clone_kick(g: &Guest) -> EventFd {
+    g.link.kick.try_clone().expect("clone kick eventfd")
+}
+
+#[test]
+fn vmq_device_comes_up_and_kicks_through_the_ioeventfd() {
+    if !require_kvm() {
+        return;
+    }
+    // A peer with nothing to send or receive: brings the device up, posts its rx buffers (which
+    // wants one kick, the device asked for it initially), exits.
+    let mut g = Guest::start(
+        "bringup",
+        images::PEER,
+        &[(abi::PARAM_WAIT, abi::WAIT_DOORBELL)],
+    );
+    let port = g.activated();
+    assert_eq!(
+        g.join(),
+        RunOutcome::Exited(0),
+        "{:?}",
+        g.vm.console().lines()
+    );
+    let kicks = g
+        .link
+        .kick
+        .read()
+        .expect("the QueueNotify write reached the kick eventfd");
+    assert!(kicks >= 1);
+    assert_eq!(
+        g.results()[abi::RES_KICKS],
+        kicks,
+        "every guest kick arrived"
+    );
+    let dev = g.link.device().counters();
+    match g.link.ioevent_mode() {
+        // KVM absorbed the notify: the device never saw it.
+        IoeventMode::InKernel => assert_eq!(dev.notifies, 0),
+        IoeventMode::MmioExit => assert_eq!(dev.notifies, kicks),
+    }
+    assert_eq!(dev.activations, 1);
+    assert_eq!(dev.rejected, 0, "the guest driver follows the spec");
+    assert_eq!(port.rx_queue_size(), abi::virtio::QUEUE_NUM_MAX);
+    assert_eq!(port.rx_buffers_available(), abi::virtio::QUEUE_NUM_MAX);
+    assert!(g.vm.virtio_mmio().1 >= 1);
+    eprintln!(
+        "bring-up: {} MMIO exits, {} kick(s), ioeventfd {:?}",
+        g.vm.counters().snapshot().mmio,
+        kicks,
+        g.link.ioevent_mode()
+    );
+}
+
+#[test]
+fn two_peers_exchange_messages_in_order_and_intact() {
+    if !require_kvm() {
+        return;
+    }
+    const N: u64 = 3000;
+    let params = |target: u32| {
+        [
+            (abi::PARAM_COUNT, N),
+            (abi::PARAM_EXPECT, N),
+            (abi::PARAM_SIZE, 200),
+            (abi::PARAM_TARGET, abi::port_param(target)),
+            (abi::PARAM_WAIT, abi::WAIT_DOORBELL),
+            (abi::PARAM_QUEUE_SIZE, 64),
+        ]
+    };
+    // Ports are added in this order, so "a" is port 0 and "b" port 1.
+    let mut a = Guest::start("peer-a", images::PEER, &params(1));
+    let mut b = Guest::start("peer-b", images::PEER, &params(0));
+    let mut sw = switch();
+    let started = Instant::now();
+    assert_eq!(
+        sw.add_port("a", a.activated(), a.link.notifier()).unwrap(),
+        0
+    );
+    assert_eq!(
+        sw.add_port("b", b.activated(), b.link.notifier()).unwrap(),
+        1
+    );
+    let lp = SwitchLoop::spawn(sw, vec![clone_kick(&a), clone_kick(&b)]);
+    let (oa, ob) = (a.join(), b.join());
+    let elapsed = started.elapsed();
+    let (snap, sleeps) = lp.finish();
+    for (g, o, id) in [(&a, oa, 0), (&b, ob, 1)] {
+        let r = g.results();
+        assert_eq!(
+            o,
+            RunOutcome::Exited(0),
+            "{}: results {r:?}, console {:?}",
+            g.vm.name(),
+            g.vm.console().lines()
+        );
+        assert_eq!(r[abi::RES_PORT_ID], id);
+        assert_eq!(r[abi::RES_SENT], N);
+        assert_eq!(r[abi::RES_RECEIVED], N);
+        assert_eq!(r[abi::RES_OK], N, "every message in order and intact");
+        assert_eq!(
+            r[abi::RES_MISMATCHES] + r[abi::RES_DUPLICATES] + r[abi::RES_ERRORS],
+            0
+        );
+        assert_eq!(r[abi::RES_RING_ERRORS], 0);
+    }
+    assert_eq!(snap.ports.len(), 2);
+    let (ra, rb) = (a.results(), b.results());
+    let exits = a.vm.counters().snapshot().pio + b.vm.counters().snapshot().pio;
+    eprintln!(
+        "peers: {} messages in {elapsed:?} ({:.0} msg/s), kicks {}+{}, doorbell waits {}+{}, \
+         port-I/O exits {exits} ({:.3}/message), switch sleeps {sleeps}",
+        2 * N,
+        (2 * N) as f64 / elapsed.as_secs_f64(),
+        ra[abi::RES_KICKS],
+        rb[abi::RES_KICKS],
+        ra[abi::RES_WAITS],
+        rb[abi::RES_WAITS],
+        exits as f64 / (2 * N) as f64,
+    );
+}
+
+#[test]
+fn client_gets_exactly_one_transformed_reply_per_request_through_a_service() {
+    if !require_kvm() {
+        return;
+    }
+    const N: u64 = 3000;
+    let mut client = Guest::start(
+        "client",
+        images::CLIENT,
+        &[
+            (abi::PARAM_COUNT, N),
+            (abi::PARAM_SIZE, 128),
+            (abi::PARAM_SERVICE, 0),
+            (abi::PARAM_WINDOW, 32),
+            (abi::PARAM_WAIT, abi::WAIT_DOORBELL),
+        ],
+    );
+    let mut worker = Guest::start(
+        "worker",
+        images::WORKER,
+        &[
+            (abi::PARAM_SIZE, 128),
+            (abi::PARAM_WAIT, abi::WAIT_DOORBELL),
+        ],
+    );
+    let mut sw = switch();
+    let started = Instant::now();
+    let c = sw
+        .add_port("client", client.activated(), client.link.notifier())
+        .unwrap();
+    let w = sw
+        .add_port("worker", worker.activated(), worker.link.notifier())
+        .unwrap();
+    let svc = sw
+        .add_service("echo", patient_service(), &[(w, 1.0)])
+        .unwrap();
+    assert_eq!((c, w, svc), (0, 1, 0));
+    let lp = SwitchLoop::spawn(sw, vec![clone_kick(&client), clone_kick(&worker)]);
+    let oc = client.join();
+    let elapsed = started.elapsed();
+    let ow = worker.stop();
+    let (snap, sleeps) = lp.finish();
+    let (rc, rw) = (client.results(), worker.results());
+    assert_eq!(
+        oc,
+        RunOutcome::Exited(0),
+        "client results {rc:?}, console {:?}",
+        client.vm.console().lines()
+    );
+    assert_eq!(
+        ow,
+        RunOutcome::Stopped,
+        "worker results {rw:?}, console {:?}",
+        worker.vm.console().lines()
+    );
+    assert_eq!(rc[abi::RES_SENT], N);
+    assert_eq!(rc[abi::RES_RECEIVED], N, "exactly one reply per request");
+    assert_eq!(
+        rc[abi::RES_OK],
+        N,
+        "every payload transformed correctly: {rc:?}"
+    );
+    assert_eq!(
+        rc[abi::RES_DUPLICATES] + rc[abi::RES_MISMATCHES] + rc[abi::RES_ERRORS],
+        0
+    );
+    assert_eq!(rw[abi::RES_RECEIVED], N);
+    assert_eq!(rw[abi::RES_SENT], N);
+    assert_eq!(rw[abi::RES_PORT_ID], 1);
+    let s = &snap.services[0];
+    assert_eq!(s.stats.requests, N);
+    assert_eq!(s.stats.replies, N);
+    assert_eq!(
+        s.stats.redispatches + s.stats.failed_back + s.stats.late_replies_dropped,
+        0
+    );
+    let exits = client.vm.counters().snapshot().pio + worker.vm.counters().snapshot().pio;
+    eprintln!(
+        "client/worker: {N} requests in {elapsed:?} ({:.0} req/s), client kicks {} waits {}, \
+         worker kicks {} waits {}, port-I/O exits {exits} ({:.3}/request), switch sleeps {sleeps}",
+        N as f64 / elapsed.as_secs_f64(),
+        rc[abi::RES_KICKS],
+        rc[abi::RES_WAITS],
+        rw[abi::RES_KICKS],
+        rw[abi::RES_WAITS],
+        exits as f64 / N as f64,
+    );
+}
+
+#[test]
+fn worker_error_replies_reach_the_client_once_each() {
+    if !require_kvm() {
+        return;
+    }
+    const N: u64 = 500;
+    let mut client = Guest::start(
+        "client-e",
+        images::CLIENT,
+        &[
+            (abi::PARAM_COUNT, N),
+            (abi::PARAM_SIZE, 16),
+            (abi::PARAM_SERVICE, 0),
+            (abi::PARAM_WAIT, abi::WAIT_DOORBELL),
+        ],
+    );
+    let mut worker = Guest::start(
+        "worker-e",
+        images::WORKER,
+        &[
+            (abi::PARAM_COUNT, N),
+            (abi::PARAM_ERROR_EVERY, 5),
+            (abi::PARAM_WAIT, abi::WAIT_DOORBELL),
+        ],
+    );
+    let mut sw = switch();
+    sw.add_port("client", client.activated(), client.link.notifier())
+        .unwrap();
+    let w = sw
+        .add_port("worker", worker.activated(), worker.link.notifier())
+        .unwrap();
+    sw.add_service("echo", patient_service(), &[(w, 1.0)])
+        .unwrap();
+    let lp = SwitchLoop::spawn(sw, vec![clone_kick(&client), clone_kick(&worker)]);
+    let (oc, ow) = (client.join(), worker.join());
+    lp.finish();
+    let (rc, rw) = (client.results(), worker.results());
+    assert_eq!(oc, RunOutcome::Exited(0), "client {rc:?}");
+    assert_eq!(ow, RunOutcome::Exited(0), "worker {rw:?}");
+    assert_eq!(rc[abi::RES_RECEIVED], N);
+    assert_eq!(rc[abi::RES_ERRORS], N / 5);
+    assert_eq!(rc[abi::RES_STATUS_BACKEND_ERROR], N / 5);
+    assert_eq!(rc[abi::RES_OK], N - N / 5);
+    assert_eq!(rw[abi::RES_ERRORS], N / 5);
+}
