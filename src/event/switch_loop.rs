@@ -97,7 +97,7 @@ impl<M: GuestMemoryBackend + Clone> SwitchLoop<M> {
     pub fn run<D, T>(&mut self, mut done: D, tick_every: Duration, mut tick: T)
     where
         D: FnMut(&Switch<M>) -> bool,
-        T: FnMut(&Switch<M>, &LoopStats),
+        T: FnMut(&mut Switch<M>, &LoopStats),
     {
         let mut idle = 0u32;
         let mut next_tick = std::time::Instant::now() + tick_every;
@@ -122,7 +122,7 @@ impl<M: GuestMemoryBackend + Clone> SwitchLoop<M> {
                 if now >= next_tick {
                     next_tick = now + tick_every;
                     let s = self.stats();
-                    tick(&self.switch, &s);
+                    tick(&mut self.switch, &s);
                 }
             }
         }

@@ -34,9 +34,11 @@
 //! ```
 
 mod error;
+mod params;
 mod spec;
 
 pub use error::TopologyError;
+pub use params::PARAMS;
 pub use spec::{
     FaultKind, FaultSpec, MemberSpec, ParamValue, RunSpec, ServiceSpec, Topology, VmSpec,
 };

@@ -28,6 +28,9 @@ pub struct Topology {
     /// Injected faults.
     #[serde(default, rename = "fault")]
     pub faults: Vec<FaultSpec>,
+    /// The text it was parsed from and its file name, for errors found later.
+    #[serde(skip)]
+    source: (String, String),
 }
 
 /// Run control.
@@ -187,7 +190,7 @@ impl Topology {
     /// Parses and checks `text`; `file` names it in errors. `images` are the built-in image
     /// names (anything else must be a readable file).
     pub fn parse(text: &str, file: &str, images: &[&str]) -> Result<Self, TopologyError> {
-        let topo: Topology = toml::from_str(text).map_err(|e| {
+        let mut topo: Topology = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
             TopologyError::Syntax {
                 file: file.to_string(),
@@ -196,7 +199,11 @@ impl Topology {
                 message: e.message().trim().to_string(),
             }
         })?;
+        topo.source = (text.to_string(), file.to_string());
         topo.check(text, file, images)?;
+        for i in 0..topo.vms.len() {
+            topo.params_of(i)?;
+        }
         Ok(topo)
     }
 
@@ -308,6 +315,22 @@ impl Topology {
             }
         }
         Ok(())
+    }
+
+    /// An error at `span` of the parsed text.
+    pub(crate) fn invalid(
+        &self,
+        span: Range<usize>,
+        field: &str,
+        message: String,
+    ) -> TopologyError {
+        let (text, file) = &self.source;
+        TopologyError::Invalid {
+            file: file.clone(),
+            line: line_col(text, span.start).0,
+            field: field.to_string(),
+            message,
+        }
     }
 
     /// Port id of VM `name` (VMs are ports in file order).

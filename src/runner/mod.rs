@@ -1,0 +1,283 @@
+//! Runs a topology: boots its VMs, wires their vmq devices to one switch, runs the switch loop
+//! on the calling thread until the clients are done, injects the host-side faults, prints live
+//! progress, and reports what happened.
+
+mod progress;
+mod report;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vm_memory::GuestMemoryMmap;
+
+use crate::event::{LoopConfig, SwitchLoop};
+use crate::switch::{MonotonicClock, Switch, SwitchError};
+use crate::topology::{FaultKind, Topology, TopologyError};
+use crate::transport::TransportEvent;
+use crate::vmm::{images, RunOutcome, VcpuHandle, Vm, VmConfig, VmqLink};
+
+pub use report::{RunReport, VmReport};
+
+/// How a run talks to its user.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Print live progress lines to stderr.
+    pub progress: bool,
+    /// Echo guest console lines to the log.
+    pub echo_console: bool,
+}
+
+/// Why a run could not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The topology is invalid.
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    /// A VM could not be created, loaded or started.
+    #[error("VM {vm}: {source}")]
+    Vm {
+        /// The VM.
+        vm: String,
+        /// What failed.
+        #[source]
+        source: crate::vmm::Error,
+    },
+    /// A guest did not bring its vmq device up.
+    #[error(
+        "VM {vm} did not bring up its vmq device within {secs} s ({outcome}); console:\n{console}"
+    )]
+    NoDevice {
+        /// The VM.
+        vm: String,
+        /// Seconds waited.
+        secs: u64,
+        /// Whether and how its vCPU ended.
+        outcome: String,
+        /// Its console so far.
+        console: String,
+    },
+    /// The switch refused the configuration.
+    #[error(transparent)]
+    Switch(#[from] SwitchError),
+    /// A host resource (eventfd, epoll) could not be set up.
+    #[error("cannot set up the switch loop: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A booted VM and its handles.
+struct Booted {
+    name: String,
+    image: String,
+    vm: Vm,
+    link: VmqLink,
+    vcpu: Option<VcpuHandle>,
+    outcome: Option<RunOutcome>,
+    kill_after: Option<Duration>,
+    killed: bool,
+    /// Finite work: the run waits for it to exit.
+    waited_for: bool,
+    removed: bool,
+    marked_broken: bool,
+}
+
+fn vm_err(vm: &str) -> impl FnOnce(crate::vmm::Error) -> RunError + '_ {
+    move |source| RunError::Vm {
+        vm: vm.to_string(),
+        source,
+    }
+}
+
+/// Boots every VM of `topo` (not started yet).
+fn boot(topo: &Topology, opts: &RunOptions) -> Result<Vec<Booted>, RunError> {
+    let mut out = Vec::new();
+    for (i, spec) in topo.vms.iter().enumerate() {
+        let name = spec.name.get_ref().clone();
+        let image_name = spec.image.get_ref().clone();
+        let owned;
+        let image: &[u8] = match images::by_name(&image_name) {
+            Some(b) => b,
+            None => {
+                owned = std::fs::read(&image_name).map_err(|e| RunError::Vm {
+                    vm: name.clone(),
+                    source: crate::vmm::Error::Host {
+                        what: "the image file",
+                        source: e,
+                    },
+                })?;
+                &owned
+            }
+        };
+        let mut cfg = VmConfig::new(&name).mem_size(*spec.memory_mib.get_ref() << 20);
+        cfg.echo_console = opts.echo_console;
+        for (idx, v) in topo.params_of(i)? {
+            cfg = cfg.param(idx, v);
+        }
+        let mut vm = Vm::new(cfg).map_err(vm_err(&name))?;
+        vm.load_elf(image).map_err(vm_err(&name))?;
+        let link = VmqLink::attach(&mut vm, 0).map_err(vm_err(&name))?;
+        let kill_after = topo
+            .faults
+            .iter()
+            .filter(|f| f.vm.get_ref() == &name)
+            .find_map(|f| match f.kind() {
+                FaultKind::KillAfterMs(ms) => Some(Duration::from_millis(ms)),
+                _ => None,
+            });
+        let waited_for = matches!(image_name.as_str(), "client" | "peer" | "hello");
+        out.push(Booted {
+            name,
+            image: image_name,
+            vm,
+            link,
+            vcpu: None,
+            outcome: None,
+            kill_after,
+            killed: false,
+            waited_for,
+            removed: false,
+            marked_broken: false,
+        });
+    }
+    Ok(out)
+}
+
+/// Runs `topo` to completion (or its `max_duration_ms`).
+pub fn run(topo: &Topology, opts: &RunOptions) -> Result<RunReport, RunError> {
+    let mut vms = boot(topo, opts)?;
+    let t0 = Instant::now();
+    for b in &mut vms {
+        b.vcpu = Some(b.vm.start().map_err(vm_err(&b.name))?);
+    }
+    // Every guest brings up its device first thing; a few seconds is generous.
+    const ACTIVATION: Duration = Duration::from_secs(5);
+    let mut ports = Vec::new();
+    for i in 0..vms.len() {
+        match vms[i].link.events.recv_timeout(ACTIVATION) {
+            Ok(TransportEvent::Activated(port)) => ports.push(port),
+            Ok(TransportEvent::Reset) | Err(_) => {
+                for other in &vms {
+                    if let Some(v) = &other.vcpu {
+                        v.stop();
+                    }
+                }
+                let b = &mut vms[i];
+                let outcome = match b.vcpu.take() {
+                    Some(v) => format!("{:?}", v.join()),
+                    None => "not started".to_string(),
+                };
+                return Err(RunError::NoDevice {
+                    vm: b.name.clone(),
+                    secs: ACTIVATION.as_secs(),
+                    outcome,
+                    console: b.vm.console().lines().join("\n"),
+                });
+            }
+        }
+    }
+    let mut switch: Switch<GuestMemoryMmap> =
+        Switch::new(topo.switch, Arc::new(MonotonicClock::new()))?;
+    for (b, port) in vms.iter().zip(ports) {
+        switch.add_port(&b.name, port, b.link.notifier())?;
+    }
+    for s in &topo.services {
+        let members: Vec<(u32, f64)> = s
+            .members
+            .get_ref()
+            .iter()
+            .map(|m| {
+                let port = topo.vm_index(m.vm.get_ref()).expect("checked when parsed") as u32;
+                (port, *m.weight.get_ref())
+            })
+            .collect();
+        switch.add_service(s.name.get_ref(), s.config(), &members)?;
+    }
+    let kicks = vms
+        .iter()
+        .map(|b| b.link.kick.try_clone())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut lp = SwitchLoop::new(switch, kicks, LoopConfig::default())?;
+    let max = Duration::from_millis(topo.run.max_duration_ms);
+    let progress_every = Duration::from_millis(topo.run.progress_ms.max(10));
+    let mut progress = progress::Progress::new(opts.progress && topo.run.progress_ms > 0);
+    let started = Instant::now();
+    let mut timed_out = false;
+    let all_done = std::cell::Cell::new(false);
+    lp.run(
+        |_| {
+            if started.elapsed() >= max {
+                timed_out = true;
+                return true;
+            }
+            all_done.get()
+        },
+        Duration::from_millis(5),
+        |sw, stats| {
+            supervise(sw, &mut vms, started.elapsed());
+            let waited: Vec<_> = vms.iter().filter(|b| b.waited_for).collect();
+            all_done.set(
+                !waited.is_empty()
+                    && waited
+                        .iter()
+                        .all(|b| b.vcpu.as_ref().is_none_or(|v| v.is_finished())),
+            );
+            progress.tick(sw, stats, started.elapsed(), progress_every);
+        },
+    );
+    let elapsed = started.elapsed();
+    let loop_stats = lp.stats();
+    // Workers serve until told otherwise: stop everything still running, then collect.
+    for b in &vms {
+        if let Some(v) = &b.vcpu {
+            v.stop();
+        }
+    }
+    for b in &mut vms {
+        if let Some(v) = b.vcpu.take() {
+            b.outcome = Some(v.join().unwrap_or(RunOutcome::Stopped));
+        }
+    }
+    progress.finish();
+    Ok(report::build(
+        &lp.switch,
+        &vms,
+        elapsed,
+        t0.elapsed(),
+        loop_stats,
+        timed_out,
+    ))
+}
+
+/// Host-side supervision, on the switch thread between polls: kill faults, guest resets,
+/// guests that exited, ports the switch found broken.
+fn supervise(sw: &mut Switch<GuestMemoryMmap>, vms: &mut [Booted], now: Duration) {
+    for (i, b) in vms.iter_mut().enumerate() {
+        let port = i as u32;
+        if let (Some(after), false) = (b.kill_after, b.killed) {
+            if now >= after {
+                b.killed = true;
+                if let Some(v) = &b.vcpu {
+                    v.stop();
+                }
+                log::info!("fault: killed VM {} at {:?}", b.name, now);
+            }
+        }
+        while let Ok(ev) = b.link.events.try_recv() {
+            if let TransportEvent::Reset = ev {
+                if !b.removed {
+                    b.removed = true;
+                    sw.remove_port(port);
+                }
+            }
+        }
+        let finished = b.vcpu.as_ref().is_none_or(|v| v.is_finished());
+        if finished && !b.removed {
+            // A guest that exited (or was killed) no longer drains its queues.
+            b.removed = true;
+            sw.remove_port(port);
+        }
+        if sw.port_down(port) && !b.marked_broken && !b.removed {
+            b.marked_broken = true;
+            b.link.mark_broken();
+        }
+    }
+}

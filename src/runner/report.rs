@@ -1,0 +1,229 @@
+//! [`RunReport`]: what a run did, as JSON or a human summary.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+use vm_memory::GuestMemoryMmap;
+
+use super::Booted;
+use crate::abi;
+use crate::event::LoopStats;
+use crate::switch::{Snapshot, Switch};
+use crate::vmm::{ExitSnapshot, RunOutcome};
+
+/// One VM after the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct VmReport {
+    /// Name.
+    pub name: String,
+    /// Image.
+    pub image: String,
+    /// How its vCPU ended.
+    pub outcome: String,
+    /// Exit status, if it exited.
+    pub exit_status: Option<u32>,
+    /// Counters the guest wrote (`abi::RES_*`).
+    pub sent: u64,
+    /// Messages received.
+    pub received: u64,
+    /// Replies / messages that checked out.
+    pub ok: u64,
+    /// Error replies.
+    pub errors: u64,
+    /// Replies for ids not outstanding.
+    pub duplicates: u64,
+    /// Payload mismatches or out-of-order messages.
+    pub mismatches: u64,
+    /// Queue kicks the guest made.
+    pub kicks: u64,
+    /// Doorbell waits.
+    pub waits: u64,
+    /// VM exits (port I/O + MMIO + other).
+    pub exits: u64,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    /// Requests the clients sent.
+    pub requests: u64,
+    /// Replies the clients received (any status).
+    pub replies: u64,
+    /// Requests without a reply: `requests - replies`.
+    pub lost: u64,
+    /// Replies a client received for an id that was not outstanding.
+    pub duplicates: u64,
+    /// Replies whose payload was wrong, or peer messages out of order.
+    pub mismatches: u64,
+    /// Error replies the clients received.
+    pub error_replies: u64,
+    /// Requests failed over to another backend (re-dispatched).
+    pub failovers: u64,
+    /// Backend ejections.
+    pub ejections: u64,
+    /// Late replies the switch dropped (from backends whose requests were failed over).
+    pub late_replies_dropped: u64,
+    /// Messages through the switch per second of run time.
+    pub msgs_per_s: f64,
+    /// Messages through the switch.
+    pub messages: u64,
+    /// VM exits (all VMs) per message.
+    pub exits_per_msg: f64,
+    /// Run time (switch loop), seconds.
+    pub elapsed_s: f64,
+    /// Wall time including boot and teardown, seconds.
+    pub wall_s: f64,
+    /// The run hit `max_duration_ms` before the clients finished.
+    pub timed_out: bool,
+    /// Per VM.
+    pub vms: Vec<VmReport>,
+    /// The switch at the end.
+    pub switch: Snapshot,
+    /// Switch loop counters.
+    pub switch_loop: LoopStats,
+}
+
+impl RunReport {
+    /// Whether the run kept the promise: every request answered exactly once, nothing
+    /// corrupted, and the clients finished.
+    pub fn clean(&self) -> bool {
+        self.lost == 0 && self.duplicates == 0 && self.mismatches == 0 && !self.timed_out
+    }
+}
+
+fn exits(e: &ExitSnapshot) -> u64 {
+    e.pio + e.mmio + e.other
+}
+
+pub(super) fn build(
+    sw: &Switch<GuestMemoryMmap>,
+    vms: &[Booted],
+    elapsed: Duration,
+    wall: Duration,
+    loop_stats: LoopStats,
+    timed_out: bool,
+) -> RunReport {
+    let snap = sw.snapshot();
+    let vm_reports: Vec<VmReport> = vms
+        .iter()
+        .map(|b| {
+            let r = b.vm.results();
+            VmReport {
+                name: b.name.clone(),
+                image: b.image.clone(),
+                outcome: format!("{:?}", b.outcome.unwrap_or(RunOutcome::Stopped)),
+                exit_status: match b.outcome {
+                    Some(RunOutcome::Exited(s)) => Some(s),
+                    _ => None,
+                },
+                sent: r[abi::RES_SENT],
+                received: r[abi::RES_RECEIVED],
+                ok: r[abi::RES_OK],
+                errors: r[abi::RES_ERRORS],
+                duplicates: r[abi::RES_DUPLICATES],
+                mismatches: r[abi::RES_MISMATCHES],
+                kicks: r[abi::RES_KICKS],
+                waits: r[abi::RES_WAITS],
+                exits: exits(&b.vm.counters().snapshot()),
+            }
+        })
+        .collect();
+    let clients = || vm_reports.iter().filter(|v| v.image == "client");
+    let requests: u64 = clients().map(|v| v.sent).sum();
+    let replies: u64 = clients().map(|v| v.received).sum();
+    let messages: u64 = snap.ports.iter().map(|p| p.stats.sent).sum();
+    let total_exits: u64 = vm_reports.iter().map(|v| v.exits).sum();
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    RunReport {
+        requests,
+        replies,
+        lost: requests.saturating_sub(replies),
+        duplicates: vm_reports.iter().map(|v| v.duplicates).sum(),
+        mismatches: vm_reports.iter().map(|v| v.mismatches).sum(),
+        error_replies: clients().map(|v| v.errors).sum(),
+        failovers: snap.totals.redispatches,
+        ejections: snap.services.iter().map(|s| s.stats.ejections).sum(),
+        late_replies_dropped: snap.totals.late_replies_dropped,
+        msgs_per_s: messages as f64 / secs,
+        messages,
+        exits_per_msg: if messages > 0 {
+            total_exits as f64 / messages as f64
+        } else {
+            0.0
+        },
+        elapsed_s: secs,
+        wall_s: wall.as_secs_f64(),
+        timed_out,
+        vms: vm_reports,
+        switch: snap,
+        switch_loop: loop_stats,
+    }
+}
+
+impl fmt::Display for RunReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.switch)?;
+        writeln!(
+            f,
+            "{:<10} {:<7} {:<14} {:>8} {:>8} {:>8} {:>6} {:>5} {:>5} {:>8} {:>8}",
+            "vm",
+            "image",
+            "outcome",
+            "sent",
+            "received",
+            "ok",
+            "errors",
+            "dups",
+            "bad",
+            "waits",
+            "exits"
+        )?;
+        for v in &self.vms {
+            writeln!(
+                f,
+                "{:<10} {:<7} {:<14} {:>8} {:>8} {:>8} {:>6} {:>5} {:>5} {:>8} {:>8}",
+                v.name,
+                v.image,
+                v.outcome,
+                v.sent,
+                v.received,
+                v.ok,
+                v.errors,
+                v.duplicates,
+                v.mismatches,
+                v.waits,
+                v.exits
+            )?;
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "requests {}  replies {}  lost {}  duplicates {}  mismatches {}  error replies {}",
+            self.requests,
+            self.replies,
+            self.lost,
+            self.duplicates,
+            self.mismatches,
+            self.error_replies
+        )?;
+        writeln!(
+            f,
+            "failovers {} (ejections {}, late replies dropped {})",
+            self.failovers, self.ejections, self.late_replies_dropped
+        )?;
+        writeln!(
+            f,
+            "{} messages in {:.2} s: {:.0} msg/s, {:.4} exits per message{}",
+            self.messages,
+            self.elapsed_s,
+            self.msgs_per_s,
+            self.exits_per_msg,
+            if self.timed_out {
+                "  (TIMED OUT before the clients finished)"
+            } else {
+                ""
+            }
+        )
+    }
+}
