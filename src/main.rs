@@ -2,7 +2,8 @@
 
 use clap::{Args, Parser, Subcommand};
 
-use vmq::bench::{self, Placement};
+use vmq::bench::switch::SwitchPlacement;
+use vmq::bench::{self, Placement, Report};
 
 /// vmq: a VM-queue I/O dataplane for KVM.
 #[derive(Parser, Debug)]
@@ -23,6 +24,9 @@ enum Command {
 enum BenchCommand {
     /// Split ring in guest memory (driver thread -> device thread) vs an rtrb SPSC ring.
     Ring(BenchOpts),
+    /// Frontend -> switch -> backends over virtqueues (one switch thread) vs an rtrb relay,
+    /// and the cost of one balancing decision per policy.
+    Switch(BenchOpts),
 }
 
 #[derive(Args, Debug)]
@@ -40,12 +44,19 @@ fn main() {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(BenchCommand::Ring(o)) => {
-            let report = bench::ring::run(o.quick, Placement::two_cores());
-            if o.json {
-                report.print_json();
-            } else {
-                report.print_table();
-            }
+            print(&bench::ring::run(o.quick, Placement::two_cores()), &o)
         }
+        Command::Bench(BenchCommand::Switch(o)) => print(
+            &bench::switch::run(o.quick, SwitchPlacement::two_cores()),
+            &o,
+        ),
+    }
+}
+
+fn print(report: &Report, o: &BenchOpts) {
+    if o.json {
+        report.print_json();
+    } else {
+        report.print_table();
     }
 }

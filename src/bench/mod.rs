@@ -6,6 +6,7 @@
 mod affinity;
 mod report;
 pub mod ring;
+pub mod switch;
 
 pub use affinity::{pin_current_thread, Placement};
 pub use report::{BenchRecord, Report};
