@@ -148,15 +148,11 @@ pub struct SwitchRun {
     pub polls: u64,
     /// Of those, passes that moved nothing (the hub waited for the peers).
     pub idle_polls: u64,
+    /// Share of the hub's time spent in passes that moved messages: near 1, the hub (switch or
+    /// relay) is the bottleneck; well below, it waits for the peers.
+    pub hub_busy: f64,
     /// The switch's counters at the end (default for the relay).
     pub totals: Totals,
-}
-
-impl SwitchRun {
-    /// Share of hub passes that found nothing to do.
-    pub fn idle_share(&self) -> f64 {
-        self.idle_polls as f64 / self.polls.max(1) as f64
-    }
 }
 
 /// Signals shared by every thread of a run.
@@ -229,11 +225,45 @@ fn peer_loop(ctl: &Ctl, mut sides: Vec<Box<dyn Side>>, counts: bool) -> Option<D
 }
 
 /// What the hub (switch or relay) thread reports.
-#[derive(Default)]
 struct HubStats {
     polls: u64,
     idle_polls: u64,
+    start: Instant,
+    last: Instant,
+    busy: Duration,
     totals: Totals,
+}
+
+impl HubStats {
+    fn start() -> Self {
+        let now = Instant::now();
+        Self {
+            polls: 0,
+            idle_polls: 0,
+            start: now,
+            last: now,
+            busy: Duration::ZERO,
+            totals: Totals::default(),
+        }
+    }
+
+    /// Accounts one pass that moved `moved` messages (one clock read per pass).
+    #[inline]
+    fn pass(&mut self, moved: usize) {
+        let now = Instant::now();
+        if moved > 0 {
+            self.busy += now - self.last;
+        } else {
+            self.idle_polls += 1;
+            std::hint::spin_loop();
+        }
+        self.last = now;
+        self.polls += 1;
+    }
+
+    fn busy_share(&self) -> f64 {
+        self.busy.as_secs_f64() / (self.last - self.start).as_secs_f64().max(1e-9)
+    }
 }
 
 /// Runs the peers and the hub on their threads under `budget`.
@@ -289,6 +319,7 @@ where
         id_sum: ctl.id_sum.load(Ordering::Acquire),
         polls: stats.polls,
         idle_polls: stats.idle_polls,
+        hub_busy: stats.busy_share(),
         totals: stats.totals,
     }
 }
@@ -506,13 +537,9 @@ pub fn run_vmq(
         front_counts: case == Case::RequestReply,
     };
     drive(budget, placement, sides, move |ctl: &Ctl| {
-        let mut s = HubStats::default();
+        let mut s = HubStats::start();
         while !ctl.done.load(Ordering::Acquire) {
-            if sw.poll() == 0 {
-                s.idle_polls += 1;
-                std::hint::spin_loop();
-            }
-            s.polls += 1;
+            s.pass(sw.poll());
         }
         s.totals = sw.snapshot().totals;
         s
@@ -762,7 +789,7 @@ fn run_rtrb_n<const N: usize>(
     };
     let mut back_out: Vec<RbRx<N>> = back_out.drain(..).flatten().collect();
     drive(budget, placement, sides, move |ctl: &Ctl| {
-        let mut s = HubStats::default();
+        let mut s = HubStats::start();
         let mut rr = 0usize;
         while !ctl.done.load(Ordering::Acquire) {
             let moved = match case {
@@ -798,11 +825,7 @@ fn run_rtrb_n<const N: usize>(
                     moved
                 }
             };
-            if moved == 0 {
-                s.idle_polls += 1;
-                std::hint::spin_loop();
-            }
-            s.polls += 1;
+            s.pass(moved);
         }
         s
     })
@@ -976,8 +999,8 @@ pub fn run(quick: bool, placement: SwitchPlacement) -> Report {
                 .with("backends", backends)
                 .with("queue_size", QUEUE_SIZE)
                 .with("redispatches", t.redispatches)
-                .with("switch_idle_polls", round2(vmq.idle_share()))
-                .with("relay_idle_polls", round2(base.idle_share()))
+                .with("switch_busy", round2(vmq.hub_busy))
+                .with("relay_busy", round2(base.hub_busy))
                 .with(
                     "msgs_per_poll",
                     round2(
