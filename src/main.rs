@@ -4,7 +4,8 @@ use clap::{Args, Parser, Subcommand};
 
 use std::process::ExitCode;
 
-use vmq::bench::{self, Placement};
+use vmq::bench::switch::SwitchPlacement;
+use vmq::bench::{self, Placement, Report};
 use vmq::runner::{self, RunOptions};
 use vmq::topology::{Topology, DEMO_TOML};
 
@@ -47,6 +48,9 @@ struct RunOpts {
 enum BenchCommand {
     /// Split ring in guest memory (driver thread -> device thread) vs an rtrb SPSC ring.
     Ring(BenchOpts),
+    /// Frontend -> switch -> backends over virtqueues (one switch thread) vs an rtrb relay,
+    /// and the cost of one balancing decision per policy.
+    Switch(BenchOpts),
 }
 
 #[derive(Args, Debug)]
@@ -99,13 +103,20 @@ fn main() -> ExitCode {
         Command::Demo(o) => run_topology(Topology::parse(DEMO_TOML, "<demo>", &images), &o),
         Command::Run { topology, opts } => run_topology(Topology::load(&topology, &images), &opts),
         Command::Bench(BenchCommand::Ring(o)) => {
-            let report = bench::ring::run(o.quick, Placement::two_cores());
-            if o.json {
-                report.print_json();
-            } else {
-                report.print_table();
-            }
-            ExitCode::SUCCESS
+            print(&bench::ring::run(o.quick, Placement::two_cores()), &o)
         }
+        Command::Bench(BenchCommand::Switch(o)) => print(
+            &bench::switch::run(o.quick, SwitchPlacement::two_cores()),
+            &o,
+        ),
     }
+}
+
+fn print(report: &Report, o: &BenchOpts) -> ExitCode {
+    if o.json {
+        report.print_json();
+    } else {
+        report.print_table();
+    }
+    ExitCode::SUCCESS
 }

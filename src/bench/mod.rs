@@ -7,6 +7,7 @@ mod affinity;
 pub mod exits;
 mod report;
 pub mod ring;
+pub mod switch;
 
 pub use affinity::{pin_current_thread, Placement};
 pub use report::{BenchRecord, Report};

@@ -81,6 +81,9 @@ pub struct DriverRing<M, S> {
     published_idx: u16,
     /// Next used index to consume.
     last_used: u16,
+    /// used.idx as last read (and checked): chains up to it can be taken without reading the
+    /// device's index again, a line the device keeps writing.
+    used_seen: u16,
     counters: RingCounters,
 }
 
@@ -132,6 +135,7 @@ impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> DriverRing<M, S> {
             avail_idx: 0,
             published_idx: 0,
             last_used: 0,
+            used_seen: 0,
             counters: RingCounters::default(),
         };
         {
@@ -270,23 +274,36 @@ impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> DriverRing<M, S> {
     }
 
     /// Takes up to `max` returned chains, handing each to `f`; returns how many. Reads the
-    /// device's used index once for the whole batch.
+    /// device's used index at most once per call, and not at all while chains seen published
+    /// by an earlier read cover `max` (so popping one at a time reads it once per batch the
+    /// device published, not once per chain).
     pub fn pop_used_batch<F: FnMut(Used)>(
         &mut self,
         max: usize,
         mut f: F,
     ) -> Result<usize, RingError> {
-        let published = self.mem.load_u16(self.layout.used + 2)?;
-        let ready = published.wrapping_sub(self.last_used);
-        if ready > self.outstanding() {
-            return Err(RingError::UsedIndexJump {
-                last: self.last_used,
-                published,
-            });
+        let mut ready = self.used_seen.wrapping_sub(self.last_used);
+        if (ready as usize) < max {
+            let published = self.mem.load_u16(self.layout.used + 2)?;
+            ready = published.wrapping_sub(self.last_used);
+            if ready > self.outstanding() {
+                return Err(RingError::UsedIndexJump {
+                    last: self.last_used,
+                    published,
+                });
+            }
+            self.used_seen = published;
         }
         let n = (ready as usize).min(max);
         for _ in 0..n {
-            f(self.take_used()?);
+            match self.take_used() {
+                Ok(u) => f(u),
+                Err(e) => {
+                    // Read (and check) the index afresh next time.
+                    self.used_seen = self.last_used;
+                    return Err(e);
+                }
+            }
         }
         Ok(n)
     }

@@ -1,0 +1,1088 @@
+//! `vmq bench switch`: frontends -> switch -> backends over in-process peers with one switch
+//! thread, against an `rtrb` relay carrying the same messages in the same run; and the cost of
+//! one balancing decision per policy against a trivial round robin.
+//!
+//! - `one-way`: a frontend sends one-way messages to backend ports; the switch forwards each
+//!   one (pop from the frontend's tx queue, copy into a backend rx buffer, return the tx chain);
+//!   the backends receive them (copy the payload out, re-post the buffer). Counted at the
+//!   backends, in messages per second.
+//! - `request/reply`: a frontend sends requests to a service; the switch picks a backend (the
+//!   service's default policy), holds the request until the reply, forwards the reply and then
+//!   returns the request's chain; each backend echoes the payload back. Counted at the frontend
+//!   in completed request/reply **pairs** per second (two forwarded messages each).
+//! - The baseline is the same shape with `rtrb` SPSC rings instead of virtqueues and a relay
+//!   thread instead of the switch: producer -> ring -> relay -> ring -> consumer, messages
+//!   carried by value (the same header and payload bytes), the relay reading each header,
+//!   routing it (by destination, or round robin over the backends for requests), stamping the
+//!   source and pushing it to the output ring. For request/reply the relay carries both
+//!   directions and the frontend keeps at most [`QUEUE_SIZE`] requests outstanding, the bound a
+//!   frontend's tx ring puts on the switch.
+//! - `decision`: nanoseconds per `pick` + `on_sent` of each policy
+//!   ([`measure_decision_ns`]) at 4, 64 and 1024 backends, against a round robin that only
+//!   increments an index, driven through the same `dyn Policy` call and the same loop.
+//!
+//! Placement ([`SwitchPlacement`]): the switch (or the relay) spins alone on one CPU; every peer
+//! (the frontend and all backends) runs in one thread on the other, taking turns
+//! ([`PeerThreads::Combined`]). The alternative, one thread per side sharing that CPU
+//! ([`PeerThreads::Split`]), leaves the scheduler to time-slice two spinning threads.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use super::{pin_current_thread, BenchRecord, Budget, Report, Run};
+use crate::peer::{host_peer, HostPeer, PeerConfig};
+use crate::switch::policy::{
+    bench_candidates, measure_decision_ns, Candidate, PickRequest, Policy, PolicyKind,
+};
+use crate::switch::{MonotonicClock, Polling, ServiceConfig, Switch, SwitchConfig, Totals};
+use crate::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE};
+
+/// Payload sizes measured.
+pub const SIZES: [u32; 2] = [64, 4096];
+/// Messages per batch: the switch takes at most this many from a port per poll, the relay from
+/// a ring per pass, and peers publish every this many.
+pub const BATCH: u32 = 64;
+/// Descriptors per queue of every peer, and slots per rtrb ring.
+pub const QUEUE_SIZE: u16 = 512;
+/// Backend counts of the decision case.
+pub const DECISION_BACKENDS: [usize; 3] = [4, 64, 1024];
+
+/// What crosses the switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Case {
+    /// One-way messages from one frontend to the backend ports, counted at the backends.
+    OneWay,
+    /// Requests to a service, echoed by its backends, counted as pairs at the frontend.
+    RequestReply,
+}
+
+impl Case {
+    /// The `case` field of the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::OneWay => "one-way",
+            Self::RequestReply => "request/reply",
+        }
+    }
+
+    /// Backends used by `vmq bench switch` for this case.
+    pub fn default_backends(self) -> usize {
+        match self {
+            Self::OneWay => 1,
+            Self::RequestReply => 2,
+        }
+    }
+}
+
+/// How the peers (frontend and backends) are spread over threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerThreads {
+    /// One thread steps the frontend and every backend in turn.
+    Combined,
+    /// A frontend thread and a backend thread.
+    Split,
+}
+
+/// Where the switch (or relay) thread and the peer thread(s) run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SwitchPlacement {
+    /// CPU of the switch / relay thread, if pinned.
+    pub switch: Option<usize>,
+    /// CPU of every peer thread, if pinned.
+    pub peers: Option<usize>,
+    /// How the peers are spread over threads.
+    pub peer_threads: PeerThreads,
+}
+
+impl SwitchPlacement {
+    /// Switch on CPU 1, every peer in one thread on CPU 0, when there are two CPUs or more;
+    /// unpinned otherwise.
+    pub fn two_cores() -> Self {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (switch, peers) = if n >= 2 {
+            (Some(1), Some(0))
+        } else {
+            (None, None)
+        };
+        Self {
+            switch,
+            peers,
+            peer_threads: PeerThreads::Combined,
+        }
+    }
+
+    /// Nothing pinned.
+    pub fn unpinned(peer_threads: PeerThreads) -> Self {
+        Self {
+            switch: None,
+            peers: None,
+            peer_threads,
+        }
+    }
+
+    /// Human-readable description for reports.
+    pub fn describe(&self) -> String {
+        let cpu = |c: Option<usize>| c.map_or("unpinned".to_string(), |c| format!("cpu{c}"));
+        let peers = match self.peer_threads {
+            PeerThreads::Combined => "frontend+backends in one thread",
+            PeerThreads::Split => "frontend thread + backend thread",
+        };
+        format!(
+            "switch/relay {} / {peers} {}",
+            cpu(self.switch),
+            cpu(self.peers)
+        )
+    }
+}
+
+/// One measured run through the switch or the relay.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SwitchRun {
+    /// Messages (one-way) or request/reply pairs counted, and the time they took.
+    pub run: Run,
+    /// Sum of the message ids counted (every id once: `n (n - 1) / 2`).
+    pub id_sum: u64,
+    /// Passes of the switch's `poll` (or the relay's loop).
+    pub polls: u64,
+    /// Of those, passes that moved nothing (the hub waited for the peers).
+    pub idle_polls: u64,
+    /// Share of the hub's time spent in passes that moved messages: near 1, the hub (switch or
+    /// relay) is the bottleneck; well below, it waits for the peers.
+    pub hub_busy: f64,
+    /// The switch's counters at the end (default for the relay).
+    pub totals: Totals,
+}
+
+/// Signals shared by every thread of a run.
+struct Ctl {
+    start: Barrier,
+    /// The time budget is spent: frontends stop sending.
+    stop: AtomicBool,
+    /// Everything sent was counted: every thread leaves.
+    done: AtomicBool,
+    /// What the frontend sent, once it stopped; `u64::MAX` until then.
+    sent: AtomicU64,
+    /// Messages (one-way) or pairs (request/reply) counted so far.
+    got: AtomicU64,
+    /// Sum of the ids counted.
+    id_sum: AtomicU64,
+}
+
+impl Ctl {
+    fn new(threads: usize) -> Arc<Self> {
+        Arc::new(Self {
+            start: Barrier::new(threads),
+            stop: AtomicBool::new(false),
+            done: AtomicBool::new(false),
+            sent: AtomicU64::new(u64::MAX),
+            got: AtomicU64::new(0),
+            id_sum: AtomicU64::new(0),
+        })
+    }
+
+    fn count(&self, n: u64, id_sum: u64) {
+        if n > 0 {
+            self.got.fetch_add(n, Ordering::Relaxed);
+            self.id_sum.fetch_add(id_sum, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One peer (or baseline endpoint), stepped by its thread until the run is done.
+trait Side: Send {
+    /// One round of work: send a batch, or take what arrived.
+    fn step(&mut self, ctl: &Ctl);
+}
+
+/// The ends of a run: the frontend side, the backend sides, and which end counts.
+struct Sides {
+    front: Box<dyn Side>,
+    backs: Vec<Box<dyn Side>>,
+    /// The frontend counts (request/reply) rather than the backends (one-way).
+    front_counts: bool,
+}
+
+/// Steps `sides` until the run is done. The counting thread ends the run when every message
+/// sent was counted and returns its elapsed time.
+fn peer_loop(ctl: &Ctl, mut sides: Vec<Box<dyn Side>>, counts: bool) -> Option<Duration> {
+    let t0 = Instant::now();
+    loop {
+        for s in sides.iter_mut() {
+            s.step(ctl);
+        }
+        if counts {
+            if ctl.got.load(Ordering::Acquire) == ctl.sent.load(Ordering::Acquire) {
+                let elapsed = t0.elapsed();
+                ctl.done.store(true, Ordering::Release);
+                return Some(elapsed);
+            }
+        } else if ctl.done.load(Ordering::Acquire) {
+            return None;
+        }
+    }
+}
+
+/// What the hub (switch or relay) thread reports.
+struct HubStats {
+    polls: u64,
+    idle_polls: u64,
+    start: Instant,
+    last: Instant,
+    busy: Duration,
+    totals: Totals,
+}
+
+impl HubStats {
+    fn start() -> Self {
+        let now = Instant::now();
+        Self {
+            polls: 0,
+            idle_polls: 0,
+            start: now,
+            last: now,
+            busy: Duration::ZERO,
+            totals: Totals::default(),
+        }
+    }
+
+    /// Accounts one pass that moved `moved` messages (one clock read per pass).
+    #[inline]
+    fn pass(&mut self, moved: usize) {
+        let now = Instant::now();
+        if moved > 0 {
+            self.busy += now - self.last;
+        } else {
+            self.idle_polls += 1;
+            std::hint::spin_loop();
+        }
+        self.last = now;
+        self.polls += 1;
+    }
+
+    fn busy_share(&self) -> f64 {
+        self.busy.as_secs_f64() / (self.last - self.start).as_secs_f64().max(1e-9)
+    }
+}
+
+/// Runs the peers and the hub on their threads under `budget`.
+fn drive<H>(budget: Budget, placement: SwitchPlacement, sides: Sides, hub: H) -> SwitchRun
+where
+    H: FnOnce(&Ctl) -> HubStats + Send + 'static,
+{
+    let groups: Vec<(Vec<Box<dyn Side>>, bool)> = match placement.peer_threads {
+        PeerThreads::Combined => {
+            let mut all = vec![sides.front];
+            all.extend(sides.backs);
+            vec![(all, true)]
+        }
+        PeerThreads::Split => vec![
+            (vec![sides.front], sides.front_counts),
+            (sides.backs, !sides.front_counts),
+        ],
+    };
+    let ctl = Ctl::new(groups.len() + 2);
+    let hctl = ctl.clone();
+    let hub = std::thread::spawn(move || {
+        pin_current_thread(placement.switch);
+        hctl.start.wait();
+        hub(&hctl)
+    });
+    let peers: Vec<_> = groups
+        .into_iter()
+        .map(|(sides, counts)| {
+            let pctl = ctl.clone();
+            std::thread::spawn(move || {
+                pin_current_thread(placement.peers);
+                pctl.start.wait();
+                peer_loop(&pctl, sides, counts)
+            })
+        })
+        .collect();
+    ctl.start.wait();
+    if let Budget::Time(d) = budget {
+        std::thread::sleep(d);
+        ctl.stop.store(true, Ordering::Release);
+    }
+    let elapsed = peers
+        .into_iter()
+        .filter_map(|p| p.join().expect("peer thread panicked"))
+        .next()
+        .expect("one peer thread counts");
+    let stats = hub.join().expect("hub thread panicked");
+    SwitchRun {
+        run: Run {
+            msgs: ctl.got.load(Ordering::Acquire),
+            elapsed,
+        },
+        id_sum: ctl.id_sum.load(Ordering::Acquire),
+        polls: stats.polls,
+        idle_polls: stats.idle_polls,
+        hub_busy: stats.busy_share(),
+        totals: stats.totals,
+    }
+}
+
+fn limit(budget: Budget) -> u64 {
+    match budget {
+        Budget::Count(n) => n,
+        Budget::Time(_) => u64::MAX,
+    }
+}
+
+// ---- vmq: peers and the switch -----------------------------------------------------------
+
+/// Sends `limit` messages (or until told to stop) in batches, then says how many it sent.
+/// One-way messages go round robin over `dsts`; requests go to service `service`.
+struct VmqFrontend {
+    peer: HostPeer,
+    case: Case,
+    dsts: Vec<u32>,
+    next_dst: usize,
+    service: u32,
+    payload: Vec<u8>,
+    buf: Vec<u8>,
+    id: u64,
+    limit: u64,
+    batch: u32,
+    stopped: bool,
+}
+
+impl VmqFrontend {
+    /// Takes replies (request/reply): counts them and re-posts their buffers.
+    fn take_replies(&mut self, ctl: &Ctl) {
+        let (mut moved, mut n, mut ids) = (0u32, 0u64, 0u64);
+        while let Some(m) = self.peer.rx.recv(&mut self.buf).expect("recv reply") {
+            moved += 1;
+            if m.header.kind() == Some(MsgKind::Hello) {
+                continue;
+            }
+            assert_eq!(m.header.kind(), Some(MsgKind::Reply), "a reply");
+            assert_eq!(m.header.status(), Some(Status::Ok), "an Ok reply");
+            assert_eq!(m.len, self.payload.len(), "the payload echoed");
+            black_box(&self.buf);
+            ids = ids.wrapping_add(m.header.msg_id());
+            n += 1;
+        }
+        if moved > 0 {
+            self.peer.rx.flush().expect("re-post rx");
+        }
+        ctl.count(n, ids);
+    }
+}
+
+impl Side for VmqFrontend {
+    fn step(&mut self, ctl: &Ctl) {
+        if self.case == Case::RequestReply {
+            self.take_replies(ctl);
+        }
+        if self.stopped {
+            return;
+        }
+        if self.id >= self.limit || ctl.stop.load(Ordering::Relaxed) {
+            self.peer.tx.flush().expect("flush");
+            ctl.sent.store(self.id, Ordering::Release);
+            self.stopped = true;
+            return;
+        }
+        if (self.peer.tx.free() as u32) < self.batch {
+            self.peer.tx.reclaim().expect("reclaim");
+        }
+        let n = (self.peer.tx.free() as u64)
+            .min(self.batch as u64)
+            .min(self.limit - self.id);
+        for _ in 0..n {
+            let size = self.payload.len() as u32;
+            let hdr = match self.case {
+                Case::OneWay => {
+                    let dst = self.dsts[self.next_dst];
+                    self.next_dst = if self.next_dst + 1 == self.dsts.len() {
+                        0
+                    } else {
+                        self.next_dst + 1
+                    };
+                    MsgHeader::new(MsgKind::OneWay, dst, self.id, size)
+                }
+                Case::RequestReply => MsgHeader::request_to_service(self.service, self.id, size),
+            };
+            self.peer.tx.send(&hdr, &self.payload).expect("send");
+            self.id += 1;
+        }
+        if n > 0 {
+            self.peer.tx.flush().expect("flush");
+        }
+    }
+}
+
+/// One-way: receives, checks order (ids `first`, `first + stride`, ...), counts.
+/// Request/reply: echoes every request's payload back in a reply.
+struct VmqBackend {
+    peer: HostPeer,
+    case: Case,
+    buf: Vec<u8>,
+    next_id: u64,
+    stride: u64,
+}
+
+impl Side for VmqBackend {
+    fn step(&mut self, ctl: &Ctl) {
+        let echo = self.case == Case::RequestReply;
+        if echo && (self.peer.tx.free() as u32) < BATCH {
+            self.peer.tx.reclaim().expect("reclaim");
+        }
+        let (mut moved, mut n, mut ids) = (0u32, 0u64, 0u64);
+        while !echo || self.peer.tx.free() > 0 {
+            let Some(m) = self.peer.rx.recv(&mut self.buf).expect("recv") else {
+                break;
+            };
+            moved += 1;
+            if m.header.kind() == Some(MsgKind::Hello) {
+                continue;
+            }
+            if echo {
+                let reply = MsgHeader::reply_to(&m.header, Status::Ok, m.len as u32);
+                self.peer
+                    .tx
+                    .send(&reply, &self.buf[..m.len])
+                    .expect("send reply");
+            } else {
+                assert_eq!(m.header.msg_id(), self.next_id, "messages arrive in order");
+                black_box(&self.buf);
+                ids = ids.wrapping_add(self.next_id);
+                self.next_id += self.stride;
+            }
+            n += 1;
+        }
+        if moved > 0 {
+            self.peer.rx.flush().expect("re-post rx");
+        }
+        if echo {
+            if n > 0 {
+                self.peer.tx.flush().expect("flush replies");
+            }
+        } else {
+            ctl.count(n, ids);
+        }
+    }
+}
+
+/// vmq: frontend -> switch -> `backends` backends, one switch thread.
+pub fn run_vmq(
+    case: Case,
+    size: u32,
+    backends: usize,
+    budget: Budget,
+    placement: SwitchPlacement,
+) -> SwitchRun {
+    assert!(backends >= 1, "at least one backend");
+    let cfg = PeerConfig {
+        queue_size: QUEUE_SIZE,
+        slot_size: HEADER_SIZE as u32 + size,
+        event_idx: true,
+    };
+    let swcfg = SwitchConfig {
+        batch: BATCH as usize,
+        ..SwitchConfig::default()
+    };
+    let mut sw = Switch::new(swcfg, Arc::new(MonotonicClock::new())).expect("switch config");
+    let (fpeer, fport) = host_peer(cfg).expect("frontend peer");
+    sw.add_port("frontend", fport, Box::new(Polling))
+        .expect("add frontend");
+    let mut back_ports = Vec::with_capacity(backends);
+    let mut back_peers = Vec::with_capacity(backends);
+    for i in 0..backends {
+        let (peer, port) = host_peer(cfg).expect("backend peer");
+        back_ports.push(
+            sw.add_port(&format!("backend{i}"), port, Box::new(Polling))
+                .expect("add backend"),
+        );
+        back_peers.push(peer);
+    }
+    let members: Vec<_> = back_ports.iter().map(|&p| (p, 1.0)).collect();
+    let service = sw
+        .add_service("echo", ServiceConfig::default(), &members)
+        .expect("add service");
+    sw.resume_polling();
+    let buf_len = cfg.slot_size as usize;
+    let front = VmqFrontend {
+        peer: fpeer,
+        case,
+        dsts: back_ports,
+        next_dst: 0,
+        service,
+        payload: vec![0xa5; size as usize],
+        buf: vec![0; buf_len],
+        id: 0,
+        limit: limit(budget),
+        batch: BATCH,
+        stopped: false,
+    };
+    let backs = back_peers
+        .into_iter()
+        .enumerate()
+        .map(|(i, peer)| {
+            Box::new(VmqBackend {
+                peer,
+                case,
+                buf: vec![0; buf_len],
+                next_id: i as u64,
+                stride: backends as u64,
+            }) as Box<dyn Side>
+        })
+        .collect();
+    let sides = Sides {
+        front: Box::new(front),
+        backs,
+        front_counts: case == Case::RequestReply,
+    };
+    drive(budget, placement, sides, move |ctl: &Ctl| {
+        let mut s = HubStats::start();
+        while !ctl.done.load(Ordering::Acquire) {
+            s.pass(sw.poll());
+        }
+        s.totals = sw.snapshot().totals;
+        s
+    })
+}
+
+// ---- baseline: rtrb rings and a relay thread ---------------------------------------------
+
+/// The baseline's message: the same header and payload bytes, by value.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Msg<const N: usize> {
+    hdr: [u8; HEADER_SIZE],
+    payload: [u8; N],
+}
+
+type RbTx<const N: usize> = rtrb::Producer<Msg<N>>;
+type RbRx<const N: usize> = rtrb::Consumer<Msg<N>>;
+
+struct RtrbFrontend<const N: usize> {
+    case: Case,
+    tx: RbTx<N>,
+    /// Replies (request/reply).
+    rx: Option<RbRx<N>>,
+    payload: [u8; N],
+    buf: [u8; N],
+    dsts: u32,
+    next_dst: u32,
+    id: u64,
+    limit: u64,
+    answered: u64,
+    stopped: bool,
+}
+
+impl<const N: usize> Side for RtrbFrontend<N> {
+    fn step(&mut self, ctl: &Ctl) {
+        if let Some(rx) = self.rx.as_mut() {
+            let n = rx.slots();
+            if n > 0 {
+                let chunk = rx.read_chunk(n).expect("slots are readable");
+                let mut ids = 0u64;
+                {
+                    let (a, b) = chunk.as_slices();
+                    for m in a.iter().chain(b) {
+                        let h = MsgHeader::from_bytes(&m.hdr);
+                        assert_eq!(h.status(), Some(Status::Ok), "an Ok reply");
+                        self.buf.copy_from_slice(&m.payload);
+                        black_box(&self.buf);
+                        ids = ids.wrapping_add(h.msg_id());
+                    }
+                }
+                chunk.commit_all();
+                self.answered += n as u64;
+                ctl.count(n as u64, ids);
+            }
+        }
+        if self.stopped {
+            return;
+        }
+        if self.id >= self.limit || ctl.stop.load(Ordering::Relaxed) {
+            ctl.sent.store(self.id, Ordering::Release);
+            self.stopped = true;
+            return;
+        }
+        let mut room = self.tx.slots() as u64;
+        if self.case == Case::RequestReply {
+            // The switch's bound: a frontend's tx ring holds its outstanding requests.
+            room = room.min(QUEUE_SIZE as u64 - (self.id - self.answered));
+        }
+        let n = room.min(BATCH as u64).min(self.limit - self.id) as usize;
+        if n == 0 {
+            return;
+        }
+        let chunk = self.tx.write_chunk_uninit(n).expect("slots are free");
+        let (case, payload) = (self.case, self.payload);
+        let (id, next_dst, dsts) = (&mut self.id, &mut self.next_dst, self.dsts);
+        chunk.fill_from_iter((0..n).map(|_| {
+            let hdr = match case {
+                Case::OneWay => {
+                    let d = *next_dst;
+                    *next_dst = if d + 1 == dsts { 0 } else { d + 1 };
+                    MsgHeader::new(MsgKind::OneWay, 1 + d, *id, N as u32)
+                }
+                Case::RequestReply => MsgHeader::request_to_service(0, *id, N as u32),
+            };
+            *id += 1;
+            Msg {
+                hdr: hdr.to_bytes(),
+                payload,
+            }
+        }));
+    }
+}
+
+struct RtrbBackend<const N: usize> {
+    rx: RbRx<N>,
+    /// Replies (request/reply).
+    tx: Option<RbTx<N>>,
+    buf: [u8; N],
+    next_id: u64,
+    stride: u64,
+}
+
+impl<const N: usize> Side for RtrbBackend<N> {
+    fn step(&mut self, ctl: &Ctl) {
+        match self.tx.as_mut() {
+            None => {
+                let n = self.rx.slots();
+                if n == 0 {
+                    return;
+                }
+                let chunk = self.rx.read_chunk(n).expect("slots are readable");
+                let mut ids = 0u64;
+                {
+                    let (a, b) = chunk.as_slices();
+                    for m in a.iter().chain(b) {
+                        let h = MsgHeader::from_bytes(&m.hdr);
+                        assert_eq!(h.msg_id(), self.next_id, "messages arrive in order");
+                        self.buf.copy_from_slice(&m.payload);
+                        black_box(&self.buf);
+                        ids = ids.wrapping_add(self.next_id);
+                        self.next_id += self.stride;
+                    }
+                }
+                chunk.commit_all();
+                ctl.count(n as u64, ids);
+            }
+            Some(tx) => {
+                let n = self.rx.slots().min(tx.slots());
+                if n == 0 {
+                    return;
+                }
+                let chunk = self.rx.read_chunk(n).expect("slots are readable");
+                {
+                    let (a, b) = chunk.as_slices();
+                    let out = tx.write_chunk_uninit(n).expect("slots are free");
+                    let buf = &mut self.buf;
+                    out.fill_from_iter(a.iter().chain(b).map(|m| {
+                        let h = MsgHeader::from_bytes(&m.hdr);
+                        buf.copy_from_slice(&m.payload);
+                        Msg {
+                            hdr: MsgHeader::reply_to(&h, Status::Ok, N as u32).to_bytes(),
+                            payload: *buf,
+                        }
+                    }));
+                }
+                chunk.commit_all();
+            }
+        }
+    }
+}
+
+/// Moves up to [`BATCH`] messages from `input`, each to the output `route` picks (`None`: no
+/// room anywhere, stop), with the source stamped. Returns how many it moved.
+fn relay<const N: usize>(
+    input: &mut RbRx<N>,
+    src: u32,
+    mut route: impl FnMut(&MsgHeader, &[RbTx<N>]) -> Option<usize>,
+    outs: &mut [RbTx<N>],
+) -> usize {
+    let n = input.slots().min(BATCH as usize);
+    if n == 0 {
+        return 0;
+    }
+    let chunk = input.read_chunk(n).expect("slots are readable");
+    let mut moved = 0;
+    {
+        let (a, b) = chunk.as_slices();
+        for m in a.iter().chain(b) {
+            let mut h = MsgHeader::from_bytes(&m.hdr);
+            let Some(o) = route(&h, outs) else { break };
+            h.set_src(src);
+            if outs[o]
+                .push(Msg {
+                    hdr: h.to_bytes(),
+                    payload: m.payload,
+                })
+                .is_err()
+            {
+                break;
+            }
+            moved += 1;
+        }
+    }
+    chunk.commit(moved);
+    moved
+}
+
+fn run_rtrb_n<const N: usize>(
+    case: Case,
+    backends: usize,
+    budget: Budget,
+    placement: SwitchPlacement,
+) -> SwitchRun {
+    assert!(backends >= 1, "at least one backend");
+    let q = QUEUE_SIZE as usize;
+    let (f_tx, mut f_in) = rtrb::RingBuffer::<Msg<N>>::new(q);
+    let (mut to_back, mut back_rx): (Vec<RbTx<N>>, Vec<RbRx<N>>) = (0..backends)
+        .map(|_| rtrb::RingBuffer::<Msg<N>>::new(q))
+        .unzip();
+    let echo = case == Case::RequestReply;
+    let (mut back_tx, mut back_out): (Vec<Option<RbTx<N>>>, Vec<Option<RbRx<N>>>) = (0..backends)
+        .map(|_| {
+            if echo {
+                let (t, r) = rtrb::RingBuffer::<Msg<N>>::new(q);
+                (Some(t), Some(r))
+            } else {
+                (None, None)
+            }
+        })
+        .unzip();
+    let (mut to_front, f_rx) = {
+        let (t, r) = rtrb::RingBuffer::<Msg<N>>::new(q);
+        (vec![t], echo.then_some(r))
+    };
+    let front = RtrbFrontend::<N> {
+        case,
+        tx: f_tx,
+        rx: f_rx,
+        payload: [0xa5; N],
+        buf: [0; N],
+        dsts: backends as u32,
+        next_dst: 0,
+        id: 0,
+        limit: limit(budget),
+        answered: 0,
+        stopped: false,
+    };
+    let backs = back_rx
+        .drain(..)
+        .zip(back_tx.drain(..))
+        .enumerate()
+        .map(|(i, (rx, tx))| {
+            Box::new(RtrbBackend::<N> {
+                rx,
+                tx,
+                buf: [0; N],
+                next_id: i as u64,
+                stride: backends as u64,
+            }) as Box<dyn Side>
+        })
+        .collect();
+    let sides = Sides {
+        front: Box::new(front),
+        backs,
+        front_counts: echo,
+    };
+    let mut back_out: Vec<RbRx<N>> = back_out.drain(..).flatten().collect();
+    drive(budget, placement, sides, move |ctl: &Ctl| {
+        let mut s = HubStats::start();
+        let mut rr = 0usize;
+        while !ctl.done.load(Ordering::Acquire) {
+            let moved = match case {
+                Case::OneWay => relay(
+                    &mut f_in,
+                    0,
+                    |h, _| Some(h.dst() as usize - 1),
+                    &mut to_back,
+                ),
+                Case::RequestReply => {
+                    // Requests: round robin, passing over a full backend ring.
+                    let mut moved = relay(
+                        &mut f_in,
+                        0,
+                        |_, outs| {
+                            let start = rr;
+                            loop {
+                                let i = rr;
+                                rr = if rr + 1 == backends { 0 } else { rr + 1 };
+                                if !outs[i].is_full() {
+                                    return Some(i);
+                                }
+                                if rr == start {
+                                    return None;
+                                }
+                            }
+                        },
+                        &mut to_back,
+                    );
+                    for (i, input) in back_out.iter_mut().enumerate() {
+                        moved += relay(input, 1 + i as u32, |_, _| Some(0), &mut to_front);
+                    }
+                    moved
+                }
+            };
+            s.pass(moved);
+        }
+        s
+    })
+}
+
+/// Baseline: the same messages through rtrb rings and a relay thread.
+pub fn run_rtrb(
+    case: Case,
+    size: u32,
+    backends: usize,
+    budget: Budget,
+    placement: SwitchPlacement,
+) -> SwitchRun {
+    match size {
+        64 => run_rtrb_n::<64>(case, backends, budget, placement),
+        4096 => run_rtrb_n::<4096>(case, backends, budget, placement),
+        other => panic!("rtrb relay is built for sizes {SIZES:?}, not {other}"),
+    }
+}
+
+// ---- decisions ---------------------------------------------------------------------------
+
+/// The decision baseline: the next index, nothing else.
+struct RoundRobin {
+    next: usize,
+}
+
+impl Policy for RoundRobin {
+    fn pick(&mut self, c: &[Candidate], _req: &PickRequest) -> Option<usize> {
+        let i = self.next;
+        self.next = if i + 1 >= c.len() { 0 } else { i + 1 };
+        (i < c.len()).then_some(i)
+    }
+
+    fn name(&self) -> &'static str {
+        "round_robin_index"
+    }
+}
+
+/// Nanoseconds per decision of the trivial round robin, through the same `dyn Policy` call and
+/// the same loop (in-flight feedback, one completion per decision) as [`measure_decision_ns`].
+pub fn measure_round_robin_ns(backends: usize, iters: u64) -> f64 {
+    let mut p: Box<dyn Policy> = Box::new(RoundRobin { next: 0 });
+    let mut c = bench_candidates(backends);
+    if c.is_empty() || iters == 0 {
+        return f64::NAN;
+    }
+    let mut run = |iters: u64, c: &mut [Candidate]| {
+        let n = c.len();
+        let mut drain = 0usize;
+        for k in 0..iters {
+            let req = PickRequest {
+                class: 0,
+                key: k as u32,
+                bytes: 512,
+            };
+            if let Some(i) = p.pick(black_box(c), &req) {
+                p.on_sent(i, &req);
+                c[i].in_flight += 1;
+            }
+            if c[drain].in_flight > 0 {
+                c[drain].in_flight -= 1;
+            }
+            drain = if drain + 1 == n { 0 } else { drain + 1 };
+        }
+    };
+    run(iters.min(10_000), &mut c);
+    let t = Instant::now();
+    run(iters, &mut c);
+    t.elapsed().as_nanos() as f64 / iters as f64
+}
+
+/// Decisions to time for about `budget` at `ns` per decision (at least 10 000).
+fn iters_for(budget: Duration, ns: f64) -> u64 {
+    ((budget.as_nanos() as f64 / ns.max(0.1)) as u64).max(10_000)
+}
+
+/// One record per policy and backend count, against the round robin measured alongside.
+pub fn decisions(budget: Duration, runs: usize) -> Vec<BenchRecord> {
+    let mut out = Vec::new();
+    for backends in DECISION_BACKENDS {
+        let rr_iters = iters_for(budget, measure_round_robin_ns(backends, 10_000));
+        for kind in PolicyKind::ALL {
+            let iters = iters_for(budget, measure_decision_ns(kind, backends, 10_000));
+            // Interleaved, best of `runs` each, so drift hits both alike.
+            let (mut ns, mut base) = (f64::INFINITY, f64::INFINITY);
+            for _ in 0..runs {
+                ns = ns.min(measure_decision_ns(kind, backends, iters));
+                base = base.min(measure_round_robin_ns(backends, rr_iters));
+            }
+            out.push(
+                BenchRecord::new(
+                    "decision",
+                    0,
+                    1,
+                    1e9 / ns,
+                    "round_robin_index",
+                    1e9 / base,
+                    "one thread, unpinned",
+                )
+                .with("policy", kind.name())
+                .with("backends", backends)
+                .with("ns_per_decision", round2(ns))
+                .with("baseline_ns_per_decision", round2(base)),
+            );
+        }
+    }
+    out
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+// ---- the whole bench -----------------------------------------------------------------------
+
+/// Runs every case: one-way and request/reply at each size, vmq against the rtrb relay, then
+/// the decision costs.
+///
+/// `quick` uses 120 ms per run and one run per side (a few seconds in all); otherwise 500 ms
+/// per run and the best of three, interleaved.
+pub fn run(quick: bool, placement: SwitchPlacement) -> Report {
+    let (per_run, runs) = if quick {
+        (Duration::from_millis(120), 1)
+    } else {
+        (Duration::from_millis(500), 3)
+    };
+    let budget = Budget::Time(per_run);
+    let place = placement.describe();
+    let mut report = Report::default();
+    for case in [Case::OneWay, Case::RequestReply] {
+        let backends = case.default_backends();
+        for size in SIZES {
+            let (mut vmq, mut base): (Option<SwitchRun>, Option<SwitchRun>) = (None, None);
+            for _ in 0..runs {
+                let v = run_vmq(case, size, backends, budget, placement);
+                let b = run_rtrb(case, size, backends, budget, placement);
+                if vmq.is_none_or(|x| v.run.msgs_per_s() > x.run.msgs_per_s()) {
+                    vmq = Some(v);
+                }
+                if base.is_none_or(|x| b.run.msgs_per_s() > x.run.msgs_per_s()) {
+                    base = Some(b);
+                }
+            }
+            let (vmq, base) = (vmq.expect("runs >= 1"), base.expect("runs >= 1"));
+            let per_pair = if case == Case::RequestReply { 2.0 } else { 1.0 };
+            let t = vmq.totals;
+            report.records.push(
+                BenchRecord::new(
+                    case.name(),
+                    size,
+                    BATCH,
+                    vmq.run.msgs_per_s(),
+                    "rtrb_relay",
+                    base.run.msgs_per_s(),
+                    &place,
+                )
+                .with(
+                    "unit",
+                    if case == Case::RequestReply {
+                        "pairs"
+                    } else {
+                        "msgs"
+                    },
+                )
+                .with(
+                    "forwarded_msgs_per_s",
+                    (vmq.run.msgs_per_s() * per_pair).round(),
+                )
+                .with("frontends", 1)
+                .with("backends", backends)
+                .with("queue_size", QUEUE_SIZE)
+                .with("redispatches", t.redispatches)
+                .with("switch_busy", round2(vmq.hub_busy))
+                .with("relay_busy", round2(base.hub_busy))
+                .with(
+                    "msgs_per_poll",
+                    round2(
+                        (t.oneway_delivered + 2 * t.replies_delivered) as f64
+                            / vmq.polls.max(1) as f64,
+                    ),
+                ),
+            );
+        }
+    }
+    let (dbudget, druns) = if quick {
+        (Duration::from_millis(20), 1)
+    } else {
+        (Duration::from_millis(100), 3)
+    };
+    report.records.extend(decisions(dbudget, druns));
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_ids(n: u64) -> u64 {
+        n * (n - 1) / 2
+    }
+
+    #[test]
+    fn harness_moves_every_message_once() {
+        // A functional check of the harness (counts, order and ids), not a timing.
+        for threads in [PeerThreads::Combined, PeerThreads::Split] {
+            let p = SwitchPlacement::unpinned(threads);
+            for backends in [1, 3] {
+                let n = 5000;
+                let r = run_vmq(Case::OneWay, 64, backends, Budget::Count(n), p);
+                assert_eq!((r.run.msgs, r.id_sum), (n, all_ids(n)));
+                assert_eq!(r.totals.oneway_delivered, n);
+                let r = run_rtrb(Case::OneWay, 64, backends, Budget::Count(n), p);
+                assert_eq!((r.run.msgs, r.id_sum), (n, all_ids(n)));
+
+                let r = run_vmq(Case::RequestReply, 64, backends, Budget::Count(n), p);
+                assert_eq!((r.run.msgs, r.id_sum), (n, all_ids(n)));
+                let t = r.totals;
+                assert_eq!((t.requests_accepted, t.replies_delivered), (n, n));
+                // Exactly one answer per request. (A backend thread the scheduler leaves off its
+                // CPU longer than the stall window is ejected and its requests re-dispatched;
+                // that is failover at work, not a harness fault.)
+                assert_eq!(t.failed_back + t.orphaned + t.refused, 0, "{t:?}");
+                let r = run_rtrb(Case::RequestReply, 64, backends, Budget::Count(n), p);
+                assert_eq!((r.run.msgs, r.id_sum), (n, all_ids(n)));
+            }
+        }
+        let p = SwitchPlacement::unpinned(PeerThreads::Combined);
+        let r = run_vmq(Case::RequestReply, 4096, 2, Budget::Count(1000), p);
+        assert_eq!(r.run.msgs, 1000);
+        let r = run_rtrb(Case::RequestReply, 4096, 2, Budget::Count(1000), p);
+        assert_eq!(r.run.msgs, 1000);
+    }
+
+    #[test]
+    fn timed_runs_stop_and_count_everything_sent() {
+        let p = SwitchPlacement::unpinned(PeerThreads::Combined);
+        let r = run_vmq(
+            Case::RequestReply,
+            64,
+            2,
+            Budget::Time(Duration::from_millis(20)),
+            p,
+        );
+        assert!(r.run.msgs > 0);
+        assert_eq!(r.id_sum, all_ids(r.run.msgs));
+        assert_eq!(r.totals.replies_delivered, r.run.msgs);
+    }
+
+    #[test]
+    fn decision_records_carry_backends_and_ns() {
+        let recs = decisions(Duration::from_micros(100), 1);
+        assert_eq!(recs.len(), PolicyKind::ALL.len() * DECISION_BACKENDS.len());
+        for r in &recs {
+            assert_eq!(r.case, "decision");
+            assert!(r.extra.contains_key("ns_per_decision"));
+            assert!(r.extra.contains_key("backends"));
+        }
+    }
+}
