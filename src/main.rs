@@ -48,6 +48,8 @@ struct RunOpts {
 enum BenchCommand {
     /// Split ring in guest memory (driver thread -> device thread) vs an rtrb SPSC ring.
     Ring(BenchOpts),
+    /// Guest -> switch -> guest through real KVM guests: msgs/s, round trips, exits/message.
+    Vm(BenchOpts),
     /// Frontend -> switch -> backends over virtqueues (one switch thread) vs an rtrb relay,
     /// and the cost of one balancing decision per policy.
     Switch(BenchOpts),
@@ -105,6 +107,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Ring(o)) => {
             print(&bench::ring::run(o.quick, Placement::two_cores()), &o)
         }
+        Command::Bench(BenchCommand::Vm(o)) => print(&bench::vm::run(o.quick), &o),
         Command::Bench(BenchCommand::Switch(o)) => print(
             &bench::switch::run(o.quick, SwitchPlacement::two_cores()),
             &o,

@@ -113,6 +113,16 @@ impl FreeMem {
         })
     }
 
+    /// `n` zeroed `u64`s, or `None` when free memory is short.
+    pub fn alloc_u64s(&mut self, n: usize) -> Option<&'static mut [u64]> {
+        let at = self.alloc((n as u64).checked_mul(8)?, 8)?;
+        // SAFETY: as for `alloc_u16`: fresh, 8-byte aligned, identity-mapped free RAM handed out
+        // once; the VMM zeroed guest memory, and any bit pattern is a valid u64.
+        Some(unsafe {
+            core::slice::from_raw_parts_mut(core::ptr::with_exposed_provenance_mut(at as usize), n)
+        })
+    }
+
     /// The range not handed out yet, as ring memory.
     fn ring_memory(bb: &BootBlock) -> RawMemory {
         let end = bb.free_end.min(bb.mem_size);

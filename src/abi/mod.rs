@@ -10,6 +10,7 @@
 //! | [`TSS_ADDR`] (`0x2000`)                  | 64-bit TSS (required by VMX; never used) |
 //! | [`BOOT_BLOCK_ADDR`] (`0x5000`)           | [`BootBlock`], one page; its address is in `rdi` at entry |
 //! | [`CONSOLE_BUF_ADDR`] (`0x6000`)          | console buffer, one page (see [`PORT_CONSOLE`]) |
+//! | [`LATENCY_HIST_ADDR`] (`0x7000`)         | request round-trip histogram a `client` fills ([`latency_bucket`]) |
 //! | [`PAGE_TABLES_ADDR`] (`0x10000`)         | PML4, PDPT and four page directories |
 //! | [`STACK_BOTTOM`]..[`STACK_TOP`]          | the guest stack (1 MiB), `rsp` = [`STACK_TOP`] at entry |
 //! | [`IMAGE_BASE`] (`0x20_0000`) ..          | the ELF image's `PT_LOAD` segments |
@@ -61,6 +62,39 @@ pub const BOOT_BLOCK_ADDR: u64 = 0x5000;
 pub const CONSOLE_BUF_ADDR: u64 = 0x6000;
 /// Size of the console buffer.
 pub const CONSOLE_BUF_SIZE: u64 = 0x1000;
+/// Guest-physical address of the round-trip latency histogram a `client` keeps:
+/// [`LATENCY_BUCKETS`] little-endian `u64` counts of requests whose round trip (send to reply,
+/// in TSC cycles) fell in bucket [`latency_bucket`]. The host reads it after the guest exits.
+pub const LATENCY_HIST_ADDR: u64 = 0x7000;
+/// Buckets of the latency histogram.
+pub const LATENCY_BUCKETS: usize = 256;
+
+/// Histogram bucket of `cycles`: exact below 16, then four buckets per power of two (about
+/// 19 % wide), the last one open-ended.
+pub const fn latency_bucket(cycles: u64) -> usize {
+    if cycles < 16 {
+        return cycles as usize;
+    }
+    let e = 63 - cycles.leading_zeros() as usize; // >= 4
+    let sub = ((cycles >> (e - 2)) & 3) as usize;
+    let i = 16 + (e - 4) * 4 + sub;
+    if i < LATENCY_BUCKETS {
+        i
+    } else {
+        LATENCY_BUCKETS - 1
+    }
+}
+
+/// Smallest cycle count that falls in bucket `i` (inverse of [`latency_bucket`]).
+pub const fn latency_bucket_floor(i: usize) -> u64 {
+    if i < 16 {
+        return i as u64;
+    }
+    let e = (i - 16) / 4 + 4;
+    let sub = ((i - 16) % 4) as u64;
+    (1u64 << e) | (sub << (e - 2))
+}
+
 /// Guest-physical address of the page tables (6 pages).
 pub const PAGE_TABLES_ADDR: u64 = 0x1_0000;
 /// Lowest address of the stack.

@@ -8,6 +8,7 @@ pub mod exits;
 mod report;
 pub mod ring;
 pub mod switch;
+pub mod vm;
 
 pub use affinity::{pin_current_thread, Placement};
 pub use report::{BenchRecord, Report};

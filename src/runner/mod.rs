@@ -16,7 +16,7 @@ use crate::topology::{FaultKind, Topology, TopologyError};
 use crate::transport::TransportEvent;
 use crate::vmm::{images, RunOutcome, VcpuHandle, Vm, VmConfig, VmqLink};
 
-pub use report::{RunReport, VmReport};
+pub use report::{Latency, RunReport, VmReport};
 
 /// How a run talks to its user.
 #[derive(Clone, Copy, Debug, Default)]

@@ -41,6 +41,74 @@ pub struct VmReport {
     pub waits: u64,
     /// VM exits (port I/O + MMIO + other).
     pub exits: u64,
+    /// Request round trips a client measured (send to reply), if it is a client.
+    pub latency: Option<Latency>,
+}
+
+/// Round-trip percentiles from a client's histogram (TSC cycles, converted with the host's
+/// TSC rate; bucket resolution about 19 %).
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub struct Latency {
+    /// Round trips measured.
+    pub samples: u64,
+    /// Median, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile, microseconds.
+    pub p99_us: f64,
+}
+
+/// A client's round-trip histogram (`abi::LATENCY_BUCKETS` counts).
+fn histogram(vm: &crate::vmm::Vm) -> Option<Vec<u64>> {
+    use vm_memory::{Bytes, GuestAddress};
+    let mut raw = vec![0u8; abi::LATENCY_BUCKETS * 8];
+    vm.memory()
+        .read_slice(&mut raw, GuestAddress(abi::LATENCY_HIST_ADDR))
+        .ok()?;
+    Some(
+        raw.chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunks")))
+            .collect(),
+    )
+}
+
+/// TSC ticks per microsecond on this host (measured once, over 20 ms).
+fn tsc_per_us() -> f64 {
+    static RATE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *RATE.get_or_init(|| {
+        // SAFETY: `rdtsc` has no memory effects and exists on every x86-64 CPU.
+        let t0 = (
+            unsafe { core::arch::x86_64::_rdtsc() },
+            std::time::Instant::now(),
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        // SAFETY: as above.
+        let t1 = unsafe { core::arch::x86_64::_rdtsc() };
+        (t1 - t0.0) as f64 / t0.1.elapsed().as_secs_f64() / 1e6
+    })
+}
+
+/// Percentiles of a histogram (the floor of the bucket holding the rank).
+fn latency(hist: &[u64]) -> Option<Latency> {
+    let samples: u64 = hist.iter().sum();
+    if samples == 0 {
+        return None;
+    }
+    let at = |q: f64| {
+        let rank = ((samples as f64 * q).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, &n) in hist.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return abi::latency_bucket_floor(i) as f64 / tsc_per_us();
+            }
+        }
+        f64::NAN
+    };
+    Some(Latency {
+        samples,
+        p50_us: at(0.50),
+        p99_us: at(0.99),
+    })
 }
 
 /// What a run did.
@@ -70,6 +138,8 @@ pub struct RunReport {
     pub messages: u64,
     /// VM exits (all VMs) per message.
     pub exits_per_msg: f64,
+    /// Request round trips over all clients, if any were measured.
+    pub latency: Option<Latency>,
     /// Run time (switch loop), seconds.
     pub elapsed_s: f64,
     /// Wall time including boot and teardown, seconds.
@@ -126,6 +196,10 @@ pub(super) fn build(
                 kicks: r[abi::RES_KICKS],
                 waits: r[abi::RES_WAITS],
                 exits: exits(&b.vm.counters().snapshot()),
+                latency: (b.image == "client")
+                    .then(|| histogram(&b.vm))
+                    .flatten()
+                    .and_then(|h| latency(&h)),
             }
         })
         .collect();
@@ -135,6 +209,12 @@ pub(super) fn build(
     let messages: u64 = snap.ports.iter().map(|p| p.stats.sent).sum();
     let total_exits: u64 = vm_reports.iter().map(|v| v.exits).sum();
     let secs = elapsed.as_secs_f64().max(1e-9);
+    let mut merged = vec![0u64; abi::LATENCY_BUCKETS];
+    for b in vms.iter().filter(|b| b.image == "client") {
+        if let Some(h) = histogram(&b.vm) {
+            merged.iter_mut().zip(h).for_each(|(m, n)| *m += n);
+        }
+    }
     RunReport {
         requests,
         replies,
@@ -152,6 +232,7 @@ pub(super) fn build(
         } else {
             0.0
         },
+        latency: latency(&merged),
         elapsed_s: secs,
         wall_s: wall.as_secs_f64(),
         timed_out,
@@ -212,6 +293,13 @@ impl fmt::Display for RunReport {
             "failovers {} (ejections {}, late replies dropped {})",
             self.failovers, self.ejections, self.late_replies_dropped
         )?;
+        if let Some(l) = self.latency {
+            writeln!(
+                f,
+                "round trip: p50 {:.1} us, p99 {:.1} us ({} requests)",
+                l.p50_us, l.p99_us, l.samples
+            )?;
+        }
         writeln!(
             f,
             "{} messages in {:.2} s: {:.0} msg/s, {:.4} exits per message{}",

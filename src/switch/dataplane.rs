@@ -911,7 +911,12 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
                         self.services[s].stats.ejections += 1;
                         self.redispatch(s, backend);
                     }
-                    Event::Stalled { .. } => self.services[s].stats.stalls += 1,
+                    Event::Stalled { backend } => {
+                        // Kept in rotation by the ejection cap, but it is not draining: its
+                        // unanswered requests go elsewhere now rather than at their deadline.
+                        self.services[s].stats.stalls += 1;
+                        self.redispatch(s, backend);
+                    }
                     Event::Returned { .. } => self.services[s].stats.returns += 1,
                     _ => {}
                 }
@@ -995,11 +1000,11 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
             e.stats.faults += 1;
             self.totals.port_faults += 1;
         }
-        log::warn!(
-            "port {p} ({}) is down{}",
-            e.name,
-            if fault { " after a guest fault" } else { "" }
-        );
+        if fault {
+            log::warn!("port {p} ({}) is down after a guest fault", e.name);
+        } else {
+            log::info!("port {p} ({}) removed", e.name);
+        }
         // As a backend: out of every service, its work re-dispatched.
         let member_of = self.ports[p as usize].member_of.clone();
         let mut events = std::mem::take(&mut self.events);

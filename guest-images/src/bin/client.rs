@@ -32,6 +32,23 @@ struct Client {
     next_id: u64,
     answered: u64,
     replied: &'static mut [u8],
+    /// TSC at send, per request id (empty when memory is short: no latency then).
+    sent_at: &'static mut [u64],
+}
+
+/// Reads the time-stamp counter (allowed at CPL 3: the VMM leaves CR4.TSD clear).
+fn tsc() -> u64 {
+    // SAFETY: `rdtsc` has no memory effects and is available on every x86-64 CPU.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Adds one round trip of `cycles` to the histogram at `abi::LATENCY_HIST_ADDR`.
+fn record_latency(cycles: u64) {
+    let slot = abi::LATENCY_HIST_ADDR as usize + 8 * abi::latency_bucket(cycles);
+    let p = core::ptr::with_exposed_provenance_mut::<u64>(slot);
+    // SAFETY: the histogram page is identity-mapped guest RAM reserved for it by the memory
+    // map (abi), 8-byte aligned, and only this single-threaded guest writes it.
+    unsafe { p.write_volatile(p.read_volatile() + 1) };
 }
 
 fn main(bb: &BootBlock) -> u32 {
@@ -45,6 +62,7 @@ fn main(bb: &BootBlock) -> u32 {
     let Some(replied) = free.alloc_bytes((count as usize).div_ceil(8)) else {
         return abi::EXIT_BAD_PARAM;
     };
+    let sent_at = free.alloc_u64s(count as usize).unwrap_or(&mut []);
     let dev = probe_or_exit(bb, &mut free, size);
     let tx_size = u64::from(dev.tx.ring().size());
     let window = match p[abi::PARAM_WINDOW] {
@@ -59,6 +77,7 @@ fn main(bb: &BootBlock) -> u32 {
         next_id: 1,
         answered: 0,
         replied,
+        sent_at,
     };
     let mut buf = [0u8; MAX];
     let mut payload = [0u8; MAX];
@@ -79,6 +98,9 @@ fn main(bb: &BootBlock) -> u32 {
             if let Err(e) = c.dev.tx.send(&hdr, &payload[..c.size]) {
                 on_error(e.into());
                 break;
+            }
+            if let Some(t) = c.sent_at.get_mut((id - 1) as usize) {
+                *t = tsc();
             }
             c.next_id += 1;
             results::add(abi::RES_SENT, 1);
@@ -143,6 +165,9 @@ impl Client {
         }
         self.replied[byte] |= bit;
         self.answered += 1;
+        if let Some(&t) = self.sent_at.get((id - 1) as usize) {
+            record_latency(tsc().wrapping_sub(t));
+        }
         results::add(abi::RES_RECEIVED, 1);
         match h.status() {
             Some(Status::Ok) => {
