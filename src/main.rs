@@ -29,9 +29,40 @@ enum Command {
         #[command(flatten)]
         opts: RunOpts,
     },
+    /// Full-rate traffic with random worker stalls, crashes, kills and restarts; samples
+    /// resident memory and in-flight blocks; ends with totals (exit 0 only if nothing was lost).
+    Soak {
+        /// How long to run traffic, e.g. `30s`, `10m`.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: std::time::Duration,
+        /// Seed of the fault schedule.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print the totals as one JSON object (and no live progress).
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure queue throughput against baselines measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// Parses `500ms`, `30s`, `10m` or a plain number of seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with ms, s, m or h"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
+    };
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 #[derive(Args, Debug)]
@@ -104,6 +135,36 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Demo(o) => run_topology(Topology::parse(DEMO_TOML, "<demo>", &images), &o),
         Command::Run { topology, opts } => run_topology(Topology::load(&topology, &images), &opts),
+        Command::Soak {
+            duration,
+            seed,
+            json,
+        } => {
+            let opts = runner::SoakOptions {
+                duration,
+                seed,
+                progress: !json,
+                ..Default::default()
+            };
+            match runner::soak(&opts) {
+                Ok(r) => {
+                    if json {
+                        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    } else {
+                        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                    }
+                    if r.clean() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Bench(BenchCommand::Ring(o)) => {
             print(&bench::ring::run(o.quick, Placement::two_cores()), &o)
         }

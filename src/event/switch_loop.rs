@@ -93,11 +93,12 @@ impl<M: GuestMemoryBackend + Clone> SwitchLoop<M> {
     }
 
     /// Runs until `done(&switch)` says so or a [`Stopper`] fires. `tick` runs about every
-    /// `tick_every` of switch-clock time (progress reports), on this thread.
+    /// `tick_every` (supervision, progress reports), on this thread; kick eventfds it pushes
+    /// (of ports it added or revived) are watched from then on.
     pub fn run<D, T>(&mut self, mut done: D, tick_every: Duration, mut tick: T)
     where
         D: FnMut(&Switch<M>) -> bool,
-        T: FnMut(&mut Switch<M>, &LoopStats),
+        T: FnMut(&mut Switch<M>, &LoopStats, &mut Vec<EventFd>),
     {
         let mut idle = 0u32;
         let mut next_tick = std::time::Instant::now() + tick_every;
@@ -122,7 +123,13 @@ impl<M: GuestMemoryBackend + Clone> SwitchLoop<M> {
                 if now >= next_tick {
                     next_tick = now + tick_every;
                     let s = self.stats();
-                    tick(&mut self.switch, &s);
+                    let mut kicks = Vec::new();
+                    tick(&mut self.switch, &s, &mut kicks);
+                    if !kicks.is_empty() {
+                        let rings = self.rings.clone();
+                        self.em
+                            .add_subscriber(Box::new(Doorbells::new(kicks, rings)));
+                    }
                 }
             }
         }

@@ -103,7 +103,7 @@ fn sleeping_loop_wakes_on_guest_kicks_and_loses_nothing() {
         lp.run(
             |sw| sw.snapshot().totals.replies_delivered == BURSTS * PER_BURST,
             Duration::from_secs(3600),
-            |_, _| {},
+            |_, _, _| {},
         );
         lp
     });

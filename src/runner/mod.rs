@@ -4,6 +4,7 @@
 
 mod progress;
 mod report;
+mod soak;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use crate::transport::TransportEvent;
 use crate::vmm::{images, RunOutcome, VcpuHandle, Vm, VmConfig, VmqLink};
 
 pub use report::{Latency, RunReport, VmReport};
+pub use soak::{soak, SoakOptions, SoakReport};
 
 /// How a run talks to its user.
 #[derive(Clone, Copy, Debug, Default)]
@@ -87,58 +89,91 @@ fn vm_err(vm: &str) -> impl FnOnce(crate::vmm::Error) -> RunError + '_ {
     }
 }
 
+/// Boots VM `i` of `topo` (not started yet), with `extra` boot parameters on top of its own.
+fn boot_vm(
+    topo: &Topology,
+    opts: &RunOptions,
+    i: usize,
+    extra: &[(usize, u64)],
+) -> Result<Booted, RunError> {
+    let spec = &topo.vms[i];
+    let name = spec.name.get_ref().clone();
+    let image_name = spec.image.get_ref().clone();
+    let owned;
+    let image: &[u8] = match images::by_name(&image_name) {
+        Some(b) => b,
+        None => {
+            owned = std::fs::read(&image_name).map_err(|e| RunError::Vm {
+                vm: name.clone(),
+                source: crate::vmm::Error::Host {
+                    what: "the image file",
+                    source: e,
+                },
+            })?;
+            &owned
+        }
+    };
+    let mut cfg = VmConfig::new(&name).mem_size(*spec.memory_mib.get_ref() << 20);
+    cfg.echo_console = opts.echo_console;
+    for (idx, v) in topo.params_of(i)?.into_iter().chain(extra.iter().copied()) {
+        cfg = cfg.param(idx, v);
+    }
+    let mut vm = Vm::new(cfg).map_err(vm_err(&name))?;
+    vm.load_elf(image).map_err(vm_err(&name))?;
+    let link = VmqLink::attach(&mut vm, 0).map_err(vm_err(&name))?;
+    let kill_after = topo
+        .faults
+        .iter()
+        .filter(|f| f.vm.get_ref() == &name)
+        .find_map(|f| match f.kind() {
+            FaultKind::KillAfterMs(ms) => Some(Duration::from_millis(ms)),
+            _ => None,
+        });
+    let waited_for = matches!(image_name.as_str(), "client" | "peer" | "hello");
+    Ok(Booted {
+        name,
+        image: image_name,
+        vm,
+        link,
+        vcpu: None,
+        outcome: None,
+        kill_after,
+        killed: false,
+        waited_for,
+        removed: false,
+        marked_broken: false,
+    })
+}
+
 /// Boots every VM of `topo` (not started yet).
 fn boot(topo: &Topology, opts: &RunOptions) -> Result<Vec<Booted>, RunError> {
-    let mut out = Vec::new();
-    for (i, spec) in topo.vms.iter().enumerate() {
-        let name = spec.name.get_ref().clone();
-        let image_name = spec.image.get_ref().clone();
-        let owned;
-        let image: &[u8] = match images::by_name(&image_name) {
-            Some(b) => b,
-            None => {
-                owned = std::fs::read(&image_name).map_err(|e| RunError::Vm {
-                    vm: name.clone(),
-                    source: crate::vmm::Error::Host {
-                        what: "the image file",
-                        source: e,
-                    },
-                })?;
-                &owned
-            }
-        };
-        let mut cfg = VmConfig::new(&name).mem_size(*spec.memory_mib.get_ref() << 20);
-        cfg.echo_console = opts.echo_console;
-        for (idx, v) in topo.params_of(i)? {
-            cfg = cfg.param(idx, v);
-        }
-        let mut vm = Vm::new(cfg).map_err(vm_err(&name))?;
-        vm.load_elf(image).map_err(vm_err(&name))?;
-        let link = VmqLink::attach(&mut vm, 0).map_err(vm_err(&name))?;
-        let kill_after = topo
-            .faults
-            .iter()
-            .filter(|f| f.vm.get_ref() == &name)
-            .find_map(|f| match f.kind() {
-                FaultKind::KillAfterMs(ms) => Some(Duration::from_millis(ms)),
-                _ => None,
-            });
-        let waited_for = matches!(image_name.as_str(), "client" | "peer" | "hello");
-        out.push(Booted {
-            name,
-            image: image_name,
-            vm,
-            link,
-            vcpu: None,
-            outcome: None,
-            kill_after,
-            killed: false,
-            waited_for,
-            removed: false,
-            marked_broken: false,
-        });
+    (0..topo.vms.len())
+        .map(|i| boot_vm(topo, opts, i, &[]))
+        .collect()
+}
+
+/// Starts VM `vms[i]` in place of the one running there (a restart): the old one is stopped
+/// and its report returned; the port comes back when the new guest activates its device.
+fn restart(
+    sw: &mut Switch<GuestMemoryMmap>,
+    topo: &Topology,
+    opts: &RunOptions,
+    vms: &mut [Booted],
+    i: usize,
+    extra: &[(usize, u64)],
+) -> Result<VmReport, RunError> {
+    let mut fresh = boot_vm(topo, opts, i, extra)?;
+    fresh.vcpu = Some(fresh.vm.start().map_err(vm_err(&fresh.name))?);
+    fresh.removed = true; // until it activates
+    let mut old = std::mem::replace(&mut vms[i], fresh);
+    if !sw.port_down(i as u32) {
+        sw.remove_port(i as u32);
     }
-    Ok(out)
+    if let Some(v) = old.vcpu.take() {
+        v.stop();
+        old.outcome = Some(v.join().unwrap_or(RunOutcome::Stopped));
+    }
+    Ok(report::vm_report(&old))
 }
 
 /// Runs `topo` to completion (or its `max_duration_ms`).
@@ -211,8 +246,8 @@ pub fn run(topo: &Topology, opts: &RunOptions) -> Result<RunReport, RunError> {
             all_done.get()
         },
         Duration::from_millis(5),
-        |sw, stats| {
-            supervise(sw, &mut vms, started.elapsed());
+        |sw, stats, kicks| {
+            supervise(sw, &mut vms, started.elapsed(), kicks);
             let waited: Vec<_> = vms.iter().filter(|b| b.waited_for).collect();
             all_done.set(
                 !waited.is_empty()
@@ -249,7 +284,12 @@ pub fn run(topo: &Topology, opts: &RunOptions) -> Result<RunReport, RunError> {
 
 /// Host-side supervision, on the switch thread between polls: kill faults, guest resets,
 /// guests that exited, ports the switch found broken.
-fn supervise(sw: &mut Switch<GuestMemoryMmap>, vms: &mut [Booted], now: Duration) {
+fn supervise(
+    sw: &mut Switch<GuestMemoryMmap>,
+    vms: &mut [Booted],
+    now: Duration,
+    kicks: &mut Vec<vmm_sys_util::eventfd::EventFd>,
+) {
     for (i, b) in vms.iter_mut().enumerate() {
         let port = i as u32;
         if let (Some(after), false) = (b.kill_after, b.killed) {
@@ -262,10 +302,29 @@ fn supervise(sw: &mut Switch<GuestMemoryMmap>, vms: &mut [Booted], now: Duration
             }
         }
         while let Ok(ev) = b.link.events.try_recv() {
-            if let TransportEvent::Reset = ev {
-                if !b.removed {
-                    b.removed = true;
-                    sw.remove_port(port);
+            match ev {
+                TransportEvent::Reset => {
+                    if !b.removed {
+                        b.removed = true;
+                        sw.remove_port(port);
+                    }
+                }
+                // The guest reset its device and brought it up again, or a restarted VM came
+                // up: the port returns with its fresh queues.
+                TransportEvent::Activated(dev) => {
+                    if !sw.port_down(port) {
+                        sw.remove_port(port);
+                    }
+                    match sw.revive_port(port, dev, b.link.notifier()) {
+                        Ok(()) => {
+                            b.removed = false;
+                            b.marked_broken = false;
+                            if let Ok(k) = b.link.kick.try_clone() {
+                                kicks.push(k);
+                            }
+                        }
+                        Err(e) => log::warn!("cannot bring port {} back: {e}", b.name),
+                    }
                 }
             }
         }

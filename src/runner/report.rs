@@ -166,6 +166,33 @@ fn exits(e: &ExitSnapshot) -> u64 {
     e.pio + e.mmio + e.other
 }
 
+/// What one VM (incarnation) did.
+pub(super) fn vm_report(b: &Booted) -> VmReport {
+    let r = b.vm.results();
+    VmReport {
+        name: b.name.clone(),
+        image: b.image.clone(),
+        outcome: format!("{:?}", b.outcome.unwrap_or(RunOutcome::Stopped)),
+        exit_status: match b.outcome {
+            Some(RunOutcome::Exited(s)) => Some(s),
+            _ => None,
+        },
+        sent: r[abi::RES_SENT],
+        received: r[abi::RES_RECEIVED],
+        ok: r[abi::RES_OK],
+        errors: r[abi::RES_ERRORS],
+        duplicates: r[abi::RES_DUPLICATES],
+        mismatches: r[abi::RES_MISMATCHES],
+        kicks: r[abi::RES_KICKS],
+        waits: r[abi::RES_WAITS],
+        exits: exits(&b.vm.counters().snapshot()),
+        latency: (b.image == "client")
+            .then(|| histogram(&b.vm))
+            .flatten()
+            .and_then(|h| latency(&h)),
+    }
+}
+
 pub(super) fn build(
     sw: &Switch<GuestMemoryMmap>,
     vms: &[Booted],
@@ -175,34 +202,7 @@ pub(super) fn build(
     timed_out: bool,
 ) -> RunReport {
     let snap = sw.snapshot();
-    let vm_reports: Vec<VmReport> = vms
-        .iter()
-        .map(|b| {
-            let r = b.vm.results();
-            VmReport {
-                name: b.name.clone(),
-                image: b.image.clone(),
-                outcome: format!("{:?}", b.outcome.unwrap_or(RunOutcome::Stopped)),
-                exit_status: match b.outcome {
-                    Some(RunOutcome::Exited(s)) => Some(s),
-                    _ => None,
-                },
-                sent: r[abi::RES_SENT],
-                received: r[abi::RES_RECEIVED],
-                ok: r[abi::RES_OK],
-                errors: r[abi::RES_ERRORS],
-                duplicates: r[abi::RES_DUPLICATES],
-                mismatches: r[abi::RES_MISMATCHES],
-                kicks: r[abi::RES_KICKS],
-                waits: r[abi::RES_WAITS],
-                exits: exits(&b.vm.counters().snapshot()),
-                latency: (b.image == "client")
-                    .then(|| histogram(&b.vm))
-                    .flatten()
-                    .and_then(|h| latency(&h)),
-            }
-        })
-        .collect();
+    let vm_reports: Vec<VmReport> = vms.iter().map(vm_report).collect();
     let clients = || vm_reports.iter().filter(|v| v.image == "client");
     let requests: u64 = clients().map(|v| v.sent).sum();
     let replies: u64 = clients().map(|v| v.received).sum();

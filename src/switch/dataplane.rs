@@ -210,6 +210,41 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
         self.take_down(port, false, now);
     }
 
+    /// Brings a port that went down (removed, reset or broken) back with fresh queues: its guest
+    /// reset its device and activated it again, or its VM was restarted. The port keeps its id,
+    /// its name and its counters; as a backend it returns through the failover's slow start
+    /// once its ejection time is over. Nothing of its old queues survives: requests it had in
+    /// flight were answered or failed over when it went down.
+    pub fn revive_port(
+        &mut self,
+        port: PortId,
+        dev: DevicePort<M>,
+        notifier: Box<dyn Notifier>,
+    ) -> Result<(), SwitchError> {
+        let e = self
+            .ports
+            .get_mut(port as usize)
+            .ok_or(SwitchError::UnknownPort(port))?;
+        if !e.down {
+            return Err(SwitchError::PortUp(port));
+        }
+        e.mem = dev.view().clone();
+        e.last_consumer_idx = dev.rx_consumer_index();
+        e.dev = dev;
+        e.notifier = notifier;
+        e.backlog.clear();
+        e.backlog.push_back(Backlog::Hello);
+        e.rx_dirty = false;
+        e.tx_dirty = false;
+        e.down = false;
+        e.stats.revivals += 1;
+        for &(s, i) in &e.member_of {
+            let svc = &mut self.services[s as usize];
+            svc.members[i].health = BackendHealth::new(svc.cfg.health);
+        }
+        Ok(())
+    }
+
     /// One pass of the data path: backlogs, waiting requests, then up to `batch` new messages
     /// from every port, notifications, and a sweep when one is due. Returns the messages moved.
     pub fn poll(&mut self) -> usize {

@@ -34,6 +34,9 @@ pub enum SwitchError {
     /// Two ports or two services share a name.
     #[error("the name {0:?} is already taken; port and service names must be unique")]
     DuplicateName(String),
+    /// Only a port that is down can be revived.
+    #[error("port {0} is up; only a port that went down can be revived")]
+    PortUp(u32),
     /// A service names a port that does not exist.
     #[error("port {0} does not exist; add the port before the service that uses it")]
     UnknownPort(u32),

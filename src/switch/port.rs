@@ -74,6 +74,8 @@ pub struct PortStats {
     pub faults: u64,
     /// Notifications sent to its guest.
     pub notifies: u64,
+    /// Times it came back after going down (device reset, VM restart).
+    pub revivals: u64,
 }
 
 pub(crate) struct PortEntry<M> {

@@ -640,3 +640,76 @@ proptest! {
         prop_assert_eq!(s.in_flight, 0);
     }
 }
+
+#[test]
+fn a_restarted_backend_comes_back_through_slow_start() {
+    let mut n = net(3, 16);
+    let svc = n.service("echo", PolicyKind::Wrr, &[(1, 1.0), (2, 1.0)]);
+    let answers = run_requests(
+        &mut n,
+        svc,
+        200,
+        &[1, 2],
+        |_, _, _| Some((16, Status::Ok)),
+        5000,
+    );
+    assert_exactly_once(&answers, 200);
+    // Backend 2's VM dies and is restarted with fresh queues.
+    n.sw.remove_port(2);
+    assert!(n
+        .sw
+        .revive_port(
+            1,
+            host_peer(PeerConfig::default()).unwrap().1,
+            Box::new(Polling)
+        )
+        .is_err());
+    let (h, dev) = host_peer(PeerConfig {
+        queue_size: 16,
+        slot_size: 256,
+        event_idx: true,
+    })
+    .unwrap();
+    n.sw.revive_port(2, dev, Box::new(Polling)).unwrap();
+    n.peers[2] = Peer {
+        h,
+        buf: vec![0; 256],
+    };
+    // It gets a hello again, and after its ejection time it takes work again.
+    n.step();
+    let hello = n.peers[2].recv_all();
+    assert_eq!(hello[0].0.kind(), Some(MsgKind::Hello));
+    let before = n.sw.snapshot().services[0].members[1].dispatched;
+    for _ in 0..2000 {
+        n.step();
+    }
+    let mut answers = HashMap::new();
+    let mut sent = 0u64;
+    for _ in 0..2000 {
+        if sent < 400 {
+            let h = MsgHeader::request_to_service(svc, 1000 + sent, 16);
+            if n.peers[0].send(&h, &payload(1000 + sent, 16)) {
+                sent += 1;
+            }
+        }
+        n.step();
+        n.peers[1].serve(16, Status::Ok);
+        n.peers[2].serve(16, Status::Ok);
+        n.step();
+        for (h, _) in n.peers[0].recv_all() {
+            *answers.entry(h.msg_id()).or_insert(0) += 1;
+        }
+        if answers.len() == 400 {
+            break;
+        }
+    }
+    assert_eq!(answers.len(), 400);
+    assert!(answers.values().all(|&c| c == 1));
+    let s = n.sw.snapshot();
+    assert!(
+        s.services[0].members[1].dispatched > before,
+        "revived backend took work"
+    );
+    assert_eq!(s.ports[2].stats.revivals, 1);
+    assert_totals_add_up(&n.sw);
+}

@@ -1,0 +1,54 @@
+//! A short soak on real KVM guests: random worker stalls, crashes, kills and restarts under
+//! full-rate traffic; nothing may be lost or duplicated, nothing left in flight.
+
+use std::time::Duration;
+
+use vmq::runner::{soak, SoakOptions};
+
+fn require_kvm() -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            let required = std::env::var("CI").is_ok_and(|v| v == "true")
+                || std::env::var("VMQ_REQUIRE_KVM").is_ok_and(|v| v == "1");
+            assert!(
+                !required,
+                "/dev/kvm is required (CI=true or VMQ_REQUIRE_KVM=1) but cannot be opened: {e}"
+            );
+            eprintln!("skipping: /dev/kvm not available ({e})");
+            false
+        }
+    }
+}
+
+#[test]
+fn short_soak_loses_nothing() {
+    if !require_kvm() {
+        return;
+    }
+    let r = soak(&SoakOptions {
+        duration: Duration::from_secs(3),
+        seed: 7,
+        fault_every: Duration::from_millis(150),
+        round: 2000,
+        progress: false,
+    })
+    .expect("soak runs");
+    assert!(r.client_rounds >= 2, "{r:?}");
+    assert!(r.requests > 0 && r.requests == r.replies, "{r:?}");
+    assert_eq!(
+        (r.lost, r.duplicates, r.mismatches, r.bad_rounds),
+        (0, 0, 0, 0),
+        "{r:?}"
+    );
+    assert_eq!(r.in_flight_end, 0, "{r:?}");
+    let f = r.faults;
+    assert!(
+        f.kills + f.stalls + f.crashes > 0,
+        "faults were injected: {r:?}"
+    );
+}
