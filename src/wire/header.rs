@@ -212,41 +212,35 @@ impl MsgHeader {
     }
 
     /// Reinterprets 32 wire bytes without validating them.
+    #[inline]
     pub fn from_bytes(raw: &[u8; HEADER_SIZE]) -> Self {
-        let u16_at = |o: usize| u16::from_le_bytes([raw[o], raw[o + 1]]);
-        let u32_at = |o: usize| u32::from_le_bytes([raw[o], raw[o + 1], raw[o + 2], raw[o + 3]]);
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&raw[16..24]);
-        // Stored fields stay little-endian; see the accessors.
-        Self {
-            version: raw[0],
-            kind: raw[1],
-            flags: raw[2],
-            class: raw[3],
-            dst: u32_at(4).to_le(),
-            src: u32_at(8).to_le(),
-            len: u32_at(12).to_le(),
-            msg_id: u64::from_le_bytes(id).to_le(),
-            key: u32_at(24).to_le(),
-            status: u16_at(28).to_le(),
-            load: u16_at(30).to_le(),
-        }
+        let mut h = Self::default();
+        // SAFETY: `MsgHeader` is `repr(C)`, exactly `HEADER_SIZE` bytes with no padding (checked
+        // at compile time above) and made only of integers, so any byte pattern is a valid
+        // value. Its fields hold little-endian values, so its memory image is the wire layout
+        // on any host.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                raw.as_ptr(),
+                (&mut h as *mut Self).cast::<u8>(),
+                HEADER_SIZE,
+            )
+        };
+        h
     }
 
     /// The 32 wire bytes of this header.
+    #[inline]
     pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
         let mut b = [0u8; HEADER_SIZE];
-        b[0] = self.version;
-        b[1] = self.kind;
-        b[2] = self.flags;
-        b[3] = self.class;
-        b[4..8].copy_from_slice(&self.dst().to_le_bytes());
-        b[8..12].copy_from_slice(&self.src().to_le_bytes());
-        b[12..16].copy_from_slice(&self.len().to_le_bytes());
-        b[16..24].copy_from_slice(&self.msg_id().to_le_bytes());
-        b[24..28].copy_from_slice(&self.key().to_le_bytes());
-        b[28..30].copy_from_slice(&self.status_raw().to_le_bytes());
-        b[30..32].copy_from_slice(&self.load().to_le_bytes());
+        // SAFETY: as in `from_bytes`: the struct's memory image is its 32 wire bytes.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                (self as *const Self).cast::<u8>(),
+                b.as_mut_ptr(),
+                HEADER_SIZE,
+            )
+        };
         b
     }
 
