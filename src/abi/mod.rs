@@ -130,7 +130,8 @@ pub const NUM_RESULTS: usize = 16;
 /// Bytes of the VM name in the boot block (NUL padded, not necessarily NUL terminated).
 pub const NAME_LEN: usize = 32;
 
-/// Parameter index: what the guest should do (guest-specific meaning).
+/// Parameter index: what the guest should do (guest-specific meaning; `client`:
+/// [`CLIENT_MODE_NORMAL`] or [`CLIENT_MODE_MALFORMED`]).
 pub const PARAM_MODE: usize = 0;
 /// Parameter index: how many messages/iterations.
 pub const PARAM_COUNT: usize = 1;
@@ -169,6 +170,17 @@ pub const PARAM_EXPECT: usize = 14;
 pub const PARAM_QUEUE_SIZE: usize = 15;
 /// First parameter index not assigned here; guests may define their own from this one on.
 pub const PARAM_FIRST_FREE: usize = 16;
+
+/// [`PARAM_MODE`] of `client`: send [`PARAM_COUNT`] requests and check every reply.
+pub const CLIENT_MODE_NORMAL: u64 = 0;
+/// [`PARAM_MODE`] of `client`: a hostile guest, for tests. It sends its [`PARAM_COUNT`] requests
+/// and waits for their replies like [`CLIENT_MODE_NORMAL`], then publishes one tx chain whose
+/// buffer lies at [`CLIENT_BAD_ADDR`], outside its memory, and waits until the device sets
+/// `DEVICE_NEEDS_RESET`; it then exits with [`EXIT_RING_FAULT`].
+pub const CLIENT_MODE_MALFORMED: u64 = 1;
+/// The buffer address of the chain a [`CLIENT_MODE_MALFORMED`] client publishes: above
+/// [`MAX_MEM_SIZE`], so outside the memory of any VM.
+pub const CLIENT_BAD_ADDR: u64 = MAX_MEM_SIZE + 0x1000;
 
 /// [`PARAM_WAIT`]: spin on the rings, never sleep (one core per guest).
 pub const WAIT_POLL: u64 = 0;

@@ -14,13 +14,18 @@
 //! Exits once every request has its reply: 0 if none was a duplicate or a mismatch, else
 //! `abi::EXIT_DUPLICATE` or `abi::EXIT_MISMATCH`. Other statuses: `EXIT_BAD_PARAM`,
 //! `EXIT_NO_DEVICE`, `EXIT_RING_FAULT`.
+//!
+//! `MODE` = `abi::CLIENT_MODE_MALFORMED` makes it hostile, for tests: once every request has its
+//! reply it publishes one tx chain whose buffer is at `abi::CLIENT_BAD_ADDR` (outside its
+//! memory), then waits until the device asks for a reset and exits with `EXIT_RING_FAULT`.
 #![no_std]
 #![no_main]
 
 use guest_rt::abi::{self, BootBlock};
 use guest_rt::results;
 use guest_rt::virtio::{on_error, probe_or_exit, DriverError, FreeMem, Vmq};
-use vmq::wire::{MsgHeader, MsgKind, Status};
+use vmq::ring::Buf;
+use vmq::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE};
 
 guest_rt::entry!(main);
 
@@ -116,12 +121,37 @@ fn main(bb: &BootBlock) -> u32 {
             }
         }
     }
+    if p[abi::PARAM_MODE] == abi::CLIENT_MODE_MALFORMED {
+        post_malformed(&mut c.dev);
+    }
     if results::get(abi::RES_DUPLICATES) > 0 {
         abi::EXIT_DUPLICATE
     } else if results::get(abi::RES_MISMATCHES) > 0 {
         abi::EXIT_MISMATCH
     } else {
         0
+    }
+}
+
+/// Publishes one tx chain whose buffer lies outside this guest's memory, then waits for the
+/// device to set `DEVICE_NEEDS_RESET` and exits with `EXIT_RING_FAULT` (the host stops the VM
+/// if the device never does).
+fn post_malformed(dev: &mut Vmq) -> ! {
+    let bad = Buf::readable(abi::CLIENT_BAD_ADDR, HEADER_SIZE as u32);
+    if let Err(e) = dev.tx.reclaim().and_then(|_| dev.tx.ring_mut().add(&[bad])) {
+        on_error(e.into());
+    }
+    if let Err(e) = dev.flush_tx() {
+        on_error(e.into());
+    }
+    loop {
+        if dev.needs_reset() {
+            results::add(abi::RES_RING_ERRORS, 1);
+            guest_rt::exit(abi::EXIT_RING_FAULT);
+        }
+        if let Err(e) = dev.wait(true) {
+            on_error(e);
+        }
     }
 }
 
