@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use serde::Deserialize;
 
-use super::failover::{Failover, FailoverConfig};
+use super::failover::{BackendStatus, Failover, FailoverConfig};
 use super::health::{BackendHealth, HealthConfig};
 use super::policy::{Candidate, Policy, PolicyConfig};
 use super::pool::Token;
@@ -94,7 +94,13 @@ impl Service {
         let panic = self.failover.panic();
         for (i, m) in self.members.iter_mut().enumerate() {
             let score = m.health.refresh(now_ns);
-            let usable = self.failover.in_rotation(i) && (panic || m.health.in_rotation());
+            // Panic mode overrides the health threshold, never a stall: a backend whose queue
+            // stopped draining cannot serve, however few the others are.
+            let draining = matches!(
+                self.failover.status(i),
+                Some(BackendStatus::Healthy | BackendStatus::Warming { .. })
+            );
+            let usable = draining && (panic || m.health.in_rotation());
             let c = &mut self.candidates[i];
             c.weight = if usable {
                 m.base_weight * score.max(0.05) * self.failover.weight_factor(i, now_ns).max(0.01)
