@@ -154,6 +154,8 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
                 health: BackendHealth::new(cfg.health),
                 dispatched: 0,
                 bytes: 0,
+                last_replies: 0,
+                progress: 0,
             });
         }
         let candidates = ms
@@ -928,7 +930,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
         for s in 0..self.services.len() {
             let svc = &mut self.services[s];
             for (i, m) in svc.members.iter_mut().enumerate() {
-                let (ci, delta, free, size, down) = progress[m.port as usize];
+                let (_, delta, free, size, down) = progress[m.port as usize];
                 if down {
                     continue;
                 }
@@ -936,7 +938,19 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
                     m.health.on_consumed(delta as u32, now);
                 }
                 m.health.on_free_rx(free as u32, size as u32);
-                svc.failover.observe(i, ci, m.health.unconsumed() > 0, now);
+                // A backend makes progress when it drains what was delivered (its rx consumer
+                // index moves) and answers what it took (replies arrive); it is pending while
+                // either is owed. One that stops draining, or drains but never answers, stops
+                // making progress and is stalled after the window.
+                let replies = m.health.stats().replies;
+                let drained = delta > 0 || m.health.unconsumed() == 0;
+                let answered = replies != m.last_replies || m.health.in_flight() == 0;
+                m.last_replies = replies;
+                if drained && answered {
+                    m.progress = m.progress.wrapping_add(1);
+                }
+                let pending = m.health.unconsumed() > 0 || m.health.in_flight() > 0;
+                svc.failover.observe(i, m.progress, pending, now);
             }
             events.clear();
             svc.failover.sweep(now, &mut events);

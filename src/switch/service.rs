@@ -72,6 +72,10 @@ pub(crate) struct Member {
     pub health: BackendHealth,
     pub dispatched: u64,
     pub bytes: u64,
+    /// Replies counted at the last sweep.
+    pub last_replies: u64,
+    /// Progress counter fed to the failover's stall detection (see `Switch::sweep`).
+    pub progress: u16,
 }
 
 pub(crate) struct Service {

@@ -713,3 +713,38 @@ fn a_restarted_backend_comes_back_through_slow_start() {
     assert_eq!(s.ports[2].stats.revivals, 1);
     assert_totals_add_up(&n.sw);
 }
+
+#[test]
+fn a_backend_that_drains_but_never_replies_is_ejected_and_nothing_is_lost() {
+    let mut n = net(4, 32);
+    let svc = n.service("echo", PolicyKind::Wrr, &[(1, 1.0), (2, 1.0), (3, 1.0)]);
+    let answers = run_requests(
+        &mut n,
+        svc,
+        2000,
+        &[1, 2, 3],
+        |n, b, step| {
+            if b == 3 && step >= 30 {
+                // Takes every request off its queue and answers none.
+                n.peers[3].recv_all();
+                return None;
+            }
+            Some((8, Status::Ok))
+        },
+        50_000,
+    );
+    assert_exactly_once(&answers, 2000);
+    assert!(
+        answers.values().all(|a| a[0] == Status::Ok),
+        "failed over, not failed"
+    );
+    let s = n.sw.snapshot();
+    assert!(
+        s.services[0].stats.ejections >= 1,
+        "{:?}",
+        s.services[0].stats
+    );
+    assert!(s.services[0].stats.redispatches > 0);
+    assert_eq!(s.services[0].members[2].status, "ejected");
+    assert_totals_add_up(&n.sw);
+}
