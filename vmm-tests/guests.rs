@@ -17,27 +17,8 @@ use vmq::switch::{MonotonicClock, ServiceConfig, Snapshot, Switch, SwitchConfig}
 use vmq::transport::TransportEvent;
 use vmq::vmm::{images, IoeventMode, RunOutcome, VcpuHandle, Vm, VmConfig, VmqLink};
 
-/// Whether KVM tests can run here; panics where KVM is required.
-fn require_kvm() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            let required = std::env::var("CI").is_ok_and(|v| v == "true")
-                || std::env::var("VMQ_REQUIRE_KVM").is_ok_and(|v| v == "1");
-            if required {
-                panic!(
-                    "/dev/kvm is required (CI=true or VMQ_REQUIRE_KVM=1) but cannot be opened: {e}"
-                );
-            }
-            eprintln!("skipping: /dev/kvm not available ({e})");
-            false
-        }
-    }
-}
+mod common;
+use common::require_kvm;
 
 /// A guest VM with a vmq device in slot 0, started.
 struct Guest {

@@ -19,27 +19,8 @@ use vmq::switch::{MemberSnapshot, PortSnapshot};
 use vmq::topology::Topology;
 use vmq::vmm::images;
 
-/// Whether KVM tests can run here; panics where KVM is required.
-fn require_kvm() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            let required = std::env::var("CI").is_ok_and(|v| v == "true")
-                || std::env::var("VMQ_REQUIRE_KVM").is_ok_and(|v| v == "1");
-            if required {
-                panic!(
-                    "/dev/kvm is required (CI=true or VMQ_REQUIRE_KVM=1) but cannot be opened: {e}"
-                );
-            }
-            eprintln!("skipping: /dev/kvm not available ({e})");
-            false
-        }
-    }
-}
+mod common;
+use common::require_kvm;
 
 /// One KVM run at a time in this test binary (a failed test must not poison the others).
 fn kvm_lock() -> MutexGuard<'static, ()> {

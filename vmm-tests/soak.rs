@@ -5,25 +5,8 @@ use std::time::Duration;
 
 use vmq::runner::{soak, SoakOptions};
 
-fn require_kvm() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            let required = std::env::var("CI").is_ok_and(|v| v == "true")
-                || std::env::var("VMQ_REQUIRE_KVM").is_ok_and(|v| v == "1");
-            assert!(
-                !required,
-                "/dev/kvm is required (CI=true or VMQ_REQUIRE_KVM=1) but cannot be opened: {e}"
-            );
-            eprintln!("skipping: /dev/kvm not available ({e})");
-            false
-        }
-    }
-}
+mod common;
+use common::require_kvm;
 
 #[test]
 fn short_soak_loses_nothing() {

@@ -11,27 +11,8 @@ use vmm_sys_util::eventfd::EventFd;
 use vmq::abi;
 use vmq::vmm::{images, ElfError, Error, IoeventMode, MmioDevice, RunOutcome, Vm, VmConfig};
 
-/// Whether KVM tests can run here; panics where KVM is required.
-fn require_kvm() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            let required = std::env::var("CI").is_ok_and(|v| v == "true")
-                || std::env::var("VMQ_REQUIRE_KVM").is_ok_and(|v| v == "1");
-            if required {
-                panic!(
-                    "/dev/kvm is required (CI=true or VMQ_REQUIRE_KVM=1) but cannot be opened: {e}"
-                );
-            }
-            eprintln!("skipping: /dev/kvm not available ({e})");
-            false
-        }
-    }
-}
+mod common;
+use common::require_kvm;
 
 /// Test device: remembers the last 32-bit value written and returns it on reads.
 #[derive(Default)]

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use super::{pin_current_thread, BenchRecord, Budget, Report, Run};
 use crate::peer::{host_peer, HostPeer, PeerConfig};
 use crate::switch::policy::{
-    bench_candidates, measure_decision_ns, Candidate, PickRequest, Policy, PolicyKind,
+    measure_decision_ns, measure_policy_ns, Candidate, PickRequest, Policy, PolicyKind,
 };
 use crate::switch::{MonotonicClock, Polling, ServiceConfig, Switch, SwitchConfig, Totals};
 use crate::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE};
@@ -868,34 +868,7 @@ impl Policy for RoundRobin {
 /// Nanoseconds per decision of the trivial round robin, through the same `dyn Policy` call and
 /// the same loop (in-flight feedback, one completion per decision) as [`measure_decision_ns`].
 pub fn measure_round_robin_ns(backends: usize, iters: u64) -> f64 {
-    let mut p: Box<dyn Policy> = Box::new(RoundRobin { next: 0 });
-    let mut c = bench_candidates(backends);
-    if c.is_empty() || iters == 0 {
-        return f64::NAN;
-    }
-    let mut run = |iters: u64, c: &mut [Candidate]| {
-        let n = c.len();
-        let mut drain = 0usize;
-        for k in 0..iters {
-            let req = PickRequest {
-                class: 0,
-                key: k as u32,
-                bytes: 512,
-            };
-            if let Some(i) = p.pick(black_box(c), &req) {
-                p.on_sent(i, &req);
-                c[i].in_flight += 1;
-            }
-            if c[drain].in_flight > 0 {
-                c[drain].in_flight -= 1;
-            }
-            drain = if drain + 1 == n { 0 } else { drain + 1 };
-        }
-    };
-    run(iters.min(10_000), &mut c);
-    let t = Instant::now();
-    run(iters, &mut c);
-    t.elapsed().as_nanos() as f64 / iters as f64
+    measure_policy_ns(Box::new(RoundRobin { next: 0 }), backends, iters)
 }
 
 /// Decisions to time for about `budget` at `ns` per decision (at least 10 000).

@@ -3,7 +3,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use super::{new_policy, Candidate, PickRequest, PolicyConfig, PolicyKind};
+use super::{new_policy, Candidate, PickRequest, Policy, PolicyConfig, PolicyKind};
 
 /// Candidates as a bench sees them: weights 1..=4, a little load, known drain rates.
 pub fn bench_candidates(n: usize) -> Vec<Candidate> {
@@ -26,9 +26,15 @@ pub fn measure_decision_ns(kind: PolicyKind, backends: usize, iters: u64) -> f64
         kind,
         ..PolicyConfig::default()
     };
-    let Ok(mut p) = new_policy(&cfg, backends) else {
-        return f64::NAN;
-    };
+    match new_policy(&cfg, backends) {
+        Ok(p) => measure_policy_ns(p, backends, iters),
+        Err(_) => f64::NAN,
+    }
+}
+
+/// Mean nanoseconds per decision of any policy `p` (the loop [`measure_decision_ns`] times),
+/// so a baseline policy can be timed through the same `dyn Policy` call and loop.
+pub fn measure_policy_ns(mut p: Box<dyn Policy>, backends: usize, iters: u64) -> f64 {
     let mut c = bench_candidates(backends);
     if c.is_empty() || iters == 0 {
         return f64::NAN;
