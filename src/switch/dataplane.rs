@@ -173,6 +173,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
             failover,
             wait: Default::default(),
             stats: Default::default(),
+            panic: false,
         };
         svc.refresh(now);
         self.services.push(svc);

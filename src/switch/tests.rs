@@ -509,11 +509,44 @@ fn backend_errors_count_against_health() {
     assert_exactly_once(&answers, 2000);
     let s = n.sw.snapshot();
     let m = &s.services[0].members;
-    assert!(m[0].health < m[1].health, "{m:?}");
+    // (Final scores are not compared: the good backend, serving most of the work at 8
+    // requests a step, carries a long queue and can end below the threshold too; the service
+    // then panics and uses both, weighted by score.)
+    let h = &n.sw.services[0].members[0].health;
+    assert!(h.stats().left_rotation >= 1, "{m:?}");
+    assert!(h.error_rate().is_some_and(|e| e > 0.99), "{m:?}");
     assert!(
         m[0].dispatched < m[1].dispatched,
         "the erroring backend gets less work"
     );
+}
+
+#[test]
+fn a_service_whose_every_backend_is_out_of_rotation_panics_instead_of_black_holing() {
+    // The only backend answers everything with an error: its health score falls below the
+    // threshold. Fewer than half the backends are then usable, so the service panics and
+    // keeps sending it work (every request gets the backend's own error at once), rather than
+    // holding every request until its deadline with a backend that can never win back its
+    // score, since it gets nothing to answer.
+    let mut n = net(2, 32);
+    let svc = n.service("echo", PolicyKind::P2c, &[(1, 1.0)]);
+    let answers = run_requests(
+        &mut n,
+        svc,
+        2000,
+        &[1],
+        |_, _, _| Some((8, Status::BackendError)),
+        20_000,
+    );
+    assert_exactly_once(&answers, 2000);
+    for (id, a) in &answers {
+        assert_eq!(a[0], Status::BackendError, "request {id}");
+    }
+    let s = n.sw.snapshot();
+    assert!(s.services[0].panic, "{s}");
+    assert!(s.services[0].members[0].health < 0.2, "{s}");
+    assert_eq!(s.totals.failed_back, 0, "{s}");
+    assert_totals_add_up(&n.sw);
 }
 
 #[test]
