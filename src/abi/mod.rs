@@ -168,8 +168,14 @@ pub const PARAM_EXPECT: usize = 14;
 /// Parameter index: the queue size the guest driver asks for (0 = the device's maximum; else a
 /// power of two, clamped to the maximum).
 pub const PARAM_QUEUE_SIZE: usize = 15;
+/// Parameter index: `worker` goes mute after its K-th reply: it keeps taking requests off its
+/// rx queue but never answers another one (0 = never). The switch sees a backend that drains
+/// but does not answer.
+pub const PARAM_MUTE_AFTER: usize = 16;
+/// Parameter index: a second service id a guest uses besides [`PARAM_SERVICE`].
+pub const PARAM_SIDE_SERVICE: usize = 17;
 /// First parameter index not assigned here; guests may define their own from this one on.
-pub const PARAM_FIRST_FREE: usize = 16;
+pub const PARAM_FIRST_FREE: usize = 18;
 
 /// [`PARAM_MODE`] of `client`: send [`PARAM_COUNT`] requests and check every reply.
 pub const CLIENT_MODE_NORMAL: u64 = 0;
