@@ -675,6 +675,52 @@ proptest! {
 }
 
 #[test]
+fn messages_stranded_by_a_reset_never_complete_on_the_revived_queues() {
+    // Port 1 sends one-way messages to port 2, whose rx queue is full: they wait in port 2's
+    // backlog, their chains held in port 1's tx queue. Port 1 resets its device and comes
+    // back with fresh queues before port 2 drains.
+    let mut n = net(3, 4);
+    n.step();
+    n.peers[1].recv_all(); // its hello; port 2 leaves its own hello unread
+    for seq in 0..6 {
+        assert!(n.peers[1].send(&MsgHeader::new(MsgKind::OneWay, 2, seq, 8), &[seq as u8; 8]));
+        n.step();
+    }
+    assert!(
+        n.sw.snapshot().totals.oneway_delivered < 6,
+        "some wait in port 2's backlog"
+    );
+    let delivered = n.sw.snapshot().totals.oneway_delivered;
+    n.sw.remove_port(1);
+    let (h, dev) = host_peer(PeerConfig {
+        queue_size: 4,
+        slot_size: 256,
+        event_idx: true,
+    })
+    .unwrap();
+    n.sw.revive_port(1, dev, Box::new(Polling)).unwrap();
+    n.peers[1] = Peer {
+        h,
+        buf: vec![0; 256],
+    };
+    n.step();
+    assert_eq!(n.peers[1].recv_all()[0].0.kind(), Some(MsgKind::Hello));
+    // Port 2 drains: only what was delivered before the reset arrives, and the revived port's
+    // fresh tx queue gets no completion for a chain of its old one (its driver would take
+    // the head for one of its own chains, or reject it).
+    for _ in 0..4 {
+        n.peers[2].recv_all();
+        n.step();
+    }
+    let t = n.sw.snapshot().totals;
+    assert_eq!(t.oneway_delivered, delivered, "{t:?}");
+    assert_eq!(t.oneway_undeliverable, 6 - delivered, "{t:?}");
+    assert!(!n.peers[1].h.tx.ring().has_used().unwrap());
+    assert_eq!(n.peers[1].h.tx.ring().counters().used, 0);
+    assert!(!n.sw.port_down(1));
+}
+
+#[test]
 fn a_restarted_backend_comes_back_through_slow_start() {
     let mut n = net(3, 16);
     let svc = n.service("echo", PolicyKind::Wrr, &[(1, 1.0), (2, 1.0)]);
