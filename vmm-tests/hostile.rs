@@ -294,3 +294,60 @@ fn a_reset_mid_flight_orphans_its_requests_and_the_port_comes_back() {
     assert_eq!(t.late_replies_dropped, t.orphaned, "{r}");
     assert_eq!(t.port_faults, 0, "{r}");
 }
+
+#[test]
+fn messages_sent_before_a_reset_never_complete_on_the_revived_queues() {
+    if !require_kvm() {
+        return;
+    }
+    // slowpoke has four rx buffers and takes tens of milliseconds per request: the evil
+    // VM's batch fills them, so its one-way messages to slowpoke wait in slowpoke's backlog,
+    // still held in the evil VM's tx queue, when it resets its device. They belong to queues
+    // that no longer exist: the switch must neither deliver them from there nor return their
+    // descriptors on the queues the evil VM set up after the reset.
+    let r = run(
+        "evil-reset-stale.toml",
+        &topology(
+            abi::EVIL_RESET,
+            ", side_service = \"slow\", target = \"slowpoke\"",
+            &format!(
+                "[[vm]]\nname = \"slowpoke\"\nimage = \"worker\"\n\
+                 params = {{ wait = \"doorbell\", slow = 1000000, queue_size = 4 }}\n\
+                 [[service]]\nname = \"slow\"\nfailover = {{ {PATIENT} }}\n\
+                 request_timeout_ms = 30000\n{FLAT_HEALTH}\nmembers = [{{ vm = \"slowpoke\" }}]\n"
+            ),
+        ),
+    );
+    assert_others_unharmed(&r);
+    const BATCH: u64 = abi::EVIL_RESET_BATCH;
+    let e = vm(&r, "evil");
+    assert_eq!(
+        e.exit_status,
+        Some(0),
+        "the revived queues saw only their own completions\n{r}"
+    );
+    assert_eq!(e.results[abi::RES_RING_ERRORS], 0, "{r}");
+    assert_eq!(e.results[abi::RES_EVIL_REVIVED], 1, "{r}");
+    assert_eq!(
+        e.results[abi::RES_EVIL_ATTACKS],
+        1 + abi::EVIL_RESET_ONEWAYS,
+        "{r}"
+    );
+    let before = e.results[abi::RES_EVIL_BEFORE_RESET];
+    assert_eq!(e.received, 2 * EVIL_COUNT + BATCH + before, "{r}");
+    assert_eq!(
+        (e.ok, e.duplicates, e.mismatches),
+        (e.received, 0, 0),
+        "{r}"
+    );
+    // Nothing of the old queues reached slowpoke after the reset: it got no one-way message
+    // (it counts any as a ring error).
+    assert_eq!(vm(&r, "slowpoke").results[abi::RES_RING_ERRORS], 0, "{r}");
+    let ep = port(&r, "evil");
+    assert_eq!((ep.stats.faults, ep.stats.revivals), (0, 1), "{r}");
+    assert!(r.switch.totals.orphaned >= 1, "{r}");
+    assert!(
+        r.switch.totals.oneway_undeliverable >= abi::EVIL_RESET_ONEWAYS,
+        "the stranded one-way messages were counted as undeliverable\n{r}"
+    );
+}

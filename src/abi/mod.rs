@@ -233,12 +233,17 @@ pub const EVIL_FLOOD: u64 = 9;
 /// writes status 0 with them unanswered, brings the device up again in fresh memory and, once
 /// the switch's hello came back ([`RES_EVIL_REVIVED`]), runs the honest phase again against
 /// [`PARAM_SERVICE`] and then [`EVIL_RESET_BATCH`] requests against [`PARAM_SIDE_SERVICE`].
-/// Exits 0.
+/// With [`PARAM_TARGET`] set it also sends [`EVIL_RESET_ONEWAYS`] one-way messages to that port
+/// right after the first batch, before the reset (a port that cannot take them yet holds them
+/// in its backlog). Exits 0.
 pub const EVIL_RESET: u64 = 10;
 /// Forged replies an [`EVIL_FORGE_SRC`] guest sends.
 pub const EVIL_FORGED_REPLIES: u64 = 256;
 /// Requests an [`EVIL_RESET`] guest leaves in flight when it resets its device.
 pub const EVIL_RESET_BATCH: u64 = 8;
+/// One-way messages an [`EVIL_RESET`] guest with a [`PARAM_TARGET`] sends there before it
+/// resets its device.
+pub const EVIL_RESET_ONEWAYS: u64 = 4;
 
 /// [`PARAM_WAIT`]: spin on the rings, never sleep (one core per guest).
 pub const WAIT_POLL: u64 = 0;

@@ -584,6 +584,15 @@ impl Evil {
             self.next_id += 1;
             results::add(abi::RES_SENT, 1);
         }
+        if let Some(port) = abi::param_port(self.bb.params[abi::PARAM_TARGET]) {
+            for seq in 0..abi::EVIL_RESET_ONEWAYS {
+                let hdr = MsgHeader::new(MsgKind::OneWay, port, seq, 0);
+                if let Err(e) = self.dev.send(&hdr, &[]) {
+                    fail(e);
+                }
+                results::add(abi::RES_EVIL_ATTACKS, 1);
+            }
+        }
         self.probe_taken();
         self.receive();
         results::set(abi::RES_EVIL_BEFORE_RESET, self.answered - base);
