@@ -211,11 +211,14 @@ fn when_every_backend_is_dead_requests_fail_back_at_their_deadline() {
     }
     const COUNT: u64 = 100;
     const CRASH_AFTER: u64 = 5;
+    // w0 crashes after a few replies; w1 is slow (tens of milliseconds a request) and the
+    // host kills it as soon as the run starts.
     let t = format!(
-        "{HEAD}{}{}{}[[fault]]\nvm = \"w0\"\ncrash_after = {CRASH_AFTER}\n\
+        "{HEAD}{}{}{}{}[[fault]]\nvm = \"w0\"\ncrash_after = {CRASH_AFTER}\n\
          [[fault]]\nvm = \"w1\"\nkill_after_ms = 1\n",
         clients(&["client0", "client1"], "echo", COUNT),
-        workers(&["w0", "w1"], ""),
+        workers(&["w0"], ""),
+        workers(&["w1"], ", slow = 1000000"),
         service(
             "echo",
             &["w0", "w1"],
@@ -239,6 +242,7 @@ fn when_every_backend_is_dead_requests_fail_back_at_their_deadline() {
     // was failed back by the switch once its deadline passed.
     assert_eq!(ok, w0.ok + w1.ok, "{r}");
     assert!(errors >= 2 * COUNT - CRASH_AFTER - w1.ok, "{r}");
+    assert!(errors > COUNT, "most requests found no backend\n{r}");
     assert_eq!(errors, r.switch.totals.failed_back, "{r}");
     assert_every_request_answered_once(&r);
     assert!(port(&r, "w0").down && port(&r, "w1").down, "{r}");
