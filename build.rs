@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Guest binaries to build and embed.
-const IMAGES: &[&str] = &["hello", "client", "worker", "peer"];
+const IMAGES: &[&str] = &["hello", "client", "worker", "peer", "evil"];
 
 /// Variables of the outer build that must not leak into the nested cargo: flags, wrappers
 /// (clippy's driver), the target directory and the target.

@@ -328,6 +328,12 @@ impl Vmq {
         self.rx.recv(buf)
     }
 
+    /// Resets the device (status 0): it forgets both queues and stops using them. Bring it
+    /// up again with [`Vmq::probe`], which sets up fresh rings in the free memory it is given.
+    pub fn reset(&self) {
+        mmio_write32(reg(self.base, v::REG_STATUS), 0);
+    }
+
     /// Whether the device asked for a reset (`DEVICE_NEEDS_RESET`); one MMIO exit.
     pub fn needs_reset(&self) -> bool {
         mmio_read32(reg(self.base, v::REG_STATUS)) & v::STATUS_NEEDS_RESET != 0

@@ -168,8 +168,15 @@ pub const PARAM_EXPECT: usize = 14;
 /// Parameter index: the queue size the guest driver asks for (0 = the device's maximum; else a
 /// power of two, clamped to the maximum).
 pub const PARAM_QUEUE_SIZE: usize = 15;
+/// Parameter index: `worker` goes mute after its K-th reply: it keeps taking requests off its
+/// rx queue but never answers another one (0 = never). The switch sees a backend that drains
+/// but does not answer.
+pub const PARAM_MUTE_AFTER: usize = 16;
+/// Parameter index: a second service id a guest uses besides [`PARAM_SERVICE`] (`evil`: the
+/// service of its [`EVIL_REWRITE`] and [`EVIL_RESET`] phases).
+pub const PARAM_SIDE_SERVICE: usize = 17;
 /// First parameter index not assigned here; guests may define their own from this one on.
-pub const PARAM_FIRST_FREE: usize = 16;
+pub const PARAM_FIRST_FREE: usize = 18;
 
 /// [`PARAM_MODE`] of `client`: send [`PARAM_COUNT`] requests and check every reply.
 pub const CLIENT_MODE_NORMAL: u64 = 0;
@@ -181,6 +188,62 @@ pub const CLIENT_MODE_MALFORMED: u64 = 1;
 /// The buffer address of the chain a [`CLIENT_MODE_MALFORMED`] client publishes: above
 /// [`MAX_MEM_SIZE`], so outside the memory of any VM.
 pub const CLIENT_BAD_ADDR: u64 = MAX_MEM_SIZE + 0x1000;
+
+/// [`PARAM_MODE`] of `evil`: honest only. It sends [`PARAM_COUNT`] requests of [`PARAM_SIZE`]
+/// bytes to [`PARAM_SERVICE`] (at most [`PARAM_WINDOW`] outstanding), checks every reply like a
+/// `client`, and exits 0. Every other mode starts with this honest phase, then misbehaves once.
+///
+/// The modes that break the ring protocol ([`EVIL_LOOP`] to [`EVIL_AVAIL_JUMP`], and
+/// [`EVIL_REWRITE`]) then wait until the device sets `DEVICE_NEEDS_RESET`, record it in
+/// [`RES_EVIL_NEEDS_RESET`] and exit with [`EXIT_RING_FAULT`]; the host stops the VM if the
+/// device never asks.
+pub const EVIL_HONEST: u64 = 0;
+/// `evil`: publishes a two-descriptor tx chain whose second descriptor links back to the first
+/// (a descriptor loop).
+pub const EVIL_LOOP: u64 = 1;
+/// `evil`: publishes a tx chain whose buffer is at [`CLIENT_BAD_ADDR`], outside its memory.
+pub const EVIL_OUTSIDE: u64 = 2;
+/// `evil`: publishes a tx chain whose buffer is the first MMIO window, [`MMIO_BASE`].
+pub const EVIL_MMIO: u64 = 3;
+/// `evil`: publishes a tx chain whose buffer starts in its memory with a length of `u32::MAX`.
+pub const EVIL_GIANT_LEN: u64 = 4;
+/// `evil`: publishes a tx chain whose buffer address plus length overflows `u64`.
+pub const EVIL_ADDR_OVERFLOW: u64 = 5;
+/// `evil`: moves its tx avail index more than a queue size ahead of what it published.
+pub const EVIL_AVAIL_JUMP: u64 = 6;
+/// `evil`: rewrites descriptors the device holds. It serves [`PARAM_SIDE_SERVICE`] itself (it
+/// must be that service's only member), uses up its own rx buffers with one-way messages to
+/// itself, and sends a request to that service, which therefore waits in the switch, held.
+/// First a two-descriptor chain: once the switch has taken it, the evil turns its descriptors
+/// into a loop pointing outside memory, posts rx buffers, and checks that the request still
+/// arrives intact (chains of up to four buffers are snapshotted when taken;
+/// [`RES_EVIL_SNAPSHOT_OK`]), then answers it. Then a six-descriptor chain, rewritten into a
+/// loop the same way: the switch walks such chains again when it delivers them, finds the loop
+/// and marks the port broken.
+pub const EVIL_REWRITE: u64 = 7;
+/// `evil`: its honest requests carry the port in [`PARAM_TARGET`] as their `src` (claiming to
+/// be another VM), and it then sends [`EVIL_FORGED_REPLIES`] replies with guessed in-flight
+/// tokens (it is no backend of anything). Not a protocol fault: the switch restamps `src`, so
+/// every reply must come back to the evil, and drops the forged replies as late. Exits 0.
+pub const EVIL_FORGE_SRC: u64 = 8;
+/// `evil`: floods: the honest phase with no window, as fast as its tx ring allows. Exits 0.
+pub const EVIL_FLOOD: u64 = 9;
+/// `evil`: resets its device mid-flight. After the honest phase it sends [`EVIL_RESET_BATCH`]
+/// requests to [`PARAM_SIDE_SERVICE`] (meant to be slow), makes sure the switch took them,
+/// writes status 0 with them unanswered, brings the device up again in fresh memory and, once
+/// the switch's hello came back ([`RES_EVIL_REVIVED`]), runs the honest phase again against
+/// [`PARAM_SERVICE`] and then [`EVIL_RESET_BATCH`] requests against [`PARAM_SIDE_SERVICE`].
+/// With [`PARAM_TARGET`] set it also sends [`EVIL_RESET_ONEWAYS`] one-way messages to that port
+/// right after the first batch, before the reset (a port that cannot take them yet holds them
+/// in its backlog). Exits 0.
+pub const EVIL_RESET: u64 = 10;
+/// Forged replies an [`EVIL_FORGE_SRC`] guest sends.
+pub const EVIL_FORGED_REPLIES: u64 = 256;
+/// Requests an [`EVIL_RESET`] guest leaves in flight when it resets its device.
+pub const EVIL_RESET_BATCH: u64 = 8;
+/// One-way messages an [`EVIL_RESET`] guest with a [`PARAM_TARGET`] sends there before it
+/// resets its device.
+pub const EVIL_RESET_ONEWAYS: u64 = 4;
 
 /// [`PARAM_WAIT`]: spin on the rings, never sleep (one core per guest).
 pub const WAIT_POLL: u64 = 0;
@@ -239,6 +302,21 @@ pub const RES_STATUS_BACKEND_ERROR: usize = 13;
 pub const RES_STATUS_TIMEOUT_OR_BROKEN: usize = 14;
 /// Result index: client: error replies with any other status.
 pub const RES_STATUS_OTHER: usize = 15;
+
+/// Result index (`evil`, in place of the client's per-status slots): 1 once the guest saw its
+/// device set `DEVICE_NEEDS_RESET`.
+pub const RES_EVIL_NEEDS_RESET: usize = 11;
+/// Result index (`evil`): hostile acts published (bad chains, index jumps, forged replies,
+/// rewritten chains, resets).
+pub const RES_EVIL_ATTACKS: usize = 12;
+/// Result index (`evil`, [`EVIL_REWRITE`]): 1 when the short chain it rewrote after the switch
+/// took it still arrived with its original payload and no fault.
+pub const RES_EVIL_SNAPSHOT_OK: usize = 13;
+/// Result index (`evil`, [`EVIL_RESET`]): replies to the side-service batch received before the
+/// reset (the rest were in flight when it reset).
+pub const RES_EVIL_BEFORE_RESET: usize = 14;
+/// Result index (`evil`, [`EVIL_RESET`]): hellos received after the device came back.
+pub const RES_EVIL_REVIVED: usize = 15;
 
 /// Exit status: no vmq virtio-mmio device found, or it refused the driver (features, queues).
 pub const EXIT_NO_DEVICE: u32 = 10;

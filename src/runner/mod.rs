@@ -129,7 +129,7 @@ fn boot_vm(
             FaultKind::KillAfterMs(ms) => Some(Duration::from_millis(ms)),
             _ => None,
         });
-    let waited_for = matches!(image_name.as_str(), "client" | "peer" | "hello");
+    let waited_for = matches!(image_name.as_str(), "client" | "peer" | "hello" | "evil");
     Ok(Booted {
         name,
         image: image_name,

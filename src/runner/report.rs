@@ -43,6 +43,8 @@ pub struct VmReport {
     pub exits: u64,
     /// Request round trips a client measured (send to reply), if it is a client.
     pub latency: Option<Latency>,
+    /// Every result slot the guest wrote (`abi::RES_*`), image-specific ones included.
+    pub results: Vec<u64>,
 }
 
 /// Round-trip percentiles from a client's histogram (TSC cycles, converted with the host's
@@ -190,6 +192,7 @@ pub(super) fn vm_report(b: &Booted) -> VmReport {
             .then(|| histogram(&b.vm))
             .flatten()
             .and_then(|h| latency(&h)),
+        results: r.to_vec(),
     }
 }
 

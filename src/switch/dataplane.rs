@@ -173,6 +173,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
             failover,
             wait: Default::default(),
             stats: Default::default(),
+            panic: false,
         };
         svc.refresh(now);
         self.services.push(svc);
@@ -1087,6 +1088,36 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
             }
         }
         self.tokens = tokens;
+        // What it sent that still waits in other ports' backlogs lives in queues it no longer
+        // has (it reset, stopped or broke): nothing may be read from those chains any more, nor
+        // returned on its queues, which may be new ones by the time those ports drain. One-way
+        // messages are dropped and counted; a reply it gave fails its request back, so the
+        // frontend still gets exactly one answer.
+        let mut stranded = 0u64;
+        let mut answers = std::mem::take(&mut self.tokens);
+        answers.clear();
+        for (d, e) in self.ports.iter_mut().enumerate() {
+            if d == p as usize {
+                continue;
+            }
+            e.backlog.retain(|item| match item {
+                Backlog::OneWay { src, .. } if *src == p => {
+                    stranded += 1;
+                    false
+                }
+                Backlog::Reply { token, backend, .. } if *backend == p => {
+                    answers.push(*token);
+                    false
+                }
+                _ => true,
+            });
+        }
+        self.totals.oneway_undeliverable += stranded;
+        self.ports[p as usize].stats.undeliverable += stranded;
+        for &t in &answers {
+            self.fail_back_answering(t, now);
+        }
+        self.tokens = answers;
         // What waited for it: senders get their chains back and an error.
         let backlog = std::mem::take(&mut self.ports[p as usize].backlog);
         for item in backlog {

@@ -342,6 +342,12 @@ impl Failover {
         self.backends.get(backend).map_or(0, |b| b.ejections)
     }
 
+    /// Whether `backend` is draining as far as stall detection knows (healthy or warming),
+    /// whatever the panic mode.
+    pub fn accepts_without_panic(&self, backend: usize) -> bool {
+        self.backends.get(backend).is_some_and(Self::usable)
+    }
+
     /// Whether the service is in panic mode (as of the last sweep).
     pub fn panic(&self) -> bool {
         self.panic

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use serde::Deserialize;
 
-use super::failover::{BackendStatus, Failover, FailoverConfig};
+use super::failover::{Failover, FailoverConfig};
 use super::health::{BackendHealth, HealthConfig};
 use super::policy::{Candidate, Policy, PolicyConfig};
 use super::pool::Token;
@@ -89,21 +89,37 @@ pub(crate) struct Service {
     /// Accepted requests waiting for a backend, oldest first.
     pub wait: VecDeque<Token>,
     pub stats: ServiceStats,
+    /// In panic mode as of the last [`Service::refresh`]: too few backends usable, by stalls
+    /// (the failover's own panic) or by health.
+    pub panic: bool,
 }
 
 impl Service {
     /// Recomputes every candidate's weight: base x health score x failover factor, 0 when out
     /// of rotation (unless the service is in panic mode).
     pub fn refresh(&mut self, now_ns: u64) {
-        let panic = self.failover.panic();
+        // A backend out of rotation by health is as unusable as an ejected one: when too few
+        // are left the service panics and uses every draining backend. Without this, a service
+        // whose backends all fell below the health threshold (e.g. its only backend answers
+        // with errors) would hold every request until its deadline, and the backends, given
+        // nothing to answer, could never win their score back.
+        let mut usable_count = 0usize;
         for (i, m) in self.members.iter_mut().enumerate() {
-            let score = m.health.refresh(now_ns);
+            m.health.refresh(now_ns);
+            if self.failover.accepts_without_panic(i) && m.health.in_rotation() {
+                usable_count += 1;
+            }
+        }
+        let n = self.members.len();
+        let health_panic =
+            n > 0 && (usable_count as f64) < self.cfg.failover.panic_threshold * n as f64;
+        let panic = self.failover.panic() || health_panic;
+        self.panic = panic;
+        for (i, m) in self.members.iter_mut().enumerate() {
+            let score = m.health.last_score();
             // Panic mode overrides the health threshold, never a stall: a backend whose queue
             // stopped draining cannot serve, however few the others are.
-            let draining = matches!(
-                self.failover.status(i),
-                Some(BackendStatus::Healthy | BackendStatus::Warming { .. })
-            );
+            let draining = self.failover.accepts_without_panic(i);
             let usable = draining && (panic || m.health.in_rotation());
             let c = &mut self.candidates[i];
             c.weight = if usable {

@@ -172,7 +172,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
                     id: id as u32,
                     name: s.name.clone(),
                     policy: s.policy.name(),
-                    panic: s.failover.panic(),
+                    panic: s.panic,
                     waiting: s.wait.len(),
                     stats: s.stats,
                     members,

@@ -57,6 +57,16 @@ pub const PARAMS: &[(&str, usize, &str)] = &[
         "worker answers every n-th request with an error",
     ),
     (
+        "mute_after",
+        abi::PARAM_MUTE_AFTER,
+        "worker keeps draining but stops answering after this many replies",
+    ),
+    (
+        "side_service",
+        abi::PARAM_SIDE_SERVICE,
+        "a second service (a service name) for the evil image's rewrite and reset modes",
+    ),
+    (
         "slow",
         abi::PARAM_SLOW,
         "worker busy-loop iterations per request",
@@ -113,7 +123,7 @@ impl Topology {
                 .vm_index(vm)
                 .map(|i| abi::port_param(i as u32))
                 .ok_or_else(|| bad(format!("{vm:?} is not a [[vm]] of this topology"))),
-            ("service", ParamValue::Name(s)) => self
+            ("service" | "side_service", ParamValue::Name(s)) => self
                 .service_index(s)
                 .map(|i| i as u64)
                 .ok_or_else(|| bad(format!("{s:?} is not a [[service]] of this topology"))),

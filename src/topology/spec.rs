@@ -146,6 +146,8 @@ pub struct FaultSpec {
     pub crash_after: Option<u64>,
     /// Every n-th reply is an error.
     pub error_every: Option<u64>,
+    /// Worker keeps draining requests but never answers after this many replies.
+    pub mute_after: Option<u64>,
     /// Loop iterations burnt per request.
     pub slow: Option<u64>,
     /// The host stops the VM this long into the run.
@@ -168,6 +170,7 @@ impl FaultSpec {
             ("stall_after", self.stall_after),
             ("crash_after", self.crash_after),
             ("error_every", self.error_every),
+            ("mute_after", self.mute_after),
             ("slow", self.slow),
         ] {
             if let Some(v) = v {
@@ -310,7 +313,7 @@ impl Topology {
                 return Err(bad(
                     f.vm.span(),
                     "fault",
-                    "a [[fault]] needs exactly one of stall_after, crash_after, error_every, slow, kill_after_ms".into(),
+                    "a [[fault]] needs exactly one of stall_after, crash_after, error_every, mute_after, slow, kill_after_ms".into(),
                 ));
             }
         }

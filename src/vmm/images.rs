@@ -19,12 +19,18 @@ pub static WORKER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/worker.elf"
 /// in order and intact. See `guest-images/src/bin/peer.rs`.
 pub static PEER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/peer.elf"));
 
+/// The `evil` guest: behaves like a client, then misbehaves once as its `PARAM_MODE` says
+/// (`abi::EVIL_*`: bad chains, index jumps, rewritten descriptors, forged sources, floods,
+/// resets mid-flight). For tests. See `guest-images/src/bin/evil.rs`.
+pub static EVIL: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/evil.elf"));
+
 /// Every built image by name.
 pub static ALL: &[(&str, &[u8])] = &[
     ("hello", HELLO),
     ("client", CLIENT),
     ("worker", WORKER),
     ("peer", PEER),
+    ("evil", EVIL),
 ];
 
 /// Looks up an image by name.

@@ -1,7 +1,27 @@
-//! What every KVM test binary shares.
+//! Helpers shared by the whole-run tests on real KVM (`hostile.rs`, `faults.rs`): inline
+//! topologies through `runner::run`, lookups in the report, and the accounting every run must
+//! satisfy. Counts only, never time.
 
-/// Whether KVM tests can run here. Without a usable `/dev/kvm` a test prints "skipping" and
-/// passes, unless `CI=true` or `VMQ_REQUIRE_KVM=1`, where this panics.
+#![allow(dead_code)]
+
+use std::sync::{Mutex, MutexGuard};
+
+use vmq::runner::{self, RunOptions, RunReport, VmReport};
+use vmq::switch::{MemberSnapshot, PortSnapshot};
+use vmq::topology::Topology;
+use vmq::vmm::images;
+
+/// Failover settings for services whose test is not about stalls: a stall window no healthy
+/// guest reaches on these shared, loaded cores.
+pub const PATIENT: &str = "stall_window_ns = 10000000000";
+
+/// Health weights that keep a backend's score at 1 whatever it does (for services whose only
+/// backend is under test for something else).
+pub const FLAT_HEALTH: &str = "health = { weights = { free_rx = 0.0, drain = 0.0, latency = 0.0, \
+     errors = 0.0, in_flight = 0.0, load = 0.0 } }";
+
+/// Whether KVM tests can run here; panics where KVM is required (`CI=true`,
+/// `VMQ_REQUIRE_KVM=1`).
 pub fn require_kvm() -> bool {
     match std::fs::OpenOptions::new()
         .read(true)
@@ -12,13 +32,96 @@ pub fn require_kvm() -> bool {
         Err(e) => {
             let required = std::env::var("CI").is_ok_and(|v| v == "true")
                 || std::env::var("VMQ_REQUIRE_KVM").is_ok_and(|v| v == "1");
-            assert!(
-                !required,
-                "/dev/kvm is required (CI=true or VMQ_REQUIRE_KVM=1) but cannot be opened: {e}; \
-                 check that it exists and that this user can read and write it"
-            );
+            if required {
+                panic!(
+                    "/dev/kvm is required (CI=true or VMQ_REQUIRE_KVM=1) but cannot be opened: {e}"
+                );
+            }
             eprintln!("skipping: /dev/kvm not available ({e})");
             false
         }
     }
+}
+
+/// One KVM run at a time in a test binary (a failed test must not poison the others).
+pub fn kvm_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Parses `toml` (errors name `name`), runs it without live progress and prints the summary
+/// (shown with `--nocapture`, or when the test fails).
+pub fn run(name: &str, toml: &str) -> RunReport {
+    let names: Vec<&str> = images::ALL.iter().map(|(n, _)| *n).collect();
+    let topo = Topology::parse(toml, name, &names).unwrap_or_else(|e| panic!("{e}"));
+    let _guard = kvm_lock();
+    let r = runner::run(&topo, &RunOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    eprintln!("=== {name}\n{r}");
+    r
+}
+
+pub fn vm<'a>(r: &'a RunReport, name: &str) -> &'a VmReport {
+    r.vms
+        .iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("no VM {name} in the report"))
+}
+
+pub fn port<'a>(r: &'a RunReport, name: &str) -> &'a PortSnapshot {
+    r.switch
+        .ports
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("no port {name} in the snapshot"))
+}
+
+pub fn member<'a>(r: &'a RunReport, service: &str, name: &str) -> &'a MemberSnapshot {
+    r.switch
+        .services
+        .iter()
+        .find(|s| s.name == service)
+        .and_then(|s| s.members.iter().find(|m| m.name == name))
+        .unwrap_or_else(|| panic!("no member {name} of {service} in the snapshot"))
+}
+
+/// Every request the switch accepted has exactly one fate, and none is still open: replied,
+/// failed back, orphaned (its frontend went away) or refused; the in-flight table is empty.
+pub fn assert_every_request_answered_once(r: &RunReport) {
+    let t = &r.switch.totals;
+    assert_eq!(
+        r.switch.in_flight, 0,
+        "blocks left in the in-flight table\n{r}"
+    );
+    assert_eq!(
+        t.requests_accepted,
+        t.replies_delivered + t.failed_back + t.orphaned + t.refused,
+        "the switch's totals do not add up\n{r}"
+    );
+}
+
+/// Client `c` exited 0 having sent `count` requests and received exactly `count` answers,
+/// none twice, none corrupted; returns its (ok, errors).
+pub fn assert_client_answered(r: &RunReport, c: &str, count: u64) -> (u64, u64) {
+    let v = vm(r, c);
+    assert_eq!(v.exit_status, Some(0), "client {c}\n{r}");
+    assert_eq!(v.sent, count, "client {c} sent\n{r}");
+    assert_eq!(v.received, count, "client {c} answers\n{r}");
+    assert_eq!(v.ok + v.errors, count, "client {c}\n{r}");
+    assert_eq!((v.duplicates, v.mismatches), (0, 0), "client {c}\n{r}");
+    (v.ok, v.errors)
+}
+
+/// Every client in `clients` finished with status 0 and `count` good replies, each exactly
+/// once; nothing lost, duplicated, corrupted or answered with an error.
+pub fn assert_clients_clean(r: &RunReport, clients: &[&str], count: u64) {
+    assert!(!r.timed_out, "the run timed out\n{r}");
+    for &c in clients {
+        let (ok, errors) = assert_client_answered(r, c, count);
+        assert_eq!((ok, errors), (count, 0), "client {c}\n{r}");
+    }
+    assert_eq!(r.lost, 0, "{r}");
+    assert_eq!(r.duplicates, 0, "{r}");
+    assert_eq!(r.mismatches, 0, "{r}");
+    assert_eq!(r.error_replies, 0, "{r}");
+    assert_every_request_answered_once(r);
 }

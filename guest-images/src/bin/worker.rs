@@ -6,7 +6,9 @@
 //! the VM); `SLOW` busy-loop iterations per request; `ERROR_EVERY` n: every n-th request gets
 //! an empty `Status::BackendError` reply; `STALL_AFTER` K: after the K-th request stop touching
 //! the queues forever (parked on the doorbell); `CRASH_AFTER` K: exit with `abi::EXIT_CRASHED`
-//! right after the K-th reply, leaving the rest unanswered; `WAIT`, `QUEUE_SIZE`, `SIZE`
+//! right after the K-th reply, leaving the rest unanswered; `MUTE_AFTER` K: after the K-th
+//! reply keep taking requests off the rx queue (and re-posting the buffers) but never answer
+//! another one; `WAIT`, `QUEUE_SIZE`, `SIZE`
 //! (largest request payload expected: sizes the rx slots, at least 1 KiB).
 //!
 //! Results: `RES_RECEIVED` requests, `RES_SENT` replies, `RES_OK` ok replies, `RES_ERRORS`
@@ -28,10 +30,11 @@ fn main(bb: &BootBlock) -> u32 {
     let p = &bb.params;
     let size = p[abi::PARAM_SIZE].min(abi::MAX_GUEST_PAYLOAD);
     let (count, slow) = (p[abi::PARAM_COUNT], p[abi::PARAM_SLOW]);
-    let (error_every, stall_after, crash_after) = (
+    let (error_every, stall_after, crash_after, mute_after) = (
         p[abi::PARAM_ERROR_EVERY],
         p[abi::PARAM_STALL_AFTER],
         p[abi::PARAM_CRASH_AFTER],
+        p[abi::PARAM_MUTE_AFTER],
     );
     let mut free = FreeMem::new(bb);
     let mut dev = probe_or_exit(bb, &mut free, size);
@@ -63,6 +66,10 @@ fn main(bb: &BootBlock) -> u32 {
             }
             requests += 1;
             results::add(abi::RES_RECEIVED, 1);
+            if mute_after != 0 && replies >= mute_after {
+                // Drained (its rx buffer is re-posted below), never answered.
+                continue;
+            }
             for _ in 0..slow {
                 core::hint::spin_loop();
             }

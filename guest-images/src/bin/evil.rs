@@ -1,0 +1,616 @@
+//! `evil`: a hostile guest, for tests. It behaves honestly first, then misbehaves once, in the
+//! way `MODE` says (`abi::EVIL_*`), and reports what it saw.
+//!
+//! Honest phase: `COUNT` requests of `SIZE` bytes (byte `i` of request `id` is
+//! `abi::request_byte(id, i)`) to service `SERVICE`, at most `WINDOW` outstanding (0 = the tx
+//! ring; `EVIL_FLOOD` always uses the whole tx ring), every reply checked like a `client` does.
+//!
+//! Then, by mode:
+//! - `EVIL_HONEST`, `EVIL_FLOOD`: nothing more; exit 0.
+//! - `EVIL_LOOP`, `EVIL_OUTSIDE`, `EVIL_MMIO`, `EVIL_GIANT_LEN`, `EVIL_ADDR_OVERFLOW`: publish one
+//!   bad tx chain; `EVIL_AVAIL_JUMP`: publish a tx avail index more than a queue size ahead.
+//! - `EVIL_REWRITE`: rewrite held chains (see `abi::EVIL_REWRITE`); needs `SIDE_SERVICE`, which
+//!   only this VM serves.
+//! - `EVIL_FORGE_SRC`: the honest requests carry `src` = `TARGET`; then forged replies.
+//! - `EVIL_RESET`: reset the device with requests to `SIDE_SERVICE` in flight, come back, and
+//!   run honest traffic again.
+//!
+//! The protocol-fault modes wait for `DEVICE_NEEDS_RESET` (`RES_EVIL_NEEDS_RESET`) and exit
+//! with `EXIT_RING_FAULT`; the others exit 0, or `EXIT_DUPLICATE` / `EXIT_MISMATCH` when a reply
+//! came twice or wrong. Results: as a client (`RES_SENT`, `RES_RECEIVED`, `RES_OK`,
+//! `RES_ERRORS`, `RES_DUPLICATES`, `RES_MISMATCHES`, ...) plus `RES_EVIL_*`.
+#![no_std]
+#![no_main]
+
+use guest_rt::abi::{self, BootBlock};
+use guest_rt::results;
+use guest_rt::virtio::{on_error, DriverError, FreeMem, Options, Vmq};
+use vmq::ring::{Buf, RingMemory, DESC_F_NEXT, DESC_SIZE};
+use vmq::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE};
+
+guest_rt::entry!(main);
+
+const MAX: usize = abi::MAX_GUEST_PAYLOAD as usize + 1024;
+/// Message id of probes: one-way messages to [`NOWHERE`], which the switch returns at once.
+const PROBE_ID: u64 = u64::MAX - 1;
+/// Message id of the one-way messages the evil sends itself to use up its rx buffers.
+const SELF_ID: u64 = u64::MAX - 2;
+/// A port id no topology has.
+const NOWHERE: u32 = 0x7fff_fff0;
+/// Payload bytes of the chains rewritten in `EVIL_REWRITE`.
+const CHAIN_PAYLOAD: u32 = 80;
+
+struct Evil {
+    bb: BootBlock,
+    free: FreeMem,
+    dev: Vmq,
+    size: usize,
+    next_id: u64,
+    answered: u64,
+    /// One bit per request id (1-based): answered.
+    seen: &'static mut [u8],
+    buf: &'static mut [u8],
+    out: &'static mut [u8],
+    /// Guest-physical scratch for hand-made chains (4 KiB).
+    chains: u64,
+    /// Serve requests delivered to this VM (as the side service's backend).
+    serve: bool,
+    /// The id of the request the evil expects to receive as a backend, and what it saw.
+    mirror_id: u64,
+    mirror_got: u64,
+    mirror_intact: bool,
+    hellos: u64,
+}
+
+fn fail(e: impl Into<DriverError>) {
+    on_error(e.into());
+}
+
+fn main(bb: &BootBlock) -> u32 {
+    let p = &bb.params;
+    let size = p[abi::PARAM_SIZE];
+    if size > abi::MAX_GUEST_PAYLOAD {
+        return abi::EXIT_BAD_PARAM;
+    }
+    let (mode, count) = (p[abi::PARAM_MODE], p[abi::PARAM_COUNT]);
+    let mut free = FreeMem::new(bb);
+    let ids = 2 * count + 2 * abi::EVIL_RESET_BATCH + 64;
+    let (Some(seen), Some(buf), Some(out), Some(chains)) = (
+        free.alloc_bytes(ids.div_ceil(8) as usize),
+        free.alloc_bytes(MAX),
+        free.alloc_bytes(MAX),
+        free.alloc(4096, 64),
+    ) else {
+        return abi::EXIT_BAD_PARAM;
+    };
+    let dev = probe(bb, &mut free, size);
+    let mut ev = Evil {
+        bb: *bb,
+        free,
+        dev,
+        size: size as usize,
+        next_id: 1,
+        answered: 0,
+        seen,
+        buf,
+        out,
+        chains,
+        serve: false,
+        mirror_id: 0,
+        mirror_got: 0,
+        mirror_intact: true,
+        hellos: 0,
+    };
+    let service = p[abi::PARAM_SERVICE] as u32;
+    let side = p[abi::PARAM_SIDE_SERVICE] as u32;
+    let tx_size = u64::from(ev.dev.tx.ring().size());
+    let window = match (mode, p[abi::PARAM_WINDOW]) {
+        (abi::EVIL_FLOOD, _) | (_, 0) => tx_size,
+        (_, w) => w.min(tx_size),
+    };
+    let forged = if mode == abi::EVIL_FORGE_SRC {
+        abi::param_port(p[abi::PARAM_TARGET])
+    } else {
+        None
+    };
+    ev.exchange(service, count, window, forged);
+    match mode {
+        abi::EVIL_HONEST | abi::EVIL_FLOOD => {}
+        abi::EVIL_LOOP
+        | abi::EVIL_OUTSIDE
+        | abi::EVIL_MMIO
+        | abi::EVIL_GIANT_LEN
+        | abi::EVIL_ADDR_OVERFLOW => {
+            ev.publish_bad_chain(mode);
+            ev.wait_needs_reset();
+        }
+        abi::EVIL_AVAIL_JUMP => {
+            ev.jump_avail_index();
+            ev.wait_needs_reset();
+        }
+        abi::EVIL_REWRITE => {
+            ev.rewrite(side);
+            ev.wait_needs_reset();
+        }
+        abi::EVIL_FORGE_SRC => ev.forge_replies(),
+        abi::EVIL_RESET => ev.reset_mid_flight(service, side, count, window),
+        _ => return abi::EXIT_BAD_PARAM,
+    }
+    if results::get(abi::RES_DUPLICATES) > 0 {
+        abi::EXIT_DUPLICATE
+    } else if results::get(abi::RES_MISMATCHES) > 0 {
+        abi::EXIT_MISMATCH
+    } else {
+        0
+    }
+}
+
+fn probe(bb: &BootBlock, free: &mut FreeMem, size: u64) -> Vmq {
+    match Vmq::probe(bb, free, Options::from_params(bb, size)) {
+        Ok(d) => d,
+        Err(e) => {
+            guest_rt::println!("vmq probe failed: {e:?}");
+            guest_rt::exit(abi::EXIT_NO_DEVICE)
+        }
+    }
+}
+
+impl Evil {
+    fn header(&self, service: u32, id: u64, len: u32) -> MsgHeader {
+        MsgHeader::request_to_service(service, id, len)
+    }
+
+    fn fill_payload(&mut self, id: u64, len: usize) {
+        for (i, b) in self.out[..len].iter_mut().enumerate() {
+            *b = abi::request_byte(id, i);
+        }
+    }
+
+    /// Sends `n` requests to `dst`, at most `window` outstanding, `src` set to `forged` when
+    /// given, and waits for every reply.
+    fn exchange(&mut self, dst: u32, n: u64, window: u64, forged: Option<u32>) {
+        let (first, base) = (self.next_id, self.answered);
+        let end = first + n;
+        while self.answered < base + n {
+            let mut progress = self.receive();
+            if let Err(e) = self.dev.tx.reclaim() {
+                fail(e);
+            }
+            while self.next_id < end
+                && (self.next_id - first) - (self.answered - base) < window
+                && self.dev.tx.free() > 0
+            {
+                let id = self.next_id;
+                self.fill_payload(id, self.size);
+                let mut hdr = self.header(dst, id, self.size as u32);
+                if let Some(victim) = forged {
+                    hdr.set_src(victim);
+                }
+                if let Err(e) = self.dev.tx.send(&hdr, &self.out[..self.size]) {
+                    fail(e);
+                    break;
+                }
+                self.next_id += 1;
+                results::add(abi::RES_SENT, 1);
+                progress = true;
+            }
+            self.flush();
+            if !progress && self.answered < base + n {
+                let tx_full = self.dev.tx.free() == 0;
+                if let Err(e) = self.dev.wait(tx_full) {
+                    fail(e);
+                }
+            }
+        }
+    }
+
+    /// Publishes tx and re-posts rx buffers.
+    fn flush(&mut self) {
+        if let Err(e) = self.dev.flush_tx().and_then(|_| self.dev.flush_rx()) {
+            fail(e);
+        }
+    }
+
+    /// Takes every delivered message without re-posting rx buffers (see [`Evil::flush`]);
+    /// returns whether there was any.
+    fn receive(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            let m = match self.dev.recv(self.buf) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    fail(e);
+                    any = true;
+                    continue;
+                }
+            };
+            any = true;
+            let h = m.header;
+            match h.kind() {
+                Some(MsgKind::Hello) => {
+                    self.hellos += 1;
+                    self.dev.note_hello(&h);
+                }
+                Some(MsgKind::Reply) if h.msg_id() == PROBE_ID || h.msg_id() == SELF_ID => {}
+                Some(MsgKind::Reply) => self.reply(&h, m.len),
+                Some(MsgKind::Request) => self.request(&h, m.len),
+                Some(MsgKind::OneWay) if h.msg_id() == SELF_ID => {}
+                _ => results::add(abi::RES_RING_ERRORS, 1),
+            }
+        }
+        any
+    }
+
+    fn reply(&mut self, h: &MsgHeader, len: usize) {
+        let id = h.msg_id();
+        if id == 0 || id >= self.next_id {
+            results::add(abi::RES_DUPLICATES, 1);
+            return;
+        }
+        let (byte, bit) = (((id - 1) / 8) as usize, 1u8 << ((id - 1) % 8));
+        if self.seen[byte] & bit != 0 {
+            results::add(abi::RES_DUPLICATES, 1);
+            return;
+        }
+        self.seen[byte] |= bit;
+        self.answered += 1;
+        results::add(abi::RES_RECEIVED, 1);
+        if h.status() == Some(Status::Ok) {
+            let good = self.buf[..len]
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == abi::request_byte(id, i) ^ abi::WORKER_XOR);
+            results::add(
+                if good {
+                    abi::RES_OK
+                } else {
+                    abi::RES_MISMATCHES
+                },
+                1,
+            );
+        } else {
+            results::add(abi::RES_ERRORS, 1);
+        }
+    }
+
+    /// A request delivered to this VM as a backend (`EVIL_REWRITE`'s side service): checks it
+    /// is the one it sent, intact, and answers it like a worker.
+    fn request(&mut self, h: &MsgHeader, len: usize) {
+        self.mirror_got += 1;
+        let intact = len == CHAIN_PAYLOAD as usize
+            && self.buf[..len]
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == abi::request_byte(self.mirror_id, i));
+        self.mirror_intact &= intact;
+        if !self.serve {
+            return;
+        }
+        for i in 0..len {
+            self.out[i] = self.buf[i] ^ abi::WORKER_XOR;
+        }
+        let hdr = MsgHeader::reply_to(h, Status::Ok, len as u32);
+        if let Err(e) = self.dev.send(&hdr, &self.out[..len]) {
+            fail(e);
+        }
+    }
+
+    fn tx_desc(&self, i: u16) -> u64 {
+        self.dev.tx.ring().layout().desc + DESC_SIZE * u64::from(i)
+    }
+
+    fn load16(&self, addr: u64) -> u16 {
+        self.dev.tx.ring().memory().load_u16(addr).unwrap_or(0)
+    }
+
+    fn store(&self, addr: u64, data: &[u8]) {
+        if let Err(e) = self.dev.tx.ring().memory().write(addr, data) {
+            fail(e);
+        }
+    }
+
+    /// The descriptors of the tx chain at `head`, read from the table this VM wrote.
+    fn chain(&self, head: u16, out: &mut [u16; 8]) -> usize {
+        let mut n = 0;
+        let mut i = head;
+        while n < out.len() {
+            out[n] = i;
+            n += 1;
+            if self.load16(self.tx_desc(i) + 12) & DESC_F_NEXT == 0 {
+                break;
+            }
+            i = self.load16(self.tx_desc(i) + 14);
+        }
+        n
+    }
+
+    /// Makes the last descriptor of the chain at `head` link back to `head`.
+    fn close_loop(&self, head: u16) {
+        let mut d = [0u16; 8];
+        let n = self.chain(head, &mut d);
+        let last = self.tx_desc(d[n - 1]);
+        let flags = self.load16(last + 12) | DESC_F_NEXT;
+        self.store(last + 12, &flags.to_le_bytes());
+        self.store(last + 14, &head.to_le_bytes());
+    }
+
+    fn publish_bad_chain(&mut self, mode: u64) {
+        let hdr = self.header(0, self.next_id, 0);
+        self.store(self.chains, &hdr.to_bytes());
+        let h = HEADER_SIZE as u32;
+        let (addr, len) = match mode {
+            abi::EVIL_OUTSIDE => (abi::CLIENT_BAD_ADDR, h),
+            abi::EVIL_MMIO => (abi::MMIO_BASE, h),
+            abi::EVIL_GIANT_LEN => (self.chains, u32::MAX),
+            abi::EVIL_ADDR_OVERFLOW => (u64::MAX - 15, 64),
+            _ => (self.chains, h),
+        };
+        let r = if mode == abi::EVIL_LOOP {
+            let bufs = [
+                Buf::readable(self.chains, h),
+                Buf::readable(self.chains + 64, 16),
+            ];
+            self.dev
+                .tx
+                .ring_mut()
+                .add(&bufs)
+                .map(|head| self.close_loop(head))
+        } else {
+            self.dev
+                .tx
+                .ring_mut()
+                .add(&[Buf::readable(addr, len)])
+                .map(|_| ())
+        };
+        if let Err(e) = r.and_then(|_| self.dev.flush_tx()) {
+            fail(e);
+        }
+        results::add(abi::RES_EVIL_ATTACKS, 1);
+    }
+
+    fn jump_avail_index(&mut self) {
+        let layout = self.dev.tx.ring().layout();
+        let idx = self.load16(layout.avail + 2);
+        let jumped = idx.wrapping_add(layout.size).wrapping_add(1);
+        // No kick (a publish would store the driver's own index again): the switch reads the
+        // index at its next poll, at the latest after its sweep period.
+        if let Err(e) = self
+            .dev
+            .tx
+            .ring()
+            .memory()
+            .store_u16(layout.avail + 2, jumped)
+        {
+            fail(e);
+        }
+        results::add(abi::RES_EVIL_ATTACKS, 1);
+    }
+
+    /// Waits until the device sets `DEVICE_NEEDS_RESET`, records it, and exits.
+    fn wait_needs_reset(&mut self) -> ! {
+        loop {
+            self.receive();
+            let seen = match self.dev.wait(true) {
+                Err(DriverError::NeedsReset) => true,
+                _ => self.dev.needs_reset(),
+            };
+            if seen {
+                results::set(abi::RES_EVIL_NEEDS_RESET, 1);
+                guest_rt::exit(abi::EXIT_RING_FAULT);
+            }
+        }
+    }
+
+    /// Rx buffers the device can still use: published avail index minus its used index.
+    fn device_free_rx(&self) -> u16 {
+        let ring = self.dev.rx.ring();
+        let l = ring.layout();
+        let m = ring.memory();
+        let avail = m.load_u16(l.avail + 2).unwrap_or(0);
+        let used = m.load_u16(l.used + 2).unwrap_or(0);
+        avail.wrapping_sub(used)
+    }
+
+    /// Waits until the device returns the tx chain at `head`.
+    fn wait_tx_returned(&mut self, head: u16) {
+        loop {
+            loop {
+                match self.dev.tx.ring_mut().pop_used() {
+                    Ok(Some(u)) if u.head == head => return,
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => fail(e),
+                }
+            }
+            if let Err(e) = self.dev.wait(true) {
+                fail(e);
+            }
+        }
+    }
+
+    fn send_oneway(&mut self, dst: u32, id: u64) -> u16 {
+        let hdr = MsgHeader::new(MsgKind::OneWay, dst, id, 0);
+        match self.dev.tx.send(&hdr, &[]) {
+            Ok(head) => head,
+            Err(e) => {
+                fail(e);
+                0
+            }
+        }
+    }
+
+    /// Sends a one-way message to a port that does not exist and waits for the switch to
+    /// return it: everything published before it has been taken by the switch.
+    fn probe_taken(&mut self) {
+        let head = self.send_oneway(NOWHERE, PROBE_ID);
+        if let Err(e) = self.dev.flush_tx() {
+            fail(e);
+        }
+        self.wait_tx_returned(head);
+    }
+
+    /// Uses up every rx buffer the device holds, with one-way messages to itself (which the
+    /// switch returns as soon as it delivered them), and re-posts none.
+    fn exhaust_rx(&mut self) {
+        let Some(me) = self.dev.port_id() else {
+            guest_rt::exit(abi::EXIT_BAD_PARAM);
+        };
+        loop {
+            self.receive();
+            let free = self.device_free_rx();
+            if free == 0 {
+                return;
+            }
+            let k = free.min(self.dev.tx.free().saturating_sub(1));
+            let mut last = None;
+            for _ in 0..k {
+                last = Some(self.send_oneway(me, SELF_ID));
+            }
+            if let Err(e) = self.dev.flush_tx() {
+                fail(e);
+            }
+            if let Some(head) = last {
+                self.wait_tx_returned(head);
+            }
+        }
+    }
+
+    /// Puts a request to `dst` on the tx ring as a chain of a header buffer and `pieces`
+    /// payload buffers (not published). Returns its head.
+    fn add_split_request(&mut self, dst: u32, pieces: u32, at: u64) -> u16 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.mirror_id = id;
+        let hdr = self.header(dst, id, CHAIN_PAYLOAD);
+        self.fill_payload(id, CHAIN_PAYLOAD as usize);
+        self.store(at, &hdr.to_bytes());
+        let payload: &[u8] = &self.out[..CHAIN_PAYLOAD as usize];
+        if let Err(e) = self
+            .dev
+            .tx
+            .ring()
+            .memory()
+            .write(at + HEADER_SIZE as u64, payload)
+        {
+            fail(e);
+        }
+        let mut bufs = [Buf::readable(0, 0); 8];
+        bufs[0] = Buf::readable(at, HEADER_SIZE as u32);
+        let piece = CHAIN_PAYLOAD / pieces;
+        for k in 0..pieces {
+            let off = HEADER_SIZE as u64 + u64::from(k * piece);
+            bufs[1 + k as usize] = Buf::readable(at + off, piece);
+        }
+        results::add(abi::RES_SENT, 1);
+        match self.dev.tx.ring_mut().add(&bufs[..1 + pieces as usize]) {
+            Ok(head) => head,
+            Err(e) => {
+                fail(e);
+                0
+            }
+        }
+    }
+
+    /// `EVIL_REWRITE`: see `abi::EVIL_REWRITE`.
+    fn rewrite(&mut self, side: u32) {
+        self.serve = true;
+        // A short chain (header + one payload buffer): snapshotted when the switch takes it.
+        self.exhaust_rx();
+        let base = self.answered;
+        let head = self.add_split_request(side, 1, self.chains);
+        self.probe_taken();
+        let mut d = [0u16; 8];
+        let n = self.chain(head, &mut d);
+        for &i in &d[..n] {
+            self.store(self.tx_desc(i), &abi::CLIENT_BAD_ADDR.to_le_bytes());
+        }
+        self.close_loop(head);
+        results::add(abi::RES_EVIL_ATTACKS, 1);
+        // Let it through: it must arrive intact, and its answer must come back.
+        while self.answered == base {
+            let progress = self.receive();
+            self.flush();
+            if let Err(e) = self.dev.tx.reclaim() {
+                fail(e);
+            }
+            if !progress {
+                if let Err(e) = self.dev.wait(true) {
+                    fail(e);
+                }
+            }
+        }
+        let ok = self.mirror_got == 1 && self.mirror_intact && !self.dev.needs_reset();
+        results::set(abi::RES_EVIL_SNAPSHOT_OK, u64::from(ok));
+        // A long chain (header + five payload buffers): walked again on every read.
+        self.exhaust_rx();
+        let head = self.add_split_request(side, 5, self.chains + 2048);
+        self.probe_taken();
+        self.close_loop(head);
+        results::add(abi::RES_EVIL_ATTACKS, 1);
+        self.flush();
+    }
+
+    /// `EVIL_FORGE_SRC`'s second act: replies for tokens it was never given.
+    fn forge_replies(&mut self) {
+        let victim = abi::param_port(self.bb.params[abi::PARAM_TARGET]).unwrap_or(0);
+        let per_gen = abi::EVIL_FORGED_REPLIES / 4;
+        for k in 0..abi::EVIL_FORGED_REPLIES {
+            let token = ((1 + k / per_gen) << 32) | (k % per_gen);
+            let mut hdr = MsgHeader::new(MsgKind::Reply, victim, token, 8);
+            hdr.set_src(victim);
+            if let Err(e) = self.dev.send(&hdr, &[0xee; 8]) {
+                fail(e);
+            }
+            results::add(abi::RES_EVIL_ATTACKS, 1);
+        }
+        if let Err(e) = self.dev.drain_tx() {
+            fail(e);
+        }
+        self.receive();
+    }
+
+    /// `EVIL_RESET`: see `abi::EVIL_RESET`.
+    fn reset_mid_flight(&mut self, service: u32, side: u32, count: u64, window: u64) {
+        let base = self.answered;
+        for _ in 0..abi::EVIL_RESET_BATCH {
+            let id = self.next_id;
+            self.fill_payload(id, self.size);
+            let hdr = self.header(side, id, self.size as u32);
+            let out: &[u8] = &self.out[..self.size];
+            if let Err(e) = self.dev.send(&hdr, out) {
+                fail(e);
+            }
+            self.next_id += 1;
+            results::add(abi::RES_SENT, 1);
+        }
+        if let Some(port) = abi::param_port(self.bb.params[abi::PARAM_TARGET]) {
+            for seq in 0..abi::EVIL_RESET_ONEWAYS {
+                let hdr = MsgHeader::new(MsgKind::OneWay, port, seq, 0);
+                if let Err(e) = self.dev.send(&hdr, &[]) {
+                    fail(e);
+                }
+                results::add(abi::RES_EVIL_ATTACKS, 1);
+            }
+        }
+        self.probe_taken();
+        self.receive();
+        results::set(abi::RES_EVIL_BEFORE_RESET, self.answered - base);
+        self.dev.reset();
+        results::add(abi::RES_EVIL_ATTACKS, 1);
+        self.hellos = 0;
+        self.dev = probe(&self.bb, &mut self.free, self.size as u64);
+        while self.hellos == 0 {
+            let progress = self.receive();
+            self.flush();
+            if !progress {
+                if let Err(e) = self.dev.wait(false) {
+                    fail(e);
+                }
+            }
+        }
+        results::set(abi::RES_EVIL_REVIVED, self.hellos);
+        self.exchange(service, count, window, None);
+        self.exchange(side, abi::EVIL_RESET_BATCH, window, None);
+    }
+}
