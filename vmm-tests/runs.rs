@@ -11,57 +11,12 @@
 //! serialized ([`kvm_lock`]) so that the tests of this binary do not compete for the cores.
 
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
 
 use vmq::abi;
-use vmq::runner::{self, RunOptions, RunReport, VmReport};
-use vmq::switch::{MemberSnapshot, PortSnapshot};
-use vmq::topology::Topology;
-use vmq::vmm::images;
+use vmq::runner::RunReport;
 
 mod common;
-use common::require_kvm;
-
-/// One KVM run at a time in this test binary (a failed test must not poison the others).
-fn kvm_lock() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Parses `toml` (errors name `name`), runs it without live progress and prints the summary
-/// (shown with `--nocapture`, or when the test fails).
-fn run(name: &str, toml: &str) -> RunReport {
-    let names: Vec<&str> = images::ALL.iter().map(|(n, _)| *n).collect();
-    let topo = Topology::parse(toml, name, &names).unwrap_or_else(|e| panic!("{e}"));
-    let _guard = kvm_lock();
-    let r = runner::run(&topo, &RunOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
-    eprintln!("=== {name}\n{r}");
-    r
-}
-
-fn vm<'a>(r: &'a RunReport, name: &str) -> &'a VmReport {
-    r.vms
-        .iter()
-        .find(|v| v.name == name)
-        .unwrap_or_else(|| panic!("no VM {name} in the report"))
-}
-
-fn port<'a>(r: &'a RunReport, name: &str) -> &'a PortSnapshot {
-    r.switch
-        .ports
-        .iter()
-        .find(|p| p.name == name)
-        .unwrap_or_else(|| panic!("no port {name} in the snapshot"))
-}
-
-fn member<'a>(r: &'a RunReport, service: &str, name: &str) -> &'a MemberSnapshot {
-    r.switch
-        .services
-        .iter()
-        .find(|s| s.name == service)
-        .and_then(|s| s.members.iter().find(|m| m.name == name))
-        .unwrap_or_else(|| panic!("no member {name} of {service} in the snapshot"))
-}
+use common::{kvm_lock, member, port, require_kvm, run, vm, PATIENT};
 
 /// Every client finished with status 0, sent `count` requests and got `count` good replies,
 /// each exactly once; nothing lost, duplicated, corrupted or answered with an error.
@@ -112,13 +67,6 @@ fn echo_topology(count: u64, policy: &str, failover: &str, service: &str, extra:
     );
     t + extra
 }
-
-/// Failover settings for tests that are not about stalls: a stall window no healthy worker
-/// reaches. On this shared two-core machine under load a doorbell-waiting worker can go
-/// unscheduled for more than 50 ms; the switch then (rightly) ejects it, which would muddle
-/// tests of weights or of crashes. A crashed or killed worker's port is removed by the runner,
-/// which fails its work over at once, with no stall detection.
-const PATIENT: &str = "stall_window_ns = 10000000000";
 
 #[test]
 fn two_peers_exchange_messages_both_ways_intact_and_in_order() {
