@@ -668,13 +668,8 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
         };
         e.stage = Stage::Answering;
         let f = e.frontend;
-        if let Target::Service(s) = e.target {
-            if let Some(svc) = self.services.get_mut(s as usize) {
-                svc.stats.failed_back += 1;
-            }
-        }
-        self.ports[f as usize].stats.failed_back += 1;
-        self.totals.failed_back += 1;
+        // Counted when the error reaches the frontend (`after_backlog_delivery`): until then
+        // the request is in flight, and orphaned if the frontend goes down first.
         let fe = &mut self.ports[f as usize];
         fe.backlog.push_back(Backlog::Error { token: tok, status });
         if fe.backlog.len() == 1 {
@@ -804,7 +799,21 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
                     self.finish(token, now);
                 }
             }
-            Backlog::Error { token, .. } => self.finish(token, now),
+            Backlog::Error { token, status } => {
+                if let Some(e) = self.inflight.get(token) {
+                    if let Target::Service(s) = e.target {
+                        if let Some(svc) = self.services.get_mut(s as usize) {
+                            svc.stats.failed_back += 1;
+                        }
+                    }
+                    self.ports[d as usize].stats.failed_back += 1;
+                    self.totals.failed_back += 1;
+                    if status == Status::Timeout {
+                        self.totals.timeouts += 1;
+                    }
+                }
+                self.finish(token, now)
+            }
             Backlog::Request(_) | Backlog::Notice { .. } | Backlog::Hello => {}
         }
     }
@@ -1028,7 +1037,6 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
                     svc.members[i].health.on_abandon(1);
                     svc.candidates[i].in_flight = svc.candidates[i].in_flight.saturating_sub(1);
                 }
-                self.totals.timeouts += 1;
                 Status::Timeout
             };
             self.fail_back(t, status, now);

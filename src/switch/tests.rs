@@ -517,6 +517,39 @@ fn backend_errors_count_against_health() {
 }
 
 #[test]
+fn an_error_answer_is_counted_once_even_if_its_frontend_breaks_before_taking_it() {
+    // Found by the switch fuzz target: a request failed back was counted in `failed_back` when
+    // its error was queued, so while the error waited for an rx buffer it was counted twice
+    // (failed back and in flight), and for good (failed back and orphaned) if the frontend
+    // then broke. It is counted when the error reaches the frontend now.
+    let mut n = net(1, 8);
+    n.step();
+    // The frontend never drains its rx queue: the hello and seven errors fill it, the eighth
+    // error waits for a buffer.
+    for id in 0..8 {
+        assert!(n.peers[0].send(&MsgHeader::request_to_service(42, id, 0), &[]));
+        n.step();
+        assert_totals_add_up(&n.sw);
+    }
+    let t = n.sw.snapshot().totals;
+    assert_eq!((t.requests_accepted, t.failed_back), (8, 7));
+    assert_eq!(n.sw.in_flight(), 1);
+    // Then it breaks: the waiting request is orphaned, not also failed back.
+    let l = n.peers[0].h.tx.ring().layout();
+    use vm_memory::{Bytes, GuestAddress};
+    n.peers[0]
+        .h
+        .memory()
+        .write_obj(999u16, GuestAddress(l.avail + 2))
+        .unwrap();
+    n.step();
+    assert!(n.sw.port_down(0));
+    assert_totals_add_up(&n.sw);
+    let t = n.sw.snapshot().totals;
+    assert_eq!((t.failed_back, t.orphaned), (7, 1));
+}
+
+#[test]
 fn a_hostile_frontend_breaks_only_its_own_port() {
     let mut n = net(3, 16);
     let svc = n.service("echo", PolicyKind::P2c, &[(2, 1.0)]);
