@@ -316,6 +316,12 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
     // ---- messages -------------------------------------------------------------------------
 
     fn handle(&mut self, p: PortId, c: TxChain, now: u64) {
+        // The port may have gone down while the switch handled an earlier message of the same
+        // batch: the rest of the batch dies with it (accepting a request for a frontend that
+        // is down would leave it in flight for good).
+        if self.ports[p as usize].down {
+            return;
+        }
         let len = c.header.len() as u64;
         let st = &mut self.ports[p as usize].stats;
         st.sent += 1;

@@ -550,6 +550,38 @@ fn an_error_answer_is_counted_once_even_if_its_frontend_breaks_before_taking_it(
 }
 
 #[test]
+fn messages_popped_after_their_port_broke_mid_batch_are_dropped() {
+    // Found by the switch fuzz target: a port that broke while the switch handled a batch it
+    // had popped (here: its own request to itself hit its broken rx ring) still had the rest
+    // of the batch handled. Those requests were accepted for a frontend already down; their
+    // answers waited forever in its backlog and they stayed in flight for good.
+    let mut n = net(2, 8);
+    n.step();
+    n.peers[1].recv_all();
+    // Port 1 points every rx descriptor outside its memory, then asks itself three things.
+    let l = n.peers[1].h.rx.ring().layout();
+    use vm_memory::{Bytes, GuestAddress};
+    for i in 0..8 {
+        n.peers[1]
+            .h
+            .memory()
+            .write_obj(1u64 << 40, GuestAddress(l.desc + 16 * i))
+            .unwrap();
+    }
+    for id in 0..3 {
+        assert!(n.peers[1].send(&MsgHeader::new(MsgKind::Request, 1, id, 0), &[]));
+    }
+    n.step();
+    assert!(n.sw.port_down(1));
+    assert_eq!(
+        n.sw.in_flight(),
+        0,
+        "nothing stays in flight for a port that is down"
+    );
+    assert_totals_add_up(&n.sw);
+}
+
+#[test]
 fn a_hostile_frontend_breaks_only_its_own_port() {
     let mut n = net(3, 16);
     let svc = n.service("echo", PolicyKind::P2c, &[(2, 1.0)]);
