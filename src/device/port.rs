@@ -280,7 +280,13 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
     }
 
     /// Copies the payload of `chain` (popped from this port) into `buf`; returns its length.
+    ///
+    /// A broken port refuses with [`DeviceError::Broken`], like every other guest-facing call:
+    /// its guest may be rewriting the chain, and a second walk must not count a second fault.
     pub fn read_payload(&mut self, chain: &TxChain, buf: &mut [u8]) -> Result<usize, DeviceError> {
+        if self.broken {
+            return Err(DeviceError::Broken);
+        }
         let len = chain.header.len() as usize;
         let Some(out) = buf.get_mut(..len) else {
             return Err(DeviceError::Ring {

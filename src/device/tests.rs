@@ -642,6 +642,47 @@ fn long_chain_rewritten_after_pop_is_caught_at_copy_time() {
     assert!(!b_port.is_broken());
 }
 
+#[test]
+fn read_payload_on_a_broken_port_is_refused_without_a_second_fault() {
+    // Found by the `chain` fuzz target: a held long chain, rewritten after the port broke,
+    // was walked again by read_payload, which counted a second fault and returned the walk's
+    // error instead of `Broken`.
+    let cfg = PeerConfig {
+        queue_size: 8,
+        slot_size: 256,
+        event_idx: true,
+    };
+    let (mut a, mut a_port) = host_peer(cfg).unwrap();
+    let (h, p) = msg_bytes(5, 40);
+    let mut bytes = h.to_bytes().to_vec();
+    bytes.extend_from_slice(&p);
+    a.memory().write_slice(&bytes, GuestAddress(0x100)).unwrap();
+    let bufs: Vec<Buf> = (0..6).map(|i| Buf::readable(0x100 + 12 * i, 12)).collect();
+    let head = a.tx.ring_mut().add(&bufs).unwrap();
+    a.tx.flush().unwrap();
+    let chain = a_port.pop_tx().unwrap().unwrap();
+    let mut buf = vec![0u8; 40];
+    assert_eq!(a_port.read_payload(&chain, &mut buf).unwrap(), 40);
+    // The guest publishes an avail index far ahead: the port breaks.
+    let l = a.tx.ring().layout();
+    a.memory()
+        .write_obj(999u16, GuestAddress(l.avail + 2))
+        .unwrap();
+    assert!(matches!(
+        a_port.pop_tx(),
+        Err(DeviceError::AvailIndexJump { .. })
+    ));
+    assert_eq!(a_port.counters().faults, 1);
+    // Then it rewrites the held chain's head descriptor to point outside its memory.
+    let at = l.desc + 16 * head as u64;
+    a.memory().write_obj(1u64 << 40, GuestAddress(at)).unwrap();
+    assert_eq!(
+        a_port.read_payload(&chain, &mut buf),
+        Err(DeviceError::Broken)
+    );
+    assert_eq!(a_port.counters().faults, 1, "one fault, counted once");
+}
+
 // ---- a hostile device, seen by the driver --------------------------------------------------
 
 #[test]

@@ -317,6 +317,12 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
     // ---- messages -------------------------------------------------------------------------
 
     fn handle(&mut self, p: PortId, c: TxChain, now: u64) {
+        // The port may have gone down while the switch handled an earlier message of the same
+        // batch: the rest of the batch dies with it (accepting a request for a frontend that
+        // is down would leave it in flight for good).
+        if self.ports[p as usize].down {
+            return;
+        }
         let len = c.header.len() as u64;
         let st = &mut self.ports[p as usize].stats;
         st.sent += 1;
@@ -669,13 +675,8 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
         };
         e.stage = Stage::Answering;
         let f = e.frontend;
-        if let Target::Service(s) = e.target {
-            if let Some(svc) = self.services.get_mut(s as usize) {
-                svc.stats.failed_back += 1;
-            }
-        }
-        self.ports[f as usize].stats.failed_back += 1;
-        self.totals.failed_back += 1;
+        // Counted when the error reaches the frontend (`after_backlog_delivery`): until then
+        // the request is in flight, and orphaned if the frontend goes down first.
         let fe = &mut self.ports[f as usize];
         fe.backlog.push_back(Backlog::Error { token: tok, status });
         if fe.backlog.len() == 1 {
@@ -805,7 +806,21 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
                     self.finish(token, now);
                 }
             }
-            Backlog::Error { token, .. } => self.finish(token, now),
+            Backlog::Error { token, status } => {
+                if let Some(e) = self.inflight.get(token) {
+                    if let Target::Service(s) = e.target {
+                        if let Some(svc) = self.services.get_mut(s as usize) {
+                            svc.stats.failed_back += 1;
+                        }
+                    }
+                    self.ports[d as usize].stats.failed_back += 1;
+                    self.totals.failed_back += 1;
+                    if status == Status::Timeout {
+                        self.totals.timeouts += 1;
+                    }
+                }
+                self.finish(token, now)
+            }
             Backlog::Request(_) | Backlog::Notice { .. } | Backlog::Hello => {}
         }
     }
@@ -1029,7 +1044,6 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
                     svc.members[i].health.on_abandon(1);
                     svc.candidates[i].in_flight = svc.candidates[i].in_flight.saturating_sub(1);
                 }
-                self.totals.timeouts += 1;
                 Status::Timeout
             };
             self.fail_back(t, status, now);

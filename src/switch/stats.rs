@@ -19,7 +19,8 @@ pub struct Totals {
     pub requests_accepted: u64,
     /// Replies delivered to frontends.
     pub replies_delivered: u64,
-    /// Requests answered by the switch with an error status.
+    /// Requests answered by the switch with an error status, counted when the error reaches
+    /// the frontend (until then the request is in flight).
     pub failed_back: u64,
     /// Requests dropped because their frontend went away (their late replies are dropped).
     pub orphaned: u64,

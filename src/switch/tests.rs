@@ -550,6 +550,71 @@ fn a_service_whose_every_backend_is_out_of_rotation_panics_instead_of_black_holi
 }
 
 #[test]
+fn an_error_answer_is_counted_once_even_if_its_frontend_breaks_before_taking_it() {
+    // Found by the switch fuzz target: a request failed back was counted in `failed_back` when
+    // its error was queued, so while the error waited for an rx buffer it was counted twice
+    // (failed back and in flight), and for good (failed back and orphaned) if the frontend
+    // then broke. It is counted when the error reaches the frontend now.
+    let mut n = net(1, 8);
+    n.step();
+    // The frontend never drains its rx queue: the hello and seven errors fill it, the eighth
+    // error waits for a buffer.
+    for id in 0..8 {
+        assert!(n.peers[0].send(&MsgHeader::request_to_service(42, id, 0), &[]));
+        n.step();
+        assert_totals_add_up(&n.sw);
+    }
+    let t = n.sw.snapshot().totals;
+    assert_eq!((t.requests_accepted, t.failed_back), (8, 7));
+    assert_eq!(n.sw.in_flight(), 1);
+    // Then it breaks: the waiting request is orphaned, not also failed back.
+    let l = n.peers[0].h.tx.ring().layout();
+    use vm_memory::{Bytes, GuestAddress};
+    n.peers[0]
+        .h
+        .memory()
+        .write_obj(999u16, GuestAddress(l.avail + 2))
+        .unwrap();
+    n.step();
+    assert!(n.sw.port_down(0));
+    assert_totals_add_up(&n.sw);
+    let t = n.sw.snapshot().totals;
+    assert_eq!((t.failed_back, t.orphaned), (7, 1));
+}
+
+#[test]
+fn messages_popped_after_their_port_broke_mid_batch_are_dropped() {
+    // Found by the switch fuzz target: a port that broke while the switch handled a batch it
+    // had popped (here: its own request to itself hit its broken rx ring) still had the rest
+    // of the batch handled. Those requests were accepted for a frontend already down; their
+    // answers waited forever in its backlog and they stayed in flight for good.
+    let mut n = net(2, 8);
+    n.step();
+    n.peers[1].recv_all();
+    // Port 1 points every rx descriptor outside its memory, then asks itself three things.
+    let l = n.peers[1].h.rx.ring().layout();
+    use vm_memory::{Bytes, GuestAddress};
+    for i in 0..8 {
+        n.peers[1]
+            .h
+            .memory()
+            .write_obj(1u64 << 40, GuestAddress(l.desc + 16 * i))
+            .unwrap();
+    }
+    for id in 0..3 {
+        assert!(n.peers[1].send(&MsgHeader::new(MsgKind::Request, 1, id, 0), &[]));
+    }
+    n.step();
+    assert!(n.sw.port_down(1));
+    assert_eq!(
+        n.sw.in_flight(),
+        0,
+        "nothing stays in flight for a port that is down"
+    );
+    assert_totals_add_up(&n.sw);
+}
+
+#[test]
 fn a_hostile_frontend_breaks_only_its_own_port() {
     let mut n = net(3, 16);
     let svc = n.service("echo", PolicyKind::P2c, &[(2, 1.0)]);
