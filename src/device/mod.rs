@@ -20,3 +20,23 @@ pub use port::{DeliverError, DevicePort, Payload, PortCounters, TxChain, RX_QUEU
 
 #[cfg(test)]
 mod tests;
+
+/// A `virtio-queue` device-side queue of at most `max_size` entries, configured at `layout`
+/// (as a driver wrote it) and ready. The transport builds its queues this way at activation,
+/// and in-process peers for theirs.
+pub fn ready_queue(
+    max_size: u16,
+    layout: crate::ring::RingLayout,
+    event_idx: bool,
+) -> Result<virtio_queue::Queue, virtio_queue::Error> {
+    use virtio_queue::QueueT;
+    use vm_memory::GuestAddress;
+    let mut q = virtio_queue::Queue::new(max_size)?;
+    q.try_set_size(layout.size)?;
+    q.try_set_desc_table_address(GuestAddress(layout.desc))?;
+    q.try_set_avail_ring_address(GuestAddress(layout.avail))?;
+    q.try_set_used_ring_address(GuestAddress(layout.used))?;
+    q.set_event_idx(event_idx);
+    q.set_ready(true);
+    Ok(q)
+}

@@ -5,7 +5,7 @@
 //! device side ([`DevicePort`], what the switch serves). Tests and benchmarks use it to run the
 //! real queues without booting a VM; the switch cannot tell the difference.
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::device::{DeviceError, DevicePort};
@@ -124,16 +124,6 @@ pub fn host_peer(cfg: PeerConfig) -> Result<(HostPeer, DevicePort<GuestMemoryMma
 
 /// A `virtio-queue` device-side queue configured at `layout`, ready.
 pub fn device_queue(layout: RingLayout, event_idx: bool) -> Result<Queue, PeerError> {
-    let q_err = |e: virtio_queue::Error| PeerError::Queue(e.to_string());
-    let mut q = Queue::new(layout.size).map_err(q_err)?;
-    q.try_set_size(layout.size).map_err(q_err)?;
-    q.try_set_desc_table_address(GuestAddress(layout.desc))
-        .map_err(q_err)?;
-    q.try_set_avail_ring_address(GuestAddress(layout.avail))
-        .map_err(q_err)?;
-    q.try_set_used_ring_address(GuestAddress(layout.used))
-        .map_err(q_err)?;
-    q.set_event_idx(event_idx);
-    q.set_ready(true);
-    Ok(q)
+    crate::device::ready_queue(layout.size, layout, event_idx)
+        .map_err(|e| PeerError::Queue(e.to_string()))
 }

@@ -11,7 +11,7 @@ use virtio_bindings::virtio_config::{
 use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::TransportError;
@@ -459,21 +459,18 @@ impl VirtioMmio {
         if !r.ready {
             return Err(TransportError::QueueNotReady { queue });
         }
-        let err = |e: virtio_queue::Error| TransportError::Queue {
-            queue,
-            reason: e.to_string(),
+        let layout = crate::ring::RingLayout {
+            size: r.num,
+            desc: r.desc,
+            avail: r.avail,
+            used: r.used,
         };
-        let mut q = Queue::new(self.queue_num_max).map_err(err)?;
-        q.try_set_size(r.num).map_err(err)?;
-        q.try_set_desc_table_address(GuestAddress(r.desc))
-            .map_err(err)?;
-        q.try_set_avail_ring_address(GuestAddress(r.avail))
-            .map_err(err)?;
-        q.try_set_used_ring_address(GuestAddress(r.used))
-            .map_err(err)?;
-        q.set_event_idx(event_idx);
-        q.set_ready(true);
-        Ok(q)
+        crate::device::ready_queue(self.queue_num_max, layout, event_idx).map_err(|e| {
+            TransportError::Queue {
+                queue,
+                reason: e.to_string(),
+            }
+        })
     }
 
     fn reset(&self, st: &mut State) {
