@@ -22,6 +22,7 @@
 #![no_main]
 
 use guest_rt::abi::{self, BootBlock};
+use guest_rt::replies::{is_worker_answer, Replies};
 use guest_rt::results;
 use guest_rt::virtio::{on_error, probe_or_exit, DriverError, FreeMem, Vmq};
 use vmq::ring::Buf;
@@ -35,8 +36,7 @@ struct Client {
     dev: Vmq,
     size: usize,
     next_id: u64,
-    answered: u64,
-    replied: &'static mut [u8],
+    replied: Replies,
     /// TSC at send, per request id (empty when memory is short: no latency then).
     sent_at: &'static mut [u64],
 }
@@ -80,18 +80,17 @@ fn main(bb: &BootBlock) -> u32 {
         dev,
         size: size as usize,
         next_id: 1,
-        answered: 0,
-        replied,
+        replied: Replies::new(replied),
         sent_at,
     };
     let mut buf = [0u8; MAX];
     let mut payload = [0u8; MAX];
-    while c.answered < count {
+    while c.replied.answered < count {
         let mut progress = c.receive(&mut buf);
         if let Err(e) = c.dev.tx.reclaim() {
             on_error(e.into());
         }
-        while c.next_id <= count && c.next_id - 1 - c.answered < window && c.dev.tx.free() > 0 {
+        while c.next_id <= count && c.next_id - 1 - c.replied.answered < window && c.dev.tx.free() > 0 {
             let id = c.next_id;
             for (i, b) in payload[..c.size].iter_mut().enumerate() {
                 *b = abi::request_byte(id, i);
@@ -114,7 +113,7 @@ fn main(bb: &BootBlock) -> u32 {
         if let Err(e) = c.dev.flush_tx() {
             on_error(e.into());
         }
-        if !progress && c.answered < count {
+        if !progress && c.replied.answered < count {
             let tx_full = c.dev.tx.free() == 0;
             if let Err(e) = c.dev.wait(tx_full) {
                 on_error(e);
@@ -184,28 +183,15 @@ impl Client {
 
     fn reply(&mut self, h: &MsgHeader, payload: &[u8]) {
         let id = h.msg_id();
-        if id == 0 || id >= self.next_id {
-            results::add(abi::RES_DUPLICATES, 1);
+        if !self.replied.accept(id, self.next_id) {
             return;
         }
-        let (byte, bit) = (((id - 1) / 8) as usize, 1u8 << ((id - 1) % 8));
-        if self.replied[byte] & bit != 0 {
-            results::add(abi::RES_DUPLICATES, 1);
-            return;
-        }
-        self.replied[byte] |= bit;
-        self.answered += 1;
         if let Some(&t) = self.sent_at.get((id - 1) as usize) {
             record_latency(tsc().wrapping_sub(t));
         }
-        results::add(abi::RES_RECEIVED, 1);
         match h.status() {
             Some(Status::Ok) => {
-                let good = payload.len() == self.size
-                    && payload
-                        .iter()
-                        .enumerate()
-                        .all(|(i, &b)| b == abi::request_byte(id, i) ^ abi::WORKER_XOR);
+                let good = is_worker_answer(id, self.size, payload);
                 results::add(
                     if good {
                         abi::RES_OK

@@ -23,6 +23,7 @@
 #![no_main]
 
 use guest_rt::abi::{self, BootBlock};
+use guest_rt::replies::{is_worker_answer, Replies};
 use guest_rt::results;
 use guest_rt::virtio::{on_error, DriverError, FreeMem, Options, Vmq};
 use vmq::ring::{Buf, RingMemory, DESC_F_NEXT, DESC_SIZE};
@@ -46,9 +47,7 @@ struct Evil {
     dev: Vmq,
     size: usize,
     next_id: u64,
-    answered: u64,
-    /// One bit per request id (1-based): answered.
-    seen: &'static mut [u8],
+    seen: Replies,
     buf: &'static mut [u8],
     out: &'static mut [u8],
     /// Guest-physical scratch for hand-made chains (4 KiB).
@@ -90,8 +89,7 @@ fn main(bb: &BootBlock) -> u32 {
         dev,
         size: size as usize,
         next_id: 1,
-        answered: 0,
-        seen,
+        seen: Replies::new(seen),
         buf,
         out,
         chains,
@@ -169,15 +167,15 @@ impl Evil {
     /// Sends `n` requests to `dst`, at most `window` outstanding, `src` set to `forged` when
     /// given, and waits for every reply.
     fn exchange(&mut self, dst: u32, n: u64, window: u64, forged: Option<u32>) {
-        let (first, base) = (self.next_id, self.answered);
+        let (first, base) = (self.next_id, self.seen.answered);
         let end = first + n;
-        while self.answered < base + n {
+        while self.seen.answered < base + n {
             let mut progress = self.receive();
             if let Err(e) = self.dev.tx.reclaim() {
                 fail(e);
             }
             while self.next_id < end
-                && (self.next_id - first) - (self.answered - base) < window
+                && (self.next_id - first) - (self.seen.answered - base) < window
                 && self.dev.tx.free() > 0
             {
                 let id = self.next_id;
@@ -195,7 +193,7 @@ impl Evil {
                 progress = true;
             }
             self.flush();
-            if !progress && self.answered < base + n {
+            if !progress && self.seen.answered < base + n {
                 let tx_full = self.dev.tx.free() == 0;
                 if let Err(e) = self.dev.wait(tx_full) {
                     fail(e);
@@ -244,23 +242,11 @@ impl Evil {
 
     fn reply(&mut self, h: &MsgHeader, len: usize) {
         let id = h.msg_id();
-        if id == 0 || id >= self.next_id {
-            results::add(abi::RES_DUPLICATES, 1);
+        if !self.seen.accept(id, self.next_id) {
             return;
         }
-        let (byte, bit) = (((id - 1) / 8) as usize, 1u8 << ((id - 1) % 8));
-        if self.seen[byte] & bit != 0 {
-            results::add(abi::RES_DUPLICATES, 1);
-            return;
-        }
-        self.seen[byte] |= bit;
-        self.answered += 1;
-        results::add(abi::RES_RECEIVED, 1);
         if h.status() == Some(Status::Ok) {
-            let good = self.buf[..len]
-                .iter()
-                .enumerate()
-                .all(|(i, &b)| b == abi::request_byte(id, i) ^ abi::WORKER_XOR);
+            let good = is_worker_answer(id, len, &self.buf[..len]);
             results::add(
                 if good {
                     abi::RES_OK
@@ -517,7 +503,7 @@ impl Evil {
         self.serve = true;
         // A short chain (header + one payload buffer): snapshotted when the switch takes it.
         self.exhaust_rx();
-        let base = self.answered;
+        let base = self.seen.answered;
         let head = self.add_split_request(side, 1, self.chains);
         self.probe_taken();
         let mut d = [0u16; 8];
@@ -528,7 +514,7 @@ impl Evil {
         self.close_loop(head);
         results::add(abi::RES_EVIL_ATTACKS, 1);
         // Let it through: it must arrive intact, and its answer must come back.
-        while self.answered == base {
+        while self.seen.answered == base {
             let progress = self.receive();
             self.flush();
             if let Err(e) = self.dev.tx.reclaim() {
@@ -572,7 +558,7 @@ impl Evil {
 
     /// `EVIL_RESET`: see `abi::EVIL_RESET`.
     fn reset_mid_flight(&mut self, service: u32, side: u32, count: u64, window: u64) {
-        let base = self.answered;
+        let base = self.seen.answered;
         for _ in 0..abi::EVIL_RESET_BATCH {
             let id = self.next_id;
             self.fill_payload(id, self.size);
@@ -595,7 +581,7 @@ impl Evil {
         }
         self.probe_taken();
         self.receive();
-        results::set(abi::RES_EVIL_BEFORE_RESET, self.answered - base);
+        results::set(abi::RES_EVIL_BEFORE_RESET, self.seen.answered - base);
         self.dev.reset();
         results::add(abi::RES_EVIL_ATTACKS, 1);
         self.hellos = 0;

@@ -1,0 +1,54 @@
+//! [`Replies`]: a requester's record of which of its requests were answered, so that every
+//! reply is checked to answer an outstanding request exactly once.
+
+use crate::abi;
+use crate::results;
+
+/// Which request ids (1, 2, ... in sending order) have had their reply.
+pub struct Replies {
+    answered_bits: &'static mut [u8],
+    /// Replies accepted so far.
+    pub answered: u64,
+}
+
+impl Replies {
+    /// Tracks up to `8 x bits.len()` requests in `bits` (zeroed).
+    pub fn new(bits: &'static mut [u8]) -> Self {
+        Self {
+            answered_bits: bits,
+            answered: 0,
+        }
+    }
+
+    /// Accepts the reply to `id` if `id` was sent (below `next_id`) and not answered yet;
+    /// otherwise counts a duplicate in `RES_DUPLICATES` and returns false. An accepted reply
+    /// is counted in `RES_RECEIVED`.
+    pub fn accept(&mut self, id: u64, next_id: u64) -> bool {
+        let bit = id
+            .checked_sub(1)
+            .filter(|_| id < next_id)
+            .and_then(|i| Some((self.answered_bits.get_mut((i / 8) as usize)?, 1u8 << (i % 8))));
+        match bit {
+            Some((byte, mask)) if *byte & mask == 0 => {
+                *byte |= mask;
+                self.answered += 1;
+                results::add(abi::RES_RECEIVED, 1);
+                true
+            }
+            _ => {
+                results::add(abi::RES_DUPLICATES, 1);
+                false
+            }
+        }
+    }
+}
+
+/// Whether `payload` is a worker's answer to request `id` of `size` bytes: the request's bytes
+/// XOR `abi::WORKER_XOR`.
+pub fn is_worker_answer(id: u64, size: usize, payload: &[u8]) -> bool {
+    payload.len() == size
+        && payload
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == abi::request_byte(id, i) ^ abi::WORKER_XOR)
+}
