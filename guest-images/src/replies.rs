@@ -24,10 +24,12 @@ impl Replies {
     /// otherwise counts a duplicate in `RES_DUPLICATES` and returns false. An accepted reply
     /// is counted in `RES_RECEIVED`.
     pub fn accept(&mut self, id: u64, next_id: u64) -> bool {
-        let bit = id
-            .checked_sub(1)
-            .filter(|_| id < next_id)
-            .and_then(|i| Some((self.answered_bits.get_mut((i / 8) as usize)?, 1u8 << (i % 8))));
+        let bit = id.checked_sub(1).filter(|_| id < next_id).and_then(|i| {
+            Some((
+                self.answered_bits.get_mut((i / 8) as usize)?,
+                1u8 << (i % 8),
+            ))
+        });
         match bit {
             Some((byte, mask)) if *byte & mask == 0 => {
                 *byte |= mask;

@@ -90,7 +90,10 @@ fn main(bb: &BootBlock) -> u32 {
         if let Err(e) = c.dev.tx.reclaim() {
             on_error(e.into());
         }
-        while c.next_id <= count && c.next_id - 1 - c.replied.answered < window && c.dev.tx.free() > 0 {
+        while c.next_id <= count
+            && c.next_id - 1 - c.replied.answered < window
+            && c.dev.tx.free() > 0
+        {
             let id = c.next_id;
             for (i, b) in payload[..c.size].iter_mut().enumerate() {
                 *b = abi::request_byte(id, i);
