@@ -117,6 +117,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
             backlog,
             stats: Default::default(),
             last_consumer_idx: ci,
+            consumed_since_sweep: 0,
             rx_dirty: false,
             tx_dirty: false,
             down: false,
@@ -233,6 +234,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
         }
         e.mem = dev.view().clone();
         e.last_consumer_idx = dev.rx_consumer_index();
+        e.consumed_since_sweep = 0;
         e.dev = dev;
         e.notifier = notifier;
         e.backlog.clear();
@@ -933,23 +935,22 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
     /// `sweep_interval_ns`.
     pub fn sweep(&mut self, now: u64) {
         // Consumer progress, once per port.
-        let mut progress = Vec::with_capacity(self.ports.len());
         for e in self.ports.iter_mut() {
             let ci = e.dev.rx_consumer_index();
-            let delta = ci.wrapping_sub(e.last_consumer_idx);
+            e.consumed_since_sweep = ci.wrapping_sub(e.last_consumer_idx);
             e.last_consumer_idx = ci;
-            let free = e.dev.rx_buffers_available();
-            let size = e.dev.rx_queue_size();
-            progress.push((ci, delta, free, size, e.down));
         }
         let mut events = std::mem::take(&mut self.events);
         for s in 0..self.services.len() {
+            let ports = &self.ports;
             let svc = &mut self.services[s];
             for (i, m) in svc.members.iter_mut().enumerate() {
-                let (_, delta, free, size, down) = progress[m.port as usize];
-                if down {
+                let e = &ports[m.port as usize];
+                if e.down {
                     continue;
                 }
+                let delta = e.consumed_since_sweep;
+                let (free, size) = (e.dev.rx_buffers_available(), e.dev.rx_queue_size());
                 if delta > 0 {
                     m.health.on_consumed(delta as u32, now);
                 }

@@ -91,6 +91,8 @@ pub(crate) struct PortEntry<M> {
     pub stats: PortStats,
     /// rx consumer index at the last sweep.
     pub last_consumer_idx: u16,
+    /// How far it moved between the last two sweeps (rx buffers the guest consumed).
+    pub consumed_since_sweep: u16,
     /// Rx entries or tx completions were published since the last notification check.
     pub rx_dirty: bool,
     pub tx_dirty: bool,
