@@ -118,6 +118,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
             stats: Default::default(),
             last_consumer_idx: ci,
             consumed_since_sweep: 0,
+            notices: 0,
             rx_dirty: false,
             tx_dirty: false,
             down: false,
@@ -238,6 +239,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
         e.dev = dev;
         e.notifier = notifier;
         e.backlog.clear();
+        e.notices = 0;
         e.backlog.push_back(Backlog::Hello);
         e.rx_dirty = false;
         e.tx_dirty = false;
@@ -420,6 +422,14 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
         if e.down {
             return;
         }
+        // Notices answer messages whose chains went back already, so the sender's ring does
+        // not bound them: a guest that sends to nowhere and never reads its rx queue gets at
+        // most a queue's worth waiting, and the rest are counted and dropped.
+        if e.notices >= u32::from(e.dev.rx_queue_size()) {
+            e.stats.notices_dropped += 1;
+            return;
+        }
+        e.notices += 1;
         e.backlog.push_back(Backlog::Notice { msg_id, status });
         if e.backlog.len() == 1 {
             self.drain_backlog(p, now);
@@ -823,7 +833,11 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
                 }
                 self.finish(token, now)
             }
-            Backlog::Request(_) | Backlog::Notice { .. } | Backlog::Hello => {}
+            Backlog::Notice { .. } => {
+                let e = &mut self.ports[d as usize];
+                e.notices = e.notices.saturating_sub(1);
+            }
+            Backlog::Request(_) | Backlog::Hello => {}
         }
     }
 
@@ -1135,6 +1149,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
         self.tokens = answers;
         // What waited for it: senders get their chains back and an error.
         let backlog = std::mem::take(&mut self.ports[p as usize].backlog);
+        self.ports[p as usize].notices = 0;
         for item in backlog {
             match item {
                 Backlog::OneWay { src, chain } => {

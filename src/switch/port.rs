@@ -76,6 +76,8 @@ pub struct PortStats {
     pub notifies: u64,
     /// Times it came back after going down (device reset, VM restart).
     pub revivals: u64,
+    /// Error notices dropped because a queue's worth already waited for it to read them.
+    pub notices_dropped: u64,
 }
 
 pub(crate) struct PortEntry<M> {
@@ -93,6 +95,8 @@ pub(crate) struct PortEntry<M> {
     pub last_consumer_idx: u16,
     /// How far it moved between the last two sweeps (rx buffers the guest consumed).
     pub consumed_since_sweep: u16,
+    /// `Backlog::Notice` entries waiting in `backlog` (bounded by the rx queue size).
+    pub notices: u32,
     /// Rx entries or tx completions were published since the last notification check.
     pub rx_dirty: bool,
     pub tx_dirty: bool,

@@ -892,3 +892,37 @@ fn a_backend_that_drains_but_never_replies_is_ejected_and_nothing_is_lost() {
     assert_eq!(s.services[0].members[2].status, "ejected");
     assert_totals_add_up(&n.sw);
 }
+
+#[test]
+fn error_notices_for_a_guest_that_never_reads_them_are_bounded() {
+    // A guest sends one-way messages to a port that does not exist and never reads its rx
+    // queue: each message's chain goes back at once, so only a cap keeps the notices owed to
+    // it from piling up in the host.
+    let mut n = net(1, 8);
+    n.step();
+    let mut sent = 0u64;
+    for _ in 0..200 {
+        n.peers[0].h.tx.reclaim().unwrap();
+        while n.peers[0].h.tx.free() > 0 {
+            let h = MsgHeader::new(MsgKind::OneWay, 4242, sent, 0);
+            n.peers[0].h.tx.send(&h, &[]).unwrap();
+            sent += 1;
+        }
+        n.peers[0].h.tx.flush().unwrap();
+        n.step();
+    }
+    assert!(sent > 1000);
+    let s = n.sw.snapshot();
+    let p = &s.ports[0];
+    assert!(!p.down);
+    assert_eq!(p.stats.undeliverable, sent);
+    // The hello and seven notices filled its rx queue; at most a queue's worth (8) more wait.
+    assert!(p.stats.notices_dropped >= sent - 8 - 8, "{:?}", p.stats);
+    // Once it reads, it gets the ones that waited, and new ones flow again.
+    let got = n.peers[0].recv_all().len();
+    for _ in 0..3 {
+        n.step();
+    }
+    let got = got + n.peers[0].recv_all().len();
+    assert!(got >= 8 && got <= 1 + 8 + 8, "got {got}");
+}
