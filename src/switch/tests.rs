@@ -924,5 +924,5 @@ fn error_notices_for_a_guest_that_never_reads_them_are_bounded() {
         n.step();
     }
     let got = got + n.peers[0].recv_all().len();
-    assert!(got >= 8 && got <= 1 + 8 + 8, "got {got}");
+    assert!((8..=1 + 8 + 8).contains(&got), "got {got}");
 }
