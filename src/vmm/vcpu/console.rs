@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 /// A line longer than this is cut and continued on the next line.
 const MAX_LINE: usize = 1024;
 /// Lines kept; later lines are counted as dropped (a guest must not exhaust host memory).
-const MAX_LINES: usize = 100_000;
+const MAX_LINES: usize = 10_000;
 
 #[derive(Debug, Default)]
 struct Inner {
