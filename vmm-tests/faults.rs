@@ -147,14 +147,15 @@ fn a_backend_that_only_errors_gives_exactly_one_error_per_request() {
         assert_eq!((ok, errors), (0, COUNT), "client {c}\n{r}");
     }
     assert_eq!((r.lost, r.duplicates, r.mismatches), (0, 0, 0), "{r}");
-    // Every answer is the worker's own error reply, at once: its health score is far below
-    // the threshold, but it is the only backend, so the service panics and keeps using it
-    // rather than holding every request until its deadline.
+    // Every answer is the worker's own error reply, at once. Once its health score falls below
+    // the threshold it is the only backend left, so the service panics and keeps using it
+    // rather than holding every request until its deadline: nothing is failed back. (Whether
+    // the score has crossed the threshold by the end depends on how fast the run went, so
+    // the panic flag itself is not asserted.)
     let bad = vm(&r, "bad");
     let svc = &r.switch.services[0];
     assert_eq!(svc.stats.backend_errors, 2 * COUNT, "{r}");
     assert_eq!(svc.stats.failed_back, 0, "{r}");
-    assert!(svc.panic, "{r}");
     assert_eq!((bad.errors, bad.ok), (2 * COUNT, 0), "{r}");
     assert_every_request_answered_once(&r);
     assert_eq!(r.switch.totals.port_faults, 0, "{r}");
