@@ -108,14 +108,30 @@ fn run_topology(topo: Result<Topology, vmq::topology::TopologyError>, o: &RunOpt
         progress: !o.json,
         echo_console: o.console,
     };
-    match runner::run(&topo, &opts) {
-        Ok(report) => {
-            if o.json {
-                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    conclude(
+        runner::run(&topo, &opts),
+        o.json,
+        |r| r.to_string(),
+        runner::RunReport::clean,
+    )
+}
+
+/// Prints a run's outcome (one JSON object, or `human`) and turns it into the exit status:
+/// 0 when `clean`, 1 when something was lost or broken, 2 when the run could not happen.
+fn conclude<T: serde::Serialize, E: std::fmt::Display>(
+    outcome: Result<T, E>,
+    json: bool,
+    human: impl FnOnce(&T) -> String,
+    clean: impl FnOnce(&T) -> bool,
+) -> ExitCode {
+    match outcome {
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
-                println!("{report}");
+                println!("{}", human(&r));
             }
-            if report.clean() {
+            if clean(&r) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -146,24 +162,12 @@ fn main() -> ExitCode {
                 progress: !json,
                 ..Default::default()
             };
-            match runner::soak(&opts) {
-                Ok(r) => {
-                    if json {
-                        println!("{}", serde_json::to_string(&r).unwrap_or_default());
-                    } else {
-                        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-                    }
-                    if r.clean() {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    }
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
-            }
+            conclude(
+                runner::soak(&opts),
+                json,
+                |r| serde_json::to_string_pretty(r).unwrap_or_default(),
+                runner::SoakReport::clean,
+            )
         }
         Command::Bench(BenchCommand::Ring(o)) => {
             print(&bench::ring::run(o.quick, Placement::two_cores()), &o)

@@ -328,6 +328,25 @@ impl Vmq {
         self.rx.recv(buf)
     }
 
+    /// The next delivered message, with its payload in `buf`; `None` when none is waiting.
+    /// A message that fails validation is counted ([`on_error`]) and skipped. Sets `progress`
+    /// whenever something was taken off the queue, good or bad.
+    pub fn next_message(&mut self, buf: &mut [u8], progress: &mut bool) -> Option<RxMsg> {
+        loop {
+            match self.rx.recv(buf) {
+                Ok(Some(m)) => {
+                    *progress = true;
+                    return Some(m);
+                }
+                Ok(None) => return None,
+                Err(e) => {
+                    *progress = true;
+                    on_error(e.into());
+                }
+            }
+        }
+    }
+
     /// Resets the device (status 0): it forgets both queues and stops using them. Bring it
     /// up again with [`Vmq::probe`], which sets up fresh rings in the free memory it is given.
     pub fn reset(&self) {

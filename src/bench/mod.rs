@@ -24,6 +24,16 @@ pub enum Budget {
     Time(Duration),
 }
 
+/// Time per measured run and runs per case: `quick` is 120 ms and one run (a whole bench in
+/// seconds); otherwise 500 ms and the best of three.
+pub fn run_budget(quick: bool) -> (Budget, usize) {
+    if quick {
+        (Budget::Time(Duration::from_millis(120)), 1)
+    } else {
+        (Budget::Time(Duration::from_millis(500)), 3)
+    }
+}
+
 /// Outcome of one measured run.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Run {

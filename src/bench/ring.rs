@@ -257,12 +257,7 @@ fn best(runs: usize, mut f: impl FnMut() -> Run) -> f64 {
 /// `quick` uses 120 ms per run and one run per side (well under 30 s in all); otherwise
 /// 500 ms per run and the best of three.
 pub fn run(quick: bool, placement: Placement) -> Report {
-    let (per_run, runs) = if quick {
-        (Duration::from_millis(120), 1)
-    } else {
-        (Duration::from_millis(500), 3)
-    };
-    let budget = Budget::Time(per_run);
+    let (budget, runs) = super::run_budget(quick);
     let place = placement.describe();
     let mut report = Report::default();
     for size in SIZES {

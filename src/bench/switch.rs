@@ -921,12 +921,7 @@ fn round2(x: f64) -> f64 {
 /// `quick` uses 120 ms per run and one run per side (a few seconds in all); otherwise 500 ms
 /// per run and the best of three, interleaved.
 pub fn run(quick: bool, placement: SwitchPlacement) -> Report {
-    let (per_run, runs) = if quick {
-        (Duration::from_millis(120), 1)
-    } else {
-        (Duration::from_millis(500), 3)
-    };
-    let budget = Budget::Time(per_run);
+    let (budget, runs) = super::run_budget(quick);
     let place = placement.describe();
     let mut report = Report::default();
     for case in [Case::OneWay, Case::RequestReply] {

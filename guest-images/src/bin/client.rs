@@ -161,17 +161,7 @@ impl Client {
     /// Takes every delivered message; returns whether there was any.
     fn receive(&mut self, buf: &mut [u8]) -> bool {
         let mut any = false;
-        loop {
-            let m = match self.dev.recv(buf) {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(e) => {
-                    on_error(e.into());
-                    any = true;
-                    continue;
-                }
-            };
-            any = true;
+        while let Some(m) = self.dev.next_message(buf, &mut any) {
             match m.header.kind() {
                 Some(MsgKind::Hello) => self.dev.note_hello(&m.header),
                 Some(MsgKind::Reply) => self.reply(&m.header, &buf[..m.len]),

@@ -213,17 +213,7 @@ impl Evil {
     /// returns whether there was any.
     fn receive(&mut self) -> bool {
         let mut any = false;
-        loop {
-            let m = match self.dev.recv(self.buf) {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(e) => {
-                    fail(e);
-                    any = true;
-                    continue;
-                }
-            };
-            any = true;
+        while let Some(m) = self.dev.next_message(self.buf, &mut any) {
             let h = m.header;
             match h.kind() {
                 Some(MsgKind::Hello) => {

@@ -106,17 +106,7 @@ fn main(bb: &BootBlock) -> u32 {
 impl Peer {
     fn receive(&mut self, buf: &mut [u8]) -> bool {
         let mut any = false;
-        loop {
-            let m = match self.dev.recv(buf) {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(e) => {
-                    on_error(e.into());
-                    any = true;
-                    continue;
-                }
-            };
-            any = true;
+        while let Some(m) = self.dev.next_message(buf, &mut any) {
             let h = m.header;
             match h.kind() {
                 Some(MsgKind::Hello) => self.dev.note_hello(&h),
