@@ -26,6 +26,8 @@ pub mod event;
 #[cfg(feature = "std")]
 pub mod peer;
 #[cfg(feature = "std")]
+pub mod port;
+#[cfg(feature = "std")]
 pub mod runner;
 #[cfg(feature = "std")]
 pub mod switch;

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmq::peer::{host_peer, HostPeer, PeerConfig};
+use vmq::port::NativePort;
 use vmq::ring::{RingLayout, DESC_SIZE};
 use vmq::switch::{
     ManualClock, PolicyKind, Polling, PoolConfig, ServiceConfig, Switch, SwitchConfig,
@@ -443,7 +444,7 @@ impl Net {
         if self.sw.port_down(p as u32) {
             return;
         }
-        let next = self.sw.device(p as u32).unwrap().tx_queue().next_avail();
+        let next = self.device(p).tx_queue().next_avail();
         let mem = self.peers[p].h.memory().clone();
         let tx = self.peers[p].h.tx.ring().layout();
         let idx_at = GuestAddress(tx.avail + 2);
@@ -463,6 +464,15 @@ impl Net {
             mem.write_obj(next.wrapping_add(1), idx_at).unwrap();
         }
         self.must_fall[p] = true;
+    }
+
+    /// The device side of port `p` (a native port), as the switch holds it.
+    fn device(&self, p: usize) -> &vmq::device::DevicePort<GuestMemoryMmap> {
+        self.sw
+            .port(p as u32)
+            .and_then(|port| port.as_any().downcast_ref::<NativePort<GuestMemoryMmap>>())
+            .expect("a native port")
+            .device()
     }
 
     /// Brings a down hostile port back with fresh queues (its guest reset the device).
@@ -500,7 +510,7 @@ impl Net {
         let mut faults = 0;
         for (p, ps) in s.ports.iter().enumerate() {
             faults += ps.stats.faults;
-            let broken = self.sw.device(p as u32).unwrap().is_broken();
+            let broken = self.device(p).is_broken();
             if HOSTILE.contains(&p) {
                 let faults = ps.stats.faults - self.fault_base[p];
                 assert_eq!(ps.down, faults > 0 || self.removed[p], "port {p}");

@@ -54,7 +54,7 @@ pub struct SwitchLoop<M> {
     wake: Arc<EventFd>,
 }
 
-impl<M: GuestMemoryBackend + Clone> SwitchLoop<M> {
+impl<M: GuestMemoryBackend + Clone + Send + 'static> SwitchLoop<M> {
     /// A loop over `switch` that wakes on any of `kicks` (guest QueueNotify ioeventfds).
     pub fn new(switch: Switch<M>, kicks: Vec<EventFd>, cfg: LoopConfig) -> std::io::Result<Self> {
         let mut em: EventManager<Box<dyn MutEventSubscriber + Send>> =

@@ -1,30 +1,37 @@
 //! The switch: router, health, balancing policies, failover, in-flight table, stats.
 //!
-//! [`Switch`] is the data path: it pops what ports send, routes unicast messages by port id and
-//! requests to a service through that service's policy, holds each request's tx chain in the
+//! [`Switch`] is the data path: it takes what ports send, routes unicast messages by port id and
+//! requests to a service through that service's policy, holds each request's message in the
 //! frontend's memory until its one answer, and fails work over when a backend stops draining.
-//! The decisions it makes are pure logic, free of queues and I/O, in their own modules: time
-//! ([`clock`]), the in-flight block pool ([`pool`]), per-backend health scores ([`health`]),
+//! It drives every port through the [`Port`](crate::port::Port) seam and never learns what
+//! kind of port it serves.
+//!
+//! Split by who owns the state: the core (ports, services, routing by kind, ports going
+//! down), each port's outbox (`outbox`), dispatch and answers (`dispatch`), the in-flight
+//! table ([`inflight`]) and the sweep (`sweep`). The decisions are pure logic, free of queues
+//! and I/O, in their own modules: time ([`clock`]), per-backend health scores ([`health`]),
 //! stall ejection and slow start ([`failover`]) and the balancing policies ([`policy`]).
 
 pub mod clock;
-mod dataplane;
+mod core;
+mod dispatch;
 pub mod failover;
 pub mod health;
-mod inflight;
+pub mod inflight;
+mod outbox;
 pub mod policy;
-pub mod pool;
-mod port;
 mod service;
 mod stats;
+mod sweep;
 
+pub use self::core::{Switch, SwitchConfig, SWITCH_PORT};
+pub use crate::port::{Notifier, Polling, PortId};
 pub use clock::{Clock, ManualClock, MonotonicClock};
-pub use dataplane::{Switch, SwitchConfig, SWITCH_PORT};
 pub use failover::{BackendStatus, Event, Failover, FailoverConfig, FailoverStats};
 pub use health::{BackendHealth, Combine, HealthConfig, HealthStats, HealthWeights};
+pub use inflight::{pool, BlockPool, PoolConfig, PoolError, PoolStats, Token};
+pub use outbox::PortStats;
 pub use policy::{new_policy, Candidate, PickRequest, Policy, PolicyConfig, PolicyKind};
-pub use pool::{BlockPool, PoolConfig, PoolError, PoolStats, Token};
-pub use port::{Notifier, Polling, PortId, PortStats};
 pub use service::{ServiceConfig, ServiceId, ServiceStats};
 pub use stats::{MemberSnapshot, PortSnapshot, ServiceSnapshot, Snapshot, Totals};
 
@@ -53,7 +60,7 @@ pub enum SwitchError {
     Policy(#[from] policy::PolicyError),
     /// The in-flight pool configuration is invalid.
     #[error("invalid in-flight pool configuration: {0}")]
-    Pool(#[from] pool::PoolError),
+    Pool(#[from] inflight::PoolError),
 }
 
 #[cfg(test)]

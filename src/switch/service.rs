@@ -7,9 +7,9 @@ use serde::Deserialize;
 
 use super::failover::{Failover, FailoverConfig};
 use super::health::{BackendHealth, HealthConfig};
-use super::policy::{Candidate, Policy, PolicyConfig};
-use super::pool::Token;
-use super::port::PortId;
+use super::inflight::Token;
+use super::policy::{Candidate, PickRequest, Policy, PolicyConfig};
+use crate::port::{Drain, PortId};
 
 /// Service identifier (index into the switch's service table; `dst` of requests to it).
 pub type ServiceId = u32;
@@ -74,8 +74,22 @@ pub(crate) struct Member {
     pub bytes: u64,
     /// Replies counted at the last sweep.
     pub last_replies: u64,
-    /// Progress counter fed to the failover's stall detection (see `Switch::sweep`).
+    /// Progress counter fed to the failover's stall detection (see [`Service::observe`]).
     pub progress: u16,
+}
+
+impl Member {
+    pub fn new(port: PortId, base_weight: f64, health: HealthConfig) -> Self {
+        Self {
+            port,
+            base_weight,
+            health: BackendHealth::new(health),
+            dispatched: 0,
+            bytes: 0,
+            last_replies: 0,
+            progress: 0,
+        }
+    }
 }
 
 pub(crate) struct Service {
@@ -92,9 +106,122 @@ pub(crate) struct Service {
     /// In panic mode as of the last [`Service::refresh`]: too few backends usable, by stalls
     /// (the failover's own panic) or by health.
     pub panic: bool,
+    /// Members passed over for the request being dispatched, with their weights.
+    excluded: Vec<(usize, f64)>,
 }
 
 impl Service {
+    pub fn new(
+        name: &str,
+        cfg: ServiceConfig,
+        members: Vec<Member>,
+        policy: Box<dyn Policy>,
+        now_ns: u64,
+    ) -> Self {
+        let candidates = members
+            .iter()
+            .map(|m| Candidate::new(m.port, m.base_weight))
+            .collect();
+        let failover = Failover::new(cfg.failover, members.len(), now_ns);
+        let mut svc = Self {
+            name: name.to_string(),
+            cfg,
+            members,
+            candidates,
+            policy,
+            failover,
+            wait: VecDeque::new(),
+            stats: ServiceStats::default(),
+            panic: false,
+            excluded: Vec::new(),
+        };
+        svc.refresh(now_ns);
+        svc
+    }
+
+    /// The member the policy picks for `req`, among those not passed over.
+    pub fn pick(&mut self, req: &PickRequest) -> Option<usize> {
+        self.policy.pick(&self.candidates, req)
+    }
+
+    /// Passes member `i` over until [`Service::end_pick`] (it has no room, or it broke).
+    pub fn pass_over(&mut self, i: usize) {
+        let c = &mut self.candidates[i];
+        self.excluded.push((i, c.weight));
+        c.weight = 0.0;
+    }
+
+    /// The dispatch is over: members passed over get their weights back.
+    pub fn end_pick(&mut self) {
+        for (i, w) in self.excluded.drain(..) {
+            self.candidates[i].weight = w;
+        }
+    }
+
+    /// Request `req` went to member `i`.
+    pub fn on_sent(&mut self, i: usize, req: &PickRequest, now_ns: u64) {
+        self.policy.on_sent(i, req);
+        let m = &mut self.members[i];
+        m.health.on_dispatch(now_ns);
+        m.dispatched += 1;
+        m.bytes += u64::from(req.bytes);
+        let c = &mut self.candidates[i];
+        c.in_flight += 1;
+        c.queued += 1;
+        self.stats.dispatches += 1;
+    }
+
+    /// Member `i` answered a request dispatched `latency_ns` ago.
+    pub fn on_reply(&mut self, i: usize, latency_ns: u64, ok: bool, load: u16, now_ns: u64) {
+        let m = &mut self.members[i];
+        m.health.on_reply(latency_ns, ok, now_ns);
+        m.health.on_load_report(load, now_ns);
+        let c = &mut self.candidates[i];
+        c.in_flight = c.in_flight.saturating_sub(1);
+        if !ok {
+            self.stats.backend_errors += 1;
+        }
+    }
+
+    /// A request dispatched to member `i` passed its deadline unanswered.
+    pub fn on_abandon(&mut self, i: usize) {
+        self.members[i].health.on_abandon(1);
+        let c = &mut self.candidates[i];
+        c.in_flight = c.in_flight.saturating_sub(1);
+    }
+
+    /// Member `i`'s `n` unanswered requests were taken back for re-dispatch (they are at the
+    /// front of the wait queue already).
+    pub fn on_recalled(&mut self, i: usize, n: usize) {
+        self.members[i].health.on_abandon(n as u32);
+        self.candidates[i].in_flight = 0;
+        self.stats.redispatches += n as u64;
+    }
+
+    /// What the sweep saw of member `i`'s port: `consumed` deliveries drained since the last
+    /// sweep, and its rx buffers now. Feeds health and stall detection.
+    pub fn observe(&mut self, i: usize, consumed: u16, drain: Drain, now_ns: u64) {
+        let m = &mut self.members[i];
+        if consumed > 0 {
+            m.health.on_consumed(u32::from(consumed), now_ns);
+        }
+        m.health
+            .on_free_rx(u32::from(drain.free), u32::from(drain.capacity));
+        // A backend makes progress when it drains what was delivered (its rx consumer index
+        // moves) and answers what it took (replies arrive); it is pending while either is
+        // owed. One that stops draining, or drains but never answers, stops making progress
+        // and is stalled after the window.
+        let replies = m.health.stats().replies;
+        let drained = consumed > 0 || m.health.unconsumed() == 0;
+        let answered = replies != m.last_replies || m.health.in_flight() == 0;
+        m.last_replies = replies;
+        if drained && answered {
+            m.progress = m.progress.wrapping_add(1);
+        }
+        let pending = m.health.unconsumed() > 0 || m.health.in_flight() > 0;
+        self.failover.observe(i, m.progress, pending, now_ns);
+    }
+
     /// Recomputes every candidate's weight: base x health score x failover factor, 0 when out
     /// of rotation (unless the service is in panic mode).
     pub fn refresh(&mut self, now_ns: u64) {

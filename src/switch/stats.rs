@@ -6,7 +6,7 @@ use serde::Serialize;
 use vm_memory::GuestMemoryBackend;
 
 use super::failover::BackendStatus;
-use super::port::PortStats;
+use super::outbox::PortStats;
 use super::service::ServiceStats;
 use super::Switch;
 

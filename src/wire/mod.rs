@@ -4,6 +4,7 @@
 //! one descriptor chain that holds a [`MsgHeader`] followed by `len` payload bytes; how the
 //! driver splits those bytes across descriptors is up to it.
 
+pub mod directory;
 mod header;
 
 pub use header::{

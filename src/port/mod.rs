@@ -1,0 +1,108 @@
+//! Ports: the seam between the switch and the things that send and receive messages.
+//!
+//! The switch routes, balances, tracks requests in flight and fails over; it never learns what
+//! kind of port it serves. Everything it needs from a port is the [`Port`] trait: take what the
+//! port's guest sent, hand a held message back, deliver one message, publish, notify, arm kicks
+//! before sleeping, and show how the guest drains what it is given.
+//!
+//! Kinds (one file each):
+//! - [`NativePort`]: a vmq virtqueue pair (rx, tx) in guest memory carrying vmq's wire header
+//!   (vmq's own KVM guests, host peers in tests and benches).
+//!
+//! A new kind (a vsock endpoint behind vhost-user, say) is one new file implementing [`Port`];
+//! routing, policies, health, failover and the in-flight table do not change.
+//!
+//! What a held message is: a [`TxChain`], a validated header plus where its payload lies in the
+//! port's memory ([`Port::memory`]). The switch keeps it, unreturned, while the request is in
+//! flight and reads the payload from there as often as failover needs; the port gets it back
+//! through [`Port::release`]. A kind whose messages do not live in guest memory as chains
+//! (bytes copied out of a socket, say) provides them the same way from memory it owns.
+
+mod native;
+
+pub use native::NativePort;
+
+use crate::device::{DeliverError, DeviceError, GuestView, Payload, TxChain};
+use crate::wire::MsgHeader;
+
+/// Port identifier (index into the switch's port table; also the `src`/`dst` on the wire).
+pub type PortId = u32;
+
+/// How a port tells its guest that its queues moved (an interrupt, a doorbell, an eventfd).
+pub trait Notifier: Send {
+    /// The guest asked to hear about new used entries on its rx or tx queue.
+    fn notify(&self);
+}
+
+/// A notifier for peers that poll.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Polling;
+
+impl Notifier for Polling {
+    fn notify(&self) {}
+}
+
+/// How a port's guest drains the rx buffers it posts: what the sweep feeds to health and stall
+/// detection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drain {
+    /// A counter that moves by one for each delivery the guest consumed (wraps at 2^16; the
+    /// switch only looks at differences).
+    pub consumed: u16,
+    /// Buffers the guest has posted and the port has not filled yet.
+    pub free: u16,
+    /// Most buffers the guest can post (its rx queue size).
+    pub capacity: u16,
+}
+
+/// One port as the switch drives it. Implemented once per kind of port.
+///
+/// Errors: a [`DeviceError`] from any method means the guest broke the protocol; the switch
+/// takes that port down (it fails its work over or back) and calls nothing on it but
+/// [`Port::drain`] afterwards.
+pub trait Port<M>: Send {
+    /// The memory this port's held messages live in; payloads are read from it for as long as
+    /// a message is held. A clone is kept by the switch, so it must stay valid while the port
+    /// lives.
+    fn memory(&self) -> &GuestView<M>;
+
+    /// Takes up to `max` messages the guest sent, in order, each to `sink`. A message handed to
+    /// `sink` is held until [`Port::release`], even when the call fails afterwards.
+    fn take_sent(
+        &mut self,
+        max: usize,
+        sink: &mut dyn FnMut(TxChain),
+    ) -> Result<usize, DeviceError>;
+
+    /// Hands a held message back to its guest (visible after [`Port::publish`]).
+    fn release(&mut self, msg: &TxChain) -> Result<(), DeviceError>;
+
+    /// Writes `header` and `payload` into the guest's next posted buffer. `Ok(false)`: the
+    /// buffer was too small and only the header went in, with status `TooLarge`.
+    fn deliver(
+        &mut self,
+        header: &MsgHeader,
+        payload: &Payload<'_, M>,
+    ) -> Result<bool, DeliverError>;
+
+    /// Makes deliveries and releases visible to the guest; returns whether it asked to be told.
+    fn publish(&mut self) -> bool;
+
+    /// Tells the guest its queues moved.
+    fn notify(&self);
+
+    /// How the guest drains what it is given.
+    fn drain(&self) -> Drain;
+
+    /// Before the switch sleeps: asks the guest to kick when it sends (and, with `rx_wanted`,
+    /// when it posts buffers). Returns whether work is already there (then the switch must not
+    /// sleep).
+    fn arm_kicks(&mut self, rx_wanted: bool) -> bool;
+
+    /// Back to polling: no kicks wanted.
+    fn disarm_kicks(&mut self);
+
+    /// The port as its concrete kind, for inspection by its owner (tests, fuzzing, a VMM);
+    /// the switch never looks.
+    fn as_any(&self) -> &dyn std::any::Any;
+}

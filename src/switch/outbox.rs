@@ -1,0 +1,501 @@
+//! A port as the switch holds it ([`PortSlot`]) and its outbox: the one path every outbound
+//! message takes. [`Switch::offer`] delivers at once when nothing waits ahead of the message and
+//! the guest has a buffer, or queues it; [`Switch::drain_outbox`] delivers what waits, in
+//! order; [`Switch::notify_ports`] publishes and notifies once per poll. Headers are rewritten
+//! in one place, [`outbound_header`].
+//!
+//! Bounds (per port): the outbox holds what this port is owed, each entry tied to something
+//! that bounds it: one-way messages and replies hold a sender's tx chain (bounded by the
+//! senders' rings), requests and errors hold an in-flight record (bounded by the pool), notices
+//! at most one rx queue's worth (`notices`), and at most one hello.
+
+use std::collections::VecDeque;
+
+use vm_memory::GuestMemoryBackend;
+
+use super::core::SWITCH_PORT;
+use super::inflight::{Backend, Stage, Target, Token};
+use super::Switch;
+use crate::device::{DeliverError, GuestView, Payload, TxChain};
+use crate::port::{Drain, Port, PortId};
+use crate::wire::directory::{self, Entry, EntryKind};
+use crate::wire::{MsgHeader, MsgKind, Status};
+
+/// Something that must reach a port's guest but found no buffer yet; delivered in order.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    /// A one-way message held in the sender's tx queue.
+    OneWay { src: PortId, chain: TxChain },
+    /// A request addressed to this port (not to a service).
+    Request(Token),
+    /// A reply held in the backend's tx queue, for request `token` (of frontend `msg_id`).
+    Reply {
+        token: Token,
+        backend: PortId,
+        chain: TxChain,
+        msg_id: u64,
+    },
+    /// An error reply the switch makes for request `token` (of frontend `msg_id`).
+    Error {
+        token: Token,
+        status: Status,
+        msg_id: u64,
+        class: u8,
+    },
+    /// An error notice for message `msg_id` that has no in-flight record (an undeliverable
+    /// one-way message, a request refused because the in-flight table is full).
+    Notice { msg_id: u64, status: Status },
+    /// The hello (port id and directory) for a port that just came up.
+    Hello,
+}
+
+/// Per-port counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PortStats {
+    /// Messages taken from the port.
+    pub sent: u64,
+    /// Messages delivered into the port.
+    pub received: u64,
+    /// Payload bytes sent.
+    pub bytes_sent: u64,
+    /// Payload bytes received.
+    pub bytes_received: u64,
+    /// Requests the port sent.
+    pub requests: u64,
+    /// Replies delivered to the port.
+    pub replies: u64,
+    /// Requests of this port failed back with an error status.
+    pub failed_back: u64,
+    /// One-way messages it sent that could not be delivered.
+    pub undeliverable: u64,
+    /// Replies for this port dropped because it went away or broke.
+    pub orphaned: u64,
+    /// Protocol faults (it broke the queue or header rules).
+    pub faults: u64,
+    /// Notifications sent to its guest.
+    pub notifies: u64,
+    /// Times it came back after going down (device reset, VM restart).
+    pub revivals: u64,
+    /// Error notices dropped because a queue's worth already waited for it to read them.
+    pub notices_dropped: u64,
+}
+
+/// A port, its outbox and what the switch keeps about it.
+pub(crate) struct PortSlot<M> {
+    pub name: String,
+    pub port: Box<dyn Port<M>>,
+    /// A second handle on the port's memory, so a payload can be read from it while `port`
+    /// (perhaps the same one) is borrowed mutably.
+    pub mem: GuestView<M>,
+    /// `(service, member index)` for every service this port serves.
+    pub member_of: Vec<(u32, usize)>,
+    pub outbox: VecDeque<Outbound>,
+    pub stats: PortStats,
+    /// What the port showed at the last sweep.
+    pub drain: Drain,
+    /// Deliveries it consumed between the last two sweeps.
+    pub consumed_since_sweep: u16,
+    /// `Outbound::Notice` entries in `outbox` (at most `rx_capacity`).
+    pub notices: u32,
+    pub rx_capacity: u16,
+    /// Deliveries or releases since the last publish.
+    pub dirty: bool,
+    /// Broken (DEVICE_NEEDS_RESET) or removed: no more traffic either way.
+    pub down: bool,
+}
+
+impl<M: Clone> PortSlot<M> {
+    pub fn new(name: &str, port: Box<dyn Port<M>>) -> Self {
+        let drain = port.drain();
+        let mut outbox = VecDeque::new();
+        outbox.push_back(Outbound::Hello);
+        Self {
+            name: name.to_string(),
+            mem: port.memory().clone(),
+            port,
+            member_of: Vec::new(),
+            outbox,
+            stats: PortStats::default(),
+            drain,
+            consumed_since_sweep: 0,
+            notices: 0,
+            rx_capacity: drain.capacity,
+            dirty: false,
+            down: false,
+        }
+    }
+
+    /// The port's guest brought it up again with `port`: fresh queues, a new hello.
+    pub fn revive(&mut self, port: Box<dyn Port<M>>) {
+        self.mem = port.memory().clone();
+        self.drain = port.drain();
+        self.rx_capacity = self.drain.capacity;
+        self.port = port;
+        self.consumed_since_sweep = 0;
+        self.outbox.clear();
+        self.outbox.push_back(Outbound::Hello);
+        self.notices = 0;
+        self.dirty = false;
+        self.down = false;
+        self.stats.revivals += 1;
+    }
+
+    /// Port `p` went down: drops what it sent that waits here. One-way messages are counted in
+    /// `stranded`; the tokens of its replies go to `answers` (they must fail back).
+    pub fn forget_from(&mut self, p: PortId, stranded: &mut u64, answers: &mut Vec<Token>) {
+        self.outbox.retain(|item| match item {
+            Outbound::OneWay { src, .. } if *src == p => {
+                *stranded += 1;
+                false
+            }
+            Outbound::Reply { token, backend, .. } if *backend == p => {
+                answers.push(*token);
+                false
+            }
+            _ => true,
+        });
+    }
+}
+
+/// The header a message carries into port `d`: with [`request_header`], the one place headers
+/// are rewritten. Replies get the frontend's id back and the backend as source; everything the
+/// switch makes itself comes from [`SWITCH_PORT`]. `None` for a request, whose header comes
+/// from its in-flight record.
+fn outbound_header(d: PortId, item: &Outbound) -> Option<MsgHeader> {
+    Some(match *item {
+        Outbound::OneWay { src, ref chain } => {
+            let mut h = chain.header;
+            h.set_src(src);
+            h
+        }
+        Outbound::Request(_) => return None,
+        Outbound::Reply {
+            backend,
+            ref chain,
+            msg_id,
+            ..
+        } => {
+            let mut h = chain.header;
+            h.set_msg_id(msg_id);
+            h.set_src(backend);
+            h.set_dst_port(d);
+            h
+        }
+        Outbound::Error {
+            status,
+            msg_id,
+            class,
+            ..
+        } => switch_reply(d, msg_id, class, status),
+        Outbound::Notice { msg_id, status } => switch_reply(d, msg_id, 0, status),
+        Outbound::Hello => {
+            let mut h = MsgHeader::new(MsgKind::Hello, d, 0, 0);
+            h.set_src(SWITCH_PORT);
+            h
+        }
+    })
+}
+
+/// A request as its backend sees it: the frontend's header, stamped with the frontend as
+/// source (never what the guest wrote) and the in-flight token as id.
+pub(super) fn request_header(
+    frontend_header: &MsgHeader,
+    frontend: PortId,
+    tok: Token,
+) -> MsgHeader {
+    let mut h = *frontend_header;
+    h.set_src(frontend);
+    h.set_msg_id(tok.0);
+    h
+}
+
+fn switch_reply(d: PortId, msg_id: u64, class: u8, status: Status) -> MsgHeader {
+    let mut h = MsgHeader::new(MsgKind::Reply, d, msg_id, 0);
+    h.set_src(SWITCH_PORT);
+    h.set_class(class);
+    h.set_status(status);
+    h
+}
+
+/// Delivers `hdr` + the payload of `chain` (held by port `src`) into port `dst`.
+pub(super) fn deliver_chain<M: GuestMemoryBackend>(
+    ports: &mut [PortSlot<M>],
+    dst: PortId,
+    src: PortId,
+    hdr: &MsgHeader,
+    chain: &TxChain,
+) -> Result<bool, DeliverError> {
+    let (d, s) = (dst as usize, src as usize);
+    if d >= ports.len() || s >= ports.len() {
+        return Err(DeliverError::NoBuffer);
+    }
+    let r = if d == s {
+        let e = &mut ports[d];
+        e.port.deliver(hdr, &chain.payload(&e.mem))
+    } else if d < s {
+        let (lo, hi) = ports.split_at_mut(s);
+        lo[d].port.deliver(hdr, &chain.payload(&hi[0].mem))
+    } else {
+        let (lo, hi) = ports.split_at_mut(d);
+        hi[0].port.deliver(hdr, &chain.payload(&lo[s].mem))
+    };
+    if r.is_ok() {
+        let e = &mut ports[d];
+        e.dirty = true;
+        e.stats.received += 1;
+        e.stats.bytes_received += u64::from(hdr.len());
+    }
+    r
+}
+
+/// What one delivery attempt came to.
+enum Attempt {
+    /// Delivered (`false`: cut to a header, too large), or settled otherwise.
+    Done(bool),
+    /// No buffer: keep it, in order.
+    Full,
+    /// The destination broke.
+    DestBroken,
+    /// The sender's held chain no longer reads.
+    SourceBroken,
+}
+
+impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
+    /// Sends `item` to port `d`: now, if nothing waits ahead of it and the guest has a buffer;
+    /// otherwise it waits in the outbox.
+    pub(super) fn offer(&mut self, d: PortId, item: Outbound, now: u64) {
+        let slot = &self.ports[d as usize];
+        if slot.down || !slot.outbox.is_empty() {
+            self.ports[d as usize].outbox.push_back(item);
+            return;
+        }
+        match self.attempt(d, &item, now) {
+            Attempt::Done(fits) => self.delivered(d, item, fits, now),
+            Attempt::Full => self.ports[d as usize].outbox.push_back(item),
+            Attempt::DestBroken => {
+                self.ports[d as usize].outbox.push_back(item);
+                self.take_down(d, true, now);
+            }
+            Attempt::SourceBroken => self.source_broke(item, now),
+        }
+    }
+
+    /// Delivers what waits for port `d`, in order, until its guest has no buffer.
+    pub(super) fn drain_outbox(&mut self, d: PortId, now: u64) -> usize {
+        let mut n = 0;
+        while !self.ports[d as usize].down {
+            let Some(item) = self.ports[d as usize].outbox.pop_front() else {
+                break;
+            };
+            match self.attempt(d, &item, now) {
+                Attempt::Done(fits) => {
+                    n += 1;
+                    self.ports[d as usize].dirty = true;
+                    self.delivered(d, item, fits, now);
+                }
+                Attempt::Full => {
+                    self.ports[d as usize].outbox.push_front(item);
+                    break;
+                }
+                Attempt::DestBroken => {
+                    self.ports[d as usize].outbox.push_front(item);
+                    self.take_down(d, true, now);
+                    break;
+                }
+                Attempt::SourceBroken => self.source_broke(item, now),
+            }
+        }
+        n
+    }
+
+    fn attempt(&mut self, d: PortId, item: &Outbound, now: u64) -> Attempt {
+        let Some(hdr) = outbound_header(d, item) else {
+            let Outbound::Request(tok) = *item else {
+                return Attempt::Done(true);
+            };
+            return self.deliver_request(d, tok, now);
+        };
+        let r = match item {
+            Outbound::OneWay { src, chain } => deliver_chain(&mut self.ports, d, *src, &hdr, chain),
+            Outbound::Reply { backend, chain, .. } => {
+                deliver_chain(&mut self.ports, d, *backend, &hdr, chain)
+            }
+            Outbound::Request(_) => return Attempt::Done(true),
+            Outbound::Error { .. } | Outbound::Notice { .. } => self.ports[d as usize]
+                .port
+                .deliver(&hdr, &Payload::Bytes(&[])),
+            Outbound::Hello => {
+                let dir = self.directory();
+                let mut h = hdr;
+                h.set_len(dir.len() as u32);
+                self.ports[d as usize]
+                    .port
+                    .deliver(&h, &Payload::Bytes(&dir))
+            }
+        };
+        match r {
+            Ok(fits) => {
+                self.ports[d as usize].dirty = true;
+                Attempt::Done(fits)
+            }
+            Err(DeliverError::NoBuffer) => Attempt::Full,
+            Err(DeliverError::Dest(_)) => Attempt::DestBroken,
+            Err(DeliverError::Source(_)) => Attempt::SourceBroken,
+        }
+    }
+
+    /// Delivers request `tok` to the port it is addressed to.
+    fn deliver_request(&mut self, d: PortId, tok: Token, now: u64) -> Attempt {
+        let Some(r) = self.inflight.get_mut(tok) else {
+            return Attempt::Done(true);
+        };
+        let hdr = request_header(&r.chain.header, r.frontend, tok);
+        let frontend = r.frontend;
+        match deliver_chain(&mut self.ports, d, frontend, &hdr, &r.chain) {
+            Ok(true) => {
+                r.stage = Stage::Dispatched;
+                r.backend = Some(Backend {
+                    port: d,
+                    member: None,
+                });
+                r.dispatched_ns = now;
+            }
+            Ok(false) => self.fail_back(tok, Status::TooLarge, now),
+            Err(DeliverError::NoBuffer) => return Attempt::Full,
+            Err(DeliverError::Dest(_)) => {
+                self.take_down(d, true, now);
+                self.fail_back(tok, Status::PortBroken, now);
+            }
+            Err(DeliverError::Source(_)) => self.take_down(frontend, true, now),
+        }
+        Attempt::Done(true)
+    }
+
+    /// The sender broke its own held chain: a one-way message is lost with it; a broken
+    /// backend's reply is too, and its request fails back.
+    fn source_broke(&mut self, item: Outbound, now: u64) {
+        match item {
+            Outbound::OneWay { src, .. } => self.take_down(src, true, now),
+            Outbound::Reply { token, backend, .. } => {
+                self.fail_back_answering(token, now);
+                self.take_down(backend, true, now);
+            }
+            _ => {}
+        }
+    }
+
+    /// `item` reached port `d`'s guest: senders get their chains back, answered requests end.
+    fn delivered(&mut self, d: PortId, item: Outbound, fits: bool, now: u64) {
+        match item {
+            Outbound::OneWay { src, chain } => {
+                self.release(src, &chain, now);
+                if fits {
+                    self.totals.oneway_delivered += 1;
+                } else {
+                    self.undeliverable(src, chain.header.msg_id(), Status::TooLarge, now);
+                }
+            }
+            Outbound::Reply {
+                token,
+                backend,
+                chain,
+                ..
+            } => {
+                self.release(backend, &chain, now);
+                if let Some(r) = self.inflight.remove(token) {
+                    self.totals.replies_delivered += 1;
+                    self.ports[d as usize].stats.replies += 1;
+                    if let Target::Service(s) = r.target {
+                        self.services[s as usize].stats.replies += 1;
+                    }
+                    self.release(r.frontend, &r.chain, now);
+                }
+            }
+            Outbound::Error { token, status, .. } => {
+                if let Some(r) = self.inflight.remove(token) {
+                    if let Target::Service(s) = r.target {
+                        if let Some(svc) = self.services.get_mut(s as usize) {
+                            svc.stats.failed_back += 1;
+                        }
+                    }
+                    self.ports[d as usize].stats.failed_back += 1;
+                    self.totals.failed_back += 1;
+                    if status == Status::Timeout {
+                        self.totals.timeouts += 1;
+                    }
+                    self.release(r.frontend, &r.chain, now);
+                }
+            }
+            Outbound::Notice { .. } => {
+                let e = &mut self.ports[d as usize];
+                e.notices = e.notices.saturating_sub(1);
+            }
+            Outbound::Request(_) | Outbound::Hello => {}
+        }
+    }
+
+    /// Hands a held message back to port `p`'s guest.
+    pub(super) fn release(&mut self, p: PortId, chain: &TxChain, now: u64) {
+        let e = &mut self.ports[p as usize];
+        if e.down {
+            return;
+        }
+        if e.port.release(chain).is_ok() {
+            e.dirty = true;
+        } else {
+            self.take_down(p, true, now);
+        }
+    }
+
+    pub(super) fn undeliverable(&mut self, p: PortId, msg_id: u64, status: Status, now: u64) {
+        self.totals.oneway_undeliverable += 1;
+        self.ports[p as usize].stats.undeliverable += 1;
+        self.notice(p, msg_id, status, now);
+    }
+
+    pub(super) fn notice(&mut self, p: PortId, msg_id: u64, status: Status, now: u64) {
+        let e = &mut self.ports[p as usize];
+        if e.down {
+            return;
+        }
+        // Notices answer messages whose chains went back already, so the sender's ring does
+        // not bound them: a guest that sends to nowhere and never reads gets at most a
+        // queue's worth waiting, and the rest are counted and dropped.
+        if e.notices >= u32::from(e.rx_capacity) {
+            e.stats.notices_dropped += 1;
+            return;
+        }
+        e.notices += 1;
+        self.offer(p, Outbound::Notice { msg_id, status }, now);
+    }
+
+    /// Publishes every port's deliveries and releases; notifies the guests that asked.
+    pub(super) fn notify_ports(&mut self) {
+        for e in self.ports.iter_mut().filter(|e| !e.down && e.dirty) {
+            e.dirty = false;
+            if e.port.publish() {
+                e.stats.notifies += 1;
+                e.port.notify();
+            }
+        }
+    }
+
+    /// The directory sent in hellos: every port and service with its id.
+    fn directory(&self) -> Vec<u8> {
+        let ports = self.ports.iter().enumerate().map(|(i, p)| Entry {
+            id: i as u32,
+            kind: EntryKind::Port,
+            name: p.name.as_bytes(),
+        });
+        let services = self.services.iter().enumerate().map(|(i, s)| Entry {
+            id: i as u32,
+            kind: EntryKind::Service,
+            name: s.name.as_bytes(),
+        });
+        let entries = ports.chain(services);
+        let mut out = vec![0; directory::encoded_len(entries.clone())];
+        let n = directory::encode(entries, &mut out).unwrap_or(0);
+        out.truncate(n);
+        out
+    }
+}
