@@ -1,0 +1,194 @@
+//! Unit tests of failover.
+use super::*;
+
+const MS: u64 = 1_000_000;
+
+fn svc(n: usize, pct: u32) -> Failover {
+    let cfg = FailoverConfig {
+        max_ejection_percent: pct,
+        ..FailoverConfig::default()
+    };
+    Failover::new(cfg, n, 0)
+}
+
+/// Every backend drains steadily except those in `stuck`.
+fn tick(f: &mut Failover, idx: &mut [u16], stuck: &[usize], now: u64) -> Vec<Event> {
+    for (i, c) in idx.iter_mut().enumerate() {
+        if !stuck.contains(&i) {
+            *c = c.wrapping_add(1);
+        }
+        f.observe(i, *c, true, now);
+    }
+    f.sweep_vec(now)
+}
+
+#[test]
+fn stall_is_detected_after_the_window_and_ejected() {
+    let mut f = svc(10, 10);
+    let mut idx = [0u16; 10];
+    let mut now = 0;
+    let mut events = Vec::new();
+    while now < 4 * MS {
+        now += MS;
+        events.extend(tick(&mut f, &mut idx, &[3], now));
+    }
+    assert!(events.is_empty(), "{events:?}");
+    now += MS;
+    let events = tick(&mut f, &mut idx, &[3], now);
+    assert_eq!(
+        events,
+        vec![Event::Ejected {
+            backend: 3,
+            count: 1
+        }]
+    );
+    assert_eq!(f.weight_factor(3, now), 0.0);
+    assert!(!f.in_rotation(3));
+    assert_eq!(f.stats().stalls, 1);
+}
+
+#[test]
+fn idle_backend_is_not_stalled() {
+    let mut f = svc(2, 50);
+    for t in 0..100 {
+        f.observe(0, 7, false, t * MS);
+        assert!(f.sweep_vec(t * MS).is_empty());
+    }
+}
+
+#[test]
+fn ejection_cap_leaves_the_rest_stalled_without_work() {
+    let mut f = svc(10, 10);
+    let mut idx = [0u16; 10];
+    let mut now = 0;
+    let mut events = Vec::new();
+    while now < 6 * MS {
+        now += MS;
+        events.extend(tick(&mut f, &mut idx, &[1, 2], now));
+    }
+    assert_eq!(
+        events,
+        vec![
+            Event::Ejected {
+                backend: 1,
+                count: 1
+            },
+            Event::Stalled { backend: 2 }
+        ]
+    );
+    assert_eq!(f.status(2), Some(BackendStatus::Stalled));
+    assert_eq!(f.weight_factor(2, now), 0.0);
+    assert_eq!(f.stats().ejections_capped, 1);
+    // Backend 2 drains again: recovered, no ejection.
+    now += MS;
+    let events = tick(&mut f, &mut idx, &[1], now);
+    assert_eq!(events, vec![Event::Recovered { backend: 2 }]);
+    assert_eq!(f.weight_factor(2, now), 1.0);
+}
+
+#[test]
+fn returns_after_ejection_time_when_draining_with_slow_start_and_backoff() {
+    let mut f = svc(4, 25);
+    let mut idx = [0u16; 4];
+    let mut now = 0;
+    while f.status(0) == Some(BackendStatus::Healthy) {
+        now += MS;
+        tick(&mut f, &mut idx, &[0], now);
+    }
+    let ejected_at = now;
+    assert_eq!(
+        f.status(0),
+        Some(BackendStatus::Ejected {
+            until_ns: ejected_at + 30 * MS
+        })
+    );
+    // Still stuck after the ejection time: stays out.
+    while now < ejected_at + 40 * MS {
+        now += MS;
+        assert!(tick(&mut f, &mut idx, &[0], now).is_empty());
+    }
+    // Drains again: returns in slow start at 10 % weight.
+    now += MS;
+    let events = tick(&mut f, &mut idx, &[], now);
+    assert_eq!(events, vec![Event::Returned { backend: 0 }]);
+    assert!((f.weight_factor(0, now) - 0.1).abs() < 1e-9);
+    assert!((f.weight_factor(0, now + 25 * MS) - 0.55).abs() < 1e-9);
+    now += 50 * MS;
+    tick(&mut f, &mut idx, &[], now);
+    assert_eq!(f.status(0), Some(BackendStatus::Healthy));
+    // Second stall: twice as long.
+    while f.status(0) == Some(BackendStatus::Healthy) {
+        now += MS;
+        tick(&mut f, &mut idx, &[0], now);
+    }
+    assert_eq!(
+        f.status(0),
+        Some(BackendStatus::Ejected {
+            until_ns: now + 60 * MS
+        })
+    );
+    assert_eq!(f.ejections(0), 2);
+}
+
+#[test]
+fn backoff_is_capped_and_forgiven_over_time() {
+    let cfg = FailoverConfig {
+        max_ejection_percent: 100,
+        slow_start_ns: 0,
+        ..FailoverConfig::default()
+    };
+    let mut f = Failover::new(cfg, 1, 0);
+    let mut out = Vec::new();
+    let mut now = 0;
+    for _ in 0..20 {
+        f.force_eject(0, now, &mut out);
+    }
+    assert_eq!(
+        f.status(0),
+        Some(BackendStatus::Ejected { until_ns: 300 * MS })
+    );
+    now += 300 * MS;
+    f.observe(0, 1, false, now);
+    f.sweep(now, &mut out);
+    assert_eq!(f.status(0), Some(BackendStatus::Healthy));
+    now += 300 * MS;
+    f.sweep(now, &mut out);
+    assert_eq!(f.ejections(0), 19);
+}
+
+#[test]
+fn panic_mode_uses_all_backends() {
+    let cfg = FailoverConfig {
+        max_ejection_percent: 100,
+        ..FailoverConfig::default()
+    };
+    let mut f = Failover::new(cfg, 4, 0);
+    let mut idx = [0u16; 4];
+    let mut now = 0;
+    let mut events = Vec::new();
+    while now < 6 * MS {
+        now += MS;
+        events.extend(tick(&mut f, &mut idx, &[0, 1, 2], now));
+    }
+    assert!(events.contains(&Event::PanicEntered));
+    assert!(f.panic());
+    assert!(f.in_rotation(0));
+    assert_eq!(f.weight_factor(0, now), 1.0);
+    assert_eq!(f.stats().panics, 1);
+}
+
+#[test]
+fn empty_ejected_backend_returns_without_traffic() {
+    let mut f = svc(2, 50);
+    let mut out = Vec::new();
+    f.force_eject(1, 0, &mut out);
+    // Its pending work was moved away; nothing left to drain.
+    f.observe(1, 0, false, 10 * MS);
+    f.sweep(10 * MS, &mut out);
+    assert!(matches!(f.status(1), Some(BackendStatus::Ejected { .. })));
+    f.sweep(30 * MS, &mut out);
+    assert_eq!(
+        f.status(1),
+        Some(BackendStatus::Warming { since_ns: 30 * MS })
+    );
+}

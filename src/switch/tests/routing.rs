@@ -1,0 +1,80 @@
+//! Hello, unicast and unknown destinations.
+
+use super::*;
+
+#[test]
+fn hello_tells_each_port_its_id_and_the_directory() {
+    let mut n = net(2, 16);
+    n.service("echo", PolicyKind::Wrr, &[(1, 1.0)]);
+    n.step();
+    let got = n.peers[1].recv_all();
+    assert_eq!(got.len(), 1);
+    let (h, dir) = &got[0];
+    assert_eq!(h.kind(), Some(MsgKind::Hello));
+    assert_eq!(h.dst(), 1);
+    assert_eq!(h.src(), SWITCH_PORT);
+    assert_eq!(u32::from_le_bytes(dir[0..4].try_into().unwrap()), 3);
+    // p0, p1, then the service "echo" with id 0 and kind 1.
+    let mut off = 4;
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        let id = u32::from_le_bytes(dir[off..off + 4].try_into().unwrap());
+        let kind = dir[off + 4];
+        let len = dir[off + 5] as usize;
+        names.push((
+            id,
+            kind,
+            String::from_utf8(dir[off + 6..off + 6 + len].to_vec()).unwrap(),
+        ));
+        off += 6 + len;
+    }
+    assert_eq!(
+        names,
+        vec![
+            (0, 0, "p0".into()),
+            (1, 0, "p1".into()),
+            (0, 1, "echo".into())
+        ]
+    );
+}
+
+#[test]
+fn one_way_unicast_arrives_in_order_and_intact() {
+    let mut n = net(2, 8);
+    n.step();
+    n.peers[1].recv_all();
+    let mut got = Vec::new();
+    let mut sent = 0u64;
+    while got.len() < 500 {
+        while sent < 500 {
+            let h = MsgHeader::new(MsgKind::OneWay, 1, sent, 20);
+            if !n.peers[0].send(&h, &payload(sent, 20)) {
+                break;
+            }
+            sent += 1;
+        }
+        n.step();
+        got.extend(n.peers[1].recv_all());
+    }
+    for (i, (h, p)) in got.iter().enumerate() {
+        assert_eq!(h.msg_id(), i as u64);
+        assert_eq!(h.src(), 0, "the switch stamps the source");
+        assert_eq!(p, &payload(i as u64, 20));
+    }
+    assert_eq!(n.sw.snapshot().totals.oneway_delivered, 500);
+}
+
+#[test]
+fn one_way_to_unknown_port_comes_back_as_an_error() {
+    let mut n = net(1, 8);
+    n.step();
+    n.peers[0].recv_all();
+    n.peers[0].send(&MsgHeader::new(MsgKind::OneWay, 42, 9, 0), &[]);
+    n.step();
+    n.step();
+    let got = n.peers[0].recv_all();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0.msg_id(), 9);
+    assert_eq!(got[0].0.status(), Some(Status::Unreachable));
+    assert_eq!(n.sw.snapshot().totals.oneway_undeliverable, 1);
+}
