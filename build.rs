@@ -41,7 +41,13 @@ const CLEARED_VARS: &[&str] = &[
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    for dir in ["guest-images", "src/wire", "src/ring", "src/abi"] {
+    for dir in [
+        "guest-images",
+        "src/wire",
+        "src/ring",
+        "src/abi",
+        "src/traffic",
+    ] {
         println!("cargo:rerun-if-changed={dir}");
     }
     if env::var_os("CARGO_FEATURE_STD").is_none() {

@@ -9,21 +9,29 @@
 //!
 //! Built with `default-features = false`, only the `no_std` modules [`abi`], [`wire`] and [`ring`] remain;
 //! guest images use the crate that way.
+//!
+//! The test kit is not part of this surface; cargo features add it:
+//! - `traffic` (`no_std`): the traffic loops (windowed client, echo worker) that guest images,
+//!   host peers, tests, benches and fuzzing share;
+//! - `test-utils`: in-process host peers (`peer`), a host thread playing a VM's driver;
+//! - `bench`: the `vmq bench` harnesses, shared with the criterion benches.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod abi;
 pub mod ring;
+#[cfg(feature = "traffic")]
+pub mod traffic;
 pub mod wire;
 
-#[cfg(feature = "std")]
+#[cfg(feature = "bench")]
 pub mod bench;
 #[cfg(feature = "std")]
 pub mod device;
 #[cfg(feature = "std")]
 pub mod event;
-#[cfg(feature = "std")]
+#[cfg(feature = "test-utils")]
 pub mod peer;
 #[cfg(feature = "std")]
 pub mod port;

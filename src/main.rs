@@ -4,8 +4,8 @@ use clap::{Args, Parser, Subcommand};
 
 use std::process::ExitCode;
 
-use vmq::bench::switch::SwitchPlacement;
-use vmq::bench::{self, Placement, Report};
+#[cfg(feature = "bench")]
+use vmq::bench::{self, switch::SwitchPlacement, Placement, Report};
 use vmq::runner::{self, RunOptions};
 use vmq::topology::{Topology, DEMO_TOML};
 
@@ -169,17 +169,43 @@ fn main() -> ExitCode {
                 runner::SoakReport::clean,
             )
         }
-        Command::Bench(BenchCommand::Ring(o)) => {
-            print(&bench::ring::run(o.quick, Placement::two_cores()), &o)
-        }
-        Command::Bench(BenchCommand::Vm(o)) => print(&bench::vm::run(o.quick), &o),
-        Command::Bench(BenchCommand::Switch(o)) => print(
+        Command::Bench(b) => run_bench(b),
+    }
+}
+
+#[cfg(feature = "bench")]
+fn run_bench(b: BenchCommand) -> ExitCode {
+    match b {
+        BenchCommand::Ring(o) => print(&bench::ring::run(o.quick, Placement::two_cores()), &o),
+        BenchCommand::Vm(o) => print(&bench::vm::run(o.quick), &o),
+        BenchCommand::Switch(o) => print(
             &bench::switch::run(o.quick, SwitchPlacement::two_cores()),
             &o,
         ),
     }
 }
 
+/// Without the harnesses (feature `bench`), says how to get them.
+#[cfg(not(feature = "bench"))]
+fn run_bench(b: BenchCommand) -> ExitCode {
+    let (name, o) = match &b {
+        BenchCommand::Ring(o) => ("ring", o),
+        BenchCommand::Vm(o) => ("vm", o),
+        BenchCommand::Switch(o) => ("switch", o),
+    };
+    let flags = format!(
+        "{}{}",
+        if o.json { " --json" } else { "" },
+        if o.quick { " --quick" } else { "" }
+    );
+    eprintln!(
+        "vmq: this build has no bench harnesses (cargo feature `bench`); run:\n  \
+         cargo run --release --features bench -- bench {name}{flags}"
+    );
+    ExitCode::from(2)
+}
+
+#[cfg(feature = "bench")]
 fn print(report: &Report, o: &BenchOpts) -> ExitCode {
     if o.json {
         report.print_json();

@@ -9,7 +9,6 @@ use core::fmt::{self, Write};
 pub use vmq::abi;
 use vmq::abi::BootBlock;
 
-pub mod replies;
 pub mod virtio;
 
 /// The results area of the boot block ([`BootBlock::results`], `abi::RES_*` indices): counters

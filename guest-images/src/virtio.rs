@@ -7,6 +7,7 @@
 
 use vmq::abi::{self, virtio as v, BootBlock};
 use vmq::ring::{DriverRing, MsgRx, MsgTx, RawMemory, RingError, RingLayout, RxMsg, SlotArena};
+use vmq::traffic::{self, Link};
 use vmq::wire::{MsgHeader, HEADER_SIZE};
 
 use crate::{doorbell_wait, mmio_read32, mmio_write32, results};
@@ -394,38 +395,45 @@ impl Vmq {
     /// Sends one message, waiting for a free tx slot if needed (reclaiming finished ones).
     /// Publishes (and maybe kicks) before waiting, so the device can make room.
     pub fn send(&mut self, hdr: &MsgHeader, payload: &[u8]) -> Result<(), DriverError> {
-        loop {
-            self.tx.reclaim()?;
-            if self.tx.free() > 0 {
-                self.tx.send(hdr, payload)?;
-                return Ok(());
-            }
-            self.flush_tx()?;
-            self.wait(true)?;
-        }
+        traffic::send(self, hdr, payload)
     }
 
     /// Waits until the device has finished with every tx message (the switch delivered them,
     /// or answered the requests among them).
     pub fn drain_tx(&mut self) -> Result<(), DriverError> {
-        self.flush_tx()?;
-        loop {
-            self.tx.reclaim()?;
-            if self.tx.ring().outstanding() == 0 {
-                return Ok(());
-            }
-            self.wait(true)?;
-        }
+        traffic::drain_tx(self)
+    }
+}
+
+/// The guest runs vmq's traffic loops: it publishes with a kick when the device asks, waits by
+/// spinning then parking on the doorbell, and deals with errors as [`on_error`] says.
+impl Link for Vmq {
+    type Memory = RawMemory;
+    type State = &'static mut [u16];
+    type Error = DriverError;
+
+    fn tx(&mut self) -> &mut Tx {
+        &mut self.tx
     }
 
-    /// Rx messages delivered and not yet taken, as a permille of the rx queue (a load report).
-    pub fn rx_load(&self) -> u16 {
-        let ring = self.rx.ring();
-        let layout = ring.layout();
-        let published =
-            vmq::ring::RingMemory::load_u16(ring.memory(), layout.used + 2).unwrap_or(0);
-        let pending = published.wrapping_sub(ring.counters().used as u16);
-        (u32::from(pending) * 1000 / u32::from(layout.size)).min(1000) as u16
+    fn rx(&mut self) -> &mut Rx {
+        &mut self.rx
+    }
+
+    fn flush_tx(&mut self) -> Result<(), DriverError> {
+        Ok(Vmq::flush_tx(self)?)
+    }
+
+    fn flush_rx(&mut self) -> Result<(), DriverError> {
+        Ok(Vmq::flush_rx(self)?)
+    }
+
+    fn wait(&mut self, want_tx: bool) -> Result<(), DriverError> {
+        Vmq::wait(self, want_tx)
+    }
+
+    fn fault(&mut self, e: DriverError) {
+        on_error(e);
     }
 }
 

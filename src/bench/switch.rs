@@ -37,6 +37,7 @@ use crate::switch::policy::{
     measure_decision_ns, measure_policy_ns, Candidate, PickRequest, Policy, PolicyKind,
 };
 use crate::switch::{MonotonicClock, Polling, ServiceConfig, Switch, SwitchConfig, Totals};
+use crate::traffic::{Worker, WorkerConfig};
 use crate::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE};
 
 /// Payload sizes measured.
@@ -416,10 +417,11 @@ impl Side for VmqFrontend {
 }
 
 /// One-way: receives, checks order (ids `first`, `first + stride`, ...), counts.
-/// Request/reply: echoes every request's payload back in a reply.
+/// Request/reply: the shared echo [`Worker`] answers every request with its payload.
 struct VmqBackend {
     peer: HostPeer,
-    case: Case,
+    /// The echo worker (request/reply).
+    echo: Option<Worker>,
     buf: Vec<u8>,
     next_id: u64,
     stride: u64,
@@ -427,43 +429,27 @@ struct VmqBackend {
 
 impl Side for VmqBackend {
     fn step(&mut self, ctl: &Ctl) {
-        let echo = self.case == Case::RequestReply;
-        if echo && (self.peer.tx.free() as u32) < BATCH {
-            self.peer.tx.reclaim().expect("reclaim");
+        if let Some(worker) = self.echo.as_mut() {
+            // Never stops: no count, no fault configured.
+            let _ = worker.step(&mut self.peer, &mut (), &mut self.buf);
+            return;
         }
         let (mut moved, mut n, mut ids) = (0u32, 0u64, 0u64);
-        while !echo || self.peer.tx.free() > 0 {
-            let Some(m) = self.peer.rx.recv(&mut self.buf).expect("recv") else {
-                break;
-            };
+        while let Some(m) = self.peer.rx.recv(&mut self.buf).expect("recv") {
             moved += 1;
             if m.header.kind() == Some(MsgKind::Hello) {
                 continue;
             }
-            if echo {
-                let reply = MsgHeader::reply_to(&m.header, Status::Ok, m.len as u32);
-                self.peer
-                    .tx
-                    .send(&reply, &self.buf[..m.len])
-                    .expect("send reply");
-            } else {
-                assert_eq!(m.header.msg_id(), self.next_id, "messages arrive in order");
-                black_box(&self.buf);
-                ids = ids.wrapping_add(self.next_id);
-                self.next_id += self.stride;
-            }
+            assert_eq!(m.header.msg_id(), self.next_id, "messages arrive in order");
+            black_box(&self.buf);
+            ids = ids.wrapping_add(self.next_id);
+            self.next_id += self.stride;
             n += 1;
         }
         if moved > 0 {
             self.peer.rx.flush().expect("re-post rx");
         }
-        if echo {
-            if n > 0 {
-                self.peer.tx.flush().expect("flush replies");
-            }
-        } else {
-            ctl.count(n, ids);
-        }
+        ctl.count(n, ids);
     }
 }
 
@@ -524,7 +510,8 @@ pub fn run_vmq(
         .map(|(i, peer)| {
             Box::new(VmqBackend {
                 peer,
-                case,
+                // A plain echo: key 0, no load report.
+                echo: (case == Case::RequestReply).then(|| Worker::new(WorkerConfig::default())),
                 buf: vec![0; buf_len],
                 next_id: i as u64,
                 stride: backends as u64,

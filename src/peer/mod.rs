@@ -3,7 +3,10 @@
 //! [`host_peer`] lays out a port's two rings and their slot buffers in a fresh guest memory and
 //! returns both ends: the driver side ([`HostPeer`], what a guest image would run) and the
 //! device side ([`DevicePort`], what the switch serves). Tests and benchmarks use it to run the
-//! real queues without booting a VM; the switch cannot tell the difference.
+//! real queues without booting a VM; the switch cannot tell the difference. A [`HostPeer`] is a
+//! [`Link`](crate::traffic::Link): it runs the traffic loops (windowed client, echo worker).
+//!
+//! Feature `test-utils`; not part of the default surface.
 
 use virtio_queue::Queue;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -126,4 +129,45 @@ pub fn host_peer(cfg: PeerConfig) -> Result<(HostPeer, DevicePort<GuestMemoryMma
 pub fn device_queue(layout: RingLayout, event_idx: bool) -> Result<Queue, PeerError> {
     crate::device::ready_queue(layout.size, layout, event_idx)
         .map_err(|e| PeerError::Queue(e.to_string()))
+}
+
+/// Spins on the rings this many times per [`Link::wait`](crate::traffic::Link::wait).
+const WAIT_SPINS: u32 = 4096;
+
+/// A host peer runs the traffic loops: publishing needs no notification (the switch polls
+/// host peers), waiting spins a bounded while, and any error is a bug in the test.
+impl crate::traffic::Link for HostPeer {
+    type Memory = MmapRingMemory;
+    type State = Vec<u16>;
+    type Error = RingError;
+
+    fn tx(&mut self) -> &mut MsgTx<MmapRingMemory, Vec<u16>> {
+        &mut self.tx
+    }
+
+    fn rx(&mut self) -> &mut MsgRx<MmapRingMemory, Vec<u16>> {
+        &mut self.rx
+    }
+
+    fn flush_tx(&mut self) -> Result<(), RingError> {
+        self.tx.flush().map(drop)
+    }
+
+    fn flush_rx(&mut self) -> Result<(), RingError> {
+        self.rx.flush().map(drop)
+    }
+
+    fn wait(&mut self, want_tx: bool) -> Result<(), RingError> {
+        for _ in 0..WAIT_SPINS {
+            if self.rx.ring().has_used()? || (want_tx && self.tx.ring().has_used()?) {
+                return Ok(());
+            }
+            std::hint::spin_loop();
+        }
+        Ok(())
+    }
+
+    fn fault(&mut self, e: RingError) {
+        panic!("host peer: {e}");
+    }
 }

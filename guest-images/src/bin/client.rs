@@ -22,21 +22,18 @@
 #![no_main]
 
 use guest_rt::abi::{self, BootBlock};
-use guest_rt::replies::{is_worker_answer, Replies};
 use guest_rt::results;
-use guest_rt::virtio::{on_error, probe_or_exit, DriverError, FreeMem, Vmq};
-use vmq::ring::Buf;
-use vmq::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE};
+use guest_rt::virtio::{on_error, probe_or_exit, FreeMem, Vmq};
+use vmq::ring::{Buf, RxMsg};
+use vmq::traffic::{Client, ClientHooks, Destination, Exchange, Verdict};
+use vmq::wire::{MsgKind, Status, HEADER_SIZE};
 
 guest_rt::entry!(main);
 
 const MAX: usize = abi::MAX_GUEST_PAYLOAD as usize + 1024;
 
-struct Client {
-    dev: Vmq,
-    size: usize,
-    next_id: u64,
-    replied: Replies,
+/// What the client loop reports: counters into the results, round trips into the histogram.
+struct Report {
     /// TSC at send, per request id (empty when memory is short: no latency then).
     sent_at: &'static mut [u64],
 }
@@ -68,7 +65,7 @@ fn main(bb: &BootBlock) -> u32 {
         return abi::EXIT_BAD_PARAM;
     };
     let sent_at = free.alloc_u64s(count as usize).unwrap_or(&mut []);
-    let dev = probe_or_exit(bb, &mut free, size);
+    let mut dev = probe_or_exit(bb, &mut free, size);
     let tx_size = u64::from(dev.tx.ring().size());
     let window = match p[abi::PARAM_WINDOW] {
         0 => tx_size,
@@ -76,55 +73,20 @@ fn main(bb: &BootBlock) -> u32 {
     };
     let target = abi::param_port(p[abi::PARAM_TARGET]);
     let service = p[abi::PARAM_SERVICE] as u32;
-    let mut c = Client {
-        dev,
+    let mut client = Client::new(replied, abi::WORKER_XOR, Some(size as usize));
+    let ex = Exchange {
+        dst: target.map_or(Destination::Service(service), Destination::Port),
+        count,
+        window,
         size: size as usize,
-        next_id: 1,
-        replied: Replies::new(replied),
-        sent_at,
+        src: None,
     };
     let mut buf = [0u8; MAX];
     let mut payload = [0u8; MAX];
-    while c.replied.answered < count {
-        let mut progress = c.receive(&mut buf);
-        if let Err(e) = c.dev.tx.reclaim() {
-            on_error(e.into());
-        }
-        while c.next_id <= count
-            && c.next_id - 1 - c.replied.answered < window
-            && c.dev.tx.free() > 0
-        {
-            let id = c.next_id;
-            for (i, b) in payload[..c.size].iter_mut().enumerate() {
-                *b = abi::request_byte(id, i);
-            }
-            let hdr = match target {
-                Some(port) => MsgHeader::new(MsgKind::Request, port, id, c.size as u32),
-                None => MsgHeader::request_to_service(service, id, c.size as u32),
-            };
-            if let Err(e) = c.dev.tx.send(&hdr, &payload[..c.size]) {
-                on_error(e.into());
-                break;
-            }
-            if let Some(t) = c.sent_at.get_mut((id - 1) as usize) {
-                *t = tsc();
-            }
-            c.next_id += 1;
-            results::add(abi::RES_SENT, 1);
-            progress = true;
-        }
-        if let Err(e) = c.dev.flush_tx() {
-            on_error(e.into());
-        }
-        if !progress && c.replied.answered < count {
-            let tx_full = c.dev.tx.free() == 0;
-            if let Err(e) = c.dev.wait(tx_full) {
-                on_error(e);
-            }
-        }
-    }
+    let mut report = Report { sent_at };
+    client.exchange(&mut dev, &mut report, &ex, &mut buf, &mut payload);
     if p[abi::PARAM_MODE] == abi::CLIENT_MODE_MALFORMED {
-        post_malformed(&mut c.dev);
+        post_malformed(&mut dev);
     }
     if results::get(abi::RES_DUPLICATES) > 0 {
         abi::EXIT_DUPLICATE
@@ -157,44 +119,27 @@ fn post_malformed(dev: &mut Vmq) -> ! {
     }
 }
 
-impl Client {
-    /// Takes every delivered message; returns whether there was any.
-    fn receive(&mut self, buf: &mut [u8]) -> bool {
-        let mut any = false;
-        while let Some(m) = self.dev.next_message(buf, &mut any) {
-            match m.header.kind() {
-                Some(MsgKind::Hello) => self.dev.note_hello(&m.header),
-                Some(MsgKind::Reply) => self.reply(&m.header, &buf[..m.len]),
-                _ => results::add(abi::RES_RING_ERRORS, 1),
-            }
+impl ClientHooks<Vmq> for Report {
+    fn sent(&mut self, id: u64) {
+        if let Some(t) = self.sent_at.get_mut((id - 1) as usize) {
+            *t = tsc();
         }
-        if let Err(e) = self.dev.flush_rx() {
-            on_error(DriverError::from(e));
-        }
-        any
+        results::add(abi::RES_SENT, 1);
     }
 
-    fn reply(&mut self, h: &MsgHeader, payload: &[u8]) {
-        let id = h.msg_id();
-        if !self.replied.accept(id, self.next_id) {
+    fn answered(&mut self, id: u64, verdict: Verdict) {
+        if verdict == Verdict::Duplicate {
+            results::add(abi::RES_DUPLICATES, 1);
             return;
         }
+        results::add(abi::RES_RECEIVED, 1);
         if let Some(&t) = self.sent_at.get((id - 1) as usize) {
             record_latency(tsc().wrapping_sub(t));
         }
-        match h.status() {
-            Some(Status::Ok) => {
-                let good = is_worker_answer(id, self.size, payload);
-                results::add(
-                    if good {
-                        abi::RES_OK
-                    } else {
-                        abi::RES_MISMATCHES
-                    },
-                    1,
-                );
-            }
-            st => {
+        match verdict {
+            Verdict::Ok => results::add(abi::RES_OK, 1),
+            Verdict::Mismatch => results::add(abi::RES_MISMATCHES, 1),
+            Verdict::Failed(st) => {
                 results::add(abi::RES_ERRORS, 1);
                 let slot = match st {
                     Some(Status::NoBackend) => abi::RES_STATUS_NO_BACKEND,
@@ -205,6 +150,14 @@ impl Client {
                 };
                 results::add(slot, 1);
             }
+            Verdict::Duplicate => {}
+        }
+    }
+
+    fn other(&mut self, dev: &mut Vmq, m: &RxMsg, _payload: &mut [u8]) {
+        match m.header.kind() {
+            Some(MsgKind::Hello) => dev.note_hello(&m.header),
+            _ => results::add(abi::RES_RING_ERRORS, 1),
         }
     }
 }

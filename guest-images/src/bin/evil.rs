@@ -23,10 +23,12 @@
 #![no_main]
 
 use guest_rt::abi::{self, BootBlock};
-use guest_rt::replies::{is_worker_answer, Replies};
 use guest_rt::results;
 use guest_rt::virtio::{on_error, DriverError, FreeMem, Options, Vmq};
-use vmq::ring::{Buf, RingMemory, DESC_F_NEXT, DESC_SIZE};
+use vmq::ring::{Buf, RingMemory, RxMsg, DESC_F_NEXT, DESC_SIZE};
+use vmq::traffic::{
+    fill_request, xor_in_place, Client, ClientHooks, Destination, Exchange, Verdict,
+};
 use vmq::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE};
 
 guest_rt::entry!(main);
@@ -46,12 +48,18 @@ struct Evil {
     free: FreeMem,
     dev: Vmq,
     size: usize,
-    next_id: u64,
-    seen: Replies,
+    /// Its requests and their replies (ids in sending order, each reply checked).
+    client: Client<'static>,
     buf: &'static mut [u8],
     out: &'static mut [u8],
     /// Guest-physical scratch for hand-made chains (4 KiB).
     chains: u64,
+    /// Everything else it receives.
+    watch: Watch,
+}
+
+/// What the evil sees besides the replies to its requests (the client loop's hooks).
+struct Watch {
     /// Serve requests delivered to this VM (as the side service's backend).
     serve: bool,
     /// The id of the request the evil expects to receive as a backend, and what it saw.
@@ -88,16 +96,17 @@ fn main(bb: &BootBlock) -> u32 {
         free,
         dev,
         size: size as usize,
-        next_id: 1,
-        seen: Replies::new(seen),
+        client: Client::new(seen, abi::WORKER_XOR, None),
         buf,
         out,
         chains,
-        serve: false,
-        mirror_id: 0,
-        mirror_got: 0,
-        mirror_intact: true,
-        hellos: 0,
+        watch: Watch {
+            serve: false,
+            mirror_id: 0,
+            mirror_got: 0,
+            mirror_intact: true,
+            hellos: 0,
+        },
     };
     let service = p[abi::PARAM_SERVICE] as u32;
     let side = p[abi::PARAM_SIDE_SERVICE] as u32;
@@ -153,53 +162,88 @@ fn probe(bb: &BootBlock, free: &mut FreeMem, size: u64) -> Vmq {
     }
 }
 
+impl ClientHooks<Vmq> for Watch {
+    fn sent(&mut self, _id: u64) {
+        results::add(abi::RES_SENT, 1);
+    }
+
+    fn answered(&mut self, _id: u64, verdict: Verdict) {
+        if verdict == Verdict::Duplicate {
+            results::add(abi::RES_DUPLICATES, 1);
+            return;
+        }
+        results::add(abi::RES_RECEIVED, 1);
+        match verdict {
+            Verdict::Ok => results::add(abi::RES_OK, 1),
+            Verdict::Mismatch => results::add(abi::RES_MISMATCHES, 1),
+            Verdict::Failed(_) => results::add(abi::RES_ERRORS, 1),
+            Verdict::Duplicate => {}
+        }
+    }
+
+    fn foreign(&self, h: &MsgHeader) -> bool {
+        h.msg_id() == PROBE_ID || h.msg_id() == SELF_ID
+    }
+
+    fn other(&mut self, dev: &mut Vmq, m: &RxMsg, payload: &mut [u8]) {
+        let h = m.header;
+        match h.kind() {
+            Some(MsgKind::Hello) => {
+                self.hellos += 1;
+                dev.note_hello(&h);
+            }
+            // Its own probes and one-way messages coming back.
+            Some(MsgKind::Reply) => {}
+            Some(MsgKind::Request) => self.request(dev, &h, payload),
+            Some(MsgKind::OneWay) if h.msg_id() == SELF_ID => {}
+            _ => results::add(abi::RES_RING_ERRORS, 1),
+        }
+    }
+}
+
+impl Watch {
+    /// A request delivered to this VM as a backend (`EVIL_REWRITE`'s side service): checks it
+    /// is the one it sent, intact, and answers it like a worker.
+    fn request(&mut self, dev: &mut Vmq, h: &MsgHeader, payload: &mut [u8]) {
+        self.mirror_got += 1;
+        let intact = payload.len() == CHAIN_PAYLOAD as usize
+            && payload
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == abi::request_byte(self.mirror_id, i));
+        self.mirror_intact &= intact;
+        if !self.serve {
+            return;
+        }
+        xor_in_place(payload, abi::WORKER_XOR);
+        let hdr = MsgHeader::reply_to(h, Status::Ok, payload.len() as u32);
+        if let Err(e) = dev.send(&hdr, payload) {
+            fail(e);
+        }
+    }
+}
+
 impl Evil {
     fn header(&self, service: u32, id: u64, len: u32) -> MsgHeader {
         MsgHeader::request_to_service(service, id, len)
     }
 
     fn fill_payload(&mut self, id: u64, len: usize) {
-        for (i, b) in self.out[..len].iter_mut().enumerate() {
-            *b = abi::request_byte(id, i);
-        }
+        fill_request(id, &mut self.out[..len]);
     }
 
     /// Sends `n` requests to `dst`, at most `window` outstanding, `src` set to `forged` when
     /// given, and waits for every reply.
     fn exchange(&mut self, dst: u32, n: u64, window: u64, forged: Option<u32>) {
-        let (first, base) = (self.next_id, self.seen.answered);
-        let end = first + n;
-        while self.seen.answered < base + n {
-            let mut progress = self.receive();
-            if let Err(e) = self.dev.tx.reclaim() {
-                fail(e);
-            }
-            while self.next_id < end
-                && (self.next_id - first) - (self.seen.answered - base) < window
-                && self.dev.tx.free() > 0
-            {
-                let id = self.next_id;
-                self.fill_payload(id, self.size);
-                let mut hdr = self.header(dst, id, self.size as u32);
-                if let Some(victim) = forged {
-                    hdr.set_src(victim);
-                }
-                if let Err(e) = self.dev.tx.send(&hdr, &self.out[..self.size]) {
-                    fail(e);
-                    break;
-                }
-                self.next_id += 1;
-                results::add(abi::RES_SENT, 1);
-                progress = true;
-            }
-            self.flush();
-            if !progress && self.seen.answered < base + n {
-                let tx_full = self.dev.tx.free() == 0;
-                if let Err(e) = self.dev.wait(tx_full) {
-                    fail(e);
-                }
-            }
-        }
+        let ex = Exchange {
+            dst: Destination::Service(dst),
+            count: n,
+            window,
+            size: self.size,
+            src: forged,
+        };
+        self.client
+            .exchange(&mut self.dev, &mut self.watch, &ex, self.buf, self.out);
     }
 
     /// Publishes tx and re-posts rx buffers.
@@ -212,64 +256,8 @@ impl Evil {
     /// Takes every delivered message without re-posting rx buffers (see [`Evil::flush`]);
     /// returns whether there was any.
     fn receive(&mut self) -> bool {
-        let mut any = false;
-        while let Some(m) = self.dev.next_message(self.buf, &mut any) {
-            let h = m.header;
-            match h.kind() {
-                Some(MsgKind::Hello) => {
-                    self.hellos += 1;
-                    self.dev.note_hello(&h);
-                }
-                Some(MsgKind::Reply) if h.msg_id() == PROBE_ID || h.msg_id() == SELF_ID => {}
-                Some(MsgKind::Reply) => self.reply(&h, m.len),
-                Some(MsgKind::Request) => self.request(&h, m.len),
-                Some(MsgKind::OneWay) if h.msg_id() == SELF_ID => {}
-                _ => results::add(abi::RES_RING_ERRORS, 1),
-            }
-        }
-        any
-    }
-
-    fn reply(&mut self, h: &MsgHeader, len: usize) {
-        let id = h.msg_id();
-        if !self.seen.accept(id, self.next_id) {
-            return;
-        }
-        if h.status() == Some(Status::Ok) {
-            let good = is_worker_answer(id, len, &self.buf[..len]);
-            results::add(
-                if good {
-                    abi::RES_OK
-                } else {
-                    abi::RES_MISMATCHES
-                },
-                1,
-            );
-        } else {
-            results::add(abi::RES_ERRORS, 1);
-        }
-    }
-
-    /// A request delivered to this VM as a backend (`EVIL_REWRITE`'s side service): checks it
-    /// is the one it sent, intact, and answers it like a worker.
-    fn request(&mut self, h: &MsgHeader, len: usize) {
-        self.mirror_got += 1;
-        let intact = len == CHAIN_PAYLOAD as usize
-            && self.buf[..len]
-                .iter()
-                .enumerate()
-                .all(|(i, &b)| b == abi::request_byte(self.mirror_id, i));
-        self.mirror_intact &= intact;
-        if !self.serve {
-            return;
-        }
-        for i in 0..len {
-            self.out[i] = self.buf[i] ^ abi::WORKER_XOR;
-        }
-        let hdr = MsgHeader::reply_to(h, Status::Ok, len as u32);
-        if let Err(e) = self.dev.send(&hdr, &self.out[..len]) {
-            fail(e);
-        }
+        self.client
+            .receive(&mut self.dev, &mut self.watch, self.buf)
     }
 
     fn tx_desc(&self, i: u16) -> u64 {
@@ -312,7 +300,7 @@ impl Evil {
     }
 
     fn publish_bad_chain(&mut self, mode: u64) {
-        let hdr = self.header(0, self.next_id, 0);
+        let hdr = self.header(0, self.client.next_id, 0);
         self.store(self.chains, &hdr.to_bytes());
         let h = HEADER_SIZE as u32;
         let (addr, len) = match mode {
@@ -455,9 +443,8 @@ impl Evil {
     /// Puts a request to `dst` on the tx ring as a chain of a header buffer and `pieces`
     /// payload buffers (not published). Returns its head.
     fn add_split_request(&mut self, dst: u32, pieces: u32, at: u64) -> u16 {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.mirror_id = id;
+        let id = self.client.take_id();
+        self.watch.mirror_id = id;
         let hdr = self.header(dst, id, CHAIN_PAYLOAD);
         self.fill_payload(id, CHAIN_PAYLOAD as usize);
         self.store(at, &hdr.to_bytes());
@@ -490,10 +477,10 @@ impl Evil {
 
     /// `EVIL_REWRITE`: see `abi::EVIL_REWRITE`.
     fn rewrite(&mut self, side: u32) {
-        self.serve = true;
+        self.watch.serve = true;
         // A short chain (header + one payload buffer): snapshotted when the switch takes it.
         self.exhaust_rx();
-        let base = self.seen.answered;
+        let base = self.client.replies.answered;
         let head = self.add_split_request(side, 1, self.chains);
         self.probe_taken();
         let mut d = [0u16; 8];
@@ -504,7 +491,7 @@ impl Evil {
         self.close_loop(head);
         results::add(abi::RES_EVIL_ATTACKS, 1);
         // Let it through: it must arrive intact, and its answer must come back.
-        while self.seen.answered == base {
+        while self.client.replies.answered == base {
             let progress = self.receive();
             self.flush();
             if let Err(e) = self.dev.tx.reclaim() {
@@ -516,7 +503,7 @@ impl Evil {
                 }
             }
         }
-        let ok = self.mirror_got == 1 && self.mirror_intact && !self.dev.needs_reset();
+        let ok = self.watch.mirror_got == 1 && self.watch.mirror_intact && !self.dev.needs_reset();
         results::set(abi::RES_EVIL_SNAPSHOT_OK, u64::from(ok));
         // A long chain (header + five payload buffers): walked again on every read.
         self.exhaust_rx();
@@ -548,16 +535,15 @@ impl Evil {
 
     /// `EVIL_RESET`: see `abi::EVIL_RESET`.
     fn reset_mid_flight(&mut self, service: u32, side: u32, count: u64, window: u64) {
-        let base = self.seen.answered;
+        let base = self.client.replies.answered;
         for _ in 0..abi::EVIL_RESET_BATCH {
-            let id = self.next_id;
+            let id = self.client.take_id();
             self.fill_payload(id, self.size);
             let hdr = self.header(side, id, self.size as u32);
             let out: &[u8] = &self.out[..self.size];
             if let Err(e) = self.dev.send(&hdr, out) {
                 fail(e);
             }
-            self.next_id += 1;
             results::add(abi::RES_SENT, 1);
         }
         if let Some(port) = abi::param_port(self.bb.params[abi::PARAM_TARGET]) {
@@ -571,12 +557,15 @@ impl Evil {
         }
         self.probe_taken();
         self.receive();
-        results::set(abi::RES_EVIL_BEFORE_RESET, self.seen.answered - base);
+        results::set(
+            abi::RES_EVIL_BEFORE_RESET,
+            self.client.replies.answered - base,
+        );
         self.dev.reset();
         results::add(abi::RES_EVIL_ATTACKS, 1);
-        self.hellos = 0;
+        self.watch.hellos = 0;
         self.dev = probe(&self.bb, &mut self.free, self.size as u64);
-        while self.hellos == 0 {
+        while self.watch.hellos == 0 {
             let progress = self.receive();
             self.flush();
             if !progress {
@@ -585,7 +574,7 @@ impl Evil {
                 }
             }
         }
-        results::set(abi::RES_EVIL_REVIVED, self.hellos);
+        results::set(abi::RES_EVIL_REVIVED, self.watch.hellos);
         self.exchange(service, count, window, None);
         self.exchange(side, abi::EVIL_RESET_BATCH, window, None);
     }

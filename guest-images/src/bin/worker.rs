@@ -18,13 +18,36 @@
 #![no_main]
 
 use guest_rt::abi::{self, BootBlock};
-use guest_rt::virtio::{on_error, probe_or_exit, FreeMem};
+use guest_rt::virtio::{probe_or_exit, FreeMem, Vmq};
 use guest_rt::{doorbell_wait, results};
-use vmq::wire::{MsgHeader, MsgKind, Status};
+use vmq::ring::RxMsg;
+use vmq::traffic::{Worker, WorkerConfig, WorkerHooks, WorkerStop};
+use vmq::wire::MsgKind;
 
 guest_rt::entry!(main);
 
 const MAX: usize = abi::MAX_GUEST_PAYLOAD as usize + 1024;
+
+/// Counts what the worker loop does into the results.
+struct Report;
+
+impl WorkerHooks<Vmq> for Report {
+    fn received(&mut self) {
+        results::add(abi::RES_RECEIVED, 1);
+    }
+
+    fn replied(&mut self, ok: bool) {
+        results::add(if ok { abi::RES_OK } else { abi::RES_ERRORS }, 1);
+        results::add(abi::RES_SENT, 1);
+    }
+
+    fn other(&mut self, dev: &mut Vmq, m: &RxMsg, _payload: &mut [u8]) {
+        match m.header.kind() {
+            Some(MsgKind::Hello) => dev.note_hello(&m.header),
+            _ => results::add(abi::RES_RING_ERRORS, 1),
+        }
+    }
+}
 
 fn main(bb: &BootBlock) -> u32 {
     let p = &bb.params;
@@ -39,80 +62,20 @@ fn main(bb: &BootBlock) -> u32 {
     let mut free = FreeMem::new(bb);
     let mut dev = probe_or_exit(bb, &mut free, size);
     let mut buf = [0u8; MAX];
-    let mut out = [0u8; MAX];
-    let (mut requests, mut replies) = (0u64, 0u64);
-    loop {
-        let mut any = false;
-        loop {
-            let m = match dev.recv(&mut buf) {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(e) => {
-                    on_error(e.into());
-                    continue;
-                }
-            };
-            any = true;
-            match m.header.kind() {
-                Some(MsgKind::Hello) => {
-                    dev.note_hello(&m.header);
-                    continue;
-                }
-                Some(MsgKind::Request) => {}
-                _ => {
-                    results::add(abi::RES_RING_ERRORS, 1);
-                    continue;
-                }
-            }
-            requests += 1;
-            results::add(abi::RES_RECEIVED, 1);
-            if mute_after != 0 && replies >= mute_after {
-                // Drained (its rx buffer is re-posted below), never answered.
-                continue;
-            }
-            for _ in 0..slow {
-                core::hint::spin_loop();
-            }
-            let mut hdr = if error_every != 0 && requests % error_every == 0 {
-                results::add(abi::RES_ERRORS, 1);
-                MsgHeader::reply_to(&m.header, Status::BackendError, 0)
-            } else {
-                for (o, b) in out[..m.len].iter_mut().zip(&buf[..m.len]) {
-                    *o = b ^ abi::WORKER_XOR;
-                }
-                results::add(abi::RES_OK, 1);
-                MsgHeader::reply_to(&m.header, Status::Ok, m.len as u32)
-            };
-            hdr.set_load(dev.rx_load());
-            let len = hdr.len() as usize;
-            if let Err(e) = dev.send(&hdr, &out[..len]) {
-                on_error(e);
-            }
-            replies += 1;
-            results::add(abi::RES_SENT, 1);
-            if crash_after != 0 && replies == crash_after {
-                let _ = dev.flush_tx();
-                return abi::EXIT_CRASHED;
-            }
-            if stall_after != 0 && requests == stall_after {
-                let _ = dev.flush_tx();
-                stall();
-            }
-            if count != 0 && replies == count {
-                if let Err(e) = dev.drain_tx() {
-                    on_error(e);
-                }
-                return 0;
-            }
-        }
-        if let Err(e) = dev.flush_rx().and_then(|_| dev.flush_tx()) {
-            on_error(e.into());
-        }
-        if !any {
-            if let Err(e) = dev.wait(dev.tx.free() == 0) {
-                on_error(e);
-            }
-        }
+    let mut worker = Worker::new(WorkerConfig {
+        count,
+        slow,
+        error_every,
+        stall_after,
+        crash_after,
+        mute_after,
+        key: abi::WORKER_XOR,
+        report_load: true,
+    });
+    match worker.run(&mut dev, &mut Report, &mut buf) {
+        WorkerStop::Done => 0,
+        WorkerStop::Crashed => abi::EXIT_CRASHED,
+        WorkerStop::Stalled => stall(),
     }
 }
 

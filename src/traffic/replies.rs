@@ -1,19 +1,16 @@
 //! [`Replies`]: a requester's record of which of its requests were answered, so that every
 //! reply is checked to answer an outstanding request exactly once.
 
-use crate::abi;
-use crate::results;
-
 /// Which request ids (1, 2, ... in sending order) have had their reply.
-pub struct Replies {
-    answered_bits: &'static mut [u8],
+pub struct Replies<'a> {
+    answered_bits: &'a mut [u8],
     /// Replies accepted so far.
     pub answered: u64,
 }
 
-impl Replies {
+impl<'a> Replies<'a> {
     /// Tracks up to `8 x bits.len()` requests in `bits` (zeroed).
-    pub fn new(bits: &'static mut [u8]) -> Self {
+    pub fn new(bits: &'a mut [u8]) -> Self {
         Self {
             answered_bits: bits,
             answered: 0,
@@ -21,8 +18,7 @@ impl Replies {
     }
 
     /// Accepts the reply to `id` if `id` was sent (below `next_id`) and not answered yet;
-    /// otherwise counts a duplicate in `RES_DUPLICATES` and returns false. An accepted reply
-    /// is counted in `RES_RECEIVED`.
+    /// otherwise returns false (a duplicate, or a reply to a request never sent).
     pub fn accept(&mut self, id: u64, next_id: u64) -> bool {
         let bit = id.checked_sub(1).filter(|_| id < next_id).and_then(|i| {
             Some((
@@ -34,23 +30,19 @@ impl Replies {
             Some((byte, mask)) if *byte & mask == 0 => {
                 *byte |= mask;
                 self.answered += 1;
-                results::add(abi::RES_RECEIVED, 1);
                 true
             }
-            _ => {
-                results::add(abi::RES_DUPLICATES, 1);
-                false
-            }
+            _ => false,
         }
     }
 }
 
 /// Whether `payload` is a worker's answer to request `id` of `size` bytes: the request's bytes
-/// XOR `abi::WORKER_XOR`.
-pub fn is_worker_answer(id: u64, size: usize, payload: &[u8]) -> bool {
+/// ([`abi::request_byte`](crate::abi::request_byte)) XOR `key`.
+pub fn is_answer(id: u64, size: usize, payload: &[u8], key: u8) -> bool {
     payload.len() == size
         && payload
             .iter()
             .enumerate()
-            .all(|(i, &b)| b == abi::request_byte(id, i) ^ abi::WORKER_XOR)
+            .all(|(i, &b)| b == crate::abi::request_byte(id, i) ^ key)
 }
