@@ -1,7 +1,8 @@
 //! [`Replies`]: a requester's record of which of its requests were answered, so that every
 //! reply is checked to answer an outstanding request exactly once.
 
-use crate::abi;
+use crate::abi::image::client::{request_byte, result};
+use crate::abi::image::worker::PAYLOAD_XOR;
 use crate::results;
 
 /// Which request ids (1, 2, ... in sending order) have had their reply.
@@ -21,8 +22,8 @@ impl Replies {
     }
 
     /// Accepts the reply to `id` if `id` was sent (below `next_id`) and not answered yet;
-    /// otherwise counts a duplicate in `RES_DUPLICATES` and returns false. An accepted reply
-    /// is counted in `RES_RECEIVED`.
+    /// otherwise counts a duplicate in `result::DUPLICATES` and returns false. An accepted reply
+    /// is counted in `result::RECEIVED`.
     pub fn accept(&mut self, id: u64, next_id: u64) -> bool {
         let bit = id.checked_sub(1).filter(|_| id < next_id).and_then(|i| {
             Some((
@@ -34,11 +35,11 @@ impl Replies {
             Some((byte, mask)) if *byte & mask == 0 => {
                 *byte |= mask;
                 self.answered += 1;
-                results::add(abi::RES_RECEIVED, 1);
+                results::add(result::RECEIVED, 1);
                 true
             }
             _ => {
-                results::add(abi::RES_DUPLICATES, 1);
+                results::add(result::DUPLICATES, 1);
                 false
             }
         }
@@ -46,11 +47,11 @@ impl Replies {
 }
 
 /// Whether `payload` is a worker's answer to request `id` of `size` bytes: the request's bytes
-/// XOR `abi::WORKER_XOR`.
+/// XOR [`PAYLOAD_XOR`].
 pub fn is_worker_answer(id: u64, size: usize, payload: &[u8]) -> bool {
     payload.len() == size
         && payload
             .iter()
             .enumerate()
-            .all(|(i, &b)| b == abi::request_byte(id, i) ^ abi::WORKER_XOR)
+            .all(|(i, &b)| b == request_byte(id, i) ^ PAYLOAD_XOR)
 }

@@ -1,27 +1,30 @@
 //! `client`: sends requests and checks that every one gets exactly one, correct, reply.
 //!
-//! Parameters (`abi::PARAM_*`): `COUNT` requests of `SIZE` payload bytes (byte `i` of request
-//! `id` is `abi::request_byte(id, i)`; ids run 1..=COUNT) to service `SERVICE`, or to port
-//! `TARGET` when set (`abi::port_param`); at most `WINDOW` outstanding (0 = the tx ring, which
+//! Parameters (`abi::image::client::param`): `COUNT` requests of `SIZE` payload bytes (byte `i` of request
+//! `id` is `request_byte(id, i)`; ids run 1..=COUNT) to service `SERVICE`, or to port
+//! `TARGET` when set (`port_param`); at most `WINDOW` outstanding (0 = the tx ring, which
 //! bounds it anyway); `WAIT` = 0 spins, 1 parks on the doorbell when idle; `QUEUE_SIZE`.
 //!
 //! A reply must carry an outstanding id; with `Status::Ok` its payload must be the request's
-//! bytes XOR `abi::WORKER_XOR`. Results: `RES_SENT`, `RES_RECEIVED` (replies to outstanding
-//! ids), `RES_OK`, `RES_ERRORS` (+ per-status `RES_STATUS_*`), `RES_DUPLICATES` (replies to ids
-//! not outstanding), `RES_MISMATCHES`, `RES_KICKS`, `RES_WAITS`, `RES_WAIT_TIMEOUTS`,
-//! `RES_PORT_ID`, `RES_RING_ERRORS`.
+//! bytes XOR `PAYLOAD_XOR`. Results: `result::SENT`, `result::RECEIVED` (replies to outstanding
+//! ids), `result::OK`, `result::ERRORS` (+ per-status `result::STATUS_*`), `result::DUPLICATES` (replies to ids
+//! not outstanding), `result::MISMATCHES`, `result::KICKS`, `result::WAITS`, `result::WAIT_TIMEOUTS`,
+//! `result::PORT_ID`, `result::RING_ERRORS`.
 //!
 //! Exits once every request has its reply: 0 if none was a duplicate or a mismatch, else
-//! `abi::EXIT_DUPLICATE` or `abi::EXIT_MISMATCH`. Other statuses: `EXIT_BAD_PARAM`,
-//! `EXIT_NO_DEVICE`, `EXIT_RING_FAULT`.
+//! `exit::DUPLICATE` or `exit::MISMATCH`. Other statuses: `exit::BAD_PARAM`,
+//! `exit::NO_DEVICE`, `exit::RING_FAULT`.
 //!
-//! `MODE` = `abi::CLIENT_MODE_MALFORMED` makes it hostile, for tests: once every request has its
-//! reply it publishes one tx chain whose buffer is at `abi::CLIENT_BAD_ADDR` (outside its
-//! memory), then waits until the device asks for a reset and exits with `EXIT_RING_FAULT`.
+//! `MODE` = `mode::client::MALFORMED` makes it hostile, for tests: once every request has its
+//! reply it publishes one tx chain whose buffer is at `mode::client::BAD_ADDR` (outside its
+//! memory), then waits until the device asks for a reset and exits with `exit::RING_FAULT`.
 #![no_std]
 #![no_main]
 
-use guest_rt::abi::{self, BootBlock};
+use guest_rt::abi::image::client::{latency_bucket, param, request_byte, result};
+use guest_rt::abi::image::{exit, param_port, MAX_GUEST_PAYLOAD};
+use guest_rt::abi::mode;
+use guest_rt::abi::platform::{BootBlock, LATENCY_HIST_ADDR};
 use guest_rt::replies::{is_worker_answer, Replies};
 use guest_rt::results;
 use guest_rt::virtio::{on_error, probe_or_exit, DriverError, FreeMem, Vmq};
@@ -30,7 +33,7 @@ use vmq::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE};
 
 guest_rt::entry!(main);
 
-const MAX: usize = abi::MAX_GUEST_PAYLOAD as usize + 1024;
+const MAX: usize = MAX_GUEST_PAYLOAD as usize + 1024;
 
 struct Client {
     dev: Vmq,
@@ -47,9 +50,9 @@ fn tsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// Adds one round trip of `cycles` to the histogram at `abi::LATENCY_HIST_ADDR`.
+/// Adds one round trip of `cycles` to the histogram at `LATENCY_HIST_ADDR`.
 fn record_latency(cycles: u64) {
-    let slot = abi::LATENCY_HIST_ADDR as usize + 8 * abi::latency_bucket(cycles);
+    let slot = LATENCY_HIST_ADDR as usize + 8 * latency_bucket(cycles);
     let p = core::ptr::with_exposed_provenance_mut::<u64>(slot);
     // SAFETY: the histogram page is identity-mapped guest RAM reserved for it by the memory
     // map (abi), 8-byte aligned, and only this single-threaded guest writes it.
@@ -58,24 +61,24 @@ fn record_latency(cycles: u64) {
 
 fn main(bb: &BootBlock) -> u32 {
     let p = &bb.params;
-    let size = p[abi::PARAM_SIZE];
-    if size > abi::MAX_GUEST_PAYLOAD {
-        return abi::EXIT_BAD_PARAM;
+    let size = p[param::SIZE];
+    if size > MAX_GUEST_PAYLOAD {
+        return exit::BAD_PARAM;
     }
-    let count = p[abi::PARAM_COUNT];
+    let count = p[param::COUNT];
     let mut free = FreeMem::new(bb);
     let Some(replied) = free.alloc_bytes((count as usize).div_ceil(8)) else {
-        return abi::EXIT_BAD_PARAM;
+        return exit::BAD_PARAM;
     };
     let sent_at = free.alloc_u64s(count as usize).unwrap_or(&mut []);
     let dev = probe_or_exit(bb, &mut free, size);
     let tx_size = u64::from(dev.tx.ring().size());
-    let window = match p[abi::PARAM_WINDOW] {
+    let window = match p[param::WINDOW] {
         0 => tx_size,
         w => w.min(tx_size),
     };
-    let target = abi::param_port(p[abi::PARAM_TARGET]);
-    let service = p[abi::PARAM_SERVICE] as u32;
+    let target = param_port(p[param::TARGET]);
+    let service = p[param::SERVICE] as u32;
     let mut c = Client {
         dev,
         size: size as usize,
@@ -96,7 +99,7 @@ fn main(bb: &BootBlock) -> u32 {
         {
             let id = c.next_id;
             for (i, b) in payload[..c.size].iter_mut().enumerate() {
-                *b = abi::request_byte(id, i);
+                *b = request_byte(id, i);
             }
             let hdr = match target {
                 Some(port) => MsgHeader::new(MsgKind::Request, port, id, c.size as u32),
@@ -110,7 +113,7 @@ fn main(bb: &BootBlock) -> u32 {
                 *t = tsc();
             }
             c.next_id += 1;
-            results::add(abi::RES_SENT, 1);
+            results::add(result::SENT, 1);
             progress = true;
         }
         if let Err(e) = c.dev.flush_tx() {
@@ -123,23 +126,23 @@ fn main(bb: &BootBlock) -> u32 {
             }
         }
     }
-    if p[abi::PARAM_MODE] == abi::CLIENT_MODE_MALFORMED {
+    if p[param::MODE] == mode::client::MALFORMED {
         post_malformed(&mut c.dev);
     }
-    if results::get(abi::RES_DUPLICATES) > 0 {
-        abi::EXIT_DUPLICATE
-    } else if results::get(abi::RES_MISMATCHES) > 0 {
-        abi::EXIT_MISMATCH
+    if results::get(result::DUPLICATES) > 0 {
+        exit::DUPLICATE
+    } else if results::get(result::MISMATCHES) > 0 {
+        exit::MISMATCH
     } else {
         0
     }
 }
 
 /// Publishes one tx chain whose buffer lies outside this guest's memory, then waits for the
-/// device to set `DEVICE_NEEDS_RESET` and exits with `EXIT_RING_FAULT` (the host stops the VM
+/// device to set `DEVICE_NEEDS_RESET` and exits with `exit::RING_FAULT` (the host stops the VM
 /// if the device never does).
 fn post_malformed(dev: &mut Vmq) -> ! {
-    let bad = Buf::readable(abi::CLIENT_BAD_ADDR, HEADER_SIZE as u32);
+    let bad = Buf::readable(mode::client::BAD_ADDR, HEADER_SIZE as u32);
     if let Err(e) = dev.tx.reclaim().and_then(|_| dev.tx.ring_mut().add(&[bad])) {
         on_error(e.into());
     }
@@ -148,8 +151,8 @@ fn post_malformed(dev: &mut Vmq) -> ! {
     }
     loop {
         if dev.needs_reset() {
-            results::add(abi::RES_RING_ERRORS, 1);
-            guest_rt::exit(abi::EXIT_RING_FAULT);
+            results::add(result::RING_ERRORS, 1);
+            guest_rt::exit(exit::RING_FAULT);
         }
         if let Err(e) = dev.wait(true) {
             on_error(e);
@@ -165,7 +168,7 @@ impl Client {
             match m.header.kind() {
                 Some(MsgKind::Hello) => self.dev.note_hello(&m.header),
                 Some(MsgKind::Reply) => self.reply(&m.header, &buf[..m.len]),
-                _ => results::add(abi::RES_RING_ERRORS, 1),
+                _ => results::add(result::RING_ERRORS, 1),
             }
         }
         if let Err(e) = self.dev.flush_rx() {
@@ -185,23 +188,16 @@ impl Client {
         match h.status() {
             Some(Status::Ok) => {
                 let good = is_worker_answer(id, self.size, payload);
-                results::add(
-                    if good {
-                        abi::RES_OK
-                    } else {
-                        abi::RES_MISMATCHES
-                    },
-                    1,
-                );
+                results::add(if good { result::OK } else { result::MISMATCHES }, 1);
             }
             st => {
-                results::add(abi::RES_ERRORS, 1);
+                results::add(result::ERRORS, 1);
                 let slot = match st {
-                    Some(Status::NoBackend) => abi::RES_STATUS_NO_BACKEND,
-                    Some(Status::Unreachable) => abi::RES_STATUS_UNREACHABLE,
-                    Some(Status::BackendError) => abi::RES_STATUS_BACKEND_ERROR,
-                    Some(Status::Timeout | Status::PortBroken) => abi::RES_STATUS_TIMEOUT_OR_BROKEN,
-                    _ => abi::RES_STATUS_OTHER,
+                    Some(Status::NoBackend) => result::STATUS_NO_BACKEND,
+                    Some(Status::Unreachable) => result::STATUS_UNREACHABLE,
+                    Some(Status::BackendError) => result::STATUS_BACKEND_ERROR,
+                    Some(Status::Timeout | Status::PortBroken) => result::STATUS_TIMEOUT_OR_BROKEN,
+                    _ => result::STATUS_OTHER,
                 };
                 results::add(slot, 1);
             }

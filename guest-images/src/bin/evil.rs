@@ -1,28 +1,33 @@
 //! `evil`: a hostile guest, for tests. It behaves honestly first, then misbehaves once, in the
-//! way `MODE` says (`abi::EVIL_*`), and reports what it saw.
+//! way `MODE` says (`abi::mode::evil`), and reports what it saw.
 //!
 //! Honest phase: `COUNT` requests of `SIZE` bytes (byte `i` of request `id` is
-//! `abi::request_byte(id, i)`) to service `SERVICE`, at most `WINDOW` outstanding (0 = the tx
-//! ring; `EVIL_FLOOD` always uses the whole tx ring), every reply checked like a `client` does.
+//! `request_byte(id, i)`) to service `SERVICE`, at most `WINDOW` outstanding (0 = the tx
+//! ring; `mode::evil::FLOOD` always uses the whole tx ring), every reply checked like a `client` does.
 //!
 //! Then, by mode:
-//! - `EVIL_HONEST`, `EVIL_FLOOD`: nothing more; exit 0.
-//! - `EVIL_LOOP`, `EVIL_OUTSIDE`, `EVIL_MMIO`, `EVIL_GIANT_LEN`, `EVIL_ADDR_OVERFLOW`: publish one
-//!   bad tx chain; `EVIL_AVAIL_JUMP`: publish a tx avail index more than a queue size ahead.
-//! - `EVIL_REWRITE`: rewrite held chains (see `abi::EVIL_REWRITE`); needs `SIDE_SERVICE`, which
+//! - `mode::evil::HONEST`, `mode::evil::FLOOD`: nothing more; exit 0.
+//! - `mode::evil::LOOP`, `mode::evil::OUTSIDE`, `mode::evil::MMIO`, `mode::evil::GIANT_LEN`, `mode::evil::ADDR_OVERFLOW`: publish one
+//!   bad tx chain; `mode::evil::AVAIL_JUMP`: publish a tx avail index more than a queue size ahead.
+//! - `mode::evil::REWRITE`: rewrite held chains (see `mode::evil::REWRITE`); needs `SIDE_SERVICE`, which
 //!   only this VM serves.
-//! - `EVIL_FORGE_SRC`: the honest requests carry `src` = `TARGET`; then forged replies.
-//! - `EVIL_RESET`: reset the device with requests to `SIDE_SERVICE` in flight, come back, and
+//! - `mode::evil::FORGE_SRC`: the honest requests carry `src` = `TARGET`; then forged replies.
+//! - `mode::evil::RESET`: reset the device with requests to `SIDE_SERVICE` in flight, come back, and
 //!   run honest traffic again.
 //!
-//! The protocol-fault modes wait for `DEVICE_NEEDS_RESET` (`RES_EVIL_NEEDS_RESET`) and exit
-//! with `EXIT_RING_FAULT`; the others exit 0, or `EXIT_DUPLICATE` / `EXIT_MISMATCH` when a reply
-//! came twice or wrong. Results: as a client (`RES_SENT`, `RES_RECEIVED`, `RES_OK`,
-//! `RES_ERRORS`, `RES_DUPLICATES`, `RES_MISMATCHES`, ...) plus `RES_EVIL_*`.
+//! The protocol-fault modes wait for `DEVICE_NEEDS_RESET` (`result::NEEDS_RESET`) and exit
+//! with `exit::RING_FAULT`; the others exit 0, or `exit::DUPLICATE` / `exit::MISMATCH` when a reply
+//! came twice or wrong. Results: as a client (`result::SENT`, `result::RECEIVED`, `result::OK`,
+//! `result::ERRORS`, `result::DUPLICATES`, `result::MISMATCHES`, ...) plus `result::NEEDS_RESET` ... `result::REVIVED`.
 #![no_std]
 #![no_main]
 
-use guest_rt::abi::{self, BootBlock};
+use guest_rt::abi::image::client::request_byte;
+use guest_rt::abi::image::evil::{param, result};
+use guest_rt::abi::image::worker::PAYLOAD_XOR;
+use guest_rt::abi::image::{exit, param_port, MAX_GUEST_PAYLOAD};
+use guest_rt::abi::mode;
+use guest_rt::abi::platform::{BootBlock, MMIO_BASE};
 use guest_rt::replies::{is_worker_answer, Replies};
 use guest_rt::results;
 use guest_rt::virtio::{on_error, DriverError, FreeMem, Options, Vmq};
@@ -31,14 +36,14 @@ use vmq::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE};
 
 guest_rt::entry!(main);
 
-const MAX: usize = abi::MAX_GUEST_PAYLOAD as usize + 1024;
+const MAX: usize = MAX_GUEST_PAYLOAD as usize + 1024;
 /// Message id of probes: one-way messages to [`NOWHERE`], which the switch returns at once.
 const PROBE_ID: u64 = u64::MAX - 1;
 /// Message id of the one-way messages the evil sends itself to use up its rx buffers.
 const SELF_ID: u64 = u64::MAX - 2;
 /// A port id no topology has.
 const NOWHERE: u32 = 0x7fff_fff0;
-/// Payload bytes of the chains rewritten in `EVIL_REWRITE`.
+/// Payload bytes of the chains rewritten in `mode::evil::REWRITE`.
 const CHAIN_PAYLOAD: u32 = 80;
 
 struct Evil {
@@ -67,20 +72,20 @@ fn fail(e: impl Into<DriverError>) {
 
 fn main(bb: &BootBlock) -> u32 {
     let p = &bb.params;
-    let size = p[abi::PARAM_SIZE];
-    if size > abi::MAX_GUEST_PAYLOAD {
-        return abi::EXIT_BAD_PARAM;
+    let size = p[param::SIZE];
+    if size > MAX_GUEST_PAYLOAD {
+        return exit::BAD_PARAM;
     }
-    let (mode, count) = (p[abi::PARAM_MODE], p[abi::PARAM_COUNT]);
+    let (mode, count) = (p[param::MODE], p[param::COUNT]);
     let mut free = FreeMem::new(bb);
-    let ids = 2 * count + 2 * abi::EVIL_RESET_BATCH + 64;
+    let ids = 2 * count + 2 * mode::evil::RESET_BATCH + 64;
     let (Some(seen), Some(buf), Some(out), Some(chains)) = (
         free.alloc_bytes(ids.div_ceil(8) as usize),
         free.alloc_bytes(MAX),
         free.alloc_bytes(MAX),
         free.alloc(4096, 64),
     ) else {
-        return abi::EXIT_BAD_PARAM;
+        return exit::BAD_PARAM;
     };
     let dev = probe(bb, &mut free, size);
     let mut ev = Evil {
@@ -99,45 +104,45 @@ fn main(bb: &BootBlock) -> u32 {
         mirror_intact: true,
         hellos: 0,
     };
-    let service = p[abi::PARAM_SERVICE] as u32;
-    let side = p[abi::PARAM_SIDE_SERVICE] as u32;
+    let service = p[param::SERVICE] as u32;
+    let side = p[param::SIDE_SERVICE] as u32;
     let tx_size = u64::from(ev.dev.tx.ring().size());
-    let window = match (mode, p[abi::PARAM_WINDOW]) {
-        (abi::EVIL_FLOOD, _) | (_, 0) => tx_size,
+    let window = match (mode, p[param::WINDOW]) {
+        (mode::evil::FLOOD, _) | (_, 0) => tx_size,
         (_, w) => w.min(tx_size),
     };
-    let forged = if mode == abi::EVIL_FORGE_SRC {
-        abi::param_port(p[abi::PARAM_TARGET])
+    let forged = if mode == mode::evil::FORGE_SRC {
+        param_port(p[param::TARGET])
     } else {
         None
     };
     ev.exchange(service, count, window, forged);
     match mode {
-        abi::EVIL_HONEST | abi::EVIL_FLOOD => {}
-        abi::EVIL_LOOP
-        | abi::EVIL_OUTSIDE
-        | abi::EVIL_MMIO
-        | abi::EVIL_GIANT_LEN
-        | abi::EVIL_ADDR_OVERFLOW => {
+        mode::evil::HONEST | mode::evil::FLOOD => {}
+        mode::evil::LOOP
+        | mode::evil::OUTSIDE
+        | mode::evil::MMIO
+        | mode::evil::GIANT_LEN
+        | mode::evil::ADDR_OVERFLOW => {
             ev.publish_bad_chain(mode);
             ev.wait_needs_reset();
         }
-        abi::EVIL_AVAIL_JUMP => {
+        mode::evil::AVAIL_JUMP => {
             ev.jump_avail_index();
             ev.wait_needs_reset();
         }
-        abi::EVIL_REWRITE => {
+        mode::evil::REWRITE => {
             ev.rewrite(side);
             ev.wait_needs_reset();
         }
-        abi::EVIL_FORGE_SRC => ev.forge_replies(),
-        abi::EVIL_RESET => ev.reset_mid_flight(service, side, count, window),
-        _ => return abi::EXIT_BAD_PARAM,
+        mode::evil::FORGE_SRC => ev.forge_replies(),
+        mode::evil::RESET => ev.reset_mid_flight(service, side, count, window),
+        _ => return exit::BAD_PARAM,
     }
-    if results::get(abi::RES_DUPLICATES) > 0 {
-        abi::EXIT_DUPLICATE
-    } else if results::get(abi::RES_MISMATCHES) > 0 {
-        abi::EXIT_MISMATCH
+    if results::get(result::DUPLICATES) > 0 {
+        exit::DUPLICATE
+    } else if results::get(result::MISMATCHES) > 0 {
+        exit::MISMATCH
     } else {
         0
     }
@@ -148,7 +153,7 @@ fn probe(bb: &BootBlock, free: &mut FreeMem, size: u64) -> Vmq {
         Ok(d) => d,
         Err(e) => {
             guest_rt::println!("vmq probe failed: {e:?}");
-            guest_rt::exit(abi::EXIT_NO_DEVICE)
+            guest_rt::exit(exit::NO_DEVICE)
         }
     }
 }
@@ -160,7 +165,7 @@ impl Evil {
 
     fn fill_payload(&mut self, id: u64, len: usize) {
         for (i, b) in self.out[..len].iter_mut().enumerate() {
-            *b = abi::request_byte(id, i);
+            *b = request_byte(id, i);
         }
     }
 
@@ -189,7 +194,7 @@ impl Evil {
                     break;
                 }
                 self.next_id += 1;
-                results::add(abi::RES_SENT, 1);
+                results::add(result::SENT, 1);
                 progress = true;
             }
             self.flush();
@@ -224,7 +229,7 @@ impl Evil {
                 Some(MsgKind::Reply) => self.reply(&h, m.len),
                 Some(MsgKind::Request) => self.request(&h, m.len),
                 Some(MsgKind::OneWay) if h.msg_id() == SELF_ID => {}
-                _ => results::add(abi::RES_RING_ERRORS, 1),
+                _ => results::add(result::RING_ERRORS, 1),
             }
         }
         any
@@ -237,20 +242,13 @@ impl Evil {
         }
         if h.status() == Some(Status::Ok) {
             let good = is_worker_answer(id, len, &self.buf[..len]);
-            results::add(
-                if good {
-                    abi::RES_OK
-                } else {
-                    abi::RES_MISMATCHES
-                },
-                1,
-            );
+            results::add(if good { result::OK } else { result::MISMATCHES }, 1);
         } else {
-            results::add(abi::RES_ERRORS, 1);
+            results::add(result::ERRORS, 1);
         }
     }
 
-    /// A request delivered to this VM as a backend (`EVIL_REWRITE`'s side service): checks it
+    /// A request delivered to this VM as a backend (`mode::evil::REWRITE`'s side service): checks it
     /// is the one it sent, intact, and answers it like a worker.
     fn request(&mut self, h: &MsgHeader, len: usize) {
         self.mirror_got += 1;
@@ -258,13 +256,13 @@ impl Evil {
             && self.buf[..len]
                 .iter()
                 .enumerate()
-                .all(|(i, &b)| b == abi::request_byte(self.mirror_id, i));
+                .all(|(i, &b)| b == request_byte(self.mirror_id, i));
         self.mirror_intact &= intact;
         if !self.serve {
             return;
         }
         for i in 0..len {
-            self.out[i] = self.buf[i] ^ abi::WORKER_XOR;
+            self.out[i] = self.buf[i] ^ PAYLOAD_XOR;
         }
         let hdr = MsgHeader::reply_to(h, Status::Ok, len as u32);
         if let Err(e) = self.dev.send(&hdr, &self.out[..len]) {
@@ -316,13 +314,13 @@ impl Evil {
         self.store(self.chains, &hdr.to_bytes());
         let h = HEADER_SIZE as u32;
         let (addr, len) = match mode {
-            abi::EVIL_OUTSIDE => (abi::CLIENT_BAD_ADDR, h),
-            abi::EVIL_MMIO => (abi::MMIO_BASE, h),
-            abi::EVIL_GIANT_LEN => (self.chains, u32::MAX),
-            abi::EVIL_ADDR_OVERFLOW => (u64::MAX - 15, 64),
+            mode::evil::OUTSIDE => (mode::client::BAD_ADDR, h),
+            mode::evil::MMIO => (MMIO_BASE, h),
+            mode::evil::GIANT_LEN => (self.chains, u32::MAX),
+            mode::evil::ADDR_OVERFLOW => (u64::MAX - 15, 64),
             _ => (self.chains, h),
         };
-        let r = if mode == abi::EVIL_LOOP {
+        let r = if mode == mode::evil::LOOP {
             let bufs = [
                 Buf::readable(self.chains, h),
                 Buf::readable(self.chains + 64, 16),
@@ -342,7 +340,7 @@ impl Evil {
         if let Err(e) = r.and_then(|_| self.dev.flush_tx()) {
             fail(e);
         }
-        results::add(abi::RES_EVIL_ATTACKS, 1);
+        results::add(result::ATTACKS, 1);
     }
 
     fn jump_avail_index(&mut self) {
@@ -360,7 +358,7 @@ impl Evil {
         {
             fail(e);
         }
-        results::add(abi::RES_EVIL_ATTACKS, 1);
+        results::add(result::ATTACKS, 1);
     }
 
     /// Waits until the device sets `DEVICE_NEEDS_RESET`, records it, and exits.
@@ -372,8 +370,8 @@ impl Evil {
                 _ => self.dev.needs_reset(),
             };
             if seen {
-                results::set(abi::RES_EVIL_NEEDS_RESET, 1);
-                guest_rt::exit(abi::EXIT_RING_FAULT);
+                results::set(result::NEEDS_RESET, 1);
+                guest_rt::exit(exit::RING_FAULT);
             }
         }
     }
@@ -430,7 +428,7 @@ impl Evil {
     /// switch returns as soon as it delivered them), and re-posts none.
     fn exhaust_rx(&mut self) {
         let Some(me) = self.dev.port_id() else {
-            guest_rt::exit(abi::EXIT_BAD_PARAM);
+            guest_rt::exit(exit::BAD_PARAM);
         };
         loop {
             self.receive();
@@ -478,7 +476,7 @@ impl Evil {
             let off = HEADER_SIZE as u64 + u64::from(k * piece);
             bufs[1 + k as usize] = Buf::readable(at + off, piece);
         }
-        results::add(abi::RES_SENT, 1);
+        results::add(result::SENT, 1);
         match self.dev.tx.ring_mut().add(&bufs[..1 + pieces as usize]) {
             Ok(head) => head,
             Err(e) => {
@@ -488,7 +486,7 @@ impl Evil {
         }
     }
 
-    /// `EVIL_REWRITE`: see `abi::EVIL_REWRITE`.
+    /// `mode::evil::REWRITE`: see `mode::evil::REWRITE`.
     fn rewrite(&mut self, side: u32) {
         self.serve = true;
         // A short chain (header + one payload buffer): snapshotted when the switch takes it.
@@ -499,10 +497,10 @@ impl Evil {
         let mut d = [0u16; 8];
         let n = self.chain(head, &mut d);
         for &i in &d[..n] {
-            self.store(self.tx_desc(i), &abi::CLIENT_BAD_ADDR.to_le_bytes());
+            self.store(self.tx_desc(i), &mode::client::BAD_ADDR.to_le_bytes());
         }
         self.close_loop(head);
-        results::add(abi::RES_EVIL_ATTACKS, 1);
+        results::add(result::ATTACKS, 1);
         // Let it through: it must arrive intact, and its answer must come back.
         while self.seen.answered == base {
             let progress = self.receive();
@@ -517,28 +515,28 @@ impl Evil {
             }
         }
         let ok = self.mirror_got == 1 && self.mirror_intact && !self.dev.needs_reset();
-        results::set(abi::RES_EVIL_SNAPSHOT_OK, u64::from(ok));
+        results::set(result::SNAPSHOT_OK, u64::from(ok));
         // A long chain (header + five payload buffers): walked again on every read.
         self.exhaust_rx();
         let head = self.add_split_request(side, 5, self.chains + 2048);
         self.probe_taken();
         self.close_loop(head);
-        results::add(abi::RES_EVIL_ATTACKS, 1);
+        results::add(result::ATTACKS, 1);
         self.flush();
     }
 
-    /// `EVIL_FORGE_SRC`'s second act: replies for tokens it was never given.
+    /// `mode::evil::FORGE_SRC`'s second act: replies for tokens it was never given.
     fn forge_replies(&mut self) {
-        let victim = abi::param_port(self.bb.params[abi::PARAM_TARGET]).unwrap_or(0);
-        let per_gen = abi::EVIL_FORGED_REPLIES / 4;
-        for k in 0..abi::EVIL_FORGED_REPLIES {
+        let victim = param_port(self.bb.params[param::TARGET]).unwrap_or(0);
+        let per_gen = mode::evil::FORGED_REPLIES / 4;
+        for k in 0..mode::evil::FORGED_REPLIES {
             let token = ((1 + k / per_gen) << 32) | (k % per_gen);
             let mut hdr = MsgHeader::new(MsgKind::Reply, victim, token, 8);
             hdr.set_src(victim);
             if let Err(e) = self.dev.send(&hdr, &[0xee; 8]) {
                 fail(e);
             }
-            results::add(abi::RES_EVIL_ATTACKS, 1);
+            results::add(result::ATTACKS, 1);
         }
         if let Err(e) = self.dev.drain_tx() {
             fail(e);
@@ -546,10 +544,10 @@ impl Evil {
         self.receive();
     }
 
-    /// `EVIL_RESET`: see `abi::EVIL_RESET`.
+    /// `mode::evil::RESET`: see `mode::evil::RESET`.
     fn reset_mid_flight(&mut self, service: u32, side: u32, count: u64, window: u64) {
         let base = self.seen.answered;
-        for _ in 0..abi::EVIL_RESET_BATCH {
+        for _ in 0..mode::evil::RESET_BATCH {
             let id = self.next_id;
             self.fill_payload(id, self.size);
             let hdr = self.header(side, id, self.size as u32);
@@ -558,22 +556,22 @@ impl Evil {
                 fail(e);
             }
             self.next_id += 1;
-            results::add(abi::RES_SENT, 1);
+            results::add(result::SENT, 1);
         }
-        if let Some(port) = abi::param_port(self.bb.params[abi::PARAM_TARGET]) {
-            for seq in 0..abi::EVIL_RESET_ONEWAYS {
+        if let Some(port) = param_port(self.bb.params[param::TARGET]) {
+            for seq in 0..mode::evil::RESET_ONEWAYS {
                 let hdr = MsgHeader::new(MsgKind::OneWay, port, seq, 0);
                 if let Err(e) = self.dev.send(&hdr, &[]) {
                     fail(e);
                 }
-                results::add(abi::RES_EVIL_ATTACKS, 1);
+                results::add(result::ATTACKS, 1);
             }
         }
         self.probe_taken();
         self.receive();
-        results::set(abi::RES_EVIL_BEFORE_RESET, self.seen.answered - base);
+        results::set(result::BEFORE_RESET, self.seen.answered - base);
         self.dev.reset();
-        results::add(abi::RES_EVIL_ATTACKS, 1);
+        results::add(result::ATTACKS, 1);
         self.hellos = 0;
         self.dev = probe(&self.bb, &mut self.free, self.size as u64);
         while self.hellos == 0 {
@@ -585,8 +583,8 @@ impl Evil {
                 }
             }
         }
-        results::set(abi::RES_EVIL_REVIVED, self.hellos);
+        results::set(result::REVIVED, self.hellos);
         self.exchange(service, count, window, None);
-        self.exchange(side, abi::EVIL_RESET_BATCH, window, None);
+        self.exchange(side, mode::evil::RESET_BATCH, window, None);
     }
 }

@@ -1,40 +1,42 @@
 //! `worker`: serves requests. The reply to a request carries its payload with every byte XOR
-//! `abi::WORKER_XOR`, `Status::Ok`, and in `load` the permille of the rx queue holding
+//! `PAYLOAD_XOR`, `Status::Ok`, and in `load` the permille of the rx queue holding
 //! delivered, not yet taken, messages.
 //!
-//! Parameters (`abi::PARAM_*`): `COUNT` replies, then exit 0 (0 = serve until the host stops
+//! Parameters (`abi::image::worker::param`): `COUNT` replies, then exit 0 (0 = serve until the host stops
 //! the VM); `SLOW` busy-loop iterations per request; `ERROR_EVERY` n: every n-th request gets
 //! an empty `Status::BackendError` reply; `STALL_AFTER` K: after the K-th request stop touching
-//! the queues forever (parked on the doorbell); `CRASH_AFTER` K: exit with `abi::EXIT_CRASHED`
+//! the queues forever (parked on the doorbell); `CRASH_AFTER` K: exit with `exit::CRASHED`
 //! right after the K-th reply, leaving the rest unanswered; `MUTE_AFTER` K: after the K-th
 //! reply keep taking requests off the rx queue (and re-posting the buffers) but never answer
 //! another one; `WAIT`, `QUEUE_SIZE`, `SIZE`
 //! (largest request payload expected: sizes the rx slots, at least 1 KiB).
 //!
-//! Results: `RES_RECEIVED` requests, `RES_SENT` replies, `RES_OK` ok replies, `RES_ERRORS`
-//! `BackendError` replies, `RES_KICKS`, `RES_WAITS`, `RES_WAIT_TIMEOUTS`, `RES_PORT_ID`,
-//! `RES_RING_ERRORS`.
+//! Results: `result::RECEIVED` requests, `result::SENT` replies, `result::OK` ok replies, `result::ERRORS`
+//! `BackendError` replies, `result::KICKS`, `result::WAITS`, `result::WAIT_TIMEOUTS`, `result::PORT_ID`,
+//! `result::RING_ERRORS`.
 #![no_std]
 #![no_main]
 
-use guest_rt::abi::{self, BootBlock};
+use guest_rt::abi::image::worker::{param, result, PAYLOAD_XOR};
+use guest_rt::abi::image::{exit, MAX_GUEST_PAYLOAD};
+use guest_rt::abi::platform::{BootBlock, WAIT_STOP};
 use guest_rt::virtio::{on_error, probe_or_exit, FreeMem};
 use guest_rt::{doorbell_wait, results};
 use vmq::wire::{MsgHeader, MsgKind, Status};
 
 guest_rt::entry!(main);
 
-const MAX: usize = abi::MAX_GUEST_PAYLOAD as usize + 1024;
+const MAX: usize = MAX_GUEST_PAYLOAD as usize + 1024;
 
 fn main(bb: &BootBlock) -> u32 {
     let p = &bb.params;
-    let size = p[abi::PARAM_SIZE].min(abi::MAX_GUEST_PAYLOAD);
-    let (count, slow) = (p[abi::PARAM_COUNT], p[abi::PARAM_SLOW]);
+    let size = p[param::SIZE].min(MAX_GUEST_PAYLOAD);
+    let (count, slow) = (p[param::COUNT], p[param::SLOW]);
     let (error_every, stall_after, crash_after, mute_after) = (
-        p[abi::PARAM_ERROR_EVERY],
-        p[abi::PARAM_STALL_AFTER],
-        p[abi::PARAM_CRASH_AFTER],
-        p[abi::PARAM_MUTE_AFTER],
+        p[param::ERROR_EVERY],
+        p[param::STALL_AFTER],
+        p[param::CRASH_AFTER],
+        p[param::MUTE_AFTER],
     );
     let mut free = FreeMem::new(bb);
     let mut dev = probe_or_exit(bb, &mut free, size);
@@ -60,12 +62,12 @@ fn main(bb: &BootBlock) -> u32 {
                 }
                 Some(MsgKind::Request) => {}
                 _ => {
-                    results::add(abi::RES_RING_ERRORS, 1);
+                    results::add(result::RING_ERRORS, 1);
                     continue;
                 }
             }
             requests += 1;
-            results::add(abi::RES_RECEIVED, 1);
+            results::add(result::RECEIVED, 1);
             if mute_after != 0 && replies >= mute_after {
                 // Drained (its rx buffer is re-posted below), never answered.
                 continue;
@@ -74,13 +76,13 @@ fn main(bb: &BootBlock) -> u32 {
                 core::hint::spin_loop();
             }
             let mut hdr = if error_every != 0 && requests % error_every == 0 {
-                results::add(abi::RES_ERRORS, 1);
+                results::add(result::ERRORS, 1);
                 MsgHeader::reply_to(&m.header, Status::BackendError, 0)
             } else {
                 for (o, b) in out[..m.len].iter_mut().zip(&buf[..m.len]) {
-                    *o = b ^ abi::WORKER_XOR;
+                    *o = b ^ PAYLOAD_XOR;
                 }
-                results::add(abi::RES_OK, 1);
+                results::add(result::OK, 1);
                 MsgHeader::reply_to(&m.header, Status::Ok, m.len as u32)
             };
             hdr.set_load(dev.rx_load());
@@ -89,10 +91,10 @@ fn main(bb: &BootBlock) -> u32 {
                 on_error(e);
             }
             replies += 1;
-            results::add(abi::RES_SENT, 1);
+            results::add(result::SENT, 1);
             if crash_after != 0 && replies == crash_after {
                 let _ = dev.flush_tx();
-                return abi::EXIT_CRASHED;
+                return exit::CRASHED;
             }
             if stall_after != 0 && requests == stall_after {
                 let _ = dev.flush_tx();
@@ -119,7 +121,7 @@ fn main(bb: &BootBlock) -> u32 {
 /// Never touches the queues again; parks on the doorbell until the host stops the VM.
 fn stall() -> ! {
     loop {
-        if doorbell_wait(1_000_000) == abi::WAIT_STOP {
+        if doorbell_wait(1_000_000) == WAIT_STOP {
             // The VMM ends the run before the next guest instruction; keep waiting meanwhile.
             core::hint::spin_loop();
         }

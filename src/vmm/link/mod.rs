@@ -33,7 +33,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::error::{Error, Result};
 use super::vm::{IoeventMode, Vm};
-use crate::abi;
+use crate::abi::{self, platform};
 use crate::switch::Notifier;
 use crate::transport::{TransportEvent, VirtioMmio};
 
@@ -54,17 +54,17 @@ pub struct VmqLink {
 }
 
 impl VmqLink {
-    /// Attaches a vmq device in MMIO slot `slot` (at `abi::MMIO_BASE + slot *
-    /// abi::MMIO_SLOT_SIZE`), offering queues of
+    /// Attaches a vmq device in MMIO slot `slot` (at `platform::MMIO_BASE + slot *
+    /// platform::MMIO_SLOT_SIZE`), offering queues of
     /// [`abi::virtio::QUEUE_NUM_MAX`](crate::abi::virtio::QUEUE_NUM_MAX) entries. Before
     /// [`Vm::start`]. The boot block then announces at least `slot + 1` devices.
     pub fn attach(vm: &mut Vm, slot: u32) -> Result<Self> {
         let base = u64::from(slot)
-            .checked_mul(abi::MMIO_SLOT_SIZE)
-            .and_then(|off| abi::MMIO_BASE.checked_add(off))
+            .checked_mul(platform::MMIO_SLOT_SIZE)
+            .and_then(|off| platform::MMIO_BASE.checked_add(off))
             .ok_or(Error::MmioRange {
-                base: abi::MMIO_BASE,
-                len: abi::MMIO_SLOT_SIZE,
+                base: platform::MMIO_BASE,
+                len: platform::MMIO_SLOT_SIZE,
                 reason: "slot number too large",
             })?;
         let host = |what| move |source| Error::Host { what, source };
@@ -78,17 +78,17 @@ impl VmqLink {
             ),
         );
         let dev = Arc::new(dev);
-        vm.register_mmio(base, abi::MMIO_SLOT_SIZE, dev.clone())?;
+        vm.register_mmio(base, platform::MMIO_SLOT_SIZE, dev.clone())?;
         // Without a datamatch both queues' notifications land on the one eventfd. If KVM
         // refuses, the write exits to the VMM and the device signals the same eventfd.
         let mode = vm.register_ioevent(&kick, base + abi::virtio::REG_QUEUE_NOTIFY, None)?;
         let (mmio_base, count) = vm.virtio_mmio();
-        let count = if mmio_base == abi::MMIO_BASE {
+        let count = if mmio_base == platform::MMIO_BASE {
             count
         } else {
             0
         };
-        vm.set_virtio_mmio(abi::MMIO_BASE, count.max(u64::from(slot) + 1));
+        vm.set_virtio_mmio(platform::MMIO_BASE, count.max(u64::from(slot) + 1));
         Ok(Self {
             kick,
             events,
