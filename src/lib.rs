@@ -24,6 +24,8 @@ pub mod device;
 #[cfg(feature = "std")]
 pub mod event;
 #[cfg(feature = "std")]
+pub mod mmio;
+#[cfg(feature = "std")]
 pub mod peer;
 #[cfg(feature = "std")]
 pub mod runner;

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 use vmq::abi::image::hello;
 use vmq::abi::platform;
-use vmq::vmm::{images, ElfError, Error, IoeventMode, MmioDevice, RunOutcome, Vm, VmConfig};
+use vmq::mmio::MmioDevice;
+use vmq::vmm::{images, ElfError, Error, IoeventMode, RunOutcome, Vm, VmConfig};
 
 mod common;
 use common::require_kvm;

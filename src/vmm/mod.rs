@@ -29,7 +29,7 @@ mod loader;
 mod vcpu;
 mod vm;
 
-pub use bus::{MmioBus, MmioDevice};
+pub use bus::MmioBus;
 pub use error::{ElfError, Error, Result};
 pub use link::VmqLink;
 pub use loader::{load_elf, LoadedImage};

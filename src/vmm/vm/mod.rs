@@ -25,11 +25,12 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::arch;
-use super::bus::{MmioBus, MmioDevice};
+use super::bus::MmioBus;
 use super::error::{Error, Result};
 use super::loader::{load_elf, LoadedImage};
 use super::vcpu::{Console, ExitCounters, VcpuContext, VcpuHandle};
 use crate::abi::platform;
+use crate::mmio::MmioDevice;
 
 /// How a VM is built.
 #[derive(Debug, Clone)]
