@@ -15,9 +15,10 @@ use vmm_sys_util::eventfd::EventFd;
 use vmq::abi;
 use vmq::abi::image::{client, driver, peer, port_param, worker};
 use vmq::abi::platform;
+use vmq::runner::VmqLink;
 use vmq::switch::{MonotonicClock, ServiceConfig, Snapshot, Switch, SwitchConfig};
 use vmq::transport::TransportEvent;
-use vmq::vmm::{images, IoeventMode, RunOutcome, VcpuHandle, Vm, VmConfig, VmqLink};
+use vmq::vmm::{images, IoeventMode, RunOutcome, VcpuHandle, Vm, VmConfig};
 
 mod common;
 use common::require_kvm;

@@ -1,5 +1,8 @@
 //! [`VmqLink`]: one vmq virtio-mmio device on a [`Vm`], wired for a switch.
 //!
+//! The one place that knows the VM ([`crate::vmm`]), the device ([`crate::transport`]) and the
+//! switch ([`crate::switch::Notifier`]); it lives in the runner, the layer above all three.
+//!
 //! `attach` puts a [`VirtioMmio`] in an MMIO slot of the VM, routes the guest's QueueNotify
 //! writes to one kick eventfd (in the kernel where KVM takes an ioeventfd, through an MMIO exit
 //! otherwise) and announces the device in the boot block. The owner then:
@@ -13,7 +16,8 @@
 //!    (`Switch::port_down`), so the guest sees `DEVICE_NEEDS_RESET`.
 //!
 //! ```no_run
-//! use vmq::vmm::{images, Vm, VmConfig, VmqLink};
+//! use vmq::runner::VmqLink;
+//! use vmq::vmm::{images, Vm, VmConfig};
 //! use vmq::transport::TransportEvent;
 //! let mut vm = Vm::new(VmConfig::new("peer"))?;
 //! vm.load_elf(images::PEER)?;
@@ -31,11 +35,10 @@ use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::error::{Error, Result};
-use super::vm::{IoeventMode, Vm};
 use crate::abi::{self, platform};
 use crate::switch::Notifier;
 use crate::transport::{TransportEvent, VirtioMmio};
+use crate::vmm::{Error, IoeventMode, Result, Vm};
 
 /// A vmq device attached to a VM, and the handles its owner needs.
 #[derive(Debug)]
