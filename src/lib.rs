@@ -4,8 +4,11 @@
 //! spreads requests across backend VM queues by weighted health and fails over, losing nothing,
 //! when a VM stops draining its queue.
 //!
-//! Data flows one way through the modules: CLI -> [`vmm`] / event loop -> [`switch`] ->
-//! [`device`] / [`transport`] -> [`ring`] / [`wire`].
+//! Data flows one way through the modules: CLI -> [`runner`] / [`event`] loop -> [`switch`] ->
+//! [`device`] / [`transport`] -> [`ring`] / [`wire`]. KVM ([`vmm`]) sits at the bottom beside
+//! them: it runs VMs and dispatches their MMIO exits to [`mmio::MmioDevice`]s, and imports nothing
+//! from the switch or the transport. The runner's [`runner::VmqLink`] is the one place that puts
+//! a vmq device ([`transport`]) on a VM and wires it to the switch.
 //!
 //! Built with `default-features = false`, only the `no_std` modules [`abi`], [`wire`] and [`ring`] remain;
 //! guest images use the crate that way.
@@ -31,6 +34,8 @@ pub mod bench;
 pub mod device;
 #[cfg(feature = "std")]
 pub mod event;
+#[cfg(feature = "std")]
+pub mod mmio;
 #[cfg(feature = "test-utils")]
 pub mod peer;
 #[cfg(feature = "std")]

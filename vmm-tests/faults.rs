@@ -10,7 +10,7 @@
 mod common;
 
 use common::*;
-use vmq::abi;
+use vmq::abi::image::exit;
 
 /// `[[vm]]` entries for clients `names`, each sending `count` requests to `service`.
 fn clients(names: &[&str], service: &str, count: u64) -> String {
@@ -237,7 +237,7 @@ fn when_every_backend_is_dead_requests_fail_back_at_their_deadline() {
     }
     assert_eq!((r.lost, r.duplicates, r.mismatches), (0, 0, 0), "{r}");
     let (w0, w1) = (vm(&r, "w0"), vm(&r, "w1"));
-    assert_eq!(w0.exit_status, Some(abi::EXIT_CRASHED), "{r}");
+    assert_eq!(w0.exit_status, Some(exit::CRASHED), "{r}");
     assert_eq!(w0.sent, CRASH_AFTER, "{r}");
     // Good replies are exactly the ones the workers sent before dying; every other request
     // was failed back by the switch once its deadline passed.

@@ -13,9 +13,12 @@ use std::time::{Duration, Instant};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmq::abi;
+use vmq::abi::image::{client, driver, peer, port_param, worker};
+use vmq::abi::platform;
+use vmq::runner::VmqLink;
 use vmq::switch::{MonotonicClock, ServiceConfig, Snapshot, Switch, SwitchConfig};
 use vmq::transport::TransportEvent;
-use vmq::vmm::{images, IoeventMode, RunOutcome, VcpuHandle, Vm, VmConfig, VmqLink};
+use vmq::vmm::{images, IoeventMode, RunOutcome, VcpuHandle, Vm, VmConfig};
 
 mod common;
 use common::require_kvm;
@@ -70,7 +73,7 @@ impl Guest {
         h.join().expect("vCPU thread")
     }
 
-    fn results(&self) -> [u64; abi::NUM_RESULTS] {
+    fn results(&self) -> [u64; platform::NUM_RESULTS] {
         self.vm.results()
     }
 }
@@ -158,7 +161,7 @@ fn vmq_device_comes_up_and_kicks_through_the_ioeventfd() {
     let mut g = Guest::start(
         "bringup",
         images::PEER,
-        &[(abi::PARAM_WAIT, abi::WAIT_DOORBELL)],
+        &[(peer::param::WAIT, driver::WAIT_DOORBELL)],
     );
     let port = g.activated();
     assert_eq!(
@@ -174,7 +177,7 @@ fn vmq_device_comes_up_and_kicks_through_the_ioeventfd() {
         .expect("the QueueNotify write reached the kick eventfd");
     assert!(kicks >= 1);
     assert_eq!(
-        g.results()[abi::RES_KICKS],
+        g.results()[peer::result::KICKS],
         kicks,
         "every guest kick arrived"
     );
@@ -205,12 +208,12 @@ fn two_peers_exchange_messages_in_order_and_intact() {
     const N: u64 = 3000;
     let params = |target: u32| {
         [
-            (abi::PARAM_COUNT, N),
-            (abi::PARAM_EXPECT, N),
-            (abi::PARAM_SIZE, 200),
-            (abi::PARAM_TARGET, abi::port_param(target)),
-            (abi::PARAM_WAIT, abi::WAIT_DOORBELL),
-            (abi::PARAM_QUEUE_SIZE, 64),
+            (peer::param::COUNT, N),
+            (peer::param::EXPECT, N),
+            (peer::param::SIZE, 200),
+            (peer::param::TARGET, port_param(target)),
+            (peer::param::WAIT, driver::WAIT_DOORBELL),
+            (peer::param::QUEUE_SIZE, 64),
         ]
     };
     // Ports are added in this order, so "a" is port 0 and "b" port 1.
@@ -239,15 +242,15 @@ fn two_peers_exchange_messages_in_order_and_intact() {
             g.vm.name(),
             g.vm.console().lines()
         );
-        assert_eq!(r[abi::RES_PORT_ID], id);
-        assert_eq!(r[abi::RES_SENT], N);
-        assert_eq!(r[abi::RES_RECEIVED], N);
-        assert_eq!(r[abi::RES_OK], N, "every message in order and intact");
+        assert_eq!(r[peer::result::PORT_ID], id);
+        assert_eq!(r[peer::result::SENT], N);
+        assert_eq!(r[peer::result::RECEIVED], N);
+        assert_eq!(r[peer::result::OK], N, "every message in order and intact");
         assert_eq!(
-            r[abi::RES_MISMATCHES] + r[abi::RES_DUPLICATES] + r[abi::RES_ERRORS],
+            r[peer::result::MISMATCHES] + r[peer::result::DUPLICATES] + r[peer::result::ERRORS],
             0
         );
-        assert_eq!(r[abi::RES_RING_ERRORS], 0);
+        assert_eq!(r[peer::result::RING_ERRORS], 0);
     }
     assert_eq!(snap.ports.len(), 2);
     let (ra, rb) = (a.results(), b.results());
@@ -257,10 +260,10 @@ fn two_peers_exchange_messages_in_order_and_intact() {
          port-I/O exits {exits} ({:.3}/message), switch sleeps {sleeps}",
         2 * N,
         (2 * N) as f64 / elapsed.as_secs_f64(),
-        ra[abi::RES_KICKS],
-        rb[abi::RES_KICKS],
-        ra[abi::RES_WAITS],
-        rb[abi::RES_WAITS],
+        ra[peer::result::KICKS],
+        rb[peer::result::KICKS],
+        ra[peer::result::WAITS],
+        rb[peer::result::WAITS],
         exits as f64 / (2 * N) as f64,
     );
 }
@@ -275,19 +278,19 @@ fn client_gets_exactly_one_transformed_reply_per_request_through_a_service() {
         "client",
         images::CLIENT,
         &[
-            (abi::PARAM_COUNT, N),
-            (abi::PARAM_SIZE, 128),
-            (abi::PARAM_SERVICE, 0),
-            (abi::PARAM_WINDOW, 32),
-            (abi::PARAM_WAIT, abi::WAIT_DOORBELL),
+            (client::param::COUNT, N),
+            (client::param::SIZE, 128),
+            (client::param::SERVICE, 0),
+            (client::param::WINDOW, 32),
+            (client::param::WAIT, driver::WAIT_DOORBELL),
         ],
     );
     let mut worker = Guest::start(
         "worker",
         images::WORKER,
         &[
-            (abi::PARAM_SIZE, 128),
-            (abi::PARAM_WAIT, abi::WAIT_DOORBELL),
+            (worker::param::SIZE, 128),
+            (worker::param::WAIT, driver::WAIT_DOORBELL),
         ],
     );
     let mut sw = switch();
@@ -320,20 +323,26 @@ fn client_gets_exactly_one_transformed_reply_per_request_through_a_service() {
         "worker results {rw:?}, console {:?}",
         worker.vm.console().lines()
     );
-    assert_eq!(rc[abi::RES_SENT], N);
-    assert_eq!(rc[abi::RES_RECEIVED], N, "exactly one reply per request");
+    assert_eq!(rc[client::result::SENT], N);
     assert_eq!(
-        rc[abi::RES_OK],
+        rc[client::result::RECEIVED],
+        N,
+        "exactly one reply per request"
+    );
+    assert_eq!(
+        rc[client::result::OK],
         N,
         "every payload transformed correctly: {rc:?}"
     );
     assert_eq!(
-        rc[abi::RES_DUPLICATES] + rc[abi::RES_MISMATCHES] + rc[abi::RES_ERRORS],
+        rc[client::result::DUPLICATES]
+            + rc[client::result::MISMATCHES]
+            + rc[client::result::ERRORS],
         0
     );
-    assert_eq!(rw[abi::RES_RECEIVED], N);
-    assert_eq!(rw[abi::RES_SENT], N);
-    assert_eq!(rw[abi::RES_PORT_ID], 1);
+    assert_eq!(rw[worker::result::RECEIVED], N);
+    assert_eq!(rw[worker::result::SENT], N);
+    assert_eq!(rw[worker::result::PORT_ID], 1);
     let s = &snap.services[0];
     assert_eq!(s.stats.requests, N);
     assert_eq!(s.stats.replies, N);
@@ -346,10 +355,10 @@ fn client_gets_exactly_one_transformed_reply_per_request_through_a_service() {
         "client/worker: {N} requests in {elapsed:?} ({:.0} req/s), client kicks {} waits {}, \
          worker kicks {} waits {}, port-I/O exits {exits} ({:.3}/request), switch sleeps {sleeps}",
         N as f64 / elapsed.as_secs_f64(),
-        rc[abi::RES_KICKS],
-        rc[abi::RES_WAITS],
-        rw[abi::RES_KICKS],
-        rw[abi::RES_WAITS],
+        rc[client::result::KICKS],
+        rc[client::result::WAITS],
+        rw[worker::result::KICKS],
+        rw[worker::result::WAITS],
         exits as f64 / N as f64,
     );
 }
@@ -364,19 +373,19 @@ fn worker_error_replies_reach_the_client_once_each() {
         "client-e",
         images::CLIENT,
         &[
-            (abi::PARAM_COUNT, N),
-            (abi::PARAM_SIZE, 16),
-            (abi::PARAM_SERVICE, 0),
-            (abi::PARAM_WAIT, abi::WAIT_DOORBELL),
+            (client::param::COUNT, N),
+            (client::param::SIZE, 16),
+            (client::param::SERVICE, 0),
+            (client::param::WAIT, driver::WAIT_DOORBELL),
         ],
     );
     let mut worker = Guest::start(
         "worker-e",
         images::WORKER,
         &[
-            (abi::PARAM_COUNT, N),
-            (abi::PARAM_ERROR_EVERY, 5),
-            (abi::PARAM_WAIT, abi::WAIT_DOORBELL),
+            (worker::param::COUNT, N),
+            (worker::param::ERROR_EVERY, 5),
+            (worker::param::WAIT, driver::WAIT_DOORBELL),
         ],
     );
     let mut sw = switch();
@@ -393,9 +402,9 @@ fn worker_error_replies_reach_the_client_once_each() {
     let (rc, rw) = (client.results(), worker.results());
     assert_eq!(oc, RunOutcome::Exited(0), "client {rc:?}");
     assert_eq!(ow, RunOutcome::Exited(0), "worker {rw:?}");
-    assert_eq!(rc[abi::RES_RECEIVED], N);
-    assert_eq!(rc[abi::RES_ERRORS], N / 5);
-    assert_eq!(rc[abi::RES_STATUS_BACKEND_ERROR], N / 5);
-    assert_eq!(rc[abi::RES_OK], N - N / 5);
-    assert_eq!(rw[abi::RES_ERRORS], N / 5);
+    assert_eq!(rc[client::result::RECEIVED], N);
+    assert_eq!(rc[client::result::ERRORS], N / 5);
+    assert_eq!(rc[client::result::STATUS_BACKEND_ERROR], N / 5);
+    assert_eq!(rc[client::result::OK], N - N / 5);
+    assert_eq!(rw[worker::result::ERRORS], N / 5);
 }

@@ -1,5 +1,5 @@
 //! Hostile guests on real KVM: one `evil` VM per test, among honest clients and workers, doing
-//! one thing a guest controls and should not get away with (`abi::EVIL_*`).
+//! one thing a guest controls and should not get away with (`abi::mode::evil`).
 //!
 //! Each test checks that the switch confined the harm to the evil VM's own port: the port is
 //! down with exactly one fault and the guest saw `DEVICE_NEEDS_RESET` (for protocol faults), no
@@ -11,7 +11,8 @@
 mod common;
 
 use common::*;
-use vmq::abi;
+use vmq::abi::image::{driver, evil, exit};
+use vmq::abi::mode;
 use vmq::runner::RunReport;
 
 /// Requests of each honest client.
@@ -75,9 +76,9 @@ fn assert_others_unharmed(r: &RunReport) {
 fn assert_evil_isolated(r: &RunReport, sent: u64, answered: u64) {
     assert_others_unharmed(r);
     let e = vm(r, "evil");
-    assert_eq!(e.exit_status, Some(abi::EXIT_RING_FAULT), "{r}");
+    assert_eq!(e.exit_status, Some(exit::RING_FAULT), "{r}");
     assert_eq!(
-        e.results[abi::RES_EVIL_NEEDS_RESET],
+        e.results[evil::result::NEEDS_RESET],
         1,
         "the evil VM saw DEVICE_NEEDS_RESET\n{r}"
     );
@@ -109,37 +110,37 @@ fn protocol_fault(name: &str, mode: u64) {
     }
     let r = run(name, &topology(mode, "", ""));
     assert_evil_isolated(&r, EVIL_COUNT, EVIL_COUNT);
-    assert_eq!(vm(&r, "evil").results[abi::RES_EVIL_ATTACKS], 1, "{r}");
+    assert_eq!(vm(&r, "evil").results[evil::result::ATTACKS], 1, "{r}");
 }
 
 #[test]
 fn a_descriptor_loop_breaks_only_its_own_port() {
-    protocol_fault("evil-loop.toml", abi::EVIL_LOOP);
+    protocol_fault("evil-loop.toml", mode::evil::LOOP);
 }
 
 #[test]
 fn a_buffer_outside_guest_memory_breaks_only_its_own_port() {
-    protocol_fault("evil-outside.toml", abi::EVIL_OUTSIDE);
+    protocol_fault("evil-outside.toml", mode::evil::OUTSIDE);
 }
 
 #[test]
 fn a_buffer_in_mmio_space_breaks_only_its_own_port() {
-    protocol_fault("evil-mmio.toml", abi::EVIL_MMIO);
+    protocol_fault("evil-mmio.toml", mode::evil::MMIO);
 }
 
 #[test]
 fn a_giant_buffer_length_breaks_only_its_own_port() {
-    protocol_fault("evil-giant.toml", abi::EVIL_GIANT_LEN);
+    protocol_fault("evil-giant.toml", mode::evil::GIANT_LEN);
 }
 
 #[test]
 fn a_buffer_whose_end_overflows_breaks_only_its_own_port() {
-    protocol_fault("evil-overflow.toml", abi::EVIL_ADDR_OVERFLOW);
+    protocol_fault("evil-overflow.toml", mode::evil::ADDR_OVERFLOW);
 }
 
 #[test]
 fn an_avail_index_jump_breaks_only_its_own_port() {
-    protocol_fault("evil-jump.toml", abi::EVIL_AVAIL_JUMP);
+    protocol_fault("evil-jump.toml", mode::evil::AVAIL_JUMP);
 }
 
 #[test]
@@ -152,7 +153,7 @@ fn descriptors_rewritten_after_publishing_change_nothing_or_break_only_their_por
     let r = run(
         "evil-rewrite.toml",
         &topology(
-            abi::EVIL_REWRITE,
+            mode::evil::REWRITE,
             ", side_service = \"mirror\", queue_size = 16",
             &format!(
                 "[[service]]\nname = \"mirror\"\nfailover = {{ {PATIENT} }}\n\
@@ -164,12 +165,12 @@ fn descriptors_rewritten_after_publishing_change_nothing_or_break_only_their_por
     assert_evil_isolated(&r, EVIL_COUNT + 2, EVIL_COUNT + 1);
     let e = vm(&r, "evil");
     assert_eq!(
-        e.results[abi::RES_EVIL_SNAPSHOT_OK],
+        e.results[evil::result::SNAPSHOT_OK],
         1,
         "a short chain rewritten into a loop outside memory after the switch took it was \
          delivered as it was taken, without a fault\n{r}"
     );
-    assert_eq!(e.results[abi::RES_EVIL_ATTACKS], 2, "{r}");
+    assert_eq!(e.results[evil::result::ATTACKS], 2, "{r}");
     // The long chain was accepted (it was walked and checked when taken) and then orphaned
     // when its port broke; the fault came from the second walk, at delivery.
     let ep = port(&r, "evil");
@@ -187,7 +188,7 @@ fn a_forged_source_is_restamped_and_replies_go_to_the_real_sender() {
     // in-flight tokens although it serves nothing.
     let r = run(
         "evil-forge.toml",
-        &topology(abi::EVIL_FORGE_SRC, ", target = \"client0\"", ""),
+        &topology(mode::evil::FORGE_SRC, ", target = \"client0\"", ""),
     );
     // client0 got exactly its own COUNT replies: none of the evil's (same ids, same payloads)
     // and none of the forged ones.
@@ -201,8 +202,8 @@ fn a_forged_source_is_restamped_and_replies_go_to_the_real_sender() {
     );
     assert_eq!((e.duplicates, e.mismatches), (0, 0), "{r}");
     assert_eq!(
-        e.results[abi::RES_EVIL_ATTACKS],
-        abi::EVIL_FORGED_REPLIES,
+        e.results[evil::result::ATTACKS],
+        mode::evil::FORGED_REPLIES,
         "{r}"
     );
     let ep = port(&r, "evil");
@@ -217,7 +218,7 @@ fn a_forged_source_is_restamped_and_replies_go_to_the_real_sender() {
     assert_eq!(r.switch.totals.port_faults, 0, "{r}");
     assert_eq!(
         r.switch.totals.late_replies_dropped,
-        abi::EVIL_FORGED_REPLIES,
+        mode::evil::FORGED_REPLIES,
         "every forged reply was dropped, none matched a request\n{r}"
     );
 }
@@ -230,7 +231,7 @@ fn a_flooding_guest_does_not_starve_the_others() {
     const FLOOD: u64 = 20_000;
     let r = run(
         "evil-flood.toml",
-        &topology(abi::EVIL_FLOOD, "", "").replace(
+        &topology(mode::evil::FLOOD, "", "").replace(
             &format!("count = {EVIL_COUNT}, size = 64, window = 16"),
             &format!("count = {FLOOD}, size = 64, window = 0"),
         ),
@@ -253,7 +254,7 @@ fn a_reset_mid_flight_orphans_its_requests_and_the_port_comes_back() {
     let r = run(
         "evil-reset.toml",
         &topology(
-            abi::EVIL_RESET,
+            mode::evil::RESET,
             ", side_service = \"slow\"",
             &format!(
                 "[[vm]]\nname = \"slowpoke\"\nimage = \"worker\"\n\
@@ -264,15 +265,15 @@ fn a_reset_mid_flight_orphans_its_requests_and_the_port_comes_back() {
         ),
     );
     assert_others_unharmed(&r);
-    const BATCH: u64 = abi::EVIL_RESET_BATCH;
+    const BATCH: u64 = mode::evil::RESET_BATCH;
     let e = vm(&r, "evil");
     assert_eq!(e.exit_status, Some(0), "{r}");
     assert_eq!(
-        e.results[abi::RES_EVIL_REVIVED],
+        e.results[evil::result::REVIVED],
         1,
         "hello after the reset\n{r}"
     );
-    let before = e.results[abi::RES_EVIL_BEFORE_RESET];
+    let before = e.results[evil::result::BEFORE_RESET];
     // Sent: honest phase, batch, honest phase again, batch again. Received: all but the
     // batch's requests that were in flight at the reset.
     assert_eq!(e.sent, 2 * EVIL_COUNT + 2 * BATCH, "{r}");
@@ -308,7 +309,7 @@ fn messages_sent_before_a_reset_never_complete_on_the_revived_queues() {
     let r = run(
         "evil-reset-stale.toml",
         &topology(
-            abi::EVIL_RESET,
+            mode::evil::RESET,
             ", side_service = \"slow\", target = \"slowpoke\"",
             &format!(
                 "[[vm]]\nname = \"slowpoke\"\nimage = \"worker\"\n\
@@ -319,21 +320,21 @@ fn messages_sent_before_a_reset_never_complete_on_the_revived_queues() {
         ),
     );
     assert_others_unharmed(&r);
-    const BATCH: u64 = abi::EVIL_RESET_BATCH;
+    const BATCH: u64 = mode::evil::RESET_BATCH;
     let e = vm(&r, "evil");
     assert_eq!(
         e.exit_status,
         Some(0),
         "the revived queues saw only their own completions\n{r}"
     );
-    assert_eq!(e.results[abi::RES_RING_ERRORS], 0, "{r}");
-    assert_eq!(e.results[abi::RES_EVIL_REVIVED], 1, "{r}");
+    assert_eq!(e.results[driver::result::RING_ERRORS], 0, "{r}");
+    assert_eq!(e.results[evil::result::REVIVED], 1, "{r}");
     assert_eq!(
-        e.results[abi::RES_EVIL_ATTACKS],
-        1 + abi::EVIL_RESET_ONEWAYS,
+        e.results[evil::result::ATTACKS],
+        1 + mode::evil::RESET_ONEWAYS,
         "{r}"
     );
-    let before = e.results[abi::RES_EVIL_BEFORE_RESET];
+    let before = e.results[evil::result::BEFORE_RESET];
     assert_eq!(e.received, 2 * EVIL_COUNT + BATCH + before, "{r}");
     assert_eq!(
         (e.ok, e.duplicates, e.mismatches),
@@ -342,12 +343,16 @@ fn messages_sent_before_a_reset_never_complete_on_the_revived_queues() {
     );
     // Nothing of the old queues reached slowpoke after the reset: it got no one-way message
     // (it counts any as a ring error).
-    assert_eq!(vm(&r, "slowpoke").results[abi::RES_RING_ERRORS], 0, "{r}");
+    assert_eq!(
+        vm(&r, "slowpoke").results[driver::result::RING_ERRORS],
+        0,
+        "{r}"
+    );
     let ep = port(&r, "evil");
     assert_eq!((ep.stats.faults, ep.stats.revivals), (0, 1), "{r}");
     assert!(r.switch.totals.orphaned >= 1, "{r}");
     assert!(
-        r.switch.totals.oneway_undeliverable >= abi::EVIL_RESET_ONEWAYS,
+        r.switch.totals.oneway_undeliverable >= mode::evil::RESET_ONEWAYS,
         "the stranded one-way messages were counted as undeliverable\n{r}"
     );
 }

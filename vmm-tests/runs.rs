@@ -12,7 +12,8 @@
 
 use std::process::Command;
 
-use vmq::abi;
+use vmq::abi::image::exit;
+use vmq::abi::mode;
 use vmq::runner::RunReport;
 
 mod common;
@@ -212,7 +213,7 @@ fn a_crashed_worker_loses_nothing() {
     );
     assert_clients_clean(&r, &["client0", "client1"], COUNT);
     let w2 = vm(&r, "w2");
-    assert_eq!(w2.exit_status, Some(abi::EXIT_CRASHED), "{r}");
+    assert_eq!(w2.exit_status, Some(exit::CRASHED), "{r}");
     assert_eq!(w2.sent, 500, "{r}");
     assert!(port(&r, "w2").down, "{r}");
     assert!(r.ejections >= 1, "{r}");
@@ -298,7 +299,7 @@ failover = {{ {PATIENT} }}
 request_timeout_ms = 30000
 members = [{{ vm = "w0" }}, {{ vm = "w1" }}]
 "#,
-            mode = abi::CLIENT_MODE_MALFORMED,
+            mode = mode::client::MALFORMED,
         ),
     );
     assert_clients_clean(&r, &["client0", "client1"], COUNT);
@@ -310,7 +311,7 @@ members = [{{ vm = "w0" }}, {{ vm = "w1" }}]
         (HOSTILE, HOSTILE, HOSTILE),
         "{r}"
     );
-    assert_eq!(h.exit_status, Some(abi::EXIT_RING_FAULT), "{r}");
+    assert_eq!(h.exit_status, Some(exit::RING_FAULT), "{r}");
     let hp = port(&r, "hostile");
     assert!(hp.down, "{r}");
     assert_eq!(hp.stats.faults, 1, "{r}");

@@ -8,8 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
-use vmq::abi;
-use vmq::vmm::{images, ElfError, Error, IoeventMode, MmioDevice, RunOutcome, Vm, VmConfig};
+use vmq::abi::image::hello;
+use vmq::abi::platform;
+use vmq::mmio::MmioDevice;
+use vmq::vmm::{images, ElfError, Error, IoeventMode, RunOutcome, Vm, VmConfig};
 
 mod common;
 use common::require_kvm;
@@ -37,7 +39,7 @@ impl MmioDevice for Scratch {
 }
 
 fn hello_vm(name: &str, mode: u64) -> Vm {
-    let cfg = VmConfig::new(name).param(abi::PARAM_MODE, mode);
+    let cfg = VmConfig::new(name).param(hello::param::MODE, mode);
     let mut vm = Vm::new(cfg).expect("create VM");
     vm.load_elf(images::HELLO).expect("load hello");
     vm
@@ -50,12 +52,12 @@ fn hello_boots_in_user_mode_and_reports_its_status() {
     }
     let dev = Arc::new(Scratch::default());
     let cfg = VmConfig::new("hello-vm")
-        .param(abi::PARAM_EXIT_STATUS, 42)
-        .param(abi::PARAM_SERVICE, 7)
-        .param(abi::PARAM_TEST_ADDR, abi::MMIO_BASE + 0x10);
+        .param(hello::param::EXIT_STATUS, 42)
+        .param(hello::param::SERVICE, 7)
+        .param(hello::param::TEST_ADDR, platform::MMIO_BASE + 0x10);
     let mut vm = Vm::new(cfg).unwrap();
     vm.load_elf(images::HELLO).unwrap();
-    vm.register_mmio(abi::MMIO_BASE, abi::MMIO_SLOT_SIZE, dev.clone())
+    vm.register_mmio(platform::MMIO_BASE, platform::MMIO_SLOT_SIZE, dev.clone())
         .unwrap();
     let outcome = vm.start().unwrap().join().unwrap();
     let lines = vm.console().lines();
@@ -92,21 +94,21 @@ fn doorbell_wait_returns_on_work() {
     }
     // Signalled before the guest waits: the wait must not lose it.
     let mut vm = hello_vm("db-early", 4);
-    vm.set_param(abi::PARAM_SIZE, u32::MAX as u64).unwrap();
+    vm.set_param(hello::param::SIZE, u32::MAX as u64).unwrap();
     vm.work_eventfd().write(1).unwrap();
     let h = vm.start().unwrap();
-    assert_eq!(h.join().unwrap(), RunOutcome::Exited(abi::WAIT_WORK));
+    assert_eq!(h.join().unwrap(), RunOutcome::Exited(platform::WAIT_WORK));
 
     // Signalled while the guest is parked in the wait.
     let mut vm = hello_vm("db-late", 4);
-    vm.set_param(abi::PARAM_SIZE, u32::MAX as u64).unwrap();
+    vm.set_param(hello::param::SIZE, u32::MAX as u64).unwrap();
     let h = vm.start().unwrap();
     let c = vm.counters().clone();
     wait_until("the doorbell wait", || {
         c.doorbell_waits.load(Ordering::Relaxed) == 1
     });
     vm.work_eventfd().write(1).unwrap();
-    assert_eq!(h.join().unwrap(), RunOutcome::Exited(abi::WAIT_WORK));
+    assert_eq!(h.join().unwrap(), RunOutcome::Exited(platform::WAIT_WORK));
     assert_eq!(vm.counters().snapshot().doorbell_work, 1);
 }
 
@@ -116,9 +118,9 @@ fn doorbell_wait_times_out() {
         return;
     }
     let mut vm = hello_vm("db-timeout", 4);
-    vm.set_param(abi::PARAM_SIZE, 2000).unwrap();
+    vm.set_param(hello::param::SIZE, 2000).unwrap();
     let outcome = vm.start().unwrap().join().unwrap();
-    assert_eq!(outcome, RunOutcome::Exited(abi::WAIT_TIMEOUT));
+    assert_eq!(outcome, RunOutcome::Exited(platform::WAIT_TIMEOUT));
     let c = vm.counters().snapshot();
     assert_eq!((c.doorbell_waits, c.doorbell_timeouts), (1, 1));
 }
@@ -129,11 +131,11 @@ fn ioeventfd_write_signals_without_mmio_exit() {
         return;
     }
     const WRITES: u64 = 50;
-    let notify = abi::MMIO_BASE + 0x50;
+    let notify = platform::MMIO_BASE + 0x50;
     let mut vm = hello_vm("ioevent", 3);
-    vm.set_param(abi::PARAM_COUNT, WRITES).unwrap();
-    vm.set_param(abi::PARAM_TEST_ADDR, notify).unwrap();
-    vm.set_param(abi::PARAM_SIZE, 3).unwrap();
+    vm.set_param(hello::param::COUNT, WRITES).unwrap();
+    vm.set_param(hello::param::TEST_ADDR, notify).unwrap();
+    vm.set_param(hello::param::SIZE, 3).unwrap();
     let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let mode = vm.register_ioevent(&evt, notify, Some(3)).unwrap();
     let outcome = vm.start().unwrap().join().unwrap();
@@ -151,11 +153,11 @@ fn ioeventfd_datamatch_mismatch_exits_to_the_vmm() {
     if !require_kvm() {
         return;
     }
-    let notify = abi::MMIO_BASE + 0x50;
+    let notify = platform::MMIO_BASE + 0x50;
     let mut vm = hello_vm("ioevent-miss", 3);
-    vm.set_param(abi::PARAM_COUNT, 2).unwrap();
-    vm.set_param(abi::PARAM_TEST_ADDR, notify).unwrap();
-    vm.set_param(abi::PARAM_SIZE, 4).unwrap();
+    vm.set_param(hello::param::COUNT, 2).unwrap();
+    vm.set_param(hello::param::TEST_ADDR, notify).unwrap();
+    vm.set_param(hello::param::SIZE, 4).unwrap();
     let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     vm.register_ioevent(&evt, notify, Some(3)).unwrap();
     assert_eq!(vm.start().unwrap().join().unwrap(), RunOutcome::Exited(0));
@@ -225,7 +227,7 @@ fn bad_images_give_typed_errors() {
         vm.load_elf(&high),
         Err(Error::Elf(ElfError::SegmentOutsideMemory { .. }))
     ));
-    let low = raw_elf(abi::BOOT_BLOCK_ADDR, &[0x0f, 0x0b]);
+    let low = raw_elf(platform::BOOT_BLOCK_ADDR, &[0x0f, 0x0b]);
     assert!(matches!(
         vm.load_elf(&low),
         Err(Error::Elf(ElfError::SegmentOutsideMemory { .. }))
@@ -249,7 +251,7 @@ fn bad_config_gives_typed_errors() {
         Err(Error::MemorySize { .. })
     ));
     assert!(matches!(
-        Vm::new(VmConfig::new("m").param(abi::NUM_PARAMS, 1)),
+        Vm::new(VmConfig::new("m").param(platform::NUM_PARAMS, 1)),
         Err(Error::ParamIndex(_))
     ));
     let mut vm = Vm::new(VmConfig::new("m")).unwrap();
@@ -258,10 +260,10 @@ fn bad_config_gives_typed_errors() {
         vm.register_mmio(0x1000, 0x1000, dev.clone()),
         Err(Error::MmioRange { .. })
     ));
-    vm.register_mmio(abi::MMIO_BASE, 0x1000, dev.clone())
+    vm.register_mmio(platform::MMIO_BASE, 0x1000, dev.clone())
         .unwrap();
     assert!(matches!(
-        vm.register_mmio(abi::MMIO_BASE + 0x800, 0x1000, dev),
+        vm.register_mmio(platform::MMIO_BASE + 0x800, 0x1000, dev),
         Err(Error::MmioRange { .. })
     ));
 }
@@ -295,7 +297,7 @@ fn stop_ends_a_guest_in_doorbell_wait() {
         return;
     }
     let mut vm = hello_vm("parked", 4);
-    vm.set_param(abi::PARAM_SIZE, u32::MAX as u64).unwrap();
+    vm.set_param(hello::param::SIZE, u32::MAX as u64).unwrap();
     let h = vm.start().unwrap();
     let c = vm.counters().clone();
     wait_until("the doorbell wait", || {

@@ -15,9 +15,9 @@ use virtio_queue::QueueT;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmq::abi::virtio::*;
+use vmq::mmio::MmioDevice;
 use vmq::ring::RingLayout;
 use vmq::transport::{TransportEvent, VirtioMmio};
-use vmq::vmm::MmioDevice;
 use vmq::wire::MAX_PAYLOAD;
 
 use crate::input::Input;

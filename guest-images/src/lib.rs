@@ -7,18 +7,18 @@ use core::arch::asm;
 use core::fmt::{self, Write};
 
 pub use vmq::abi;
-use vmq::abi::BootBlock;
+use vmq::abi::platform::{self, BootBlock};
 
 pub mod virtio;
 
-/// The results area of the boot block ([`BootBlock::results`], `abi::RES_*` indices): counters
+/// The results area of the boot block ([`BootBlock::results`], each image's `abi::image::*::result` slots): counters
 /// the VMM can read while the guest runs and after it exits.
 pub mod results {
-    use vmq::abi::{self, BootBlock};
+    use vmq::abi::platform::{self, BootBlock};
 
     fn slot(i: usize) -> *mut u64 {
-        let i = i.min(abi::NUM_RESULTS - 1);
-        let at = abi::BOOT_BLOCK_ADDR as usize
+        let i = i.min(platform::NUM_RESULTS - 1);
+        let at = platform::BOOT_BLOCK_ADDR as usize
             + core::mem::offset_of!(BootBlock, results)
             + i * core::mem::size_of::<u64>();
         core::ptr::with_exposed_provenance_mut(at)
@@ -59,22 +59,22 @@ macro_rules! entry {
         );
 
         extern "C" fn __vmq_entry(bb: u64) -> ! {
-            let f: fn(&$crate::abi::BootBlock) -> u32 = $main;
+            let f: fn(&$crate::abi::platform::BootBlock) -> u32 = $main;
             $crate::exit(f(&$crate::boot_block(bb)))
         }
     };
 }
 
 /// Copies the boot block the VMM wrote at `addr` (passed in `rdi`). Exits with status
-/// [`abi::EXIT_PANIC`] if it is not there or has the wrong magic or version.
+/// [`platform::EXIT_PANIC`] if it is not there or has the wrong magic or version.
 pub fn boot_block(addr: u64) -> BootBlock {
-    if addr != abi::BOOT_BLOCK_ADDR {
-        exit(abi::EXIT_PANIC);
+    if addr != platform::BOOT_BLOCK_ADDR {
+        exit(platform::EXIT_PANIC);
     }
     // SAFETY: the VMM wrote a BootBlock at this fixed, mapped, aligned address before start.
     let bb = unsafe { core::ptr::read_volatile(addr as *const BootBlock) };
     if !bb.is_valid() {
-        exit(abi::EXIT_PANIC);
+        exit(platform::EXIT_PANIC);
     }
     bb
 }
@@ -96,30 +96,30 @@ pub fn outl(port: u16, val: u32) {
     unsafe { asm!("out dx, eax", in("dx") port, in("eax") val, options(nostack, preserves_flags)) }
 }
 
-/// Sends `bytes` to the console with one exit per [`abi::CONSOLE_BUF_SIZE`] bytes, through the
+/// Sends `bytes` to the console with one exit per [`platform::CONSOLE_BUF_SIZE`] bytes, through the
 /// console buffer.
 pub fn console_write(bytes: &[u8]) {
-    for chunk in bytes.chunks(abi::CONSOLE_BUF_SIZE as usize) {
-        let buf = abi::CONSOLE_BUF_ADDR as *mut u8;
+    for chunk in bytes.chunks(platform::CONSOLE_BUF_SIZE as usize) {
+        let buf = platform::CONSOLE_BUF_ADDR as *mut u8;
         // SAFETY: the console buffer is a mapped RAM page the VMM reserves for this; the chunk
         // fits in it and cannot overlap `bytes` (which lives in the image, stack or heap).
         unsafe { core::ptr::copy_nonoverlapping(chunk.as_ptr(), buf, chunk.len()) };
-        outl(abi::PORT_CONSOLE, chunk.len() as u32);
+        outl(platform::PORT_CONSOLE, chunk.len() as u32);
     }
 }
 
 /// Ends the guest with `status`.
 pub fn exit(status: u32) -> ! {
     loop {
-        outl(abi::PORT_EXIT, status);
+        outl(platform::PORT_EXIT, status);
     }
 }
 
 /// Parks the vCPU until the VM's work eventfd is signalled or `timeout_us` passes. Returns
-/// [`abi::WAIT_WORK`], [`abi::WAIT_TIMEOUT`] or [`abi::WAIT_STOP`].
+/// [`platform::WAIT_WORK`], [`platform::WAIT_TIMEOUT`] or [`platform::WAIT_STOP`].
 pub fn doorbell_wait(timeout_us: u32) -> u32 {
-    outl(abi::PORT_DOORBELL_WAIT, timeout_us);
-    let at = (abi::BOOT_BLOCK_ADDR as usize + core::mem::offset_of!(BootBlock, wait_result))
+    outl(platform::PORT_DOORBELL_WAIT, timeout_us);
+    let at = (platform::BOOT_BLOCK_ADDR as usize + core::mem::offset_of!(BootBlock, wait_result))
         as *const u32;
     // SAFETY: the boot block is mapped at its fixed address; the VMM just wrote the field.
     unsafe { core::ptr::read_volatile(at) }
@@ -213,7 +213,7 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let mut c = Console::new();
     let _ = writeln!(c, "panic: {info}");
     c.flush();
-    exit(abi::EXIT_PANIC)
+    exit(platform::EXIT_PANIC)
 }
 
 // The memory intrinsics. Written with string instructions so that the compiler cannot turn

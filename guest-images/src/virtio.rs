@@ -5,7 +5,10 @@
 //! announces ([`FreeMem`]); guest memory is identity mapped, so guest-physical addresses are
 //! pointers.
 
-use vmq::abi::{self, virtio as v, BootBlock};
+use vmq::abi::image::driver::{self, param, result};
+use vmq::abi::image::{exit, MAX_GUEST_PAYLOAD};
+use vmq::abi::platform::{self, BootBlock};
+use vmq::abi::virtio as v;
 use vmq::ring::{DriverRing, MsgRx, MsgTx, RawMemory, RingError, RingLayout, RxMsg, SlotArena};
 use vmq::traffic::{self, Link};
 use vmq::wire::{MsgHeader, HEADER_SIZE};
@@ -152,14 +155,14 @@ pub struct Options {
 }
 
 impl Options {
-    /// From the boot parameters: [`abi::PARAM_QUEUE_SIZE`], [`abi::PARAM_WAIT`] and a slot
+    /// From the boot parameters: [`param::QUEUE_SIZE`], [`param::WAIT`] and a slot
     /// for `max_payload` bytes (at least 1 KiB, for the switch's hello directory).
     pub fn from_params(bb: &BootBlock, max_payload: u64) -> Self {
-        let payload = max_payload.clamp(1024, abi::MAX_GUEST_PAYLOAD + 1024);
+        let payload = max_payload.clamp(1024, MAX_GUEST_PAYLOAD + 1024);
         Self {
-            queue_size: bb.params[abi::PARAM_QUEUE_SIZE].min(32768) as u16,
+            queue_size: bb.params[param::QUEUE_SIZE].min(32768) as u16,
             slot_size: ((HEADER_SIZE as u64 + payload + 63) & !63) as u32,
-            doorbell: bb.params[abi::PARAM_WAIT] == abi::WAIT_DOORBELL,
+            doorbell: bb.params[param::WAIT] == driver::WAIT_DOORBELL,
         }
     }
 }
@@ -181,7 +184,7 @@ fn reg(base: u64, off: u64) -> u64 {
 
 fn find_device(bb: &BootBlock) -> Option<u64> {
     (0..bb.mmio_count.min(64))
-        .map(|i| bb.mmio_base + i * abi::MMIO_SLOT_SIZE)
+        .map(|i| bb.mmio_base + i * platform::MMIO_SLOT_SIZE)
         .find(|&b| {
             mmio_read32(reg(b, v::REG_MAGIC)) == v::MAGIC
                 && mmio_read32(reg(b, v::REG_VERSION)) == v::VERSION
@@ -287,7 +290,7 @@ impl Vmq {
         };
         dev.rx.post_all()?;
         dev.flush_rx()?;
-        results::set(abi::RES_PORT_ID, u64::MAX);
+        results::set(result::PORT_ID, u64::MAX);
         Ok(dev)
     }
 
@@ -299,12 +302,12 @@ impl Vmq {
     /// Records the port id a hello carries (its `dst`) in the results.
     pub fn note_hello(&mut self, hello: &MsgHeader) {
         self.port_id = Some(hello.dst());
-        results::set(abi::RES_PORT_ID, u64::from(hello.dst()));
+        results::set(result::PORT_ID, u64::from(hello.dst()));
     }
 
     fn kick(&self, queue: u16) {
         mmio_write32(reg(self.base, v::REG_QUEUE_NOTIFY), u32::from(queue));
-        results::add(abi::RES_KICKS, 1);
+        results::add(result::KICKS, 1);
     }
 
     /// Publishes queued tx messages; kicks queue 1 only if the device asked for it.
@@ -379,9 +382,9 @@ impl Vmq {
             ready |= self.tx.ring_mut().enable_interrupts()?;
         }
         if !ready {
-            results::add(abi::RES_WAITS, 1);
-            if doorbell_wait(WAIT_TIMEOUT_US) == abi::WAIT_TIMEOUT {
-                results::add(abi::RES_WAIT_TIMEOUTS, 1);
+            results::add(result::WAITS, 1);
+            if doorbell_wait(WAIT_TIMEOUT_US) == platform::WAIT_TIMEOUT {
+                results::add(result::WAIT_TIMEOUTS, 1);
                 if self.needs_reset() {
                     return Err(DriverError::NeedsReset);
                 }
@@ -438,23 +441,23 @@ impl Link for Vmq {
 }
 
 /// What a guest image does with a driver error: a bad message is counted
-/// ([`abi::RES_RING_ERRORS`]) and skipped; anything else ends the guest with
-/// [`abi::EXIT_RING_FAULT`].
+/// ([`result::RING_ERRORS`]) and skipped; anything else ends the guest with
+/// [`exit::RING_FAULT`].
 pub fn on_error(e: DriverError) {
-    results::add(abi::RES_RING_ERRORS, 1);
+    results::add(result::RING_ERRORS, 1);
     if !matches!(e, DriverError::Ring(RingError::BadMessage(_))) {
         crate::println!("vmq driver error: {e:?}");
-        crate::exit(abi::EXIT_RING_FAULT);
+        crate::exit(exit::RING_FAULT);
     }
 }
 
-/// Brings the device up for an image, or ends the guest with [`abi::EXIT_NO_DEVICE`].
+/// Brings the device up for an image, or ends the guest with [`exit::NO_DEVICE`].
 pub fn probe_or_exit(bb: &BootBlock, free: &mut FreeMem, max_payload: u64) -> Vmq {
     match Vmq::probe(bb, free, Options::from_params(bb, max_payload)) {
         Ok(d) => d,
         Err(e) => {
             crate::println!("vmq probe failed: {e:?}");
-            crate::exit(abi::EXIT_NO_DEVICE)
+            crate::exit(exit::NO_DEVICE)
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::abi;
+use crate::abi::{image::hello::param, platform::MMIO_BASE};
 use crate::vmm::{images, Error, RunOutcome, Vm, VmConfig};
 
 /// Measured costs, microseconds.
@@ -27,11 +27,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn hello(mode: u64, count: u64) -> Result<f64, Error> {
-    let notify = abi::MMIO_BASE + 0x50;
+    let notify = MMIO_BASE + 0x50;
     let cfg = VmConfig::new("exit-cost")
-        .param(abi::PARAM_MODE, mode)
-        .param(abi::PARAM_COUNT, count)
-        .param(abi::PARAM_TEST_ADDR, notify);
+        .param(param::MODE, mode)
+        .param(param::COUNT, count)
+        .param(param::TEST_ADDR, notify);
     let mut vm = Vm::new(cfg)?;
     vm.load_elf(images::HELLO)?;
     let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Host {

@@ -2,6 +2,7 @@
 //! on the calling thread until the clients are done, injects the host-side faults, prints live
 //! progress, and reports what happened.
 
+mod link;
 mod progress;
 mod report;
 mod soak;
@@ -15,8 +16,9 @@ use crate::event::{LoopConfig, SwitchLoop};
 use crate::switch::{MonotonicClock, Switch, SwitchError};
 use crate::topology::{FaultKind, Topology, TopologyError};
 use crate::transport::TransportEvent;
-use crate::vmm::{images, RunOutcome, VcpuHandle, Vm, VmConfig, VmqLink};
+use crate::vmm::{images, RunOutcome, VcpuHandle, Vm, VmConfig};
 
+pub use link::VmqLink;
 pub use report::{Latency, RunReport, VmReport};
 pub use soak::{soak, SoakOptions, SoakReport};
 

@@ -7,7 +7,9 @@ use serde::Serialize;
 use vm_memory::GuestMemoryMmap;
 
 use super::Booted;
-use crate::abi;
+use crate::abi::image::client::{latency_bucket_floor, LATENCY_BUCKETS};
+use crate::abi::image::{driver, traffic};
+use crate::abi::platform::LATENCY_HIST_ADDR;
 use crate::event::LoopStats;
 use crate::switch::{Snapshot, Switch};
 use crate::vmm::{ExitSnapshot, RunOutcome};
@@ -23,7 +25,7 @@ pub struct VmReport {
     pub outcome: String,
     /// Exit status, if it exited.
     pub exit_status: Option<u32>,
-    /// Counters the guest wrote (`abi::RES_*`).
+    /// Counters the guest wrote (`abi::image::traffic`, `abi::image::driver`): messages sent.
     pub sent: u64,
     /// Messages received.
     pub received: u64,
@@ -43,7 +45,7 @@ pub struct VmReport {
     pub exits: u64,
     /// Request round trips a client measured (send to reply), if it is a client.
     pub latency: Option<Latency>,
-    /// Every result slot the guest wrote (`abi::RES_*`), image-specific ones included.
+    /// Every result slot the guest wrote (`abi::image`), image-specific ones included.
     pub results: Vec<u64>,
 }
 
@@ -59,12 +61,12 @@ pub struct Latency {
     pub p99_us: f64,
 }
 
-/// A client's round-trip histogram (`abi::LATENCY_BUCKETS` counts).
+/// A client's round-trip histogram ([`LATENCY_BUCKETS`] counts).
 fn histogram(vm: &crate::vmm::Vm) -> Option<Vec<u64>> {
     use vm_memory::{Bytes, GuestAddress};
-    let mut raw = vec![0u8; abi::LATENCY_BUCKETS * 8];
+    let mut raw = vec![0u8; LATENCY_BUCKETS * 8];
     vm.memory()
-        .read_slice(&mut raw, GuestAddress(abi::LATENCY_HIST_ADDR))
+        .read_slice(&mut raw, GuestAddress(LATENCY_HIST_ADDR))
         .ok()?;
     Some(
         raw.chunks_exact(8)
@@ -101,7 +103,7 @@ fn latency(hist: &[u64]) -> Option<Latency> {
         for (i, &n) in hist.iter().enumerate() {
             seen += n;
             if seen >= rank {
-                return abi::latency_bucket_floor(i) as f64 / tsc_per_us();
+                return latency_bucket_floor(i) as f64 / tsc_per_us();
             }
         }
         f64::NAN
@@ -179,14 +181,14 @@ pub(super) fn vm_report(b: &Booted) -> VmReport {
             Some(RunOutcome::Exited(s)) => Some(s),
             _ => None,
         },
-        sent: r[abi::RES_SENT],
-        received: r[abi::RES_RECEIVED],
-        ok: r[abi::RES_OK],
-        errors: r[abi::RES_ERRORS],
-        duplicates: r[abi::RES_DUPLICATES],
-        mismatches: r[abi::RES_MISMATCHES],
-        kicks: r[abi::RES_KICKS],
-        waits: r[abi::RES_WAITS],
+        sent: r[traffic::SENT],
+        received: r[traffic::RECEIVED],
+        ok: r[traffic::OK],
+        errors: r[traffic::ERRORS],
+        duplicates: r[traffic::DUPLICATES],
+        mismatches: r[traffic::MISMATCHES],
+        kicks: r[driver::result::KICKS],
+        waits: r[driver::result::WAITS],
         exits: exits(&b.vm.counters().snapshot()),
         latency: (b.image == "client")
             .then(|| histogram(&b.vm))
@@ -212,7 +214,7 @@ pub(super) fn build(
     let messages: u64 = snap.ports.iter().map(|p| p.stats.sent).sum();
     let total_exits: u64 = vm_reports.iter().map(|v| v.exits).sum();
     let secs = elapsed.as_secs_f64().max(1e-9);
-    let mut merged = vec![0u64; abi::LATENCY_BUCKETS];
+    let mut merged = vec![0u64; LATENCY_BUCKETS];
     for b in vms.iter().filter(|b| b.image == "client") {
         if let Some(h) = histogram(&b.vm) {
             merged.iter_mut().zip(h).for_each(|(m, n)| *m += n);

@@ -15,7 +15,7 @@ use serde::Serialize;
 use vm_memory::GuestMemoryMmap;
 
 use super::{boot, progress, report, restart, supervise, vm_err, Booted, RunError, RunOptions};
-use crate::abi;
+use crate::abi::image::{client, worker};
 use crate::event::{LoopConfig, SwitchLoop};
 use crate::switch::policy::XorShift64;
 use crate::switch::{MonotonicClock, Switch};
@@ -175,12 +175,12 @@ pub fn soak(opts: &SoakOptions) -> Result<SoakReport, RunError> {
     let topo = Topology::parse(TOPOLOGY, "<soak>", &names)?;
     let ropts = RunOptions::default();
     let rss_start = rss_kib();
-    let round = [(abi::PARAM_COUNT, opts.round)];
+    let round = [(client::param::COUNT, opts.round)];
     let mut vms: Vec<Booted> = boot(&topo, &ropts)?;
     for (i, b) in vms.iter_mut().enumerate() {
         if CLIENTS.contains(&i) {
             // Rounds: restart the clients with their count set.
-            b.vm.set_param(abi::PARAM_COUNT, opts.round)
+            b.vm.set_param(client::param::COUNT, opts.round)
                 .map_err(vm_err(&b.name))?;
         }
         b.vcpu = Some(b.vm.start().map_err(vm_err(&b.name))?);
@@ -281,7 +281,7 @@ pub fn soak(opts: &SoakOptions) -> Result<SoakReport, RunError> {
                         1 => {
                             faults.stalls += 1;
                             faults.worker_restarts += 1;
-                            let extra = [(abi::PARAM_STALL_AFTER, after)];
+                            let extra = [(worker::param::STALL_AFTER, after)];
                             if let Err(e) = restart(sw, &topo, &ropts, &mut vms, w, &extra) {
                                 err = Some(e);
                             }
@@ -290,7 +290,7 @@ pub fn soak(opts: &SoakOptions) -> Result<SoakReport, RunError> {
                         _ => {
                             faults.crashes += 1;
                             faults.worker_restarts += 1;
-                            let extra = [(abi::PARAM_CRASH_AFTER, after)];
+                            let extra = [(worker::param::CRASH_AFTER, after)];
                             if let Err(e) = restart(sw, &topo, &ropts, &mut vms, w, &extra) {
                                 err = Some(e);
                             }

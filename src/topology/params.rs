@@ -4,76 +4,80 @@ use toml::Spanned;
 
 use super::spec::{FaultKind, ParamValue, Topology};
 use super::TopologyError;
-use crate::abi;
+use crate::abi::image::{client, driver, evil, hello, peer, port_param, worker};
 
 /// Parameter names a topology may use, their boot-block slots and what they mean.
 pub const PARAMS: &[(&str, usize, &str)] = &[
-    ("mode", abi::PARAM_MODE, "image-specific mode"),
+    ("mode", client::param::MODE, "image-specific mode"),
     (
         "count",
-        abi::PARAM_COUNT,
+        client::param::COUNT,
         "messages to send (client, peer) or replies before exiting (worker; 0 = forever)",
     ),
     (
         "service",
-        abi::PARAM_SERVICE,
+        client::param::SERVICE,
         "service to send requests to (a service name)",
     ),
-    ("target", abi::PARAM_TARGET, "port to send to (a VM name)"),
-    ("size", abi::PARAM_SIZE, "payload bytes (up to 4096)"),
+    (
+        "target",
+        client::param::TARGET,
+        "port to send to (a VM name)",
+    ),
+    ("size", client::param::SIZE, "payload bytes (up to 4096)"),
     (
         "window",
-        abi::PARAM_WINDOW,
+        client::param::WINDOW,
         "most requests a client keeps outstanding",
     ),
     (
         "wait",
-        abi::PARAM_WAIT,
+        driver::param::WAIT,
         "\"poll\" or \"doorbell\": how a guest waits when idle",
     ),
     (
         "expect",
-        abi::PARAM_EXPECT,
+        peer::param::EXPECT,
         "one-way messages a peer must receive",
     ),
     (
         "queue_size",
-        abi::PARAM_QUEUE_SIZE,
+        driver::param::QUEUE_SIZE,
         "queue size the guest asks for (power of two)",
     ),
     (
         "stall_after",
-        abi::PARAM_STALL_AFTER,
+        worker::param::STALL_AFTER,
         "worker stops draining after this many requests",
     ),
     (
         "crash_after",
-        abi::PARAM_CRASH_AFTER,
+        worker::param::CRASH_AFTER,
         "worker exits after this many replies",
     ),
     (
         "error_every",
-        abi::PARAM_ERROR_EVERY,
+        worker::param::ERROR_EVERY,
         "worker answers every n-th request with an error",
     ),
     (
         "mute_after",
-        abi::PARAM_MUTE_AFTER,
+        worker::param::MUTE_AFTER,
         "worker keeps draining but stops answering after this many replies",
     ),
     (
         "side_service",
-        abi::PARAM_SIDE_SERVICE,
+        evil::param::SIDE_SERVICE,
         "a second service (a service name) for the evil image's rewrite and reset modes",
     ),
     (
         "slow",
-        abi::PARAM_SLOW,
+        worker::param::SLOW,
         "worker busy-loop iterations per request",
     ),
     (
         "exit_status",
-        abi::PARAM_EXIT_STATUS,
+        hello::param::EXIT_STATUS,
         "exit status on success (hello)",
     ),
 ];
@@ -117,19 +121,19 @@ impl Topology {
         let bad = |msg: String| self.invalid(value.span(), name, msg);
         match (name, value.get_ref()) {
             ("target", ParamValue::Int(port)) => u32::try_from(*port)
-                .map(abi::port_param)
+                .map(port_param)
                 .map_err(|_| bad(format!("port {port} is out of range"))),
             ("target", ParamValue::Name(vm)) => self
                 .vm_index(vm)
-                .map(|i| abi::port_param(i as u32))
+                .map(|i| port_param(i as u32))
                 .ok_or_else(|| bad(format!("{vm:?} is not a [[vm]] of this topology"))),
             ("service" | "side_service", ParamValue::Name(s)) => self
                 .service_index(s)
                 .map(|i| i as u64)
                 .ok_or_else(|| bad(format!("{s:?} is not a [[service]] of this topology"))),
             ("wait", ParamValue::Name(w)) => match w.as_str() {
-                "poll" => Ok(abi::WAIT_POLL),
-                "doorbell" => Ok(abi::WAIT_DOORBELL),
+                "poll" => Ok(driver::WAIT_POLL),
+                "doorbell" => Ok(driver::WAIT_DOORBELL),
                 other => Err(bad(format!("{other:?}: use \"poll\" or \"doorbell\""))),
             },
             (_, ParamValue::Int(v)) => Ok(*v),

@@ -9,8 +9,8 @@
 //! plain arguments and count what they did; where the counters go (a guest's result slots, a
 //! bench's atomics) is the caller's business, through the loops' hooks.
 //!
-//! A request's payload byte `i` is [`abi::request_byte`](crate::abi::request_byte)`(id, i)`;
-//! a worker's answer is the request's bytes XOR its key ([`abi::WORKER_XOR`](crate::abi::WORKER_XOR)
+//! A request's payload byte `i` is [`abi::image::client::request_byte`](crate::abi::image::client::request_byte)`(id, i)`;
+//! a worker's answer is the request's bytes XOR its key ([`abi::image::worker::PAYLOAD_XOR`](crate::abi::image::worker::PAYLOAD_XOR)
 //! for vmq's worker), see [`is_answer`].
 
 mod client;
@@ -59,10 +59,10 @@ pub fn rx_load<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>>(rx: &MsgRx<M, S>) 
     (u32::from(pending) * 1000 / u32::from(layout.size)).min(1000) as u16
 }
 
-/// Fills `payload` with the bytes of request `id` ([`abi::request_byte`](crate::abi::request_byte)).
+/// Fills `payload` with the bytes of request `id` ([`abi::image::client::request_byte`](crate::abi::image::client::request_byte)).
 pub fn fill_request(id: u64, payload: &mut [u8]) {
     for (i, b) in payload.iter_mut().enumerate() {
-        *b = crate::abi::request_byte(id, i);
+        *b = crate::abi::image::client::request_byte(id, i);
     }
 }
 

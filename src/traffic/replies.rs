@@ -38,11 +38,11 @@ impl<'a> Replies<'a> {
 }
 
 /// Whether `payload` is a worker's answer to request `id` of `size` bytes: the request's bytes
-/// ([`abi::request_byte`](crate::abi::request_byte)) XOR `key`.
+/// ([`abi::image::client::request_byte`](crate::abi::image::client::request_byte)) XOR `key`.
 pub fn is_answer(id: u64, size: usize, payload: &[u8], key: u8) -> bool {
     payload.len() == size
         && payload
             .iter()
             .enumerate()
-            .all(|(i, &b)| b == crate::abi::request_byte(id, i) ^ key)
+            .all(|(i, &b)| b == crate::abi::image::client::request_byte(id, i) ^ key)
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
 use super::*;
-use crate::abi::WORKER_XOR;
+use crate::abi::image::worker::PAYLOAD_XOR;
 use crate::peer::{host_peer, HostPeer, PeerConfig};
 use crate::ring::RxMsg;
 use crate::switch::{ManualClock, Polling, ServiceConfig, Switch, SwitchConfig};
@@ -77,7 +77,7 @@ fn exchange(
         ..ex
     };
     let mut bits = vec![0u8; ex.count.div_ceil(8) as usize];
-    let mut client = Client::new(&mut bits, WORKER_XOR, Some(ex.size));
+    let mut client = Client::new(&mut bits, PAYLOAD_XOR, Some(ex.size));
     let mut ws: Vec<Worker> = (0..workers).map(|_| Worker::new(wcfg)).collect();
     let mut heard = Heard::default();
     let (mut buf, mut out) = (vec![0u8; SLOT as usize], vec![0u8; SLOT as usize]);
@@ -98,7 +98,7 @@ fn exchange(
 #[test]
 fn client_gets_one_xor_answer_per_request_through_the_switch() {
     let wcfg = WorkerConfig {
-        key: WORKER_XOR,
+        key: PAYLOAD_XOR,
         report_load: true,
         ..WorkerConfig::default()
     };

@@ -17,7 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::TransportError;
 use crate::abi::virtio as abi_virtio;
 use crate::device::{DevicePort, RX_QUEUE, TX_QUEUE};
-use crate::vmm::MmioDevice;
+use crate::mmio::MmioDevice;
 use crate::wire::MAX_PAYLOAD;
 
 /// What the device tells its owner.

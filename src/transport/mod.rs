@@ -3,8 +3,8 @@
 //! [`VirtioMmio`] is the device a guest driver sees in its MMIO window: magic, version, ids,
 //! feature negotiation, two queues (0 = rx, 1 = tx), notify, interrupt status, device status
 //! and a small read-only config space (all laid out in [`crate::abi::virtio`]). It knows
-//! nothing about KVM: it is an [`MmioDevice`](crate::vmm::MmioDevice) over a
-//! `GuestMemoryMmap`, and the VMM glue (`crate::vmm::VmqLink`) places it on a VM's bus.
+//! nothing about KVM: it is an [`MmioDevice`](crate::mmio::MmioDevice) over a
+//! `GuestMemoryMmap`, and the runner's glue (`crate::runner::VmqLink`) places it on a VM's bus.
 //!
 //! When the driver sets `DRIVER_OK` with both queues ready, the device builds the two
 //! `virtio_queue::Queue`s (EVENT_IDX as negotiated) and a [`DevicePort`](crate::device::DevicePort)

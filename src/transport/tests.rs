@@ -8,8 +8,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::abi::virtio::*;
+use crate::mmio::MmioDevice;
 use crate::ring::{DriverRing, MmapRingMemory, MsgTx, RingLayout, SlotArena};
-use crate::vmm::MmioDevice;
 use crate::wire::{MsgHeader, MsgKind};
 
 const MEM: usize = 1 << 20;

@@ -2,10 +2,10 @@
 //!
 //! A [`Vm`] owns one KVM VM with one vCPU that runs a vmq guest image in 64-bit **user mode**
 //! (CPL 3, IOPL 3), which runs natively even under software KVM such as `kvm_pvm`. The guest
-//! talks to the VMM through the ports in [`crate::abi`] (console, exit, doorbell-wait) and
-//! through MMIO devices registered on the VM's [`MmioBus`]. [`VmqLink`] attaches a vmq
-//! virtio-mmio device ([`crate::transport::VirtioMmio`]) and hands out what a switch needs:
-//! the kick eventfd, the activated port, a notifier.
+//! talks to the VMM through the ports in [`crate::abi::platform`] (console, exit, doorbell-wait) and
+//! through MMIO devices ([`crate::mmio::MmioDevice`]) registered on the VM's [`MmioBus`]. It
+//! knows nothing of the vmq device or the switch: the runner's `VmqLink` attaches the one to a
+//! VM and wires it to the other.
 //!
 //! ```no_run
 //! use vmq::vmm::{images, Vm, VmConfig};
@@ -24,14 +24,12 @@ mod arch;
 mod bus;
 mod error;
 pub mod images;
-mod link;
 mod loader;
 mod vcpu;
 mod vm;
 
-pub use bus::{MmioBus, MmioDevice};
+pub use bus::MmioBus;
 pub use error::{ElfError, Error, Result};
-pub use link::VmqLink;
 pub use loader::{load_elf, LoadedImage};
 pub use vcpu::{Console, ExitCounters, ExitSnapshot, RunOutcome, VcpuHandle};
 pub use vm::{IoeventMode, Vm, VmConfig};

@@ -1,27 +1,27 @@
 //! `client`: sends requests and checks that every one gets exactly one, correct, reply.
 //!
-//! Parameters (`abi::PARAM_*`): `COUNT` requests of `SIZE` payload bytes (byte `i` of request
-//! `id` is `abi::request_byte(id, i)`; ids run 1..=COUNT) to service `SERVICE`, or to port
-//! `TARGET` when set (`abi::port_param`); at most `WINDOW` outstanding (0 = the tx ring, which
+//! Parameters (`abi::image::client::param`): `COUNT` requests of `SIZE` payload bytes (byte `i` of request
+//! `id` is `abi::image::client::request_byte(id, i)`; ids run 1..=COUNT) to service `SERVICE`, or to port
+//! `TARGET` when set (`abi::image::port_param`); at most `WINDOW` outstanding (0 = the tx ring, which
 //! bounds it anyway); `WAIT` = 0 spins, 1 parks on the doorbell when idle; `QUEUE_SIZE`.
 //!
 //! A reply must carry an outstanding id; with `Status::Ok` its payload must be the request's
-//! bytes XOR `abi::WORKER_XOR`. Results: `RES_SENT`, `RES_RECEIVED` (replies to outstanding
+//! bytes XOR `abi::image::worker::PAYLOAD_XOR`. Results: `RES_SENT`, `RES_RECEIVED` (replies to outstanding
 //! ids), `RES_OK`, `RES_ERRORS` (+ per-status `RES_STATUS_*`), `RES_DUPLICATES` (replies to ids
 //! not outstanding), `RES_MISMATCHES`, `RES_KICKS`, `RES_WAITS`, `RES_WAIT_TIMEOUTS`,
 //! `RES_PORT_ID`, `RES_RING_ERRORS`.
 //!
 //! Exits once every request has its reply: 0 if none was a duplicate or a mismatch, else
-//! `abi::EXIT_DUPLICATE` or `abi::EXIT_MISMATCH`. Other statuses: `EXIT_BAD_PARAM`,
+//! `abi::image::exit::DUPLICATE` or `abi::image::exit::MISMATCH`. Other statuses: `EXIT_BAD_PARAM`,
 //! `EXIT_NO_DEVICE`, `EXIT_RING_FAULT`.
 //!
-//! `MODE` = `abi::CLIENT_MODE_MALFORMED` makes it hostile, for tests: once every request has its
-//! reply it publishes one tx chain whose buffer is at `abi::CLIENT_BAD_ADDR` (outside its
+//! `MODE` = `abi::mode::client::MALFORMED` makes it hostile, for tests: once every request has its
+//! reply it publishes one tx chain whose buffer is at `abi::mode::client::BAD_ADDR` (outside its
 //! memory), then waits until the device asks for a reset and exits with `EXIT_RING_FAULT`.
 #![no_std]
 #![no_main]
 
-use guest_rt::abi::{self, BootBlock};
+use guest_rt::abi::{self, platform::BootBlock};
 use guest_rt::results;
 use guest_rt::virtio::{on_error, probe_or_exit, FreeMem, Vmq};
 use vmq::ring::{Buf, RxMsg};
@@ -30,7 +30,7 @@ use vmq::wire::{MsgKind, Status, HEADER_SIZE};
 
 guest_rt::entry!(main);
 
-const MAX: usize = abi::MAX_GUEST_PAYLOAD as usize + 1024;
+const MAX: usize = abi::image::MAX_GUEST_PAYLOAD as usize + 1024;
 
 /// What the client loop reports: counters into the results, round trips into the histogram.
 struct Report {
@@ -44,9 +44,10 @@ fn tsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// Adds one round trip of `cycles` to the histogram at `abi::LATENCY_HIST_ADDR`.
+/// Adds one round trip of `cycles` to the histogram at `abi::platform::LATENCY_HIST_ADDR`.
 fn record_latency(cycles: u64) {
-    let slot = abi::LATENCY_HIST_ADDR as usize + 8 * abi::latency_bucket(cycles);
+    let slot =
+        abi::platform::LATENCY_HIST_ADDR as usize + 8 * abi::image::client::latency_bucket(cycles);
     let p = core::ptr::with_exposed_provenance_mut::<u64>(slot);
     // SAFETY: the histogram page is identity-mapped guest RAM reserved for it by the memory
     // map (abi), 8-byte aligned, and only this single-threaded guest writes it.
@@ -55,25 +56,29 @@ fn record_latency(cycles: u64) {
 
 fn main(bb: &BootBlock) -> u32 {
     let p = &bb.params;
-    let size = p[abi::PARAM_SIZE];
-    if size > abi::MAX_GUEST_PAYLOAD {
-        return abi::EXIT_BAD_PARAM;
+    let size = p[abi::image::client::param::SIZE];
+    if size > abi::image::MAX_GUEST_PAYLOAD {
+        return abi::image::exit::BAD_PARAM;
     }
-    let count = p[abi::PARAM_COUNT];
+    let count = p[abi::image::client::param::COUNT];
     let mut free = FreeMem::new(bb);
     let Some(replied) = free.alloc_bytes((count as usize).div_ceil(8)) else {
-        return abi::EXIT_BAD_PARAM;
+        return abi::image::exit::BAD_PARAM;
     };
     let sent_at = free.alloc_u64s(count as usize).unwrap_or(&mut []);
     let mut dev = probe_or_exit(bb, &mut free, size);
     let tx_size = u64::from(dev.tx.ring().size());
-    let window = match p[abi::PARAM_WINDOW] {
+    let window = match p[abi::image::client::param::WINDOW] {
         0 => tx_size,
         w => w.min(tx_size),
     };
-    let target = abi::param_port(p[abi::PARAM_TARGET]);
-    let service = p[abi::PARAM_SERVICE] as u32;
-    let mut client = Client::new(replied, abi::WORKER_XOR, Some(size as usize));
+    let target = abi::image::param_port(p[abi::image::client::param::TARGET]);
+    let service = p[abi::image::client::param::SERVICE] as u32;
+    let mut client = Client::new(
+        replied,
+        abi::image::worker::PAYLOAD_XOR,
+        Some(size as usize),
+    );
     let ex = Exchange {
         dst: target.map_or(Destination::Service(service), Destination::Port),
         count,
@@ -85,13 +90,13 @@ fn main(bb: &BootBlock) -> u32 {
     let mut payload = [0u8; MAX];
     let mut report = Report { sent_at };
     client.exchange(&mut dev, &mut report, &ex, &mut buf, &mut payload);
-    if p[abi::PARAM_MODE] == abi::CLIENT_MODE_MALFORMED {
+    if p[abi::image::client::param::MODE] == abi::mode::client::MALFORMED {
         post_malformed(&mut dev);
     }
-    if results::get(abi::RES_DUPLICATES) > 0 {
-        abi::EXIT_DUPLICATE
-    } else if results::get(abi::RES_MISMATCHES) > 0 {
-        abi::EXIT_MISMATCH
+    if results::get(abi::image::client::result::DUPLICATES) > 0 {
+        abi::image::exit::DUPLICATE
+    } else if results::get(abi::image::client::result::MISMATCHES) > 0 {
+        abi::image::exit::MISMATCH
     } else {
         0
     }
@@ -101,7 +106,7 @@ fn main(bb: &BootBlock) -> u32 {
 /// device to set `DEVICE_NEEDS_RESET` and exits with `EXIT_RING_FAULT` (the host stops the VM
 /// if the device never does).
 fn post_malformed(dev: &mut Vmq) -> ! {
-    let bad = Buf::readable(abi::CLIENT_BAD_ADDR, HEADER_SIZE as u32);
+    let bad = Buf::readable(abi::mode::client::BAD_ADDR, HEADER_SIZE as u32);
     if let Err(e) = dev.tx.reclaim().and_then(|_| dev.tx.ring_mut().add(&[bad])) {
         on_error(e.into());
     }
@@ -110,8 +115,8 @@ fn post_malformed(dev: &mut Vmq) -> ! {
     }
     loop {
         if dev.needs_reset() {
-            results::add(abi::RES_RING_ERRORS, 1);
-            guest_rt::exit(abi::EXIT_RING_FAULT);
+            results::add(abi::image::client::result::RING_ERRORS, 1);
+            guest_rt::exit(abi::image::exit::RING_FAULT);
         }
         if let Err(e) = dev.wait(true) {
             on_error(e);
@@ -124,29 +129,31 @@ impl ClientHooks<Vmq> for Report {
         if let Some(t) = self.sent_at.get_mut((id - 1) as usize) {
             *t = tsc();
         }
-        results::add(abi::RES_SENT, 1);
+        results::add(abi::image::client::result::SENT, 1);
     }
 
     fn answered(&mut self, id: u64, verdict: Verdict) {
         if verdict == Verdict::Duplicate {
-            results::add(abi::RES_DUPLICATES, 1);
+            results::add(abi::image::client::result::DUPLICATES, 1);
             return;
         }
-        results::add(abi::RES_RECEIVED, 1);
+        results::add(abi::image::client::result::RECEIVED, 1);
         if let Some(&t) = self.sent_at.get((id - 1) as usize) {
             record_latency(tsc().wrapping_sub(t));
         }
         match verdict {
-            Verdict::Ok => results::add(abi::RES_OK, 1),
-            Verdict::Mismatch => results::add(abi::RES_MISMATCHES, 1),
+            Verdict::Ok => results::add(abi::image::client::result::OK, 1),
+            Verdict::Mismatch => results::add(abi::image::client::result::MISMATCHES, 1),
             Verdict::Failed(st) => {
-                results::add(abi::RES_ERRORS, 1);
+                results::add(abi::image::client::result::ERRORS, 1);
                 let slot = match st {
-                    Some(Status::NoBackend) => abi::RES_STATUS_NO_BACKEND,
-                    Some(Status::Unreachable) => abi::RES_STATUS_UNREACHABLE,
-                    Some(Status::BackendError) => abi::RES_STATUS_BACKEND_ERROR,
-                    Some(Status::Timeout | Status::PortBroken) => abi::RES_STATUS_TIMEOUT_OR_BROKEN,
-                    _ => abi::RES_STATUS_OTHER,
+                    Some(Status::NoBackend) => abi::image::client::result::STATUS_NO_BACKEND,
+                    Some(Status::Unreachable) => abi::image::client::result::STATUS_UNREACHABLE,
+                    Some(Status::BackendError) => abi::image::client::result::STATUS_BACKEND_ERROR,
+                    Some(Status::Timeout | Status::PortBroken) => {
+                        abi::image::client::result::STATUS_TIMEOUT_OR_BROKEN
+                    }
+                    _ => abi::image::client::result::STATUS_OTHER,
                 };
                 results::add(slot, 1);
             }
@@ -157,7 +164,7 @@ impl ClientHooks<Vmq> for Report {
     fn other(&mut self, dev: &mut Vmq, m: &RxMsg, _payload: &mut [u8]) {
         match m.header.kind() {
             Some(MsgKind::Hello) => dev.note_hello(&m.header),
-            _ => results::add(abi::RES_RING_ERRORS, 1),
+            _ => results::add(abi::image::client::result::RING_ERRORS, 1),
         }
     }
 }

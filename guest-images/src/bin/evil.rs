@@ -1,15 +1,15 @@
 //! `evil`: a hostile guest, for tests. It behaves honestly first, then misbehaves once, in the
-//! way `MODE` says (`abi::EVIL_*`), and reports what it saw.
+//! way `MODE` says (`abi::mode::evil`), and reports what it saw.
 //!
 //! Honest phase: `COUNT` requests of `SIZE` bytes (byte `i` of request `id` is
-//! `abi::request_byte(id, i)`) to service `SERVICE`, at most `WINDOW` outstanding (0 = the tx
+//! `abi::image::client::request_byte(id, i)`) to service `SERVICE`, at most `WINDOW` outstanding (0 = the tx
 //! ring; `EVIL_FLOOD` always uses the whole tx ring), every reply checked like a `client` does.
 //!
 //! Then, by mode:
 //! - `EVIL_HONEST`, `EVIL_FLOOD`: nothing more; exit 0.
 //! - `EVIL_LOOP`, `EVIL_OUTSIDE`, `EVIL_MMIO`, `EVIL_GIANT_LEN`, `EVIL_ADDR_OVERFLOW`: publish one
 //!   bad tx chain; `EVIL_AVAIL_JUMP`: publish a tx avail index more than a queue size ahead.
-//! - `EVIL_REWRITE`: rewrite held chains (see `abi::EVIL_REWRITE`); needs `SIDE_SERVICE`, which
+//! - `EVIL_REWRITE`: rewrite held chains (see `abi::mode::evil::REWRITE`); needs `SIDE_SERVICE`, which
 //!   only this VM serves.
 //! - `EVIL_FORGE_SRC`: the honest requests carry `src` = `TARGET`; then forged replies.
 //! - `EVIL_RESET`: reset the device with requests to `SIDE_SERVICE` in flight, come back, and
@@ -22,7 +22,7 @@
 #![no_std]
 #![no_main]
 
-use guest_rt::abi::{self, BootBlock};
+use guest_rt::abi::{self, platform::BootBlock};
 use guest_rt::results;
 use guest_rt::virtio::{on_error, DriverError, FreeMem, Options, Vmq};
 use vmq::ring::{Buf, RingMemory, RxMsg, DESC_F_NEXT, DESC_SIZE};
@@ -33,7 +33,7 @@ use vmq::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE};
 
 guest_rt::entry!(main);
 
-const MAX: usize = abi::MAX_GUEST_PAYLOAD as usize + 1024;
+const MAX: usize = abi::image::MAX_GUEST_PAYLOAD as usize + 1024;
 /// Message id of probes: one-way messages to [`NOWHERE`], which the switch returns at once.
 const PROBE_ID: u64 = u64::MAX - 1;
 /// Message id of the one-way messages the evil sends itself to use up its rx buffers.
@@ -75,20 +75,23 @@ fn fail(e: impl Into<DriverError>) {
 
 fn main(bb: &BootBlock) -> u32 {
     let p = &bb.params;
-    let size = p[abi::PARAM_SIZE];
-    if size > abi::MAX_GUEST_PAYLOAD {
-        return abi::EXIT_BAD_PARAM;
+    let size = p[abi::image::evil::param::SIZE];
+    if size > abi::image::MAX_GUEST_PAYLOAD {
+        return abi::image::exit::BAD_PARAM;
     }
-    let (mode, count) = (p[abi::PARAM_MODE], p[abi::PARAM_COUNT]);
+    let (mode, count) = (
+        p[abi::image::evil::param::MODE],
+        p[abi::image::evil::param::COUNT],
+    );
     let mut free = FreeMem::new(bb);
-    let ids = 2 * count + 2 * abi::EVIL_RESET_BATCH + 64;
+    let ids = 2 * count + 2 * abi::mode::evil::RESET_BATCH + 64;
     let (Some(seen), Some(buf), Some(out), Some(chains)) = (
         free.alloc_bytes(ids.div_ceil(8) as usize),
         free.alloc_bytes(MAX),
         free.alloc_bytes(MAX),
         free.alloc(4096, 64),
     ) else {
-        return abi::EXIT_BAD_PARAM;
+        return abi::image::exit::BAD_PARAM;
     };
     let dev = probe(bb, &mut free, size);
     let mut ev = Evil {
@@ -96,7 +99,7 @@ fn main(bb: &BootBlock) -> u32 {
         free,
         dev,
         size: size as usize,
-        client: Client::new(seen, abi::WORKER_XOR, None),
+        client: Client::new(seen, abi::image::worker::PAYLOAD_XOR, None),
         buf,
         out,
         chains,
@@ -108,45 +111,45 @@ fn main(bb: &BootBlock) -> u32 {
             hellos: 0,
         },
     };
-    let service = p[abi::PARAM_SERVICE] as u32;
-    let side = p[abi::PARAM_SIDE_SERVICE] as u32;
+    let service = p[abi::image::evil::param::SERVICE] as u32;
+    let side = p[abi::image::evil::param::SIDE_SERVICE] as u32;
     let tx_size = u64::from(ev.dev.tx.ring().size());
-    let window = match (mode, p[abi::PARAM_WINDOW]) {
-        (abi::EVIL_FLOOD, _) | (_, 0) => tx_size,
+    let window = match (mode, p[abi::image::evil::param::WINDOW]) {
+        (abi::mode::evil::FLOOD, _) | (_, 0) => tx_size,
         (_, w) => w.min(tx_size),
     };
-    let forged = if mode == abi::EVIL_FORGE_SRC {
-        abi::param_port(p[abi::PARAM_TARGET])
+    let forged = if mode == abi::mode::evil::FORGE_SRC {
+        abi::image::param_port(p[abi::image::evil::param::TARGET])
     } else {
         None
     };
     ev.exchange(service, count, window, forged);
     match mode {
-        abi::EVIL_HONEST | abi::EVIL_FLOOD => {}
-        abi::EVIL_LOOP
-        | abi::EVIL_OUTSIDE
-        | abi::EVIL_MMIO
-        | abi::EVIL_GIANT_LEN
-        | abi::EVIL_ADDR_OVERFLOW => {
+        abi::mode::evil::HONEST | abi::mode::evil::FLOOD => {}
+        abi::mode::evil::LOOP
+        | abi::mode::evil::OUTSIDE
+        | abi::mode::evil::MMIO
+        | abi::mode::evil::GIANT_LEN
+        | abi::mode::evil::ADDR_OVERFLOW => {
             ev.publish_bad_chain(mode);
             ev.wait_needs_reset();
         }
-        abi::EVIL_AVAIL_JUMP => {
+        abi::mode::evil::AVAIL_JUMP => {
             ev.jump_avail_index();
             ev.wait_needs_reset();
         }
-        abi::EVIL_REWRITE => {
+        abi::mode::evil::REWRITE => {
             ev.rewrite(side);
             ev.wait_needs_reset();
         }
-        abi::EVIL_FORGE_SRC => ev.forge_replies(),
-        abi::EVIL_RESET => ev.reset_mid_flight(service, side, count, window),
-        _ => return abi::EXIT_BAD_PARAM,
+        abi::mode::evil::FORGE_SRC => ev.forge_replies(),
+        abi::mode::evil::RESET => ev.reset_mid_flight(service, side, count, window),
+        _ => return abi::image::exit::BAD_PARAM,
     }
-    if results::get(abi::RES_DUPLICATES) > 0 {
-        abi::EXIT_DUPLICATE
-    } else if results::get(abi::RES_MISMATCHES) > 0 {
-        abi::EXIT_MISMATCH
+    if results::get(abi::image::evil::result::DUPLICATES) > 0 {
+        abi::image::exit::DUPLICATE
+    } else if results::get(abi::image::evil::result::MISMATCHES) > 0 {
+        abi::image::exit::MISMATCH
     } else {
         0
     }
@@ -157,26 +160,26 @@ fn probe(bb: &BootBlock, free: &mut FreeMem, size: u64) -> Vmq {
         Ok(d) => d,
         Err(e) => {
             guest_rt::println!("vmq probe failed: {e:?}");
-            guest_rt::exit(abi::EXIT_NO_DEVICE)
+            guest_rt::exit(abi::image::exit::NO_DEVICE)
         }
     }
 }
 
 impl ClientHooks<Vmq> for Watch {
     fn sent(&mut self, _id: u64) {
-        results::add(abi::RES_SENT, 1);
+        results::add(abi::image::evil::result::SENT, 1);
     }
 
     fn answered(&mut self, _id: u64, verdict: Verdict) {
         if verdict == Verdict::Duplicate {
-            results::add(abi::RES_DUPLICATES, 1);
+            results::add(abi::image::evil::result::DUPLICATES, 1);
             return;
         }
-        results::add(abi::RES_RECEIVED, 1);
+        results::add(abi::image::evil::result::RECEIVED, 1);
         match verdict {
-            Verdict::Ok => results::add(abi::RES_OK, 1),
-            Verdict::Mismatch => results::add(abi::RES_MISMATCHES, 1),
-            Verdict::Failed(_) => results::add(abi::RES_ERRORS, 1),
+            Verdict::Ok => results::add(abi::image::evil::result::OK, 1),
+            Verdict::Mismatch => results::add(abi::image::evil::result::MISMATCHES, 1),
+            Verdict::Failed(_) => results::add(abi::image::evil::result::ERRORS, 1),
             Verdict::Duplicate => {}
         }
     }
@@ -196,7 +199,7 @@ impl ClientHooks<Vmq> for Watch {
             Some(MsgKind::Reply) => {}
             Some(MsgKind::Request) => self.request(dev, &h, payload),
             Some(MsgKind::OneWay) if h.msg_id() == SELF_ID => {}
-            _ => results::add(abi::RES_RING_ERRORS, 1),
+            _ => results::add(abi::image::evil::result::RING_ERRORS, 1),
         }
     }
 }
@@ -210,12 +213,12 @@ impl Watch {
             && payload
                 .iter()
                 .enumerate()
-                .all(|(i, &b)| b == abi::request_byte(self.mirror_id, i));
+                .all(|(i, &b)| b == abi::image::client::request_byte(self.mirror_id, i));
         self.mirror_intact &= intact;
         if !self.serve {
             return;
         }
-        xor_in_place(payload, abi::WORKER_XOR);
+        xor_in_place(payload, abi::image::worker::PAYLOAD_XOR);
         let hdr = MsgHeader::reply_to(h, Status::Ok, payload.len() as u32);
         if let Err(e) = dev.send(&hdr, payload) {
             fail(e);
@@ -304,13 +307,13 @@ impl Evil {
         self.store(self.chains, &hdr.to_bytes());
         let h = HEADER_SIZE as u32;
         let (addr, len) = match mode {
-            abi::EVIL_OUTSIDE => (abi::CLIENT_BAD_ADDR, h),
-            abi::EVIL_MMIO => (abi::MMIO_BASE, h),
-            abi::EVIL_GIANT_LEN => (self.chains, u32::MAX),
-            abi::EVIL_ADDR_OVERFLOW => (u64::MAX - 15, 64),
+            abi::mode::evil::OUTSIDE => (abi::mode::client::BAD_ADDR, h),
+            abi::mode::evil::MMIO => (abi::platform::MMIO_BASE, h),
+            abi::mode::evil::GIANT_LEN => (self.chains, u32::MAX),
+            abi::mode::evil::ADDR_OVERFLOW => (u64::MAX - 15, 64),
             _ => (self.chains, h),
         };
-        let r = if mode == abi::EVIL_LOOP {
+        let r = if mode == abi::mode::evil::LOOP {
             let bufs = [
                 Buf::readable(self.chains, h),
                 Buf::readable(self.chains + 64, 16),
@@ -330,7 +333,7 @@ impl Evil {
         if let Err(e) = r.and_then(|_| self.dev.flush_tx()) {
             fail(e);
         }
-        results::add(abi::RES_EVIL_ATTACKS, 1);
+        results::add(abi::image::evil::result::ATTACKS, 1);
     }
 
     fn jump_avail_index(&mut self) {
@@ -348,7 +351,7 @@ impl Evil {
         {
             fail(e);
         }
-        results::add(abi::RES_EVIL_ATTACKS, 1);
+        results::add(abi::image::evil::result::ATTACKS, 1);
     }
 
     /// Waits until the device sets `DEVICE_NEEDS_RESET`, records it, and exits.
@@ -360,8 +363,8 @@ impl Evil {
                 _ => self.dev.needs_reset(),
             };
             if seen {
-                results::set(abi::RES_EVIL_NEEDS_RESET, 1);
-                guest_rt::exit(abi::EXIT_RING_FAULT);
+                results::set(abi::image::evil::result::NEEDS_RESET, 1);
+                guest_rt::exit(abi::image::exit::RING_FAULT);
             }
         }
     }
@@ -418,7 +421,7 @@ impl Evil {
     /// switch returns as soon as it delivered them), and re-posts none.
     fn exhaust_rx(&mut self) {
         let Some(me) = self.dev.port_id() else {
-            guest_rt::exit(abi::EXIT_BAD_PARAM);
+            guest_rt::exit(abi::image::exit::BAD_PARAM);
         };
         loop {
             self.receive();
@@ -465,7 +468,7 @@ impl Evil {
             let off = HEADER_SIZE as u64 + u64::from(k * piece);
             bufs[1 + k as usize] = Buf::readable(at + off, piece);
         }
-        results::add(abi::RES_SENT, 1);
+        results::add(abi::image::evil::result::SENT, 1);
         match self.dev.tx.ring_mut().add(&bufs[..1 + pieces as usize]) {
             Ok(head) => head,
             Err(e) => {
@@ -475,7 +478,7 @@ impl Evil {
         }
     }
 
-    /// `EVIL_REWRITE`: see `abi::EVIL_REWRITE`.
+    /// `EVIL_REWRITE`: see `abi::mode::evil::REWRITE`.
     fn rewrite(&mut self, side: u32) {
         self.watch.serve = true;
         // A short chain (header + one payload buffer): snapshotted when the switch takes it.
@@ -486,10 +489,10 @@ impl Evil {
         let mut d = [0u16; 8];
         let n = self.chain(head, &mut d);
         for &i in &d[..n] {
-            self.store(self.tx_desc(i), &abi::CLIENT_BAD_ADDR.to_le_bytes());
+            self.store(self.tx_desc(i), &abi::mode::client::BAD_ADDR.to_le_bytes());
         }
         self.close_loop(head);
-        results::add(abi::RES_EVIL_ATTACKS, 1);
+        results::add(abi::image::evil::result::ATTACKS, 1);
         // Let it through: it must arrive intact, and its answer must come back.
         while self.client.replies.answered == base {
             let progress = self.receive();
@@ -504,28 +507,29 @@ impl Evil {
             }
         }
         let ok = self.watch.mirror_got == 1 && self.watch.mirror_intact && !self.dev.needs_reset();
-        results::set(abi::RES_EVIL_SNAPSHOT_OK, u64::from(ok));
+        results::set(abi::image::evil::result::SNAPSHOT_OK, u64::from(ok));
         // A long chain (header + five payload buffers): walked again on every read.
         self.exhaust_rx();
         let head = self.add_split_request(side, 5, self.chains + 2048);
         self.probe_taken();
         self.close_loop(head);
-        results::add(abi::RES_EVIL_ATTACKS, 1);
+        results::add(abi::image::evil::result::ATTACKS, 1);
         self.flush();
     }
 
     /// `EVIL_FORGE_SRC`'s second act: replies for tokens it was never given.
     fn forge_replies(&mut self) {
-        let victim = abi::param_port(self.bb.params[abi::PARAM_TARGET]).unwrap_or(0);
-        let per_gen = abi::EVIL_FORGED_REPLIES / 4;
-        for k in 0..abi::EVIL_FORGED_REPLIES {
+        let victim =
+            abi::image::param_port(self.bb.params[abi::image::evil::param::TARGET]).unwrap_or(0);
+        let per_gen = abi::mode::evil::FORGED_REPLIES / 4;
+        for k in 0..abi::mode::evil::FORGED_REPLIES {
             let token = ((1 + k / per_gen) << 32) | (k % per_gen);
             let mut hdr = MsgHeader::new(MsgKind::Reply, victim, token, 8);
             hdr.set_src(victim);
             if let Err(e) = self.dev.send(&hdr, &[0xee; 8]) {
                 fail(e);
             }
-            results::add(abi::RES_EVIL_ATTACKS, 1);
+            results::add(abi::image::evil::result::ATTACKS, 1);
         }
         if let Err(e) = self.dev.drain_tx() {
             fail(e);
@@ -533,10 +537,10 @@ impl Evil {
         self.receive();
     }
 
-    /// `EVIL_RESET`: see `abi::EVIL_RESET`.
+    /// `EVIL_RESET`: see `abi::mode::evil::RESET`.
     fn reset_mid_flight(&mut self, service: u32, side: u32, count: u64, window: u64) {
         let base = self.client.replies.answered;
-        for _ in 0..abi::EVIL_RESET_BATCH {
+        for _ in 0..abi::mode::evil::RESET_BATCH {
             let id = self.client.take_id();
             self.fill_payload(id, self.size);
             let hdr = self.header(side, id, self.size as u32);
@@ -544,25 +548,26 @@ impl Evil {
             if let Err(e) = self.dev.send(&hdr, out) {
                 fail(e);
             }
-            results::add(abi::RES_SENT, 1);
+            results::add(abi::image::evil::result::SENT, 1);
         }
-        if let Some(port) = abi::param_port(self.bb.params[abi::PARAM_TARGET]) {
-            for seq in 0..abi::EVIL_RESET_ONEWAYS {
+        if let Some(port) = abi::image::param_port(self.bb.params[abi::image::evil::param::TARGET])
+        {
+            for seq in 0..abi::mode::evil::RESET_ONEWAYS {
                 let hdr = MsgHeader::new(MsgKind::OneWay, port, seq, 0);
                 if let Err(e) = self.dev.send(&hdr, &[]) {
                     fail(e);
                 }
-                results::add(abi::RES_EVIL_ATTACKS, 1);
+                results::add(abi::image::evil::result::ATTACKS, 1);
             }
         }
         self.probe_taken();
         self.receive();
         results::set(
-            abi::RES_EVIL_BEFORE_RESET,
+            abi::image::evil::result::BEFORE_RESET,
             self.client.replies.answered - base,
         );
         self.dev.reset();
-        results::add(abi::RES_EVIL_ATTACKS, 1);
+        results::add(abi::image::evil::result::ATTACKS, 1);
         self.watch.hellos = 0;
         self.dev = probe(&self.bb, &mut self.free, self.size as u64);
         while self.watch.hellos == 0 {
@@ -574,8 +579,8 @@ impl Evil {
                 }
             }
         }
-        results::set(abi::RES_EVIL_REVIVED, self.watch.hellos);
+        results::set(abi::image::evil::result::REVIVED, self.watch.hellos);
         self.exchange(service, count, window, None);
-        self.exchange(side, abi::EVIL_RESET_BATCH, window, None);
+        self.exchange(side, abi::mode::evil::RESET_BATCH, window, None);
     }
 }

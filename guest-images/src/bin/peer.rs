@@ -2,31 +2,33 @@
 //! the messages of every sender arrive in order and intact.
 //!
 //! Message `seq` (0, 1, ...) from the peer with port id `src` carries `SIZE` payload bytes
-//! (at least 8): `seq` as a little-endian `u64`, then byte `i` = `abi::peer_byte(src, seq, i)`;
+//! (at least 8): `seq` as a little-endian `u64`, then byte `i` = `payload_byte(src, seq, i)`;
 //! its `msg_id` is `seq`. The peer waits for the switch's hello (its port id) before sending.
 //!
-//! Parameters (`abi::PARAM_*`): `COUNT` messages to port `TARGET` (`abi::port_param`); `EXPECT`
+//! Parameters (`abi::image::peer::param`): `COUNT` messages to port `TARGET` (`port_param`); `EXPECT`
 //! messages to receive; `SIZE`; `WAIT`; `QUEUE_SIZE`.
 //!
-//! Results: `RES_SENT`, `RES_RECEIVED`, `RES_OK` (in order and intact), `RES_MISMATCHES`
-//! (out of order or corrupt), `RES_DUPLICATES` (senders with port ids >= 64, which it cannot
-//! track), `RES_ERRORS` (error notices from the switch: undeliverable messages), `RES_KICKS`,
-//! `RES_WAITS`, `RES_WAIT_TIMEOUTS`, `RES_PORT_ID`, `RES_RING_ERRORS`.
+//! Results: `result::SENT`, `result::RECEIVED`, `result::OK` (in order and intact), `result::MISMATCHES`
+//! (out of order or corrupt), `result::DUPLICATES` (senders with port ids >= 64, which it cannot
+//! track), `result::ERRORS` (error notices from the switch: undeliverable messages), `result::KICKS`,
+//! `result::WAITS`, `result::WAIT_TIMEOUTS`, `result::PORT_ID`, `result::RING_ERRORS`.
 //!
 //! Exits once it sent `COUNT` messages, the switch took them all, and it received `EXPECT`:
-//! 0 if everything arrived in order and intact, else `EXIT_MISMATCH`, `EXIT_DUPLICATE` or
-//! `EXIT_UNDELIVERED`.
+//! 0 if everything arrived in order and intact, else `exit::MISMATCH`, `exit::DUPLICATE` or
+//! `exit::UNDELIVERED`.
 #![no_std]
 #![no_main]
 
-use guest_rt::abi::{self, BootBlock};
+use guest_rt::abi::image::peer::{param, payload_byte, result};
+use guest_rt::abi::image::{exit, param_port, MAX_GUEST_PAYLOAD};
+use guest_rt::abi::platform::BootBlock;
 use guest_rt::results;
 use guest_rt::virtio::{on_error, probe_or_exit, FreeMem, Vmq};
 use vmq::wire::{MsgHeader, MsgKind, Status};
 
 guest_rt::entry!(main);
 
-const MAX: usize = abi::MAX_GUEST_PAYLOAD as usize + 1024;
+const MAX: usize = MAX_GUEST_PAYLOAD as usize + 1024;
 const SENDERS: usize = 64;
 
 struct Peer {
@@ -37,14 +39,14 @@ struct Peer {
 
 fn main(bb: &BootBlock) -> u32 {
     let p = &bb.params;
-    let size = p[abi::PARAM_SIZE].max(8);
-    if size > abi::MAX_GUEST_PAYLOAD {
-        return abi::EXIT_BAD_PARAM;
+    let size = p[param::SIZE].max(8);
+    if size > MAX_GUEST_PAYLOAD {
+        return exit::BAD_PARAM;
     }
-    let (count, expect) = (p[abi::PARAM_COUNT], p[abi::PARAM_EXPECT]);
-    let target = abi::param_port(p[abi::PARAM_TARGET]);
+    let (count, expect) = (p[param::COUNT], p[param::EXPECT]);
+    let target = param_port(p[param::TARGET]);
     if count > 0 && target.is_none() {
-        return abi::EXIT_BAD_PARAM;
+        return exit::BAD_PARAM;
     }
     let mut free = FreeMem::new(bb);
     let dev = probe_or_exit(bb, &mut free, size);
@@ -66,7 +68,7 @@ fn main(bb: &BootBlock) -> u32 {
             while seq < count && peer.dev.tx.free() > 0 {
                 payload[..8].copy_from_slice(&seq.to_le_bytes());
                 for (i, b) in payload[8..size].iter_mut().enumerate() {
-                    *b = abi::peer_byte(me, seq, i);
+                    *b = payload_byte(me, seq, i);
                 }
                 let hdr = MsgHeader::new(MsgKind::OneWay, dst, seq, size as u32);
                 if let Err(e) = peer.dev.tx.send(&hdr, &payload[..size]) {
@@ -74,7 +76,7 @@ fn main(bb: &BootBlock) -> u32 {
                     break;
                 }
                 seq += 1;
-                results::add(abi::RES_SENT, 1);
+                results::add(result::SENT, 1);
                 progress = true;
             }
         }
@@ -92,12 +94,12 @@ fn main(bb: &BootBlock) -> u32 {
             }
         }
     }
-    if results::get(abi::RES_MISMATCHES) > 0 {
-        abi::EXIT_MISMATCH
-    } else if results::get(abi::RES_DUPLICATES) > 0 {
-        abi::EXIT_DUPLICATE
-    } else if results::get(abi::RES_ERRORS) > 0 {
-        abi::EXIT_UNDELIVERED
+    if results::get(result::MISMATCHES) > 0 {
+        exit::MISMATCH
+    } else if results::get(result::DUPLICATES) > 0 {
+        exit::DUPLICATE
+    } else if results::get(result::ERRORS) > 0 {
+        exit::UNDELIVERED
     } else {
         0
     }
@@ -111,8 +113,8 @@ impl Peer {
             match h.kind() {
                 Some(MsgKind::Hello) => self.dev.note_hello(&h),
                 Some(MsgKind::OneWay) => self.one_way(&h, &buf[..m.len]),
-                _ if h.status() != Some(Status::Ok) => results::add(abi::RES_ERRORS, 1),
-                _ => results::add(abi::RES_RING_ERRORS, 1),
+                _ if h.status() != Some(Status::Ok) => results::add(result::ERRORS, 1),
+                _ => results::add(result::RING_ERRORS, 1),
             }
         }
         if let Err(e) = self.dev.flush_rx() {
@@ -123,14 +125,14 @@ impl Peer {
 
     fn one_way(&mut self, h: &MsgHeader, payload: &[u8]) {
         self.received += 1;
-        results::add(abi::RES_RECEIVED, 1);
+        results::add(result::RECEIVED, 1);
         let src = h.src();
         let Some(next) = self.next_seq.get_mut(src as usize) else {
-            results::add(abi::RES_DUPLICATES, 1);
+            results::add(result::DUPLICATES, 1);
             return;
         };
         let Some(head) = payload.get(..8) else {
-            results::add(abi::RES_MISMATCHES, 1);
+            results::add(result::MISMATCHES, 1);
             return;
         };
         let mut s = [0u8; 8];
@@ -139,16 +141,9 @@ impl Peer {
         let intact = payload[8..]
             .iter()
             .enumerate()
-            .all(|(i, &b)| b == abi::peer_byte(src, seq, i));
+            .all(|(i, &b)| b == payload_byte(src, seq, i));
         let good = seq == *next && intact && h.msg_id() == seq;
         *next = seq.wrapping_add(1);
-        results::add(
-            if good {
-                abi::RES_OK
-            } else {
-                abi::RES_MISMATCHES
-            },
-            1,
-        );
+        results::add(if good { result::OK } else { result::MISMATCHES }, 1);
     }
 }

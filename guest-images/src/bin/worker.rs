@@ -1,11 +1,11 @@
 //! `worker`: serves requests. The reply to a request carries its payload with every byte XOR
-//! `abi::WORKER_XOR`, `Status::Ok`, and in `load` the permille of the rx queue holding
+//! `abi::image::worker::PAYLOAD_XOR`, `Status::Ok`, and in `load` the permille of the rx queue holding
 //! delivered, not yet taken, messages.
 //!
-//! Parameters (`abi::PARAM_*`): `COUNT` replies, then exit 0 (0 = serve until the host stops
+//! Parameters (`abi::image::worker::param`): `COUNT` replies, then exit 0 (0 = serve until the host stops
 //! the VM); `SLOW` busy-loop iterations per request; `ERROR_EVERY` n: every n-th request gets
 //! an empty `Status::BackendError` reply; `STALL_AFTER` K: after the K-th request stop touching
-//! the queues forever (parked on the doorbell); `CRASH_AFTER` K: exit with `abi::EXIT_CRASHED`
+//! the queues forever (parked on the doorbell); `CRASH_AFTER` K: exit with `abi::image::exit::CRASHED`
 //! right after the K-th reply, leaving the rest unanswered; `MUTE_AFTER` K: after the K-th
 //! reply keep taking requests off the rx queue (and re-posting the buffers) but never answer
 //! another one; `WAIT`, `QUEUE_SIZE`, `SIZE`
@@ -17,7 +17,7 @@
 #![no_std]
 #![no_main]
 
-use guest_rt::abi::{self, BootBlock};
+use guest_rt::abi::{self, platform::BootBlock};
 use guest_rt::virtio::{probe_or_exit, FreeMem, Vmq};
 use guest_rt::{doorbell_wait, results};
 use vmq::ring::RxMsg;
@@ -26,38 +26,48 @@ use vmq::wire::MsgKind;
 
 guest_rt::entry!(main);
 
-const MAX: usize = abi::MAX_GUEST_PAYLOAD as usize + 1024;
+const MAX: usize = abi::image::MAX_GUEST_PAYLOAD as usize + 1024;
 
 /// Counts what the worker loop does into the results.
 struct Report;
 
 impl WorkerHooks<Vmq> for Report {
     fn received(&mut self) {
-        results::add(abi::RES_RECEIVED, 1);
+        results::add(abi::image::worker::result::RECEIVED, 1);
     }
 
     fn replied(&mut self, ok: bool) {
-        results::add(if ok { abi::RES_OK } else { abi::RES_ERRORS }, 1);
-        results::add(abi::RES_SENT, 1);
+        results::add(
+            if ok {
+                abi::image::worker::result::OK
+            } else {
+                abi::image::worker::result::ERRORS
+            },
+            1,
+        );
+        results::add(abi::image::worker::result::SENT, 1);
     }
 
     fn other(&mut self, dev: &mut Vmq, m: &RxMsg, _payload: &mut [u8]) {
         match m.header.kind() {
             Some(MsgKind::Hello) => dev.note_hello(&m.header),
-            _ => results::add(abi::RES_RING_ERRORS, 1),
+            _ => results::add(abi::image::worker::result::RING_ERRORS, 1),
         }
     }
 }
 
 fn main(bb: &BootBlock) -> u32 {
     let p = &bb.params;
-    let size = p[abi::PARAM_SIZE].min(abi::MAX_GUEST_PAYLOAD);
-    let (count, slow) = (p[abi::PARAM_COUNT], p[abi::PARAM_SLOW]);
+    let size = p[abi::image::worker::param::SIZE].min(abi::image::MAX_GUEST_PAYLOAD);
+    let (count, slow) = (
+        p[abi::image::worker::param::COUNT],
+        p[abi::image::worker::param::SLOW],
+    );
     let (error_every, stall_after, crash_after, mute_after) = (
-        p[abi::PARAM_ERROR_EVERY],
-        p[abi::PARAM_STALL_AFTER],
-        p[abi::PARAM_CRASH_AFTER],
-        p[abi::PARAM_MUTE_AFTER],
+        p[abi::image::worker::param::ERROR_EVERY],
+        p[abi::image::worker::param::STALL_AFTER],
+        p[abi::image::worker::param::CRASH_AFTER],
+        p[abi::image::worker::param::MUTE_AFTER],
     );
     let mut free = FreeMem::new(bb);
     let mut dev = probe_or_exit(bb, &mut free, size);
@@ -69,12 +79,12 @@ fn main(bb: &BootBlock) -> u32 {
         stall_after,
         crash_after,
         mute_after,
-        key: abi::WORKER_XOR,
+        key: abi::image::worker::PAYLOAD_XOR,
         report_load: true,
     });
     match worker.run(&mut dev, &mut Report, &mut buf) {
         WorkerStop::Done => 0,
-        WorkerStop::Crashed => abi::EXIT_CRASHED,
+        WorkerStop::Crashed => abi::image::exit::CRASHED,
         WorkerStop::Stalled => stall(),
     }
 }
@@ -82,7 +92,7 @@ fn main(bb: &BootBlock) -> u32 {
 /// Never touches the queues again; parks on the doorbell until the host stops the VM.
 fn stall() -> ! {
     loop {
-        if doorbell_wait(1_000_000) == abi::WAIT_STOP {
+        if doorbell_wait(1_000_000) == abi::platform::WAIT_STOP {
             // The VMM ends the run before the next guest instruction; keep waiting meanwhile.
             core::hint::spin_loop();
         }

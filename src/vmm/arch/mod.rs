@@ -6,7 +6,7 @@ use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::error::{Error, Result};
-use crate::abi;
+use crate::abi::platform;
 
 const PTE_PRESENT: u64 = 1 << 0;
 const PTE_WRITE: u64 = 1 << 1;
@@ -37,12 +37,12 @@ const TSS_SIZE: u64 = 104;
 const IOMAP_SIZE: u64 = 65536 / 8 + 1;
 /// TSS limit, covering the I/O bitmap.
 const TSS_LIMIT: u32 = (TSS_SIZE + IOMAP_SIZE - 1) as u32;
-const _: () = assert!(abi::TSS_ADDR + TSS_SIZE + IOMAP_SIZE <= abi::BOOT_BLOCK_ADDR);
+const _: () = assert!(platform::TSS_ADDR + TSS_SIZE + IOMAP_SIZE <= platform::BOOT_BLOCK_ADDR);
 
 /// GDT: index -> descriptor. Index 5 = user data (0x2b), 6 = user code64 (0x33), 8-9 = TSS.
 fn gdt() -> [u64; 10] {
     let tss_lo = {
-        let base = abi::TSS_ADDR;
+        let base = platform::TSS_ADDR;
         let limit = u64::from(TSS_LIMIT);
         (limit & 0xffff)
             | ((base & 0xff_ffff) << 16)
@@ -60,7 +60,7 @@ fn gdt() -> [u64; 10] {
         0x00af_fb00_0000_ffff, // 0x33 user code64
         0,
         tss_lo, // 0x40 TSS (low half)
-        abi::TSS_ADDR >> 32,
+        platform::TSS_ADDR >> 32,
     ]
 }
 
@@ -76,7 +76,7 @@ fn write(mem: &GuestMemoryMmap, what: &'static str, addr: u64, words: &[u64]) ->
 
 /// Writes page tables, GDT and TSS into guest memory.
 pub(crate) fn write_tables(mem: &GuestMemoryMmap) -> Result<()> {
-    let pml4 = abi::PAGE_TABLES_ADDR;
+    let pml4 = platform::PAGE_TABLES_ADDR;
     let pdpt = pml4 + 0x1000;
     let pd0 = pdpt + 0x1000;
     let upper = PTE_PRESENT | PTE_WRITE | PTE_USER;
@@ -91,15 +91,15 @@ pub(crate) fn write_tables(mem: &GuestMemoryMmap) -> Result<()> {
         }
         write(mem, "page directory", pd, &entries)?;
     }
-    write(mem, "GDT", abi::GDT_ADDR, &gdt())?;
+    write(mem, "GDT", platform::GDT_ADDR, &gdt())?;
     // TSS: all zero but the I/O map base (offset 102) pointing just past the TSS.
     let mut tss = [0u8; (TSS_SIZE + IOMAP_SIZE) as usize];
     tss[102..104].copy_from_slice(&(TSS_SIZE as u16).to_le_bytes());
     tss[tss.len() - 1] = 0xff;
-    mem.write_slice(&tss, GuestAddress(abi::TSS_ADDR))
+    mem.write_slice(&tss, GuestAddress(platform::TSS_ADDR))
         .map_err(|e| Error::GuestWrite {
             what: "TSS",
-            addr: abi::TSS_ADDR,
+            addr: platform::TSS_ADDR,
             reason: e.to_string(),
         })?;
     Ok(())
@@ -124,7 +124,7 @@ fn user_segment(selector: u16, code: bool) -> kvm_segment {
 }
 
 /// Sets CPUID, FPU, special and general registers so the vCPU starts at `entry` in 64-bit user
-/// mode with `rdi` = the boot block and `rsp` = [`abi::STACK_TOP`].
+/// mode with `rdi` = the boot block and `rsp` = [`platform::STACK_TOP`].
 pub(crate) fn setup_vcpu(kvm: &Kvm, vcpu: &VcpuFd, entry: u64) -> Result<()> {
     let cpuid = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -140,17 +140,17 @@ pub(crate) fn setup_vcpu(kvm: &Kvm, vcpu: &VcpuFd, entry: u64) -> Result<()> {
     vcpu.set_fpu(&fpu).map_err(Error::kvm("KVM_SET_FPU"))?;
 
     let mut sregs: kvm_sregs = vcpu.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
-    let data = user_segment(abi::USER_DS, false);
-    sregs.cs = user_segment(abi::USER_CS, true);
+    let data = user_segment(platform::USER_DS, false);
+    sregs.cs = user_segment(platform::USER_CS, true);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
     sregs.tr = kvm_segment {
-        base: abi::TSS_ADDR,
+        base: platform::TSS_ADDR,
         limit: TSS_LIMIT,
-        selector: abi::TSS_SELECTOR,
+        selector: platform::TSS_SELECTOR,
         type_: 0xb,
         present: 1,
         ..Default::default()
@@ -161,12 +161,12 @@ pub(crate) fn setup_vcpu(kvm: &Kvm, vcpu: &VcpuFd, entry: u64) -> Result<()> {
         unusable: 1,
         ..Default::default()
     };
-    sregs.gdt.base = abi::GDT_ADDR;
+    sregs.gdt.base = platform::GDT_ADDR;
     sregs.gdt.limit = (std::mem::size_of::<[u64; 10]>() - 1) as u16;
     sregs.idt.base = 0;
     sregs.idt.limit = 0;
     sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
-    sregs.cr3 = abi::PAGE_TABLES_ADDR;
+    sregs.cr3 = platform::PAGE_TABLES_ADDR;
     sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
     sregs.efer = EFER_LME | EFER_LMA;
     vcpu.set_sregs(&sregs)
@@ -174,8 +174,8 @@ pub(crate) fn setup_vcpu(kvm: &Kvm, vcpu: &VcpuFd, entry: u64) -> Result<()> {
 
     let regs = kvm_regs {
         rip: entry,
-        rsp: abi::STACK_TOP,
-        rdi: abi::BOOT_BLOCK_ADDR,
+        rsp: platform::STACK_TOP,
+        rdi: platform::BOOT_BLOCK_ADDR,
         rflags: RFLAGS_INIT,
         ..Default::default()
     };
@@ -190,11 +190,14 @@ mod tests {
     #[test]
     fn gdt_selectors_have_dpl3_and_long_mode() {
         let g = gdt();
-        let cs = g[usize::from(abi::USER_CS >> 3)];
-        let ds = g[usize::from(abi::USER_DS >> 3)];
+        let cs = g[usize::from(platform::USER_CS >> 3)];
+        let ds = g[usize::from(platform::USER_DS >> 3)];
         assert_eq!((cs >> 45) & 3, 3, "user code DPL");
         assert_eq!((cs >> 53) & 1, 1, "user code L bit");
         assert_eq!((ds >> 45) & 3, 3, "user data DPL");
-        assert_eq!(g[usize::from(abi::TSS_SELECTOR >> 3)] >> 40 & 0xff, 0x8b);
+        assert_eq!(
+            g[usize::from(platform::TSS_SELECTOR >> 3)] >> 40 & 0xff,
+            0x8b
+        );
     }
 }

@@ -1,17 +1,9 @@
-//! The MMIO bus: devices registered at guest-physical ranges, reached on MMIO exits.
+//! The MMIO bus: [`MmioDevice`]s registered at guest-physical ranges, reached on MMIO exits.
 
 use std::sync::Arc;
 
 use super::error::{Error, Result};
-
-/// A device on the MMIO bus. Offsets are relative to the device's base. Accesses come from the
-/// vCPU thread; interior mutability is the device's business.
-pub trait MmioDevice: Send + Sync {
-    /// A guest read of `data.len()` bytes (1, 2, 4 or 8) at `offset`; fill `data`.
-    fn read(&self, offset: u64, data: &mut [u8]);
-    /// A guest write of `data` at `offset`.
-    fn write(&self, offset: u64, data: &[u8]);
-}
+use crate::mmio::MmioDevice;
 
 struct Range {
     base: u64,

@@ -1,12 +1,12 @@
 //! A small loader for static, non-PIE ELF64 x86-64 guest images.
 //!
-//! Every header field is checked; segments must lie in `[abi::IMAGE_BASE, mem_size)` with
+//! Every header field is checked; segments must lie in `[platform::IMAGE_BASE, mem_size)` with
 //! `p_vaddr == p_paddr` (guests run identity mapped) and must not overlap.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::error::{ElfError, Error, Result};
-use crate::abi;
+use crate::abi::platform;
 
 const EHDR_SIZE: u64 = 64;
 const PHDR_SIZE: u64 = 56;
@@ -139,11 +139,11 @@ fn parse(image: &[u8], mem_size: u64) -> Result<(u64, Vec<Segment>)> {
             index,
             addr: paddr,
             size: memsz,
-            min: abi::IMAGE_BASE,
+            min: platform::IMAGE_BASE,
             max: mem_size,
         };
         match paddr.checked_add(memsz) {
-            Some(end) if paddr >= abi::IMAGE_BASE && end <= mem_size => {}
+            Some(end) if paddr >= platform::IMAGE_BASE && end <= mem_size => {}
             _ => return Err(outside.into()),
         }
         let seg = Segment {
@@ -244,14 +244,14 @@ mod tests {
 
     #[test]
     fn accepts_minimal_image() {
-        let (entry, segs) = parse(&image(abi::IMAGE_BASE, &[0x90; 16], 64), MEM).unwrap();
-        assert_eq!(entry, abi::IMAGE_BASE);
+        let (entry, segs) = parse(&image(platform::IMAGE_BASE, &[0x90; 16], 64), MEM).unwrap();
+        assert_eq!(entry, platform::IMAGE_BASE);
         assert_eq!(segs.len(), 1);
     }
 
     #[test]
     fn every_truncation_is_an_error() {
-        let img = image(abi::IMAGE_BASE, &[0x90; 16], 64);
+        let img = image(platform::IMAGE_BASE, &[0x90; 16], 64);
         for n in 0..img.len() {
             assert!(
                 parse(&img[..n], MEM).is_err(),
@@ -262,7 +262,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_fields() {
-        let good = image(abi::IMAGE_BASE, &[0x90; 16], 64);
+        let good = image(platform::IMAGE_BASE, &[0x90; 16], 64);
         let mut m = good.clone();
         m[18] = 40; // EM_ARM
         assert!(matches!(
@@ -288,7 +288,7 @@ mod tests {
         let wrap = image(u64::MAX - 8, &[0x90; 16], 64);
         assert!(parse(&wrap, MEM).is_err());
         let mut m = good.clone();
-        m[24..32].copy_from_slice(&(abi::IMAGE_BASE + 4096).to_le_bytes());
+        m[24..32].copy_from_slice(&(platform::IMAGE_BASE + 4096).to_le_bytes());
         assert!(matches!(
             parse(&m, MEM),
             Err(Error::Elf(ElfError::BadEntry(_)))

@@ -20,12 +20,12 @@ pub use counters::{ExitCounters, ExitSnapshot};
 
 use super::bus::MmioBus;
 use super::error::{Error, Result};
-use crate::abi;
+use crate::abi::platform;
 
 /// How a guest run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunOutcome {
-    /// The guest wrote this status to [`abi::PORT_EXIT`].
+    /// The guest wrote this status to [`platform::PORT_EXIT`].
     Exited(u32),
     /// The guest faulted (triple fault / `KVM_EXIT_SHUTDOWN`); `rip` where known.
     Shutdown {
@@ -210,10 +210,10 @@ fn run_loop(vcpu: &mut VcpuFd, ctx: &VcpuContext, shared: &Shared) -> Result<Run
             VcpuExit::IoOut(port, data) => {
                 ExitCounters::inc(&c.pio);
                 match port {
-                    abi::PORT_CONSOLE => console_out(ctx, data),
-                    abi::PORT_NOP => {}
-                    abi::PORT_EXIT => return Ok(RunOutcome::Exited(le_u32(data))),
-                    abi::PORT_DOORBELL_WAIT => {
+                    platform::PORT_CONSOLE => console_out(ctx, data),
+                    platform::PORT_NOP => {}
+                    platform::PORT_EXIT => return Ok(RunOutcome::Exited(le_u32(data))),
+                    platform::PORT_DOORBELL_WAIT => {
                         let timeout = u64::from(le_u32(data));
                         doorbell_wait(ctx, shared, Duration::from_micros(timeout))?;
                     }
@@ -272,12 +272,12 @@ fn console_out(ctx: &VcpuContext, data: &[u8]) {
         ctx.console.write(data);
         return;
     }
-    let n = u64::from(le_u32(data)).min(abi::CONSOLE_BUF_SIZE) as usize;
+    let n = u64::from(le_u32(data)).min(platform::CONSOLE_BUF_SIZE) as usize;
     let mut buf = vec![0u8; n];
     // The buffer lies in RAM (checked at VM creation), so this read cannot fail.
     if ctx
         .mem
-        .read_slice(&mut buf, GuestAddress(abi::CONSOLE_BUF_ADDR))
+        .read_slice(&mut buf, GuestAddress(platform::CONSOLE_BUF_ADDR))
         .is_ok()
     {
         ctx.console.write(&buf);
@@ -320,7 +320,7 @@ fn doorbell_wait(ctx: &VcpuContext, shared: &Shared, timeout: Duration) -> Resul
         // across the call; a null sigmask keeps the thread's mask.
         let n = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
         if shared.stop.load(Ordering::SeqCst) || fds[1].revents != 0 {
-            break abi::WAIT_STOP;
+            break platform::WAIT_STOP;
         }
         if n < 0 {
             let err = std::io::Error::last_os_error();
@@ -336,14 +336,15 @@ fn doorbell_wait(ctx: &VcpuContext, shared: &Shared, timeout: Duration) -> Resul
             // Consume the signal; a concurrent reader may have taken it (EAGAIN), still work.
             let _ = ctx.work.read();
             ExitCounters::inc(&c.doorbell_work);
-            break abi::WAIT_WORK;
+            break platform::WAIT_WORK;
         }
         if n == 0 {
             ExitCounters::inc(&c.doorbell_timeouts);
-            break abi::WAIT_TIMEOUT;
+            break platform::WAIT_TIMEOUT;
         }
     };
-    let addr = abi::BOOT_BLOCK_ADDR + std::mem::offset_of!(abi::BootBlock, wait_result) as u64;
+    let addr =
+        platform::BOOT_BLOCK_ADDR + std::mem::offset_of!(platform::BootBlock, wait_result) as u64;
     ctx.mem
         .write_obj(result, GuestAddress(addr))
         .map_err(|e| Error::GuestWrite {

@@ -15,7 +15,7 @@
 //! | write to an ioeventfd-registered MMIO address (absorbed in the kernel, no user exit) | ~4-5 us |
 //!
 //! On real VMX/SVM hardware a port-I/O exit costs around 1 us. Either way: poll while there is
-//! work, notify rarely, and print whole lines (one exit per line, see `abi::PORT_CONSOLE`).
+//! work, notify rarely, and print whole lines (one exit per line, see `platform::PORT_CONSOLE`).
 
 use std::sync::Arc;
 
@@ -25,22 +25,24 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::arch;
-use super::bus::{MmioBus, MmioDevice};
+use super::bus::MmioBus;
 use super::error::{Error, Result};
 use super::loader::{load_elf, LoadedImage};
 use super::vcpu::{Console, ExitCounters, VcpuContext, VcpuHandle};
-use crate::abi;
+use crate::abi::platform;
+use crate::mmio::MmioDevice;
 
 /// How a VM is built.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     /// The VM's name: prefixes its console lines, names its vCPU thread, and is copied into the
-    /// boot block (at most [`abi::NAME_LEN`] bytes).
+    /// boot block (at most [`platform::NAME_LEN`] bytes).
     pub name: String,
-    /// Guest RAM in bytes: a multiple of 2 MiB in [`abi::MIN_MEM_SIZE`]..=[`abi::MAX_MEM_SIZE`].
+    /// Guest RAM in bytes: a multiple of 2 MiB in
+    /// [`platform::MIN_MEM_SIZE`]..=[`platform::MAX_MEM_SIZE`].
     pub mem_size: u64,
-    /// Boot parameters, copied into [`abi::BootBlock::params`].
-    pub params: [u64; abi::NUM_PARAMS],
+    /// Boot parameters, copied into [`platform::BootBlock::params`].
+    pub params: [u64; platform::NUM_PARAMS],
     /// Base of the virtio-mmio device windows announced in the boot block.
     pub mmio_base: u64,
     /// Number of virtio-mmio devices announced in the boot block.
@@ -57,8 +59,8 @@ impl VmConfig {
         Self {
             name: name.to_string(),
             mem_size: 16 << 20,
-            params: [0; abi::NUM_PARAMS],
-            mmio_base: abi::MMIO_BASE,
+            params: [0; platform::NUM_PARAMS],
+            mmio_base: platform::MMIO_BASE,
             mmio_count: 0,
             echo_console: false,
             bad_param: None,
@@ -71,8 +73,8 @@ impl VmConfig {
         self
     }
 
-    /// Sets boot parameter `index` (see the `abi::PARAM_*` indices). Out-of-range indices are
-    /// reported by [`Vm::new`].
+    /// Sets boot parameter `index` (see each image's `param` slots in [`crate::abi::image`]).
+    /// Out-of-range indices are reported by [`Vm::new`].
     pub fn param(mut self, index: usize, value: u64) -> Self {
         match self.params.get_mut(index) {
             Some(p) => *p = value,
@@ -147,18 +149,20 @@ impl Vm {
     /// Opens `/dev/kvm`, creates the VM, its memory (registered as KVM slot 0 at
     /// guest-physical 0), the page tables and GDT, and the vCPU.
     pub fn new(config: VmConfig) -> Result<Self> {
-        if config.name.len() > abi::NAME_LEN {
+        if config.name.len() > platform::NAME_LEN {
             return Err(Error::NameTooLong(config.name));
         }
         if let Some(i) = config.bad_param {
             return Err(Error::ParamIndex(i));
         }
         let size = config.mem_size;
-        if !(abi::MIN_MEM_SIZE..=abi::MAX_MEM_SIZE).contains(&size) || size % (2 << 20) != 0 {
+        if !(platform::MIN_MEM_SIZE..=platform::MAX_MEM_SIZE).contains(&size)
+            || size % (2 << 20) != 0
+        {
             return Err(Error::MemorySize {
                 size,
-                min: abi::MIN_MEM_SIZE,
-                max: abi::MAX_MEM_SIZE,
+                min: platform::MIN_MEM_SIZE,
+                max: platform::MAX_MEM_SIZE,
             });
         }
         let kvm = Kvm::new().map_err(Error::OpenKvm)?;
@@ -244,13 +248,14 @@ impl Vm {
         (self.config.mmio_base, self.config.mmio_count)
     }
 
-    /// The guest's result counters ([`abi::BootBlock::results`], see the `abi::RES_*`
-    /// indices), read from guest memory at any time (zero before [`Vm::start`]).
-    pub fn results(&self) -> [u64; abi::NUM_RESULTS] {
-        let off = std::mem::offset_of!(abi::BootBlock, results) as u64;
+    /// The guest's result counters ([`platform::BootBlock::results`], see each image's
+    /// `result` slots in [`crate::abi::image`]), read from guest memory at any time (zero
+    /// before [`Vm::start`]).
+    pub fn results(&self) -> [u64; platform::NUM_RESULTS] {
+        let off = std::mem::offset_of!(platform::BootBlock, results) as u64;
         self.mem
-            .read_obj(GuestAddress(abi::BOOT_BLOCK_ADDR + off))
-            .unwrap_or([0; abi::NUM_RESULTS])
+            .read_obj(GuestAddress(platform::BOOT_BLOCK_ADDR + off))
+            .unwrap_or([0; platform::NUM_RESULTS])
     }
 
     /// Registers `dev` for guest-physical `base..base + len`. The range must lie outside RAM
@@ -323,7 +328,7 @@ impl Vm {
         if self.vcpu.is_none() {
             return Err(Error::AlreadyStarted);
         }
-        let mut bb = abi::BootBlock::new();
+        let mut bb = platform::BootBlock::new();
         bb.mem_size = self.config.mem_size;
         bb.mmio_base = self.config.mmio_base;
         bb.mmio_count = self.config.mmio_count;
@@ -332,10 +337,10 @@ impl Vm {
         bb.name[..self.config.name.len()].copy_from_slice(self.config.name.as_bytes());
         bb.params = self.config.params;
         self.mem
-            .write_obj(bb, GuestAddress(abi::BOOT_BLOCK_ADDR))
+            .write_obj(bb, GuestAddress(platform::BOOT_BLOCK_ADDR))
             .map_err(|e| Error::GuestWrite {
                 what: "boot block",
-                addr: abi::BOOT_BLOCK_ADDR,
+                addr: platform::BOOT_BLOCK_ADDR,
                 reason: e.to_string(),
             })?;
         let vcpu = self.vcpu.as_ref().ok_or(Error::AlreadyStarted)?;

@@ -1,5 +1,8 @@
 //! [`VmqLink`]: one vmq virtio-mmio device on a [`Vm`], wired for a switch.
 //!
+//! The one place that knows the VM ([`crate::vmm`]), the device ([`crate::transport`]) and the
+//! switch ([`crate::switch::Notifier`]); it lives in the runner, the layer above all three.
+//!
 //! `attach` puts a [`VirtioMmio`] in an MMIO slot of the VM, routes the guest's QueueNotify
 //! writes to one kick eventfd (in the kernel where KVM takes an ioeventfd, through an MMIO exit
 //! otherwise) and announces the device in the boot block. The owner then:
@@ -13,7 +16,8 @@
 //!    (`Switch::port_down`), so the guest sees `DEVICE_NEEDS_RESET`.
 //!
 //! ```no_run
-//! use vmq::vmm::{images, Vm, VmConfig, VmqLink};
+//! use vmq::runner::VmqLink;
+//! use vmq::vmm::{images, Vm, VmConfig};
 //! use vmq::transport::TransportEvent;
 //! let mut vm = Vm::new(VmConfig::new("peer"))?;
 //! vm.load_elf(images::PEER)?;
@@ -31,11 +35,10 @@ use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::error::{Error, Result};
-use super::vm::{IoeventMode, Vm};
-use crate::abi;
+use crate::abi::{self, platform};
 use crate::switch::Notifier;
 use crate::transport::{TransportEvent, VirtioMmio};
+use crate::vmm::{Error, IoeventMode, Result, Vm};
 
 /// A vmq device attached to a VM, and the handles its owner needs.
 #[derive(Debug)]
@@ -54,17 +57,17 @@ pub struct VmqLink {
 }
 
 impl VmqLink {
-    /// Attaches a vmq device in MMIO slot `slot` (at `abi::MMIO_BASE + slot *
-    /// abi::MMIO_SLOT_SIZE`), offering queues of
+    /// Attaches a vmq device in MMIO slot `slot` (at `platform::MMIO_BASE + slot *
+    /// platform::MMIO_SLOT_SIZE`), offering queues of
     /// [`abi::virtio::QUEUE_NUM_MAX`](crate::abi::virtio::QUEUE_NUM_MAX) entries. Before
     /// [`Vm::start`]. The boot block then announces at least `slot + 1` devices.
     pub fn attach(vm: &mut Vm, slot: u32) -> Result<Self> {
         let base = u64::from(slot)
-            .checked_mul(abi::MMIO_SLOT_SIZE)
-            .and_then(|off| abi::MMIO_BASE.checked_add(off))
+            .checked_mul(platform::MMIO_SLOT_SIZE)
+            .and_then(|off| platform::MMIO_BASE.checked_add(off))
             .ok_or(Error::MmioRange {
-                base: abi::MMIO_BASE,
-                len: abi::MMIO_SLOT_SIZE,
+                base: platform::MMIO_BASE,
+                len: platform::MMIO_SLOT_SIZE,
                 reason: "slot number too large",
             })?;
         let host = |what| move |source| Error::Host { what, source };
@@ -78,17 +81,17 @@ impl VmqLink {
             ),
         );
         let dev = Arc::new(dev);
-        vm.register_mmio(base, abi::MMIO_SLOT_SIZE, dev.clone())?;
+        vm.register_mmio(base, platform::MMIO_SLOT_SIZE, dev.clone())?;
         // Without a datamatch both queues' notifications land on the one eventfd. If KVM
         // refuses, the write exits to the VMM and the device signals the same eventfd.
         let mode = vm.register_ioevent(&kick, base + abi::virtio::REG_QUEUE_NOTIFY, None)?;
         let (mmio_base, count) = vm.virtio_mmio();
-        let count = if mmio_base == abi::MMIO_BASE {
+        let count = if mmio_base == platform::MMIO_BASE {
             count
         } else {
             0
         };
-        vm.set_virtio_mmio(abi::MMIO_BASE, count.max(u64::from(slot) + 1));
+        vm.set_virtio_mmio(platform::MMIO_BASE, count.max(u64::from(slot) + 1));
         Ok(Self {
             kick,
             events,

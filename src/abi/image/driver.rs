@@ -1,0 +1,32 @@
+//! Slots the guest runtime's vmq driver reads and writes, the same in every image that drives a
+//! vmq device (`client`, `worker`, `peer`, `evil`).
+
+/// Parameter slots (indices into `BootBlock::params`).
+pub mod param {
+    /// How a guest waits when it has nothing to do: [`WAIT_POLL`](super::WAIT_POLL) or
+    /// [`WAIT_DOORBELL`](super::WAIT_DOORBELL).
+    pub const WAIT: usize = 10;
+    /// The queue size the driver asks for (0 = the device's maximum; else a power of two,
+    /// clamped to the maximum).
+    pub const QUEUE_SIZE: usize = 15;
+}
+
+/// Result slots (indices into `BootBlock::results`).
+pub mod result {
+    /// QueueNotify writes (kicks) the guest made.
+    pub const KICKS: usize = 6;
+    /// Doorbell waits the guest made.
+    pub const WAITS: usize = 7;
+    /// Doorbell waits that ended by their timeout (a safety net; should stay low).
+    pub const WAIT_TIMEOUTS: usize = 8;
+    /// The guest's port id from the switch's hello (`u64::MAX` before it came).
+    pub const PORT_ID: usize = 9;
+    /// Ring or protocol errors the guest's driver saw (bad messages, ring faults).
+    pub const RING_ERRORS: usize = 10;
+}
+
+/// [`param::WAIT`]: spin on the rings, never sleep (one core per guest).
+pub const WAIT_POLL: u64 = 0;
+/// [`param::WAIT`]: spin a bounded while, then ask for a notification and park the vCPU on the
+/// doorbell-wait port.
+pub const WAIT_DOORBELL: u64 = 1;

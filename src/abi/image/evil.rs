@@ -1,0 +1,44 @@
+//! `evil`: a hostile guest for tests: an honest client phase, then one attack on the device
+//! side chosen by its mode ([`mode::evil`](crate::abi::mode::evil)).
+
+/// Parameter slots (indices into `BootBlock::params`).
+pub mod param {
+    pub use super::super::driver::param::*;
+
+    /// Which attack: [`mode::evil`](crate::abi::mode::evil).
+    pub const MODE: usize = 0;
+    /// Requests of the honest phase.
+    pub const COUNT: usize = 1;
+    /// The service of the honest phase.
+    pub const SERVICE: usize = 2;
+    /// Payload bytes per request (at most [`MAX_GUEST_PAYLOAD`](super::super::MAX_GUEST_PAYLOAD)).
+    pub const SIZE: usize = 5;
+    /// A port, encoded with [`port_param`](super::super::port_param): the `src` it forges, or
+    /// where it sends one-way messages before a reset.
+    pub const TARGET: usize = 8;
+    /// Most requests outstanding in the honest phase (0 = its tx ring).
+    pub const WINDOW: usize = 9;
+    /// The service of its rewrite and reset attacks.
+    pub const SIDE_SERVICE: usize = 17;
+}
+
+/// Result slots (indices into `BootBlock::results`).
+pub mod result {
+    pub use super::super::driver::result::*;
+    pub use super::super::traffic::*;
+
+    /// 1 once the guest saw its device set `DEVICE_NEEDS_RESET`.
+    pub const NEEDS_RESET: usize = 16;
+    /// Hostile acts published (bad chains, index jumps, forged replies, rewritten chains,
+    /// resets).
+    pub const ATTACKS: usize = 17;
+    /// ([`mode::evil::REWRITE`](crate::abi::mode::evil::REWRITE)): 1 when the short chain it
+    /// rewrote after the switch took it still arrived with its original payload and no fault.
+    pub const SNAPSHOT_OK: usize = 18;
+    /// ([`mode::evil::RESET`](crate::abi::mode::evil::RESET)): replies to the side-service batch
+    /// received before the reset (the rest were in flight when it reset).
+    pub const BEFORE_RESET: usize = 19;
+    /// ([`mode::evil::RESET`](crate::abi::mode::evil::RESET)): hellos received after the device
+    /// came back.
+    pub const REVIVED: usize = 20;
+}
