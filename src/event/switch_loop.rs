@@ -4,11 +4,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventManager, MutEventSubscriber, SubscriberId, SubscriberOps};
 use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{Doorbells, SweepTimer};
+use crate::port::PortId;
 use crate::switch::Switch;
 
 /// How eagerly the loop spins before it sleeps.
@@ -50,30 +51,62 @@ pub struct SwitchLoop<M> {
     cfg: LoopConfig,
     stats: LoopStats,
     rings: Arc<AtomicU64>,
+    /// The doorbell subscriber of each port, replaced (and its eventfd closed) when the port's
+    /// guest comes back with a new kick eventfd: one subscriber per port, however often it
+    /// restarts.
+    doorbells: Vec<Option<SubscriberId>>,
     stop: Arc<AtomicBool>,
     wake: Arc<EventFd>,
 }
 
 impl<M: GuestMemoryBackend + Clone + Send + 'static> SwitchLoop<M> {
-    /// A loop over `switch` that wakes on any of `kicks` (guest QueueNotify ioeventfds).
+    /// A loop over `switch` that wakes on any of `kicks` (guest QueueNotify ioeventfds;
+    /// `kicks[i]` is port `i`'s).
     pub fn new(switch: Switch<M>, kicks: Vec<EventFd>, cfg: LoopConfig) -> std::io::Result<Self> {
         let mut em: EventManager<Box<dyn MutEventSubscriber + Send>> =
             EventManager::new().map_err(|e| std::io::Error::other(format!("{e:?}")))?;
         let rings = Arc::new(AtomicU64::new(0));
         let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
-        let mut fds = kicks;
-        fds.push(wake.try_clone()?);
-        em.add_subscriber(Box::new(Doorbells::new(fds, rings.clone())));
+        em.add_subscriber(Box::new(Doorbells::new(
+            vec![wake.try_clone()?],
+            rings.clone(),
+        )));
         em.add_subscriber(Box::new(SweepTimer::new(cfg.max_sleep)?));
-        Ok(Self {
+        let mut lp = Self {
             switch,
             em,
             cfg,
             stats: LoopStats::default(),
             rings,
+            doorbells: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             wake,
-        })
+        };
+        for (port, kick) in kicks.into_iter().enumerate() {
+            lp.watch(port as PortId, kick);
+        }
+        Ok(lp)
+    }
+
+    /// Wakes the loop on `kick` for `port` from now on, in place of the port's previous kick
+    /// eventfd (whose subscriber is removed and the eventfd closed).
+    pub fn watch(&mut self, port: PortId, kick: EventFd) {
+        let i = port as usize;
+        if self.doorbells.len() <= i {
+            self.doorbells.resize(i + 1, None);
+        }
+        if let Some(old) = self.doorbells[i].take() {
+            if let Err(e) = self.em.remove_subscriber(old) {
+                log::warn!("cannot stop watching port {port}'s old doorbell: {e:?}");
+            }
+        }
+        let sub = Doorbells::new(vec![kick], self.rings.clone());
+        self.doorbells[i] = Some(self.em.add_subscriber(Box::new(sub)));
+    }
+
+    /// Doorbell subscribers the loop holds (one per watched port): for leak checks.
+    pub fn watched(&self) -> usize {
+        self.doorbells.iter().flatten().count()
     }
 
     /// A handle other threads use to stop the loop.
@@ -93,12 +126,13 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> SwitchLoop<M> {
     }
 
     /// Runs until `done(&switch)` says so or a [`Stopper`] fires. `tick` runs about every
-    /// `tick_every` (supervision, progress reports), on this thread; kick eventfds it pushes
-    /// (of ports it added or revived) are watched from then on.
+    /// `tick_every` (supervision, progress reports), on this thread; the `(port, kick eventfd)`
+    /// pairs it pushes (of ports it added or revived) are watched from then on, each in place
+    /// of that port's previous one ([`SwitchLoop::watch`]).
     pub fn run<D, T>(&mut self, mut done: D, tick_every: Duration, mut tick: T)
     where
         D: FnMut(&Switch<M>) -> bool,
-        T: FnMut(&mut Switch<M>, &LoopStats, &mut Vec<EventFd>),
+        T: FnMut(&mut Switch<M>, &LoopStats, &mut Vec<(PortId, EventFd)>),
     {
         let mut idle = 0u32;
         let mut next_tick = std::time::Instant::now() + tick_every;
@@ -125,10 +159,8 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> SwitchLoop<M> {
                     let s = self.stats();
                     let mut kicks = Vec::new();
                     tick(&mut self.switch, &s, &mut kicks);
-                    if !kicks.is_empty() {
-                        let rings = self.rings.clone();
-                        self.em
-                            .add_subscriber(Box::new(Doorbells::new(kicks, rings)));
+                    for (port, kick) in kicks {
+                        self.watch(port, kick);
                     }
                 }
             }

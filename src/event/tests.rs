@@ -122,3 +122,25 @@ fn sleeping_loop_wakes_on_guest_kicks_and_loses_nothing() {
         "the sleeping switch was woken by kicks: {st:?}"
     );
 }
+
+#[test]
+fn a_port_that_comes_back_again_and_again_keeps_one_doorbell() {
+    let sw = Switch::<vm_memory::GuestMemoryMmap>::new(
+        SwitchConfig::default(),
+        Arc::new(MonotonicClock::new()),
+    )
+    .unwrap();
+    let kicks = (0..3)
+        .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+        .collect();
+    let mut lp = SwitchLoop::new(sw, kicks, LoopConfig::default()).unwrap();
+    assert_eq!(lp.watched(), 3);
+    // Each revival of a port hands the loop a new kick eventfd. Were the old ones kept open,
+    // this would run out of descriptors (a process gets 1024 by default) long before the end.
+    for i in 0..30_000u32 {
+        lp.watch(i % 2, EventFd::new(libc::EFD_NONBLOCK).unwrap());
+    }
+    assert_eq!(lp.watched(), 3);
+    lp.watch(7, EventFd::new(libc::EFD_NONBLOCK).unwrap());
+    assert_eq!(lp.watched(), 4);
+}

@@ -290,7 +290,7 @@ fn supervise(
     sw: &mut Switch<GuestMemoryMmap>,
     vms: &mut [Booted],
     now: Duration,
-    kicks: &mut Vec<vmm_sys_util::eventfd::EventFd>,
+    kicks: &mut Vec<(u32, vmm_sys_util::eventfd::EventFd)>,
 ) {
     for (i, b) in vms.iter_mut().enumerate() {
         let port = i as u32;
@@ -322,7 +322,7 @@ fn supervise(
                             b.removed = false;
                             b.marked_broken = false;
                             if let Ok(k) = b.link.kick.try_clone() {
-                                kicks.push(k);
+                                kicks.push((port, k));
                             }
                         }
                         Err(e) => log::warn!("cannot bring port {} back: {e}", b.name),
