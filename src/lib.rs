@@ -5,22 +5,21 @@
 //! when a VM stops draining its queue.
 //!
 //! Data flows one way through the modules: CLI -> [`vmm`] / event loop -> [`switch`] ->
-//! [`device`] / [`transport`] -> [`ring`] / [`wire`].
+//! [`transport`] -> [`virtio`] / [`wire`].
 //!
-//! Built with `default-features = false`, only the `no_std` modules [`abi`], [`wire`] and [`ring`] remain;
-//! guest images use the crate that way.
+//! Built with `default-features = false`, only the `no_std` modules [`abi`], [`wire`] and the
+//! `no_std` part of [`virtio`] (spec constants, ring layout, driver) remain; guest images use
+//! the crate that way.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod abi;
-pub mod ring;
+pub mod virtio;
 pub mod wire;
 
 #[cfg(feature = "std")]
 pub mod bench;
-#[cfg(feature = "std")]
-pub mod device;
 #[cfg(feature = "std")]
 pub mod event;
 #[cfg(feature = "std")]

@@ -22,13 +22,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmq::peer::{host_peer, HostPeer, PeerConfig};
-use vmq::ring::{RingLayout, DESC_SIZE};
 use vmq::switch::{
     ManualClock, PolicyKind, Polling, PoolConfig, ServiceConfig, Switch, SwitchConfig,
 };
+use vmq::virtio::spec::DESC_SIZE;
+use vmq::virtio::RingLayout;
 use vmq::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE};
 
 use crate::input::Input;

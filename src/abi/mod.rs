@@ -20,10 +20,8 @@
 //! The guest starts in 64-bit user mode (CPL 3, IOPL 3), with `rdi` = [`BOOT_BLOCK_ADDR`].
 //!
 //! The vmq virtio-mmio device (register offsets, ids, feature and status bits, config space) is
-//! described in [`virtio`]. Guest images read their parameters from [`BootBlock::params`]
+//! described in [`crate::virtio::spec`] and [`crate::virtio::vmq_device`]. Guest images read their parameters from [`BootBlock::params`]
 //! (`PARAM_*` indices) and write their counters to [`BootBlock::results`] (`RES_*` indices).
-
-pub mod virtio;
 
 /// Console port. An 8-bit write appends that byte to the VM's console; a 32-bit write of `n`
 /// appends the first `n` bytes (at most [`CONSOLE_BUF_SIZE`]) of the console buffer at

@@ -15,7 +15,7 @@ use super::port::{Backlog, Notifier, PortEntry, PortId};
 use super::service::{Member, Service, ServiceConfig, ServiceId};
 use super::stats::Totals;
 use super::SwitchError;
-use crate::device::{DeliverError, DevicePort, TxChain, RX_QUEUE, TX_QUEUE};
+use crate::virtio::{DeliverError, DevicePort, TxChain, RX_QUEUE, TX_QUEUE};
 use crate::wire::{MsgHeader, MsgKind, Status};
 
 /// The `src` the switch stamps on messages it makes itself (error replies, hellos).
@@ -754,7 +754,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
                     h.set_src(SWITCH_PORT);
                     let e = &mut self.ports[d as usize];
                     e.dev
-                        .deliver::<M>(&h, &crate::device::Payload::Bytes(&dir))
+                        .deliver::<M>(&h, &crate::virtio::Payload::Bytes(&dir))
                         .map(|r| r.1)
                 }
             };
@@ -863,7 +863,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
         h.set_status(status);
         self.ports[d as usize]
             .dev
-            .deliver::<M>(&h, &crate::device::Payload::Bytes(&[]))
+            .deliver::<M>(&h, &crate::virtio::Payload::Bytes(&[]))
             .map(|r| r.1)
     }
 

@@ -1,6 +1,6 @@
 //! The in-flight record of one request, kept in the switch's [`BlockPool`](super::BlockPool).
 
-use crate::device::TxChain;
+use crate::virtio::TxChain;
 
 use super::port::PortId;
 

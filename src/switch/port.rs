@@ -3,8 +3,8 @@
 
 use std::collections::VecDeque;
 
-use crate::device::{DevicePort, GuestView, TxChain};
 use crate::switch::pool::Token;
+use crate::virtio::{DevicePort, GuestView, TxChain};
 use crate::wire::Status;
 
 /// Port identifier (index into the switch's port table; also the `src`/`dst` on the wire).

@@ -25,7 +25,7 @@ use guest_rt::abi::{self, BootBlock};
 use guest_rt::replies::{is_worker_answer, Replies};
 use guest_rt::results;
 use guest_rt::virtio::{on_error, probe_or_exit, DriverError, FreeMem, Vmq};
-use vmq::ring::Buf;
+use vmq::virtio::Buf;
 use vmq::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE};
 
 guest_rt::entry!(main);

@@ -26,7 +26,8 @@ use guest_rt::abi::{self, BootBlock};
 use guest_rt::replies::{is_worker_answer, Replies};
 use guest_rt::results;
 use guest_rt::virtio::{on_error, DriverError, FreeMem, Options, Vmq};
-use vmq::ring::{Buf, RingMemory, DESC_F_NEXT, DESC_SIZE};
+use vmq::virtio::spec::{DESC_F_NEXT, DESC_SIZE};
+use vmq::virtio::{Buf, RingMemory};
 use vmq::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE};
 
 guest_rt::entry!(main);

@@ -1,18 +1,16 @@
-//! Driver (`ring`) against device (`virtio-queue` + [`DevicePort`]) on correct ring layouts of
-//! our own, plus hostile rings.
+//! Driver ([`crate::virtio::driver`]) against device ([`DeviceQueue`] + [`DevicePort`]) on
+//! correct ring layouts of our own, plus hostile rings.
 
 use proptest::prelude::*;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::peer::{device_queue, host_peer, PeerConfig};
-use crate::ring::{
-    need_event, Buf, DriverRing, MmapRingMemory, RingError, RingLayout, RingMemory,
-    DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
-};
+use crate::virtio::spec::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
+use crate::virtio::{need_event, Buf, DriverRing, GuestView, RingError, RingLayout, TX_QUEUE};
 use crate::wire::{MsgHeader, MsgKind, WireError, HEADER_SIZE};
 
-type Ring = DriverRing<MmapRingMemory, Vec<u16>>;
+type Ring = DriverRing<GuestView<GuestMemoryMmap>, Vec<u16>>;
 
 /// One side of a queue: a memory with one ring at 0x1000 and a data area after it.
 struct Side {
@@ -22,13 +20,13 @@ struct Side {
     slot: u64,
 }
 
-fn side(size: u16, slot: u64, event_idx: bool) -> (Side, Queue) {
+fn side(size: u16, slot: u64, event_idx: bool) -> (Side, DeviceQueue) {
     let layout = RingLayout::contiguous(0x1000, size);
     let data = (layout.end() + 0xfff) & !0xfff;
     let bytes = data + slot * size as u64;
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), bytes as usize)]).unwrap();
     let ring = DriverRing::new(
-        MmapRingMemory::new(&mem),
+        GuestView::new(mem.clone()),
         layout,
         vec![0; 2 * size as usize],
         event_idx,
@@ -45,8 +43,6 @@ fn side(size: u16, slot: u64, event_idx: bool) -> (Side, Queue) {
         q,
     )
 }
-
-use virtio_queue::{Queue, QueueT};
 
 /// Splits `total` bytes at `cuts` (fractions) into at most `parts` non-empty lengths.
 fn split(total: u32, parts: usize, seed: u64) -> Vec<u32> {
@@ -720,7 +716,7 @@ fn driver_rejects_bad_chains_and_layouts() {
         s.ring.add(&five),
         Err(RingError::QueueFull { needed: 5, free: 4 })
     );
-    let mem = MmapRingMemory::new(&s.mem);
+    let mem = GuestView::new(s.mem.clone());
     assert_eq!(
         DriverRing::new(
             mem.clone(),
