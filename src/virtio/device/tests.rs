@@ -7,7 +7,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::*;
 use crate::peer::{device_queue, host_peer, PeerConfig};
 use crate::virtio::spec::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
-use crate::virtio::{need_event, Buf, DriverRing, GuestView, RingError, RingLayout, TX_QUEUE};
+use crate::virtio::{
+    need_event, Buf, DriverRing, GuestView, RingError, RingLayout, RX_QUEUE, TX_QUEUE,
+};
 use crate::wire::{MsgHeader, MsgKind, WireError, HEADER_SIZE};
 
 type Ring = DriverRing<GuestView<GuestMemoryMmap>, Vec<u16>>;
@@ -763,6 +765,40 @@ fn without_event_idx_no_notify_flag_suppresses_kicks() {
     port.enable_kicks(TX_QUEUE).unwrap();
     s.ring.add(&[Buf::readable(s.data, 8)]).unwrap();
     assert!(s.ring.publish().unwrap());
+}
+
+#[test]
+fn activation_counts_the_trailing_event_fields() {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let size = 8;
+    let ok = RingLayout::contiguous(0x1000, size);
+    // Each ring's entries end exactly at the end of memory: only its event field is outside.
+    let avail = 0x10000 - (RingLayout::avail_bytes(size) - 2);
+    let used = 0x10000 - (RingLayout::used_bytes(size) - 2);
+    let q = |l: RingLayout| DeviceQueue::new(size, l, true).unwrap();
+    assert!(DevicePort::new(mem.clone(), q(ok), q(ok)).is_ok());
+    assert_eq!(
+        DevicePort::new(mem.clone(), q(RingLayout { avail, ..ok }), q(ok)).err(),
+        Some(DeviceError::Queue {
+            queue: RX_QUEUE,
+            source: QueueError::OutsideMemory {
+                part: "avail ring",
+                addr: avail,
+                len: RingLayout::avail_bytes(size)
+            }
+        })
+    );
+    assert_eq!(
+        DevicePort::new(mem, q(ok), q(RingLayout { used, ..ok })).err(),
+        Some(DeviceError::Queue {
+            queue: TX_QUEUE,
+            source: QueueError::OutsideMemory {
+                part: "used ring",
+                addr: used,
+                len: RingLayout::used_bytes(size)
+            }
+        })
+    );
 }
 
 /// `virtio-queue`, an independent device side, as the reference for what [`DeviceQueue`]
