@@ -5,13 +5,14 @@
 //! when a VM stops draining its queue.
 //!
 //! Data flows one way through the modules: CLI -> [`runner`] / [`event`] loop -> [`switch`] ->
-//! [`device`] / [`transport`] -> [`ring`] / [`wire`]. KVM ([`vmm`]) sits at the bottom beside
+//! [`port`]s -> [`transport`] -> [`virtio`] / [`wire`]. KVM ([`vmm`]) sits at the bottom beside
 //! them: it runs VMs and dispatches their MMIO exits to [`mmio::MmioDevice`]s, and imports nothing
 //! from the switch or the transport. The runner's [`runner::VmqLink`] is the one place that puts
 //! a vmq device ([`transport`]) on a VM and wires it to the switch.
 //!
-//! Built with `default-features = false`, only the `no_std` modules [`abi`], [`wire`] and [`ring`] remain;
-//! guest images use the crate that way.
+//! Built with `default-features = false`, only the `no_std` modules [`abi`], [`wire`] and the
+//! `no_std` part of [`virtio`] (spec constants, ring layout, driver) remain; guest images use
+//! the crate that way.
 //!
 //! The test kit is not part of this surface; cargo features add it:
 //! - `traffic` (`no_std`): the traffic loops (windowed client, echo worker) that guest images,
@@ -23,15 +24,13 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod abi;
-pub mod ring;
 #[cfg(feature = "traffic")]
 pub mod traffic;
+pub mod virtio;
 pub mod wire;
 
 #[cfg(feature = "bench")]
 pub mod bench;
-#[cfg(feature = "std")]
-pub mod device;
 #[cfg(feature = "std")]
 pub mod event;
 #[cfg(feature = "std")]

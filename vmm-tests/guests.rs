@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
-use vmq::abi;
 use vmq::abi::image::{client, driver, peer, port_param, worker};
 use vmq::abi::platform;
 use vmq::runner::VmqLink;
@@ -44,7 +43,7 @@ impl Guest {
     }
 
     /// Waits for the guest's driver to set DRIVER_OK.
-    fn activated(&self) -> vmq::device::DevicePort<GuestMemoryMmap> {
+    fn activated(&self) -> vmq::virtio::DevicePort<GuestMemoryMmap> {
         match self.link.events.recv_timeout(Duration::from_secs(10)) {
             Ok(TransportEvent::Activated(port)) => port,
             other => panic!(
@@ -189,8 +188,11 @@ fn vmq_device_comes_up_and_kicks_through_the_ioeventfd() {
     }
     assert_eq!(dev.activations, 1);
     assert_eq!(dev.rejected, 0, "the guest driver follows the spec");
-    assert_eq!(port.rx_queue_size(), abi::virtio::QUEUE_NUM_MAX);
-    assert_eq!(port.rx_buffers_available(), abi::virtio::QUEUE_NUM_MAX);
+    assert_eq!(port.rx_queue_size(), vmq::virtio::vmq_device::QUEUE_NUM_MAX);
+    assert_eq!(
+        port.rx_buffers_available(),
+        vmq::virtio::vmq_device::QUEUE_NUM_MAX
+    );
     assert!(g.vm.virtio_mmio().1 >= 1);
     eprintln!(
         "bring-up: {} MMIO exits, {} kick(s), ioeventfd {:?}",

@@ -6,9 +6,9 @@
 //! them, without a panic, is the behaviour under test there.
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
-use vmq::device::DevicePort;
 use vmq::peer::device_queue;
-use vmq::ring::RingLayout;
+use vmq::virtio::DevicePort;
+use vmq::virtio::RingLayout;
 
 use crate::input::Input;
 use crate::session::Session;
@@ -44,7 +44,7 @@ pub fn run(data: &[u8]) {
     Session::new(port, mem, rx, tx, slot_size).run(&mut inp);
 }
 
-/// Ring addresses chosen by the fuzzer, aligned as virtio-queue requires (it refuses others).
+/// Ring addresses chosen by the fuzzer, aligned as virtio requires (`DeviceQueue` refuses others).
 fn layout(inp: &mut Input<'_>, size: u16) -> RingLayout {
     let mut a = || match inp.u8() % 8 {
         0 => inp.u64(),

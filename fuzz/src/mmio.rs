@@ -11,13 +11,13 @@
 
 use std::sync::mpsc::Receiver;
 
-use virtio_queue::QueueT;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmq::abi::virtio::*;
 use vmq::mmio::MmioDevice;
-use vmq::ring::RingLayout;
 use vmq::transport::{TransportEvent, VirtioMmio};
+use vmq::virtio::spec::*;
+use vmq::virtio::vmq_device::*;
+use vmq::virtio::RingLayout;
 use vmq::wire::MAX_PAYLOAD;
 
 use crate::input::Input;
@@ -74,7 +74,7 @@ impl Queue {
         }
     }
 
-    /// What virtio-queue and `DevicePort::new` accept: aligned rings inside memory.
+    /// What `DeviceQueue::new` and `DevicePort::new` accept: aligned rings inside memory.
     fn usable(&self) -> bool {
         let fits = |addr: u64, len: u64| addr.checked_add(len).is_some_and(|e| e <= MEM_LEN);
         let n = self.num as u64;

@@ -15,9 +15,10 @@
 //!   `TooLarge` header when it does not fit).
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use vmq::device::{DeliverError, DeviceError, DevicePort, Payload, TxChain, RX_QUEUE, TX_QUEUE};
 use vmq::peer::{host_peer, HostPeer, PeerConfig};
-use vmq::ring::{RingLayout, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE};
+use vmq::virtio::spec::{DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE};
+use vmq::virtio::RingLayout;
+use vmq::virtio::{DeliverError, DeviceError, DevicePort, Payload, TxChain, RX_QUEUE, TX_QUEUE};
 use vmq::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE, WIRE_VERSION};
 
 use crate::input::Input;

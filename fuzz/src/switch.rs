@@ -22,14 +22,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmq::peer::{host_peer, HostPeer, PeerConfig};
 use vmq::port::NativePort;
-use vmq::ring::{RingLayout, DESC_SIZE};
 use vmq::switch::{
     ManualClock, PolicyKind, Polling, PoolConfig, ServiceConfig, Switch, SwitchConfig,
 };
+use vmq::virtio::spec::DESC_SIZE;
+use vmq::virtio::RingLayout;
 use vmq::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE};
 
 use crate::input::Input;
@@ -467,7 +467,7 @@ impl Net {
     }
 
     /// The device side of port `p` (a native port), as the switch holds it.
-    fn device(&self, p: usize) -> &vmq::device::DevicePort<GuestMemoryMmap> {
+    fn device(&self, p: usize) -> &vmq::virtio::DevicePort<GuestMemoryMmap> {
         self.sw
             .port(p as u32)
             .and_then(|port| port.as_any().downcast_ref::<NativePort<GuestMemoryMmap>>())

@@ -8,9 +8,10 @@
 use vmq::abi::image::driver::{self, param, result};
 use vmq::abi::image::{exit, MAX_GUEST_PAYLOAD};
 use vmq::abi::platform::{self, BootBlock};
-use vmq::abi::virtio as v;
-use vmq::ring::{DriverRing, MsgRx, MsgTx, RawMemory, RingError, RingLayout, RxMsg, SlotArena};
 use vmq::traffic::{self, Link};
+use vmq::virtio::spec::*;
+use vmq::virtio::vmq_device::{DEVICE_ID, RX_QUEUE, TX_QUEUE};
+use vmq::virtio::{DriverRing, MsgRx, MsgTx, RawMemory, RingError, RingLayout, RxMsg, SlotArena};
 use vmq::wire::{MsgHeader, HEADER_SIZE};
 
 use crate::{doorbell_wait, mmio_read32, mmio_write32, results};
@@ -160,7 +161,7 @@ impl Options {
     pub fn from_params(bb: &BootBlock, max_payload: u64) -> Self {
         let payload = max_payload.clamp(1024, MAX_GUEST_PAYLOAD + 1024);
         Self {
-            queue_size: bb.params[param::QUEUE_SIZE].min(32768) as u16,
+            queue_size: bb.params[param::QUEUE_SIZE].min(u64::from(MAX_QUEUE_SIZE)) as u16,
             slot_size: ((HEADER_SIZE as u64 + payload + 63) & !63) as u32,
             doorbell: bb.params[param::WAIT] == driver::WAIT_DOORBELL,
         }
@@ -186,9 +187,9 @@ fn find_device(bb: &BootBlock) -> Option<u64> {
     (0..bb.mmio_count.min(64))
         .map(|i| bb.mmio_base + i * platform::MMIO_SLOT_SIZE)
         .find(|&b| {
-            mmio_read32(reg(b, v::REG_MAGIC)) == v::MAGIC
-                && mmio_read32(reg(b, v::REG_VERSION)) == v::VERSION
-                && mmio_read32(reg(b, v::REG_DEVICE_ID)) == v::DEVICE_ID
+            mmio_read32(reg(b, REG_MAGIC)) == MAGIC
+                && mmio_read32(reg(b, REG_VERSION)) == VERSION
+                && mmio_read32(reg(b, REG_DEVICE_ID)) == DEVICE_ID
         })
 }
 
@@ -197,45 +198,46 @@ impl Vmq {
     /// up rx (queue 0) and tx (queue 1) in `free`, sets `DRIVER_OK` and posts every rx buffer.
     pub fn probe(bb: &BootBlock, free: &mut FreeMem, opts: Options) -> Result<Self, ProbeError> {
         let base = find_device(bb).ok_or(ProbeError::NoDevice)?;
-        let set_status = |s: u32| mmio_write32(reg(base, v::REG_STATUS), s);
+        let set_status = |s: u32| mmio_write32(reg(base, REG_STATUS), s);
         set_status(0);
-        let mut status = v::STATUS_ACKNOWLEDGE;
+        let mut status = STATUS_ACKNOWLEDGE;
         set_status(status);
-        status |= v::STATUS_DRIVER;
+        status |= STATUS_DRIVER;
         set_status(status);
 
         let mut offered = 0u64;
         for sel in 0..2u32 {
-            mmio_write32(reg(base, v::REG_DEVICE_FEATURES_SEL), sel);
-            offered |= u64::from(mmio_read32(reg(base, v::REG_DEVICE_FEATURES))) << (32 * sel);
+            mmio_write32(reg(base, REG_DEVICE_FEATURES_SEL), sel);
+            offered |= u64::from(mmio_read32(reg(base, REG_DEVICE_FEATURES))) << (32 * sel);
         }
-        if offered & (1 << v::F_VERSION_1) == 0 {
-            set_status(status | v::STATUS_FAILED);
+        if offered & (1 << F_VERSION_1) == 0 {
+            set_status(status | STATUS_FAILED);
             return Err(ProbeError::Features);
         }
-        let features = offered & ((1 << v::F_VERSION_1) | (1 << v::F_EVENT_IDX));
+        let features = offered & ((1 << F_VERSION_1) | (1 << F_EVENT_IDX));
         for sel in 0..2u32 {
-            mmio_write32(reg(base, v::REG_DRIVER_FEATURES_SEL), sel);
+            mmio_write32(reg(base, REG_DRIVER_FEATURES_SEL), sel);
             mmio_write32(
-                reg(base, v::REG_DRIVER_FEATURES),
+                reg(base, REG_DRIVER_FEATURES),
                 (features >> (32 * sel)) as u32,
             );
         }
-        status |= v::STATUS_FEATURES_OK;
+        status |= STATUS_FEATURES_OK;
         set_status(status);
-        if mmio_read32(reg(base, v::REG_STATUS)) & v::STATUS_FEATURES_OK == 0 {
-            set_status(status | v::STATUS_FAILED);
+        if mmio_read32(reg(base, REG_STATUS)) & STATUS_FEATURES_OK == 0 {
+            set_status(status | STATUS_FAILED);
             return Err(ProbeError::Features);
         }
-        let event_idx = features & (1 << v::F_EVENT_IDX) != 0;
+        let event_idx = features & (1 << F_EVENT_IDX) != 0;
 
         let mem = FreeMem::ring_memory(bb);
         let mut rings = [None, None];
         for (q, slot) in rings.iter_mut().enumerate() {
-            mmio_write32(reg(base, v::REG_QUEUE_SEL), q as u32);
-            let max = mmio_read32(reg(base, v::REG_QUEUE_NUM_MAX)).min(32768) as u16;
-            if max < 2 || mmio_read32(reg(base, v::REG_QUEUE_READY)) != 0 {
-                set_status(status | v::STATUS_FAILED);
+            mmio_write32(reg(base, REG_QUEUE_SEL), q as u32);
+            let max =
+                mmio_read32(reg(base, REG_QUEUE_NUM_MAX)).min(u32::from(MAX_QUEUE_SIZE)) as u16;
+            if max < 2 || mmio_read32(reg(base, REG_QUEUE_READY)) != 0 {
+                set_status(status | STATUS_FAILED);
                 return Err(ProbeError::Queue);
             }
             let want = if opts.queue_size == 0 {
@@ -256,14 +258,14 @@ impl Vmq {
             let layout = RingLayout::contiguous(ring_at, size);
             let ring = DriverRing::new(mem, layout, state, event_idx)?;
             let w = |off, val: u64| mmio_write32(reg(base, off), val as u32);
-            w(v::REG_QUEUE_NUM, u64::from(size));
-            w(v::REG_QUEUE_DESC_LOW, layout.desc);
-            w(v::REG_QUEUE_DESC_HIGH, layout.desc >> 32);
-            w(v::REG_QUEUE_AVAIL_LOW, layout.avail);
-            w(v::REG_QUEUE_AVAIL_HIGH, layout.avail >> 32);
-            w(v::REG_QUEUE_USED_LOW, layout.used);
-            w(v::REG_QUEUE_USED_HIGH, layout.used >> 32);
-            w(v::REG_QUEUE_READY, 1);
+            w(REG_QUEUE_NUM, u64::from(size));
+            w(REG_QUEUE_DESC_LOW, layout.desc);
+            w(REG_QUEUE_DESC_HIGH, layout.desc >> 32);
+            w(REG_QUEUE_AVAIL_LOW, layout.avail);
+            w(REG_QUEUE_AVAIL_HIGH, layout.avail >> 32);
+            w(REG_QUEUE_USED_LOW, layout.used);
+            w(REG_QUEUE_USED_HIGH, layout.used >> 32);
+            w(REG_QUEUE_READY, 1);
             *slot = Some((
                 ring,
                 SlotArena {
@@ -275,10 +277,10 @@ impl Vmq {
         let [Some((rx_ring, rx_arena)), Some((tx_ring, tx_arena))] = rings else {
             return Err(ProbeError::Queue);
         };
-        status |= v::STATUS_DRIVER_OK;
+        status |= STATUS_DRIVER_OK;
         set_status(status);
-        if mmio_read32(reg(base, v::REG_STATUS)) & v::STATUS_NEEDS_RESET != 0 {
-            set_status(status | v::STATUS_FAILED);
+        if mmio_read32(reg(base, REG_STATUS)) & STATUS_NEEDS_RESET != 0 {
+            set_status(status | STATUS_FAILED);
             return Err(ProbeError::Refused);
         }
         let mut dev = Self {
@@ -306,14 +308,14 @@ impl Vmq {
     }
 
     fn kick(&self, queue: u16) {
-        mmio_write32(reg(self.base, v::REG_QUEUE_NOTIFY), u32::from(queue));
+        mmio_write32(reg(self.base, REG_QUEUE_NOTIFY), u32::from(queue));
         results::add(result::KICKS, 1);
     }
 
     /// Publishes queued tx messages; kicks queue 1 only if the device asked for it.
     pub fn flush_tx(&mut self) -> Result<(), RingError> {
         if self.tx.flush()? {
-            self.kick(v::QUEUE_TX);
+            self.kick(TX_QUEUE);
         }
         Ok(())
     }
@@ -321,7 +323,7 @@ impl Vmq {
     /// Publishes re-posted rx buffers; kicks queue 0 only if the device asked for it.
     pub fn flush_rx(&mut self) -> Result<(), RingError> {
         if self.rx.flush()? {
-            self.kick(v::QUEUE_RX);
+            self.kick(RX_QUEUE);
         }
         Ok(())
     }
@@ -354,12 +356,12 @@ impl Vmq {
     /// Resets the device (status 0): it forgets both queues and stops using them. Bring it
     /// up again with [`Vmq::probe`], which sets up fresh rings in the free memory it is given.
     pub fn reset(&self) {
-        mmio_write32(reg(self.base, v::REG_STATUS), 0);
+        mmio_write32(reg(self.base, REG_STATUS), 0);
     }
 
     /// Whether the device asked for a reset (`DEVICE_NEEDS_RESET`); one MMIO exit.
     pub fn needs_reset(&self) -> bool {
-        mmio_read32(reg(self.base, v::REG_STATUS)) & v::STATUS_NEEDS_RESET != 0
+        mmio_read32(reg(self.base, REG_STATUS)) & STATUS_NEEDS_RESET != 0
     }
 
     /// Waits for work: spins a bounded while on the rx used ring (and the tx used ring with

@@ -5,10 +5,10 @@
 //! - [`image`]: each image's parameters (slots of `BootBlock::params`) and results (slots of
 //!   `BootBlock::results`), and the exit statuses the images report.
 //! - [`mode`]: the test modes of the images that have them (`client`, `evil`).
-//! - [`virtio`]: the vmq virtio-mmio device as a guest driver sees it (register offsets, ids,
-//!   feature and status bits, config space).
+//!
+//! The vmq virtio-mmio device as a guest driver sees it (register offsets, ids, feature and
+//! status bits, config space) is in [`crate::virtio`] (`spec`, `vmq_device`).
 
 pub mod image;
 pub mod mode;
 pub mod platform;
-pub mod virtio;

@@ -13,8 +13,8 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use super::{pin_current_thread, BenchRecord, Budget, Placement, Report, Run};
-use crate::device::TX_QUEUE;
 use crate::peer::{host_peer, PeerConfig};
+use crate::virtio::TX_QUEUE;
 use crate::wire::{MsgHeader, MsgKind, HEADER_SIZE};
 
 /// Payload sizes measured.

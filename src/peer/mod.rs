@@ -8,11 +8,10 @@
 //!
 //! Feature `test-utils`; not part of the default surface.
 
-use virtio_queue::Queue;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use crate::device::{DeviceError, DevicePort};
-use crate::ring::{DriverRing, MmapRingMemory, MsgRx, MsgTx, RingError, RingLayout, SlotArena};
+use crate::virtio::{DeviceError, DevicePort, DeviceQueue, GuestView};
+use crate::virtio::{DriverRing, MsgRx, MsgTx, RingError, RingLayout, SlotArena};
 
 /// Shape of a host peer's port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +51,7 @@ pub enum PeerError {
     /// The device side rejected the queues.
     #[error("device port set-up failed: {0}")]
     Device(#[from] DeviceError),
-    /// The queue configuration was rejected by virtio-queue.
+    /// The queue configuration was rejected.
     #[error("queue configuration rejected: {0}")]
     Queue(String),
 }
@@ -60,9 +59,9 @@ pub enum PeerError {
 /// The driver ends of a peer's port.
 pub struct HostPeer {
     /// Messages the peer sends (its tx queue).
-    pub tx: MsgTx<MmapRingMemory, Vec<u16>>,
+    pub tx: MsgTx<GuestView<GuestMemoryMmap>, Vec<u16>>,
     /// Messages delivered to the peer (its rx queue).
-    pub rx: MsgRx<MmapRingMemory, Vec<u16>>,
+    pub rx: MsgRx<GuestView<GuestMemoryMmap>, Vec<u16>>,
     mem: GuestMemoryMmap,
 }
 
@@ -97,7 +96,7 @@ pub fn host_peer(cfg: PeerConfig) -> Result<(HostPeer, DevicePort<GuestMemoryMma
                 reason: e.to_string(),
             }
         })?;
-    let rmem = MmapRingMemory::new(&mem);
+    let rmem = GuestView::new(mem.clone());
     let rx_layout = RingLayout::contiguous(rx_ring, qs);
     let tx_layout = RingLayout::contiguous(tx_ring, qs);
     let state = || vec![0u16; 2 * qs as usize];
@@ -125,10 +124,9 @@ pub fn host_peer(cfg: PeerConfig) -> Result<(HostPeer, DevicePort<GuestMemoryMma
     Ok((HostPeer { tx, rx, mem }, port))
 }
 
-/// A `virtio-queue` device-side queue configured at `layout`, ready.
-pub fn device_queue(layout: RingLayout, event_idx: bool) -> Result<Queue, PeerError> {
-    crate::device::ready_queue(layout.size, layout, event_idx)
-        .map_err(|e| PeerError::Queue(e.to_string()))
+/// A device-side queue configured at `layout`, ready.
+pub fn device_queue(layout: RingLayout, event_idx: bool) -> Result<DeviceQueue, PeerError> {
+    DeviceQueue::new(layout.size, layout, event_idx).map_err(|e| PeerError::Queue(e.to_string()))
 }
 
 /// Spins on the rings this many times per [`Link::wait`](crate::traffic::Link::wait).
@@ -137,15 +135,15 @@ const WAIT_SPINS: u32 = 4096;
 /// A host peer runs the traffic loops: publishing needs no notification (the switch polls
 /// host peers), waiting spins a bounded while, and any error is a bug in the test.
 impl crate::traffic::Link for HostPeer {
-    type Memory = MmapRingMemory;
+    type Memory = GuestView<GuestMemoryMmap>;
     type State = Vec<u16>;
     type Error = RingError;
 
-    fn tx(&mut self) -> &mut MsgTx<MmapRingMemory, Vec<u16>> {
+    fn tx(&mut self) -> &mut MsgTx<GuestView<GuestMemoryMmap>, Vec<u16>> {
         &mut self.tx
     }
 
-    fn rx(&mut self) -> &mut MsgRx<MmapRingMemory, Vec<u16>> {
+    fn rx(&mut self) -> &mut MsgRx<GuestView<GuestMemoryMmap>, Vec<u16>> {
         &mut self.rx
     }
 

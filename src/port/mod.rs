@@ -22,7 +22,7 @@ mod native;
 
 pub use native::NativePort;
 
-use crate::device::{DeliverError, DeviceError, GuestView, Payload, TxChain};
+use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
 use crate::wire::MsgHeader;
 
 /// Port identifier (index into the switch's port table; also the `src`/`dst` on the wire).

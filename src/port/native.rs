@@ -3,7 +3,7 @@
 use vm_memory::GuestMemoryBackend;
 
 use super::{Drain, Notifier, Port};
-use crate::device::{
+use crate::virtio::{
     DeliverError, DeviceError, DevicePort, GuestView, Payload, TxChain, RX_QUEUE, TX_QUEUE,
 };
 use crate::wire::MsgHeader;

@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::abi::{self, platform};
+use crate::abi::platform;
 use crate::switch::Notifier;
 use crate::transport::{TransportEvent, VirtioMmio};
 use crate::vmm::{Error, IoeventMode, Result, Vm};
@@ -59,7 +59,7 @@ pub struct VmqLink {
 impl VmqLink {
     /// Attaches a vmq device in MMIO slot `slot` (at `platform::MMIO_BASE + slot *
     /// platform::MMIO_SLOT_SIZE`), offering queues of
-    /// [`abi::virtio::QUEUE_NUM_MAX`](crate::abi::virtio::QUEUE_NUM_MAX) entries. Before
+    /// [`QUEUE_NUM_MAX`](crate::virtio::vmq_device::QUEUE_NUM_MAX) entries. Before
     /// [`Vm::start`]. The boot block then announces at least `slot + 1` devices.
     pub fn attach(vm: &mut Vm, slot: u32) -> Result<Self> {
         let base = u64::from(slot)
@@ -74,7 +74,7 @@ impl VmqLink {
         let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(host("the vmq kick eventfd"))?;
         let (dev, events) = VirtioMmio::new(
             vm.memory().clone(),
-            abi::virtio::QUEUE_NUM_MAX,
+            crate::virtio::vmq_device::QUEUE_NUM_MAX,
             Some(
                 kick.try_clone()
                     .map_err(host("a clone of the vmq kick eventfd"))?,
@@ -84,7 +84,8 @@ impl VmqLink {
         vm.register_mmio(base, platform::MMIO_SLOT_SIZE, dev.clone())?;
         // Without a datamatch both queues' notifications land on the one eventfd. If KVM
         // refuses, the write exits to the VMM and the device signals the same eventfd.
-        let mode = vm.register_ioevent(&kick, base + abi::virtio::REG_QUEUE_NOTIFY, None)?;
+        let mode =
+            vm.register_ioevent(&kick, base + crate::virtio::spec::REG_QUEUE_NOTIFY, None)?;
         let (mmio_base, count) = vm.virtio_mmio();
         let count = if mmio_base == platform::MMIO_BASE {
             count

@@ -20,8 +20,8 @@ use super::policy::{new_policy, PickRequest};
 use super::service::{Member, Service, ServiceConfig, ServiceId};
 use super::stats::Totals;
 use super::SwitchError;
-use crate::device::{DevicePort, TxChain};
 use crate::port::{NativePort, Notifier, Port, PortId};
+use crate::virtio::{DevicePort, TxChain};
 use crate::wire::{MsgKind, Status};
 
 /// The `src` the switch stamps on messages it makes itself (error replies, hellos).

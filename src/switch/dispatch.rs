@@ -8,8 +8,8 @@ use super::inflight::{Backend, Stage, Target, Token};
 use super::outbox::{deliver_chain, request_header, Outbound};
 use super::policy::PickRequest;
 use super::Switch;
-use crate::device::{DeliverError, TxChain};
 use crate::port::PortId;
+use crate::virtio::{DeliverError, TxChain};
 use crate::wire::Status;
 
 /// Outcome of one dispatch attempt.

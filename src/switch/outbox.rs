@@ -16,8 +16,8 @@ use vm_memory::GuestMemoryBackend;
 use super::core::SWITCH_PORT;
 use super::inflight::{Backend, Stage, Target, Token};
 use super::Switch;
-use crate::device::{DeliverError, GuestView, Payload, TxChain};
 use crate::port::{Drain, Port, PortId};
+use crate::virtio::{DeliverError, GuestView, Payload, TxChain};
 use crate::wire::directory::{self, Entry, EntryKind};
 use crate::wire::{MsgHeader, MsgKind, Status};
 

@@ -2,7 +2,7 @@
 //! one gets exactly one, correct, reply.
 
 use super::{fill_request, is_answer, Link, Replies};
-use crate::ring::RxMsg;
+use crate::virtio::RxMsg;
 use crate::wire::{MsgHeader, MsgKind, Status};
 
 /// Where a client's requests go.

@@ -2,9 +2,9 @@
 //! sends requests and checks that every one gets exactly one, correct, reply, and an echo
 //! [`Worker`] that answers requests with their payload transformed and reports its load.
 //!
-//! Guest images run them over [`RawMemory`](crate::ring::RawMemory) and a virtio-mmio device;
+//! Guest images run them over [`RawMemory`](crate::virtio::RawMemory) and a virtio-mmio device;
 //! host peers (feature `test-utils`), tests, benches and fuzzing run them over
-//! `MmapRingMemory`. What differs between those places — publishing and notifying, waiting
+//! `GuestView`. What differs between those places — publishing and notifying, waiting
 //! for the device, what an error means — sits behind the small [`Link`] trait. The loops take
 //! plain arguments and count what they did; where the counters go (a guest's result slots, a
 //! bench's atomics) is the caller's business, through the loops' hooks.
@@ -21,7 +21,7 @@ pub use client::{Client, ClientCounters, ClientHooks, Destination, Exchange, Ver
 pub use replies::{is_answer, Replies};
 pub use worker::{drain_tx, send, Worker, WorkerConfig, WorkerCounters, WorkerHooks, WorkerStop};
 
-use crate::ring::{MsgRx, MsgTx, RingError, RingMemory};
+use crate::virtio::{MsgRx, MsgTx, RingError, RingMemory};
 
 /// The driver end of a port, as a traffic loop sees it: its two message queues, and how to
 /// publish, wait and fail where the loop runs (a guest kicks the device and parks its vCPU; a

@@ -7,8 +7,8 @@ use vm_memory::GuestMemoryMmap;
 use super::*;
 use crate::abi::image::worker::PAYLOAD_XOR;
 use crate::peer::{host_peer, HostPeer, PeerConfig};
-use crate::ring::RxMsg;
 use crate::switch::{ManualClock, Polling, ServiceConfig, Switch, SwitchConfig};
+use crate::virtio::RxMsg;
 use crate::wire::{MsgHeader, MsgKind};
 
 const SLOT: u32 = 512;

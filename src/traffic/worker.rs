@@ -2,7 +2,7 @@
 //! load; and the faults a test can ask of it (slow, erroring, stalling, crashing, mute).
 
 use super::{rx_load, xor_in_place, Link};
-use crate::ring::RxMsg;
+use crate::virtio::RxMsg;
 use crate::wire::{MsgHeader, MsgKind, Status};
 
 /// How a worker behaves. Zero turns each behaviour off; [`Default`] is a plain echo (key 0)

@@ -4,20 +4,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Mutex;
 
-use virtio_bindings::virtio_config::{
-    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-    VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1,
-};
-use virtio_bindings::virtio_mmio::*;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::TransportError;
-use crate::abi::virtio as abi_virtio;
-use crate::device::{DevicePort, RX_QUEUE, TX_QUEUE};
 use crate::mmio::MmioDevice;
+use crate::virtio::spec::*;
+use crate::virtio::vmq_device::{
+    CONFIG_MAX_PAYLOAD, CONFIG_NUM_QUEUES, CONFIG_QUEUE_NUM_MAX, CONFIG_SIZE, DEVICE_FEATURES,
+    DEVICE_ID, NUM_QUEUES, QUEUE_NUM_MAX, RX_QUEUE, TX_QUEUE, VENDOR_ID,
+};
+use crate::virtio::{DevicePort, DeviceQueue, RingLayout};
 use crate::wire::MAX_PAYLOAD;
 
 /// What the device tells its owner.
@@ -95,12 +92,12 @@ struct State {
 }
 
 /// The vmq virtio-mmio device (virtio-mmio version 2, device id
-/// [`abi::virtio::DEVICE_ID`](crate::abi::virtio::DEVICE_ID)).
+/// [`DEVICE_ID`](crate::virtio::vmq_device::DEVICE_ID)).
 ///
-/// Offers `VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX` and two queues of up to
+/// Offers `F_VERSION_1 | F_EVENT_IDX` and two queues of up to
 /// [`VirtioMmio::queue_num_max`] entries. The config space at 0x100 is read-only and
 /// holds `num_queues: u16` (2), `queue_num_max: u16` and `max_payload: u32` (little endian;
-/// see [`crate::abi::virtio`]). `ConfigGeneration` is always 0: the config never changes.
+/// see [`crate::virtio::vmq_device`]). `ConfigGeneration` is always 0: the config never changes.
 ///
 /// Register accesses (below 0x100) must be 32 bits wide; others are ignored (reads return 0).
 /// `SHMLenLow/High` read as `0xffff_ffff` (no shared-memory regions); other unknown or
@@ -125,7 +122,7 @@ impl std::fmt::Debug for VirtioMmio {
 impl VirtioMmio {
     /// A device over `mem` offering queues of up to `queue_num_max` entries (a power of two
     /// in 1..=32768; other values fall back to
-    /// [`abi::virtio::QUEUE_NUM_MAX`](crate::abi::virtio::QUEUE_NUM_MAX)). QueueNotify writes that reach
+    /// [`QUEUE_NUM_MAX`](crate::virtio::vmq_device::QUEUE_NUM_MAX)). QueueNotify writes that reach
     /// the device signal `kick` (the MMIO-exit fallback when KVM cannot absorb them in an
     /// ioeventfd registered for the same eventfd). Returns the device and the receiver of its
     /// [`TransportEvent`]s.
@@ -135,10 +132,10 @@ impl VirtioMmio {
         kick: Option<EventFd>,
     ) -> (Self, Receiver<TransportEvent>) {
         let (tx, rx) = channel();
-        let queue_num_max = if queue_num_max.is_power_of_two() && queue_num_max <= 32768 {
+        let queue_num_max = if queue_num_max.is_power_of_two() && queue_num_max <= MAX_QUEUE_SIZE {
             queue_num_max
         } else {
-            abi_virtio::QUEUE_NUM_MAX
+            QUEUE_NUM_MAX
         };
         let dev = Self {
             mem,
@@ -172,7 +169,7 @@ impl VirtioMmio {
     /// The features both sides agreed on (valid once `FEATURES_OK` is set).
     pub fn negotiated_features(&self) -> u64 {
         let st = self.lock();
-        st.regs.driver_features & abi_virtio::DEVICE_FEATURES
+        st.regs.driver_features & DEVICE_FEATURES
     }
 
     /// Counters so far.
@@ -185,18 +182,16 @@ impl VirtioMmio {
     /// reset the device. Has no effect before `DRIVER_OK` (nothing to reset yet).
     pub fn set_needs_reset(&self) {
         let mut st = self.lock();
-        if st.regs.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
-            st.regs.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
-            self.interrupt_status
-                .fetch_or(VIRTIO_MMIO_INT_CONFIG, Ordering::SeqCst);
+        if st.regs.status & STATUS_DRIVER_OK != 0 {
+            st.regs.status |= STATUS_NEEDS_RESET;
+            self.interrupt_status.fetch_or(INT_CONFIG, Ordering::SeqCst);
         }
     }
 
     /// Raises the used-ring interrupt bit (`InterruptStatus` bit 0). The owner's notifier calls
     /// it together with waking the guest; guests that poll may ignore it.
     pub fn signal_used(&self) {
-        self.interrupt_status
-            .fetch_or(VIRTIO_MMIO_INT_VRING, Ordering::Relaxed);
+        self.interrupt_status.fetch_or(INT_VRING, Ordering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -204,42 +199,42 @@ impl VirtioMmio {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn config_space(&self) -> [u8; abi_virtio::CONFIG_SIZE as usize] {
-        let mut c = [0u8; abi_virtio::CONFIG_SIZE as usize];
-        let nq = abi_virtio::CONFIG_NUM_QUEUES as usize;
-        let qm = abi_virtio::CONFIG_QUEUE_NUM_MAX as usize;
-        let mp = abi_virtio::CONFIG_MAX_PAYLOAD as usize;
-        c[nq..nq + 2].copy_from_slice(&abi_virtio::NUM_QUEUES.to_le_bytes());
+    fn config_space(&self) -> [u8; CONFIG_SIZE as usize] {
+        let mut c = [0u8; CONFIG_SIZE as usize];
+        let nq = CONFIG_NUM_QUEUES as usize;
+        let qm = CONFIG_QUEUE_NUM_MAX as usize;
+        let mp = CONFIG_MAX_PAYLOAD as usize;
+        c[nq..nq + 2].copy_from_slice(&NUM_QUEUES.to_le_bytes());
         c[qm..qm + 2].copy_from_slice(&self.queue_num_max.to_le_bytes());
         c[mp..mp + 4].copy_from_slice(&MAX_PAYLOAD.to_le_bytes());
         c
     }
 
-    fn read_reg(&self, st: &mut State, reg: u32) -> u32 {
+    fn read_reg(&self, st: &mut State, reg: u64) -> u32 {
         let r = &st.regs;
         let sel = r.queue_sel as usize;
         match reg {
-            VIRTIO_MMIO_MAGIC_VALUE => abi_virtio::MAGIC,
-            VIRTIO_MMIO_VERSION => abi_virtio::VERSION,
-            VIRTIO_MMIO_DEVICE_ID => abi_virtio::DEVICE_ID,
-            VIRTIO_MMIO_VENDOR_ID => abi_virtio::VENDOR_ID,
-            VIRTIO_MMIO_DEVICE_FEATURES => match r.device_features_sel {
-                0 => abi_virtio::DEVICE_FEATURES as u32,
-                1 => (abi_virtio::DEVICE_FEATURES >> 32) as u32,
+            REG_MAGIC => MAGIC,
+            REG_VERSION => VERSION,
+            REG_DEVICE_ID => DEVICE_ID,
+            REG_VENDOR_ID => VENDOR_ID,
+            REG_DEVICE_FEATURES => match r.device_features_sel {
+                0 => DEVICE_FEATURES as u32,
+                1 => (DEVICE_FEATURES >> 32) as u32,
                 _ => 0,
             },
-            VIRTIO_MMIO_QUEUE_NUM_MAX => {
+            REG_QUEUE_NUM_MAX => {
                 if sel < r.queues.len() {
                     u32::from(self.queue_num_max)
                 } else {
                     0
                 }
             }
-            VIRTIO_MMIO_QUEUE_READY => r.queues.get(sel).is_some_and(|q| q.ready).into(),
-            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt_status.load(Ordering::SeqCst),
-            VIRTIO_MMIO_STATUS => r.status,
-            VIRTIO_MMIO_CONFIG_GENERATION => 0,
-            VIRTIO_MMIO_SHM_LEN_LOW | VIRTIO_MMIO_SHM_LEN_HIGH => u32::MAX,
+            REG_QUEUE_READY => r.queues.get(sel).is_some_and(|q| q.ready).into(),
+            REG_INTERRUPT_STATUS => self.interrupt_status.load(Ordering::SeqCst),
+            REG_STATUS => r.status,
+            REG_CONFIG_GENERATION => 0,
+            REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH => u32::MAX,
             _ => {
                 log::debug!("virtio-mmio: read of write-only or unknown register {reg:#x}");
                 st.counters.rejected += 1;
@@ -248,31 +243,26 @@ impl VirtioMmio {
         }
     }
 
-    fn write_reg(&self, st: &mut State, reg: u32, val: u32) {
+    fn write_reg(&self, st: &mut State, reg: u64, val: u32) {
         match reg {
-            VIRTIO_MMIO_DEVICE_FEATURES_SEL => st.regs.device_features_sel = val,
-            VIRTIO_MMIO_DRIVER_FEATURES_SEL => st.regs.driver_features_sel = val,
-            VIRTIO_MMIO_DRIVER_FEATURES => self.write_driver_features(st, val),
-            VIRTIO_MMIO_QUEUE_SEL => st.regs.queue_sel = val,
-            VIRTIO_MMIO_QUEUE_NUM
-            | VIRTIO_MMIO_QUEUE_READY
-            | VIRTIO_MMIO_QUEUE_DESC_LOW
-            | VIRTIO_MMIO_QUEUE_DESC_HIGH
-            | VIRTIO_MMIO_QUEUE_AVAIL_LOW
-            | VIRTIO_MMIO_QUEUE_AVAIL_HIGH
-            | VIRTIO_MMIO_QUEUE_USED_LOW
-            | VIRTIO_MMIO_QUEUE_USED_HIGH => self.write_queue_reg(st, reg, val),
-            VIRTIO_MMIO_QUEUE_NOTIFY => {
+            REG_DEVICE_FEATURES_SEL => st.regs.device_features_sel = val,
+            REG_DRIVER_FEATURES_SEL => st.regs.driver_features_sel = val,
+            REG_DRIVER_FEATURES => self.write_driver_features(st, val),
+            REG_QUEUE_SEL => st.regs.queue_sel = val,
+            REG_QUEUE_NUM | REG_QUEUE_READY | REG_QUEUE_DESC_LOW | REG_QUEUE_DESC_HIGH
+            | REG_QUEUE_AVAIL_LOW | REG_QUEUE_AVAIL_HIGH | REG_QUEUE_USED_LOW
+            | REG_QUEUE_USED_HIGH => self.write_queue_reg(st, reg, val),
+            REG_QUEUE_NOTIFY => {
                 st.counters.notifies += 1;
                 if let Some(k) = &self.kick {
                     // A full counter only means a kick is already pending.
                     let _ = k.write(1);
                 }
             }
-            VIRTIO_MMIO_INTERRUPT_ACK => {
+            REG_INTERRUPT_ACK => {
                 self.interrupt_status.fetch_and(!val, Ordering::SeqCst);
             }
-            VIRTIO_MMIO_STATUS => self.write_status(st, val),
+            REG_STATUS => self.write_status(st, val),
             _ => reject(
                 st,
                 format_args!("write of {val:#x} to read-only or unknown register {reg:#x}"),
@@ -281,7 +271,7 @@ impl VirtioMmio {
     }
 
     fn write_driver_features(&self, st: &mut State, val: u32) {
-        if st.regs.status & (VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK) != 0 {
+        if st.regs.status & (STATUS_FEATURES_OK | STATUS_DRIVER_OK) != 0 {
             return reject(
                 st,
                 format_args!("driver features written after FEATURES_OK"),
@@ -309,8 +299,8 @@ impl VirtioMmio {
         }
     }
 
-    fn write_queue_reg(&self, st: &mut State, reg: u32, val: u32) {
-        if st.regs.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+    fn write_queue_reg(&self, st: &mut State, reg: u64, val: u32) {
+        if st.regs.status & STATUS_DRIVER_OK != 0 {
             return reject(
                 st,
                 format_args!("queue register {reg:#x} written after DRIVER_OK"),
@@ -326,7 +316,7 @@ impl VirtioMmio {
                 ),
             );
         };
-        if q.ready && !(reg == VIRTIO_MMIO_QUEUE_READY && val == 0) {
+        if q.ready && !(reg == REG_QUEUE_READY && val == 0) {
             return reject(
                 st,
                 format_args!("queue {sel} register {reg:#x} written while the queue is ready"),
@@ -335,7 +325,7 @@ impl VirtioMmio {
         let lo = |a: u64| (a & !0xffff_ffff) | u64::from(val);
         let hi = |a: u64| (a & 0xffff_ffff) | (u64::from(val) << 32);
         match reg {
-            VIRTIO_MMIO_QUEUE_NUM => {
+            REG_QUEUE_NUM => {
                 if val == 0 || val > u32::from(max) || !val.is_power_of_two() {
                     return reject(
                         st,
@@ -344,7 +334,7 @@ impl VirtioMmio {
                 }
                 q.num = val as u16;
             }
-            VIRTIO_MMIO_QUEUE_READY => {
+            REG_QUEUE_READY => {
                 if val == 0 {
                     q.ready = false;
                 } else if q.num == 0 {
@@ -356,12 +346,12 @@ impl VirtioMmio {
                     q.ready = true;
                 }
             }
-            VIRTIO_MMIO_QUEUE_DESC_LOW => q.desc = lo(q.desc),
-            VIRTIO_MMIO_QUEUE_DESC_HIGH => q.desc = hi(q.desc),
-            VIRTIO_MMIO_QUEUE_AVAIL_LOW => q.avail = lo(q.avail),
-            VIRTIO_MMIO_QUEUE_AVAIL_HIGH => q.avail = hi(q.avail),
-            VIRTIO_MMIO_QUEUE_USED_LOW => q.used = lo(q.used),
-            VIRTIO_MMIO_QUEUE_USED_HIGH => q.used = hi(q.used),
+            REG_QUEUE_DESC_LOW => q.desc = lo(q.desc),
+            REG_QUEUE_DESC_HIGH => q.desc = hi(q.desc),
+            REG_QUEUE_AVAIL_LOW => q.avail = lo(q.avail),
+            REG_QUEUE_AVAIL_HIGH => q.avail = hi(q.avail),
+            REG_QUEUE_USED_LOW => q.used = lo(q.used),
+            REG_QUEUE_USED_HIGH => q.used = hi(q.used),
             _ => {}
         }
     }
@@ -373,7 +363,7 @@ impl VirtioMmio {
         }
         let old = st.regs.status;
         // NEEDS_RESET belongs to the device: a driver echoing it back changes nothing.
-        let mut new = (val & !VIRTIO_CONFIG_S_NEEDS_RESET) | (old & VIRTIO_CONFIG_S_NEEDS_RESET);
+        let mut new = (val & !STATUS_NEEDS_RESET) | (old & STATUS_NEEDS_RESET);
         if new & old != old {
             return reject(
                 st,
@@ -381,43 +371,42 @@ impl VirtioMmio {
             );
         }
         let added = new & !old;
-        if added & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
+        if added & STATUS_FEATURES_OK != 0 {
             if let Err(why) = self.check_features(&st.regs, new) {
                 log::warn!("virtio-mmio: FEATURES_OK refused: {why}");
                 st.counters.rejected += 1;
-                new &= !VIRTIO_CONFIG_S_FEATURES_OK;
+                new &= !STATUS_FEATURES_OK;
             }
         }
-        if added & VIRTIO_CONFIG_S_DRIVER_OK != 0 && new & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
+        if added & STATUS_DRIVER_OK != 0 && new & STATUS_FEATURES_OK == 0 {
             log::warn!("virtio-mmio: DRIVER_OK without FEATURES_OK ignored");
             st.counters.rejected += 1;
-            new &= !VIRTIO_CONFIG_S_DRIVER_OK;
+            new &= !STATUS_DRIVER_OK;
         }
         st.regs.status = new;
-        if new & !old & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+        if new & !old & STATUS_DRIVER_OK != 0 {
             self.activate(st);
         }
     }
 
     fn check_features(&self, regs: &Regs, status: u32) -> Result<(), String> {
-        let need = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
+        let need = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
         if status & need != need {
             return Err(format!("status {status:#x} lacks ACKNOWLEDGE | DRIVER"));
         }
         if regs.driver_features_unknown {
             return Err("the driver set feature bits above 63".into());
         }
-        let extra = regs.driver_features & !abi_virtio::DEVICE_FEATURES;
+        let extra = regs.driver_features & !DEVICE_FEATURES;
         if extra != 0 {
             return Err(format!(
                 "the driver asked for features {extra:#x} the device does not offer (offers {:#x})",
-                abi_virtio::DEVICE_FEATURES
+                DEVICE_FEATURES
             ));
         }
-        if regs.driver_features & (1 << VIRTIO_F_VERSION_1) == 0 {
+        if regs.driver_features & (1 << F_VERSION_1) == 0 {
             return Err(
-                "the driver did not accept VIRTIO_F_VERSION_1 (legacy drivers are not supported)"
-                    .into(),
+                "the driver did not accept F_VERSION_1 (legacy drivers are not supported)".into(),
             );
         }
         Ok(())
@@ -435,15 +424,14 @@ impl VirtioMmio {
             Err(e) => {
                 log::warn!("virtio-mmio: activation failed: {e}; setting DEVICE_NEEDS_RESET");
                 st.counters.failed_activations += 1;
-                st.regs.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
-                self.interrupt_status
-                    .fetch_or(VIRTIO_MMIO_INT_CONFIG, Ordering::SeqCst);
+                st.regs.status |= STATUS_NEEDS_RESET;
+                self.interrupt_status.fetch_or(INT_CONFIG, Ordering::SeqCst);
             }
         }
     }
 
     fn build_port(&self, regs: &Regs) -> Result<DevicePort<GuestMemoryMmap>, TransportError> {
-        let event_idx = regs.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let event_idx = regs.driver_features & (1 << F_EVENT_IDX) != 0;
         let rx = self.build_queue(regs, RX_QUEUE, event_idx)?;
         let tx = self.build_queue(regs, TX_QUEUE, event_idx)?;
         Ok(DevicePort::new(self.mem.clone(), rx, tx)?)
@@ -454,23 +442,19 @@ impl VirtioMmio {
         regs: &Regs,
         queue: u16,
         event_idx: bool,
-    ) -> Result<Queue, TransportError> {
+    ) -> Result<DeviceQueue, TransportError> {
         let r = regs.queues[queue as usize];
         if !r.ready {
             return Err(TransportError::QueueNotReady { queue });
         }
-        let layout = crate::ring::RingLayout {
+        let layout = RingLayout {
             size: r.num,
             desc: r.desc,
             avail: r.avail,
             used: r.used,
         };
-        crate::device::ready_queue(self.queue_num_max, layout, event_idx).map_err(|e| {
-            TransportError::Queue {
-                queue,
-                reason: e.to_string(),
-            }
-        })
+        DeviceQueue::new(self.queue_num_max, layout, event_idx)
+            .map_err(|source| TransportError::Queue { queue, source })
     }
 
     fn reset(&self, st: &mut State) {
@@ -493,7 +477,7 @@ fn reject(st: &mut State, what: std::fmt::Arguments<'_>) {
 impl MmioDevice for VirtioMmio {
     fn read(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        let cfg = u64::from(VIRTIO_MMIO_CONFIG);
+        let cfg = REG_CONFIG;
         if offset >= cfg {
             let c = self.config_space();
             let start = offset - cfg;
@@ -515,13 +499,13 @@ impl MmioDevice for VirtioMmio {
                 ),
             );
         }
-        let v = self.read_reg(&mut st, offset as u32);
+        let v = self.read_reg(&mut st, offset);
         data.copy_from_slice(&v.to_le_bytes());
     }
 
     fn write(&self, offset: u64, data: &[u8]) {
         let mut st = self.lock();
-        if offset >= u64::from(VIRTIO_MMIO_CONFIG) {
+        if offset >= REG_CONFIG {
             return reject(
                 &mut st,
                 format_args!("write to the read-only config space at {offset:#x}"),
@@ -539,6 +523,6 @@ impl MmioDevice for VirtioMmio {
         if offset % 4 != 0 {
             return reject(&mut st, format_args!("unaligned write at {offset:#x}"));
         }
-        self.write_reg(&mut st, offset as u32, u32::from_le_bytes(bytes));
+        self.write_reg(&mut st, offset, u32::from_le_bytes(bytes));
     }
 }

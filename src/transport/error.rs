@@ -1,6 +1,6 @@
 //! Why an activation failed.
 
-use crate::device::DeviceError;
+use crate::virtio::{DeviceError, QueueError};
 
 /// Why the device could not start serving the queues the driver configured. The device then
 /// sets `DEVICE_NEEDS_RESET` and the driver has to reset it.
@@ -12,13 +12,13 @@ pub enum TransportError {
         /// Queue index.
         queue: u16,
     },
-    /// virtio-queue refused a queue's size or addresses.
-    #[error("queue {queue} configuration rejected: {reason}")]
+    /// A queue's size or ring addresses are not valid.
+    #[error("queue {queue} configuration rejected: {source}")]
     Queue {
         /// Queue index.
         queue: u16,
         /// What was wrong.
-        reason: String,
+        source: QueueError,
     },
     /// The device port refused the queues (e.g. a ring outside guest memory).
     #[error("cannot build the device port: {0}")]

@@ -2,14 +2,14 @@
 
 use std::sync::mpsc::Receiver;
 
-use virtio_queue::QueueT;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
-use crate::abi::virtio::*;
 use crate::mmio::MmioDevice;
-use crate::ring::{DriverRing, MmapRingMemory, MsgTx, RingLayout, SlotArena};
+use crate::virtio::spec::*;
+use crate::virtio::vmq_device::*;
+use crate::virtio::{DriverRing, GuestView, MsgTx, RingLayout, SlotArena};
 use crate::wire::{MsgHeader, MsgKind};
 
 const MEM: usize = 1 << 20;
@@ -143,7 +143,7 @@ fn valid_bring_up_hands_out_a_working_port() {
     assert!(port.tx_queue().event_idx_enabled());
 
     // A message the driver sends on queue 1 comes out of the port.
-    let rmem = MmapRingMemory::new(&mem);
+    let rmem = GuestView::new(mem.clone());
     let ring = DriverRing::new(
         rmem,
         RingLayout::contiguous(TX_RING, 64),

@@ -24,8 +24,8 @@
 use guest_rt::abi::{self, platform::BootBlock};
 use guest_rt::results;
 use guest_rt::virtio::{on_error, probe_or_exit, FreeMem, Vmq};
-use vmq::ring::{Buf, RxMsg};
 use vmq::traffic::{Client, ClientHooks, Destination, Exchange, Verdict};
+use vmq::virtio::{Buf, RxMsg};
 use vmq::wire::{MsgKind, Status, HEADER_SIZE};
 
 guest_rt::entry!(main);

@@ -25,10 +25,11 @@
 use guest_rt::abi::{self, platform::BootBlock};
 use guest_rt::results;
 use guest_rt::virtio::{on_error, DriverError, FreeMem, Options, Vmq};
-use vmq::ring::{Buf, RingMemory, RxMsg, DESC_F_NEXT, DESC_SIZE};
 use vmq::traffic::{
     fill_request, xor_in_place, Client, ClientHooks, Destination, Exchange, Verdict,
 };
+use vmq::virtio::spec::{DESC_F_NEXT, DESC_SIZE};
+use vmq::virtio::{Buf, RingMemory, RxMsg};
 use vmq::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE};
 
 guest_rt::entry!(main);

@@ -20,8 +20,8 @@
 use guest_rt::abi::{self, platform::BootBlock};
 use guest_rt::virtio::{probe_or_exit, FreeMem, Vmq};
 use guest_rt::{doorbell_wait, results};
-use vmq::ring::RxMsg;
 use vmq::traffic::{Worker, WorkerConfig, WorkerHooks, WorkerStop};
+use vmq::virtio::RxMsg;
 use vmq::wire::MsgKind;
 
 guest_rt::entry!(main);

@@ -6,8 +6,8 @@ pub mod pool;
 
 pub use pool::{BlockPool, PoolConfig, PoolError, PoolStats, Token};
 
-use crate::device::TxChain;
 use crate::port::PortId;
+use crate::virtio::TxChain;
 
 /// Where a request stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,18 +1,12 @@
 //! [`DevicePort`]: one VM's rx and tx queues, device side.
 
-use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryBackend;
 
-use super::avail::AvailRing;
 use super::chain::{self, ChainError, Seg};
-use super::used::UsedRing;
-use super::{DeviceError, GuestView};
+use super::{DeviceError, DeviceQueue};
+use crate::virtio::vmq_device::{RX_QUEUE, TX_QUEUE};
+use crate::virtio::GuestView;
 use crate::wire::{MsgHeader, Status, HEADER_SIZE};
-
-/// Index of the rx queue: the device writes deliveries into buffers the guest posts here.
-pub const RX_QUEUE: u16 = 0;
-/// Index of the tx queue: the guest posts messages here for the device to read.
-pub const TX_QUEUE: u16 = 1;
 
 /// Buffers of a chain kept inline in its [`TxChain`]; longer chains are walked again.
 const INLINE_SEGS: usize = 4;
@@ -145,40 +139,25 @@ pub struct PortCounters {
 /// One VM's port: its rx and tx virtqueues over its guest memory, seen from the device.
 pub struct DevicePort<M> {
     mem: GuestView<M>,
-    rx: Queue,
-    tx: Queue,
-    rx_avail: AvailRing,
-    tx_avail: AvailRing,
-    rx_used: UsedRing,
-    tx_used: UsedRing,
+    rx: DeviceQueue,
+    tx: DeviceQueue,
     rx_segs: Vec<Seg>,
     broken: bool,
     counters: PortCounters,
 }
 
 impl<M: GuestMemoryBackend> DevicePort<M> {
-    /// A port over queues the driver has configured and made ready.
-    pub fn new(mem: M, rx: Queue, tx: Queue) -> Result<Self, DeviceError> {
-        for (q, queue) in [(RX_QUEUE, &rx), (TX_QUEUE, &tx)] {
-            if !queue.ready() {
-                return Err(DeviceError::NotReady { queue: q });
-            }
-            if !queue.is_valid(&mem) {
-                return Err(DeviceError::Ring {
-                    queue: q,
-                    reason:
-                        "descriptor table, avail or used ring outside guest memory or misaligned"
-                            .into(),
-                });
-            }
+    /// A port over the queues the driver configured and made ready; refuses them (with
+    /// [`DeviceError::Queue`]) unless every ring part lies in `mem`.
+    pub fn new(mem: M, rx: DeviceQueue, tx: DeviceQueue) -> Result<Self, DeviceError> {
+        let mem = GuestView::new(mem);
+        for (queue, q) in [(RX_QUEUE, &rx), (TX_QUEUE, &tx)] {
+            q.check_memory(&mem)
+                .map_err(|source| DeviceError::Queue { queue, source })?;
         }
         let rx_segs = Vec::with_capacity(rx.size() as usize);
         Ok(Self {
-            mem: GuestView::new(mem),
-            rx_avail: AvailRing::new(&rx),
-            tx_avail: AvailRing::new(&tx),
-            rx_used: UsedRing::new(&rx),
-            tx_used: UsedRing::new(&tx),
+            mem,
             rx,
             tx,
             rx_segs,
@@ -208,11 +187,11 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
         self.rx.size()
     }
     /// The rx queue.
-    pub fn rx_queue(&self) -> &Queue {
+    pub fn rx_queue(&self) -> &DeviceQueue {
         &self.rx
     }
     /// The tx queue.
-    pub fn tx_queue(&self) -> &Queue {
+    pub fn tx_queue(&self) -> &DeviceQueue {
         &self.tx
     }
 
@@ -246,14 +225,14 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
         }
         let desc_table = self.tx.desc_table();
         let qsize = self.tx.size();
-        let ready = match self.tx_avail.ready(&self.mem, true) {
+        let ready = match self.tx.avail_ready(&self.mem, true) {
             Ok(r) => r as usize,
             Err(_) => return Err(self.fault(DeviceError::AvailIndexJump { queue: TX_QUEUE })),
         };
         let mut n = 0;
         let mut fault = None;
         while n < max.min(ready) {
-            let Some(head) = self.tx_avail.pop(&self.mem, &mut self.tx) else {
+            let Some(head) = self.tx.pop_avail(&self.mem) else {
                 fault = Some(DeviceError::Ring {
                     queue: TX_QUEUE,
                     reason: "avail ring unreadable".into(),
@@ -324,7 +303,7 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
         if self.broken {
             return Err(DeviceError::Broken);
         }
-        if self.tx_used.push(&self.mem, &mut self.tx, head, 0) {
+        if self.tx.push_used(&self.mem, head, 0) {
             Ok(())
         } else {
             Err(self.fault(DeviceError::Ring {
@@ -337,8 +316,8 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
     /// Rx buffers the guest has posted and the device has not used yet.
     pub fn rx_buffers_available(&self) -> u16 {
         self.rx
-            .avail_idx(self.mem.memory(), std::sync::atomic::Ordering::Acquire)
-            .map(|idx| (idx - std::num::Wrapping(self.rx.next_avail())).0)
+            .avail_idx(&self.mem)
+            .map(|idx| idx.wrapping_sub(self.rx.next_avail()))
             .unwrap_or(0)
     }
 
@@ -346,10 +325,7 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
     /// time it consumes a delivery. A backend whose index stands still while work waits for it
     /// has stopped draining.
     pub fn rx_consumer_index(&self) -> u16 {
-        self.rx
-            .avail_idx(self.mem.memory(), std::sync::atomic::Ordering::Acquire)
-            .map(|w| w.0)
-            .unwrap_or(0)
+        self.rx.avail_idx(&self.mem).unwrap_or(0)
     }
 
     /// Writes `header` and `payload` into the next rx buffer the guest posted and puts it on
@@ -368,7 +344,7 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
         if self.broken {
             return Err(DeliverError::Dest(DeviceError::Broken));
         }
-        match self.rx_avail.ready(&self.mem, false) {
+        match self.rx.avail_ready(&self.mem, false) {
             Ok(0) => {
                 self.counters.rx_no_buffer += 1;
                 return Err(DeliverError::NoBuffer);
@@ -380,7 +356,7 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
                 ))
             }
         }
-        let Some(head) = self.rx_avail.pop(&self.mem, &mut self.rx) else {
+        let Some(head) = self.rx.pop_avail(&self.mem) else {
             return Err(DeliverError::Dest(self.fault(DeviceError::Ring {
                 queue: RX_QUEUE,
                 reason: "avail ring unreadable".into(),
@@ -411,7 +387,7 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
                     let r = chain.for_each_payload_span(*mem, |addr, n| w.copy_from(*mem, addr, n));
                     if let Err(e) = r {
                         // Undo the pop: the rx buffer is still the guest's to use.
-                        self.rx_avail.unpop(&mut self.rx);
+                        self.rx.unpop_avail();
                         return Err(DeliverError::Source(e));
                     }
                 }
@@ -429,7 +405,7 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
                 0
             }
         };
-        if !self.rx_used.push(&self.mem, &mut self.rx, head, written) {
+        if !self.rx.push_used(&self.mem, head, written) {
             return Err(DeliverError::Dest(self.fault(DeviceError::Ring {
                 queue: RX_QUEUE,
                 reason: format!("cannot return chain {head} on the used ring"),
@@ -444,14 +420,14 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
     /// index store for the batch) and returns whether the guest asked to be notified
     /// (EVENT_IDX `used_event`). Deliveries are not visible before this is called.
     pub fn publish_rx(&mut self) -> bool {
-        let r = self.rx_used.publish(&self.mem);
+        let r = self.rx.publish_used(&self.mem);
         self.count_notify(r)
     }
 
     /// After a batch of [`DevicePort::complete_tx`]s: returns the chains to the guest (one used
     /// index store) and says whether it asked to be notified.
     pub fn publish_tx(&mut self) -> bool {
-        let r = self.tx_used.publish(&self.mem);
+        let r = self.tx.publish_used(&self.mem);
         self.count_notify(r)
     }
 
@@ -472,27 +448,27 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
     /// Asks the guest to kick when it adds to `queue` (before the device sleeps). Returns
     /// whether entries are already waiting, in which case the device should not sleep.
     pub fn enable_kicks(&mut self, queue: u16) -> Result<bool, DeviceError> {
-        let (q, mem) = if queue == RX_QUEUE {
-            (&mut self.rx, self.mem.memory())
+        let q = if queue == RX_QUEUE {
+            &mut self.rx
         } else {
-            (&mut self.tx, self.mem.memory())
+            &mut self.tx
         };
-        q.enable_notification(mem).map_err(|e| DeviceError::Ring {
+        q.enable_kicks(&self.mem).ok_or_else(|| DeviceError::Ring {
             queue,
-            reason: e.to_string(),
+            reason: "cannot arm kicks: the ring's event field or index is not accessible".into(),
         })
     }
 
     /// Tells the guest not to kick for `queue` (the device is polling it).
     pub fn disable_kicks(&mut self, queue: u16) -> Result<(), DeviceError> {
-        let (q, mem) = if queue == RX_QUEUE {
-            (&mut self.rx, self.mem.memory())
+        let q = if queue == RX_QUEUE {
+            &mut self.rx
         } else {
-            (&mut self.tx, self.mem.memory())
+            &mut self.tx
         };
-        q.disable_notification(mem).map_err(|e| DeviceError::Ring {
+        q.disable_kicks(&self.mem).ok_or_else(|| DeviceError::Ring {
             queue,
-            reason: e.to_string(),
+            reason: "cannot disarm kicks: the used ring's flags are not accessible".into(),
         })
     }
 }

@@ -1,31 +1,19 @@
-//! The vmq virtio-mmio device as a guest driver sees it (`no_std`): register offsets, status
-//! and feature bits, the device id and the config space.
+//! Constants of the virtio 1.x spec that vmq uses, under one name each (`no_std`).
 //!
-//! The values repeat `virtio-bindings` (which the no_std guest build does not pull in); std
-//! builds check at compile time that they agree. The host side (`crate::transport`) uses
-//! `virtio-bindings` directly.
+//! The guest images build without std and so without `virtio-bindings`, which needs it. The
+//! constants a driver needs are therefore defined here once, and std builds check each against
+//! `virtio-bindings` at compile time. Constants only the host side needs are taken from
+//! `virtio-bindings` directly (std only). Nothing else in vmq spells a virtio number.
+//!
+//! Names: `REG_*` virtio-mmio register offsets, `STATUS_*` device status bits, `F_*` feature
+//! bit numbers, `INT_*` interrupt status bits, `DESC_*` / `AVAIL_F_*` / `USED_F_*` split-ring
+//! fields. The vmq device's own numbers (ids, queues, config space) are in
+//! [`super::vmq_device`].
 
 /// `MagicValue`: "virt" in little endian.
 pub const MAGIC: u32 = 0x7472_6976;
 /// `Version` of the modern (non-legacy) virtio-mmio transport.
 pub const VERSION: u32 = 2;
-/// `DeviceID` of the vmq message-queue device.
-///
-/// Not assigned by OASIS: the spec's assigned ids are small (below 64) and the transitional
-/// ones start at 0x1000; vmq picks `0x564d` ("VM") from the unassigned range so that no stock
-/// driver binds to it.
-pub const DEVICE_ID: u32 = 0x564d;
-/// `VendorID`: "VMQ\0" in little endian.
-pub const VENDOR_ID: u32 = u32::from_le_bytes(*b"VMQ\0");
-/// Queue size the device offers (`QueueNumMax`) for both queues.
-pub const QUEUE_NUM_MAX: u16 = 256;
-/// Number of queues: 0 = rx (the device writes into guest buffers), 1 = tx (the guest sends).
-pub const NUM_QUEUES: u16 = 2;
-
-/// Queue index of rx: the device writes deliveries into buffers the guest posts here.
-pub const QUEUE_RX: u16 = 0;
-/// Queue index of tx: the guest posts messages here for the device to read.
-pub const QUEUE_TX: u16 = 1;
 
 /// Register offset: `MagicValue` (R).
 pub const REG_MAGIC: u64 = 0x000;
@@ -76,15 +64,13 @@ pub const REG_CONFIG_GENERATION: u64 = 0x0fc;
 /// Register offset: start of the device config space.
 pub const REG_CONFIG: u64 = 0x100;
 
-/// Config space (read-only, little endian, at [`REG_CONFIG`]), offset of `num_queues: u16`
-/// (always [`NUM_QUEUES`]).
-pub const CONFIG_NUM_QUEUES: u64 = 0;
-/// Config space offset of `queue_num_max: u16` (the same value as `QueueNumMax`).
-pub const CONFIG_QUEUE_NUM_MAX: u64 = 2;
-/// Config space offset of `max_payload: u32`, the largest payload a header may announce.
-pub const CONFIG_MAX_PAYLOAD: u64 = 4;
-/// Size of the config space in bytes.
-pub const CONFIG_SIZE: u64 = 8;
+/// Register offset: `SHMLenLow` (R), the low half of the selected shared-memory region's
+/// length.
+#[cfg(feature = "std")]
+pub const REG_SHM_LEN_LOW: u64 = vm::VIRTIO_MMIO_SHM_LEN_LOW as u64;
+/// Register offset: `SHMLenHigh` (R).
+#[cfg(feature = "std")]
+pub const REG_SHM_LEN_HIGH: u64 = vm::VIRTIO_MMIO_SHM_LEN_HIGH as u64;
 
 /// Status bit: the guest noticed the device.
 pub const STATUS_ACKNOWLEDGE: u32 = 1;
@@ -100,26 +86,43 @@ pub const STATUS_NEEDS_RESET: u32 = 64;
 /// Status bit: the driver gave up on the device.
 pub const STATUS_FAILED: u32 = 128;
 
-/// Feature bit number: `VIRTIO_RING_F_EVENT_IDX`.
+/// Feature bit number: `VIRTIO_RING_F_EVENT_IDX` (the `used_event` / `avail_event` fields).
 pub const F_EVENT_IDX: u32 = 29;
 /// Feature bit number: `VIRTIO_F_VERSION_1`.
 pub const F_VERSION_1: u32 = 32;
-/// Every feature the device offers.
-pub const DEVICE_FEATURES: u64 = (1 << F_VERSION_1) | (1 << F_EVENT_IDX);
 
 /// `InterruptStatus` bit: a used ring moved.
 pub const INT_VRING: u32 = 1;
 /// `InterruptStatus` bit: the configuration (or the device status) changed.
 pub const INT_CONFIG: u32 = 2;
 
+/// Descriptor size in bytes (`struct virtq_desc`).
+pub const DESC_SIZE: u64 = 16;
+/// Largest split-ring queue size.
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+/// Alignment of the descriptor table.
+pub const DESC_ALIGN: u64 = 16;
+/// Alignment of the avail ring.
+pub const AVAIL_ALIGN: u64 = 2;
+/// Alignment of the used ring.
+pub const USED_ALIGN: u64 = 4;
+/// Descriptor flag: the chain continues at `next`.
+pub const DESC_F_NEXT: u16 = 1;
+/// Descriptor flag: the buffer is device-writable.
+pub const DESC_F_WRITE: u16 = 2;
+/// Descriptor flag: the buffer holds an indirect descriptor table.
+pub const DESC_F_INDIRECT: u16 = 4;
+/// Used-ring flag: the device does not want kicks (no EVENT_IDX).
+pub const USED_F_NO_NOTIFY: u16 = 1;
+/// Avail-ring flag: the driver does not want interrupts (no EVENT_IDX).
+pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+#[cfg(feature = "std")]
+use virtio_bindings::{virtio_config as vc, virtio_mmio as vm, virtio_ring as vr};
+
 #[cfg(feature = "std")]
 const _: () = {
-    use virtio_bindings::virtio_config as vc;
-    use virtio_bindings::virtio_mmio as vm;
-    use virtio_bindings::virtio_ring as vr;
     assert!(MAGIC == u32::from_le_bytes(*b"virt"));
-    assert!(QUEUE_RX == crate::device::RX_QUEUE);
-    assert!(QUEUE_TX == crate::device::TX_QUEUE);
     assert!(REG_MAGIC == vm::VIRTIO_MMIO_MAGIC_VALUE as u64);
     assert!(REG_VERSION == vm::VIRTIO_MMIO_VERSION as u64);
     assert!(REG_DEVICE_ID == vm::VIRTIO_MMIO_DEVICE_ID as u64);
@@ -154,4 +157,13 @@ const _: () = {
     assert!(F_VERSION_1 == vc::VIRTIO_F_VERSION_1);
     assert!(INT_VRING == vm::VIRTIO_MMIO_INT_VRING);
     assert!(INT_CONFIG == vm::VIRTIO_MMIO_INT_CONFIG);
+    assert!(DESC_SIZE as usize == core::mem::size_of::<vr::vring_desc>());
+    assert!(DESC_ALIGN == vr::VRING_DESC_ALIGN_SIZE as u64);
+    assert!(AVAIL_ALIGN == vr::VRING_AVAIL_ALIGN_SIZE as u64);
+    assert!(USED_ALIGN == vr::VRING_USED_ALIGN_SIZE as u64);
+    assert!(DESC_F_NEXT as u32 == vr::VRING_DESC_F_NEXT);
+    assert!(DESC_F_WRITE as u32 == vr::VRING_DESC_F_WRITE);
+    assert!(DESC_F_INDIRECT as u32 == vr::VRING_DESC_F_INDIRECT);
+    assert!(USED_F_NO_NOTIFY as u32 == vr::VRING_USED_F_NO_NOTIFY);
+    assert!(AVAIL_F_NO_INTERRUPT as u32 == vr::VRING_AVAIL_F_NO_INTERRUPT);
 };

@@ -6,8 +6,8 @@
 
 use vm_memory::GuestMemoryBackend;
 
-use super::GuestView;
-use crate::ring::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE};
+use crate::virtio::spec::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE};
+use crate::virtio::GuestView;
 
 /// One buffer of a chain, already checked to lie inside guest memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

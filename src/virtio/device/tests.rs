@@ -1,18 +1,18 @@
-//! Driver (`ring`) against device (`virtio-queue` + [`DevicePort`]) on correct ring layouts of
-//! our own, plus hostile rings.
+//! Driver ([`crate::virtio::driver`]) against device ([`DeviceQueue`] + [`DevicePort`]) on
+//! correct ring layouts of our own, plus hostile rings.
 
 use proptest::prelude::*;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::peer::{device_queue, host_peer, PeerConfig};
-use crate::ring::{
-    need_event, Buf, DriverRing, MmapRingMemory, RingError, RingLayout, RingMemory,
-    DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
+use crate::virtio::spec::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
+use crate::virtio::{
+    need_event, Buf, DriverRing, GuestView, RingError, RingLayout, RX_QUEUE, TX_QUEUE,
 };
 use crate::wire::{MsgHeader, MsgKind, WireError, HEADER_SIZE};
 
-type Ring = DriverRing<MmapRingMemory, Vec<u16>>;
+type Ring = DriverRing<GuestView<GuestMemoryMmap>, Vec<u16>>;
 
 /// One side of a queue: a memory with one ring at 0x1000 and a data area after it.
 struct Side {
@@ -22,13 +22,13 @@ struct Side {
     slot: u64,
 }
 
-fn side(size: u16, slot: u64, event_idx: bool) -> (Side, Queue) {
+fn side(size: u16, slot: u64, event_idx: bool) -> (Side, DeviceQueue) {
     let layout = RingLayout::contiguous(0x1000, size);
     let data = (layout.end() + 0xfff) & !0xfff;
     let bytes = data + slot * size as u64;
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), bytes as usize)]).unwrap();
     let ring = DriverRing::new(
-        MmapRingMemory::new(&mem),
+        GuestView::new(mem.clone()),
         layout,
         vec![0; 2 * size as usize],
         event_idx,
@@ -45,8 +45,6 @@ fn side(size: u16, slot: u64, event_idx: bool) -> (Side, Queue) {
         q,
     )
 }
-
-use virtio_queue::{Queue, QueueT};
 
 /// Splits `total` bytes at `cuts` (fractions) into at most `parts` non-empty lengths.
 fn split(total: u32, parts: usize, seed: u64) -> Vec<u32> {
@@ -720,7 +718,7 @@ fn driver_rejects_bad_chains_and_layouts() {
         s.ring.add(&five),
         Err(RingError::QueueFull { needed: 5, free: 4 })
     );
-    let mem = MmapRingMemory::new(&s.mem);
+    let mem = GuestView::new(s.mem.clone());
     assert_eq!(
         DriverRing::new(
             mem.clone(),
@@ -767,4 +765,146 @@ fn without_event_idx_no_notify_flag_suppresses_kicks() {
     port.enable_kicks(TX_QUEUE).unwrap();
     s.ring.add(&[Buf::readable(s.data, 8)]).unwrap();
     assert!(s.ring.publish().unwrap());
+}
+
+#[test]
+fn activation_counts_the_trailing_event_fields() {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let size = 8;
+    let ok = RingLayout::contiguous(0x1000, size);
+    // Each ring's entries end exactly at the end of memory: only its event field is outside.
+    let avail = 0x10000 - (RingLayout::avail_bytes(size) - 2);
+    let used = 0x10000 - (RingLayout::used_bytes(size) - 2);
+    let q = |l: RingLayout| DeviceQueue::new(size, l, true).unwrap();
+    assert!(DevicePort::new(mem.clone(), q(ok), q(ok)).is_ok());
+    assert_eq!(
+        DevicePort::new(mem.clone(), q(RingLayout { avail, ..ok }), q(ok)).err(),
+        Some(DeviceError::Queue {
+            queue: RX_QUEUE,
+            source: QueueError::OutsideMemory {
+                part: "avail ring",
+                addr: avail,
+                len: RingLayout::avail_bytes(size)
+            }
+        })
+    );
+    assert_eq!(
+        DevicePort::new(mem, q(ok), q(RingLayout { used, ..ok })).err(),
+        Some(DeviceError::Queue {
+            queue: TX_QUEUE,
+            source: QueueError::OutsideMemory {
+                part: "used ring",
+                addr: used,
+                len: RingLayout::used_bytes(size)
+            }
+        })
+    );
+}
+
+/// `virtio-queue`, an independent device side, as the reference for what [`DeviceQueue`]
+/// accepts at activation and how it arms and disarms kicks.
+mod against_virtio_queue {
+    use proptest::prelude::*;
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    use crate::virtio::{DeviceQueue, GuestView, RingLayout};
+
+    fn reference(max: u16, l: RingLayout, event_idx: bool) -> Result<Queue, virtio_queue::Error> {
+        let mut q = Queue::new(max)?;
+        q.try_set_size(l.size)?;
+        q.try_set_desc_table_address(GuestAddress(l.desc))?;
+        q.try_set_avail_ring_address(GuestAddress(l.avail))?;
+        q.try_set_used_ring_address(GuestAddress(l.used))?;
+        q.set_event_idx(event_idx);
+        q.set_ready(true);
+        Ok(q)
+    }
+
+    fn memory(two_regions: bool) -> GuestMemoryMmap {
+        let ranges: &[(GuestAddress, usize)] = if two_regions {
+            &[(GuestAddress(0), 0x8000), (GuestAddress(0xc000), 0x4000)]
+        } else {
+            &[(GuestAddress(0), 0x10000)]
+        };
+        GuestMemoryMmap::<()>::from_ranges(ranges).unwrap()
+    }
+
+    /// Mostly aligned addresses around the memory's ends, some not, some near overflow.
+    fn addr() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            4 => (0u64..0x1100).prop_map(|x| x * 16),
+            2 => 0u64..0x11000,
+            1 => Just(u64::MAX - 3),
+            1 => 0xffff_0000u64..0x1_0001_0000,
+        ]
+    }
+
+    /// Mostly powers of two, some not.
+    fn size() -> impl Strategy<Value = u16> {
+        prop_oneof![3 => (0u32..12).prop_map(|s| 1u16 << s), 1 => 0u16..=1024]
+    }
+
+    proptest! {
+        #[test]
+        fn activation_accepts_what_virtio_queue_accepts(
+            max_shift in 0u32..17,
+            size in size(),
+            desc in addr(),
+            avail in addr(),
+            used in addr(),
+            event_idx: bool,
+            two_regions: bool,
+        ) {
+            let max = 1u16.checked_shl(max_shift).unwrap_or(0);
+            let layout = RingLayout { size, desc, avail, used };
+            let mem = memory(two_regions);
+            let want = reference(max, layout, event_idx).is_ok_and(|q| q.is_valid(&mem));
+            let view = GuestView::new(mem.clone());
+            let got = DeviceQueue::new(max, layout, event_idx)
+                .and_then(|q| q.check_memory(&view));
+            prop_assert_eq!(got.is_ok(), want, "{:?}: {:?}", layout, got);
+        }
+
+        #[test]
+        fn kicks_are_armed_like_virtio_queue(
+            shift in 0u32..8,
+            event_idx: bool,
+            popped in 0u16..300,
+            avail_idx: u16,
+            enable: bool,
+        ) {
+            let size = 1u16 << shift;
+            let layout = RingLayout::contiguous(0x1000, size);
+            let (mine, theirs) = (memory(false), memory(false));
+            for m in [&mine, &theirs] {
+                m.write_obj(avail_idx.to_le(), GuestAddress(layout.avail + 2)).unwrap();
+                m.write_obj(0x5555u16, GuestAddress(layout.used)).unwrap();
+            }
+            let view = GuestView::new(mine.clone());
+            let mut q = DeviceQueue::new(size, layout, event_idx).unwrap();
+            let mut r = reference(size, layout, event_idx).unwrap();
+            // Pop `popped` entries on both sides (the avail ring holds head 0 everywhere).
+            for i in 0..popped {
+                mine.write_obj((i + 1).to_le(), GuestAddress(layout.avail + 2)).unwrap();
+                assert!(q.avail_ready(&view, true).is_ok_and(|n| n == 1));
+                q.pop_avail(&view).unwrap();
+            }
+            mine.write_obj(avail_idx.to_le(), GuestAddress(layout.avail + 2)).unwrap();
+            r.set_next_avail(popped);
+            prop_assert_eq!(q.next_avail(), popped);
+            if enable {
+                let got = q.enable_kicks(&view).unwrap();
+                prop_assert_eq!(got, r.enable_notification(&theirs).unwrap());
+            } else {
+                q.disable_kicks(&view).unwrap();
+                r.disable_notification(&theirs).unwrap();
+            }
+            let mut a = vec![0u8; RingLayout::used_bytes(size) as usize];
+            let mut b = a.clone();
+            mine.read_slice(&mut a, GuestAddress(layout.used)).unwrap();
+            theirs.read_slice(&mut b, GuestAddress(layout.used)).unwrap();
+            prop_assert_eq!(a, b);
+        }
+    }
 }

@@ -1,34 +1,4 @@
-//! The driver side of a virtio 1.x split virtqueue over guest memory (`no_std`).
-//!
-//! The driver owns the descriptor table and the avail ring and reads the used ring; the device
-//! side of the same queue is the `virtio-queue` crate (see [`crate::device`]). Guest images,
-//! host-side test peers and benchmarks all drive queues through [`DriverRing`].
-//!
-//! Memory access goes through the small [`RingMemory`] trait so the same code runs over raw
-//! pointers inside a bare-metal guest ([`RawMemory`]) and over `vm-memory` on the host
-//! (`MmapRingMemory`, std only).
-//!
-//! [`MsgTx`] and [`MsgRx`] put whole messages ([`crate::wire::MsgHeader`] + payload) on a ring
-//! with one fixed-size buffer per descriptor, which is what guests and peers use.
-
-mod driver;
-mod layout;
-mod memory;
-mod msg;
-
-#[cfg(feature = "std")]
-mod mmap;
-
-pub use driver::{Buf, DriverRing, RingCounters, Used};
-pub use layout::{
-    need_event, RingLayout, AVAIL_F_NO_INTERRUPT, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE,
-    DESC_SIZE, MAX_QUEUE_SIZE, RING_F_EVENT_IDX, USED_F_NO_NOTIFY,
-};
-pub use memory::{RawMemory, RingMemory};
-pub use msg::{MsgRx, MsgTx, RxMsg, SlotArena};
-
-#[cfg(feature = "std")]
-pub use mmap::MmapRingMemory;
+//! [`RingError`].
 
 /// What went wrong on the driver side of a ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

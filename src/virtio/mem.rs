@@ -1,13 +1,16 @@
-//! [`GuestView`]: guest memory access on the device's hot path.
+//! [`GuestView`]: the host's one checked view of a guest's memory (std).
 //!
 //! vm-memory's generic `Bytes` implementation resolves the region and walks a slice iterator
 //! on every access, which costs more than the copy itself for small ones. A `GuestView` resolves
 //! each region's host mapping once and checks every access against it; memory without host
 //! mappings (or a range straddling regions) takes vm-memory's generic path.
+//!
+//! The device side reads and writes guest memory through it, and it is a [`RingMemory`], so
+//! host-side drivers (test peers, benchmarks) drive rings through the same view.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
-use crate::ring::{RawMemory, RingMemory};
+use super::driver::{RawMemory, RingError, RingMemory};
 
 /// A guest memory plus the host view of each of its regions.
 #[derive(Clone, Debug)]
@@ -130,5 +133,48 @@ impl<M: GuestMemoryBackend> GuestView<M> {
             done += n as u64;
         }
         true
+    }
+}
+
+/// The driver side of a ring over guest memory seen from the host: the same checked accesses,
+/// with the driver's typed errors ([`RingError::OutOfBounds`], [`RingError::Misaligned`]).
+impl<M: GuestMemoryBackend> RingMemory for GuestView<M> {
+    #[inline]
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), RingError> {
+        let len = buf.len() as u64;
+        match self.region(addr, len) {
+            Some(r) => r.read(addr, buf),
+            None => self
+                .mem
+                .read_slice(buf, GuestAddress(addr))
+                .map_err(|_| RingError::OutOfBounds { addr, len }),
+        }
+    }
+    #[inline]
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), RingError> {
+        let len = data.len() as u64;
+        match self.region(addr, len) {
+            Some(r) => r.write(addr, data),
+            None => self
+                .mem
+                .write_slice(data, GuestAddress(addr))
+                .map_err(|_| RingError::OutOfBounds { addr, len }),
+        }
+    }
+    #[inline]
+    fn load_u16(&self, addr: u64) -> Result<u16, RingError> {
+        match self.region(addr, 2) {
+            Some(r) => r.load_u16(addr),
+            None => GuestView::load_u16(self, addr).ok_or(RingError::OutOfBounds { addr, len: 2 }),
+        }
+    }
+    #[inline]
+    fn store_u16(&self, addr: u64, val: u16) -> Result<(), RingError> {
+        match self.region(addr, 2) {
+            Some(r) => r.store_u16(addr, val),
+            None => GuestView::store_u16(self, addr, val)
+                .then_some(())
+                .ok_or(RingError::OutOfBounds { addr, len: 2 }),
+        }
     }
 }

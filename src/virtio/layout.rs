@@ -1,36 +1,7 @@
-//! Split-ring layout and the EVENT_IDX arithmetic from the virtio 1.x spec (2.7).
-//!
-//! The constants repeat `virtio-bindings` values because this module must build without std;
-//! std builds check they agree.
+//! Split-ring layout and the EVENT_IDX arithmetic from the virtio 1.x spec (2.7), shared by
+//! the driver and the device side (`no_std`).
 
-/// Descriptor size in bytes (`struct virtq_desc`).
-pub const DESC_SIZE: u64 = 16;
-/// Largest split-ring queue size.
-pub const MAX_QUEUE_SIZE: u16 = 32768;
-/// Descriptor flag: the chain continues at `next`.
-pub const DESC_F_NEXT: u16 = 1;
-/// Descriptor flag: the buffer is device-writable.
-pub const DESC_F_WRITE: u16 = 2;
-/// Descriptor flag: the buffer holds an indirect descriptor table.
-pub const DESC_F_INDIRECT: u16 = 4;
-/// Used-ring flag: the device does not want kicks (no EVENT_IDX).
-pub const USED_F_NO_NOTIFY: u16 = 1;
-/// Avail-ring flag: the driver does not want interrupts (no EVENT_IDX).
-pub const AVAIL_F_NO_INTERRUPT: u16 = 1;
-/// Feature bit number of `VIRTIO_F_RING_EVENT_IDX`.
-pub const RING_F_EVENT_IDX: u32 = 29;
-
-#[cfg(feature = "std")]
-const _: () = {
-    use virtio_bindings::bindings::virtio_ring as vr;
-    assert!(DESC_F_NEXT as u32 == vr::VRING_DESC_F_NEXT);
-    assert!(DESC_F_WRITE as u32 == vr::VRING_DESC_F_WRITE);
-    assert!(DESC_F_INDIRECT as u32 == vr::VRING_DESC_F_INDIRECT);
-    assert!(USED_F_NO_NOTIFY as u32 == vr::VRING_USED_F_NO_NOTIFY);
-    assert!(AVAIL_F_NO_INTERRUPT as u32 == vr::VRING_AVAIL_F_NO_INTERRUPT);
-    assert!(RING_F_EVENT_IDX == vr::VIRTIO_RING_F_EVENT_IDX);
-    assert!(DESC_SIZE as u32 == vr::VRING_DESC_ALIGN_SIZE);
-};
+use super::spec::{AVAIL_ALIGN, DESC_ALIGN, DESC_SIZE, MAX_QUEUE_SIZE, USED_ALIGN};
 
 /// The spec's `vring_need_event`: should the other side be notified when its index moves from
 /// `old` to `new`, given that it asked to be woken at `event`?
@@ -64,6 +35,31 @@ impl RingLayout {
     /// Bytes of the used ring including `avail_event`.
     pub const fn used_bytes(size: u16) -> u64 {
         6 + 8 * size as u64
+    }
+
+    /// Each part of the ring as `(name, address, alignment, bytes)`: what the driver and the
+    /// device check before they use a ring (the byte counts include the trailing event fields).
+    pub const fn parts(&self) -> [(&'static str, u64, u64, u64); 3] {
+        [
+            (
+                "descriptor table",
+                self.desc,
+                DESC_ALIGN,
+                Self::desc_bytes(self.size),
+            ),
+            (
+                "avail ring",
+                self.avail,
+                AVAIL_ALIGN,
+                Self::avail_bytes(self.size),
+            ),
+            (
+                "used ring",
+                self.used,
+                USED_ALIGN,
+                Self::used_bytes(self.size),
+            ),
+        ]
     }
 
     /// Whether `size` is a valid split-ring size (power of two, 2..=32768).

@@ -2,11 +2,11 @@
 
 use core::sync::atomic::{fence, Ordering};
 
-use super::layout::{
-    need_event, RingLayout, AVAIL_F_NO_INTERRUPT, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE,
-    USED_F_NO_NOTIFY,
-};
 use super::{RingError, RingMemory};
+use crate::virtio::layout::{need_event, RingLayout};
+use crate::virtio::spec::{
+    AVAIL_F_NO_INTERRUPT, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE, USED_F_NO_NOTIFY,
+};
 
 /// One buffer of a chain: guest-physical address, length, and whether the device writes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,16 +104,7 @@ impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> DriverRing<M, S> {
                 given: state.as_ref().len(),
             });
         }
-        for (what, addr, align, len) in [
-            (
-                "descriptor table",
-                layout.desc,
-                16,
-                RingLayout::desc_bytes(size),
-            ),
-            ("avail ring", layout.avail, 2, RingLayout::avail_bytes(size)),
-            ("used ring", layout.used, 4, RingLayout::used_bytes(size)),
-        ] {
+        for (what, addr, align, len) in layout.parts() {
             if addr % align != 0 {
                 return Err(RingError::Misaligned { what, addr });
             }
