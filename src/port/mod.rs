@@ -74,6 +74,16 @@ pub trait Port<M>: Send {
         sink: &mut dyn FnMut(TxChain),
     ) -> Result<usize, DeviceError>;
 
+    /// Most messages this port's guest can have held at once (its tx queue size). A port never
+    /// hands over a message it still holds; the switch also refuses a request past this many
+    /// in flight as a protocol fault, so no guest holds more of the in-flight table than its
+    /// own queue.
+    fn max_held(&self) -> u32;
+
+    /// Copies the payload of a held message into `buf` (at least its length); returns the
+    /// length. Lets the switch keep a message's bytes and release it early.
+    fn copy_payload(&mut self, msg: &TxChain, buf: &mut [u8]) -> Result<usize, DeviceError>;
+
     /// Hands a held message back to its guest (visible after [`Port::publish`]).
     fn release(&mut self, msg: &TxChain) -> Result<(), DeviceError>;
 

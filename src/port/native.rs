@@ -39,6 +39,14 @@ impl<M: GuestMemoryBackend + Send + 'static> Port<M> for NativePort<M> {
         self.dev.pop_tx_batch(max, sink)
     }
 
+    fn max_held(&self) -> u32 {
+        u32::from(self.dev.tx_queue().size())
+    }
+
+    fn copy_payload(&mut self, msg: &TxChain, buf: &mut [u8]) -> Result<usize, DeviceError> {
+        self.dev.read_payload(msg, buf)
+    }
+
     fn release(&mut self, msg: &TxChain) -> Result<(), DeviceError> {
         self.dev.complete_tx(msg.head)
     }

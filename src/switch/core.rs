@@ -328,6 +328,17 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
     }
 
     fn accept_request(&mut self, p: PortId, c: TxChain, now: u64) {
+        let slot = &self.ports[p as usize];
+        if self.inflight.held_by(p) >= slot.max_held {
+            // More requests than its queue can hold: the port handed over a message it still
+            // held. A protocol fault of that port alone.
+            log::warn!(
+                "port {p} ({}) has more requests in flight than its queue holds",
+                slot.name
+            );
+            self.take_down(p, true, now);
+            return;
+        }
         self.totals.requests_accepted += 1;
         self.ports[p as usize].stats.requests += 1;
         let (target, timeout) = if c.header.dst_is_service() {
@@ -380,6 +391,17 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
 
     // ---- ports going down -----------------------------------------------------------------
 
+    /// Drops from the services' wait queues every token whose request is no longer waiting
+    /// (orphaned, failed back): wait queues hold only live requests, so they stay bounded by
+    /// what the frontends can have in flight.
+    pub(super) fn prune_waiting(&mut self) {
+        let inflight = &self.inflight;
+        for svc in &mut self.services {
+            svc.wait
+                .retain(|t| inflight.get(*t).is_some_and(|r| r.stage == Stage::Waiting));
+        }
+    }
+
     /// Port `p` broke (a guest fault: DEVICE_NEEDS_RESET) or was removed.
     pub(super) fn take_down(&mut self, p: PortId, fault: bool, now: u64) {
         let Some(e) = self.ports.get_mut(p as usize) else {
@@ -424,6 +446,9 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                 self.fail_back(t, Status::PortBroken, now);
             }
         }
+        if !tokens.is_empty() {
+            self.prune_waiting();
+        }
         // What it sent that still waits in other ports' outboxes lives in queues it no longer
         // has (it reset, stopped or broke): nothing may be read from those chains any more, nor
         // released on its queues, which may be new ones by the time those ports drain. One-way
@@ -453,7 +478,10 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                 }
                 Outbound::Request(t) => self.fail_back(t, Status::PortBroken, now),
                 Outbound::Reply { backend, chain, .. } => self.release(backend, &chain, now),
-                Outbound::Error { .. } | Outbound::Notice { .. } | Outbound::Hello => {}
+                Outbound::CopiedReply { .. }
+                | Outbound::Error { .. }
+                | Outbound::Notice { .. }
+                | Outbound::Hello => {}
             }
         }
     }

@@ -5,9 +5,13 @@
 //! in one place, [`outbound_header`].
 //!
 //! Bounds (per port): the outbox holds what this port is owed, each entry tied to something
-//! that bounds it: one-way messages and replies hold a sender's tx chain (bounded by the
-//! senders' rings), requests and errors hold an in-flight record (bounded by the pool), notices
-//! at most one rx queue's worth (`notices`), and at most one hello.
+//! that bounds it: one-way messages hold a sender's tx chain (bounded by the senders' rings),
+//! requests, replies and errors an in-flight record of this port's (bounded by its own tx
+//! queue), notices at most one rx queue's worth (`notices`), and at most one hello. A reply
+//! that cannot be delivered at once is copied out and its backend's chain released, up to
+//! [`UNREAD_REPLY_BYTES`] per port; past that it holds the backend's chain until the request's
+//! deadline, when it becomes a `Timeout` error: a frontend that does not read never pins a
+//! backend's descriptors past its own deadline.
 
 use std::collections::VecDeque;
 
@@ -35,6 +39,13 @@ pub(crate) enum Outbound {
         chain: TxChain,
         msg_id: u64,
     },
+    /// A reply copied out of the backend's queue (its header already rewritten), for request
+    /// `token`: the backend's descriptors went back when it was copied.
+    CopiedReply {
+        token: Token,
+        header: MsgHeader,
+        bytes: Box<[u8]>,
+    },
     /// An error reply the switch makes for request `token` (of frontend `msg_id`).
     Error {
         token: Token,
@@ -48,6 +59,10 @@ pub(crate) enum Outbound {
     /// The hello (port id and directory) for a port that just came up.
     Hello,
 }
+
+/// Reply bytes the switch keeps (copied out of backends' queues) for one port that has not
+/// taken them yet.
+pub const UNREAD_REPLY_BYTES: usize = 1 << 20;
 
 /// Per-port counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -98,6 +113,10 @@ pub(crate) struct PortSlot<M> {
     /// `Outbound::Notice` entries in `outbox` (at most `rx_capacity`).
     pub notices: u32,
     pub rx_capacity: u16,
+    /// Bytes of `Outbound::CopiedReply` entries in `outbox` (at most [`UNREAD_REPLY_BYTES`]).
+    pub copied_bytes: usize,
+    /// Most requests it may have in flight ([`Port::max_held`]).
+    pub max_held: u32,
     /// Deliveries or releases since the last publish.
     pub dirty: bool,
     /// Broken (DEVICE_NEEDS_RESET) or removed: no more traffic either way.
@@ -107,6 +126,7 @@ pub(crate) struct PortSlot<M> {
 impl<M: Clone> PortSlot<M> {
     pub fn new(name: &str, port: Box<dyn Port<M>>) -> Self {
         let drain = port.drain();
+        let max_held = port.max_held();
         let mut outbox = VecDeque::new();
         outbox.push_back(Outbound::Hello);
         Self {
@@ -120,6 +140,8 @@ impl<M: Clone> PortSlot<M> {
             consumed_since_sweep: 0,
             notices: 0,
             rx_capacity: drain.capacity,
+            copied_bytes: 0,
+            max_held,
             dirty: false,
             down: false,
         }
@@ -130,11 +152,13 @@ impl<M: Clone> PortSlot<M> {
         self.mem = port.memory().clone();
         self.drain = port.drain();
         self.rx_capacity = self.drain.capacity;
+        self.max_held = port.max_held();
         self.port = port;
         self.consumed_since_sweep = 0;
         self.outbox.clear();
         self.outbox.push_back(Outbound::Hello);
         self.notices = 0;
+        self.copied_bytes = 0;
         self.dirty = false;
         self.down = false;
         self.stats.revivals += 1;
@@ -181,6 +205,7 @@ fn outbound_header(d: PortId, item: &Outbound) -> Option<MsgHeader> {
             h.set_dst_port(d);
             h
         }
+        Outbound::CopiedReply { header, .. } => header,
         Outbound::Error {
             status,
             msg_id,
@@ -266,17 +291,101 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
     pub(super) fn offer(&mut self, d: PortId, item: Outbound, now: u64) {
         let slot = &self.ports[d as usize];
         if slot.down || !slot.outbox.is_empty() {
-            self.ports[d as usize].outbox.push_back(item);
+            self.queue(d, item, now);
             return;
         }
         match self.attempt(d, &item, now) {
             Attempt::Done(fits) => self.delivered(d, item, fits, now),
-            Attempt::Full => self.ports[d as usize].outbox.push_back(item),
+            Attempt::Full => self.queue(d, item, now),
             Attempt::DestBroken => {
                 self.ports[d as usize].outbox.push_back(item);
                 self.take_down(d, true, now);
             }
             Attempt::SourceBroken => self.source_broke(item, now),
+        }
+    }
+
+    /// Puts `item` at the end of port `d`'s outbox. A reply is copied out first (within the
+    /// port's budget) so that its backend's descriptors go back now, whatever `d` does.
+    fn queue(&mut self, d: PortId, item: Outbound, now: u64) {
+        let item = match item {
+            Outbound::Reply {
+                token,
+                backend,
+                chain,
+                msg_id,
+            } if !self.ports[d as usize].down => {
+                self.copy_out(d, token, backend, chain, msg_id, now)
+            }
+            other => other,
+        };
+        self.ports[d as usize].outbox.push_back(item);
+    }
+
+    fn copy_out(
+        &mut self,
+        d: PortId,
+        token: Token,
+        backend: PortId,
+        chain: TxChain,
+        msg_id: u64,
+        now: u64,
+    ) -> Outbound {
+        let held = Outbound::Reply {
+            token,
+            backend,
+            chain,
+            msg_id,
+        };
+        let len = chain.header.len() as usize;
+        if self.ports[d as usize].copied_bytes + len > UNREAD_REPLY_BYTES {
+            return held;
+        }
+        let mut bytes = vec![0u8; len].into_boxed_slice();
+        let b = &mut self.ports[backend as usize];
+        if b.down || b.port.copy_payload(&chain, &mut bytes).is_err() {
+            // Its chain no longer reads: delivery will find out and fail the request back.
+            return held;
+        }
+        let Some(header) = outbound_header(d, &held) else {
+            return held;
+        };
+        self.release(backend, &chain, now);
+        self.ports[d as usize].copied_bytes += len;
+        self.totals.replies_copied += 1;
+        Outbound::CopiedReply {
+            token,
+            header,
+            bytes,
+        }
+    }
+
+    /// Request `token`'s reply waits in frontend `f`'s outbox past the request's deadline: if it
+    /// still holds its backend's chain, the chain goes back and the frontend gets a `Timeout`
+    /// error in its place.
+    pub(super) fn drop_unread_reply(&mut self, f: PortId, token: Token, now: u64) {
+        let Some(r) = self.inflight.get(token) else {
+            return;
+        };
+        let error = Outbound::Error {
+            token,
+            status: Status::Timeout,
+            msg_id: r.chain.header.msg_id(),
+            class: r.chain.header.class(),
+        };
+        let Some(slot) = self.ports.get_mut(f as usize) else {
+            return;
+        };
+        let held = slot
+            .outbox
+            .iter_mut()
+            .find(|item| matches!(item, Outbound::Reply { token: t, .. } if *t == token));
+        let Some(item) = held else {
+            return;
+        };
+        if let Outbound::Reply { backend, chain, .. } = std::mem::replace(item, error) {
+            self.totals.replies_unread_dropped += 1;
+            self.release(backend, &chain, now);
         }
     }
 
@@ -321,6 +430,17 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                 deliver_chain(&mut self.ports, d, *backend, &hdr, chain)
             }
             Outbound::Request(_) => return Attempt::Done(true),
+            Outbound::CopiedReply { bytes, .. } => {
+                let r = self.ports[d as usize]
+                    .port
+                    .deliver(&hdr, &Payload::Bytes(bytes));
+                if r.is_ok() {
+                    let st = &mut self.ports[d as usize].stats;
+                    st.received += 1;
+                    st.bytes_received += u64::from(hdr.len());
+                }
+                r
+            }
             Outbound::Error { .. } | Outbound::Notice { .. } => self.ports[d as usize]
                 .port
                 .deliver(&hdr, &Payload::Bytes(&[])),
@@ -402,6 +522,18 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                 ..
             } => {
                 self.release(backend, &chain, now);
+                if let Some(r) = self.inflight.remove(token) {
+                    self.totals.replies_delivered += 1;
+                    self.ports[d as usize].stats.replies += 1;
+                    if let Target::Service(s) = r.target {
+                        self.services[s as usize].stats.replies += 1;
+                    }
+                    self.release(r.frontend, &r.chain, now);
+                }
+            }
+            Outbound::CopiedReply { token, bytes, .. } => {
+                let e = &mut self.ports[d as usize];
+                e.copied_bytes = e.copied_bytes.saturating_sub(bytes.len());
                 if let Some(r) = self.inflight.remove(token) {
                     self.totals.replies_delivered += 1;
                     self.ports[d as usize].stats.replies += 1;

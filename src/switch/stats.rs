@@ -38,6 +38,12 @@ pub struct Totals {
     pub oneway_undeliverable: u64,
     /// Ports marked broken by a guest fault.
     pub port_faults: u64,
+    /// Replies copied out of their backend's queue because their frontend could not take them
+    /// yet (the backend's descriptors went back at once).
+    pub replies_copied: u64,
+    /// Replies whose frontend did not take them before the request's deadline: the backend's
+    /// descriptors went back and the frontend gets a `Timeout` error instead.
+    pub replies_unread_dropped: u64,
 }
 
 /// One port in a snapshot.

@@ -70,14 +70,23 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
     }
 
     /// Fails back every request past its deadline: waiting ones with `NoBackend`, dispatched
-    /// ones with `Timeout` (a reply that still comes is dropped as late).
+    /// ones with `Timeout` (a reply that still comes is dropped as late); a reply still held
+    /// for a frontend that has not taken it becomes a `Timeout` error and frees its backend.
     fn expire(&mut self, now: u64) {
         let mut tokens = std::mem::take(&mut self.tokens);
         self.inflight.expired(now, &mut tokens);
         for &t in &tokens {
-            let Some(r) = self.inflight.get(t) else {
+            let Some(r) = self.inflight.get_mut(t) else {
                 continue;
             };
+            if r.stage == Stage::Answering {
+                // Its answer waits for a frontend that does not take it: the backend's chain
+                // must not wait with it. Once is enough.
+                r.deadline_ns = u64::MAX;
+                let f = r.frontend;
+                self.drop_unread_reply(f, t, now);
+                continue;
+            }
             let status = if r.stage == Stage::Waiting {
                 Status::NoBackend
             } else {
@@ -88,6 +97,9 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                 Status::Timeout
             };
             self.fail_back(t, status, now);
+        }
+        if !tokens.is_empty() {
+            self.prune_waiting();
         }
         self.tokens = tokens;
     }

@@ -51,20 +51,36 @@ pub(crate) struct Request {
     pub deadline_ns: u64,
 }
 
-/// The in-flight table. Bound: at most `pool.max_subpools x pool.subpool_size` records.
+/// The in-flight table. Bounds: at most `pool.max_subpools x pool.subpool_size` records in
+/// all, and no frontend more than its port's [`max_held`](crate::port::Port::max_held) (the
+/// switch checks [`InflightTable::held_by`] before it inserts).
 pub(crate) struct InflightTable {
     pool: BlockPool<Request>,
+    /// Records per frontend port.
+    held: Vec<u32>,
 }
 
 impl InflightTable {
     pub fn new(cfg: PoolConfig) -> Result<Self, PoolError> {
         Ok(Self {
             pool: BlockPool::new(cfg)?,
+            held: Vec::new(),
         })
     }
 
     pub fn insert(&mut self, r: Request) -> Result<Token, PoolError> {
-        self.pool.alloc(r)
+        let f = r.frontend as usize;
+        let t = self.pool.alloc(r)?;
+        if self.held.len() <= f {
+            self.held.resize(f + 1, 0);
+        }
+        self.held[f] += 1;
+        Ok(t)
+    }
+
+    /// Requests of frontend `p` in flight.
+    pub fn held_by(&self, p: PortId) -> u32 {
+        self.held.get(p as usize).copied().unwrap_or(0)
     }
 
     pub fn get(&self, t: Token) -> Option<&Request> {
@@ -76,7 +92,11 @@ impl InflightTable {
     }
 
     pub fn remove(&mut self, t: Token) -> Option<Request> {
-        self.pool.free(t)
+        let r = self.pool.free(t)?;
+        if let Some(n) = self.held.get_mut(r.frontend as usize) {
+            *n = n.saturating_sub(1);
+        }
+        Some(r)
     }
 
     pub fn len(&self) -> usize {
@@ -116,12 +136,15 @@ impl InflightTable {
         });
     }
 
-    /// Requests not yet answered whose deadline passed.
+    /// Requests whose deadline passed: not answered yet, or answered with a reply that still
+    /// waits for its frontend.
     pub fn expired(&self, now: u64, out: &mut Vec<Token>) {
         out.clear();
-        out.extend(self.pool.iter().filter_map(|(t, r)| {
-            (r.stage != Stage::Answering && now >= r.deadline_ns).then_some(t)
-        }));
+        out.extend(
+            self.pool
+                .iter()
+                .filter_map(|(t, r)| (now >= r.deadline_ns).then_some(t)),
+        );
     }
 
     /// Requests port `p` sent, and requests delivered to it as an addressed port.

@@ -119,15 +119,43 @@ fn run_requests(
     svc: ServiceId,
     total: u64,
     backends: &[usize],
+    serve: impl FnMut(&mut Net, usize, u64) -> Option<(usize, Status)>,
+    max_steps: usize,
+) -> HashMap<u64, Vec<Status>> {
+    run_requests_at(n, 0, svc, total, backends, serve, max_steps, true)
+}
+
+/// [`run_requests`] from port `frontend`, with backends serving everything `Ok`; done when
+/// every request has its answer (other ports may still have requests in flight).
+fn run_requests_from(
+    n: &mut Net,
+    frontend: usize,
+    svc: ServiceId,
+    total: u64,
+    backends: &[usize],
+    max_steps: usize,
+) -> HashMap<u64, Vec<Status>> {
+    let serve = |_: &mut Net, _, _| Some((16, Status::Ok));
+    run_requests_at(n, frontend, svc, total, backends, serve, max_steps, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_requests_at(
+    n: &mut Net,
+    frontend: usize,
+    svc: ServiceId,
+    total: u64,
+    backends: &[usize],
     mut serve: impl FnMut(&mut Net, usize, u64) -> Option<(usize, Status)>,
     max_steps: usize,
+    until_idle: bool,
 ) -> HashMap<u64, Vec<Status>> {
     let mut answers: HashMap<u64, Vec<Status>> = HashMap::new();
     let mut sent = 0u64;
     for step in 0..max_steps {
         while sent < total {
             let h = MsgHeader::request_to_service(svc, sent, 16);
-            if !n.peers[0].send(&h, &payload(sent, 16)) {
+            if !n.peers[frontend].send(&h, &payload(sent, 16)) {
                 break;
             }
             sent += 1;
@@ -139,7 +167,7 @@ fn run_requests(
             }
         }
         n.step();
-        for (h, p) in n.peers[0].recv_all() {
+        for (h, p) in n.peers[frontend].recv_all() {
             if h.kind() == Some(MsgKind::Reply) {
                 if h.status() == Some(Status::Ok) {
                     assert_eq!(
@@ -154,7 +182,7 @@ fn run_requests(
                     .push(h.status().unwrap());
             }
         }
-        if answers.len() as u64 == total && n.sw.in_flight() == 0 {
+        if answers.len() as u64 == total && (!until_idle || n.sw.in_flight() == 0) {
             break;
         }
     }
@@ -188,6 +216,7 @@ fn shares(sw: &Switch<GuestMemoryMmap>) -> Vec<f64> {
         .collect()
 }
 
+mod bounds;
 mod faults;
 mod routing;
 mod services;

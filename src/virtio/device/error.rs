@@ -18,6 +18,15 @@ pub enum DeviceError {
         /// Queue index.
         queue: u16,
     },
+    /// The guest published a chain head the device still holds (taken and not returned yet):
+    /// one request would be in flight twice.
+    #[error("guest published chain {head} on queue {queue} again while the device still holds it")]
+    HeldHead {
+        /// Queue index.
+        queue: u16,
+        /// The head descriptor index.
+        head: u16,
+    },
     /// A ring access failed (ring addresses outside guest memory).
     #[error("queue {queue} ring is not accessible in guest memory: {reason}")]
     Ring {

@@ -142,6 +142,9 @@ pub struct DevicePort<M> {
     rx: DeviceQueue,
     tx: DeviceQueue,
     rx_segs: Vec<Seg>,
+    /// Tx heads taken and not yet returned, one bit per descriptor: a head the device holds
+    /// cannot be taken again, so what a guest has in flight is bounded by its tx queue size.
+    tx_held: Vec<u64>,
     broken: bool,
     counters: PortCounters,
 }
@@ -156,11 +159,13 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
                 .map_err(|source| DeviceError::Queue { queue, source })?;
         }
         let rx_segs = Vec::with_capacity(rx.size() as usize);
+        let tx_held = vec![0; (tx.size() as usize).div_ceil(64)];
         Ok(Self {
             mem,
             rx,
             tx,
             rx_segs,
+            tx_held,
             broken: false,
             counters: PortCounters::default(),
         })
@@ -239,8 +244,19 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
                 });
                 break;
             };
+            let (word, bit) = (head as usize / 64, 1u64 << (head % 64));
+            if self.tx_held.get(word).is_some_and(|w| w & bit != 0) {
+                fault = Some(DeviceError::HeldHead {
+                    queue: TX_QUEUE,
+                    head,
+                });
+                break;
+            }
             match parse_tx_chain(&self.mem, desc_table, qsize, head) {
                 Ok(c) => {
+                    if let Some(w) = self.tx_held.get_mut(word) {
+                        *w |= bit;
+                    }
                     self.counters.tx_chains += 1;
                     self.counters.tx_bytes += HEADER_SIZE as u64 + c.header.len() as u64;
                     sink(c);
@@ -304,6 +320,9 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
             return Err(DeviceError::Broken);
         }
         if self.tx.push_used(&self.mem, head, 0) {
+            if let Some(w) = self.tx_held.get_mut(head as usize / 64) {
+                *w &= !(1u64 << (head % 64));
+            }
             Ok(())
         } else {
             Err(self.fault(DeviceError::Ring {
@@ -311,6 +330,11 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
                 reason: format!("cannot return chain {head} on the used ring"),
             }))
         }
+    }
+
+    /// Tx messages taken and not returned yet.
+    pub fn tx_held(&self) -> u32 {
+        self.tx_held.iter().map(|w| w.count_ones()).sum()
     }
 
     /// Rx buffers the guest has posted and the device has not used yet.

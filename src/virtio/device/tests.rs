@@ -528,6 +528,63 @@ fn avail_index_jump_is_rejected() {
 }
 
 #[test]
+fn a_head_the_device_holds_cannot_be_taken_again() {
+    // One valid request chain (head 0, header and 8 payload bytes at 0x100), published twice
+    // before the device returned it: the second take is a protocol fault, so a guest can never
+    // have more in flight than its tx queue holds.
+    let (peer, mut port) = host_peer(PeerConfig {
+        queue_size: 8,
+        slot_size: 256,
+        event_idx: true,
+    })
+    .unwrap();
+    let (h, _) = msg_bytes(1, 8);
+    peer.memory()
+        .write_slice(&h.to_bytes(), GuestAddress(0x100))
+        .unwrap();
+    let desc = [(0, 0x100, HEADER_SIZE as u32 + 8, 0, 0)];
+    inject(peer.memory(), peer.tx.ring().layout(), &desc, &[0, 0], 2);
+    let mut taken = Vec::new();
+    let e = port.pop_tx_batch(8, |c| taken.push(c.head));
+    assert_eq!(
+        e,
+        Err(DeviceError::HeldHead {
+            queue: TX_QUEUE,
+            head: 0
+        })
+    );
+    assert_eq!(taken, [0]);
+    let c = port.counters();
+    assert_eq!((c.faults, c.tx_chains), (1, 1));
+    assert_eq!(port.tx_held(), 1);
+    assert!(port.is_broken());
+}
+
+#[test]
+fn a_returned_head_can_be_published_again() {
+    let (peer, mut port) = host_peer(PeerConfig {
+        queue_size: 8,
+        slot_size: 256,
+        event_idx: true,
+    })
+    .unwrap();
+    let l = peer.tx.ring().layout();
+    let (h, _) = msg_bytes(1, 8);
+    peer.memory()
+        .write_slice(&h.to_bytes(), GuestAddress(0x100))
+        .unwrap();
+    let desc = [(0, 0x100, HEADER_SIZE as u32 + 8, 0, 0)];
+    inject(peer.memory(), l, &desc, &[0], 1);
+    let first = port.pop_tx().unwrap().unwrap();
+    assert_eq!(port.tx_held(), 1);
+    port.complete_tx(first.head).unwrap();
+    assert_eq!(port.tx_held(), 0);
+    inject(peer.memory(), l, &desc, &[0, 0], 2);
+    assert_eq!(port.pop_tx().unwrap().map(|c| c.head), Some(0));
+    assert_eq!(port.counters().faults, 0);
+}
+
+#[test]
 fn header_that_lies_about_length_is_rejected() {
     // The header at 0x100 announces 8 payload bytes; the chain carries 4.
     let (e, ..) = hostile(&[(0, 0x100, HEADER_SIZE as u32 + 4, 0, 0)], &[0], 1);
