@@ -188,6 +188,7 @@ fn shares(sw: &Switch<GuestMemoryMmap>) -> Vec<f64> {
         .collect()
 }
 
+mod config;
 mod faults;
 mod routing;
 mod services;
