@@ -187,7 +187,7 @@ impl HealthConfigError {
 
 impl HealthConfig {
     /// Checks every setting: thresholds and fractions in [0, 1] (not NaN), weights finite and
-    /// >= 0, the EWMA half-life, latency target, in-flight limit and report lifetime above 0,
+    /// not negative, the EWMA half-life, latency target, in-flight limit and report lifetime above 0,
     /// and `load_low <= load_high <= 1000`.
     pub fn validate(&self) -> Result<(), HealthConfigError> {
         for (field, value) in [
