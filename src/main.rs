@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
+use std::io::Write;
 use std::process::ExitCode;
 
 #[cfg(feature = "bench")]
@@ -9,9 +10,23 @@ use vmq::bench::{self, switch::SwitchPlacement, Placement, Report};
 use vmq::runner::{self, RunOptions};
 use vmq::topology::{Topology, DEMO_TOML};
 
+/// Exit codes, shown under `vmq --help` (the README has the same table).
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  clean: every request got exactly one good reply, every client finished
+  1  broken: requests lost, answered twice or corrupted, a client or peer failed, or
+     (bench) a case failed
+  2  the run could not happen: bad command line, invalid topology, VM or KVM setup failed
+  3  timed out: max_duration_ms passed before the clients finished
+  4  every request was answered once, but some answers were errors (no backend, timeout,
+     backend error)";
+
+/// Longest `--duration` accepted.
+const MAX_DURATION_MS: u64 = 366 * 24 * 3_600_000;
+
 /// vmq: a VM-queue I/O dataplane for KVM.
 #[derive(Parser, Debug)]
-#[command(name = "vmq", version, about)]
+#[command(name = "vmq", version, about, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,7 +62,8 @@ enum Command {
     Bench(BenchCommand),
 }
 
-/// Parses `500ms`, `30s`, `10m` or a plain number of seconds.
+/// Parses `500ms`, `30s`, `10m` or a plain number of seconds, up to a year (the
+/// conversion to ms is checked, never wraps).
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit())
@@ -55,14 +71,27 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?}: expected a number with ms, s, m or h"))?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
+    let per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
         _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
     };
-    Ok(std::time::Duration::from_millis(ms))
+    match n.checked_mul(per_unit) {
+        Some(ms) if ms <= MAX_DURATION_MS => Ok(std::time::Duration::from_millis(ms)),
+        _ => Err(format!(
+            "{s:?} is too long: at most {} days",
+            MAX_DURATION_MS / (24 * 3_600_000)
+        )),
+    }
+}
+
+/// Writes `text` and a newline to stdout. A closed stdout (`vmq run ... | head`) is not an
+/// error worth a word: the exit status still tells how the run went.
+fn emit(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
 }
 
 #[derive(Args, Debug)]
@@ -112,30 +141,26 @@ fn run_topology(topo: Result<Topology, vmq::topology::TopologyError>, o: &RunOpt
         runner::run(&topo, &opts),
         o.json,
         |r| r.to_string(),
-        runner::RunReport::clean,
+        |r| r.verdict().exit_code(),
     )
 }
 
-/// Prints a run's outcome (one JSON object, or `human`) and turns it into the exit status:
-/// 0 when `clean`, 1 when something was lost or broken, 2 when the run could not happen.
+/// Prints a run's outcome (one JSON object, or `human`) and turns it into the exit status
+/// (`code`, or 2 when the run could not happen; see [`EXIT_CODES`]).
 fn conclude<T: serde::Serialize, E: std::fmt::Display>(
     outcome: Result<T, E>,
     json: bool,
     human: impl FnOnce(&T) -> String,
-    clean: impl FnOnce(&T) -> bool,
+    code: impl FnOnce(&T) -> u8,
 ) -> ExitCode {
     match outcome {
         Ok(r) => {
             if json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                emit(&serde_json::to_string(&r).unwrap_or_default());
             } else {
-                println!("{}", human(&r));
+                emit(&human(&r));
             }
-            if clean(&r) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+            ExitCode::from(code(&r))
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -166,7 +191,7 @@ fn main() -> ExitCode {
                 runner::soak(&opts),
                 json,
                 |r| serde_json::to_string_pretty(r).unwrap_or_default(),
-                runner::SoakReport::clean,
+                |r| u8::from(!r.clean()),
             )
         }
         Command::Bench(b) => run_bench(b),
@@ -205,12 +230,61 @@ fn run_bench(b: BenchCommand) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Prints the records; exit status 1 when a case failed.
 #[cfg(feature = "bench")]
 fn print(report: &Report, o: &BenchOpts) -> ExitCode {
-    if o.json {
-        report.print_json();
+    let mut out = std::io::stdout().lock();
+    // A closed stdout is not worth a word (see `emit`).
+    let _ = if o.json {
+        report.write_json(&mut out)
     } else {
-        report.print_table();
+        report.write_table(&mut out)
+    };
+    if report.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        for f in &report.failures {
+            eprintln!("vmq bench: case failed: {f}");
+        }
+        ExitCode::FAILURE
     }
-    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_convert_without_wrapping() {
+        assert_eq!(
+            parse_duration("10m"),
+            Ok(std::time::Duration::from_secs(600))
+        );
+        assert_eq!(
+            parse_duration("250ms"),
+            Ok(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(parse_duration("3"), Ok(std::time::Duration::from_secs(3)));
+        // Used to wrap to 384 ms.
+        assert!(parse_duration("18446744073709552s").is_err());
+        assert!(parse_duration("18446744073709551615h").is_err());
+        assert!(parse_duration("400d").is_err());
+        assert!(parse_duration("367d").is_err());
+        assert!(parse_duration(&format!("{}h", 367 * 24)).is_err());
+    }
+
+    #[test]
+    fn help_lists_the_exit_codes() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for code in [
+            "0  clean",
+            "1  broken",
+            "2  the run could not happen",
+            "3  timed out",
+            "4  every request",
+        ] {
+            assert!(help.contains(code), "{code:?} missing from:\n{help}");
+        }
+    }
 }

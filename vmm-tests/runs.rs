@@ -416,3 +416,162 @@ fn vmq_run_names_the_line_and_field_of_a_bad_topology() {
     }
     let _ = std::fs::remove_file(&path);
 }
+
+/// Runs the `vmq` binary with `args`; returns (exit code, stdout, stderr).
+fn vmq(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vmq"))
+        .args(args)
+        .output()
+        .expect("run vmq");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes `text` to a temp file named after `tag`; returns its path.
+fn temp_file(tag: &str, text: &[u8]) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("vmq-{tag}-{}", std::process::id()));
+    std::fs::write(&path, text).expect("write a temp file");
+    path
+}
+
+#[test]
+fn vmq_run_refuses_guest_limits_and_settings_before_booting() {
+    // No KVM needed: each file is refused before any VM is created (the payload limit used to
+    // show up 5 s later as a guest that never brought its device up).
+    let cases = [
+        (
+            "[[vm]]\nname = \"c\"\nimage = \"client\"\n\
+             params = { service = \"s\", size = 5000 }\n\
+             [[vm]]\nname = \"w\"\nimage = \"worker\"\n\
+             [[service]]\nname = \"s\"\nmembers = [{ vm = \"w\" }]\n",
+            4,
+            "size",
+        ),
+        (
+            "[[vm]]\nname = \"c\"\nimage = \"client\"\n\
+             [[vm]]\nname = \"w\"\nimage = \"worker\"\n\
+             [[service]]\nname = \"s\"\nmembers = [{ vm = \"w\" }]\n\
+             policy = { kind = \"maglev\", maglev = { table_size = 2147483647 } }\n",
+            10,
+            "policy.maglev.table_size",
+        ),
+        (
+            "[switch]\npool = { max_subpools = 4294967295 }\n\
+             [[vm]]\nname = \"c\"\nimage = \"client\"\n",
+            2,
+            "switch.pool.max_subpools",
+        ),
+        ("[[vm]]\nname = \"w\"\nimage = \"worker\"\n", 2, "vm"),
+    ];
+    for (i, (text, line, field)) in cases.into_iter().enumerate() {
+        let path = temp_file(&format!("limits{i}.toml"), text.as_bytes());
+        let (code, stdout, stderr) = vmq(&["run", &path.display().to_string()]);
+        assert_eq!(code, Some(2), "{text}\nstderr: {stderr}");
+        let want = format!("{}:{line}: field `{field}`", path.display());
+        assert!(stderr.contains(&want), "expected {want:?} in:\n{stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+#[test]
+fn vmq_soak_refuses_a_duration_that_would_wrap() {
+    // Used to wrap to 384 ms and run.
+    let (code, _, stderr) = vmq(&["soak", "--duration", "18446744073709552s"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("too long"), "{stderr}");
+}
+
+#[test]
+fn vmq_help_lists_the_exit_codes() {
+    let (code, stdout, _) = vmq(&["--help"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("Exit codes:"), "{stdout}");
+    assert!(
+        stdout.contains("4  every request was answered once"),
+        "{stdout}"
+    );
+}
+
+/// A client and a worker through service `s`; `client` is the client's `[[vm]]` body after
+/// its name, `more` more TOML.
+fn small_run(client: &str, more: &str) -> String {
+    format!(
+        "[run]\nprogress_ms = 0\nmax_duration_ms = 60000\n\
+         [[vm]]\nname = \"c\"\n{client}\n\
+         params = {{ service = \"s\", count = 200, size = 64, window = 4, wait = \"doorbell\" }}\n\
+         [[vm]]\nname = \"w\"\nimage = \"worker\"\nparams = {{ wait = \"doorbell\" }}\n\
+         [[service]]\nname = \"s\"\nmembers = [{{ vm = \"w\" }}]\nrequest_timeout_ms = 30000\n\
+         failover = {{ {PATIENT} }}\n{more}"
+    )
+}
+
+#[test]
+fn a_custom_client_image_with_a_role_runs_to_completion() {
+    if !require_kvm() {
+        return;
+    }
+    let _guard = kvm_lock();
+    // The built-in client, as a file of your own: it used to end TIMED OUT with "requests 0".
+    let elf = temp_file("custom-client.elf", vmq::vmm::images::CLIENT);
+    let text = small_run(
+        &format!("image = \"{}\"\nrole = \"client\"", elf.display()),
+        "",
+    );
+    let path = temp_file("custom.toml", text.as_bytes());
+    let (code, stdout, stderr) = vmq(&["run", &path.display().to_string(), "--json"]);
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(v["requests"], 200, "{v}");
+    assert_eq!(v["replies"], 200, "{v}");
+    assert_eq!(v["timed_out"], false, "{v}");
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&elf);
+}
+
+#[test]
+fn a_run_whose_requests_end_as_errors_exits_4() {
+    if !require_kvm() {
+        return;
+    }
+    let _guard = kvm_lock();
+    // Every reply of the only worker is an error (its health is kept flat, so it stays in
+    // rotation): every request is answered exactly once, with an error.
+    let text = small_run(
+        "image = \"client\"",
+        &format!(
+            "{}\n[[fault]]\nvm = \"w\"\nerror_every = 1\n",
+            common::FLAT_HEALTH
+        ),
+    );
+    let path = temp_file("errors.toml", text.as_bytes());
+    let (code, stdout, stderr) = vmq(&["run", &path.display().to_string()]);
+    assert_eq!(code, Some(4), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("error replies"), "{stdout}");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn vmq_run_into_a_closed_pipe_exits_quietly() {
+    if !require_kvm() {
+        return;
+    }
+    let _guard = kvm_lock();
+    let path = temp_file("pipe.toml", small_run("image = \"client\"", "").as_bytes());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmq"))
+        .args(["run", &path.display().to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn vmq run");
+    // Like `| head -0`: the reader goes away before the summary is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for vmq run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let _ = std::fs::remove_file(&path);
+}

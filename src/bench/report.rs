@@ -69,22 +69,36 @@ impl BenchRecord {
 pub struct Report {
     /// The records, in the order measured.
     pub records: Vec<BenchRecord>,
+    /// Cases that failed (could not run, or their run was not clean), with why.
+    pub failures: Vec<String>,
 }
 
 impl Report {
     /// Prints one JSON object per record, one per line.
     pub fn print_json(&self) {
-        for r in &self.records {
-            println!("{}", serde_json::to_string(r).unwrap_or_default());
-        }
+        let _ = self.write_json(&mut std::io::stdout().lock());
     }
 
     /// Prints an aligned table.
     pub fn print_table(&self) {
-        println!(
+        let _ = self.write_table(&mut std::io::stdout().lock());
+    }
+
+    /// Writes one JSON object per record, one per line.
+    pub fn write_json(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        for r in &self.records {
+            writeln!(w, "{}", serde_json::to_string(r).unwrap_or_default())?;
+        }
+        Ok(())
+    }
+
+    /// Writes an aligned table.
+    pub fn write_table(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        writeln!(
+            w,
             "{:<16} {:>6} {:>6} {:>14} {:>8} {:>10} {:>14} {:>7}",
             "case", "size", "batch", "vmq msg/s", "GB/s", "baseline", "base msg/s", "ratio"
-        );
+        )?;
         for r in &self.records {
             let mut line = format!(
                 "{:<16} {:>6} {:>6} {:>14.0} {:>8.2} {:>10} {:>14.0} {:>7.2}",
@@ -100,10 +114,11 @@ impl Report {
             for (k, v) in &r.extra {
                 line.push_str(&format!("  {k}={v}"));
             }
-            println!("{line}");
+            writeln!(w, "{line}")?;
         }
         if let Some(r) = self.records.first() {
-            println!("placement: {}", r.placement);
+            writeln!(w, "placement: {}", r.placement)?;
         }
+        Ok(())
     }
 }

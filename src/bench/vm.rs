@@ -63,15 +63,18 @@ failover = {{ stall_window_ns = 1000000000 }}
     )
 }
 
-fn run_vm(text: &str) -> Option<RunReport> {
+/// Runs one case; a run that could not happen or was not clean is recorded in `failures`.
+fn run_vm(case: &str, text: &str, failures: &mut Vec<String>) -> Option<RunReport> {
     match runner::run(&topo(text), &RunOptions::default()) {
-        Ok(r) if r.clean() || r.messages > 0 => Some(r),
+        Ok(r) if r.clean() => Some(r),
         Ok(r) => {
             log::warn!("bench vm run was not clean: {r}");
+            failures.push(format!("{case}: the run was not clean ({:?})", r.verdict()));
             Some(r)
         }
         Err(e) => {
             eprintln!("vmq bench vm: {e}");
+            failures.push(format!("{case}: {e}"));
             None
         }
     }
@@ -88,7 +91,11 @@ pub fn run(quick: bool) -> Report {
     let host = SwitchPlacement::two_cores();
     let mut report = Report::default();
     for wait in ["poll", "doorbell"] {
-        if let Some(r) = run_vm(&one_way(count, wait)) {
+        if let Some(r) = run_vm(
+            &format!("vm one-way ({wait})"),
+            &one_way(count, wait),
+            &mut report.failures,
+        ) {
             let base = switch::run_vmq(Case::OneWay, SIZE, 1, Budget::Time(host_budget), host);
             report.records.push(
                 BenchRecord::new(
@@ -106,7 +113,11 @@ pub fn run(quick: bool) -> Report {
                 .with("messages", r.messages),
             );
         }
-        if let Some(r) = run_vm(&request_reply(count / 4, wait)) {
+        if let Some(r) = run_vm(
+            &format!("vm request/reply ({wait})"),
+            &request_reply(count / 4, wait),
+            &mut report.failures,
+        ) {
             let base =
                 switch::run_vmq(Case::RequestReply, SIZE, 1, Budget::Time(host_budget), host);
             let l = r.latency.unwrap_or_default();

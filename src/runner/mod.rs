@@ -14,12 +14,12 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::event::{LoopConfig, SwitchLoop};
 use crate::switch::{MonotonicClock, Switch, SwitchError};
-use crate::topology::{FaultKind, Topology, TopologyError};
+use crate::topology::{FaultKind, Role, Topology, TopologyError};
 use crate::transport::TransportEvent;
 use crate::vmm::{images, RunOutcome, VcpuHandle, Vm, VmConfig};
 
 pub use link::VmqLink;
-pub use report::{Latency, RunReport, VmReport};
+pub use report::{Latency, RunReport, Verdict, VmReport};
 pub use soak::{soak, SoakOptions, SoakReport};
 
 /// How a run talks to its user.
@@ -72,6 +72,7 @@ pub enum RunError {
 struct Booted {
     name: String,
     image: String,
+    role: Role,
     vm: Vm,
     link: VmqLink,
     vcpu: Option<VcpuHandle>,
@@ -131,10 +132,12 @@ fn boot_vm(
             FaultKind::KillAfterMs(ms) => Some(Duration::from_millis(ms)),
             _ => None,
         });
-    let waited_for = matches!(image_name.as_str(), "client" | "peer" | "hello" | "evil");
+    let role = topo.role(spec);
+    let waited_for = role.waited_for();
     Ok(Booted {
         name,
         image: image_name,
+        role,
         vm,
         link,
         vcpu: None,

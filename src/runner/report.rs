@@ -12,6 +12,7 @@ use crate::abi::image::{driver, traffic};
 use crate::abi::platform::LATENCY_HIST_ADDR;
 use crate::event::LoopStats;
 use crate::switch::{Snapshot, Switch};
+use crate::topology::Role;
 use crate::vmm::{ExitSnapshot, RunOutcome};
 
 /// One VM after the run.
@@ -21,10 +22,14 @@ pub struct VmReport {
     pub name: String,
     /// Image.
     pub image: String,
+    /// Role: `client`, `worker` or `peer`.
+    pub role: String,
     /// How its vCPU ended.
     pub outcome: String,
     /// Exit status, if it exited.
     pub exit_status: Option<u32>,
+    /// A `kill_after_ms` fault stopped it.
+    pub killed: bool,
     /// Counters the guest wrote (`abi::image::traffic`, `abi::image::driver`): messages sent.
     pub sent: u64,
     /// Messages received.
@@ -158,11 +163,74 @@ pub struct RunReport {
     pub switch_loop: LoopStats,
 }
 
+/// How a run ended, worst first; [`Verdict::exit_code`] is the exit status of `vmq run` and
+/// `vmq demo`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Requests were lost, answered twice or corrupted, or a client or peer failed (exited
+    /// with a non-zero status, or ended other than by exiting, without a fault asking for
+    /// it). Exit code 1.
+    Broken,
+    /// The run hit `max_duration_ms` before the clients finished. Exit code 3.
+    TimedOut,
+    /// Every request got exactly one answer, but some answers were errors (failed back:
+    /// no backend, timeout, backend error). Exit code 4.
+    ErrorReplies,
+    /// Every request got exactly one good reply and the clients finished. Exit code 0.
+    Clean,
+}
+
+impl Verdict {
+    /// The process exit code (2 is taken by "the run could not happen").
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Clean => 0,
+            Self::Broken => 1,
+            Self::TimedOut => 3,
+            Self::ErrorReplies => 4,
+        }
+    }
+}
+
 impl RunReport {
-    /// Whether the run kept the promise: every request answered exactly once, nothing
-    /// corrupted, and the clients finished.
+    /// Client and peer VMs that failed: a non-zero exit status, or an end other than an
+    /// exit, with no `kill_after_ms` fault behind it (the `evil` test image's status reports
+    /// its attack and is not counted).
+    pub fn failed_guests(&self) -> Vec<&VmReport> {
+        self.vms
+            .iter()
+            .filter(|v| {
+                (v.role == Role::Client.name() || v.role == Role::Peer.name())
+                    && v.image != "evil"
+                    && !v.killed
+                    && !(self.timed_out && v.exit_status.is_none())
+                    && v.exit_status != Some(0)
+            })
+            .collect()
+    }
+
+    /// How the run ended.
+    pub fn verdict(&self) -> Verdict {
+        if self.lost > 0
+            || self.duplicates > 0
+            || self.mismatches > 0
+            || !self.failed_guests().is_empty()
+        {
+            Verdict::Broken
+        } else if self.timed_out {
+            Verdict::TimedOut
+        } else if self.error_replies > 0 {
+            Verdict::ErrorReplies
+        } else {
+            Verdict::Clean
+        }
+    }
+
+    /// Whether the run kept the promise in full: every request answered exactly once with
+    /// a good reply, nothing corrupted, and the clients finished ([`Verdict::Clean`]).
     pub fn clean(&self) -> bool {
-        self.lost == 0 && self.duplicates == 0 && self.mismatches == 0 && !self.timed_out
+        self.verdict() == Verdict::Clean
     }
 }
 
@@ -176,11 +244,13 @@ pub(super) fn vm_report(b: &Booted) -> VmReport {
     VmReport {
         name: b.name.clone(),
         image: b.image.clone(),
+        role: b.role.name().to_string(),
         outcome: format!("{:?}", b.outcome.unwrap_or(RunOutcome::Stopped)),
         exit_status: match b.outcome {
             Some(RunOutcome::Exited(s)) => Some(s),
             _ => None,
         },
+        killed: b.killed,
         sent: r[traffic::SENT],
         received: r[traffic::RECEIVED],
         ok: r[traffic::OK],
@@ -190,7 +260,7 @@ pub(super) fn vm_report(b: &Booted) -> VmReport {
         kicks: r[driver::result::KICKS],
         waits: r[driver::result::WAITS],
         exits: exits(&b.vm.counters().snapshot()),
-        latency: (b.image == "client")
+        latency: (b.role == Role::Client)
             .then(|| histogram(&b.vm))
             .flatten()
             .and_then(|h| latency(&h)),
@@ -208,14 +278,14 @@ pub(super) fn build(
 ) -> RunReport {
     let snap = sw.snapshot();
     let vm_reports: Vec<VmReport> = vms.iter().map(vm_report).collect();
-    let clients = || vm_reports.iter().filter(|v| v.image == "client");
+    let clients = || vm_reports.iter().filter(|v| v.role == Role::Client.name());
     let requests: u64 = clients().map(|v| v.sent).sum();
     let replies: u64 = clients().map(|v| v.received).sum();
     let messages: u64 = snap.ports.iter().map(|p| p.stats.sent).sum();
     let total_exits: u64 = vm_reports.iter().map(|v| v.exits).sum();
     let secs = elapsed.as_secs_f64().max(1e-9);
     let mut merged = vec![0u64; LATENCY_BUCKETS];
-    for b in vms.iter().filter(|b| b.image == "client") {
+    for b in vms.iter().filter(|b| b.role == Role::Client) {
         if let Some(h) = histogram(&b.vm) {
             merged.iter_mut().zip(h).for_each(|(m, n)| *m += n);
         }
@@ -303,6 +373,13 @@ impl fmt::Display for RunReport {
                 f,
                 "round trip: p50 {:.1} us, p99 {:.1} us ({} requests)",
                 l.p50_us, l.p99_us, l.samples
+            )?;
+        }
+        for v in self.failed_guests() {
+            writeln!(
+                f,
+                "{} {} failed: {} (exit status {:?})",
+                v.role, v.name, v.outcome, v.exit_status
             )?;
         }
         writeln!(

@@ -14,7 +14,7 @@ use super::clock::Clock;
 use super::dispatch::Dispatch;
 use super::failover::Event;
 use super::health::BackendHealth;
-use super::inflight::{InflightTable, PoolConfig, Request, Stage, Target, Token};
+use super::inflight::{InflightTable, PoolConfig, PoolError, Request, Stage, Target, Token};
 use super::outbox::{Outbound, PortSlot};
 use super::policy::{new_policy, PickRequest};
 use super::service::{Member, Service, ServiceConfig, ServiceId};
@@ -39,6 +39,57 @@ pub struct SwitchConfig {
     pub port_request_timeout_ns: u64,
     /// The in-flight table.
     pub pool: PoolConfig,
+}
+
+/// Largest [`SwitchConfig::batch`]: the switch keeps a buffer of this many chains.
+pub const MAX_BATCH: usize = 65_536;
+
+/// Why a [`SwitchConfig`] was refused. [`SwitchConfigError::field`] names the setting.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SwitchConfigError {
+    /// `batch` is 0 (nothing would ever be taken) or above [`MAX_BATCH`].
+    #[error("batch {0} must be in 1..={MAX_BATCH} (default 64)")]
+    Batch(usize),
+    /// A period or deadline is 0.
+    #[error("{field} must be greater than 0")]
+    Zero {
+        /// The setting.
+        field: &'static str,
+    },
+    /// The in-flight pool settings are invalid.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+impl SwitchConfigError {
+    /// The setting at fault, as named in a `[switch]` table (`batch`, `pool.max_subpools`).
+    pub fn field(&self) -> String {
+        match self {
+            Self::Batch(_) => "batch".into(),
+            Self::Zero { field } => (*field).into(),
+            Self::Pool(e) => format!("pool.{}", e.field().unwrap_or("")),
+        }
+    }
+}
+
+impl SwitchConfig {
+    /// Checks every setting: `batch` in 1..=[`MAX_BATCH`], the sweep interval and the port
+    /// request deadline above 0, and the pool ([`PoolConfig::validate`]).
+    pub fn validate(&self) -> Result<(), SwitchConfigError> {
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            return Err(SwitchConfigError::Batch(self.batch));
+        }
+        for (field, v) in [
+            ("sweep_interval_ns", self.sweep_interval_ns),
+            ("port_request_timeout_ns", self.port_request_timeout_ns),
+        ] {
+            if v == 0 {
+                return Err(SwitchConfigError::Zero { field });
+            }
+        }
+        self.pool.validate()?;
+        Ok(())
+    }
 }
 
 impl Default for SwitchConfig {
@@ -72,6 +123,7 @@ pub struct Switch<M> {
 impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
     /// A switch with no ports, reading time from `clock`.
     pub fn new(cfg: SwitchConfig, clock: Arc<dyn Clock>) -> Result<Self, SwitchError> {
+        cfg.validate()?;
         let inflight = InflightTable::new(cfg.pool)?;
         let now = clock.now_ns();
         Ok(Self {
@@ -120,6 +172,11 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         if self.service_id(name).is_some() {
             return Err(SwitchError::DuplicateName(name.to_string()));
         }
+        cfg.validate_for(members.len())
+            .map_err(|source| SwitchError::Service {
+                service: name.to_string(),
+                source,
+            })?;
         let id = self.services.len() as ServiceId;
         let mut ms = Vec::with_capacity(members.len());
         for &(port, w) in members {

@@ -24,15 +24,19 @@ mod service;
 mod stats;
 mod sweep;
 
-pub use self::core::{Switch, SwitchConfig, SWITCH_PORT};
+pub use self::core::{Switch, SwitchConfig, SwitchConfigError, MAX_BATCH, SWITCH_PORT};
 pub use crate::port::{Notifier, Polling, PortId};
 pub use clock::{Clock, ManualClock, MonotonicClock};
-pub use failover::{BackendStatus, Event, Failover, FailoverConfig, FailoverStats};
-pub use health::{BackendHealth, Combine, HealthConfig, HealthStats, HealthWeights};
+pub use failover::{
+    BackendStatus, Event, Failover, FailoverConfig, FailoverConfigError, FailoverStats,
+};
+pub use health::{
+    BackendHealth, Combine, HealthConfig, HealthConfigError, HealthStats, HealthWeights,
+};
 pub use inflight::{pool, BlockPool, PoolConfig, PoolError, PoolStats, Token};
 pub use outbox::PortStats;
 pub use policy::{new_policy, Candidate, PickRequest, Policy, PolicyConfig, PolicyKind};
-pub use service::{ServiceConfig, ServiceId, ServiceStats};
+pub use service::{ServiceConfig, ServiceConfigError, ServiceId, ServiceStats};
 pub use stats::{MemberSnapshot, PortSnapshot, ServiceSnapshot, Snapshot, Totals};
 
 /// Why the switch refused a configuration.
@@ -61,6 +65,17 @@ pub enum SwitchError {
     /// The in-flight pool configuration is invalid.
     #[error("invalid in-flight pool configuration: {0}")]
     Pool(#[from] inflight::PoolError),
+    /// The switch configuration is invalid ([`SwitchConfig::validate`]).
+    #[error("invalid switch configuration: {0}; fix that setting of SwitchConfig / [switch]")]
+    Config(#[from] SwitchConfigError),
+    /// A service configuration is invalid ([`ServiceConfig::validate_for`]).
+    #[error("service {service}: invalid configuration: {source}; fix that setting of its ServiceConfig / [[service]]")]
+    Service {
+        /// Service name.
+        service: String,
+        /// What is wrong.
+        source: ServiceConfigError,
+    },
 }
 
 #[cfg(test)]

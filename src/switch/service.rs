@@ -5,10 +5,10 @@ use std::collections::VecDeque;
 
 use serde::Deserialize;
 
-use super::failover::{Failover, FailoverConfig};
-use super::health::{BackendHealth, HealthConfig};
+use super::failover::{Failover, FailoverConfig, FailoverConfigError};
+use super::health::{BackendHealth, HealthConfig, HealthConfigError};
 use super::inflight::Token;
-use super::policy::{Candidate, PickRequest, Policy, PolicyConfig};
+use super::policy::{Candidate, PickRequest, Policy, PolicyConfig, PolicyError};
 use crate::port::{Drain, PortId};
 
 /// Service identifier (index into the switch's service table; `dst` of requests to it).
@@ -37,6 +37,59 @@ impl Default for ServiceConfig {
             failover: FailoverConfig::default(),
             request_timeout_ns: 1_000_000_000,
         }
+    }
+}
+
+/// Why a [`ServiceConfig`] was refused. [`ServiceConfigError::field`] names the setting.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ServiceConfigError {
+    /// The policy settings are invalid.
+    #[error("policy: {0}")]
+    Policy(#[from] PolicyError),
+    /// The health settings are invalid.
+    #[error(transparent)]
+    Health(#[from] HealthConfigError),
+    /// The failover settings are invalid.
+    #[error(transparent)]
+    Failover(#[from] FailoverConfigError),
+    /// The request deadline is 0: every request would fail back at once.
+    #[error("request_timeout_ns must be greater than 0 (default 1 s)")]
+    ZeroTimeout,
+}
+
+impl ServiceConfigError {
+    /// The setting at fault as a dotted path in a service table (`health.threshold`,
+    /// `policy.maglev.table_size`, `request_timeout_ns`).
+    pub fn field(&self) -> String {
+        match self {
+            Self::Policy(e) if e.field() == "members" => "members".into(),
+            Self::Policy(e) => format!("policy.{}", e.field()),
+            Self::Health(e) => format!("health.{}", e.field()),
+            Self::Failover(e) => format!("failover.{}", e.field()),
+            Self::ZeroTimeout => "request_timeout_ns".into(),
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// Checks every setting ([`PolicyConfig::validate`], [`HealthConfig::validate`],
+    /// [`FailoverConfig::validate`]) and a request deadline above 0.
+    pub fn validate(&self) -> Result<(), ServiceConfigError> {
+        self.policy.validate()?;
+        self.health.validate()?;
+        self.failover.validate()?;
+        if self.request_timeout_ns == 0 {
+            return Err(ServiceConfigError::ZeroTimeout);
+        }
+        Ok(())
+    }
+
+    /// [`ServiceConfig::validate`] plus the policy's checks against `n_backends`
+    /// ([`PolicyConfig::validate_for`]).
+    pub fn validate_for(&self, n_backends: usize) -> Result<(), ServiceConfigError> {
+        self.validate()?;
+        self.policy.validate_for(n_backends)?;
+        Ok(())
     }
 }
 

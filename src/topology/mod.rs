@@ -1,5 +1,11 @@
 //! `vmq run TOPOLOGY.toml`: the documented file format, parsed and checked, with errors that
-//! name the line and the field.
+//! name the file, the line and the field.
+//!
+//! Everything is checked while parsing, before any VM boots: unknown keys in every table,
+//! the ranges of the switch, pool, policy, health and failover settings (through their
+//! `validate()`), unit conversions, image parameters against the guest images' limits,
+//! numeric port and service ids, roles (a client is never a service member; a run needs a
+//! client or a peer to finish).
 //!
 //! ```toml
 //! [switch]                  # optional; SwitchConfig fields (batch, sweep_interval_ns, ...)
@@ -11,8 +17,9 @@
 //!
 //! [[vm]]
 //! name = "client0"          # unique among VMs and services; also the switch port name
-//! image = "client"          # a built-in image (client, worker, peer, hello) or an ELF path
-//! memory_mib = 16           # guest memory (default 16)
+//! image = "client"          # a built-in image (client, worker, peer) or an ELF path
+//! # role = "client"         # required for an ELF path: client, worker or peer
+//! memory_mib = 16           # guest memory (even, 4..=1024; default 16)
 //! params = { service = "echo", count = 20000, size = 64 }  # image parameters, by name;
 //!                           # strings name a service or a VM and become their ids
 //!
@@ -38,9 +45,10 @@ mod params;
 mod spec;
 
 pub use error::TopologyError;
-pub use params::PARAMS;
+pub use params::{MAX_QUEUE_SIZE, PARAMS};
 pub use spec::{
-    FaultKind, FaultSpec, MemberSpec, ParamValue, RunSpec, ServiceSpec, Topology, VmSpec,
+    image_role, FaultKind, FaultSpec, MemberSpec, ParamValue, Role, RunSpec, ServiceSpec, Topology,
+    VmSpec, IMAGE_ROLES, MAX_REQUEST_TIMEOUT_MS,
 };
 
 /// The built-in topology `vmq demo` runs (also in `topologies/demo.toml`).

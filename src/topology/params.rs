@@ -2,13 +2,25 @@
 
 use toml::Spanned;
 
-use super::spec::{FaultKind, ParamValue, Topology};
+use super::spec::{FaultKind, ParamValue, Role, Topology, VmSpec};
 use super::TopologyError;
-use crate::abi::image::{client, driver, evil, hello, peer, port_param, worker};
+use crate::abi::image::{client, driver, evil, peer, port_param, worker, MAX_GUEST_PAYLOAD};
+use crate::abi::mode;
+
+/// Largest queue size a guest may ask for (`queue_size`; a power of two, 0 = the device's).
+pub const MAX_QUEUE_SIZE: u64 = 32768;
+
+/// Guest memory below the image's free memory (boot structures, stack, image, rings), which
+/// a client's bookkeeping cannot use.
+const RESERVED_MIB: u64 = 4;
 
 /// Parameter names a topology may use, their boot-block slots and what they mean.
 pub const PARAMS: &[(&str, usize, &str)] = &[
-    ("mode", client::param::MODE, "image-specific mode"),
+    (
+        "mode",
+        client::param::MODE,
+        "image-specific mode (client: 0 normal, 1 malformed; evil: abi::mode::evil)",
+    ),
     (
         "count",
         client::param::COUNT,
@@ -17,14 +29,18 @@ pub const PARAMS: &[(&str, usize, &str)] = &[
     (
         "service",
         client::param::SERVICE,
-        "service to send requests to (a service name)",
+        "service to send requests to (a service name, or its index in file order)",
     ),
     (
         "target",
         client::param::TARGET,
-        "port to send to (a VM name)",
+        "port to send to (a VM name, or its index in file order)",
     ),
-    ("size", client::param::SIZE, "payload bytes (up to 4096)"),
+    (
+        "size",
+        client::param::SIZE,
+        "payload bytes (up to 4096, abi::image::MAX_GUEST_PAYLOAD)",
+    ),
     (
         "window",
         client::param::WINDOW,
@@ -43,7 +59,7 @@ pub const PARAMS: &[(&str, usize, &str)] = &[
     (
         "queue_size",
         driver::param::QUEUE_SIZE,
-        "queue size the guest asks for (power of two)",
+        "queue size the guest asks for (a power of two up to 32768; 0 = the device's)",
     ),
     (
         "stall_after",
@@ -75,11 +91,6 @@ pub const PARAMS: &[(&str, usize, &str)] = &[
         worker::param::SLOW,
         "worker busy-loop iterations per request",
     ),
-    (
-        "exit_status",
-        hello::param::EXIT_STATUS,
-        "exit status on success (hello)",
-    ),
 ];
 
 fn slot(name: &str) -> Option<usize> {
@@ -88,7 +99,8 @@ fn slot(name: &str) -> Option<usize> {
 
 impl Topology {
     /// The boot-block parameters of VM `vm` (index into `vms`): its `params` with names
-    /// resolved (services to service ids, VMs to port ids), then its guest-side faults.
+    /// resolved (services to service ids, VMs to port ids) and checked against the limits of
+    /// the guest images, then its guest-side faults.
     pub fn params_of(&self, vm: usize) -> Result<Vec<(usize, u64)>, TopologyError> {
         let spec = &self.vms[vm];
         let mut out = Vec::new();
@@ -103,7 +115,23 @@ impl Topology {
                     ),
                 )
             })?;
-            out.push((idx, self.resolve(name, value)?));
+            let v = self.resolve(name, value)?;
+            self.check_param(spec, name, v)
+                .map_err(|msg| self.invalid(value.span(), name, msg))?;
+            out.push((idx, v));
+        }
+        if self.role(spec) == Role::Peer
+            && spec.image.get_ref() == "peer"
+            && param(spec, "count") > 0
+            && !spec.params.contains_key("target")
+        {
+            return Err(self.invalid(
+                spec.name.span(),
+                "target",
+                "a peer with a count sends that many messages to its target: set target \
+                 (a VM name)"
+                    .into(),
+            ));
         }
         for f in self
             .faults
@@ -111,22 +139,85 @@ impl Topology {
             .filter(|f| f.vm.get_ref() == spec.name.get_ref())
         {
             if let FaultKind::GuestParam(name, v) = f.kind() {
-                out.push((slot(name).expect("fault parameters are in the table"), v));
+                if let Some(idx) = slot(name) {
+                    out.push((idx, v));
+                }
             }
         }
         Ok(out)
     }
 
+    /// The limits the guest images enforce (a guest that finds a parameter out of range exits
+    /// with `abi::image::exit::BAD_PARAM` before bringing its device up).
+    fn check_param(&self, spec: &VmSpec, name: &str, v: u64) -> Result<(), String> {
+        let image = spec.image.get_ref().as_str();
+        match name {
+            "size" if v > MAX_GUEST_PAYLOAD => Err(format!(
+                "{v} bytes: the guest images carry at most {MAX_GUEST_PAYLOAD} payload bytes"
+            )),
+            "queue_size" if v != 0 && (!v.is_power_of_two() || v > MAX_QUEUE_SIZE) => Err(format!(
+                "{v}: a queue size is a power of two up to {MAX_QUEUE_SIZE} (or 0 for the \
+                 device's)"
+            )),
+            "wait" if v > driver::WAIT_DOORBELL => {
+                Err(format!("{v}: use \"poll\" (0) or \"doorbell\" (1)"))
+            }
+            "mode" if image == "client" && v > mode::client::MALFORMED => Err(format!(
+                "{v}: client modes are {} (normal) and {} (malformed)",
+                mode::client::NORMAL,
+                mode::client::MALFORMED
+            )),
+            "mode" if image == "evil" && v > mode::evil::RESET => Err(format!(
+                "{v}: evil modes are {}..={} (abi::mode::evil)",
+                mode::evil::HONEST,
+                mode::evil::RESET
+            )),
+            "count" if matches!(image, "client" | "evil") => {
+                // A client keeps a bit per request (evil: two ids per request, plus slack).
+                let ids = if image == "evil" {
+                    v.saturating_mul(2).saturating_add(1024)
+                } else {
+                    v
+                };
+                let mib = *spec.memory_mib.get_ref();
+                let room = mib.saturating_sub(RESERVED_MIB) << 20;
+                if ids.div_ceil(8) > room {
+                    Err(format!(
+                        "{v} requests need {} KiB of bookkeeping, more than the {room} bytes \
+                         {mib} MiB of guest memory leaves: lower count or raise memory_mib",
+                        ids.div_ceil(8) >> 10
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn resolve(&self, name: &str, value: &Spanned<ParamValue>) -> Result<u64, TopologyError> {
         let bad = |msg: String| self.invalid(value.span(), name, msg);
         match (name, value.get_ref()) {
-            ("target", ParamValue::Int(port)) => u32::try_from(*port)
-                .map(port_param)
-                .map_err(|_| bad(format!("port {port} is out of range"))),
+            ("target", ParamValue::Int(port)) => match usize::try_from(*port) {
+                Ok(p) if p < self.vms.len() => Ok(port_param(p as u32)),
+                _ => Err(bad(format!(
+                    "port {port} is out of range: this topology has ports 0..{} (its VMs in \
+                     file order); better, name the VM",
+                    self.vms.len()
+                ))),
+            },
             ("target", ParamValue::Name(vm)) => self
                 .vm_index(vm)
                 .map(|i| port_param(i as u32))
                 .ok_or_else(|| bad(format!("{vm:?} is not a [[vm]] of this topology"))),
+            ("service" | "side_service", ParamValue::Int(id)) => match usize::try_from(*id) {
+                Ok(i) if i < self.services.len() => Ok(*id),
+                _ => Err(bad(format!(
+                    "service {id} is out of range: this topology has services 0..{} (in file \
+                     order); better, name the service",
+                    self.services.len()
+                ))),
+            },
             ("service" | "side_service", ParamValue::Name(s)) => self
                 .service_index(s)
                 .map(|i| i as u64)
@@ -139,5 +230,13 @@ impl Topology {
             (_, ParamValue::Int(v)) => Ok(*v),
             (_, ParamValue::Name(s)) => Err(bad(format!("{s:?}: this parameter takes a number"))),
         }
+    }
+}
+
+/// The number VM `spec` gives parameter `name` (0 when absent or a name).
+fn param(spec: &VmSpec, name: &str) -> u64 {
+    match spec.params.get(name).map(|v| v.get_ref()) {
+        Some(ParamValue::Int(v)) => *v,
+        _ => 0,
     }
 }

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 /// Failover parameters of a service.
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct FailoverConfig {
     /// A backend with pending work whose consumer index has not moved for this long is stalled.
     /// Default 5 ms.
@@ -46,6 +46,84 @@ impl Default for FailoverConfig {
             slow_start_min: 0.1,
             panic_threshold: 0.5,
         }
+    }
+}
+
+/// Why a [`FailoverConfig`] was refused. [`FailoverConfigError::field`] names the setting.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FailoverConfigError {
+    /// A window or duration that must be positive is 0.
+    #[error("failover {field} must be greater than 0")]
+    Zero {
+        /// The setting.
+        field: &'static str,
+    },
+    /// The longest ejection is shorter than the first one.
+    #[error(
+        "failover max_ejection_ns {max} is below base_ejection_ns {base}: raise max_ejection_ns \
+         or lower base_ejection_ns"
+    )]
+    MaxBelowBase {
+        /// `base_ejection_ns`.
+        base: u64,
+        /// `max_ejection_ns`.
+        max: u64,
+    },
+    /// The ejection cap is not a percentage.
+    #[error("failover max_ejection_percent {0} must be in 0..=100")]
+    Percent(u32),
+    /// A fraction is outside [0, 1] or not a number.
+    #[error("failover {field} = {value}: must be a number in [0, 1]")]
+    NotAFraction {
+        /// The setting.
+        field: &'static str,
+        /// The value given.
+        value: f64,
+    },
+}
+
+impl FailoverConfigError {
+    /// The setting at fault, as named in a configuration file.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Zero { field } | Self::NotAFraction { field, .. } => field,
+            Self::MaxBelowBase { .. } => "max_ejection_ns",
+            Self::Percent(_) => "max_ejection_percent",
+        }
+    }
+}
+
+impl FailoverConfig {
+    /// Checks every setting: the stall window and the base ejection time above 0, the longest
+    /// ejection at least the first, the ejection cap a percentage, and the slow-start minimum
+    /// and the panic threshold in [0, 1] (not NaN).
+    pub fn validate(&self) -> Result<(), FailoverConfigError> {
+        for (field, zero) in [
+            ("stall_window_ns", self.stall_window_ns == 0),
+            ("base_ejection_ns", self.base_ejection_ns == 0),
+        ] {
+            if zero {
+                return Err(FailoverConfigError::Zero { field });
+            }
+        }
+        if self.max_ejection_ns < self.base_ejection_ns {
+            return Err(FailoverConfigError::MaxBelowBase {
+                base: self.base_ejection_ns,
+                max: self.max_ejection_ns,
+            });
+        }
+        if self.max_ejection_percent > 100 {
+            return Err(FailoverConfigError::Percent(self.max_ejection_percent));
+        }
+        for (field, value) in [
+            ("slow_start_min", self.slow_start_min),
+            ("panic_threshold", self.panic_threshold),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(FailoverConfigError::NotAFraction { field, value });
+            }
+        }
+        Ok(())
     }
 }
 

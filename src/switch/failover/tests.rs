@@ -192,3 +192,51 @@ fn empty_ejected_backend_returns_without_traffic() {
         Some(BackendStatus::Warming { since_ns: 30 * MS })
     );
 }
+
+#[test]
+fn config_refuses_unknown_keys() {
+    let e = toml::from_str::<FailoverConfig>("stall_windw_ns = 5").unwrap_err();
+    assert!(e.to_string().contains("stall_windw_ns"), "{e}");
+}
+
+#[test]
+fn config_refuses_out_of_range_values() {
+    let bad = |f: fn(&mut FailoverConfig)| {
+        let mut c = FailoverConfig::default();
+        f(&mut c);
+        c.validate().unwrap_err()
+    };
+    let e = bad(|c| c.stall_window_ns = 0);
+    assert_eq!(e.field(), "stall_window_ns");
+    assert!(e.to_string().contains("greater than 0"), "{e}");
+    assert_eq!(bad(|c| c.max_ejection_ns = 1).field(), "max_ejection_ns");
+    assert_eq!(
+        bad(|c| c.max_ejection_percent = 101).field(),
+        "max_ejection_percent"
+    );
+    assert_eq!(
+        bad(|c| c.panic_threshold = f64::NAN).field(),
+        "panic_threshold"
+    );
+    assert_eq!(bad(|c| c.slow_start_min = -0.5).field(), "slow_start_min");
+    FailoverConfig::default().validate().unwrap();
+}
+
+#[test]
+fn time_near_u64_max_saturates() {
+    let cfg = FailoverConfig {
+        base_ejection_ns: u64::MAX / 2,
+        max_ejection_ns: u64::MAX,
+        slow_start_ns: u64::MAX,
+        ..FailoverConfig::default()
+    };
+    let mut f = Failover::new(cfg, 2, u64::MAX - 100);
+    let mut ev = Vec::new();
+    f.observe(0, 0, true, u64::MAX - 100);
+    f.sweep(u64::MAX, &mut ev);
+    f.force_eject(1, u64::MAX, &mut ev);
+    f.force_eject(1, u64::MAX, &mut ev);
+    f.sweep(u64::MAX, &mut ev);
+    assert!(f.weight_factor(0, u64::MAX).is_finite());
+    assert!(ev.iter().any(|e| matches!(e, Event::Ejected { .. })));
+}

@@ -17,7 +17,7 @@ pub const LOAD_MAX: u16 = 1000;
 
 /// Weights of the health metrics in the score. Zero drops a metric.
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct HealthWeights {
     /// Free rx buffers the backend has posted (room to deliver). Default 1.0.
     pub free_rx: f64,
@@ -61,7 +61,7 @@ pub enum Combine {
 
 /// Health scoring parameters, shared by the backends of a service.
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct HealthConfig {
     /// Metric weights.
     pub weights: HealthWeights,
@@ -109,6 +109,133 @@ impl Default for HealthConfig {
             suspect_after_ns: 2_000_000,
             suspect_clear_ns: 20_000_000,
         }
+    }
+}
+
+/// Why a [`HealthConfig`] was refused. [`HealthConfigError::field`] names the setting.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HealthConfigError {
+    /// A fraction is outside [0, 1] or not a number.
+    #[error("health {field} = {value}: must be a number in [0, 1]")]
+    NotAFraction {
+        /// The setting.
+        field: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// A metric weight is negative, infinite or not a number.
+    #[error("health weights.{field} = {value}: must be a finite number >= 0 (0 drops the metric)")]
+    BadWeight {
+        /// The metric.
+        field: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// The rejoin threshold is below the leave threshold (no hysteresis, flapping).
+    #[error(
+        "health rejoin_threshold {rejoin} is below threshold {threshold}: set rejoin_threshold \
+         >= threshold so a backend that left rotation must recover before it returns"
+    )]
+    RejoinBelowThreshold {
+        /// The leave threshold.
+        threshold: f64,
+        /// The rejoin threshold.
+        rejoin: f64,
+    },
+    /// A duration or limit that must be positive is 0.
+    #[error("health {field} must be greater than 0")]
+    Zero {
+        /// The setting.
+        field: &'static str,
+    },
+    /// The load bounds are not `load_low <= load_high <= 1000`.
+    #[error(
+        "health load_low {low} and load_high {high}: need load_low <= load_high <= {LOAD_MAX}"
+    )]
+    LoadBounds {
+        /// `load_low`.
+        low: u16,
+        /// `load_high`.
+        high: u16,
+    },
+}
+
+impl HealthConfigError {
+    /// The setting at fault, as named in a configuration file (`threshold`, `weights.errors`).
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::NotAFraction { field, .. } | Self::Zero { field } => field,
+            Self::BadWeight { field, .. } => match *field {
+                "free_rx" => "weights.free_rx",
+                "drain" => "weights.drain",
+                "latency" => "weights.latency",
+                "errors" => "weights.errors",
+                "in_flight" => "weights.in_flight",
+                _ => "weights.load",
+            },
+            Self::RejoinBelowThreshold { .. } => "rejoin_threshold",
+            Self::LoadBounds { low, .. } => {
+                if *low > LOAD_MAX {
+                    "load_low"
+                } else {
+                    "load_high"
+                }
+            }
+        }
+    }
+}
+
+impl HealthConfig {
+    /// Checks every setting: thresholds and fractions in [0, 1] (not NaN), weights finite and
+    /// not negative, the EWMA half-life, latency target, in-flight limit and report lifetime above 0,
+    /// and `load_low <= load_high <= 1000`.
+    pub fn validate(&self) -> Result<(), HealthConfigError> {
+        for (field, value) in [
+            ("threshold", self.threshold),
+            ("rejoin_threshold", self.rejoin_threshold),
+            ("free_rx_ok_fraction", self.free_rx_ok_fraction),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(HealthConfigError::NotAFraction { field, value });
+            }
+        }
+        if self.rejoin_threshold < self.threshold {
+            return Err(HealthConfigError::RejoinBelowThreshold {
+                threshold: self.threshold,
+                rejoin: self.rejoin_threshold,
+            });
+        }
+        let w = &self.weights;
+        for (field, value) in [
+            ("free_rx", w.free_rx),
+            ("drain", w.drain),
+            ("latency", w.latency),
+            ("errors", w.errors),
+            ("in_flight", w.in_flight),
+            ("load", w.load),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(HealthConfigError::BadWeight { field, value });
+            }
+        }
+        for (field, zero) in [
+            ("ewma_half_life_ns", self.ewma_half_life_ns == 0),
+            ("latency_target_ns", self.latency_target_ns == 0),
+            ("in_flight_limit", self.in_flight_limit == 0),
+            ("free_rx_ok_fraction", self.free_rx_ok_fraction == 0.0),
+            ("load_report_ttl_ns", self.load_report_ttl_ns == 0),
+        ] {
+            if zero {
+                return Err(HealthConfigError::Zero { field });
+            }
+        }
+        if self.load_low > self.load_high || self.load_high > LOAD_MAX {
+            return Err(HealthConfigError::LoadBounds {
+                low: self.load_low,
+                high: self.load_high,
+            });
+        }
+        Ok(())
     }
 }
 

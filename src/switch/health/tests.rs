@@ -160,3 +160,53 @@ fn a_brief_contradiction_is_not_enough() {
     h.refresh(MS);
     assert!(!h.load_report_suspect());
 }
+
+#[test]
+fn config_refuses_unknown_keys() {
+    let e = toml::from_str::<HealthConfig>("threshhold = 0.5").unwrap_err();
+    assert!(e.to_string().contains("threshhold"), "{e}");
+    let e = toml::from_str::<HealthConfig>("weights = { eror = 1.0 }").unwrap_err();
+    assert!(e.to_string().contains("eror"), "{e}");
+}
+
+#[test]
+fn config_refuses_out_of_range_values() {
+    let bad = |f: fn(&mut HealthConfig)| {
+        let mut c = HealthConfig::default();
+        f(&mut c);
+        c.validate().unwrap_err()
+    };
+    let e = bad(|c| c.threshold = f64::NAN);
+    assert_eq!(e.field(), "threshold");
+    assert!(e.to_string().contains("[0, 1]"), "{e}");
+    assert_eq!(bad(|c| c.threshold = 1.5).field(), "threshold");
+    assert_eq!(
+        bad(|c| c.rejoin_threshold = 0.1).field(),
+        "rejoin_threshold"
+    );
+    assert_eq!(bad(|c| c.weights.errors = -1.0).field(), "weights.errors");
+    assert_eq!(
+        bad(|c| c.weights.load = f64::INFINITY).field(),
+        "weights.load"
+    );
+    assert_eq!(
+        bad(|c| c.ewma_half_life_ns = 0).field(),
+        "ewma_half_life_ns"
+    );
+    assert_eq!(bad(|c| c.in_flight_limit = 0).field(), "in_flight_limit");
+    assert_eq!(bad(|c| c.load_high = 5000).field(), "load_high");
+    HealthConfig::default().validate().unwrap();
+}
+
+#[test]
+fn time_near_u64_max_does_not_overflow() {
+    let mut h = BackendHealth::new(HealthConfig::default());
+    h.on_rx_posted(4, 8);
+    h.on_dispatch(u64::MAX - 10);
+    h.on_consumed(1, u64::MAX - 5);
+    h.on_reply(u64::MAX, true, u64::MAX);
+    h.on_load_report(500, u64::MAX);
+    let s = h.refresh(u64::MAX);
+    assert!(s.is_finite());
+    h.refresh(0);
+}

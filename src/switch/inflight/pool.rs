@@ -36,9 +36,17 @@ impl Token {
     }
 }
 
+/// Most blocks a [`PoolConfig`] may describe (`subpool_size x max_subpools`): 1 Mi blocks, so a
+/// configuration cannot ask for more host memory than a switch sensibly needs (the default is
+/// 16 Ki blocks).
+pub const MAX_POOL_BLOCKS: u64 = 1 << 20;
+
+/// Largest [`PoolConfig::subpool_size`] (one subpool is allocated at once).
+pub const MAX_SUBPOOL_SIZE: u32 = 1 << 16;
+
 /// Sizing of a [`BlockPool`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct PoolConfig {
     /// Blocks per subpool. Default 256.
     pub subpool_size: u32,
@@ -59,7 +67,7 @@ impl Default for PoolConfig {
 }
 
 /// Why the pool refused.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum PoolError {
     /// Every block of every allowed subpool is in use.
     #[error(
@@ -74,6 +82,67 @@ pub enum PoolError {
     /// The configuration cannot describe a pool.
     #[error("invalid pool configuration: {0}")]
     InvalidConfig(&'static str),
+    /// A setting is outside its range.
+    #[error("pool {field} = {value}: must be in {min}..={max}{hint}")]
+    OutOfRange {
+        /// The setting (`subpool_size`, `max_subpools`, `grow_below_free`).
+        field: &'static str,
+        /// The value given (for `max_subpools`, the blocks it adds up to).
+        value: u64,
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+        /// What to do.
+        hint: &'static str,
+    },
+}
+
+impl PoolError {
+    /// The setting at fault, as named in a configuration file, for configuration errors.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::OutOfRange { field, .. } => Some(field),
+            Self::InvalidConfig(_) | Self::Exhausted { .. } => None,
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Checks the sizing: `subpool_size` in 1..=[`MAX_SUBPOOL_SIZE`], `max_subpools` at least
+    /// 1 with `subpool_size x max_subpools` at most [`MAX_POOL_BLOCKS`], and `grow_below_free`
+    /// at most the pool's capacity.
+    pub fn validate(&self) -> Result<(), PoolError> {
+        if !(1..=MAX_SUBPOOL_SIZE).contains(&self.subpool_size) {
+            return Err(PoolError::OutOfRange {
+                field: "subpool_size",
+                value: self.subpool_size.into(),
+                min: 1,
+                max: MAX_SUBPOOL_SIZE.into(),
+                hint: "",
+            });
+        }
+        let capacity = u64::from(self.subpool_size) * u64::from(self.max_subpools);
+        if self.max_subpools == 0 || capacity > MAX_POOL_BLOCKS {
+            return Err(PoolError::OutOfRange {
+                field: "max_subpools",
+                value: self.max_subpools.into(),
+                min: 1,
+                max: MAX_POOL_BLOCKS / u64::from(self.subpool_size),
+                hint: " (subpool_size x max_subpools blocks at most 1048576)",
+            });
+        }
+        if u64::from(self.grow_below_free) > capacity {
+            return Err(PoolError::OutOfRange {
+                field: "grow_below_free",
+                value: self.grow_below_free.into(),
+                min: 0,
+                max: capacity,
+                hint: " (the pool's capacity)",
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Counters of a [`BlockPool`].
@@ -134,19 +203,9 @@ pub struct BlockPool<T> {
 }
 
 impl<T> BlockPool<T> {
-    /// A pool with one subpool ready.
+    /// A pool with one subpool ready, after [`PoolConfig::validate`].
     pub fn new(cfg: PoolConfig) -> Result<Self, PoolError> {
-        if cfg.subpool_size == 0 {
-            return Err(PoolError::InvalidConfig("subpool_size must be at least 1"));
-        }
-        if cfg.max_subpools == 0 {
-            return Err(PoolError::InvalidConfig("max_subpools must be at least 1"));
-        }
-        if u64::from(cfg.subpool_size) * u64::from(cfg.max_subpools) > u64::from(u32::MAX) {
-            return Err(PoolError::InvalidConfig(
-                "subpool_size x max_subpools must fit 32-bit block ids",
-            ));
-        }
+        cfg.validate()?;
         let mut pool = Self {
             cfg,
             subpools: Vec::with_capacity(cfg.max_subpools as usize),
@@ -470,6 +529,42 @@ mod tests {
             ..PoolConfig::default()
         };
         assert!(BlockPool::<u8>::new(cfg).is_err());
+    }
+
+    #[test]
+    fn refuses_absurd_sizes_before_allocating() {
+        // A pool of u32::MAX blocks used to be accepted and abort the process.
+        for (cfg, field) in [
+            (
+                PoolConfig {
+                    subpool_size: 1,
+                    max_subpools: u32::MAX,
+                    ..PoolConfig::default()
+                },
+                "max_subpools",
+            ),
+            (
+                PoolConfig {
+                    subpool_size: u32::MAX,
+                    max_subpools: 1,
+                    ..PoolConfig::default()
+                },
+                "subpool_size",
+            ),
+            (
+                PoolConfig {
+                    grow_below_free: 1 << 30,
+                    ..PoolConfig::default()
+                },
+                "grow_below_free",
+            ),
+        ] {
+            let e = BlockPool::<u8>::new(cfg).err().unwrap();
+            assert_eq!(e.field(), Some(field), "{e}");
+            assert!(e.to_string().contains(field), "{e}");
+        }
+        let e = toml::from_str::<PoolConfig>("max_subpool = 4").unwrap_err();
+        assert!(e.to_string().contains("max_subpool"), "{e}");
     }
 
     #[derive(Clone, Debug)]

@@ -17,6 +17,7 @@ use super::{Candidate, PickRequest, Policy};
 
 /// The shares of one request class, by candidate index.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClassShares {
     /// Request class (header `class` field).
     pub class: u8,
@@ -26,7 +27,7 @@ pub struct ClassShares {
 
 /// Parameters of [`ByteShare`].
 #[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ByteShareConfig {
     /// Per-class shares; classes not listed share by candidate weight.
     pub classes: Vec<ClassShares>,

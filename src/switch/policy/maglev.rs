@@ -16,11 +16,15 @@ use super::{Candidate, PickRequest, Policy};
 /// Table size used by Google's paper and Envoy: prime, ~100 x a typical backend count.
 pub const MAGLEV_TABLE_SIZE: u32 = 65537;
 
+/// Largest table size a configuration may ask for (a prime; the table takes 2 bytes an entry,
+/// about 2 MB, and is rebuilt when weights change).
+pub const MAGLEV_MAX_TABLE_SIZE: u32 = 1_000_003;
+
 const EMPTY: u16 = u16::MAX;
 
 /// Parameters of [`Maglev`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct MaglevConfig {
     /// Lookup table size; must be prime and larger than the backend count. Default 65537.
     pub table_size: u32,
@@ -56,9 +60,11 @@ fn fingerprint(c: &[Candidate]) -> u64 {
     })
 }
 
-/// Whether `n` is prime (table sizes are small; trial division is fine).
+/// Whether `n` is prime (trial division; divisors are squared in 64 bits, so it holds up to
+/// `u32::MAX`).
 pub(super) fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    let n = u64::from(n);
+    n >= 2 && (2u64..).take_while(|d| d * d <= n).all(|d| n % d != 0)
 }
 
 /// Maglev consistent-hash policy.
@@ -270,5 +276,15 @@ mod tests {
     #[test]
     fn primes() {
         assert!(is_prime(65537) && is_prime(251) && !is_prime(65536) && !is_prime(1));
+    }
+
+    #[test]
+    fn primality_holds_up_to_u32_max() {
+        // Trial division squared its divisor in 32 bits and overflowed here.
+        assert!(is_prime(4_294_967_291));
+        assert!(!is_prime(u32::MAX));
+        assert!(is_prime(MAGLEV_MAX_TABLE_SIZE));
+        assert!(is_prime(MAGLEV_TABLE_SIZE));
+        assert!(!is_prime(65_536));
     }
 }

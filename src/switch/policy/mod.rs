@@ -18,7 +18,7 @@ mod wrr;
 pub use byte_share::{ByteShare, ByteShareConfig, ClassShares};
 pub use config::{new_policy, PolicyConfig, PolicyError, PolicyKind};
 pub use expected_delay::ExpectedDelay;
-pub use maglev::{Maglev, MaglevConfig, MAGLEV_TABLE_SIZE};
+pub use maglev::{Maglev, MaglevConfig, MAGLEV_MAX_TABLE_SIZE, MAGLEV_TABLE_SIZE};
 pub use measure::{bench_candidates, measure_decision_ns, measure_policy_ns};
 pub use p2c::{LeastOutstandingP2c, P2cConfig};
 pub use rng::XorShift64;

@@ -12,7 +12,7 @@ use super::{Candidate, PickRequest, Policy};
 
 /// Parameters of [`LeastOutstandingP2c`].
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct P2cConfig {
     /// Exponent of `in_flight + 1` (Envoy's active request bias). Default 1.0.
     pub bias: f64,

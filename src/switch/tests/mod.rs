@@ -217,6 +217,7 @@ fn shares(sw: &Switch<GuestMemoryMmap>) -> Vec<f64> {
 }
 
 mod bounds;
+mod config;
 mod faults;
 mod routing;
 mod services;
