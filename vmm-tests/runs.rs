@@ -17,29 +17,16 @@ use vmq::abi::mode;
 use vmq::runner::RunReport;
 
 mod common;
-use common::{kvm_lock, member, port, require_kvm, run, vm, PATIENT};
+use common::{
+    clients, kvm_lock, member, port, require_kvm, run, service, vm, workers, FLAT_HEALTH, PATIENT,
+    RUN_HEAD,
+};
 
-/// Every client finished with status 0, sent `count` requests and got `count` good replies,
-/// each exactly once; nothing lost, duplicated, corrupted or answered with an error.
+/// Every client finished with status 0 and `count` good replies, each exactly once, nothing
+/// lost, duplicated, corrupted or answered with an error ([`common::assert_clients_clean`]),
+/// and no request was failed back.
 fn assert_clients_clean(r: &RunReport, clients: &[&str], count: u64) {
-    assert!(!r.timed_out, "the run timed out\n{r}");
-    for &c in clients {
-        let v = vm(r, c);
-        assert_eq!(v.exit_status, Some(0), "client {c}\n{r}");
-        assert_eq!(v.sent, count, "client {c} sent\n{r}");
-        assert_eq!(v.received, count, "client {c} replies\n{r}");
-        assert_eq!(v.ok, count, "client {c} good replies\n{r}");
-        assert_eq!(
-            (v.errors, v.duplicates, v.mismatches),
-            (0, 0, 0),
-            "client {c}\n{r}"
-        );
-    }
-    assert_eq!(r.lost, 0, "{r}");
-    assert_eq!(r.duplicates, 0, "{r}");
-    assert_eq!(r.mismatches, 0, "{r}");
-    assert_eq!(r.error_replies, 0, "{r}");
-    assert_eq!(r.switch.in_flight, 0, "{r}");
+    common::assert_clients_clean(r, clients, count);
     assert_eq!(r.switch.totals.failed_back, 0, "{r}");
 }
 
@@ -48,25 +35,14 @@ fn assert_clients_clean(r: &RunReport, clients: &[&str], count: u64) {
 /// `service` more lines of the service table, `extra` more TOML (faults). Requests get a 30 s
 /// deadline: no test here is about timeouts.
 fn echo_topology(count: u64, policy: &str, failover: &str, service: &str, extra: &str) -> String {
-    let mut t = String::from("[run]\nmax_duration_ms = 60000\nprogress_ms = 0\n");
-    for c in ["client0", "client1"] {
-        t += &format!(
-            "[[vm]]\nname = \"{c}\"\nimage = \"client\"\nparams = {{ service = \"echo\", \
-             count = {count}, size = 64, window = 16, wait = \"doorbell\" }}\n"
-        );
-    }
-    for w in ["w0", "w1", "w2"] {
-        t += &format!(
-            "[[vm]]\nname = \"{w}\"\nimage = \"worker\"\nparams = {{ wait = \"doorbell\" }}\n"
-        );
-    }
-    t += &format!(
-        "[[service]]\nname = \"echo\"\npolicy = {{ kind = \"{policy}\" }}\n\
+    format!(
+        "{RUN_HEAD}{}{}[[service]]\nname = \"echo\"\npolicy = {{ kind = \"{policy}\" }}\n\
          request_timeout_ms = 30000\nfailover = {{ {failover} }}\nmembers = [\n\
          {{ vm = \"w0\", weight = 1.0 }},\n{{ vm = \"w1\", weight = 2.0 }},\n\
-         {{ vm = \"w2\", weight = 3.0 }},\n]\n{service}\n"
-    );
-    t + extra
+         {{ vm = \"w2\", weight = 3.0 }},\n]\n{service}\n{extra}",
+        clients(&["client0", "client1"], "echo", count),
+        workers(&["w0", "w1", "w2"], ""),
+    )
 }
 
 #[test]
@@ -128,14 +104,7 @@ fn weighted_round_robin_shares_follow_the_weights() {
     // that the shared cores delay for a while loses share, as it should.)
     let r = run(
         "wrr.toml",
-        &echo_topology(
-            COUNT,
-            "wrr",
-            PATIENT,
-            "health = { weights = { free_rx = 0.0, drain = 0.0, latency = 0.0, errors = 0.0, \
-             in_flight = 0.0, load = 0.0 } }",
-            "",
-        ),
+        &echo_topology(COUNT, "wrr", PATIENT, FLAT_HEALTH, ""),
     );
     assert_clients_clean(&r, &["client0", "client1"], COUNT);
     assert_eq!((r.failovers, r.ejections), (0, 0), "{r}");
@@ -263,42 +232,17 @@ fn a_malformed_chain_breaks_only_its_own_port() {
     let r = run(
         "hostile.toml",
         &format!(
-            r#"
-[run]
-max_duration_ms = 60000
-progress_ms = 0
-
-[[vm]]
-name = "client0"
-image = "client"
-params = {{ service = "echo", count = {COUNT}, size = 64, window = 16, wait = "doorbell" }}
-
-[[vm]]
-name = "hostile"
-image = "client"
-params = {{ mode = {mode}, service = "echo", count = {HOSTILE}, size = 64, window = 16, wait = "doorbell" }}
-
-[[vm]]
-name = "client1"
-image = "client"
-params = {{ service = "echo", count = {COUNT}, size = 64, window = 16, wait = "doorbell" }}
-
-[[vm]]
-name = "w0"
-image = "worker"
-params = {{ wait = "doorbell" }}
-
-[[vm]]
-name = "w1"
-image = "worker"
-params = {{ wait = "doorbell" }}
-
-[[service]]
-name = "echo"
-failover = {{ {PATIENT} }}
-request_timeout_ms = 30000
-members = [{{ vm = "w0" }}, {{ vm = "w1" }}]
-"#,
+            "{RUN_HEAD}{}[[vm]]\nname = \"hostile\"\nimage = \"client\"\nparams = {{ mode = {mode}, \
+             service = \"echo\", count = {HOSTILE}, size = 64, window = 16, wait = \"doorbell\" }}\n\
+             {}{}{}",
+            clients(&["client0"], "echo", COUNT),
+            clients(&["client1"], "echo", COUNT),
+            workers(&["w0", "w1"], ""),
+            service(
+                "echo",
+                &["w0", "w1"],
+                &format!("failover = {{ {PATIENT} }}\nrequest_timeout_ms = 30000"),
+            ),
             mode = mode::client::MALFORMED,
         ),
     );
