@@ -7,8 +7,11 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use vmq::bench::switch::{self, Case, SwitchPlacement};
+use vmq::bench::switch::{self, Case, SwitchPlacement, SwitchRun};
 use vmq::bench::Budget;
+
+/// A harness run: `switch::run_vmq` or `switch::run_rtrb`.
+type RunFn = fn(Case, u32, usize, Budget, SwitchPlacement) -> SwitchRun;
 
 fn bench_switch(c: &mut Criterion) {
     let placement = SwitchPlacement::two_cores();
@@ -21,22 +24,16 @@ fn bench_switch(c: &mut Criterion) {
             g.measurement_time(Duration::from_secs(2));
             g.warm_up_time(Duration::from_millis(300));
             g.sample_size(10);
-            g.bench_function("vmq", |b| {
-                b.iter_custom(|iters| {
-                    let budget = Budget::Count(iters.max(1));
-                    switch::run_vmq(case, size, backends, budget, placement)
-                        .run
-                        .elapsed
-                })
-            });
-            g.bench_function("rtrb_relay", |b| {
-                b.iter_custom(|iters| {
-                    let budget = Budget::Count(iters.max(1));
-                    switch::run_rtrb(case, size, backends, budget, placement)
-                        .run
-                        .elapsed
-                })
-            });
+            let runs: [(&str, RunFn); 2] =
+                [("vmq", switch::run_vmq), ("rtrb_relay", switch::run_rtrb)];
+            for (label, run) in runs {
+                g.bench_function(label, |b| {
+                    b.iter_custom(|iters| {
+                        let budget = Budget::Count(iters.max(1));
+                        run(case, size, backends, budget, placement).run.elapsed
+                    })
+                });
+            }
             g.finish();
         }
     }

@@ -17,7 +17,8 @@
 //! The test kit is not part of this surface; cargo features add it:
 //! - `traffic` (`no_std`): the traffic loops (windowed client, echo worker) that guest images,
 //!   host peers, tests, benches and fuzzing share;
-//! - `test-utils`: in-process host peers (`peer`), a host thread playing a VM's driver;
+//! - `test-utils`: in-process host peers (`peer`), a host thread playing a VM's driver, and
+//!   `vmm::minimal_elf`, the ELF image the loader tests build on;
 //! - `bench`: the `vmq bench` harnesses, shared with the criterion benches.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(missing_docs)]

@@ -12,45 +12,6 @@ mod common;
 use common::*;
 use vmq::abi::image::exit;
 
-/// `[[vm]]` entries for clients `names`, each sending `count` requests to `service`.
-fn clients(names: &[&str], service: &str, count: u64) -> String {
-    names
-        .iter()
-        .map(|c| {
-            format!(
-                "[[vm]]\nname = \"{c}\"\nimage = \"client\"\nparams = {{ service = \"{service}\", \
-                 count = {count}, size = 64, window = 16, wait = \"doorbell\" }}\n"
-            )
-        })
-        .collect()
-}
-
-/// `[[vm]]` entries for workers `names` with extra inline `params`.
-fn workers(names: &[&str], params: &str) -> String {
-    names
-        .iter()
-        .map(|w| {
-            format!(
-                "[[vm]]\nname = \"{w}\"\nimage = \"worker\"\nparams = {{ wait = \"doorbell\"{params} }}\n"
-            )
-        })
-        .collect()
-}
-
-/// A `[[service]]` table.
-fn service(name: &str, members: &[&str], lines: &str) -> String {
-    let m: Vec<String> = members
-        .iter()
-        .map(|w| format!("{{ vm = \"{w}\" }}"))
-        .collect();
-    format!(
-        "[[service]]\nname = \"{name}\"\nmembers = [{}]\n{lines}\n",
-        m.join(", ")
-    )
-}
-
-const HEAD: &str = "[run]\nmax_duration_ms = 60000\nprogress_ms = 0\n";
-
 #[test]
 fn a_backend_killed_mid_request_loses_nothing() {
     if !require_kvm() {
@@ -59,7 +20,7 @@ fn a_backend_killed_mid_request_loses_nothing() {
     const COUNT: u64 = 1500;
     // w2 is slow, so it always holds requests when the host kills it.
     let t = format!(
-        "{HEAD}{}{}{}{}[[fault]]\nvm = \"w2\"\nkill_after_ms = 60\n",
+        "{RUN_HEAD}{}{}{}{}[[fault]]\nvm = \"w2\"\nkill_after_ms = 60\n",
         clients(&["client0", "client1"], "echo", COUNT),
         workers(&["w0", "w1"], ""),
         workers(&["w2"], ", slow = 100000"),
@@ -90,7 +51,7 @@ fn a_backend_that_drains_but_never_answers_is_ejected_and_its_requests_fail_over
     // As in the stall test: any number of backends may be ejected at once and there is no
     // panic mode, so a healthy worker that the loaded cores delay is handled too.
     let t = format!(
-        "{HEAD}{}{}{}[[fault]]\nvm = \"w2\"\nmute_after = {MUTE_AFTER}\n",
+        "{RUN_HEAD}{}{}{}[[fault]]\nvm = \"w2\"\nmute_after = {MUTE_AFTER}\n",
         clients(&["client0", "client1"], "echo", COUNT),
         workers(&["w0", "w1", "w2"], ""),
         service(
@@ -131,7 +92,7 @@ fn a_backend_that_only_errors_gives_exactly_one_error_per_request() {
     }
     const COUNT: u64 = 500;
     let t = format!(
-        "{HEAD}{}{}{}[[fault]]\nvm = \"bad\"\nerror_every = 1\n",
+        "{RUN_HEAD}{}{}{}[[fault]]\nvm = \"bad\"\nerror_every = 1\n",
         clients(&["client0", "client1"], "echo", COUNT),
         workers(&["bad"], ""),
         service(
@@ -170,7 +131,7 @@ fn a_frontend_that_disappears_with_requests_in_flight_has_them_orphaned() {
     // "doomed" would send far more than it gets to; the host kills it while its window of
     // requests sits at the slow worker.
     let t = format!(
-        "{HEAD}{}{}{}{}[[fault]]\nvm = \"doomed\"\nkill_after_ms = 150\n",
+        "{RUN_HEAD}{}{}{}{}[[fault]]\nvm = \"doomed\"\nkill_after_ms = 150\n",
         clients(&["client0"], "slow", COUNT),
         clients(&["doomed"], "slow", 1_000_000),
         workers(&["slowpoke"], ", slow = 100000"),
@@ -215,7 +176,7 @@ fn when_every_backend_is_dead_requests_fail_back_at_their_deadline() {
     // w0 crashes after a few replies; w1 is slow (tens of milliseconds a request) and the
     // host kills it as soon as the run starts.
     let t = format!(
-        "{HEAD}{}{}{}{}[[fault]]\nvm = \"w0\"\ncrash_after = {CRASH_AFTER}\n\
+        "{RUN_HEAD}{}{}{}{}[[fault]]\nvm = \"w0\"\ncrash_after = {CRASH_AFTER}\n\
          [[fault]]\nvm = \"w1\"\nkill_after_ms = 1\n",
         clients(&["client0", "client1"], "echo", COUNT),
         workers(&["w0"], ""),

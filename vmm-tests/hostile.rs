@@ -25,29 +25,19 @@ const CLIENTS: [&str; 2] = ["client0", "client1"];
 /// "echo" (workers w0 and w1). `evil_params` go into the evil VM's inline params table after
 /// its honest-phase ones; `extra` is more TOML (VMs, services).
 fn topology(mode: u64, evil_params: &str, extra: &str) -> String {
-    let client = |name: &str| {
-        format!(
-            "[[vm]]\nname = \"{name}\"\nimage = \"client\"\nparams = {{ service = \"echo\", \
-             count = {COUNT}, size = 64, window = 16, wait = \"doorbell\" }}\n"
-        )
-    };
-    let mut t = String::from("[run]\nmax_duration_ms = 60000\nprogress_ms = 0\n");
-    t += &client("client0");
-    t += &format!(
-        "[[vm]]\nname = \"evil\"\nimage = \"evil\"\nparams = {{ mode = {mode}, service = \"echo\", \
-         count = {EVIL_COUNT}, size = 64, window = 16, wait = \"doorbell\"{evil_params} }}\n"
-    );
-    t += &client("client1");
-    for w in ["w0", "w1"] {
-        t += &format!(
-            "[[vm]]\nname = \"{w}\"\nimage = \"worker\"\nparams = {{ wait = \"doorbell\" }}\n"
-        );
-    }
-    t += &format!(
-        "[[service]]\nname = \"echo\"\nfailover = {{ {PATIENT} }}\nrequest_timeout_ms = 30000\n\
-         members = [{{ vm = \"w0\" }}, {{ vm = \"w1\" }}]\n"
-    );
-    t + extra
+    format!(
+        "{RUN_HEAD}{}[[vm]]\nname = \"evil\"\nimage = \"evil\"\nparams = {{ mode = {mode}, \
+         service = \"echo\", count = {EVIL_COUNT}, size = 64, window = 16, \
+         wait = \"doorbell\"{evil_params} }}\n{}{}{}{extra}",
+        clients(&["client0"], "echo", COUNT),
+        clients(&["client1"], "echo", COUNT),
+        workers(&["w0", "w1"], ""),
+        service(
+            "echo",
+            &["w0", "w1"],
+            &format!("failover = {{ {PATIENT} }}\nrequest_timeout_ms = 30000"),
+        ),
+    )
 }
 
 /// The honest side of every run: clients clean, workers up and healthy, no port but `evil`

@@ -11,7 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmq::abi::image::hello;
 use vmq::abi::platform;
 use vmq::mmio::MmioDevice;
-use vmq::vmm::{images, ElfError, Error, IoeventMode, RunOutcome, Vm, VmConfig};
+use vmq::vmm::{images, minimal_elf, ElfError, Error, IoeventMode, RunOutcome, Vm, VmConfig};
 
 mod common;
 use common::require_kvm;
@@ -166,33 +166,6 @@ fn ioeventfd_datamatch_mismatch_exits_to_the_vmm() {
     assert_eq!((c.mmio, c.mmio_unhandled), (2, 2));
 }
 
-/// A minimal ELF with one executable segment of `code` at `addr`.
-fn raw_elf(addr: u64, code: &[u8]) -> Vec<u8> {
-    let mut v = vec![0u8; 64 + 56];
-    v[..4].copy_from_slice(b"\x7fELF");
-    v[4] = 2;
-    v[5] = 1;
-    v[6] = 1;
-    v[16..18].copy_from_slice(&2u16.to_le_bytes());
-    v[18..20].copy_from_slice(&62u16.to_le_bytes());
-    v[20..24].copy_from_slice(&1u32.to_le_bytes());
-    v[24..32].copy_from_slice(&addr.to_le_bytes());
-    v[32..40].copy_from_slice(&64u64.to_le_bytes());
-    v[52..54].copy_from_slice(&64u16.to_le_bytes());
-    v[54..56].copy_from_slice(&56u16.to_le_bytes());
-    v[56..58].copy_from_slice(&1u16.to_le_bytes());
-    let ph = &mut v[64..];
-    ph[0..4].copy_from_slice(&1u32.to_le_bytes());
-    ph[4..8].copy_from_slice(&5u32.to_le_bytes());
-    ph[8..16].copy_from_slice(&120u64.to_le_bytes());
-    ph[16..24].copy_from_slice(&addr.to_le_bytes());
-    ph[24..32].copy_from_slice(&addr.to_le_bytes());
-    ph[32..40].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    ph[40..48].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    v.extend_from_slice(code);
-    v
-}
-
 #[test]
 fn bad_images_give_typed_errors() {
     if !require_kvm() {
@@ -222,12 +195,12 @@ fn bad_images_give_typed_errors() {
         vm.load_elf(&arm),
         Err(Error::Elf(ElfError::WrongMachine(183)))
     ));
-    let high = raw_elf(4 << 20, &[0x0f, 0x0b]);
+    let high = minimal_elf(4 << 20, &[0x0f, 0x0b], 2);
     assert!(matches!(
         vm.load_elf(&high),
         Err(Error::Elf(ElfError::SegmentOutsideMemory { .. }))
     ));
-    let low = raw_elf(platform::BOOT_BLOCK_ADDR, &[0x0f, 0x0b]);
+    let low = minimal_elf(platform::BOOT_BLOCK_ADDR, &[0x0f, 0x0b], 2);
     assert!(matches!(
         vm.load_elf(&low),
         Err(Error::Elf(ElfError::SegmentOutsideMemory { .. }))

@@ -14,7 +14,9 @@ pub mod virtio;
 /// The results area of the boot block ([`BootBlock::results`], each image's `abi::image::*::result` slots): counters
 /// the VMM can read while the guest runs and after it exits.
 pub mod results {
+    use vmq::abi::image::traffic;
     use vmq::abi::platform::{self, BootBlock};
+    use vmq::traffic::Verdict;
 
     fn slot(i: usize) -> *mut u64 {
         let i = i.min(platform::NUM_RESULTS - 1);
@@ -40,6 +42,24 @@ pub mod results {
     /// Adds `n` to result `i`.
     pub fn add(i: usize, n: u64) {
         set(i, get(i).wrapping_add(n));
+    }
+
+    /// Counts a client's answer in the traffic slots (`abi::image::traffic`): a duplicate, or
+    /// a received reply that was ok, a mismatch or an error. Returns whether it was received
+    /// (not a duplicate).
+    pub fn count_answer(verdict: Verdict) -> bool {
+        let slot = match verdict {
+            Verdict::Duplicate => {
+                add(traffic::DUPLICATES, 1);
+                return false;
+            }
+            Verdict::Ok => traffic::OK,
+            Verdict::Mismatch => traffic::MISMATCHES,
+            Verdict::Failed(_) => traffic::ERRORS,
+        };
+        add(traffic::RECEIVED, 1);
+        add(slot, 1);
+        true
     }
 }
 

@@ -23,8 +23,8 @@ pub mod device;
 pub mod mem;
 
 pub use driver::{
-    Buf, DriverRing, MsgRx, MsgTx, RawMemory, RingCounters, RingError, RingMemory, RxMsg,
-    SlotArena, Used,
+    Buf, DriverRing, MsgQueue, MsgRx, MsgTx, RawMemory, Receiving, RingCounters, RingError,
+    RingMemory, RxMsg, Sending, SlotArena, Used,
 };
 pub use layout::{need_event, RingLayout};
 pub use vmq_device::{RX_QUEUE, TX_QUEUE};

@@ -1,6 +1,6 @@
-//! Helpers shared by the whole-run tests on real KVM (`hostile.rs`, `faults.rs`): inline
-//! topologies through `runner::run`, lookups in the report, and the accounting every run must
-//! satisfy. Counts only, never time.
+//! Helpers shared by the tests on real KVM: inline topologies (built from the pieces below)
+//! through `runner::run`, lookups in the report, and the accounting every run must satisfy.
+//! Counts only, never time.
 
 #![allow(dead_code)]
 
@@ -19,6 +19,47 @@ pub const PATIENT: &str = "stall_window_ns = 10000000000";
 /// backend is under test for something else).
 pub const FLAT_HEALTH: &str = "health = { weights = { free_rx = 0.0, drain = 0.0, latency = 0.0, \
      errors = 0.0, in_flight = 0.0, load = 0.0 } }";
+
+/// The `[run]` table of a whole-run test: at most 60 s, no live progress.
+pub const RUN_HEAD: &str = "[run]\nmax_duration_ms = 60000\nprogress_ms = 0\n";
+
+/// `[[vm]]` entries for clients `names`, each sending `count` requests of 64 bytes to
+/// `service`, at most 16 outstanding.
+pub fn clients(names: &[&str], service: &str, count: u64) -> String {
+    names
+        .iter()
+        .map(|c| {
+            format!(
+                "[[vm]]\nname = \"{c}\"\nimage = \"client\"\nparams = {{ service = \"{service}\", \
+                 count = {count}, size = 64, window = 16, wait = \"doorbell\" }}\n"
+            )
+        })
+        .collect()
+}
+
+/// `[[vm]]` entries for workers `names` with extra inline `params` (each starting with `, `).
+pub fn workers(names: &[&str], params: &str) -> String {
+    names
+        .iter()
+        .map(|w| {
+            format!(
+                "[[vm]]\nname = \"{w}\"\nimage = \"worker\"\nparams = {{ wait = \"doorbell\"{params} }}\n"
+            )
+        })
+        .collect()
+}
+
+/// A `[[service]]` table named `name` with `members` (weight 1) and more `lines`.
+pub fn service(name: &str, members: &[&str], lines: &str) -> String {
+    let m: Vec<String> = members
+        .iter()
+        .map(|w| format!("{{ vm = \"{w}\" }}"))
+        .collect();
+    format!(
+        "[[service]]\nname = \"{name}\"\nmembers = [{}]\n{lines}\n",
+        m.join(", ")
+    )
+}
 
 /// Whether KVM tests can run here; panics where KVM is required (`CI=true`,
 /// `VMQ_REQUIRE_KVM=1`).

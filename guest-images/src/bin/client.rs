@@ -133,31 +133,23 @@ impl ClientHooks<Vmq> for Report {
     }
 
     fn answered(&mut self, id: u64, verdict: Verdict) {
-        if verdict == Verdict::Duplicate {
-            results::add(abi::image::client::result::DUPLICATES, 1);
+        if !results::count_answer(verdict) {
             return;
         }
-        results::add(abi::image::client::result::RECEIVED, 1);
         if let Some(&t) = self.sent_at.get((id - 1) as usize) {
             record_latency(tsc().wrapping_sub(t));
         }
-        match verdict {
-            Verdict::Ok => results::add(abi::image::client::result::OK, 1),
-            Verdict::Mismatch => results::add(abi::image::client::result::MISMATCHES, 1),
-            Verdict::Failed(st) => {
-                results::add(abi::image::client::result::ERRORS, 1);
-                let slot = match st {
-                    Some(Status::NoBackend) => abi::image::client::result::STATUS_NO_BACKEND,
-                    Some(Status::Unreachable) => abi::image::client::result::STATUS_UNREACHABLE,
-                    Some(Status::BackendError) => abi::image::client::result::STATUS_BACKEND_ERROR,
-                    Some(Status::Timeout | Status::PortBroken) => {
-                        abi::image::client::result::STATUS_TIMEOUT_OR_BROKEN
-                    }
-                    _ => abi::image::client::result::STATUS_OTHER,
-                };
-                results::add(slot, 1);
-            }
-            Verdict::Duplicate => {}
+        if let Verdict::Failed(st) = verdict {
+            let slot = match st {
+                Some(Status::NoBackend) => abi::image::client::result::STATUS_NO_BACKEND,
+                Some(Status::Unreachable) => abi::image::client::result::STATUS_UNREACHABLE,
+                Some(Status::BackendError) => abi::image::client::result::STATUS_BACKEND_ERROR,
+                Some(Status::Timeout | Status::PortBroken) => {
+                    abi::image::client::result::STATUS_TIMEOUT_OR_BROKEN
+                }
+                _ => abi::image::client::result::STATUS_OTHER,
+            };
+            results::add(slot, 1);
         }
     }
 

@@ -172,17 +172,7 @@ impl ClientHooks<Vmq> for Watch {
     }
 
     fn answered(&mut self, _id: u64, verdict: Verdict) {
-        if verdict == Verdict::Duplicate {
-            results::add(abi::image::evil::result::DUPLICATES, 1);
-            return;
-        }
-        results::add(abi::image::evil::result::RECEIVED, 1);
-        match verdict {
-            Verdict::Ok => results::add(abi::image::evil::result::OK, 1),
-            Verdict::Mismatch => results::add(abi::image::evil::result::MISMATCHES, 1),
-            Verdict::Failed(_) => results::add(abi::image::evil::result::ERRORS, 1),
-            Verdict::Duplicate => {}
-        }
+        results::count_answer(verdict);
     }
 
     fn foreign(&self, h: &MsgHeader) -> bool {

@@ -1,24 +1,10 @@
 //! `client`: sends requests and checks that every one gets exactly one, correct, reply; keeps a
 //! round-trip histogram at [`LATENCY_HIST_ADDR`](crate::abi::platform::LATENCY_HIST_ADDR).
 
-/// Parameter slots (indices into `BootBlock::params`).
+/// Parameter slots (indices into `BootBlock::params`) it reads, from [`param`](super::param).
 pub mod param {
     pub use super::super::driver::param::*;
-
-    /// What the client does: [`mode::client`](crate::abi::mode::client).
-    pub const MODE: usize = 0;
-    /// Requests to send.
-    pub const COUNT: usize = 1;
-    /// The service to send requests to (unless [`TARGET`] is set).
-    pub const SERVICE: usize = 2;
-    /// Payload bytes per request (at most [`MAX_GUEST_PAYLOAD`](super::super::MAX_GUEST_PAYLOAD)).
-    pub const SIZE: usize = 5;
-    /// A port to send to instead of [`SERVICE`], encoded with
-    /// [`port_param`](super::super::port_param) (0 = not set).
-    pub const TARGET: usize = 8;
-    /// Most requests outstanding (0 = as many as its tx ring holds; it is always bounded by the
-    /// tx ring).
-    pub const WINDOW: usize = 9;
+    pub use super::super::param::{COUNT, MODE, SERVICE, SIZE, TARGET, WINDOW};
 }
 
 /// Result slots (indices into `BootBlock::results`).

@@ -1,14 +1,10 @@
 //! Slots the guest runtime's vmq driver reads and writes, the same in every image that drives a
 //! vmq device (`client`, `worker`, `peer`, `evil`).
 
-/// Parameter slots (indices into `BootBlock::params`).
+/// Parameter slots (indices into `BootBlock::params`) the driver reads, from
+/// [`param`](super::param).
 pub mod param {
-    /// How a guest waits when it has nothing to do: [`WAIT_POLL`](super::WAIT_POLL) or
-    /// [`WAIT_DOORBELL`](super::WAIT_DOORBELL).
-    pub const WAIT: usize = 10;
-    /// The queue size the driver asks for (0 = the device's maximum; else a power of two,
-    /// clamped to the maximum).
-    pub const QUEUE_SIZE: usize = 15;
+    pub use super::super::param::{QUEUE_SIZE, WAIT};
 }
 
 /// Result slots (indices into `BootBlock::results`).

@@ -1,25 +1,10 @@
 //! `evil`: a hostile guest for tests: an honest client phase, then one attack on the device
 //! side chosen by its mode ([`mode::evil`](crate::abi::mode::evil)).
 
-/// Parameter slots (indices into `BootBlock::params`).
+/// Parameter slots (indices into `BootBlock::params`) it reads, from [`param`](super::param).
 pub mod param {
     pub use super::super::driver::param::*;
-
-    /// Which attack: [`mode::evil`](crate::abi::mode::evil).
-    pub const MODE: usize = 0;
-    /// Requests of the honest phase.
-    pub const COUNT: usize = 1;
-    /// The service of the honest phase.
-    pub const SERVICE: usize = 2;
-    /// Payload bytes per request (at most [`MAX_GUEST_PAYLOAD`](super::super::MAX_GUEST_PAYLOAD)).
-    pub const SIZE: usize = 5;
-    /// A port, encoded with [`port_param`](super::super::port_param): the `src` it forges, or
-    /// where it sends one-way messages before a reset.
-    pub const TARGET: usize = 8;
-    /// Most requests outstanding in the honest phase (0 = its tx ring).
-    pub const WINDOW: usize = 9;
-    /// The service of its rewrite and reset attacks.
-    pub const SIDE_SERVICE: usize = 17;
+    pub use super::super::param::{COUNT, MODE, SERVICE, SIDE_SERVICE, SIZE, TARGET, WINDOW};
 }
 
 /// Result slots (indices into `BootBlock::results`).

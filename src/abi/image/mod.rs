@@ -3,14 +3,15 @@
 //! The host passes an image its parameters in [`BootBlock::params`] and reads the counters it
 //! keeps in [`BootBlock::results`]. Each image has its own module naming the slots it reads
 //! (`param`) and writes (`result`): [`client`], [`worker`], [`peer`], [`hello`], [`evil`].
-//! Slots the guest runtime's driver reads and writes for every image with a vmq device are in
-//! [`driver`]; the traffic counters the runner reads from every VM are in [`traffic`]; the
-//! images re-export the ones they use.
+//! Every parameter slot is defined once, in [`param`]; the images re-export the ones they
+//! read. Slots the guest runtime's driver reads and writes for every image with a vmq device
+//! are in [`driver`]; the traffic counters the runner reads from every VM are in [`traffic`];
+//! the images re-export the ones they use.
 //!
 //! A slot means one thing in every image: a parameter of the same name sits in the same slot
-//! in every image that reads it (topologies name parameters without regard to the image), and
-//! no two images keep different counters in one result slot. Both are checked at compile time
-//! below.
+//! in every image that reads it (topologies name parameters without regard to the image; it
+//! holds by construction, and different names never share a slot), and no two images keep
+//! different counters in one result slot (checked at compile time below).
 //!
 //! | results | what |
 //! |---------|------|
@@ -26,11 +27,12 @@ pub mod client;
 pub mod driver;
 pub mod evil;
 pub mod hello;
+pub mod param;
 pub mod peer;
 pub mod traffic;
 pub mod worker;
 
-use crate::abi::platform::{NUM_PARAMS, NUM_RESULTS};
+use crate::abi::platform::NUM_RESULTS;
 
 /// Exit statuses of the images (besides the runtime's
 /// [`EXIT_PANIC`](crate::abi::platform::EXIT_PANIC)).
@@ -89,109 +91,6 @@ const fn distinct_below(slots: &[usize], limit: usize) -> bool {
     }
     true
 }
-
-// Each image's parameters are distinct slots.
-const _: () = {
-    {
-        use client::param::*;
-        assert!(distinct_below(
-            &[MODE, COUNT, SERVICE, SIZE, TARGET, WINDOW, WAIT, QUEUE_SIZE],
-            NUM_PARAMS
-        ));
-    }
-    {
-        use worker::param::*;
-        assert!(distinct_below(
-            &[
-                COUNT,
-                STALL_AFTER,
-                SIZE,
-                SLOW,
-                ERROR_EVERY,
-                CRASH_AFTER,
-                MUTE_AFTER,
-                WAIT,
-                QUEUE_SIZE
-            ],
-            NUM_PARAMS
-        ));
-    }
-    {
-        use peer::param::*;
-        assert!(distinct_below(
-            &[COUNT, SIZE, TARGET, EXPECT, WAIT, QUEUE_SIZE],
-            NUM_PARAMS
-        ));
-    }
-    {
-        use hello::param::*;
-        assert!(distinct_below(
-            &[MODE, COUNT, SERVICE, EXIT_STATUS, SIZE, TEST_ADDR],
-            NUM_PARAMS
-        ));
-    }
-    {
-        use evil::param::*;
-        assert!(distinct_below(
-            &[
-                MODE,
-                COUNT,
-                SERVICE,
-                SIZE,
-                TARGET,
-                WINDOW,
-                SIDE_SERVICE,
-                WAIT,
-                QUEUE_SIZE
-            ],
-            NUM_PARAMS
-        ));
-    }
-};
-
-// A parameter of one name sits in one slot in every image that reads it, and different names
-// never share a slot.
-const _: () = {
-    let (c, w, p, h, e) = (
-        client::param::COUNT,
-        worker::param::COUNT,
-        peer::param::COUNT,
-        hello::param::COUNT,
-        evil::param::COUNT,
-    );
-    assert!(c == w && c == p && c == h && c == e);
-    assert!(client::param::MODE == hello::param::MODE && client::param::MODE == evil::param::MODE);
-    assert!(client::param::SERVICE == hello::param::SERVICE);
-    assert!(client::param::SERVICE == evil::param::SERVICE);
-    let s = client::param::SIZE;
-    assert!(s == worker::param::SIZE && s == peer::param::SIZE);
-    assert!(s == hello::param::SIZE && s == evil::param::SIZE);
-    assert!(client::param::TARGET == peer::param::TARGET);
-    assert!(client::param::TARGET == evil::param::TARGET);
-    assert!(client::param::WINDOW == evil::param::WINDOW);
-    assert!(distinct_below(
-        &[
-            client::param::MODE,
-            client::param::COUNT,
-            client::param::SERVICE,
-            worker::param::STALL_AFTER,
-            hello::param::EXIT_STATUS,
-            client::param::SIZE,
-            hello::param::TEST_ADDR,
-            client::param::TARGET,
-            client::param::WINDOW,
-            driver::param::WAIT,
-            worker::param::SLOW,
-            worker::param::ERROR_EVERY,
-            worker::param::CRASH_AFTER,
-            peer::param::EXPECT,
-            driver::param::QUEUE_SIZE,
-            worker::param::MUTE_AFTER,
-            evil::param::SIDE_SERVICE,
-        ],
-        NUM_PARAMS
-    ));
-};
 
 // No two images keep different counters in one result slot.
 const _: () = assert!(distinct_below(

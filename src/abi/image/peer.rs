@@ -1,18 +1,10 @@
 //! `peer`: VM-to-VM unicast: sends one-way messages to a port while receiving, and checks that
 //! the messages of every sender arrive in order and intact.
 
-/// Parameter slots (indices into `BootBlock::params`).
+/// Parameter slots (indices into `BootBlock::params`) it reads, from [`param`](super::param).
 pub mod param {
     pub use super::super::driver::param::*;
-
-    /// One-way messages to send.
-    pub const COUNT: usize = 1;
-    /// Payload bytes per message (at least 8).
-    pub const SIZE: usize = 5;
-    /// The port to send to, encoded with [`port_param`](super::super::port_param).
-    pub const TARGET: usize = 8;
-    /// One-way messages to receive before it may exit.
-    pub const EXPECT: usize = 14;
+    pub use super::super::param::{COUNT, EXPECT, SIZE, TARGET};
 }
 
 /// Result slots (indices into `BootBlock::results`).

@@ -469,15 +469,21 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
         }
     }
 
-    /// Asks the guest to kick when it adds to `queue` (before the device sleeps). Returns
-    /// whether entries are already waiting, in which case the device should not sleep.
-    pub fn enable_kicks(&mut self, queue: u16) -> Result<bool, DeviceError> {
+    /// The state of `queue` ([`RX_QUEUE`], else the tx queue) and the memory its rings are in.
+    fn queue_and_memory(&mut self, queue: u16) -> (&mut DeviceQueue, &GuestView<M>) {
         let q = if queue == RX_QUEUE {
             &mut self.rx
         } else {
             &mut self.tx
         };
-        q.enable_kicks(&self.mem).ok_or_else(|| DeviceError::Ring {
+        (q, &self.mem)
+    }
+
+    /// Asks the guest to kick when it adds to `queue` (before the device sleeps). Returns
+    /// whether entries are already waiting, in which case the device should not sleep.
+    pub fn enable_kicks(&mut self, queue: u16) -> Result<bool, DeviceError> {
+        let (q, mem) = self.queue_and_memory(queue);
+        q.enable_kicks(mem).ok_or_else(|| DeviceError::Ring {
             queue,
             reason: "cannot arm kicks: the ring's event field or index is not accessible".into(),
         })
@@ -485,12 +491,8 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
 
     /// Tells the guest not to kick for `queue` (the device is polling it).
     pub fn disable_kicks(&mut self, queue: u16) -> Result<(), DeviceError> {
-        let q = if queue == RX_QUEUE {
-            &mut self.rx
-        } else {
-            &mut self.tx
-        };
-        q.disable_kicks(&self.mem).ok_or_else(|| DeviceError::Ring {
+        let (q, mem) = self.queue_and_memory(queue);
+        q.disable_kicks(mem).ok_or_else(|| DeviceError::Ring {
             queue,
             reason: "cannot disarm kicks: the used ring's flags are not accessible".into(),
         })

@@ -8,7 +8,7 @@
 //! pointers inside a bare-metal guest ([`RawMemory`]) and over a host's view of guest memory
 //! (`GuestView`, std only).
 //!
-//! [`MsgTx`] and [`MsgRx`] put whole messages ([`crate::wire::MsgHeader`] + payload) on a ring
+//! [`MsgTx`] and [`MsgRx`] (the two directions of a [`MsgQueue`]) put whole messages ([`crate::wire::MsgHeader`] + payload) on a ring
 //! with one fixed-size buffer per descriptor, which is what guests and peers use.
 
 mod error;
@@ -18,5 +18,5 @@ mod ring;
 
 pub use error::RingError;
 pub use memory::{RawMemory, RingMemory};
-pub use msg::{MsgRx, MsgTx, RxMsg, SlotArena};
+pub use msg::{MsgQueue, MsgRx, MsgTx, Receiving, RxMsg, Sending, SlotArena};
 pub use ring::{Buf, DriverRing, RingCounters, Used};

@@ -1,6 +1,8 @@
 //! Whole messages on a ring: [`MsgTx`] sends, [`MsgRx`] receives, one slot buffer per
 //! descriptor.
 
+use core::marker::PhantomData;
+
 use super::{Buf, DriverRing, RingError, RingMemory};
 use crate::wire::{MsgHeader, HEADER_SIZE};
 
@@ -28,16 +30,35 @@ impl SlotArena {
     }
 }
 
-/// The sending side of a message queue (a port's tx queue, seen by its driver).
-pub struct MsgTx<M, S> {
+/// Whole messages on one queue of a port, seen by its driver: a ring and one slot buffer per
+/// descriptor. `D` is the direction: [`Sending`] ([`MsgTx`], a port's tx queue) or
+/// [`Receiving`] ([`MsgRx`], its rx queue).
+pub struct MsgQueue<M, S, D> {
     ring: DriverRing<M, S>,
     arena: SlotArena,
+    dir: PhantomData<D>,
 }
 
-impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> MsgTx<M, S> {
+/// [`MsgQueue`] direction: the driver sends messages on the queue.
+pub enum Sending {}
+
+/// [`MsgQueue`] direction: the driver receives messages on the queue.
+pub enum Receiving {}
+
+/// The sending side of a message queue (a port's tx queue, seen by its driver).
+pub type MsgTx<M, S> = MsgQueue<M, S, Sending>;
+
+/// The receiving side of a message queue (a port's rx queue, seen by its driver).
+pub type MsgRx<M, S> = MsgQueue<M, S, Receiving>;
+
+impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>, D> MsgQueue<M, S, D> {
     /// Wraps a fresh ring; `arena` must have one slot per descriptor.
     pub fn new(ring: DriverRing<M, S>, arena: SlotArena) -> Self {
-        Self { ring, arena }
+        Self {
+            ring,
+            arena,
+            dir: PhantomData,
+        }
     }
 
     /// The ring underneath.
@@ -50,9 +71,17 @@ impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> MsgTx<M, S> {
         &mut self.ring
     }
 
+    /// Publishes what was queued (sent messages, posted buffers); returns whether the device
+    /// wants a kick.
+    pub fn flush(&mut self) -> Result<bool, RingError> {
+        self.ring.publish()
+    }
+}
+
+impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> MsgQueue<M, S, Sending> {
     /// Copies `hdr` and `payload` into the next free slot and queues it (visible after
-    /// [`MsgTx::flush`]). Fails with [`RingError::QueueFull`] when every slot is in flight:
-    /// call [`MsgTx::reclaim`] and retry.
+    /// [`flush`](MsgQueue::flush)). Fails with [`RingError::QueueFull`] when every slot is in flight:
+    /// call [`reclaim`](MsgQueue::reclaim) and retry.
     pub fn send(&mut self, hdr: &MsgHeader, payload: &[u8]) -> Result<u16, RingError> {
         let total = HEADER_SIZE + payload.len();
         if total > self.arena.slot_size as usize {
@@ -72,17 +101,12 @@ impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> MsgTx<M, S> {
         self.ring.add(&[Buf::readable(addr, total as u32)])
     }
 
-    /// Publishes queued messages; returns whether the device wants a kick.
-    pub fn flush(&mut self) -> Result<bool, RingError> {
-        self.ring.publish()
-    }
-
     /// Takes back every slot the device has finished with; returns how many.
     pub fn reclaim(&mut self) -> Result<usize, RingError> {
         self.ring.pop_used_batch(usize::MAX, |_| ())
     }
 
-    /// Slots free for [`MsgTx::send`].
+    /// Slots free for [`send`](MsgQueue::send).
     pub fn free(&self) -> u16 {
         self.ring.num_free()
     }
@@ -97,29 +121,8 @@ pub struct RxMsg {
     pub len: usize,
 }
 
-/// The receiving side of a message queue (a port's rx queue, seen by its driver).
-pub struct MsgRx<M, S> {
-    ring: DriverRing<M, S>,
-    arena: SlotArena,
-}
-
-impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> MsgRx<M, S> {
-    /// Wraps a fresh ring; `arena` must have one slot per descriptor.
-    pub fn new(ring: DriverRing<M, S>, arena: SlotArena) -> Self {
-        Self { ring, arena }
-    }
-
-    /// The ring underneath.
-    pub fn ring(&self) -> &DriverRing<M, S> {
-        &self.ring
-    }
-
-    /// Mutable access to the ring underneath.
-    pub fn ring_mut(&mut self) -> &mut DriverRing<M, S> {
-        &mut self.ring
-    }
-
-    /// Posts every free slot as a writable buffer (visible after [`MsgRx::flush`]).
+impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> MsgQueue<M, S, Receiving> {
+    /// Posts every free slot as a writable buffer (visible after [`flush`](MsgQueue::flush)).
     pub fn post_all(&mut self) -> Result<usize, RingError> {
         let mut n = 0;
         while let Some(head) = self.ring.next_head() {
@@ -130,13 +133,8 @@ impl<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>> MsgRx<M, S> {
         Ok(n)
     }
 
-    /// Publishes posted buffers; returns whether the device wants a kick.
-    pub fn flush(&mut self) -> Result<bool, RingError> {
-        self.ring.publish()
-    }
-
     /// Takes the next delivered message, copies its payload into `payload` and re-posts the
-    /// slot (visible after [`MsgRx::flush`]).
+    /// slot (visible after [`flush`](MsgQueue::flush)).
     ///
     /// A message whose header does not validate, or whose payload does not fit `payload`,
     /// still frees and re-posts its slot, then returns the error.

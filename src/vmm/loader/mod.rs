@@ -209,49 +209,53 @@ pub fn load_elf(mem: &GuestMemoryMmap, mem_size: u64, image: &[u8]) -> Result<Lo
     })
 }
 
+/// A minimal ELF64 x86-64 image (test kit): one read+execute `PT_LOAD` segment holding `code`
+/// at `addr`, `memsz` bytes long in memory (zero-filled past `code`). Nothing is checked
+/// against a memory map, so tests also build from it images the loader must refuse.
+#[cfg(any(test, feature = "test-utils"))]
+pub fn minimal_elf(addr: u64, code: &[u8], memsz: u64) -> Vec<u8> {
+    let mut v = vec![0u8; 64 + 56];
+    v[..4].copy_from_slice(b"\x7fELF");
+    v[4] = 2;
+    v[5] = 1;
+    v[6] = 1;
+    v[16..18].copy_from_slice(&ET_EXEC.to_le_bytes());
+    v[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
+    v[20..24].copy_from_slice(&1u32.to_le_bytes());
+    v[24..32].copy_from_slice(&addr.to_le_bytes());
+    v[32..40].copy_from_slice(&64u64.to_le_bytes());
+    v[52..54].copy_from_slice(&64u16.to_le_bytes());
+    v[54..56].copy_from_slice(&56u16.to_le_bytes());
+    v[56..58].copy_from_slice(&1u16.to_le_bytes());
+    let ph = &mut v[64..];
+    ph[0..4].copy_from_slice(&PT_LOAD.to_le_bytes());
+    ph[4..8].copy_from_slice(&(PF_X | 4).to_le_bytes());
+    ph[8..16].copy_from_slice(&120u64.to_le_bytes());
+    ph[16..24].copy_from_slice(&addr.to_le_bytes());
+    ph[24..32].copy_from_slice(&addr.to_le_bytes());
+    ph[32..40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    ph[40..48].copy_from_slice(&memsz.to_le_bytes());
+    v.extend_from_slice(code);
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A minimal valid image: one executable segment of `code` at `addr`.
-    fn image(addr: u64, code: &[u8], memsz: u64) -> Vec<u8> {
-        let mut v = vec![0u8; 64 + 56];
-        v[..4].copy_from_slice(b"\x7fELF");
-        v[4] = 2;
-        v[5] = 1;
-        v[6] = 1;
-        v[16..18].copy_from_slice(&ET_EXEC.to_le_bytes());
-        v[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
-        v[20..24].copy_from_slice(&1u32.to_le_bytes());
-        v[24..32].copy_from_slice(&addr.to_le_bytes());
-        v[32..40].copy_from_slice(&64u64.to_le_bytes());
-        v[52..54].copy_from_slice(&64u16.to_le_bytes());
-        v[54..56].copy_from_slice(&56u16.to_le_bytes());
-        v[56..58].copy_from_slice(&1u16.to_le_bytes());
-        let ph = &mut v[64..];
-        ph[0..4].copy_from_slice(&PT_LOAD.to_le_bytes());
-        ph[4..8].copy_from_slice(&(PF_X | 4).to_le_bytes());
-        ph[8..16].copy_from_slice(&120u64.to_le_bytes());
-        ph[16..24].copy_from_slice(&addr.to_le_bytes());
-        ph[24..32].copy_from_slice(&addr.to_le_bytes());
-        ph[32..40].copy_from_slice(&(code.len() as u64).to_le_bytes());
-        ph[40..48].copy_from_slice(&memsz.to_le_bytes());
-        v.extend_from_slice(code);
-        v
-    }
 
     const MEM: u64 = 4 << 20;
 
     #[test]
     fn accepts_minimal_image() {
-        let (entry, segs) = parse(&image(platform::IMAGE_BASE, &[0x90; 16], 64), MEM).unwrap();
+        let (entry, segs) =
+            parse(&minimal_elf(platform::IMAGE_BASE, &[0x90; 16], 64), MEM).unwrap();
         assert_eq!(entry, platform::IMAGE_BASE);
         assert_eq!(segs.len(), 1);
     }
 
     #[test]
     fn every_truncation_is_an_error() {
-        let img = image(platform::IMAGE_BASE, &[0x90; 16], 64);
+        let img = minimal_elf(platform::IMAGE_BASE, &[0x90; 16], 64);
         for n in 0..img.len() {
             assert!(
                 parse(&img[..n], MEM).is_err(),
@@ -262,7 +266,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_fields() {
-        let good = image(platform::IMAGE_BASE, &[0x90; 16], 64);
+        let good = minimal_elf(platform::IMAGE_BASE, &[0x90; 16], 64);
         let mut m = good.clone();
         m[18] = 40; // EM_ARM
         assert!(matches!(
@@ -275,17 +279,17 @@ mod tests {
             parse(&m, MEM),
             Err(Error::Elf(ElfError::NotExecutable(3)))
         ));
-        let low = image(0x1000, &[0x90; 16], 64);
+        let low = minimal_elf(0x1000, &[0x90; 16], 64);
         assert!(matches!(
             parse(&low, MEM),
             Err(Error::Elf(ElfError::SegmentOutsideMemory { .. }))
         ));
-        let high = image(MEM - 8, &[0x90; 16], 64);
+        let high = minimal_elf(MEM - 8, &[0x90; 16], 64);
         assert!(matches!(
             parse(&high, MEM),
             Err(Error::Elf(ElfError::SegmentOutsideMemory { .. }))
         ));
-        let wrap = image(u64::MAX - 8, &[0x90; 16], 64);
+        let wrap = minimal_elf(u64::MAX - 8, &[0x90; 16], 64);
         assert!(parse(&wrap, MEM).is_err());
         let mut m = good.clone();
         m[24..32].copy_from_slice(&(platform::IMAGE_BASE + 4096).to_le_bytes());
