@@ -522,26 +522,12 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                 ..
             } => {
                 self.release(backend, &chain, now);
-                if let Some(r) = self.inflight.remove(token) {
-                    self.totals.replies_delivered += 1;
-                    self.ports[d as usize].stats.replies += 1;
-                    if let Target::Service(s) = r.target {
-                        self.services[s as usize].stats.replies += 1;
-                    }
-                    self.release(r.frontend, &r.chain, now);
-                }
+                self.replied(d, token, now);
             }
             Outbound::CopiedReply { token, bytes, .. } => {
                 let e = &mut self.ports[d as usize];
                 e.copied_bytes = e.copied_bytes.saturating_sub(bytes.len());
-                if let Some(r) = self.inflight.remove(token) {
-                    self.totals.replies_delivered += 1;
-                    self.ports[d as usize].stats.replies += 1;
-                    if let Target::Service(s) = r.target {
-                        self.services[s as usize].stats.replies += 1;
-                    }
-                    self.release(r.frontend, &r.chain, now);
-                }
+                self.replied(d, token, now);
             }
             Outbound::Error { token, status, .. } => {
                 if let Some(r) = self.inflight.remove(token) {
@@ -563,6 +549,18 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                 e.notices = e.notices.saturating_sub(1);
             }
             Outbound::Request(_) | Outbound::Hello => {}
+        }
+    }
+
+    /// Request `token`'s reply reached frontend `d`: the request ends.
+    fn replied(&mut self, d: PortId, token: Token, now: u64) {
+        if let Some(r) = self.inflight.remove(token) {
+            self.totals.replies_delivered += 1;
+            self.ports[d as usize].stats.replies += 1;
+            if let Target::Service(s) = r.target {
+                self.services[s as usize].stats.replies += 1;
+            }
+            self.release(r.frontend, &r.chain, now);
         }
     }
 
