@@ -42,6 +42,20 @@ impl Notifier for Polling {
     fn notify(&self) {}
 }
 
+/// Reads how long, in all, a guest's vCPU thread has waited for a CPU (runnable, not running).
+/// Injected into ports so that the switch's stall detection can be driven by a real scheduler
+/// (`/proc/self/task/TID/schedstat`) or, in tests, by hand.
+pub trait RunQueueClock: Send {
+    /// Nanoseconds waited so far, or `None` when it cannot be read.
+    fn waited_ns(&self) -> Option<u64>;
+}
+
+impl<F: Fn() -> Option<u64> + Send> RunQueueClock for F {
+    fn waited_ns(&self) -> Option<u64> {
+        self()
+    }
+}
+
 /// How a port's guest drains the rx buffers it posts: what the sweep feeds to health and stall
 /// detection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -111,6 +125,11 @@ pub trait Port<M>: Send {
 
     /// Back to polling: no kicks wanted.
     fn disarm_kicks(&mut self);
+
+    /// How long, in all, the vCPU (or thread) that drains this port has waited for a CPU
+    /// while runnable, in nanoseconds; `None` for a kind that cannot say. Lets the switch tell
+    /// a backend that stopped draining from one that was not scheduled.
+    fn run_queue_wait_ns(&self) -> Option<u64>;
 
     /// The port as its concrete kind, for inspection by its owner (tests, fuzzing, a VMM);
     /// the switch never looks.

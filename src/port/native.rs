@@ -2,7 +2,7 @@
 
 use vm_memory::GuestMemoryBackend;
 
-use super::{Drain, Notifier, Port};
+use super::{Drain, Notifier, Port, RunQueueClock};
 use crate::virtio::{
     DeliverError, DeviceError, DevicePort, GuestView, Payload, TxChain, RX_QUEUE, TX_QUEUE,
 };
@@ -12,12 +12,23 @@ use crate::wire::MsgHeader;
 pub struct NativePort<M> {
     dev: DevicePort<M>,
     notifier: Box<dyn Notifier>,
+    run_queue: Option<Box<dyn RunQueueClock>>,
 }
 
 impl<M> NativePort<M> {
     /// A port over `dev` (queues the driver made ready) that tells its guest through `notifier`.
     pub fn new(dev: DevicePort<M>, notifier: Box<dyn Notifier>) -> Self {
-        Self { dev, notifier }
+        Self {
+            dev,
+            notifier,
+            run_queue: None,
+        }
+    }
+
+    /// The same port, telling the switch how long its guest's vCPU waited for a CPU.
+    pub fn with_run_queue_clock(mut self, clock: Box<dyn RunQueueClock>) -> Self {
+        self.run_queue = Some(clock);
+        self
     }
 
     /// Its device side, for inspection.
@@ -89,6 +100,10 @@ impl<M: GuestMemoryBackend + Send + 'static> Port<M> for NativePort<M> {
     fn disarm_kicks(&mut self) {
         let _ = self.dev.disable_kicks(TX_QUEUE);
         let _ = self.dev.disable_kicks(RX_QUEUE);
+    }
+
+    fn run_queue_wait_ns(&self) -> Option<u64> {
+        self.run_queue.as_ref().and_then(|c| c.waited_ns())
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

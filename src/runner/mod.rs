@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 use vm_memory::GuestMemoryMmap;
 
 use crate::event::{LoopConfig, SwitchLoop};
+use crate::port::{NativePort, Port};
 use crate::switch::{MonotonicClock, Switch, SwitchError};
 use crate::topology::{FaultKind, Role, Topology, TopologyError};
 use crate::transport::TransportEvent;
+use crate::virtio::DevicePort;
 use crate::vmm::{images, RunOutcome, VcpuHandle, Vm, VmConfig};
 
 pub use link::VmqLink;
@@ -217,7 +219,7 @@ pub fn run(topo: &Topology, opts: &RunOptions) -> Result<RunReport, RunError> {
     let mut switch: Switch<GuestMemoryMmap> =
         Switch::new(topo.switch, Arc::new(MonotonicClock::new()))?;
     for (b, port) in vms.iter().zip(ports) {
-        switch.add_port(&b.name, port, b.link.notifier())?;
+        switch.attach(&b.name, native_port(b, port))?;
     }
     for s in &topo.services {
         let members: Vec<(u32, f64)> = s
@@ -235,6 +237,10 @@ pub fn run(topo: &Topology, opts: &RunOptions) -> Result<RunReport, RunError> {
         .iter()
         .map(|b| b.link.kick.try_clone())
         .collect::<std::io::Result<Vec<_>>>()?;
+    // The loop runs on this thread: its own waits for a CPU count toward no backend's stall.
+    if let Some(own) = crate::vmm::SchedStat::current_thread() {
+        switch.set_run_queue_clock(Box::new(move || own.run_queue_wait_ns()));
+    }
     let mut lp = SwitchLoop::new(switch, kicks, LoopConfig::default())?;
     let max = Duration::from_millis(topo.run.max_duration_ms);
     let progress_every = Duration::from_millis(topo.run.progress_ms.max(10));
@@ -287,6 +293,19 @@ pub fn run(topo: &Topology, opts: &RunOptions) -> Result<RunReport, RunError> {
     ))
 }
 
+/// VM `b`'s vmq device as a switch port: notified through its link, and telling the switch how
+/// long its vCPU waited for a CPU (so that a VM that was not scheduled is not taken for one
+/// that stalled).
+fn native_port(b: &Booted, dev: DevicePort<GuestMemoryMmap>) -> Box<dyn Port<GuestMemoryMmap>> {
+    let port = NativePort::new(dev, b.link.notifier());
+    match b.vcpu.as_ref().and_then(|v| v.sched_stat()) {
+        Some(sched) => {
+            Box::new(port.with_run_queue_clock(Box::new(move || sched.run_queue_wait_ns())))
+        }
+        None => Box::new(port),
+    }
+}
+
 /// Host-side supervision, on the switch thread between polls: kill faults, guest resets,
 /// guests that exited, ports the switch found broken.
 fn supervise(
@@ -320,7 +339,7 @@ fn supervise(
                     if !sw.port_down(port) {
                         sw.remove_port(port);
                     }
-                    match sw.revive_port(port, dev, b.link.notifier()) {
+                    match sw.revive(port, native_port(b, dev)) {
                         Ok(()) => {
                             b.removed = false;
                             b.marked_broken = false;

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use vm_memory::GuestMemoryMmap;
 
-use super::{boot, progress, report, restart, supervise, vm_err, Booted, RunError, RunOptions};
+use super::{
+    boot, native_port, progress, report, restart, supervise, vm_err, Booted, RunError, RunOptions,
+};
 use crate::abi::image::{client, worker};
 use crate::event::{LoopConfig, SwitchLoop};
 use crate::switch::policy::XorShift64;
@@ -199,7 +201,7 @@ pub fn soak(opts: &SoakOptions) -> Result<SoakReport, RunError> {
                 })
             }
         };
-        switch.add_port(&b.name, dev, b.link.notifier())?;
+        switch.attach(&b.name, native_port(b, dev))?;
     }
     let s = &topo.services[0];
     switch.add_service(
@@ -211,6 +213,10 @@ pub fn soak(opts: &SoakOptions) -> Result<SoakReport, RunError> {
         .iter()
         .map(|b| b.link.kick.try_clone())
         .collect::<std::io::Result<Vec<_>>>()?;
+    // The loop runs on this thread: its own waits for a CPU count toward no backend's stall.
+    if let Some(own) = crate::vmm::SchedStat::current_thread() {
+        switch.set_run_queue_clock(Box::new(move || own.run_queue_wait_ns()));
+    }
     let mut lp = SwitchLoop::new(switch, kicks, LoopConfig::default())?;
 
     let mut rng = XorShift64::new(opts.seed);

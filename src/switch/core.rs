@@ -20,7 +20,7 @@ use super::policy::{new_policy, PickRequest};
 use super::service::{Member, Service, ServiceConfig, ServiceId};
 use super::stats::Totals;
 use super::SwitchError;
-use crate::port::{NativePort, Notifier, Port, PortId};
+use crate::port::{NativePort, Notifier, Port, PortId, RunQueueClock};
 use crate::virtio::{DevicePort, TxChain};
 use crate::wire::{MsgKind, Status};
 
@@ -118,6 +118,9 @@ pub struct Switch<M> {
     pub(super) tokens: Vec<Token>,
     pub(super) events: Vec<Event>,
     pub(super) next_sweep_ns: u64,
+    /// How long the thread running the switch has waited for a CPU (see
+    /// [`Switch::set_run_queue_clock`]).
+    pub(super) run_queue: Option<Box<dyn RunQueueClock>>,
 }
 
 impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
@@ -137,7 +140,14 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             tokens: Vec::new(),
             events: Vec::new(),
             next_sweep_ns: now,
+            run_queue: None,
         })
+    }
+
+    /// Tells the switch how long the thread that runs it has waited for a CPU. Time the switch
+    /// spent waiting counts toward no backend's stall: it delivered and looked at nothing then.
+    pub fn set_run_queue_clock(&mut self, clock: Box<dyn RunQueueClock>) {
+        self.run_queue = Some(clock);
     }
 
     /// Adds a native port (vmq virtqueues over `dev`, its guest told through `notifier`); see

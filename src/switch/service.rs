@@ -116,6 +116,9 @@ pub struct ServiceStats {
     pub ejections: u64,
     /// Returns from ejection.
     pub returns: u64,
+    /// Backends found not scheduled (their vCPU waited for a CPU) while work waited for them
+    /// past the stall window: not stalls, never ejections.
+    pub descheduled: u64,
 }
 
 /// One backend of a service.

@@ -141,51 +141,54 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
                 stats: p.stats,
             })
             .collect();
-        let services = self
-            .services
-            .iter()
-            .enumerate()
-            .map(|(id, s)| {
-                let total: u64 = s.members.iter().map(|m| m.dispatched).sum();
-                let members = s
-                    .members
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| MemberSnapshot {
-                        port: m.port,
-                        name: self.ports[m.port as usize].name.clone(),
-                        base_weight: m.base_weight,
-                        weight: s.candidates[i].weight,
-                        health: m.health.last_score(),
-                        status: match s.failover.status(i) {
-                            Some(BackendStatus::Healthy) | None => "healthy",
-                            Some(BackendStatus::Stalled) => "stalled",
-                            Some(BackendStatus::Ejected { .. }) => "ejected",
-                            Some(BackendStatus::Warming { .. }) => "warming",
-                        },
-                        dispatched: m.dispatched,
-                        share: if total > 0 {
-                            m.dispatched as f64 / total as f64
-                        } else {
-                            0.0
-                        },
-                        in_flight: m.health.in_flight(),
-                        drain_per_s: m.health.drain_per_s(now),
-                        latency_us: m.health.latency_ns().map(|l| l / 1e3),
-                        load_report_suspect: m.health.load_report_suspect(),
-                    })
-                    .collect();
-                ServiceSnapshot {
-                    id: id as u32,
-                    name: s.name.clone(),
-                    policy: s.policy.name(),
-                    panic: s.panic,
-                    waiting: s.wait.len(),
-                    stats: s.stats,
-                    members,
-                }
-            })
-            .collect();
+        let services =
+            self.services
+                .iter()
+                .enumerate()
+                .map(|(id, s)| {
+                    let total: u64 = s.members.iter().map(|m| m.dispatched).sum();
+                    let members =
+                        s.members
+                            .iter()
+                            .enumerate()
+                            .map(|(i, m)| MemberSnapshot {
+                                port: m.port,
+                                name: self.ports[m.port as usize].name.clone(),
+                                base_weight: m.base_weight,
+                                weight: s.candidates[i].weight,
+                                health: m.health.last_score(),
+                                status: match s.failover.status(i) {
+                                    Some(
+                                        BackendStatus::Healthy | BackendStatus::Warming { .. },
+                                    ) if s.failover.descheduled(i) => "descheduled",
+                                    Some(BackendStatus::Healthy) | None => "healthy",
+                                    Some(BackendStatus::Stalled) => "stalled",
+                                    Some(BackendStatus::Ejected { .. }) => "ejected",
+                                    Some(BackendStatus::Warming { .. }) => "warming",
+                                },
+                                dispatched: m.dispatched,
+                                share: if total > 0 {
+                                    m.dispatched as f64 / total as f64
+                                } else {
+                                    0.0
+                                },
+                                in_flight: m.health.in_flight(),
+                                drain_per_s: m.health.drain_per_s(now),
+                                latency_us: m.health.latency_ns().map(|l| l / 1e3),
+                                load_report_suspect: m.health.load_report_suspect(),
+                            })
+                            .collect();
+                    ServiceSnapshot {
+                        id: id as u32,
+                        name: s.name.clone(),
+                        policy: s.policy.name(),
+                        panic: s.panic,
+                        waiting: s.wait.len(),
+                        stats: s.stats,
+                        members,
+                    }
+                })
+                .collect();
         Snapshot {
             now_ns: now,
             in_flight: self.inflight.len(),

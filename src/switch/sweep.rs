@@ -21,12 +21,18 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             e.drain = d;
         }
         let mut events = std::mem::take(&mut self.events);
+        let switch_wait = self.run_queue.as_ref().and_then(|c| c.waited_ns());
         for s in 0..self.services.len() {
             let svc = &mut self.services[s];
+            svc.failover.sample_switch_run_queue_wait(switch_wait);
             for i in 0..svc.members.len() {
                 let e = &self.ports[svc.members[i].port as usize];
                 if !e.down {
                     svc.observe(i, e.consumed_since_sweep, e.drain, now);
+                    if svc.failover.wants_run_queue_wait(i) {
+                        let waited = e.port.run_queue_wait_ns();
+                        svc.failover.sample_run_queue_wait(i, waited);
+                    }
                 }
             }
             events.clear();
@@ -44,6 +50,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                         self.redispatch(s, backend);
                     }
                     Event::Returned { .. } => self.services[s].stats.returns += 1,
+                    Event::Descheduled { .. } => self.services[s].stats.descheduled += 1,
                     _ => {}
                 }
             }

@@ -33,5 +33,5 @@ pub use error::{ElfError, Error, Result};
 #[cfg(any(test, feature = "test-utils"))]
 pub use loader::minimal_elf;
 pub use loader::{load_elf, LoadedImage};
-pub use vcpu::{Console, ExitCounters, ExitSnapshot, RunOutcome, VcpuHandle};
+pub use vcpu::{Console, ExitCounters, ExitSnapshot, RunOutcome, SchedStat, VcpuHandle};
 pub use vm::{IoeventMode, Vm, VmConfig};

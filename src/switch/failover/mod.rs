@@ -172,6 +172,12 @@ pub enum Event {
         /// Backend index.
         backend: usize,
     },
+    /// Work waited for the backend a whole stall window, but its vCPU spent part of that time
+    /// waiting for a CPU: it was not scheduled, so it is not stalled (no ejection).
+    Descheduled {
+        /// Backend index.
+        backend: usize,
+    },
     /// Too few usable backends: all are used until enough recover.
     PanicEntered,
     /// Enough backends are usable again.
@@ -193,6 +199,9 @@ pub struct FailoverStats {
     pub returns: u64,
     /// Times the service entered panic mode.
     pub panics: u64,
+    /// Times a backend with work waiting past the stall window was found descheduled rather
+    /// than stalled (its vCPU waited for a CPU).
+    pub descheduled: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -207,6 +216,13 @@ struct Backend {
     ejections: u32,
     /// Last time the ejection count was raised or lowered.
     count_changed_ns: u64,
+    /// Run-queue wait of its vCPU at the sample taken with its last progress, and now.
+    wait_since: Option<u64>,
+    wait_now: Option<u64>,
+    /// The switch's own run-queue wait when its stall clock started.
+    switch_wait_since: Option<u64>,
+    /// Found descheduled in this episode of no progress (counted once).
+    descheduled: bool,
 }
 
 impl Backend {
@@ -219,7 +235,24 @@ impl Backend {
             moved_since_eject: false,
             ejections: 0,
             count_changed_ns: now_ns,
+            wait_since: None,
+            wait_now: None,
+            switch_wait_since: None,
+            descheduled: false,
         }
+    }
+
+    /// How long it has been without progress, less the time its vCPU waited for a CPU and the
+    /// time the switch did: the time it had the chance to drain and did not.
+    fn idle_with_cpu(&self, now_ns: u64, switch_wait: Option<u64>) -> u64 {
+        let since = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => 0,
+        };
+        now_ns
+            .saturating_sub(self.last_progress_ns)
+            .saturating_sub(since(self.wait_since, self.wait_now))
+            .saturating_sub(since(self.switch_wait_since, switch_wait))
     }
 }
 
@@ -227,6 +260,10 @@ impl Backend {
 #[derive(Clone, Debug)]
 pub struct Failover {
     cfg: FailoverConfig,
+    /// How long, in all, the thread that runs the switch has waited for a CPU, as of the last
+    /// sweep (`None`: unknown). While the switch waits it neither delivers nor looks, so that
+    /// time counts toward no backend's stall.
+    switch_wait: Option<u64>,
     backends: Vec<Backend>,
     panic: bool,
     stats: FailoverStats,
@@ -237,6 +274,7 @@ impl Failover {
     pub fn new(cfg: FailoverConfig, n: usize, now_ns: u64) -> Self {
         Self {
             cfg,
+            switch_wait: None,
             backends: vec![Backend::new(now_ns, BackendStatus::Healthy); n],
             panic: false,
             stats: FailoverStats::default(),
@@ -269,15 +307,61 @@ impl Failover {
         let Some(b) = self.backends.get_mut(backend) else {
             return;
         };
-        if consumer_idx != b.consumer_idx {
+        let progress = consumer_idx != b.consumer_idx;
+        if progress {
             b.consumer_idx = consumer_idx;
-            b.last_progress_ns = now_ns;
             b.moved_since_eject = true;
-        } else if !pending {
-            // Nothing to drain: the stall clock starts when work is pending.
+        }
+        // Moved, or nothing to drain: the stall clock starts again when work is pending. (The
+        // vCPU's run-queue wait is sampled from the first observation with work pending.)
+        if progress || !pending {
             b.last_progress_ns = now_ns;
+            b.wait_since = None;
+            b.wait_now = None;
+            b.switch_wait_since = self.switch_wait;
+            b.descheduled = false;
         }
         b.pending = pending;
+    }
+
+    /// Whether the sweep should sample `backend`'s run-queue wait now: it has work pending, so
+    /// its stall clock runs and the sample taken with each observation covers it.
+    pub fn wants_run_queue_wait(&self, backend: usize) -> bool {
+        self.backends.get(backend).is_some_and(|b| b.pending)
+    }
+
+    /// How long, in all, the backend's vCPU has waited for a CPU (runnable, not running), as
+    /// read now; `None` where that cannot be known (then a stall is judged by wall time
+    /// alone). Time its vCPU spent waiting for a CPU does not count toward a stall: a backend
+    /// is stalled only if it had the chance to drain and did not.
+    ///
+    /// Call it right after [`Failover::observe`]: the sample taken with the observation that
+    /// started the stall clock is the baseline.
+    pub fn sample_run_queue_wait(&mut self, backend: usize, wait_ns: Option<u64>) {
+        let Some(b) = self.backends.get_mut(backend) else {
+            return;
+        };
+        if b.wait_since.is_none() {
+            b.wait_since = wait_ns;
+        }
+        b.wait_now = wait_ns;
+    }
+
+    /// How long, in all, the thread running the switch has waited for a CPU, as read at this
+    /// sweep, before the backends are observed. `None` (the default) where it cannot be known.
+    pub fn sample_switch_run_queue_wait(&mut self, wait_ns: Option<u64>) {
+        self.switch_wait = wait_ns;
+        for b in &mut self.backends {
+            if b.switch_wait_since.is_none() {
+                b.switch_wait_since = wait_ns;
+            }
+        }
+    }
+
+    /// Whether `backend` was found descheduled (work waiting past the stall window while its
+    /// vCPU waited for a CPU) and has not made progress since.
+    pub fn descheduled(&self, backend: usize) -> bool {
+        self.backends.get(backend).is_some_and(|b| b.descheduled)
     }
 
     /// Takes `backend` out of rotation now, ignoring the cap (a broken port, a reset). It returns
@@ -326,8 +410,15 @@ impl Failover {
         let cap = self.max_ejected();
         for i in 0..self.backends.len() {
             let b = self.backends[i];
-            let stalled =
+            let overdue =
                 b.pending && now_ns.saturating_sub(b.last_progress_ns) >= cfg.stall_window_ns;
+            let stalled =
+                b.pending && b.idle_with_cpu(now_ns, self.switch_wait) >= cfg.stall_window_ns;
+            if overdue && !stalled && !b.descheduled {
+                self.backends[i].descheduled = true;
+                self.stats.descheduled += 1;
+                out.push(Event::Descheduled { backend: i });
+            }
             match b.status {
                 BackendStatus::Ejected { until_ns } => {
                     if now_ns >= until_ns && (b.moved_since_eject || !b.pending) {

@@ -240,3 +240,81 @@ fn time_near_u64_max_saturates() {
     assert!(f.weight_factor(0, u64::MAX).is_finite());
     assert!(ev.iter().any(|e| matches!(e, Event::Ejected { .. })));
 }
+
+/// Backend 0 stops draining with work pending; `wait(now)` says how long, in all, its vCPU has
+/// waited for a CPU. Returns the sweep times at which it was ejected or stalled, and whether
+/// it was reported descheduled.
+fn stop_draining_with(wait: impl Fn(u64) -> Option<u64>, until: u64) -> (Vec<u64>, bool) {
+    let mut f = svc(2, 50);
+    let mut idx = [0u16; 2];
+    let mut ejected = Vec::new();
+    let mut descheduled = false;
+    let mut now = 0;
+    while now < until {
+        now += MS;
+        for (i, c) in idx.iter_mut().enumerate() {
+            if i == 1 {
+                *c = c.wrapping_add(1);
+            }
+            f.observe(i, *c, true, now);
+            if f.wants_run_queue_wait(i) {
+                f.sample_run_queue_wait(i, if i == 0 { wait(now) } else { Some(0) });
+            }
+        }
+        for e in f.sweep_vec(now) {
+            match e {
+                Event::Ejected { backend: 0, .. } | Event::Stalled { backend: 0 } => {
+                    ejected.push(now)
+                }
+                Event::Descheduled { backend: 0 } => descheduled = true,
+                _ => {}
+            }
+        }
+    }
+    (ejected, descheduled)
+}
+
+#[test]
+fn a_backend_whose_vcpu_waits_for_a_cpu_is_descheduled_not_stalled() {
+    // Its vCPU is runnable but gets no CPU at all: it never had the chance to drain.
+    let (ejected, descheduled) = stop_draining_with(Some, 100 * MS);
+    assert!(ejected.is_empty(), "ejected at {ejected:?}");
+    assert!(descheduled);
+    // It gets half of the CPU it wants: a stall takes about twice the window of wall time
+    // (the first sample, at 1 ms, is the baseline: 5 ms = 9 ms - (4.5 ms - 0.5 ms) waited).
+    let (ejected, _) = stop_draining_with(|now| Some(now / 2), 100 * MS);
+    assert_eq!(ejected.first(), Some(&(9 * MS)), "{ejected:?}");
+}
+
+#[test]
+fn a_backend_that_had_the_cpu_is_stalled_within_the_window() {
+    // Its vCPU never waited (it ran, or slept with work pending): stalled after the window,
+    // exactly as without a run-queue clock.
+    let (with_clock, descheduled) = stop_draining_with(|_| Some(7), 20 * MS);
+    let (without, _) = stop_draining_with(|_| None, 20 * MS);
+    assert_eq!(with_clock.first(), Some(&(5 * MS)));
+    assert_eq!(with_clock, without);
+    assert!(!descheduled);
+}
+
+#[test]
+fn time_the_switch_waited_for_a_cpu_counts_toward_no_stall() {
+    let mut f = svc(1, 50);
+    let mut now = 0;
+    let mut ejected = None;
+    while now < 40 * MS && ejected.is_none() {
+        now += MS;
+        // The switch thread waits for a CPU three quarters of the time.
+        f.sample_switch_run_queue_wait(Some(now / 4 * 3));
+        f.observe(0, 0, true, now);
+        if f.sweep_vec(now)
+            .iter()
+            .any(|e| matches!(e, Event::Ejected { .. }))
+        {
+            ejected = Some(now);
+        }
+    }
+    // The stall clock started at 0; the first sample (1 ms, 0.75 ms waited) is the baseline:
+    // 5 ms of chance = 17 ms - (12.75 ms - 0.75 ms) of the switch's waiting.
+    assert_eq!(ejected, Some(17 * MS));
+}

@@ -220,4 +220,5 @@ mod bounds;
 mod config;
 mod faults;
 mod routing;
+mod sched;
 mod services;

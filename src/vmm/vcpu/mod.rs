@@ -5,7 +5,7 @@ mod counters;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::thread::JoinHandleExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,6 +17,10 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 pub use console::Console;
 pub use counters::{ExitCounters, ExitSnapshot};
+
+mod sched;
+
+pub use sched::SchedStat;
 
 use super::bus::MmioBus;
 use super::error::{Error, Result};
@@ -41,6 +45,8 @@ pub enum RunOutcome {
 /// State shared between the vCPU thread and its handle.
 #[derive(Debug)]
 struct Shared {
+    /// The vCPU thread's kernel thread id, once it runs (0 before).
+    tid: AtomicI32,
     stop: AtomicBool,
     stop_evt: EventFd,
     /// Address of `kvm_run.immediate_exit` while the vCPU fd is alive.
@@ -90,6 +96,7 @@ impl VcpuHandle {
     pub(crate) fn spawn(name: &str, vcpu: VcpuFd, ctx: VcpuContext) -> Result<Self> {
         install_kick_handler()?;
         let shared = Arc::new(Shared {
+            tid: AtomicI32::new(0),
             stop: AtomicBool::new(false),
             stop_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Host {
                 what: "the vCPU stop eventfd",
@@ -106,6 +113,15 @@ impl VcpuHandle {
             thread: Some(thread),
             shared,
         })
+    }
+
+    /// How the kernel schedules the vCPU thread (`None` until the thread runs, or where
+    /// `/proc/self/task/TID/schedstat` cannot be read).
+    pub fn sched_stat(&self) -> Option<SchedStat> {
+        match self.shared.tid.load(Ordering::Acquire) {
+            0 => None,
+            tid => SchedStat::open(tid),
+        }
     }
 
     /// Asks the vCPU to stop: wakes it from a doorbell wait and kicks it out of the guest
@@ -167,6 +183,10 @@ impl Drop for VcpuHandle {
 }
 
 fn vcpu_thread(mut vcpu: VcpuFd, ctx: VcpuContext, shared: Arc<Shared>) -> Result<RunOutcome> {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    shared
+        .tid
+        .store(unsafe { libc::gettid() }, Ordering::Release);
     {
         let mut p = shared
             .immediate_exit
