@@ -25,33 +25,19 @@ const CLIENTS: [&str; 2] = ["client0", "client1"];
 /// "echo" (workers w0 and w1). `evil_params` go into the evil VM's inline params table after
 /// its honest-phase ones; `extra` is more TOML (VMs, services).
 fn topology(mode: u64, evil_params: &str, extra: &str) -> String {
-    format!(
-        "{RUN_HEAD}{}[[vm]]\nname = \"evil\"\nimage = \"evil\"\nparams = {{ mode = {mode}, \
-         service = \"echo\", count = {EVIL_COUNT}, size = 64, window = 16, \
-         wait = \"doorbell\"{evil_params} }}\n{}{}{}{extra}",
-        clients(&["client0"], "echo", COUNT),
-        clients(&["client1"], "echo", COUNT),
-        workers(&["w0", "w1"], ""),
-        service(
-            "echo",
-            &["w0", "w1"],
-            &format!("failover = {{ {PATIENT} }}\nrequest_timeout_ms = 30000"),
-        ),
-    )
+    let params = format!(
+        "mode = {mode}, service = \"echo\", count = {EVIL_COUNT}, size = 64, window = 16, \
+         wait = \"doorbell\"{evil_params}"
+    );
+    beside_honest_clients(COUNT, "evil", "evil", &params, extra)
 }
 
 /// The honest side of every run: clients clean, workers up and healthy, no port but `evil`
 /// faulted, every accepted request answered exactly once.
 fn assert_others_unharmed(r: &RunReport) {
     assert_clients_clean(r, &CLIENTS, COUNT);
-    for p in &r.switch.ports {
-        if p.name != "evil" {
-            assert_eq!(p.stats.faults, 0, "port {}\n{r}", p.name);
-        }
-    }
+    assert_faults_confined_to(r, "evil");
     for w in ["w0", "w1"] {
-        assert!(!port(r, w).down, "{w}\n{r}");
-        assert_eq!(member(r, "echo", w).status, "healthy", "{w}\n{r}");
         assert_eq!(vm(r, w).outcome, "Stopped", "{w} ran until the end\n{r}");
     }
     // Requests from the honest clients were attributed to them, never to someone else.

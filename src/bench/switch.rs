@@ -205,6 +205,42 @@ struct Sides {
     front_counts: bool,
 }
 
+impl Sides {
+    fn new<F, B>(front: F, backs: impl Iterator<Item = B>, front_counts: bool) -> Self
+    where
+        F: Side + 'static,
+        B: Side + 'static,
+    {
+        Sides {
+            front: Box::new(front),
+            backs: backs.map(|b| Box::new(b) as Box<dyn Side>).collect(),
+            front_counts,
+        }
+    }
+}
+
+/// The ids one of `n` one-way backends receives, in order: backend `i` gets `i`, `i + n`, ...
+struct InOrder {
+    next: u64,
+    stride: u64,
+}
+
+impl InOrder {
+    fn nth_of(i: usize, n: usize) -> Self {
+        InOrder {
+            next: i as u64,
+            stride: n as u64,
+        }
+    }
+
+    /// Checks that `id` is the next id expected and moves on; returns `id` (for the checksum).
+    fn take(&mut self, id: u64) -> u64 {
+        assert_eq!(id, self.next, "messages arrive in order");
+        self.next += self.stride;
+        id
+    }
+}
+
 /// Steps `sides` until the run is done. The counting thread ends the run when every message
 /// sent was counted and returns its elapsed time.
 fn peer_loop(ctl: &Ctl, mut sides: Vec<Box<dyn Side>>, counts: bool) -> Option<Duration> {
@@ -423,8 +459,7 @@ struct VmqBackend {
     /// The echo worker (request/reply).
     echo: Option<Worker>,
     buf: Vec<u8>,
-    next_id: u64,
-    stride: u64,
+    order: InOrder,
 }
 
 impl Side for VmqBackend {
@@ -440,10 +475,8 @@ impl Side for VmqBackend {
             if m.header.kind() == Some(MsgKind::Hello) {
                 continue;
             }
-            assert_eq!(m.header.msg_id(), self.next_id, "messages arrive in order");
+            ids = ids.wrapping_add(self.order.take(m.header.msg_id()));
             black_box(&self.buf);
-            ids = ids.wrapping_add(self.next_id);
-            self.next_id += self.stride;
             n += 1;
         }
         if moved > 0 {
@@ -507,22 +540,14 @@ pub fn run_vmq(
     let backs = back_peers
         .into_iter()
         .enumerate()
-        .map(|(i, peer)| {
-            Box::new(VmqBackend {
-                peer,
-                // A plain echo: key 0, no load report.
-                echo: (case == Case::RequestReply).then(|| Worker::new(WorkerConfig::default())),
-                buf: vec![0; buf_len],
-                next_id: i as u64,
-                stride: backends as u64,
-            }) as Box<dyn Side>
-        })
-        .collect();
-    let sides = Sides {
-        front: Box::new(front),
-        backs,
-        front_counts: case == Case::RequestReply,
-    };
+        .map(|(i, peer)| VmqBackend {
+            peer,
+            // A plain echo: key 0, no load report.
+            echo: (case == Case::RequestReply).then(|| Worker::new(WorkerConfig::default())),
+            buf: vec![0; buf_len],
+            order: InOrder::nth_of(i, backends),
+        });
+    let sides = Sides::new(front, backs, case == Case::RequestReply);
     drive(budget, placement, sides, move |ctl: &Ctl| {
         let mut s = HubStats::start();
         while !ctl.done.load(Ordering::Acquire) {
@@ -626,8 +651,7 @@ struct RtrbBackend<const N: usize> {
     /// Replies (request/reply).
     tx: Option<RbTx<N>>,
     buf: [u8; N],
-    next_id: u64,
-    stride: u64,
+    order: InOrder,
 }
 
 impl<const N: usize> Side for RtrbBackend<N> {
@@ -644,11 +668,9 @@ impl<const N: usize> Side for RtrbBackend<N> {
                     let (a, b) = chunk.as_slices();
                     for m in a.iter().chain(b) {
                         let h = MsgHeader::from_bytes(&m.hdr);
-                        assert_eq!(h.msg_id(), self.next_id, "messages arrive in order");
+                        ids = ids.wrapping_add(self.order.take(h.msg_id()));
                         self.buf.copy_from_slice(&m.payload);
                         black_box(&self.buf);
-                        ids = ids.wrapping_add(self.next_id);
-                        self.next_id += self.stride;
                     }
                 }
                 chunk.commit_all();
@@ -755,25 +777,16 @@ fn run_rtrb_n<const N: usize>(
         answered: 0,
         stopped: false,
     };
-    let backs = back_rx
-        .drain(..)
-        .zip(back_tx.drain(..))
-        .enumerate()
-        .map(|(i, (rx, tx))| {
-            Box::new(RtrbBackend::<N> {
+    let backs =
+        back_rx.drain(..).zip(back_tx.drain(..)).enumerate().map(
+            |(i, (rx, tx))| RtrbBackend::<N> {
                 rx,
                 tx,
                 buf: [0; N],
-                next_id: i as u64,
-                stride: backends as u64,
-            }) as Box<dyn Side>
-        })
-        .collect();
-    let sides = Sides {
-        front: Box::new(front),
-        backs,
-        front_counts: echo,
-    };
+                order: InOrder::nth_of(i, backends),
+            },
+        );
+    let sides = Sides::new(front, backs, echo);
     let mut back_out: Vec<RbRx<N>> = back_out.drain(..).flatten().collect();
     drive(budget, placement, sides, move |ctl: &Ctl| {
         let mut s = HubStats::start();

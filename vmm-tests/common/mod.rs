@@ -166,3 +166,41 @@ pub fn assert_clients_clean(r: &RunReport, clients: &[&str], count: u64) {
     assert_eq!(r.error_replies, 0, "{r}");
     assert_every_request_answered_once(r);
 }
+
+/// Honest clients `client0` and `client1` (`count` requests each) with one more VM `name`
+/// between them (ports 0, 2 and 1), of image `image` with inline `params`, against service
+/// "echo" (workers w0 and w1, a patient failover, a 30 s deadline); `extra` is more TOML.
+pub fn beside_honest_clients(
+    count: u64,
+    name: &str,
+    image: &str,
+    params: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "{RUN_HEAD}{}[[vm]]\nname = \"{name}\"\nimage = \"{image}\"\nparams = {{ {params} }}\n\
+         {}{}{}{extra}",
+        clients(&["client0"], "echo", count),
+        clients(&["client1"], "echo", count),
+        workers(&["w0", "w1"], ""),
+        service(
+            "echo",
+            &["w0", "w1"],
+            &format!("failover = {{ {PATIENT} }}\nrequest_timeout_ms = 30000"),
+        ),
+    )
+}
+
+/// No port but `bad`'s has a protocol fault, and the workers of [`beside_honest_clients`] are
+/// up and healthy.
+pub fn assert_faults_confined_to(r: &RunReport, bad: &str) {
+    for p in &r.switch.ports {
+        if p.name != bad {
+            assert_eq!(p.stats.faults, 0, "port {}\n{r}", p.name);
+        }
+    }
+    for w in ["w0", "w1"] {
+        assert!(!port(r, w).down, "{w}\n{r}");
+        assert_eq!(member(r, "echo", w).status, "healthy", "{w}\n{r}");
+    }
+}

@@ -47,7 +47,7 @@ fn a_guest_that_republishes_a_held_head_breaks_its_own_port_only() {
     assert_eq!(s.ports[1].stats.faults, 1);
     assert!(n.sw.in_flight() <= 1, "{} in flight", n.sw.in_flight());
     // The honest frontend is served as before.
-    let answers = run_requests(&mut n, 0, 300, &[2], |_, _, _| Some((2, Status::Ok)), 5000);
+    let answers = run_requests(&mut n, 0, 300, &[2], serve_ok(2), 5000);
     assert_exactly_once(&answers, 300);
     assert!(answers.values().all(|a| a == &[Status::Ok]));
 }
@@ -107,17 +107,7 @@ fn a_frontend_that_resets_in_a_loop_leaves_nothing_in_wait_queues() {
         send_requests(&mut n, 0, 1..17);
         n.step();
         n.sw.remove_port(0);
-        let (h, dev) = host_peer(PeerConfig {
-            queue_size: 16,
-            slot_size: 256,
-            event_idx: true,
-        })
-        .unwrap();
-        n.sw.revive_port(0, dev, Box::new(Polling)).unwrap();
-        n.peers[0] = Peer {
-            h,
-            buf: vec![0; 256],
-        };
+        n.revive(0, 16);
         let waiting = n.sw.snapshot().services[0].waiting;
         assert!(waiting <= 16, "{waiting} tokens wait for 0 live requests");
     }

@@ -80,14 +80,7 @@ fn a_hostile_frontend_breaks_only_its_own_port() {
         .memory()
         .write_obj(999u16, GuestAddress(l.avail + 2))
         .unwrap();
-    let answers = run_requests(
-        &mut n,
-        svc,
-        200,
-        &[2],
-        |_, _, _| Some((16, Status::Ok)),
-        5000,
-    );
+    let answers = run_requests(&mut n, svc, 200, &[2], serve_ok(16), 5000);
     assert_exactly_once(&answers, 200);
     let s = n.sw.snapshot();
     assert!(s.ports[1].down);
@@ -210,17 +203,7 @@ fn messages_stranded_by_a_reset_never_complete_on_the_revived_queues() {
     );
     let delivered = n.sw.snapshot().totals.oneway_delivered;
     n.sw.remove_port(1);
-    let (h, dev) = host_peer(PeerConfig {
-        queue_size: 4,
-        slot_size: 256,
-        event_idx: true,
-    })
-    .unwrap();
-    n.sw.revive_port(1, dev, Box::new(Polling)).unwrap();
-    n.peers[1] = Peer {
-        h,
-        buf: vec![0; 256],
-    };
+    n.revive(1, 4);
     n.step();
     assert_eq!(n.peers[1].recv_all()[0].0.kind(), Some(MsgKind::Hello));
     // Port 2 drains: only what was delivered before the reset arrives, and the revived port's
@@ -242,14 +225,7 @@ fn messages_stranded_by_a_reset_never_complete_on_the_revived_queues() {
 fn a_restarted_backend_comes_back_through_slow_start() {
     let mut n = net(3, 16);
     let svc = n.service("echo", PolicyKind::Wrr, &[(1, 1.0), (2, 1.0)]);
-    let answers = run_requests(
-        &mut n,
-        svc,
-        200,
-        &[1, 2],
-        |_, _, _| Some((16, Status::Ok)),
-        5000,
-    );
+    let answers = run_requests(&mut n, svc, 200, &[1, 2], serve_ok(16), 5000);
     assert_exactly_once(&answers, 200);
     // Backend 2's VM dies and is restarted with fresh queues.
     n.sw.remove_port(2);
@@ -261,17 +237,7 @@ fn a_restarted_backend_comes_back_through_slow_start() {
             Box::new(Polling)
         )
         .is_err());
-    let (h, dev) = host_peer(PeerConfig {
-        queue_size: 16,
-        slot_size: 256,
-        event_idx: true,
-    })
-    .unwrap();
-    n.sw.revive_port(2, dev, Box::new(Polling)).unwrap();
-    n.peers[2] = Peer {
-        h,
-        buf: vec![0; 256],
-    };
+    n.revive(2, 16);
     // It gets a hello again, and after its ejection time it takes work again.
     n.step();
     let hello = n.peers[2].recv_all();

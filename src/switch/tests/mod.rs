@@ -9,6 +9,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::*;
 use crate::peer::{host_peer, HostPeer, PeerConfig};
+use crate::virtio::DevicePort;
 use crate::wire::{MsgHeader, MsgKind, Status};
 
 const STEP_NS: u64 = 50_000;
@@ -19,6 +20,21 @@ struct Peer {
 }
 
 impl Peer {
+    /// A host peer with queues of `queue_size` entries of 256 bytes, and its device port.
+    fn new(queue_size: u16) -> (Self, DevicePort<GuestMemoryMmap>) {
+        let (h, dev) = host_peer(PeerConfig {
+            queue_size,
+            slot_size: 256,
+            event_idx: true,
+        })
+        .unwrap();
+        let peer = Peer {
+            h,
+            buf: vec![0; 256],
+        };
+        (peer, dev)
+    }
+
     /// Everything delivered since last time (rx buffers re-posted and published).
     fn recv_all(&mut self) -> Vec<(MsgHeader, Vec<u8>)> {
         let mut out = Vec::new();
@@ -78,18 +94,10 @@ fn net(n: usize, queue_size: u16) -> Net {
     let mut sw = Switch::new(SwitchConfig::default(), Arc::new(clock.clone())).unwrap();
     let mut peers = Vec::new();
     for i in 0..n {
-        let (h, dev) = host_peer(PeerConfig {
-            queue_size,
-            slot_size: 256,
-            event_idx: true,
-        })
-        .unwrap();
+        let (peer, dev) = Peer::new(queue_size);
         sw.add_port(&format!("p{i}"), dev, Box::new(Polling))
             .unwrap();
-        peers.push(Peer {
-            h,
-            buf: vec![0; 256],
-        });
+        peers.push(peer);
     }
     Net { sw, clock, peers }
 }
@@ -100,11 +108,25 @@ impl Net {
         self.sw.poll();
     }
 
+    /// Revives port `p` (removed before) with a fresh host peer of `queue_size` entries.
+    fn revive(&mut self, p: usize, queue_size: u16) {
+        let (peer, dev) = Peer::new(queue_size);
+        self.sw
+            .revive_port(p as u32, dev, Box::new(Polling))
+            .unwrap();
+        self.peers[p] = peer;
+    }
+
     fn service(&mut self, name: &str, policy: PolicyKind, members: &[(u32, f64)]) -> ServiceId {
         let mut cfg = ServiceConfig::default();
         cfg.policy.kind = policy;
         self.sw.add_service(name, cfg, members).unwrap()
     }
+}
+
+/// Backends that serve up to `max` requests a step, all `Ok`.
+fn serve_ok(max: usize) -> impl FnMut(&mut Net, usize, u64) -> Option<(usize, Status)> {
+    move |_, _, _| Some((max, Status::Ok))
 }
 
 fn payload(id: u64, len: usize) -> Vec<u8> {
@@ -135,8 +157,16 @@ fn run_requests_from(
     backends: &[usize],
     max_steps: usize,
 ) -> HashMap<u64, Vec<Status>> {
-    let serve = |_: &mut Net, _, _| Some((16, Status::Ok));
-    run_requests_at(n, frontend, svc, total, backends, serve, max_steps, false)
+    run_requests_at(
+        n,
+        frontend,
+        svc,
+        total,
+        backends,
+        serve_ok(16),
+        max_steps,
+        false,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]

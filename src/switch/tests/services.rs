@@ -6,14 +6,7 @@ use super::*;
 fn requests_through_a_service_get_exactly_one_reply() {
     let mut n = net(4, 16);
     let svc = n.service("echo", PolicyKind::P2c, &[(1, 1.0), (2, 1.0), (3, 1.0)]);
-    let answers = run_requests(
-        &mut n,
-        svc,
-        2000,
-        &[1, 2, 3],
-        |_, _, _| Some((64, Status::Ok)),
-        10_000,
-    );
+    let answers = run_requests(&mut n, svc, 2000, &[1, 2, 3], serve_ok(64), 10_000);
     assert_exactly_once(&answers, 2000);
     assert!(answers.values().all(|a| a[0] == Status::Ok));
     assert_totals_add_up(&n.sw);
@@ -27,14 +20,7 @@ fn requests_through_a_service_get_exactly_one_reply() {
 fn weighted_round_robin_honours_weights_within_one_percent() {
     let mut n = net(4, 64);
     let svc = n.service("w", PolicyKind::Wrr, &[(1, 1.0), (2, 2.0), (3, 3.0)]);
-    let answers = run_requests(
-        &mut n,
-        svc,
-        6000,
-        &[1, 2, 3],
-        |_, _, _| Some((64, Status::Ok)),
-        20_000,
-    );
+    let answers = run_requests(&mut n, svc, 6000, &[1, 2, 3], serve_ok(64), 20_000);
     assert_exactly_once(&answers, 6000);
     for (got, want) in shares(&n.sw).iter().zip([1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0]) {
         assert!((got - want).abs() < 0.01, "share {got:.3} vs {want:.3}");

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
-use crate::peer::{device_queue, host_peer, PeerConfig};
+use crate::peer::{device_queue, host_peer, HostPeer, PeerConfig};
 use crate::virtio::spec::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 use crate::virtio::{
     need_event, Buf, DriverRing, GuestView, RingError, RingLayout, RX_QUEUE, TX_QUEUE,
@@ -44,6 +44,35 @@ fn side(size: u16, slot: u64, event_idx: bool) -> (Side, DeviceQueue) {
         },
         q,
     )
+}
+
+/// A port whose tx queue is `tx` (the driver's ring in `s`) and whose rx queue is idle.
+fn tx_port(s: &Side, size: u16, event_idx: bool, tx: DeviceQueue) -> DevicePort<GuestMemoryMmap> {
+    let idle = device_queue(RingLayout::contiguous(0x1000, size), event_idx).unwrap();
+    DevicePort::new(s.mem.clone(), idle, tx).unwrap()
+}
+
+/// A port whose rx queue is `rx` (the driver's ring in `s`) and whose tx queue is idle.
+fn rx_port(s: &Side, size: u16, event_idx: bool, rx: DeviceQueue) -> DevicePort<GuestMemoryMmap> {
+    let idle = device_queue(RingLayout::contiguous(0x1000, size), event_idx).unwrap();
+    DevicePort::new(s.mem.clone(), rx, idle).unwrap()
+}
+
+/// The peer configuration of the hostile-ring tests: eight entries of 256 bytes.
+const SMALL: PeerConfig = PeerConfig {
+    queue_size: 8,
+    slot_size: 256,
+    event_idx: true,
+};
+
+/// One descriptor as it lies in a descriptor table.
+fn desc_bytes(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
+    let mut d = [0u8; 16];
+    d[0..8].copy_from_slice(&addr.to_le_bytes());
+    d[8..12].copy_from_slice(&len.to_le_bytes());
+    d[12..14].copy_from_slice(&flags.to_le_bytes());
+    d[14..16].copy_from_slice(&next.to_le_bytes());
+    d
 }
 
 /// Splits `total` bytes at `cuts` (fractions) into at most `parts` non-empty lengths.
@@ -90,18 +119,8 @@ fn roundtrip(size: u16, msgs: &[(u32, usize, usize)], batch: usize, event_idx: b
     let (_a_idle, a_rx) = side(size, slot, event_idx);
     let (_b_idle, b_tx) = side(size, slot, event_idx);
     let _ = (a_rx, b_tx);
-    let mut a_port = DevicePort::new(
-        a.mem.clone(),
-        device_queue(RingLayout::contiguous(0x1000, size), event_idx).unwrap(),
-        a_tx,
-    )
-    .unwrap();
-    let mut b_port = DevicePort::new(
-        b.mem.clone(),
-        b_rx,
-        device_queue(RingLayout::contiguous(0x1000, size), event_idx).unwrap(),
-    )
-    .unwrap();
+    let mut a_port = tx_port(&a, size, event_idx, a_tx);
+    let mut b_port = rx_port(&b, size, event_idx, b_rx);
 
     let mut sent = 0usize;
     let mut received = 0usize;
@@ -238,11 +257,7 @@ proptest! {
         for (i, (addr, len, flags, next)) in table.iter().enumerate() {
             // Keep a third of the addresses in range so both outcomes happen.
             let addr = if i % 3 == 0 { addr % 0x10000 } else { *addr };
-            let mut d = [0u8; 16];
-            d[0..8].copy_from_slice(&addr.to_le_bytes());
-            d[8..12].copy_from_slice(&(len % 0x2000).to_le_bytes());
-            d[12..14].copy_from_slice(&(flags & 7).to_le_bytes());
-            d[14..16].copy_from_slice(&(next % 10).to_le_bytes());
+            let d = desc_bytes(addr, len % 0x2000, flags & 7, next % 10);
             mem.write_slice(&d, GuestAddress(0x100 + 16 * i as u64)).unwrap();
         }
         let mut segs = Vec::new();
@@ -289,12 +304,7 @@ fn long_run_wraps_16_bit_indices() {
 #[test]
 fn event_idx_kicks_follow_avail_event() {
     let (mut s, q) = side(8, 64, true);
-    let mut port = DevicePort::new(
-        s.mem.clone(),
-        device_queue(RingLayout::contiguous(0x1000, 8), true).unwrap(),
-        q,
-    )
-    .unwrap();
+    let mut port = tx_port(&s, 8, true, q);
     let head = |s: &mut Side| {
         let a = s.data;
         let (h, _) = msg_bytes(0, 0);
@@ -333,12 +343,7 @@ fn event_idx_kicks_follow_avail_event() {
 #[test]
 fn event_idx_interrupts_follow_used_event() {
     let (mut s, q) = side(8, 64, true);
-    let mut port = DevicePort::new(
-        s.mem.clone(),
-        q,
-        device_queue(RingLayout::contiguous(0x1000, 8), true).unwrap(),
-    )
-    .unwrap();
+    let mut port = rx_port(&s, 8, true, q);
     for i in 0..8u64 {
         s.ring.add(&[Buf::writable(s.data + i * 64, 64)]).unwrap();
     }
@@ -378,11 +383,7 @@ proptest! {
     #[test]
     fn kick_decision_matches_spec(ops in prop::collection::vec(0u8..4, 1..200)) {
         let (mut s, q) = side(16, 64, true);
-        let mut port = DevicePort::new(
-            s.mem.clone(),
-            device_queue(RingLayout::contiguous(0x1000, 16), true).unwrap(),
-            q,
-        ).unwrap();
+        let mut port = tx_port(&s, 16, true, q);
         let (h, _) = msg_bytes(0, 0);
         s.mem.write_slice(&h.to_bytes(), GuestAddress(s.data)).unwrap();
         let mut published: u16 = 0;
@@ -428,11 +429,7 @@ fn inject(
     idx: u16,
 ) {
     for &(i, addr, len, flags, next) in descs {
-        let mut d = [0u8; 16];
-        d[0..8].copy_from_slice(&addr.to_le_bytes());
-        d[8..12].copy_from_slice(&len.to_le_bytes());
-        d[12..14].copy_from_slice(&flags.to_le_bytes());
-        d[14..16].copy_from_slice(&next.to_le_bytes());
+        let d = desc_bytes(addr, len, flags, next);
         mem.write_slice(&d, GuestAddress(l.desc + 16 * i as u64))
             .unwrap();
     }
@@ -443,23 +440,24 @@ fn inject(
     mem.write_obj(idx, GuestAddress(l.avail + 2)).unwrap();
 }
 
+/// A peer of [`SMALL`] with a valid header (of a message with 8 payload bytes) at 0x100, for
+/// the chains that need one.
+fn peer_with_header() -> (HostPeer, DevicePort<GuestMemoryMmap>) {
+    let (peer, port) = host_peer(SMALL).unwrap();
+    let (h, _) = msg_bytes(1, 8);
+    peer.memory()
+        .write_slice(&h.to_bytes(), GuestAddress(0x100))
+        .unwrap();
+    (peer, port)
+}
+
 fn hostile(
     descs: &[(u16, u64, u32, u16, u16)],
     heads: &[u16],
     idx: u16,
 ) -> (DeviceError, PortCounters, DevicePort<GuestMemoryMmap>) {
-    let (peer, mut port) = host_peer(PeerConfig {
-        queue_size: 8,
-        slot_size: 256,
-        event_idx: true,
-    })
-    .unwrap();
+    let (peer, mut port) = peer_with_header();
     let l = peer.tx.ring().layout();
-    // A valid header at 0x100 for the chains that need one.
-    let (h, _) = msg_bytes(1, 8);
-    peer.memory()
-        .write_slice(&h.to_bytes(), GuestAddress(0x100))
-        .unwrap();
     inject(peer.memory(), l, descs, heads, idx);
     let err = port.pop_tx().expect_err("hostile chain must be rejected");
     let c = port.counters();
@@ -532,16 +530,7 @@ fn a_head_the_device_holds_cannot_be_taken_again() {
     // One valid request chain (head 0, header and 8 payload bytes at 0x100), published twice
     // before the device returned it: the second take is a protocol fault, so a guest can never
     // have more in flight than its tx queue holds.
-    let (peer, mut port) = host_peer(PeerConfig {
-        queue_size: 8,
-        slot_size: 256,
-        event_idx: true,
-    })
-    .unwrap();
-    let (h, _) = msg_bytes(1, 8);
-    peer.memory()
-        .write_slice(&h.to_bytes(), GuestAddress(0x100))
-        .unwrap();
+    let (peer, mut port) = peer_with_header();
     let desc = [(0, 0x100, HEADER_SIZE as u32 + 8, 0, 0)];
     inject(peer.memory(), peer.tx.ring().layout(), &desc, &[0, 0], 2);
     let mut taken = Vec::new();
@@ -562,17 +551,8 @@ fn a_head_the_device_holds_cannot_be_taken_again() {
 
 #[test]
 fn a_returned_head_can_be_published_again() {
-    let (peer, mut port) = host_peer(PeerConfig {
-        queue_size: 8,
-        slot_size: 256,
-        event_idx: true,
-    })
-    .unwrap();
+    let (peer, mut port) = peer_with_header();
     let l = peer.tx.ring().layout();
-    let (h, _) = msg_bytes(1, 8);
-    peer.memory()
-        .write_slice(&h.to_bytes(), GuestAddress(0x100))
-        .unwrap();
     let desc = [(0, 0x100, HEADER_SIZE as u32 + 8, 0, 0)];
     inject(peer.memory(), l, &desc, &[0], 1);
     let first = port.pop_tx().unwrap().unwrap();
@@ -607,19 +587,11 @@ fn indirect_and_wrong_direction_are_rejected() {
 
 #[test]
 fn hostile_rx_chain_breaks_only_the_destination() {
-    let cfg = PeerConfig {
-        queue_size: 8,
-        slot_size: 256,
-        event_idx: true,
-    };
-    let (mut a, mut a_port) = host_peer(cfg).unwrap();
-    let (b, mut b_port) = host_peer(cfg).unwrap();
+    let (mut a, mut a_port) = host_peer(SMALL).unwrap();
+    let (b, mut b_port) = host_peer(SMALL).unwrap();
     // B rewrites its first posted rx descriptor to point outside its memory.
     let l = b.rx.ring().layout();
-    let mut d = [0u8; 16];
-    d[0..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
-    d[8..12].copy_from_slice(&256u32.to_le_bytes());
-    d[12..14].copy_from_slice(&DESC_F_WRITE.to_le_bytes());
+    let d = desc_bytes(1 << 40, 256, DESC_F_WRITE, 0);
     b.memory().write_slice(&d, GuestAddress(l.desc)).unwrap();
     let (h, p) = msg_bytes(5, 10);
     a.tx.send(&h, &p).unwrap();
@@ -644,13 +616,8 @@ fn hostile_rx_chain_breaks_only_the_destination() {
 fn short_chain_is_immune_to_rewrites_after_pop() {
     // Chains of up to four buffers are snapshotted when validated: rewriting the descriptor
     // afterwards cannot redirect the copy.
-    let cfg = PeerConfig {
-        queue_size: 8,
-        slot_size: 256,
-        event_idx: true,
-    };
-    let (mut a, mut a_port) = host_peer(cfg).unwrap();
-    let (mut b, mut b_port) = host_peer(cfg).unwrap();
+    let (mut a, mut a_port) = host_peer(SMALL).unwrap();
+    let (mut b, mut b_port) = host_peer(SMALL).unwrap();
     let (h, p) = msg_bytes(5, 10);
     let head = a.tx.send(&h, &p).unwrap();
     a.tx.flush().unwrap();
@@ -666,24 +633,24 @@ fn short_chain_is_immune_to_rewrites_after_pop() {
     assert_eq!(&buf[..m.len], &p[..]);
 }
 
-#[test]
-fn long_chain_rewritten_after_pop_is_caught_at_copy_time() {
-    let cfg = PeerConfig {
-        queue_size: 8,
-        slot_size: 256,
-        event_idx: true,
-    };
-    let (mut a, mut a_port) = host_peer(cfg).unwrap();
-    let (_b, mut b_port) = host_peer(cfg).unwrap();
+/// `a` sends a message with 40 payload bytes at 0x100 in six buffers of 12 bytes (too long to
+/// snapshot, so it is walked again on every read); its port pops it. Returns the chain's head.
+fn pop_long_chain(a: &mut HostPeer, a_port: &mut DevicePort<GuestMemoryMmap>) -> (u16, TxChain) {
     let (h, p) = msg_bytes(5, 40);
     let mut bytes = h.to_bytes().to_vec();
     bytes.extend_from_slice(&p);
     a.memory().write_slice(&bytes, GuestAddress(0x100)).unwrap();
-    // Six buffers of 12 bytes: too long to snapshot, so it is walked again on every read.
     let bufs: Vec<Buf> = (0..6).map(|i| Buf::readable(0x100 + 12 * i, 12)).collect();
     let head = a.tx.ring_mut().add(&bufs).unwrap();
     a.tx.flush().unwrap();
-    let chain = a_port.pop_tx().unwrap().unwrap();
+    (head, a_port.pop_tx().unwrap().unwrap())
+}
+
+#[test]
+fn long_chain_rewritten_after_pop_is_caught_at_copy_time() {
+    let (mut a, mut a_port) = host_peer(SMALL).unwrap();
+    let (_b, mut b_port) = host_peer(SMALL).unwrap();
+    let (head, chain) = pop_long_chain(&mut a, &mut a_port);
     // The hostile sender turns its held head descriptor into a self-loop.
     let at = a.tx.ring().layout().desc + 16 * head as u64;
     a.memory().write_obj(head, GuestAddress(at + 14)).unwrap();
@@ -702,20 +669,8 @@ fn read_payload_on_a_broken_port_is_refused_without_a_second_fault() {
     // Found by the `chain` fuzz target: a held long chain, rewritten after the port broke,
     // was walked again by read_payload, which counted a second fault and returned the walk's
     // error instead of `Broken`.
-    let cfg = PeerConfig {
-        queue_size: 8,
-        slot_size: 256,
-        event_idx: true,
-    };
-    let (mut a, mut a_port) = host_peer(cfg).unwrap();
-    let (h, p) = msg_bytes(5, 40);
-    let mut bytes = h.to_bytes().to_vec();
-    bytes.extend_from_slice(&p);
-    a.memory().write_slice(&bytes, GuestAddress(0x100)).unwrap();
-    let bufs: Vec<Buf> = (0..6).map(|i| Buf::readable(0x100 + 12 * i, 12)).collect();
-    let head = a.tx.ring_mut().add(&bufs).unwrap();
-    a.tx.flush().unwrap();
-    let chain = a_port.pop_tx().unwrap().unwrap();
+    let (mut a, mut a_port) = host_peer(SMALL).unwrap();
+    let (head, chain) = pop_long_chain(&mut a, &mut a_port);
     let mut buf = vec![0u8; 40];
     assert_eq!(a_port.read_payload(&chain, &mut buf).unwrap(), 40);
     // The guest publishes an avail index far ahead: the port breaks.
@@ -808,12 +763,7 @@ fn driver_rejects_bad_chains_and_layouts() {
 #[test]
 fn without_event_idx_no_notify_flag_suppresses_kicks() {
     let (mut s, q) = side(4, 64, false);
-    let mut port = DevicePort::new(
-        s.mem.clone(),
-        device_queue(RingLayout::contiguous(0x1000, 4), false).unwrap(),
-        q,
-    )
-    .unwrap();
+    let mut port = tx_port(&s, 4, false, q);
     s.ring.add(&[Buf::readable(s.data, 8)]).unwrap();
     assert!(s.ring.publish().unwrap());
     port.disable_kicks(TX_QUEUE).unwrap();
