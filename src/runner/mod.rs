@@ -233,15 +233,7 @@ pub fn run(topo: &Topology, opts: &RunOptions) -> Result<RunReport, RunError> {
             .collect();
         switch.add_service(s.name.get_ref(), s.config(), &members)?;
     }
-    let kicks = vms
-        .iter()
-        .map(|b| b.link.kick.try_clone())
-        .collect::<std::io::Result<Vec<_>>>()?;
-    // The loop runs on this thread: its own waits for a CPU count toward no backend's stall.
-    if let Some(own) = crate::vmm::SchedStat::current_thread() {
-        switch.set_run_queue_clock(Box::new(move || own.run_queue_wait_ns()));
-    }
-    let mut lp = SwitchLoop::new(switch, kicks, LoopConfig::default())?;
+    let mut lp = switch_loop(switch, &vms)?;
     let max = Duration::from_millis(topo.run.max_duration_ms);
     let progress_every = Duration::from_millis(topo.run.progress_ms.max(10));
     let mut progress = progress::Progress::new(opts.progress && topo.run.progress_ms > 0);
@@ -291,6 +283,22 @@ pub fn run(topo: &Topology, opts: &RunOptions) -> Result<RunReport, RunError> {
         loop_stats,
         timed_out,
     ))
+}
+
+/// The switch loop, to run on the calling thread, woken by every VM's kicks.
+fn switch_loop(
+    mut switch: Switch<GuestMemoryMmap>,
+    vms: &[Booted],
+) -> std::io::Result<SwitchLoop<GuestMemoryMmap>> {
+    let kicks = vms
+        .iter()
+        .map(|b| b.link.kick.try_clone())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    // The loop runs on this thread: its own waits for a CPU count toward no backend's stall.
+    if let Some(own) = crate::vmm::SchedStat::current_thread() {
+        switch.set_run_queue_clock(Box::new(move || own.run_queue_wait_ns()));
+    }
+    SwitchLoop::new(switch, kicks, LoopConfig::default())
 }
 
 /// VM `b`'s vmq device as a switch port: notified through its link, and telling the switch how

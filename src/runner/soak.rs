@@ -15,10 +15,10 @@ use serde::Serialize;
 use vm_memory::GuestMemoryMmap;
 
 use super::{
-    boot, native_port, progress, report, restart, supervise, vm_err, Booted, RunError, RunOptions,
+    boot, native_port, progress, switch_loop, report, restart, supervise, vm_err, Booted, RunError, RunOptions,
 };
 use crate::abi::image::{client, worker};
-use crate::event::{LoopConfig, SwitchLoop};
+use crate::event::SwitchLoop;
 use crate::switch::policy::XorShift64;
 use crate::switch::{MonotonicClock, Switch};
 use crate::topology::Topology;
@@ -209,15 +209,7 @@ pub fn soak(opts: &SoakOptions) -> Result<SoakReport, RunError> {
         s.config(),
         &WORKERS.map(|w| (w as u32, 1.0)).collect::<Vec<_>>(),
     )?;
-    let kicks = vms
-        .iter()
-        .map(|b| b.link.kick.try_clone())
-        .collect::<std::io::Result<Vec<_>>>()?;
-    // The loop runs on this thread: its own waits for a CPU count toward no backend's stall.
-    if let Some(own) = crate::vmm::SchedStat::current_thread() {
-        switch.set_run_queue_clock(Box::new(move || own.run_queue_wait_ns()));
-    }
-    let mut lp = SwitchLoop::new(switch, kicks, LoopConfig::default())?;
+    let mut lp = switch_loop(switch, &vms)?;
 
     let mut rng = XorShift64::new(opts.seed);
     let mut retired_clients: Vec<super::VmReport> = Vec::new();

@@ -33,17 +33,23 @@ fn net_with_sched(waited: Arc<AtomicU64>) -> Net {
     n
 }
 
-#[test]
-fn a_backend_that_gets_no_cpu_is_descheduled_and_keeps_its_work() {
-    let waited = Arc::new(AtomicU64::new(0));
-    let mut n = net_with_sched(waited.clone());
+/// [`net_with_sched`] with eight requests from p0 on their way to the backend.
+fn with_eight_requests(waited: Arc<AtomicU64>) -> Net {
+    let mut n = net_with_sched(waited);
     n.step();
     n.peers[1].recv_all();
-    // Requests reach the backend, which gets no CPU for 50 ms: all that time its vCPU waits.
     for id in 1..9 {
         let h = MsgHeader::request_to_service(0, id, 16);
         assert!(n.peers[0].send(&h, &payload(id, 16)));
     }
+    n
+}
+
+#[test]
+fn a_backend_that_gets_no_cpu_is_descheduled_and_keeps_its_work() {
+    let waited = Arc::new(AtomicU64::new(0));
+    let mut n = with_eight_requests(waited.clone());
+    // The backend gets no CPU for 50 ms: all that time its vCPU waits.
     for _ in 0..1000 {
         n.step();
         waited.fetch_add(STEP_NS, Ordering::Relaxed);
@@ -77,13 +83,7 @@ fn a_backend_that_gets_no_cpu_is_descheduled_and_keeps_its_work() {
 #[test]
 fn a_backend_that_had_the_cpu_and_did_not_drain_is_still_ejected() {
     let waited = Arc::new(AtomicU64::new(0));
-    let mut n = net_with_sched(waited.clone());
-    n.step();
-    n.peers[1].recv_all();
-    for id in 1..9 {
-        let h = MsgHeader::request_to_service(0, id, 16);
-        assert!(n.peers[0].send(&h, &payload(id, 16)));
-    }
+    let mut n = with_eight_requests(waited.clone());
     // 20 ms not scheduled, then scheduled and still not draining.
     let mut steps = 0u64;
     while n.sw.snapshot().services[0].stats.ejections == 0 && steps < 1000 {
