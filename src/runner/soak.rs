@@ -15,7 +15,8 @@ use serde::Serialize;
 use vm_memory::GuestMemoryMmap;
 
 use super::{
-    boot, native_port, progress, switch_loop, report, restart, supervise, vm_err, Booted, RunError, RunOptions,
+    boot, native_port, progress, report, restart, supervise, switch_loop, vm_err, Booted, RunError,
+    RunOptions,
 };
 use crate::abi::image::{client, worker};
 use crate::event::SwitchLoop;
