@@ -19,7 +19,6 @@ use super::{
     RunOptions,
 };
 use crate::abi::image::{client, worker};
-use crate::event::SwitchLoop;
 use crate::switch::policy::XorShift64;
 use crate::switch::{MonotonicClock, Switch};
 use crate::topology::Topology;
