@@ -488,3 +488,51 @@ fn vmq_run_into_a_closed_pipe_exits_quietly() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let _ = std::fs::remove_file(&path);
 }
+
+/// Threads that keep every CPU of the machine busy until dropped.
+struct Hogs {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Hogs {
+    fn per_cpu(k: usize) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let n = k * std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..n)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn with_cpus_overcommitted_the_worker_that_stalls_is_still_ejected() {
+    if !require_kvm() {
+        return;
+    }
+    const COUNT: u64 = 2000;
+    // Two spinning threads per CPU beside five vCPUs and the switch, and the default stall
+    // window: time the stalled worker's vCPU sleeps with work waiting counts, time anyone
+    // waits for a CPU does not; it is still caught, and nothing is lost.
+    let _hogs = Hogs::per_cpu(2);
+    let r = run_with_w2_failing("overcommit.toml", COUNT, "", "stall_after = 300");
+    assert_eq!(member(&r, "echo", "w2").status, "ejected", "{r}");
+    assert_eq!(r.switch.totals.port_faults, 0, "{r}");
+}
