@@ -22,16 +22,23 @@ fn tick(f: &mut Failover, idx: &mut [u16], stuck: &[usize], now: u64) -> Vec<Eve
     f.sweep_vec(now)
 }
 
+/// Ticks every millisecond from 0 up to `until` with `stuck` not draining; the events.
+fn ticks_until(f: &mut Failover, idx: &mut [u16], stuck: &[usize], until: u64) -> Vec<Event> {
+    let mut events = Vec::new();
+    let mut now = 0;
+    while now < until {
+        now += MS;
+        events.extend(tick(f, idx, stuck, now));
+    }
+    events
+}
+
 #[test]
 fn stall_is_detected_after_the_window_and_ejected() {
     let mut f = svc(10, 10);
     let mut idx = [0u16; 10];
-    let mut now = 0;
-    let mut events = Vec::new();
-    while now < 4 * MS {
-        now += MS;
-        events.extend(tick(&mut f, &mut idx, &[3], now));
-    }
+    let mut now = 4 * MS;
+    let events = ticks_until(&mut f, &mut idx, &[3], now);
     assert!(events.is_empty(), "{events:?}");
     now += MS;
     let events = tick(&mut f, &mut idx, &[3], now);
@@ -60,12 +67,8 @@ fn idle_backend_is_not_stalled() {
 fn ejection_cap_leaves_the_rest_stalled_without_work() {
     let mut f = svc(10, 10);
     let mut idx = [0u16; 10];
-    let mut now = 0;
-    let mut events = Vec::new();
-    while now < 6 * MS {
-        now += MS;
-        events.extend(tick(&mut f, &mut idx, &[1, 2], now));
-    }
+    let mut now = 6 * MS;
+    let events = ticks_until(&mut f, &mut idx, &[1, 2], now);
     assert_eq!(
         events,
         vec![
@@ -164,12 +167,8 @@ fn panic_mode_uses_all_backends() {
     };
     let mut f = Failover::new(cfg, 4, 0);
     let mut idx = [0u16; 4];
-    let mut now = 0;
-    let mut events = Vec::new();
-    while now < 6 * MS {
-        now += MS;
-        events.extend(tick(&mut f, &mut idx, &[0, 1, 2], now));
-    }
+    let now = 6 * MS;
+    let events = ticks_until(&mut f, &mut idx, &[0, 1, 2], now);
     assert!(events.contains(&Event::PanicEntered));
     assert!(f.panic());
     assert!(f.in_rotation(0));
