@@ -24,6 +24,9 @@ use crate::input::Input;
 use crate::session::Session;
 
 const MEM_LEN: u64 = 0x10000;
+/// The widest access the fuzzer makes (the device takes only 4-byte register accesses and
+/// byte-wise config reads; anything up to this is tried).
+const MAX_WIDTH: usize = 16;
 
 /// Registers the fuzzer names most of the time (anything else is a raw offset).
 const REGS: &[u64] = &[
@@ -236,7 +239,7 @@ impl Harness {
             _ => inp.pick(REGS),
         };
         let width = match inp.u8() % 8 {
-            0 => inp.u8() as usize % 17,
+            0 => inp.u8() as usize % (MAX_WIDTH + 1),
             1 => 1,
             2 => 2,
             3 => 8,
@@ -310,8 +313,9 @@ impl Harness {
 
     /// A read, checked against the model.
     fn read(&mut self, off: u64, width: usize) {
-        let mut b = vec![0xa5u8; width];
-        self.dev.read(off, &mut b);
+        let mut buf = [0xa5u8; MAX_WIDTH];
+        let b = &mut buf[..width];
+        self.dev.read(off, b);
         if off >= REG_CONFIG {
             let mut cfg = [0u8; CONFIG_SIZE as usize];
             cfg[CONFIG_NUM_QUEUES as usize..][..2].copy_from_slice(&NUM_QUEUES.to_le_bytes());
@@ -353,11 +357,12 @@ impl Harness {
 
     /// A write, applied to the model as the virtio-mmio rules say.
     fn write(&mut self, off: u64, data: &[u8], width: usize) {
-        let mut padded = vec![0u8; width];
+        let mut buf = [0u8; MAX_WIDTH];
+        let padded = &mut buf[..width];
         let n = data.len().min(width);
         padded[..n].copy_from_slice(&data[..n]);
         let before = self.dev.status();
-        self.dev.write(off, &padded);
+        self.dev.write(off, padded);
         if off >= REG_CONFIG || width != 4 || off % 4 != 0 {
             assert_eq!(
                 self.dev.status(),
