@@ -24,6 +24,9 @@ use crate::input::Input;
 use crate::session::Session;
 
 const MEM_LEN: u64 = 0x10000;
+/// The widest access the fuzzer makes (the device takes only 4-byte register accesses and
+/// byte-wise config reads; anything up to this is tried).
+const MAX_WIDTH: usize = 16;
 
 /// Registers the fuzzer names most of the time (anything else is a raw offset).
 const REGS: &[u64] = &[
@@ -55,36 +58,76 @@ const REGS: &[u64] = &[
     REG_CONFIG + 4,
 ];
 
-#[derive(Clone, Copy, Default, Debug)]
+/// One queue as the driver configured it.
+#[derive(Clone, Copy, Debug)]
 struct Queue {
-    num: u16,
     ready: bool,
-    desc: u64,
-    avail: u64,
-    used: u64,
+    ring: RingLayout,
+}
+
+impl Default for Queue {
+    fn default() -> Self {
+        Self {
+            ready: false,
+            ring: RingLayout {
+                size: 0,
+                desc: 0,
+                avail: 0,
+                used: 0,
+            },
+        }
+    }
 }
 
 impl Queue {
-    fn layout(&self) -> RingLayout {
-        RingLayout {
-            size: self.num,
-            desc: self.desc,
-            avail: self.avail,
-            used: self.used,
+    /// What `DeviceQueue::new` and `DevicePort::new` accept: every part of the ring aligned
+    /// and inside memory. The parts and their sizes (with the trailing event fields) come from
+    /// [`RingLayout::parts`], the same helper the driver and the device use.
+    fn usable(&self) -> bool {
+        self.ready
+            && self.ring.parts().iter().all(|&(_, addr, align, len)| {
+                addr % align == 0 && addr.checked_add(len).is_some_and(|e| e <= MEM_LEN)
+            })
+    }
+}
+
+/// The model of the feature registers.
+#[derive(Clone, Copy, Default, Debug)]
+struct Features {
+    /// `DeviceFeaturesSel`.
+    device_sel: u32,
+    /// `DriverFeaturesSel`.
+    driver_sel: u32,
+    /// The 64 bits the driver wrote.
+    driver: u64,
+    /// The driver wrote a nonzero word past bit 63.
+    driver_unknown: bool,
+}
+
+impl Features {
+    /// `DriverFeatures` written with `val` at the current selector.
+    fn write_driver(&mut self, val: u32) {
+        match self.driver_sel {
+            0 => self.driver = (self.driver & !0xffff_ffff) | val as u64,
+            1 => self.driver = (self.driver & 0xffff_ffff) | ((val as u64) << 32),
+            _ => self.driver_unknown |= val != 0,
         }
     }
 
-    /// What `DeviceQueue::new` and `DevicePort::new` accept: aligned rings inside memory.
-    fn usable(&self) -> bool {
-        let fits = |addr: u64, len: u64| addr.checked_add(len).is_some_and(|e| e <= MEM_LEN);
-        let n = self.num as u64;
-        self.ready
-            && self.desc % 16 == 0
-            && self.avail % 2 == 0
-            && self.used % 4 == 0
-            && fits(self.desc, 16 * n)
-            && fits(self.avail, 4 + 2 * n)
-            && fits(self.used, 4 + 8 * n)
+    /// `DeviceFeatures` as read at the current selector.
+    fn device_word(&self) -> u32 {
+        match self.device_sel {
+            0 => DEVICE_FEATURES as u32,
+            1 => (DEVICE_FEATURES >> 32) as u32,
+            _ => 0,
+        }
+    }
+
+    /// Features the device accepts: only offered ones, with `VERSION_1`.
+    fn acceptable(&self) -> bool {
+        !self.driver_unknown
+            && self.driver & !DEVICE_FEATURES == 0
+            && self.driver & (1 << F_VERSION_1) != 0
     }
 }
 
@@ -92,10 +135,7 @@ impl Queue {
 #[derive(Default, Debug)]
 struct Model {
     status: u32,
-    device_features_sel: u32,
-    driver_features_sel: u32,
-    driver_features: u64,
-    driver_features_unknown: bool,
+    features: Features,
     queue_sel: u32,
     queues: [Queue; 2],
     activated: bool,
@@ -107,9 +147,7 @@ struct Model {
 impl Model {
     fn features_ok(&self) -> bool {
         self.status & (STATUS_ACKNOWLEDGE | STATUS_DRIVER) == STATUS_ACKNOWLEDGE | STATUS_DRIVER
-            && !self.driver_features_unknown
-            && self.driver_features & !DEVICE_FEATURES == 0
-            && self.driver_features & (1 << F_VERSION_1) != 0
+            && self.features.acceptable()
     }
 
     fn live(&self) -> bool {
@@ -201,7 +239,7 @@ impl Harness {
             _ => inp.pick(REGS),
         };
         let width = match inp.u8() % 8 {
-            0 => inp.u8() as usize % 17,
+            0 => inp.u8() as usize % (MAX_WIDTH + 1),
             1 => 1,
             2 => 2,
             3 => 8,
@@ -275,8 +313,9 @@ impl Harness {
 
     /// A read, checked against the model.
     fn read(&mut self, off: u64, width: usize) {
-        let mut b = vec![0xa5u8; width];
-        self.dev.read(off, &mut b);
+        let mut buf = [0xa5u8; MAX_WIDTH];
+        let b = &mut buf[..width];
+        self.dev.read(off, b);
         if off >= REG_CONFIG {
             let mut cfg = [0u8; CONFIG_SIZE as usize];
             cfg[CONFIG_NUM_QUEUES as usize..][..2].copy_from_slice(&NUM_QUEUES.to_le_bytes());
@@ -303,11 +342,7 @@ impl Harness {
             REG_VERSION => Some(VERSION),
             REG_DEVICE_ID => Some(DEVICE_ID),
             REG_VENDOR_ID => Some(VENDOR_ID),
-            REG_DEVICE_FEATURES => Some(match m.device_features_sel {
-                0 => DEVICE_FEATURES as u32,
-                1 => (DEVICE_FEATURES >> 32) as u32,
-                _ => 0,
-            }),
+            REG_DEVICE_FEATURES => Some(m.features.device_word()),
             REG_QUEUE_NUM_MAX => Some(if sel < 2 { self.qmax as u32 } else { 0 }),
             REG_QUEUE_READY => Some(m.queues.get(sel).is_some_and(|q| q.ready) as u32),
             REG_INTERRUPT_STATUS => Some(m.interrupt),
@@ -322,11 +357,12 @@ impl Harness {
 
     /// A write, applied to the model as the virtio-mmio rules say.
     fn write(&mut self, off: u64, data: &[u8], width: usize) {
-        let mut padded = vec![0u8; width];
+        let mut buf = [0u8; MAX_WIDTH];
+        let padded = &mut buf[..width];
         let n = data.len().min(width);
         padded[..n].copy_from_slice(&data[..n]);
         let before = self.dev.status();
-        self.dev.write(off, &padded);
+        self.dev.write(off, padded);
         if off >= REG_CONFIG || width != 4 || off % 4 != 0 {
             assert_eq!(
                 self.dev.status(),
@@ -338,17 +374,11 @@ impl Harness {
         let val = u32::from_le_bytes(padded[..].try_into().unwrap());
         let m = &mut self.m;
         match off {
-            REG_DEVICE_FEATURES_SEL => m.device_features_sel = val,
-            REG_DRIVER_FEATURES_SEL => m.driver_features_sel = val,
+            REG_DEVICE_FEATURES_SEL => m.features.device_sel = val,
+            REG_DRIVER_FEATURES_SEL => m.features.driver_sel = val,
             // Frozen once FEATURES_OK (or DRIVER_OK) is set.
             REG_DRIVER_FEATURES if m.status & (STATUS_FEATURES_OK | STATUS_DRIVER_OK) == 0 => {
-                match m.driver_features_sel {
-                    0 => m.driver_features = (m.driver_features & !0xffff_ffff) | val as u64,
-                    1 => {
-                        m.driver_features = (m.driver_features & 0xffff_ffff) | ((val as u64) << 32)
-                    }
-                    _ => m.driver_features_unknown |= val != 0,
-                }
+                m.features.write_driver(val)
             }
             REG_QUEUE_SEL => m.queue_sel = val,
             REG_QUEUE_NUM | REG_QUEUE_READY | REG_QUEUE_DESC_LOW | REG_QUEUE_DESC_HIGH
@@ -364,16 +394,16 @@ impl Harness {
                         match off {
                             REG_QUEUE_NUM => {
                                 if val != 0 && val <= qmax && val.is_power_of_two() {
-                                    q.num = val as u16;
+                                    q.ring.size = val as u16;
                                 }
                             }
-                            REG_QUEUE_READY => q.ready = val != 0 && q.num != 0,
-                            REG_QUEUE_DESC_LOW => q.desc = lo(q.desc),
-                            REG_QUEUE_DESC_HIGH => q.desc = hi(q.desc),
-                            REG_QUEUE_AVAIL_LOW => q.avail = lo(q.avail),
-                            REG_QUEUE_AVAIL_HIGH => q.avail = hi(q.avail),
-                            REG_QUEUE_USED_LOW => q.used = lo(q.used),
-                            _ => q.used = hi(q.used),
+                            REG_QUEUE_READY => q.ready = val != 0 && q.ring.size != 0,
+                            REG_QUEUE_DESC_LOW => q.ring.desc = lo(q.ring.desc),
+                            REG_QUEUE_DESC_HIGH => q.ring.desc = hi(q.ring.desc),
+                            REG_QUEUE_AVAIL_LOW => q.ring.avail = lo(q.ring.avail),
+                            REG_QUEUE_AVAIL_HIGH => q.ring.avail = hi(q.ring.avail),
+                            REG_QUEUE_USED_LOW => q.ring.used = lo(q.ring.used),
+                            _ => q.ring.used = hi(q.ring.used),
                         }
                     }
                 }
@@ -427,22 +457,16 @@ impl Harness {
                     Ok(TransportEvent::Activated(p)) => p,
                     other => panic!("a valid DRIVER_OK did not activate: {other:?}"),
                 };
-                let event_idx = m.driver_features & (1 << F_EVENT_IDX) != 0;
-                let (rx, tx) = (m.queues[0], m.queues[1]);
+                let event_idx = m.features.driver & (1 << F_EVENT_IDX) != 0;
+                let (rx, tx) = (m.queues[0].ring, m.queues[1].ring);
                 for (q, want) in [(port.rx_queue(), rx), (port.tx_queue(), tx)] {
-                    assert_eq!(q.size(), want.num);
+                    assert_eq!(q.size(), want.size);
                     assert_eq!(q.desc_table(), want.desc);
                     assert_eq!(q.avail_ring(), want.avail);
                     assert_eq!(q.used_ring(), want.used);
                     assert_eq!(q.event_idx_enabled(), event_idx);
                 }
-                self.session = Some(Session::new(
-                    port,
-                    self.mem.clone(),
-                    rx.layout(),
-                    tx.layout(),
-                    self.slot_size,
-                ));
+                self.session = Some(Session::new(port, self.mem.clone(), rx, tx, self.slot_size));
             } else {
                 m.status |= STATUS_NEEDS_RESET;
                 m.interrupt |= INT_CONFIG;
@@ -474,7 +498,7 @@ impl Harness {
                 "FEATURES_OK with features the rules refuse"
             );
             let f = self.dev.negotiated_features();
-            assert_eq!(f, m.driver_features);
+            assert_eq!(f, m.features.driver);
         }
         if m.activated {
             assert!(

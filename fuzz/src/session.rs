@@ -14,6 +14,8 @@
 //! - what the honest port receives is exactly the hostile chain's header and payload (or a
 //!   `TooLarge` header when it does not fit).
 
+use std::ops::Range;
+
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmq::peer::{host_peer, HostPeer, PeerConfig};
 use vmq::virtio::spec::{DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE};
@@ -30,8 +32,12 @@ const MAX_HELD: usize = 64;
 struct Honest {
     peer: HostPeer,
     port: DevicePort<GuestMemoryMmap>,
-    /// Bytes of its memory the device may write: posted rx buffers and the rx used ring.
-    writable: Vec<bool>,
+    /// The byte ranges of its memory the device must not write: everything but the posted rx
+    /// buffers and the rx used ring.
+    protected: Vec<Range<usize>>,
+    /// Its memory before the device last acted on it, and after (reused between checks).
+    before: Vec<u8>,
+    after: Vec<u8>,
     slot_size: u32,
     buf: Vec<u8>,
     next_id: u64,
@@ -46,14 +52,8 @@ impl Honest {
         })
         .expect("honest peer");
         let len = mem_len(peer.memory());
-        let mut writable = vec![false; len];
         let rx = peer.rx.ring().layout();
-        let mut allow = |addr: u64, n: u64| {
-            for b in &mut writable[addr as usize..(addr + n) as usize] {
-                *b = true;
-            }
-        };
-        allow(rx.used, RingLayout::used_bytes(rx.size));
+        let mut writable = vec![(rx.used, RingLayout::used_bytes(rx.size))];
         // Every rx descriptor is posted (the peer posts them all and re-posts what it takes).
         for i in 0..rx.size {
             let mut d = [0u8; DESC_SIZE as usize];
@@ -62,40 +62,67 @@ impl Honest {
                 .expect("rx descriptor");
             let addr = u64::from_le_bytes(d[0..8].try_into().unwrap());
             let n = u32::from_le_bytes(d[8..12].try_into().unwrap());
-            allow(addr, n as u64);
+            writable.push((addr, n as u64));
+        }
+        // What lies between the writable ranges is protected.
+        writable.sort_unstable();
+        let mut protected = Vec::new();
+        let mut next = 0usize;
+        for (addr, n) in writable {
+            let (start, end) = (addr as usize, (addr + n) as usize);
+            assert!(end <= len, "an honest buffer outside its memory");
+            if start > next {
+                protected.push(next..start);
+            }
+            next = next.max(end);
+        }
+        if len > next {
+            protected.push(next..len);
         }
         Self {
             peer,
             port,
-            writable,
+            protected,
+            before: Vec::new(),
+            after: Vec::new(),
             slot_size,
             buf: vec![0; slot_size as usize],
             next_id: 0,
         }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        let mut v = vec![0u8; self.writable.len()];
+    /// Copies its whole memory into `into` (sized on first use).
+    fn read_memory(&self, into: &mut Vec<u8>) {
+        into.resize(mem_len(self.peer.memory()), 0);
         self.peer
             .memory()
-            .read_slice(&mut v, GuestAddress(0))
+            .read_slice(into, GuestAddress(0))
             .expect("honest memory");
-        v
     }
 
-    /// Checks that nothing outside the posted rx buffers and the rx used ring changed.
-    fn check_untouched(&self, before: &[u8]) {
-        let after = self.snapshot();
-        if before == &after[..] {
-            assert!(!self.port.is_broken(), "the honest port broke");
-            return;
+    /// Records its memory before the device acts on it.
+    fn mark(&mut self) {
+        let mut before = std::mem::take(&mut self.before);
+        self.read_memory(&mut before);
+        self.before = before;
+    }
+
+    /// Checks that nothing outside the posted rx buffers and the rx used ring changed since
+    /// the last mark, and that the port did not break. Marks the memory as it is now, so a
+    /// device call that follows at once needs no new [`Honest::mark`].
+    fn check_untouched(&mut self) {
+        let mut after = std::mem::take(&mut self.after);
+        self.read_memory(&mut after);
+        for r in &self.protected {
+            if self.before[r.clone()] != after[r.clone()] {
+                let i = r
+                    .clone()
+                    .find(|&i| self.before[i] != after[i])
+                    .expect("a changed byte");
+                panic!("honest port memory changed at {i:#x} outside its rx buffers and used ring");
+            }
         }
-        for (i, (a, b)) in before.iter().zip(&after).enumerate() {
-            assert!(
-                a == b || self.writable[i],
-                "honest port memory changed at {i:#x} outside its rx buffers and used ring"
-            );
-        }
+        self.after = std::mem::replace(&mut self.before, after);
         assert!(!self.port.is_broken(), "the honest port broke");
     }
 }
@@ -352,7 +379,7 @@ impl Session {
         };
         let mut hdr = c.header;
         hdr.set_src(inp.u32());
-        let before = self.honest.snapshot();
+        self.honest.mark();
         let r = self.honest.port.deliver(
             &hdr,
             &Payload::Chain {
@@ -360,7 +387,7 @@ impl Session {
                 chain: &c,
             },
         );
-        self.honest.check_untouched(&before);
+        self.honest.check_untouched();
         match r {
             Ok((written, fits)) => {
                 let needed = HEADER_SIZE as u32 + hdr.len();
@@ -370,9 +397,9 @@ impl Session {
                 if fits {
                     assert_ne!(readable, Some(false), "payload unreadable but delivered");
                 }
-                let before = self.honest.snapshot();
+                // Marked by the check above: nothing touched the memory since.
                 self.honest.port.publish_rx();
-                self.honest.check_untouched(&before);
+                self.honest.check_untouched();
                 let h = &mut self.honest;
                 let m = h
                     .peer

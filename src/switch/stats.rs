@@ -8,7 +8,7 @@ use vm_memory::GuestMemoryBackend;
 use super::failover::BackendStatus;
 use super::outbox::PortStats;
 use super::service::ServiceStats;
-use super::Switch;
+use super::{PortId, Switch};
 
 /// Switch-wide counters. Every accepted request ends in exactly one of `replies_delivered`,
 /// `failed_back` or `orphaned`, or is still in flight:
@@ -127,6 +127,17 @@ pub struct Snapshot {
 }
 
 impl<M: GuestMemoryBackend + Clone> Switch<M> {
+    /// The switch-wide counters, as [`Switch::snapshot`] reports them, without building the
+    /// rest of a snapshot (names, health, shares): cheap enough to read after every operation.
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    /// The counters of port `id`, as [`Switch::snapshot`] reports them.
+    pub fn port_stats(&self, id: PortId) -> Option<PortStats> {
+        self.ports.get(id as usize).map(|p| p.stats)
+    }
+
     /// Counters and current health.
     pub fn snapshot(&self) -> Snapshot {
         let now = self.clock.now_ns();

@@ -62,6 +62,15 @@ fn one_way_unicast_arrives_in_order_and_intact() {
         assert_eq!(p, &payload(i as u64, 20));
     }
     assert_eq!(n.sw.snapshot().totals.oneway_delivered, 500);
+    // The cheap counters read what the snapshot reports.
+    let s = n.sw.snapshot();
+    assert_eq!(n.sw.totals(), s.totals);
+    for p in &s.ports {
+        assert_eq!(n.sw.port_stats(p.id), Some(p.stats));
+    }
+    assert_eq!(n.sw.port_stats(0).unwrap().sent, 500);
+    assert_eq!(n.sw.port_stats(1).unwrap().received, 500);
+    assert_eq!(n.sw.port_stats(2), None);
 }
 
 #[test]
