@@ -62,16 +62,3 @@ fn mmio_corpus() {
 fn switch_corpus() {
     replay("switch", switch::run, 200, 2048);
 }
-
-/// Inputs in `fuzz/open/` found a bug in vmq that is not fixed yet (see `fuzz/README.md`);
-/// each moves to `fuzz/corpus/` with its fix. `cargo test --release --test fuzz_corpus --
-/// --ignored` replays them.
-#[test]
-#[ignore = "open finding: a request failed back by its deadline is failed back again when its port is removed"]
-fn switch_open_findings() {
-    for f in &inputs("open", "switch") {
-        let data = std::fs::read(f).unwrap();
-        let r = std::panic::catch_unwind(|| switch::run(&data));
-        assert!(r.is_ok(), "switch: open input {} fails", f.display());
-    }
-}

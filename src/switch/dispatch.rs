@@ -143,7 +143,14 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
     /// Answers request `tok` with an error status. Counted when the error reaches the
     /// frontend: until then the request is in flight, and orphaned if the frontend goes down.
     pub(super) fn fail_back(&mut self, tok: Token, status: Status, now: u64) {
-        let Some(r) = self.inflight.get_mut(tok) else {
+        // A request already answered (its reply or error waits for the frontend) keeps that
+        // one answer: e.g. one failed back at its deadline while it still waited in the
+        // outbox of the port it was addressed to, which then goes down.
+        let Some(r) = self
+            .inflight
+            .get_mut(tok)
+            .filter(|r| r.stage != Stage::Answering)
+        else {
             return;
         };
         r.stage = Stage::Answering;

@@ -466,7 +466,12 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
 
     /// Delivers request `tok` to the port it is addressed to.
     fn deliver_request(&mut self, d: PortId, tok: Token, now: u64) -> Attempt {
-        let Some(r) = self.inflight.get_mut(tok) else {
+        // Gone, or answered already (failed back at its deadline while it waited here).
+        let Some(r) = self
+            .inflight
+            .get_mut(tok)
+            .filter(|r| r.stage == Stage::Waiting)
+        else {
             return Attempt::Done(true);
         };
         let hdr = request_header(&r.chain.header, r.frontend, tok);
