@@ -4,9 +4,11 @@
 
 use vm_memory::GuestMemoryBackend;
 
+use super::header::request_header;
 use super::inflight::{Backend, Stage, Target, Token};
-use super::outbox::{deliver_chain, request_header, Outbound};
+use super::outbox::Outbound;
 use super::policy::PickRequest;
+use super::slot::deliver_chain;
 use super::Switch;
 use crate::port::PortId;
 use crate::virtio::{DeliverError, TxChain};

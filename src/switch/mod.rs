@@ -16,11 +16,13 @@ pub mod clock;
 mod core;
 mod dispatch;
 pub mod failover;
+mod header;
 pub mod health;
 pub mod inflight;
 mod outbox;
 pub mod policy;
 mod service;
+mod slot;
 mod stats;
 mod sweep;
 
@@ -34,9 +36,9 @@ pub use health::{
     BackendHealth, Combine, HealthConfig, HealthConfigError, HealthStats, HealthWeights,
 };
 pub use inflight::{pool, BlockPool, PoolConfig, PoolError, PoolStats, Token};
-pub use outbox::PortStats;
 pub use policy::{new_policy, Candidate, PickRequest, Policy, PolicyConfig, PolicyKind};
 pub use service::{ServiceConfig, ServiceConfigError, ServiceId, ServiceStats};
+pub use slot::PortStats;
 pub use stats::{MemberSnapshot, PortSnapshot, ServiceSnapshot, Snapshot, Totals};
 
 /// Why the switch refused a configuration.

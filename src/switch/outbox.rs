@@ -1,29 +1,27 @@
-//! A port as the switch holds it ([`PortSlot`]) and its outbox: the one path every outbound
-//! message takes. [`Switch::offer`] delivers at once when nothing waits ahead of the message and
+//! A port's outbox: the one path every outbound message takes. [`Switch::offer`] delivers at once when nothing waits ahead of the message and
 //! the guest has a buffer, or queues it; [`Switch::drain_outbox`] delivers what waits, in
 //! order; [`Switch::notify_ports`] publishes and notifies once per poll. Headers are rewritten
-//! in one place, [`outbound_header`].
+//! in one place, [`header`](super::header).
 //!
 //! Bounds (per port): the outbox holds what this port is owed, each entry tied to something
 //! that bounds it: one-way messages hold a sender's tx chain (bounded by the senders' rings),
 //! requests, replies and errors an in-flight record of this port's (bounded by its own tx
 //! queue), notices at most one rx queue's worth (`notices`), and at most one hello. A reply
 //! that cannot be delivered at once is copied out and its backend's chain released, up to
-//! [`UNREAD_REPLY_BYTES`] per port; past that it holds the backend's chain until the request's
+//! [`UNREAD_REPLY_BYTES`](super::slot::UNREAD_REPLY_BYTES) per port; past that it holds the backend's chain until the request's
 //! deadline, when it becomes a `Timeout` error: a frontend that does not read never pins a
 //! backend's descriptors past its own deadline.
 
-use std::collections::VecDeque;
-
 use vm_memory::GuestMemoryBackend;
 
-use super::core::SWITCH_PORT;
+use super::header::{outbound_header, request_header};
 use super::inflight::{Backend, Stage, Target, Token};
+use super::slot::{deliver_chain, UNREAD_REPLY_BYTES};
 use super::Switch;
-use crate::port::{Drain, Port, PortId};
-use crate::virtio::{DeliverError, GuestView, Payload, TxChain};
+use crate::port::PortId;
+use crate::virtio::{DeliverError, Payload, TxChain};
 use crate::wire::directory::{self, Entry, EntryKind};
-use crate::wire::{MsgHeader, MsgKind, Status};
+use crate::wire::{MsgHeader, Status};
 
 /// Something that must reach a port's guest but found no buffer yet; delivered in order.
 #[derive(Debug)]
@@ -58,219 +56,6 @@ pub(crate) enum Outbound {
     Notice { msg_id: u64, status: Status },
     /// The hello (port id and directory) for a port that just came up.
     Hello,
-}
-
-/// Reply bytes the switch keeps (copied out of backends' queues) for one port that has not
-/// taken them yet.
-pub const UNREAD_REPLY_BYTES: usize = 1 << 20;
-
-/// Per-port counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct PortStats {
-    /// Messages taken from the port.
-    pub sent: u64,
-    /// Messages delivered into the port.
-    pub received: u64,
-    /// Payload bytes sent.
-    pub bytes_sent: u64,
-    /// Payload bytes received.
-    pub bytes_received: u64,
-    /// Requests the port sent.
-    pub requests: u64,
-    /// Replies delivered to the port.
-    pub replies: u64,
-    /// Requests of this port failed back with an error status.
-    pub failed_back: u64,
-    /// One-way messages it sent that could not be delivered.
-    pub undeliverable: u64,
-    /// Replies for this port dropped because it went away or broke.
-    pub orphaned: u64,
-    /// Protocol faults (it broke the queue or header rules).
-    pub faults: u64,
-    /// Notifications sent to its guest.
-    pub notifies: u64,
-    /// Times it came back after going down (device reset, VM restart).
-    pub revivals: u64,
-    /// Error notices dropped because a queue's worth already waited for it to read them.
-    pub notices_dropped: u64,
-}
-
-/// A port, its outbox and what the switch keeps about it.
-pub(crate) struct PortSlot<M> {
-    pub name: String,
-    pub port: Box<dyn Port<M>>,
-    /// A second handle on the port's memory, so a payload can be read from it while `port`
-    /// (perhaps the same one) is borrowed mutably.
-    pub mem: GuestView<M>,
-    /// `(service, member index)` for every service this port serves.
-    pub member_of: Vec<(u32, usize)>,
-    pub outbox: VecDeque<Outbound>,
-    pub stats: PortStats,
-    /// What the port showed at the last sweep.
-    pub drain: Drain,
-    /// Deliveries it consumed between the last two sweeps.
-    pub consumed_since_sweep: u16,
-    /// `Outbound::Notice` entries in `outbox` (at most `rx_capacity`).
-    pub notices: u32,
-    pub rx_capacity: u16,
-    /// Bytes of `Outbound::CopiedReply` entries in `outbox` (at most [`UNREAD_REPLY_BYTES`]).
-    pub copied_bytes: usize,
-    /// Most requests it may have in flight ([`Port::max_held`]).
-    pub max_held: u32,
-    /// Deliveries or releases since the last publish.
-    pub dirty: bool,
-    /// Broken (DEVICE_NEEDS_RESET) or removed: no more traffic either way.
-    pub down: bool,
-}
-
-impl<M: Clone> PortSlot<M> {
-    pub fn new(name: &str, port: Box<dyn Port<M>>) -> Self {
-        let drain = port.drain();
-        let max_held = port.max_held();
-        let mut outbox = VecDeque::new();
-        outbox.push_back(Outbound::Hello);
-        Self {
-            name: name.to_string(),
-            mem: port.memory().clone(),
-            port,
-            member_of: Vec::new(),
-            outbox,
-            stats: PortStats::default(),
-            drain,
-            consumed_since_sweep: 0,
-            notices: 0,
-            rx_capacity: drain.capacity,
-            copied_bytes: 0,
-            max_held,
-            dirty: false,
-            down: false,
-        }
-    }
-
-    /// The port's guest brought it up again with `port`: fresh queues, a new hello.
-    pub fn revive(&mut self, port: Box<dyn Port<M>>) {
-        self.mem = port.memory().clone();
-        self.drain = port.drain();
-        self.rx_capacity = self.drain.capacity;
-        self.max_held = port.max_held();
-        self.port = port;
-        self.consumed_since_sweep = 0;
-        self.outbox.clear();
-        self.outbox.push_back(Outbound::Hello);
-        self.notices = 0;
-        self.copied_bytes = 0;
-        self.dirty = false;
-        self.down = false;
-        self.stats.revivals += 1;
-    }
-
-    /// Port `p` went down: drops what it sent that waits here. One-way messages are counted in
-    /// `stranded`; the tokens of its replies go to `answers` (they must fail back).
-    pub fn forget_from(&mut self, p: PortId, stranded: &mut u64, answers: &mut Vec<Token>) {
-        self.outbox.retain(|item| match item {
-            Outbound::OneWay { src, .. } if *src == p => {
-                *stranded += 1;
-                false
-            }
-            Outbound::Reply { token, backend, .. } if *backend == p => {
-                answers.push(*token);
-                false
-            }
-            _ => true,
-        });
-    }
-}
-
-/// The header a message carries into port `d`: with [`request_header`], the one place headers
-/// are rewritten. Replies get the frontend's id back and the backend as source; everything the
-/// switch makes itself comes from [`SWITCH_PORT`]. `None` for a request, whose header comes
-/// from its in-flight record.
-fn outbound_header(d: PortId, item: &Outbound) -> Option<MsgHeader> {
-    Some(match *item {
-        Outbound::OneWay { src, ref chain } => {
-            let mut h = chain.header;
-            h.set_src(src);
-            h
-        }
-        Outbound::Request(_) => return None,
-        Outbound::Reply {
-            backend,
-            ref chain,
-            msg_id,
-            ..
-        } => {
-            let mut h = chain.header;
-            h.set_msg_id(msg_id);
-            h.set_src(backend);
-            h.set_dst_port(d);
-            h
-        }
-        Outbound::CopiedReply { header, .. } => header,
-        Outbound::Error {
-            status,
-            msg_id,
-            class,
-            ..
-        } => switch_reply(d, msg_id, class, status),
-        Outbound::Notice { msg_id, status } => switch_reply(d, msg_id, 0, status),
-        Outbound::Hello => {
-            let mut h = MsgHeader::new(MsgKind::Hello, d, 0, 0);
-            h.set_src(SWITCH_PORT);
-            h
-        }
-    })
-}
-
-/// A request as its backend sees it: the frontend's header, stamped with the frontend as
-/// source (never what the guest wrote) and the in-flight token as id.
-pub(super) fn request_header(
-    frontend_header: &MsgHeader,
-    frontend: PortId,
-    tok: Token,
-) -> MsgHeader {
-    let mut h = *frontend_header;
-    h.set_src(frontend);
-    h.set_msg_id(tok.0);
-    h
-}
-
-fn switch_reply(d: PortId, msg_id: u64, class: u8, status: Status) -> MsgHeader {
-    let mut h = MsgHeader::new(MsgKind::Reply, d, msg_id, 0);
-    h.set_src(SWITCH_PORT);
-    h.set_class(class);
-    h.set_status(status);
-    h
-}
-
-/// Delivers `hdr` + the payload of `chain` (held by port `src`) into port `dst`.
-pub(super) fn deliver_chain<M: GuestMemoryBackend>(
-    ports: &mut [PortSlot<M>],
-    dst: PortId,
-    src: PortId,
-    hdr: &MsgHeader,
-    chain: &TxChain,
-) -> Result<bool, DeliverError> {
-    let (d, s) = (dst as usize, src as usize);
-    if d >= ports.len() || s >= ports.len() {
-        return Err(DeliverError::NoBuffer);
-    }
-    let r = if d == s {
-        let e = &mut ports[d];
-        e.port.deliver(hdr, &chain.payload(&e.mem))
-    } else if d < s {
-        let (lo, hi) = ports.split_at_mut(s);
-        lo[d].port.deliver(hdr, &chain.payload(&hi[0].mem))
-    } else {
-        let (lo, hi) = ports.split_at_mut(d);
-        hi[0].port.deliver(hdr, &chain.payload(&lo[s].mem))
-    };
-    if r.is_ok() {
-        let e = &mut ports[d];
-        e.dirty = true;
-        e.stats.received += 1;
-        e.stats.bytes_received += u64::from(hdr.len());
-    }
-    r
 }
 
 /// What one delivery attempt came to.

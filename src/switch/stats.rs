@@ -6,8 +6,8 @@ use serde::Serialize;
 use vm_memory::GuestMemoryBackend;
 
 use super::failover::BackendStatus;
-use super::outbox::PortStats;
 use super::service::ServiceStats;
+use super::slot::PortStats;
 use super::{PortId, Switch};
 
 /// Switch-wide counters. Every accepted request ends in exactly one of `replies_delivered`,

@@ -1,0 +1,165 @@
+//! A port as the switch holds it ([`PortSlot`]): the port, its outbox, its counters and what
+//! the sweep saw of it; and [`deliver_chain`], which copies a held message from one slot's
+//! memory into another slot's guest.
+
+use std::collections::VecDeque;
+
+use vm_memory::GuestMemoryBackend;
+
+use super::inflight::Token;
+use super::outbox::Outbound;
+use crate::port::{Drain, Port, PortId};
+use crate::virtio::{DeliverError, GuestView, TxChain};
+use crate::wire::MsgHeader;
+
+/// Reply bytes the switch keeps (copied out of backends' queues) for one port that has not
+/// taken them yet.
+pub const UNREAD_REPLY_BYTES: usize = 1 << 20;
+
+/// Per-port counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PortStats {
+    /// Messages taken from the port.
+    pub sent: u64,
+    /// Messages delivered into the port.
+    pub received: u64,
+    /// Payload bytes sent.
+    pub bytes_sent: u64,
+    /// Payload bytes received.
+    pub bytes_received: u64,
+    /// Requests the port sent.
+    pub requests: u64,
+    /// Replies delivered to the port.
+    pub replies: u64,
+    /// Requests of this port failed back with an error status.
+    pub failed_back: u64,
+    /// One-way messages it sent that could not be delivered.
+    pub undeliverable: u64,
+    /// Replies for this port dropped because it went away or broke.
+    pub orphaned: u64,
+    /// Protocol faults (it broke the queue or header rules).
+    pub faults: u64,
+    /// Notifications sent to its guest.
+    pub notifies: u64,
+    /// Times it came back after going down (device reset, VM restart).
+    pub revivals: u64,
+    /// Error notices dropped because a queue's worth already waited for it to read them.
+    pub notices_dropped: u64,
+}
+
+/// A port, its outbox and what the switch keeps about it.
+pub(crate) struct PortSlot<M> {
+    pub name: String,
+    pub port: Box<dyn Port<M>>,
+    /// A second handle on the port's memory, so a payload can be read from it while `port`
+    /// (perhaps the same one) is borrowed mutably.
+    pub mem: GuestView<M>,
+    /// `(service, member index)` for every service this port serves.
+    pub member_of: Vec<(u32, usize)>,
+    pub outbox: VecDeque<Outbound>,
+    pub stats: PortStats,
+    /// What the port showed at the last sweep.
+    pub drain: Drain,
+    /// Deliveries it consumed between the last two sweeps.
+    pub consumed_since_sweep: u16,
+    /// `Outbound::Notice` entries in `outbox` (at most `rx_capacity`).
+    pub notices: u32,
+    pub rx_capacity: u16,
+    /// Bytes of `Outbound::CopiedReply` entries in `outbox` (at most [`UNREAD_REPLY_BYTES`]).
+    pub copied_bytes: usize,
+    /// Most requests it may have in flight ([`Port::max_held`]).
+    pub max_held: u32,
+    /// Deliveries or releases since the last publish.
+    pub dirty: bool,
+    /// Broken (DEVICE_NEEDS_RESET) or removed: no more traffic either way.
+    pub down: bool,
+}
+
+impl<M: Clone> PortSlot<M> {
+    pub fn new(name: &str, port: Box<dyn Port<M>>) -> Self {
+        let drain = port.drain();
+        let max_held = port.max_held();
+        let mut outbox = VecDeque::new();
+        outbox.push_back(Outbound::Hello);
+        Self {
+            name: name.to_string(),
+            mem: port.memory().clone(),
+            port,
+            member_of: Vec::new(),
+            outbox,
+            stats: PortStats::default(),
+            drain,
+            consumed_since_sweep: 0,
+            notices: 0,
+            rx_capacity: drain.capacity,
+            copied_bytes: 0,
+            max_held,
+            dirty: false,
+            down: false,
+        }
+    }
+
+    /// The port's guest brought it up again with `port`: fresh queues, a new hello.
+    pub fn revive(&mut self, port: Box<dyn Port<M>>) {
+        self.mem = port.memory().clone();
+        self.drain = port.drain();
+        self.rx_capacity = self.drain.capacity;
+        self.max_held = port.max_held();
+        self.port = port;
+        self.consumed_since_sweep = 0;
+        self.outbox.clear();
+        self.outbox.push_back(Outbound::Hello);
+        self.notices = 0;
+        self.copied_bytes = 0;
+        self.dirty = false;
+        self.down = false;
+        self.stats.revivals += 1;
+    }
+
+    /// Port `p` went down: drops what it sent that waits here. One-way messages are counted in
+    /// `stranded`; the tokens of its replies go to `answers` (they must fail back).
+    pub fn forget_from(&mut self, p: PortId, stranded: &mut u64, answers: &mut Vec<Token>) {
+        self.outbox.retain(|item| match item {
+            Outbound::OneWay { src, .. } if *src == p => {
+                *stranded += 1;
+                false
+            }
+            Outbound::Reply { token, backend, .. } if *backend == p => {
+                answers.push(*token);
+                false
+            }
+            _ => true,
+        });
+    }
+}
+
+/// Delivers `hdr` + the payload of `chain` (held by port `src`) into port `dst`.
+pub(super) fn deliver_chain<M: GuestMemoryBackend>(
+    ports: &mut [PortSlot<M>],
+    dst: PortId,
+    src: PortId,
+    hdr: &MsgHeader,
+    chain: &TxChain,
+) -> Result<bool, DeliverError> {
+    let (d, s) = (dst as usize, src as usize);
+    if d >= ports.len() || s >= ports.len() {
+        return Err(DeliverError::NoBuffer);
+    }
+    let r = if d == s {
+        let e = &mut ports[d];
+        e.port.deliver(hdr, &chain.payload(&e.mem))
+    } else if d < s {
+        let (lo, hi) = ports.split_at_mut(s);
+        lo[d].port.deliver(hdr, &chain.payload(&hi[0].mem))
+    } else {
+        let (lo, hi) = ports.split_at_mut(d);
+        hi[0].port.deliver(hdr, &chain.payload(&lo[s].mem))
+    };
+    if r.is_ok() {
+        let e = &mut ports[d];
+        e.dirty = true;
+        e.stats.received += 1;
+        e.stats.bytes_received += u64::from(hdr.len());
+    }
+    r
+}
