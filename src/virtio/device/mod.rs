@@ -11,11 +11,13 @@ pub mod chain;
 mod error;
 mod port;
 mod queue;
+mod tx_chain;
 
 pub use chain::{ChainError, Seg};
 pub use error::{DeviceError, QueueError};
-pub use port::{DeliverError, DevicePort, Payload, PortCounters, TxChain};
+pub use port::{DeliverError, DevicePort, PortCounters};
 pub use queue::DeviceQueue;
+pub use tx_chain::{Payload, TxChain};
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,149 @@
+//! [`TxChain`]: a message popped from a tx queue and validated, held in guest memory; and
+//! [`Payload`], where the bytes of a delivery come from.
+
+use vm_memory::GuestMemoryBackend;
+
+use super::chain::{self, ChainError, Seg};
+use super::DeviceError;
+use crate::virtio::GuestView;
+use crate::wire::{MsgHeader, HEADER_SIZE};
+
+/// Buffers of a chain kept inline in its [`TxChain`]; longer chains are walked again.
+const INLINE_SEGS: usize = 4;
+
+/// A message chain popped from a tx queue and validated.
+///
+/// The chain stays in guest memory, owned by the device, until [`DevicePort::complete_tx`](super::DevicePort::complete_tx)
+/// returns it; its payload is read from there ([`TxChain::payload`]) as often as needed.
+/// Chains of up to four buffers keep the buffer list validated at pop time, so a guest that
+/// rewrites its descriptors afterwards changes nothing; longer chains are walked (and checked)
+/// again on every read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxChain {
+    /// Head descriptor index (what goes back on the used ring).
+    pub head: u16,
+    /// The validated header (its `src` is whatever the guest wrote; the switch restamps it).
+    pub header: MsgHeader,
+    /// Readable bytes in the chain (header + payload + any slack).
+    pub total: u32,
+    desc_table: u64,
+    qsize: u16,
+    segs: [Seg; INLINE_SEGS],
+    /// Buffers in `segs`; 0 when the chain has more than `INLINE_SEGS`.
+    nsegs: u8,
+}
+
+impl TxChain {
+    /// The payload, read from `mem` (the memory of the port it was popped from).
+    pub fn payload<'a, M>(&'a self, mem: &'a GuestView<M>) -> Payload<'a, M>
+    where
+        M: GuestMemoryBackend,
+    {
+        Payload::Chain { mem, chain: self }
+    }
+
+    /// Calls `f(addr, len)` for each span of payload bytes, in order.
+    pub(super) fn for_each_payload_span<M, F>(
+        &self,
+        mem: &GuestView<M>,
+        mut f: F,
+    ) -> Result<(), ChainError>
+    where
+        M: GuestMemoryBackend,
+        F: FnMut(u64, u64),
+    {
+        let len = self.header.len();
+        let mut skip = HEADER_SIZE as u64;
+        let mut left = len as u64;
+        let mut visit = |s: Seg| {
+            let k = skip.min(s.len as u64);
+            skip -= k;
+            let n = (s.len as u64 - k).min(left);
+            if n > 0 {
+                f(s.addr + k, n);
+                left -= n;
+            }
+        };
+        if self.nsegs > 0 {
+            self.segs[..self.nsegs as usize]
+                .iter()
+                .for_each(|s| visit(*s));
+        } else {
+            chain::walk(mem, self.desc_table, self.qsize, self.head, false, visit)?;
+        }
+        if left > 0 {
+            // Only a chain rewritten since it was validated can come up short.
+            return Err(ChainError::BufferOutOfRange { addr: 0, len });
+        }
+        Ok(())
+    }
+}
+
+/// Where the payload of a delivery comes from.
+pub enum Payload<'a, M> {
+    /// Bytes on the host (messages the switch makes itself).
+    Bytes(&'a [u8]),
+    /// The payload of a held tx chain in another (or the same) port's memory.
+    Chain {
+        /// That port's memory.
+        mem: &'a GuestView<M>,
+        /// The chain.
+        chain: &'a TxChain,
+    },
+}
+
+impl<M> Payload<'_, M> {
+    /// Payload length in bytes.
+    pub fn len(&self) -> u32 {
+        match self {
+            Self::Bytes(b) => b.len() as u32,
+            Self::Chain { chain, .. } => chain.header.len(),
+        }
+    }
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Walks and validates the tx chain at `head`: gathers the header from its first bytes
+/// (however they are split) and keeps up to [`INLINE_SEGS`] buffers.
+pub(super) fn parse_tx_chain<M: GuestMemoryBackend>(
+    mem: &GuestView<M>,
+    desc_table: u64,
+    qsize: u16,
+    head: u16,
+) -> Result<TxChain, DeviceError> {
+    let mut raw = [0u8; HEADER_SIZE];
+    let mut filled = 0usize;
+    let mut segs = [Seg { addr: 0, len: 0 }; INLINE_SEGS];
+    let mut count = 0usize;
+    let total = chain::walk(mem, desc_table, qsize, head, false, |seg| {
+        if let Some(slot) = segs.get_mut(count) {
+            *slot = seg;
+        }
+        count += 1;
+        if filled == 0 && seg.len as usize >= HEADER_SIZE {
+            // The common case, a header in one buffer: a fixed-size copy the compiler inlines.
+            if mem.read(seg.addr, &mut raw) {
+                filled = HEADER_SIZE;
+            }
+        } else if filled < HEADER_SIZE {
+            let n = (seg.len as usize).min(HEADER_SIZE - filled);
+            // The walker checked the range; a failure leaves `filled` short and fails parsing.
+            if mem.read(seg.addr, &mut raw[filled..filled + n]) {
+                filled += n;
+            }
+        }
+    })?;
+    let header = MsgHeader::parse(&raw[..filled], (total as usize).saturating_sub(HEADER_SIZE))?;
+    Ok(TxChain {
+        head,
+        header,
+        total,
+        desc_table,
+        qsize,
+        segs,
+        nsegs: if count <= INLINE_SEGS { count as u8 } else { 0 },
+    })
+}
