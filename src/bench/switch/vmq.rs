@@ -1,0 +1,191 @@
+//! vmq's side of the switch bench: host peers driving real rings through one switch thread.
+
+use super::*;
+
+/// Sends `limit` messages (or until told to stop) in batches, then says how many it sent.
+/// One-way messages go round robin over `dsts`; requests go to service `service`.
+struct VmqFrontend {
+    peer: HostPeer,
+    case: Case,
+    dsts: Vec<u32>,
+    next_dst: usize,
+    service: u32,
+    payload: Vec<u8>,
+    buf: Vec<u8>,
+    id: u64,
+    limit: u64,
+    batch: u32,
+    stopped: bool,
+}
+
+impl VmqFrontend {
+    /// Takes replies (request/reply): counts them and re-posts their buffers.
+    fn take_replies(&mut self, ctl: &Ctl) {
+        let (mut moved, mut n, mut ids) = (0u32, 0u64, 0u64);
+        while let Some(m) = self.peer.rx.recv(&mut self.buf).expect("recv reply") {
+            moved += 1;
+            if m.header.kind() == Some(MsgKind::Hello) {
+                continue;
+            }
+            assert_eq!(m.header.kind(), Some(MsgKind::Reply), "a reply");
+            assert_eq!(m.header.status(), Some(Status::Ok), "an Ok reply");
+            assert_eq!(m.len, self.payload.len(), "the payload echoed");
+            black_box(&self.buf);
+            ids = ids.wrapping_add(m.header.msg_id());
+            n += 1;
+        }
+        if moved > 0 {
+            self.peer.rx.flush().expect("re-post rx");
+        }
+        ctl.count(n, ids);
+    }
+}
+
+impl Side for VmqFrontend {
+    fn step(&mut self, ctl: &Ctl) {
+        if self.case == Case::RequestReply {
+            self.take_replies(ctl);
+        }
+        if self.stopped {
+            return;
+        }
+        if self.id >= self.limit || ctl.stop.load(Ordering::Relaxed) {
+            self.peer.tx.flush().expect("flush");
+            ctl.sent.store(self.id, Ordering::Release);
+            self.stopped = true;
+            return;
+        }
+        if (self.peer.tx.free() as u32) < self.batch {
+            self.peer.tx.reclaim().expect("reclaim");
+        }
+        let n = (self.peer.tx.free() as u64)
+            .min(self.batch as u64)
+            .min(self.limit - self.id);
+        for _ in 0..n {
+            let size = self.payload.len() as u32;
+            let hdr = match self.case {
+                Case::OneWay => {
+                    let dst = self.dsts[self.next_dst];
+                    self.next_dst = if self.next_dst + 1 == self.dsts.len() {
+                        0
+                    } else {
+                        self.next_dst + 1
+                    };
+                    MsgHeader::new(MsgKind::OneWay, dst, self.id, size)
+                }
+                Case::RequestReply => MsgHeader::request_to_service(self.service, self.id, size),
+            };
+            self.peer.tx.send(&hdr, &self.payload).expect("send");
+            self.id += 1;
+        }
+        if n > 0 {
+            self.peer.tx.flush().expect("flush");
+        }
+    }
+}
+
+/// One-way: receives, checks order (ids `first`, `first + stride`, ...), counts.
+/// Request/reply: the shared echo [`Worker`] answers every request with its payload.
+struct VmqBackend {
+    peer: HostPeer,
+    /// The echo worker (request/reply).
+    echo: Option<Worker>,
+    buf: Vec<u8>,
+    order: InOrder,
+}
+
+impl Side for VmqBackend {
+    fn step(&mut self, ctl: &Ctl) {
+        if let Some(worker) = self.echo.as_mut() {
+            // Never stops: no count, no fault configured.
+            let _ = worker.step(&mut self.peer, &mut (), &mut self.buf);
+            return;
+        }
+        let (mut moved, mut n, mut ids) = (0u32, 0u64, 0u64);
+        while let Some(m) = self.peer.rx.recv(&mut self.buf).expect("recv") {
+            moved += 1;
+            if m.header.kind() == Some(MsgKind::Hello) {
+                continue;
+            }
+            ids = ids.wrapping_add(self.order.take(m.header.msg_id()));
+            black_box(&self.buf);
+            n += 1;
+        }
+        if moved > 0 {
+            self.peer.rx.flush().expect("re-post rx");
+        }
+        ctl.count(n, ids);
+    }
+}
+
+/// vmq: frontend -> switch -> `backends` backends, one switch thread.
+pub fn run_vmq(
+    case: Case,
+    size: u32,
+    backends: usize,
+    budget: Budget,
+    placement: SwitchPlacement,
+) -> SwitchRun {
+    assert!(backends >= 1, "at least one backend");
+    let cfg = PeerConfig {
+        queue_size: QUEUE_SIZE,
+        slot_size: HEADER_SIZE as u32 + size,
+        event_idx: true,
+    };
+    let swcfg = SwitchConfig {
+        batch: BATCH as usize,
+        ..SwitchConfig::default()
+    };
+    let mut sw = Switch::new(swcfg, Arc::new(MonotonicClock::new())).expect("switch config");
+    let (fpeer, fport) = host_peer(cfg).expect("frontend peer");
+    sw.add_port("frontend", fport, Box::new(Polling))
+        .expect("add frontend");
+    let mut back_ports = Vec::with_capacity(backends);
+    let mut back_peers = Vec::with_capacity(backends);
+    for i in 0..backends {
+        let (peer, port) = host_peer(cfg).expect("backend peer");
+        back_ports.push(
+            sw.add_port(&format!("backend{i}"), port, Box::new(Polling))
+                .expect("add backend"),
+        );
+        back_peers.push(peer);
+    }
+    let members: Vec<_> = back_ports.iter().map(|&p| (p, 1.0)).collect();
+    let service = sw
+        .add_service("echo", ServiceConfig::default(), &members)
+        .expect("add service");
+    sw.resume_polling();
+    let buf_len = cfg.slot_size as usize;
+    let front = VmqFrontend {
+        peer: fpeer,
+        case,
+        dsts: back_ports,
+        next_dst: 0,
+        service,
+        payload: vec![0xa5; size as usize],
+        buf: vec![0; buf_len],
+        id: 0,
+        limit: limit(budget),
+        batch: BATCH,
+        stopped: false,
+    };
+    let backs = back_peers
+        .into_iter()
+        .enumerate()
+        .map(|(i, peer)| VmqBackend {
+            peer,
+            // A plain echo: key 0, no load report.
+            echo: (case == Case::RequestReply).then(|| Worker::new(WorkerConfig::default())),
+            buf: vec![0; buf_len],
+            order: InOrder::nth_of(i, backends),
+        });
+    let sides = Sides::new(front, backs, case == Case::RequestReply);
+    drive(budget, placement, sides, move |ctl: &Ctl| {
+        let mut s = HubStats::start();
+        while !ctl.done.load(Ordering::Acquire) {
+            s.pass(sw.poll());
+        }
+        s.totals = sw.snapshot().totals;
+        s
+    })
+}
