@@ -19,7 +19,7 @@ use vmq::runner::RunReport;
 mod common;
 use common::{
     assert_faults_confined_to, beside_honest_clients, clients, kvm_lock, member, port, require_kvm,
-    run, vm, workers, FLAT_HEALTH, PATIENT, RUN_HEAD,
+    run, run_beside, vm, workers, FLAT_HEALTH, PATIENT, RUN_HEAD,
 };
 
 /// Every client finished with status 0 and `count` good replies, each exactly once, nothing
@@ -531,8 +531,16 @@ fn with_cpus_overcommitted_the_worker_that_stalls_is_still_ejected() {
     // Two spinning threads per CPU beside five vCPUs and the switch, and the default stall
     // window: time the stalled worker's vCPU sleeps with work waiting counts, time anyone
     // waits for a CPU does not; it is still caught, and nothing is lost.
-    let _hogs = Hogs::per_cpu(2);
-    let r = run_with_w2_failing("overcommit.toml", COUNT, "", "stall_after = 300");
+    let toml = echo_topology(
+        COUNT,
+        "wrr",
+        "",
+        "",
+        "[[fault]]\nvm = \"w2\"\nstall_after = 300\n",
+    );
+    let r = run_beside("overcommit.toml", &toml, || Hogs::per_cpu(2));
+    assert_clients_clean(&r, &["client0", "client1"], COUNT);
+    assert!(r.failovers > 0, "w2's requests were re-dispatched\n{r}");
     assert_eq!(member(&r, "echo", "w2").status, "ejected", "{r}");
     assert_eq!(r.switch.totals.port_faults, 0, "{r}");
 }

@@ -93,9 +93,17 @@ pub fn kvm_lock() -> MutexGuard<'static, ()> {
 /// Parses `toml` (errors name `name`), runs it without live progress and prints the summary
 /// (shown with `--nocapture`, or when the test fails).
 pub fn run(name: &str, toml: &str) -> RunReport {
+    run_beside(name, toml, || ())
+}
+
+/// [`run`], with what `beside` starts (say, threads that load the CPUs) alive for the run only,
+/// under the same one-run-at-a-time lock, so no other test's guests run beside it.
+#[allow(dead_code)]
+pub fn run_beside<T>(name: &str, toml: &str, beside: impl FnOnce() -> T) -> RunReport {
     let names: Vec<&str> = images::ALL.iter().map(|(n, _)| *n).collect();
     let topo = Topology::parse(toml, name, &names).unwrap_or_else(|e| panic!("{e}"));
     let _guard = kvm_lock();
+    let _beside = beside();
     let r = runner::run(&topo, &RunOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
     eprintln!("=== {name}\n{r}");
     r
