@@ -80,13 +80,9 @@ pub trait Port<M>: Send {
     /// lives.
     fn memory(&self) -> &GuestView<M>;
 
-    /// Takes up to `max` messages the guest sent, in order, each to `sink`. A message handed to
-    /// `sink` is held until [`Port::release`], even when the call fails afterwards.
-    fn take_sent(
-        &mut self,
-        max: usize,
-        sink: &mut dyn FnMut(TxChain),
-    ) -> Result<usize, DeviceError>;
+    /// Takes up to `max` messages the guest sent, in order, appending each to `sent`. A message
+    /// appended is held until [`Port::release`], even when the call fails afterwards.
+    fn take_sent(&mut self, max: usize, sent: &mut Vec<TxChain>) -> Result<usize, DeviceError>;
 
     /// Most messages this port's guest can have held at once (its tx queue size). A port never
     /// hands over a message it still holds; the switch also refuses a request past this many

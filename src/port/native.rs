@@ -42,12 +42,8 @@ impl<M: GuestMemoryBackend + Send + 'static> Port<M> for NativePort<M> {
         self.dev.view()
     }
 
-    fn take_sent(
-        &mut self,
-        max: usize,
-        sink: &mut dyn FnMut(TxChain),
-    ) -> Result<usize, DeviceError> {
-        self.dev.pop_tx_batch(max, sink)
+    fn take_sent(&mut self, max: usize, sent: &mut Vec<TxChain>) -> Result<usize, DeviceError> {
+        self.dev.pop_tx_batch(max, |c| sent.push(c))
     }
 
     fn max_held(&self) -> u32 {

@@ -299,9 +299,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                 continue;
             }
             scratch.clear();
-            let r = self.ports[p]
-                .port
-                .take_sent(self.cfg.batch, &mut |c| scratch.push(c));
+            let r = self.ports[p].port.take_sent(self.cfg.batch, &mut scratch);
             for c in scratch.drain(..) {
                 self.handle(p as PortId, c, now);
                 work += 1;
@@ -387,7 +385,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             Some(c.header.dst())
         };
         match dst.filter(|&d| !self.port_down(d)) {
-            Some(d) => self.offer(d, Outbound::OneWay { src: p, chain: c }, now),
+            Some(d) => self.offer_oneway(d, p, c, now),
             None => {
                 self.release(p, &c, now);
                 self.undeliverable(p, c.header.msg_id(), Status::Unreachable, now);

@@ -90,6 +90,31 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         }
     }
 
+    /// Sends a one-way message from port `src` to port `d`: [`Switch::offer`] for the common
+    /// case, delivered straight from the sender's chain without building an outbox entry.
+    pub(super) fn offer_oneway(&mut self, d: PortId, src: PortId, chain: TxChain, now: u64) {
+        let slot = &self.ports[d as usize];
+        if slot.down || !slot.outbox.is_empty() {
+            self.queue(d, Outbound::OneWay { src, chain }, now);
+            return;
+        }
+        let mut hdr = chain.header;
+        hdr.set_src(src);
+        match deliver_chain(&mut self.ports, d, src, &hdr, &chain) {
+            Ok(fits) => self.oneway_delivered(src, &chain, fits, now),
+            Err(DeliverError::NoBuffer) => self.queue(d, Outbound::OneWay { src, chain }, now),
+            Err(DeliverError::Dest(_)) => {
+                self.ports[d as usize]
+                    .outbox
+                    .push_back(Outbound::OneWay { src, chain });
+                self.take_down(d, true, now);
+            }
+            Err(DeliverError::Source(_)) => {
+                self.source_broke(Outbound::OneWay { src, chain }, now)
+            }
+        }
+    }
+
     /// Puts `item` at the end of port `d`'s outbox. A reply is copied out first (within the
     /// port's budget) so that its backend's descriptors go back now, whatever `d` does.
     fn queue(&mut self, d: PortId, item: Outbound, now: u64) {
@@ -297,14 +322,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
     /// `item` reached port `d`'s guest: senders get their chains back, answered requests end.
     fn delivered(&mut self, d: PortId, item: Outbound, fits: bool, now: u64) {
         match item {
-            Outbound::OneWay { src, chain } => {
-                self.release(src, &chain, now);
-                if fits {
-                    self.totals.oneway_delivered += 1;
-                } else {
-                    self.undeliverable(src, chain.header.msg_id(), Status::TooLarge, now);
-                }
-            }
+            Outbound::OneWay { src, chain } => self.oneway_delivered(src, &chain, fits, now),
             Outbound::Reply {
                 token,
                 backend,
@@ -339,6 +357,16 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                 e.notices = e.notices.saturating_sub(1);
             }
             Outbound::Request(_) | Outbound::Hello => {}
+        }
+    }
+
+    /// A one-way message from `src` reached its port (`fits`: whole, else cut to its header).
+    fn oneway_delivered(&mut self, src: PortId, chain: &TxChain, fits: bool, now: u64) {
+        self.release(src, chain, now);
+        if fits {
+            self.totals.oneway_delivered += 1;
+        } else {
+            self.undeliverable(src, chain.header.msg_id(), Status::TooLarge, now);
         }
     }
 
