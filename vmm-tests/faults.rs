@@ -107,7 +107,11 @@ fn a_backend_that_only_errors_gives_exactly_one_error_per_request() {
         let (ok, errors) = assert_client_answered(&r, c, COUNT);
         assert_eq!((ok, errors), (0, COUNT), "client {c}\n{r}");
     }
-    assert_eq!((r.lost, r.duplicates, r.mismatches), (0, 0, 0), "{r}");
+    assert_eq!(
+        (r.clients.lost, r.clients.duplicates, r.clients.mismatches),
+        (0, 0, 0),
+        "{r}"
+    );
     // Every answer is the worker's own error reply, at once. Once its health score falls below
     // the threshold it is the only backend left, so the service panics and keeps using it
     // rather than holding every request until its deadline: nothing is failed back. (Whether
@@ -162,7 +166,7 @@ fn a_frontend_that_disappears_with_requests_in_flight_has_them_orphaned() {
     // request was answered, and every such answer dropped.
     assert_eq!(t.late_replies_dropped, t.orphaned, "{r}");
     assert_every_request_answered_once(&r);
-    assert_eq!(r.duplicates, 0, "{r}");
+    assert_eq!(r.clients.duplicates, 0, "{r}");
     assert_eq!(t.port_faults, 0, "{r}");
 }
 
@@ -196,7 +200,11 @@ fn when_every_backend_is_dead_requests_fail_back_at_their_deadline() {
         ok += o;
         errors += e;
     }
-    assert_eq!((r.lost, r.duplicates, r.mismatches), (0, 0, 0), "{r}");
+    assert_eq!(
+        (r.clients.lost, r.clients.duplicates, r.clients.mismatches),
+        (0, 0, 0),
+        "{r}"
+    );
     let (w0, w1) = (vm(&r, "w0"), vm(&r, "w1"));
     assert_eq!(w0.exit_status, Some(exit::CRASHED), "{r}");
     assert_eq!(w0.sent, CRASH_AFTER, "{r}");

@@ -41,9 +41,17 @@ fn short_soak_loses_nothing() {
     })
     .expect("soak runs");
     assert!(r.client_rounds >= 2, "{r:?}");
-    assert!(r.requests > 0 && r.requests == r.replies, "{r:?}");
+    assert!(
+        r.clients.requests > 0 && r.clients.requests == r.clients.replies,
+        "{r:?}"
+    );
     assert_eq!(
-        (r.lost, r.duplicates, r.mismatches, r.bad_rounds),
+        (
+            r.clients.lost,
+            r.clients.duplicates,
+            r.clients.mismatches,
+            r.bad_rounds
+        ),
         (0, 0, 0, 0),
         "{r:?}"
     );

@@ -21,7 +21,7 @@ use crate::virtio::DevicePort;
 use crate::vmm::{images, RunOutcome, VcpuHandle, Vm, VmConfig};
 
 pub use link::VmqLink;
-pub use report::{Latency, RunReport, Verdict, VmReport};
+pub use report::{ClientTotals, Latency, RunReport, Verdict, VmReport};
 pub use soak::{soak, SoakOptions, SoakReport};
 
 /// How a run talks to its user.

@@ -120,9 +120,9 @@ fn latency(hist: &[u64]) -> Option<Latency> {
     })
 }
 
-/// What a run did.
-#[derive(Clone, Debug, Serialize)]
-pub struct RunReport {
+/// What the clients of a run (or a soak) saw, summed over them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ClientTotals {
     /// Requests the clients sent.
     pub requests: u64,
     /// Replies the clients received (any status).
@@ -135,6 +135,36 @@ pub struct RunReport {
     pub mismatches: u64,
     /// Error replies the clients received.
     pub error_replies: u64,
+}
+
+impl ClientTotals {
+    /// Nothing lost, answered twice or corrupted.
+    pub fn intact(&self) -> bool {
+        self.lost == 0 && self.duplicates == 0 && self.mismatches == 0
+    }
+}
+
+impl fmt::Display for ClientTotals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "requests {}  replies {}  lost {}  duplicates {}  mismatches {}  error replies {}",
+            self.requests,
+            self.replies,
+            self.lost,
+            self.duplicates,
+            self.mismatches,
+            self.error_replies
+        )
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    /// What the clients saw (flattened into the JSON report).
+    #[serde(flatten)]
+    pub clients: ClientTotals,
     /// Requests failed over to another backend (re-dispatched).
     pub failovers: u64,
     /// Backend ejections.
@@ -212,15 +242,11 @@ impl RunReport {
 
     /// How the run ended.
     pub fn verdict(&self) -> Verdict {
-        if self.lost > 0
-            || self.duplicates > 0
-            || self.mismatches > 0
-            || !self.failed_guests().is_empty()
-        {
+        if !self.clients.intact() || !self.failed_guests().is_empty() {
             Verdict::Broken
         } else if self.timed_out {
             Verdict::TimedOut
-        } else if self.error_replies > 0 {
+        } else if self.clients.error_replies > 0 {
             Verdict::ErrorReplies
         } else {
             Verdict::Clean
@@ -291,12 +317,14 @@ pub(super) fn build(
         }
     }
     RunReport {
-        requests,
-        replies,
-        lost: requests.saturating_sub(replies),
-        duplicates: vm_reports.iter().map(|v| v.duplicates).sum(),
-        mismatches: vm_reports.iter().map(|v| v.mismatches).sum(),
-        error_replies: clients().map(|v| v.errors).sum(),
+        clients: ClientTotals {
+            requests,
+            replies,
+            lost: requests.saturating_sub(replies),
+            duplicates: vm_reports.iter().map(|v| v.duplicates).sum(),
+            mismatches: vm_reports.iter().map(|v| v.mismatches).sum(),
+            error_replies: clients().map(|v| v.errors).sum(),
+        },
         failovers: snap.totals.redispatches,
         ejections: snap.services.iter().map(|s| s.stats.ejections).sum(),
         late_replies_dropped: snap.totals.late_replies_dropped,
@@ -353,16 +381,7 @@ impl fmt::Display for RunReport {
             )?;
         }
         writeln!(f)?;
-        writeln!(
-            f,
-            "requests {}  replies {}  lost {}  duplicates {}  mismatches {}  error replies {}",
-            self.requests,
-            self.replies,
-            self.lost,
-            self.duplicates,
-            self.mismatches,
-            self.error_replies
-        )?;
+        writeln!(f, "{}", self.clients)?;
         writeln!(
             f,
             "failovers {} (ejections {}, late replies dropped {})",

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use vm_memory::GuestMemoryMmap;
 
+use super::report::ClientTotals;
 use super::{
     boot, native_port, progress, report, restart, supervise, switch_loop, vm_err, Booted, RunError,
     RunOptions,
@@ -72,18 +73,10 @@ pub struct SoakReport {
     pub duration_s: f64,
     /// Client rounds completed (each a fresh client VM).
     pub client_rounds: u64,
-    /// Requests the clients sent.
-    pub requests: u64,
-    /// Replies they received (any status).
-    pub replies: u64,
-    /// Requests without a reply (must be 0).
-    pub lost: u64,
-    /// Replies for ids not outstanding (must be 0).
-    pub duplicates: u64,
-    /// Corrupt replies (must be 0).
-    pub mismatches: u64,
-    /// Error replies (requests failed back, e.g. while every worker was down).
-    pub error_replies: u64,
+    /// What the clients saw: nothing may be lost, duplicated or corrupted; error replies are
+    /// requests failed back (e.g. while every worker was down). Flattened into the JSON report.
+    #[serde(flatten)]
+    pub clients: ClientTotals,
     /// Client rounds that did not exit cleanly.
     pub bad_rounds: u64,
     /// Faults injected.
@@ -115,11 +108,7 @@ pub struct SoakReport {
 impl SoakReport {
     /// Nothing lost, duplicated or corrupted, every round clean, nothing left in flight.
     pub fn clean(&self) -> bool {
-        self.lost == 0
-            && self.duplicates == 0
-            && self.mismatches == 0
-            && self.bad_rounds == 0
-            && self.in_flight_end == 0
+        self.clients.intact() && self.bad_rounds == 0 && self.in_flight_end == 0
     }
 }
 
@@ -133,26 +122,13 @@ fn rss_kib() -> u64 {
 }
 
 const TOPOLOGY: &str = r#"
-[[vm]]
-name = "c0"
-image = "client"
-params = { service = "echo", size = 64, window = 16, wait = "doorbell" }
-[[vm]]
-name = "c1"
-image = "client"
-params = { service = "echo", size = 256, window = 16, wait = "doorbell" }
-[[vm]]
-name = "w0"
-image = "worker"
-params = { wait = "doorbell" }
-[[vm]]
-name = "w1"
-image = "worker"
-params = { wait = "doorbell" }
-[[vm]]
-name = "w2"
-image = "worker"
-params = { wait = "doorbell" }
+vm = [
+  { name = "c0", image = "client", params = { service = "echo", size = 64, window = 16, wait = "doorbell" } },
+  { name = "c1", image = "client", params = { service = "echo", size = 256, window = 16, wait = "doorbell" } },
+  { name = "w0", image = "worker", params = { wait = "doorbell" } },
+  { name = "w1", image = "worker", params = { wait = "doorbell" } },
+  { name = "w2", image = "worker", params = { wait = "doorbell" } },
+]
 [[service]]
 name = "echo"
 members = [{ vm = "w0" }, { vm = "w1" }, { vm = "w2" }]
@@ -338,15 +314,17 @@ pub fn soak(opts: &SoakOptions) -> Result<SoakReport, RunError> {
     Ok(SoakReport {
         duration_s: elapsed.as_secs_f64(),
         client_rounds: rounds.len() as u64,
-        requests,
-        replies,
-        lost: rounds
-            .iter()
-            .map(|r| r.sent.saturating_sub(r.received))
-            .sum(),
-        duplicates: rounds.iter().map(|r| r.duplicates).sum(),
-        mismatches: rounds.iter().map(|r| r.mismatches).sum(),
-        error_replies: rounds.iter().map(|r| r.errors).sum(),
+        clients: ClientTotals {
+            requests,
+            replies,
+            lost: rounds
+                .iter()
+                .map(|r| r.sent.saturating_sub(r.received))
+                .sum(),
+            duplicates: rounds.iter().map(|r| r.duplicates).sum(),
+            mismatches: rounds.iter().map(|r| r.mismatches).sum(),
+            error_replies: rounds.iter().map(|r| r.errors).sum(),
+        },
         bad_rounds: rounds
             .iter()
             .filter(|r| r.exit_status != Some(0) && r.sent > 0)

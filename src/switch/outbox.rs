@@ -109,9 +109,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                     .push_back(Outbound::OneWay { src, chain });
                 self.take_down(d, true, now);
             }
-            Err(DeliverError::Source(_)) => {
-                self.source_broke(Outbound::OneWay { src, chain }, now)
-            }
+            Err(DeliverError::Source(_)) => self.source_broke(Outbound::OneWay { src, chain }, now),
         }
     }
 

@@ -168,10 +168,10 @@ pub fn assert_clients_clean(r: &RunReport, clients: &[&str], count: u64) {
         let (ok, errors) = assert_client_answered(r, c, count);
         assert_eq!((ok, errors), (count, 0), "client {c}\n{r}");
     }
-    assert_eq!(r.lost, 0, "{r}");
-    assert_eq!(r.duplicates, 0, "{r}");
-    assert_eq!(r.mismatches, 0, "{r}");
-    assert_eq!(r.error_replies, 0, "{r}");
+    assert_eq!(r.clients.lost, 0, "{r}");
+    assert_eq!(r.clients.duplicates, 0, "{r}");
+    assert_eq!(r.clients.mismatches, 0, "{r}");
+    assert_eq!(r.clients.error_replies, 0, "{r}");
     assert_every_request_answered_once(r);
 }
 
