@@ -242,11 +242,44 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         self.ports.get(port as usize).is_none_or(|p| p.down)
     }
 
-    /// Takes a port out (its VM stopped or reset its device): its requests are dropped and
-    /// their late replies counted, work for it fails over or back.
+    /// Takes a port out (its VM stopped or reset its device): what it published before it went
+    /// is handled first (a reply it gave still reaches its frontend, copied out if it must
+    /// wait); then its requests are dropped and their late replies counted, and work for it
+    /// fails over or back.
     pub fn remove_port(&mut self, port: PortId) {
         let now = self.clock.now_ns();
+        self.drain_departing(port, now);
         self.take_down(port, false, now);
+    }
+
+    /// Takes what departing port `p` had published: replies, one-way messages and load reports
+    /// are handled as in [`Switch::poll`]; new requests are handed back (their frontend is
+    /// leaving). At most the port's tx queue is taken: a chain is never taken twice while held.
+    fn drain_departing(&mut self, p: PortId, now: u64) {
+        let Some(slot) = self.ports.get(p as usize).filter(|s| !s.down) else {
+            return;
+        };
+        let mut left = slot.max_held as usize;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        while left > 0 && !self.ports[p as usize].down {
+            scratch.clear();
+            let r = self.ports[p as usize]
+                .port
+                .take_sent(self.cfg.batch.min(left), &mut scratch);
+            left = left.saturating_sub(scratch.len().max(1));
+            let taken = scratch.len();
+            for c in scratch.drain(..) {
+                if c.header.kind() == Some(MsgKind::Request) {
+                    self.release(p, &c, now);
+                } else {
+                    self.handle(p, c, now);
+                }
+            }
+            if r.is_err() || taken == 0 {
+                break;
+            }
+        }
+        self.scratch = scratch;
     }
 
     /// Brings a native port that went down back with fresh queues; see [`Switch::revive`].

@@ -345,3 +345,37 @@ fn error_notices_for_a_guest_that_never_reads_them_are_bounded() {
     let got = got + n.peers[0].recv_all().len();
     assert!((8..=1 + 8 + 8).contains(&got), "got {got}");
 }
+
+#[test]
+fn replies_a_backend_published_before_it_was_removed_still_reach_their_frontends() {
+    // Backend 1 answers two requests and goes away before the switch polls again: the
+    // replies are in its tx ring. Removing the port takes them first, so each request is
+    // answered once, by that backend, and nothing is re-dispatched or failed back.
+    let mut n = net(3, 16);
+    let svc = n.service("echo", PolicyKind::Wrr, &[(1, 1.0)]);
+    n.step();
+    n.peers[0].recv_all();
+    for id in 0..2u64 {
+        assert!(n.peers[0].send(
+            &MsgHeader::request_to_service(svc, id, 16),
+            &payload(id, 16)
+        ));
+    }
+    n.step();
+    assert_eq!(n.peers[1].serve(16, Status::Ok), 2);
+    n.sw.remove_port(1);
+    n.step();
+    let got = n.peers[0].recv_all();
+    let ok: Vec<u64> = got
+        .iter()
+        .filter(|(h, _)| h.kind() == Some(MsgKind::Reply) && h.status() == Some(Status::Ok))
+        .map(|(h, _)| h.msg_id())
+        .collect();
+    assert_eq!(ok, vec![0, 1], "{got:?}");
+    let t = n.sw.snapshot().totals;
+    assert_eq!(
+        (t.replies_delivered, t.redispatches, t.failed_back),
+        (2, 0, 0),
+        "{t:?}"
+    );
+}
