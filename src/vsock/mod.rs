@@ -14,6 +14,7 @@
 
 pub mod credit;
 pub mod packet;
+pub mod relay;
 
 #[cfg(test)]
 mod tests;
