@@ -12,7 +12,9 @@
 //! memory, and write what they return into guest memory; nothing here panics on packet data or
 //! grows past the bounds each module documents.
 
+mod buffer;
 pub mod credit;
+pub mod endpoint;
 pub mod packet;
 pub mod relay;
 
