@@ -15,6 +15,7 @@
 mod buffer;
 pub mod credit;
 pub mod endpoint;
+pub mod hybrid;
 pub mod packet;
 pub mod relay;
 
