@@ -145,12 +145,17 @@ impl Credit {
     }
 
     /// Whether an unsolicited CREDIT_UPDATE is worth a packet: our application consumed
-    /// something since the last advertisement, and either half our buffer since then or the
-    /// peer believes less than a quarter of it is free (it is likely blocked). A peer whose
-    /// view is zero therefore always hears of any consumption, so it never stalls on us.
+    /// something since the last advertisement, and either half our buffer since then, or the
+    /// peer believes less than a quarter of it is free (it is likely blocked), or we hold
+    /// nothing (as Linux does when its receive queue empties). The last rule matters when the
+    /// peer saw a smaller `buf_alloc` than ours (a relay capped it): our estimate of its view
+    /// is then too generous, but draining the buffer always tells it.
     pub fn update_due(&self) -> bool {
         let since = self.fwd_cnt.wrapping_sub(self.last_adv_fwd_cnt);
-        since > 0 && (since >= self.buf_alloc / 2 || self.peer_view_free() < self.buf_alloc / 4)
+        since > 0
+            && (since >= self.buf_alloc / 2
+                || self.peer_view_free() < self.buf_alloc / 4
+                || self.in_use() == 0)
     }
 
     /// Bytes we have sent (wrapping).

@@ -404,7 +404,10 @@ impl Relay {
             return Err(RelayError::NoConnection(op));
         };
         if ty != conn.ty {
-            return Err(RelayError::TypeMismatch { got: ty, conn: conn.ty });
+            return Err(RelayError::TypeMismatch {
+                got: ty,
+                conn: conn.ty,
+            });
         }
         if op == Op::Rst {
             return Ok(Keep::No);
