@@ -422,6 +422,8 @@ impl Relay {
                 conn.state = ConnState::Established;
                 conn.since_ns = now;
             }
+            // Linux sends one if the requester resizes its buffer while connecting.
+            (ConnState::Requested, Op::CreditUpdate) if side == Side::Initiator => {}
             (ConnState::Requested, _) | (_, Op::Response | Op::Request | Op::Rst) => {
                 return unexpected
             }

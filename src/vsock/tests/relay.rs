@@ -124,7 +124,12 @@ fn data_and_credit_need_an_established_connection() {
     refused(r.on_packet(3, &rw(S, A, B, 1, 0)));
     assert!(r.is_empty());
 
-    // While only requested: data from either side resets the attempt.
+    // While only requested: the requester may resize its buffer (Linux then sends a
+    // CREDIT_UPDATE), but data from either side resets the attempt.
+    forwarded(r.on_packet(3, &hdr(S, Op::Request, A, B)));
+    let upd = forwarded(r.on_packet(3, &with_credit(hdr(S, Op::CreditUpdate, A, B), 1 << 20, 0)));
+    assert_eq!(upd.buf_alloc, 8192);
+    reset(r.on_packet(4, &hdr(S, Op::CreditUpdate, B, A)));
     forwarded(r.on_packet(3, &hdr(S, Op::Request, A, B)));
     assert_eq!(
         reset(r.on_packet(3, &rw(S, A, B, 1, 0))),
