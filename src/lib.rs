@@ -50,3 +50,5 @@ pub mod topology;
 pub mod transport;
 #[cfg(feature = "std")]
 pub mod vmm;
+#[cfg(feature = "std")]
+pub mod vsock;
