@@ -49,4 +49,6 @@ pub mod topology;
 #[cfg(feature = "std")]
 pub mod transport;
 #[cfg(feature = "std")]
+pub mod vhost_user;
+#[cfg(feature = "std")]
 pub mod vmm;
