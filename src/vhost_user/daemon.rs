@@ -384,8 +384,13 @@ fn wait_for(listener: RawFd, shutdown: RawFd) -> io::Result<Wake> {
         if fds[1].revents != 0 {
             return Ok(Wake::Shutdown);
         }
-        if fds[0].revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
-            return Err(io::Error::other("the listening socket failed"));
+        // Anything but "a connection is waiting" on a listening socket (an error, a hang-up)
+        // would come back at once on every poll: treat it as the socket failing.
+        if fds[0].revents & !libc::POLLIN != 0 {
+            return Err(io::Error::other(format!(
+                "the listening socket failed (poll events {:#x})",
+                fds[0].revents
+            )));
         }
         if fds[0].revents & libc::POLLIN != 0 {
             return Ok(Wake::Vmm);

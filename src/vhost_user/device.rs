@@ -32,7 +32,9 @@
 //!    base the VMM gets is exact: every chain before it was consumed and completed, every
 //!    chain after it is untouched, and a VMM that restarts the queue at that base loses and
 //!    repeats nothing. Data the owner copied out of the guest stays the owner's across a
-//!    stop; it goes out after the next [`DeviceOwner::started`].
+//!    stop; it goes out after the next [`DeviceOwner::started`]. GET_VRING_BASE on any one
+//!    queue stops the owner for all three; it starts again once rx and tx are both ready,
+//!    enabled and lie in memory, at the next kick or queue start.
 //! 4. **Memory.** The owner reads guest memory only through [`DeviceQueues::memory`], loading
 //!    it afresh for each batch (`memory().memory()`), and passes that to the `Queue` methods
 //!    (`pop_descriptor_chain`, `add_used`, `needs_notification`, ...). It never uses

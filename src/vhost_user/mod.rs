@@ -16,7 +16,7 @@ pub mod device;
 #[cfg(feature = "test-utils")]
 pub mod frontend;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "test-utils"))]
 mod tests;
 
 pub use daemon::{DaemonError, DaemonStats, ShutdownHandle, VsockDaemon};
