@@ -31,7 +31,10 @@
 //!    the used ring (`add_used`), or given it back (`set_next_avail` one step back). Then the
 //!    base the VMM gets is exact: every chain before it was consumed and completed, every
 //!    chain after it is untouched, and a VMM that restarts the queue at that base loses and
-//!    repeats nothing. Data the owner copied out of the guest stays the owner's across a
+//!    repeats nothing. From the moment a queue is not ready, `pop_descriptor_chain` returns
+//!    `None` although its avail ring may still hold chains (and `enable_notification` says
+//!    so): the owner checks `get_queue().ready()` under the lock and leaves such a queue
+//!    alone instead of looping on it. Data the owner copied out of the guest stays the owner's across a
 //!    stop; it goes out after the next [`DeviceOwner::started`]. GET_VRING_BASE on any one
 //!    queue stops the owner for all three; it starts again once rx and tx are both ready,
 //!    enabled and lie in memory, at the next kick or queue start.

@@ -40,6 +40,8 @@ use crate::virtio::{Buf, DriverRing, GuestView, RingError, RingLayout};
 
 /// Event buffers the frontend posts on the event queue (Linux posts 8).
 const EVENT_BUFFERS: u16 = 8;
+/// How long the frontend waits for any reply before it gives up (the socket's read timeout).
+const REPLY_LIMIT: Duration = Duration::from_secs(60);
 /// Bytes of one event buffer (`struct virtio_vsock_event`: le32 id).
 const EVENT_SIZE: u32 = 4;
 
@@ -220,6 +222,9 @@ impl VmmFrontend {
         rings[RX_QUEUE as usize].publish()?;
         rings[EVENT_QUEUE as usize].publish()?;
         let sock = UnixStream::connect(path).map_err(io_err("connecting to the daemon"))?;
+        // A give-up limit: a wedged device fails the test instead of hanging it.
+        sock.set_read_timeout(Some(REPLY_LIMIT))
+            .map_err(io_err("socket timeout"))?;
         let vhost = Frontend::from_stream(
             sock.try_clone().map_err(io_err("cloning the socket"))?,
             NUM_QUEUES as u64,
@@ -588,8 +593,12 @@ impl VmmFrontend {
                 Err(e) => return Err(io_err("reading the socket")(e)),
             }
             if Instant::now() >= deadline {
-                return Ok(false);
+                break;
             }
         }
+        self.sock
+            .set_read_timeout(Some(REPLY_LIMIT))
+            .map_err(io_err("socket timeout"))?;
+        Ok(false)
     }
 }

@@ -161,7 +161,9 @@ fn pump(q: &DeviceQueues, pending: &mut VecDeque<Vec<u8>>) -> Result<(), String>
     {
         let mut vr = q.tx().get_mut();
         let queue = vr.get_queue_mut();
-        loop {
+        // A queue the VMM is stopping is no longer ready: pop returns nothing while its avail
+        // ring may still hold chains, so do not loop on `enable_notification`.
+        while queue.ready() {
             queue.disable_notification(mem).map_err(e)?;
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
@@ -188,7 +190,7 @@ fn pump(q: &DeviceQueues, pending: &mut VecDeque<Vec<u8>>) -> Result<(), String>
     {
         let mut vr = q.rx().get_mut();
         let queue = vr.get_queue_mut();
-        while let Some(pkt) = pending.front() {
+        while let (true, Some(pkt)) = (queue.ready(), pending.front()) {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 // Out of buffers: ask for a kick when the guest posts more.
                 if queue.enable_notification(mem).map_err(e)? {
