@@ -49,6 +49,8 @@ pub mod topology;
 #[cfg(feature = "std")]
 pub mod transport;
 #[cfg(feature = "std")]
+pub mod vhost_user;
+#[cfg(feature = "std")]
 pub mod vmm;
 #[cfg(feature = "std")]
 pub mod vsock;

@@ -1,0 +1,707 @@
+//! [`VsockDevice`]: the vhost-user virtio-vsock device, and the seam to the code that drives
+//! its queues ([`DeviceOwner`], [`DeviceQueues`]).
+//!
+//! The device negotiates, keeps the config space and follows the VMM's queue set-up; it does
+//! not move a single packet. When the guest's memory is known and its rx and tx queues are
+//! ready, it hands them to its [`DeviceOwner`], which drives them from a thread of its own.
+//!
+//! # Threads and locks
+//!
+//! Three threads touch a device while a VMM is connected:
+//! - the **vhost-user thread** (vhost-user-backend's request loop) handles the VMM's messages:
+//!   SET_MEM_TABLE, SET_VRING_*, GET_VRING_BASE, RESET_DEVICE, GET_CONFIG;
+//! - the **vring worker** (vhost-user-backend's epoll loop) turns kicks into
+//!   [`DeviceOwner::kicked`];
+//! - the **owner's thread** pops, fills and returns chains through [`DeviceQueues`].
+//!
+//! The rule that keeps them apart:
+//! 1. The device calls its owner's three methods one at a time, in order, with the device's
+//!    state lock held: no `kicked` before `started`, none after `stopped`, and `stopped` never
+//!    overlaps `started`. So an owner must not call back into the [`VsockDevice`] from them
+//!    (nothing in [`DeviceQueues`] does), `started` and `kicked` must return promptly, and
+//!    `stopped` may block, but only until the owner's own thread has let go of the queues.
+//! 2. The owner takes a vring's lock ([`VringRwLock::get_mut`]) for each batch of work on it
+//!    and holds no vring lock while it waits for anything else. The vhost-user thread takes a
+//!    vring's lock only for a moment (to mark it not ready, to read its `next_avail`), so
+//!    it waits, at most, for the owner's batch in progress.
+//! 3. **Stop.** GET_VRING_BASE marks the queue not ready (under its lock: from then on it
+//!    pops nothing), then the device calls [`DeviceOwner::stopped`], and only after `stopped`
+//!    returns does vhost-user-backend read the queue's `next_avail` to answer the VMM. When
+//!    `stopped` returns, the owner must have finished every chain it popped: returned it to
+//!    the used ring (`add_used`), or given it back (`set_next_avail` one step back). Then the
+//!    base the VMM gets is exact: every chain before it was consumed and completed, every
+//!    chain after it is untouched, and a VMM that restarts the queue at that base loses and
+//!    repeats nothing. From the moment a queue is not ready, `pop_descriptor_chain` returns
+//!    `None` although its avail ring may still hold chains (and `enable_notification` says
+//!    so): the owner checks `get_queue().ready()` under the lock and leaves such a queue
+//!    alone instead of looping on it. Data the owner copied out of the guest stays the owner's across a
+//!    stop; it goes out after the next [`DeviceOwner::started`]. GET_VRING_BASE on any one
+//!    queue stops the owner for all three; it starts again once rx and tx are both ready,
+//!    enabled and lie in memory, at the next kick or queue start.
+//! 4. **Memory.** The owner reads guest memory only through [`DeviceQueues::memory`], loading
+//!    it afresh for each batch (`memory().memory()`), and passes that to the `Queue` methods
+//!    (`pop_descriptor_chain`, `add_used`, `needs_notification`, ...). It never uses
+//!    `VringState::add_used` and the other `VringState` helpers that read vhost-user-backend's
+//!    own copy of the memory: the device publishes a memory table to its owner only after it
+//!    checked that every region is backed by its file (see [`VsockDevice`]); the library's
+//!    copy is unchecked. A SET_MEM_TABLE while the queues run replaces the memory between
+//!    two of the owner's batches; a mapping the owner still holds stays mapped until it drops
+//!    its guard.
+//! 5. A device reset (RESET_DEVICE), new features, and the end of the connection stop the
+//!    owner the same way before anything is torn down.
+
+use std::fmt;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::QueueT;
+use vm_memory::{
+    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
+
+/// `VIRTIO_VSOCK_F_SEQPACKET` (virtio 1.2, 5.10.3): the device supports SOCK_SEQPACKET.
+pub const VIRTIO_VSOCK_F_SEQPACKET: u32 = 1;
+
+/// Bytes of the vsock config space: `guest_cid`, le64.
+pub const CONFIG_SIZE: usize = 8;
+
+/// Default (and usual) most descriptors per queue.
+pub const DEFAULT_QUEUE_SIZE: u16 = 256;
+
+/// The CIDs no guest can have: 0 (hypervisor), 1 (local), 2 (host) and `u32::MAX` (any).
+const RESERVED_CIDS: [u64; 4] = [0, 1, 2, u32::MAX as u64];
+
+/// The event id under which the daemon hands the device its vrings before a VMM is accepted
+/// (ids `0..NUM_QUEUES` are the queues and `NUM_QUEUES` the worker's exit event).
+pub(crate) const HANDSHAKE_EVENT: u16 = NUM_QUEUES as u16 + 1;
+
+/// The virtio features the device offers.
+pub fn offered_features() -> u64 {
+    (1u64 << VIRTIO_F_VERSION_1)
+        | (1u64 << VIRTIO_RING_F_EVENT_IDX)
+        | (1u64 << VIRTIO_VSOCK_F_SEQPACKET)
+        | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+}
+
+/// The vhost-user protocol features the device offers (vhost adds `REPLY_ACK` itself).
+///
+/// `CONFIG` is what QEMU's `vhost-user-vsock` needs to read the CID; `MQ` lets a VMM ask for
+/// the queue count (the peer offers it too); `RESET_DEVICE` makes a reset reach the device
+/// (without it a VMM sends RESET_OWNER, which vhost-user-backend does not pass on).
+pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::RESET_DEVICE
+}
+
+/// What a device is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// The guest's CID (its vsock address), read by the guest from the config space.
+    pub guest_cid: u64,
+    /// Most descriptors per queue the VMM may configure (a power of two, 2..=32768).
+    pub max_queue_size: u16,
+}
+
+impl DeviceConfig {
+    /// A device for the guest with CID `guest_cid`, with queues of up to
+    /// [`DEFAULT_QUEUE_SIZE`] descriptors.
+    pub fn new(guest_cid: u64) -> Self {
+        Self {
+            guest_cid,
+            max_queue_size: DEFAULT_QUEUE_SIZE,
+        }
+    }
+}
+
+/// Why a device could not be made.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum DeviceConfigError {
+    /// The CID is reserved or does not fit the 32 bits Linux uses.
+    #[error(
+        "guest CID {0} cannot be used: CIDs 0, 1, 2 and 4294967295 are reserved and Linux \
+         takes 32-bit CIDs; pick a CID from 3 to 4294967294"
+    )]
+    BadCid(u64),
+    /// The queue size is not a power of two in 2..=32768.
+    #[error("maximum queue size {0} is not a power of two from 2 to 32768; 256 is usual")]
+    BadQueueSize(u16),
+}
+
+/// The code that drives a device's queues (the vsock port): told when it may start, when the
+/// guest kicked, and when it must stop. See the module documentation for the threading rule.
+pub trait DeviceOwner: Send + Sync + 'static {
+    /// The guest's memory is known and its rx and tx queues are ready: the owner may drive them
+    /// from its own thread until [`DeviceOwner::stopped`]. Must not block.
+    fn started(&self, queues: DeviceQueues);
+
+    /// The guest kicked queue `index` ([`RX_QUEUE`] when it posted buffers, [`TX_QUEUE`] when
+    /// it sent, [`EVENT_QUEUE`] when it posted event buffers), or the queue just became ready.
+    /// Must not block.
+    fn kicked(&self, index: u16);
+
+    /// The VMM stopped a queue (GET_VRING_BASE), reset the device, changed its features, or
+    /// went away: stop touching the queues. When this returns, every chain the owner popped is
+    /// back in the used ring (or given back with `set_next_avail`), and the owner touches none
+    /// of the [`DeviceQueues`] it was given again.
+    fn stopped(&self);
+}
+
+/// What an owner needs to drive a device's queues from another thread. Cheap to clone (all
+/// handles). Valid from [`DeviceOwner::started`] to [`DeviceOwner::stopped`].
+#[derive(Clone)]
+pub struct DeviceQueues {
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    vrings: Vec<VringRwLock>,
+    event_idx: bool,
+    generation: u64,
+}
+
+impl fmt::Debug for DeviceQueues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceQueues")
+            .field("queues", &self.vrings.len())
+            .field("event_idx", &self.event_idx)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl DeviceQueues {
+    /// The guest's memory, checked by the device. Load it (`.memory()`) once per batch and
+    /// pass that to the `Queue` methods.
+    pub fn memory(&self) -> &GuestMemoryAtomic<GuestMemoryMmap> {
+        &self.mem
+    }
+
+    /// The rx queue (device to guest).
+    pub fn rx(&self) -> &VringRwLock {
+        &self.vrings[RX_QUEUE as usize]
+    }
+
+    /// The tx queue (guest to device).
+    pub fn tx(&self) -> &VringRwLock {
+        &self.vrings[TX_QUEUE as usize]
+    }
+
+    /// The event queue (device to guest: transport resets). It may not be ready; check
+    /// `get_queue().ready()` under its lock before using it.
+    pub fn event(&self) -> &VringRwLock {
+        &self.vrings[EVENT_QUEUE as usize]
+    }
+
+    /// Queue `index`, if the device has it.
+    pub fn vring(&self, index: u16) -> Option<&VringRwLock> {
+        self.vrings.get(index as usize)
+    }
+
+    /// Whether `VIRTIO_RING_F_EVENT_IDX` was negotiated (the queues know it too: their
+    /// `needs_notification` and `enable_notification` follow it).
+    pub fn event_idx(&self) -> bool {
+        self.event_idx
+    }
+
+    /// Counts the starts of this device: tells one run of the queues from the next.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// After the owner put used entries on queue `index`: signals the guest (its call
+    /// eventfd) if it asked to be told (EVENT_IDX `used_event`, or no `NO_INTERRUPT`).
+    /// Returns whether it signalled. Takes the queue's lock.
+    pub fn notify_guest(&self, index: u16) -> Result<bool, QueueUseError> {
+        let vring = self.vring(index).ok_or(QueueUseError::NoSuchQueue(index))?;
+        let mem = self.mem.memory();
+        let mut state = vring.get_mut();
+        let needed = state
+            .get_queue_mut()
+            .needs_notification(&*mem)
+            .map_err(|e| QueueUseError::Ring {
+                index,
+                reason: e.to_string(),
+            })?;
+        if needed {
+            state
+                .signal_used_queue()
+                .map_err(|e| QueueUseError::Signal { index, source: e })?;
+        }
+        Ok(needed)
+    }
+}
+
+/// Why a [`DeviceQueues`] helper failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueUseError {
+    /// There is no such queue.
+    #[error("the vsock device has no queue {0} (rx 0, tx 1, event 2)")]
+    NoSuchQueue(u16),
+    /// The guest's ring could not be read or written.
+    #[error("queue {index}: the guest's ring is not accessible: {reason}; the guest broke the queue, reset the device")]
+    Ring {
+        /// Queue index.
+        index: u16,
+        /// What virtio-queue said.
+        reason: String,
+    },
+    /// The call eventfd could not be written.
+    #[error("queue {index}: cannot signal the guest through the VMM's call eventfd: {source}")]
+    Signal {
+        /// Queue index.
+        index: u16,
+        /// The write error.
+        source: io::Error,
+    },
+}
+
+/// A vhost-user virtio-vsock device for one guest (clones share the device).
+///
+/// Implements [`VhostUserBackend`] for vhost-user-backend's request handler; the daemon
+/// ([`super::VsockDaemon`]) serves it on a socket. It checks what the library does not:
+///
+/// - every region of a memory table is a regular file (memfd, hugetlbfs, shm) at least as
+///   long as the region's offset plus size, before anyone reads it (vm-memory maps past the
+///   end of a file without complaint, and the first access would kill the whole process with
+///   SIGBUS);
+/// - no queue got a kick eventfd before the first memory table (vhost-user-backend accepts
+///   SET_VRING_KICK first and would start the queue with no memory);
+/// - a started queue's rings lie in guest memory;
+/// - GET_CONFIG reads inside the 8-byte config space; SET_CONFIG is refused (read-only).
+///
+/// A violation is logged and ends the VMM's connection; the daemon then waits for the next.
+#[derive(Clone)]
+pub struct VsockDevice {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for VsockDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VsockDevice")
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+struct Inner {
+    config: DeviceConfig,
+    owner: Arc<dyn DeviceOwner>,
+    state: Mutex<State>,
+    /// Signalled when the worker handed the device its vrings (the handshake).
+    handshake: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    conn: Option<Conn>,
+    generation: u64,
+}
+
+/// What the device knows about the connection in progress.
+struct Conn {
+    /// The vrings of this connection, handed over by the worker before the VMM was accepted.
+    vrings: Option<Vec<VringRwLock>>,
+    /// The memory the owner sees: set only from checked tables.
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    mem_set: bool,
+    event_idx: bool,
+    started: bool,
+    /// The eventfd the daemon writes to make the worker call us with the vrings.
+    handshake_evt: Option<EventFd>,
+    /// Ends the connection (set by the daemon once the VMM is accepted).
+    shutdown: Option<vhost_user_backend::ShutdownHandle>,
+    /// The first protocol violation the device saw.
+    fault: Option<String>,
+    /// The vring worker's exit event, made before the worker so that failing to make it
+    /// fails the connection set-up instead of leaving a worker nobody can stop.
+    exit_event: Option<(EventConsumer, EventNotifier)>,
+}
+
+impl VsockDevice {
+    /// A device for `config`, driven by `owner`.
+    pub fn new(
+        config: DeviceConfig,
+        owner: Arc<dyn DeviceOwner>,
+    ) -> Result<Self, DeviceConfigError> {
+        if RESERVED_CIDS.contains(&config.guest_cid) || config.guest_cid > u64::from(u32::MAX) {
+            return Err(DeviceConfigError::BadCid(config.guest_cid));
+        }
+        let qs = config.max_queue_size;
+        if !(2..=32768).contains(&qs) || !qs.is_power_of_two() {
+            return Err(DeviceConfigError::BadQueueSize(qs));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                owner,
+                state: Mutex::new(State::default()),
+                handshake: Condvar::new(),
+            }),
+        })
+    }
+
+    /// The device's configuration.
+    pub fn config(&self) -> DeviceConfig {
+        self.inner.config
+    }
+
+    /// The config space: `guest_cid` as le64.
+    pub fn config_space(&self) -> [u8; CONFIG_SIZE] {
+        self.inner.config.guest_cid.to_le_bytes()
+    }
+
+    /// Whether the owner currently holds the queues (between `started` and `stopped`).
+    pub fn is_started(&self) -> bool {
+        self.lock().conn.as_ref().is_some_and(|c| c.started)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock would be a bug in the device or its owner; the
+        // state is still consistent field by field, so keep serving rather than poison the
+        // daemon.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---- the daemon's side: one connection at a time ----
+
+    /// A new connection is being set up: forget the last one. `handshake_evt` is the eventfd
+    /// the daemon registered under [`HANDSHAKE_EVENT`].
+    pub(crate) fn begin_connection(&self, handshake_evt: EventFd) -> io::Result<()> {
+        let exit_event = new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)?;
+        let mut st = self.lock();
+        if let Some(mut old) = st.conn.take() {
+            self.stop_owner(&mut old);
+        }
+        st.conn = Some(Conn {
+            vrings: None,
+            mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+            mem_set: false,
+            event_idx: false,
+            started: false,
+            handshake_evt: Some(handshake_evt),
+            shutdown: None,
+            fault: None,
+            exit_event: Some(exit_event),
+        });
+        Ok(())
+    }
+
+    /// Waits until the worker handed the device its vrings, giving up after `limit`.
+    pub(crate) fn wait_handshake(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut st = self.lock();
+        loop {
+            if st.conn.as_ref().is_some_and(|c| c.vrings.is_some()) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            st = match self.inner.handshake.wait_timeout(st, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// The VMM is accepted: `handle` ends its connection. Ends it at once if the device
+    /// already saw a violation.
+    pub(crate) fn set_connection_handle(&self, handle: vhost_user_backend::ShutdownHandle) {
+        let mut st = self.lock();
+        if let Some(conn) = st.conn.as_mut() {
+            if conn.fault.is_some() {
+                handle.shutdown();
+            }
+            conn.shutdown = Some(handle);
+        }
+    }
+
+    /// The connection is over: stops the owner and forgets the connection. Returns the
+    /// protocol violation that ended it, if the device saw one.
+    pub(crate) fn end_connection(&self) -> Option<String> {
+        let mut st = self.lock();
+        let mut conn = st.conn.take()?;
+        self.stop_owner(&mut conn);
+        conn.fault
+    }
+
+    // ---- internals, all with the state lock held ----
+
+    fn stop_owner(&self, conn: &mut Conn) {
+        if conn.started {
+            conn.started = false;
+            self.inner.owner.stopped();
+        }
+    }
+
+    /// Records a protocol violation and ends the connection.
+    fn fault(conn: &mut Conn, what: String) {
+        log::error!("vsock device: {what}; closing the VMM's connection");
+        if conn.fault.is_none() {
+            conn.fault = Some(what);
+        }
+        if let Some(h) = conn.shutdown.as_ref() {
+            h.shutdown();
+        }
+    }
+
+    /// Starts the owner if memory is set and rx and tx are ready, enabled and lie in memory.
+    fn try_start(&self, generation: &mut u64, conn: &mut Conn) {
+        if conn.started || !conn.mem_set || conn.fault.is_some() {
+            return;
+        }
+        let Some(vrings) = conn.vrings.as_ref() else {
+            return;
+        };
+        let mem = conn.mem.memory();
+        for index in [RX_QUEUE, TX_QUEUE] {
+            let state = vrings[index as usize].get_ref();
+            if !(state.get_queue().ready() && state.is_enabled()) {
+                return;
+            }
+            if !state.get_queue().is_valid(&*mem) {
+                drop(state);
+                Self::fault(
+                    conn,
+                    format!("queue {index}'s rings (size, addresses) do not lie in guest memory"),
+                );
+                return;
+            }
+        }
+        *generation += 1;
+        conn.started = true;
+        let queues = DeviceQueues {
+            mem: conn.mem.clone(),
+            vrings: vrings.clone(),
+            event_idx: conn.event_idx,
+            generation: *generation,
+        };
+        self.inner.owner.started(queues);
+    }
+}
+
+/// Checks that each region of `mem` is a regular file that covers the region: vm-memory
+/// maps past the end of a file, and touching such a page raises SIGBUS.
+fn check_backing(mem: &GuestMemoryMmap) -> Result<(), String> {
+    for region in mem.iter() {
+        let start = region.start_addr().0;
+        let Some(fo) = region.file_offset() else {
+            return Err(format!(
+                "memory region at guest address {start:#x} has no file behind it"
+            ));
+        };
+        let meta = fo.file().metadata().map_err(|e| {
+            format!("cannot stat the file of memory region at guest address {start:#x}: {e}")
+        })?;
+        let ft = meta.file_type();
+        if !ft.is_file() {
+            let kind = if ft.is_char_device() {
+                "a character device"
+            } else if ft.is_socket() {
+                "a socket"
+            } else {
+                "not a regular file"
+            };
+            return Err(format!(
+                "memory region at guest address {start:#x} is backed by {kind} (fd {}); \
+                 share guest memory from a memfd or a file",
+                fo.file().as_raw_fd()
+            ));
+        }
+        let end = fo.start().checked_add(region.len());
+        if end.is_none_or(|end| end > meta.len()) {
+            return Err(format!(
+                "memory region at guest address {start:#x} ({} bytes at file offset {:#x}) \
+                 runs past the end of its {}-byte file",
+                region.len(),
+                fo.start(),
+                meta.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl VhostUserBackend for VsockDevice {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        self.inner.config.max_queue_size as usize
+    }
+
+    fn features(&self) -> u64 {
+        offered_features()
+    }
+
+    fn acked_features(&self, features: u64) {
+        let mut st = self.lock();
+        if let Some(conn) = st.conn.as_mut() {
+            // Features change only while the device is stopped (virtio 3.1.1); a VMM that
+            // renegotiates restarts the queues after.
+            self.stop_owner(conn);
+            conn.event_idx = features & (1u64 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        }
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        offered_protocol_features()
+    }
+
+    fn reset_device(&self) {
+        let mut st = self.lock();
+        if let Some(conn) = st.conn.as_mut() {
+            self.stop_owner(conn);
+        }
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        let mut st = self.lock();
+        if let Some(conn) = st.conn.as_mut() {
+            conn.event_idx = enabled;
+        }
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let space = self.config_space();
+        let end = u64::from(offset) + u64::from(size);
+        if size == 0 || end > CONFIG_SIZE as u64 {
+            let mut st = self.lock();
+            if let Some(conn) = st.conn.as_mut() {
+                Self::fault(
+                    conn,
+                    format!(
+                        "GET_CONFIG asked for {size} bytes at offset {offset}, outside the \
+                         {CONFIG_SIZE}-byte vsock config space"
+                    ),
+                );
+            }
+            // An empty reply is the library's "error" for the frontend.
+            return Vec::new();
+        }
+        space[offset as usize..end as usize].to_vec()
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        let what = format!(
+            "SET_CONFIG wrote {} bytes at offset {offset}, but the vsock config space is \
+             read-only",
+            buf.len()
+        );
+        let mut st = self.lock();
+        if let Some(conn) = st.conn.as_mut() {
+            Self::fault(conn, what.clone());
+        }
+        Err(io::Error::new(io::ErrorKind::PermissionDenied, what))
+    }
+
+    fn update_memory(&self, atomic: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some(conn) = st.conn.as_mut() else {
+            return Err(io::Error::other("no connection is in progress"));
+        };
+        let mem = atomic.memory();
+        let mut verdict = check_backing(&mem);
+        if verdict.is_ok() && !conn.mem_set {
+            if let Some(vrings) = conn.vrings.as_ref() {
+                if let Some(i) = vrings.iter().position(|v| v.get_ref().get_kick().is_some()) {
+                    verdict = Err(format!(
+                        "queue {i} got its kick eventfd (SET_VRING_KICK) before any memory \
+                         table (SET_MEM_TABLE)"
+                    ));
+                }
+            }
+        }
+        if let Err(what) = verdict {
+            Self::fault(conn, what.clone());
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, what));
+        }
+        match conn.mem.lock() {
+            Ok(g) => g.replace((*mem).clone()),
+            Err(p) => p.into_inner().replace((*mem).clone()),
+        }
+        conn.mem_set = true;
+        self.try_start(&mut st.generation, conn);
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        vec![(1u64 << NUM_QUEUES) - 1]
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // One worker per connection, created by the daemon right after `begin_connection`
+        // made this event.
+        self.lock().conn.as_mut().and_then(|c| c.exit_event.take())
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        let mut st = self.lock();
+        if let Some(conn) = st.conn.as_mut() {
+            if conn.started {
+                log::debug!("vsock device: queue {queue_index} stopped by the VMM");
+            }
+            self.stop_owner(conn);
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some(conn) = st.conn.as_mut() else {
+            return Ok(());
+        };
+        if device_event == HANDSHAKE_EVENT {
+            if let Some(evt) = conn.handshake_evt.take() {
+                let _ = evt.read();
+            }
+            conn.vrings = Some(vrings.to_vec());
+            self.inner.handshake.notify_all();
+            return Ok(());
+        }
+        if device_event as usize >= NUM_QUEUES {
+            return Ok(());
+        }
+        if !evset.contains(EventSet::IN) {
+            log::warn!("vsock device: queue {device_event}: unexpected kick event {evset:?}");
+            return Ok(());
+        }
+        if !conn.mem_set {
+            Self::fault(
+                conn,
+                format!("queue {device_event} was started before any memory table (SET_MEM_TABLE)"),
+            );
+            return Ok(());
+        }
+        self.try_start(&mut st.generation, conn);
+        if conn.started {
+            self.inner.owner.kicked(device_event);
+        }
+        Ok(())
+    }
+}

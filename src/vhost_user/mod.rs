@@ -1,0 +1,37 @@
+//! vhost-user: vmq as the virtio-vsock device of a guest whose VMM (QEMU, Cloud Hypervisor,
+//! crosvm) runs elsewhere.
+//!
+//! | file | what |
+//! |---|---|
+//! | [`device`] | [`VsockDevice`]: negotiation, config space, queue set-up; hands the queues to a [`DeviceOwner`] |
+//! | [`daemon`] | [`VsockDaemon`]: one VM's socket; serves one VMM at a time, again and again, until shut down |
+//! | `frontend` | a VMM played in Rust for tests (feature `test-utils`) |
+//!
+//! The device moves no packets: its owner (the vsock port) drives the rx and tx queues from
+//! its own thread, under the rule written in [`device`]. Each VM's daemon runs on threads of
+//! its own, so a VMM that breaks the protocol ends its own connection and nothing else.
+
+pub mod daemon;
+pub mod device;
+#[cfg(feature = "test-utils")]
+pub mod frontend;
+
+#[cfg(all(test, feature = "test-utils"))]
+mod tests;
+
+pub use daemon::{DaemonError, DaemonStats, ShutdownHandle, VsockDaemon};
+pub use device::{
+    DeviceConfig, DeviceConfigError, DeviceOwner, DeviceQueues, QueueUseError, VsockDevice,
+    DEFAULT_QUEUE_SIZE,
+};
+
+/// The rx queue: the device puts packets for the guest in the guest's buffers.
+pub const RX_QUEUE: u16 = 0;
+/// The tx queue: the guest's packets for the device.
+pub const TX_QUEUE: u16 = 1;
+/// The event queue: transport events for the guest (a reset of all connections).
+pub const EVENT_QUEUE: u16 = 2;
+/// Queues of a virtio-vsock device.
+pub const NUM_QUEUES: usize = 3;
+/// Bytes of a virtio-vsock packet header.
+pub const VSOCK_HEADER_SIZE: usize = 44;
