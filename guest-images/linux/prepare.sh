@@ -25,10 +25,11 @@ die() { say "$*"; exit 1; }
 # Prints what to install and exits 3: this machine cannot do it itself.
 cannot_install() {
     say "cannot install $1 here: $2"
-    say "install it, then run this script again:"
+    say "as root on Debian bookworm, this script installs everything itself; otherwise install:"
     say "  apt-get update && apt-get install -y --no-install-recommends qemu-system-x86 busybox-static"
-    say "  (and a Debian bookworm 6.1 kernel package linux-image-6.1.0-<N>-amd64, unpacked by this"
-    say "  script with apt-get download + dpkg-deb -x; a Rust toolchain with cargo for the probe)"
+    say "  a Rust toolchain with cargo (rustup) for the probe"
+    say "  and unpack a kernel into $out/kernel: apt-get download linux-image-6.1.0-<N>-amd64,"
+    say "  dpkg-deb -x <deb> $out/kernel, echo 6.1.0-<N>-amd64 >$out/kernel-version"
     exit 3
 }
 
