@@ -263,9 +263,16 @@ impl LinuxGuest {
             stderr_log,
             seq: 0,
         };
+        let started = Instant::now();
         let ready = g.wait_for(0, "VMQ-GUEST ready", opts.boot_timeout);
         match ready {
             Ok(_) => {
+                // For the reader of a slow run; nothing depends on it.
+                eprintln!(
+                    "guest {}: ready after {:.1} s",
+                    g.name,
+                    started.elapsed().as_secs_f64()
+                );
                 let text = g.console.0.lock().unwrap().text.clone();
                 if let Some(l) = text.lines().find(|l| l.contains("VMQ-GUEST insmod failed")) {
                     return Err(g.failure(&format!("boot: {l}")));
