@@ -424,7 +424,7 @@ impl LinuxGuest {
     /// Starts `cmd` in the background in the guest, its output going to a file there.
     pub fn spawn(&mut self, cmd: &str) -> Result<BgJob, String> {
         let log = format!("/tmp/bg-{}.log", self.seq + 1);
-        let bg = format!("({cmd}; echo VMQ-EXIT $?) > {log} 2>&1 &", cmd = cmd);
+        let bg = format!("({cmd}; echo VMQ-EXIT $?) > {log} 2>&1 &");
         self.run_ok(&bg, Duration::from_secs(60))?;
         Ok(BgJob {
             cmd: cmd.to_string(),
