@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod linux;
+
 use std::sync::{Mutex, MutexGuard};
 
 use vmq::runner::{self, RunOptions, RunReport, VmReport};

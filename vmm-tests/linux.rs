@@ -1,0 +1,208 @@
+//! Stock Linux guests under QEMU (TCG): the guest image boots and loads its vsock stack, and
+//! (ignored unless the peer is installed) two guests and the host exchange data through the
+//! peer vhost-user vsock backend, rust-vmm's vhost-device-vsock. Counts and content only: no
+//! assertion on time; timeouts are give-up limits.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::thread;
+use std::time::Duration;
+
+use common::linux::{
+    self, host_connect, host_listen, probe_line, GuestOptions, LinuxGuest, PeerBackend, VsockVm,
+};
+
+const T: Duration = Duration::from_secs(120);
+
+/// `out` has the probe's ok line; returns it.
+fn ok_line<'a>(g: &LinuxGuest, what: &str, out: &'a str) -> &'a str {
+    match probe_line(out) {
+        Some(l) if l.starts_with("VMQ-PROBE ok") => l,
+        _ => panic!("{what}: no ok line:\n{out}\n{}", g.console_tail(20)),
+    }
+}
+
+#[test]
+fn linux_guest_boots_and_loads_vsock() {
+    let Some(assets) = linux::require_linux_or_skip() else {
+        return;
+    };
+    let mut g = LinuxGuest::boot(&assets, &GuestOptions::new("boot-only", None))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = g
+        .run_ok("ls /dev/vsock", T)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.trim(), "/dev/vsock");
+    let modules = g
+        .run_ok("cat /proc/modules", T)
+        .unwrap_or_else(|e| panic!("{e}"));
+    for m in ["vsock ", "vmw_vsock_virtio_transport ", "virtio_pci "] {
+        assert!(
+            modules.lines().any(|l| l.starts_with(m)),
+            "module {m}not loaded:\n{modules}"
+        );
+    }
+    // The probe itself, over the loopback transport (CID 1): both socket types, and
+    // SEQPACKET message sizes from 1 byte to 256 KiB with their boundaries.
+    let (code, out) = g.run("vsock-probe bogus", T).unwrap();
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("VMQ-PROBE fail bogus: unknown command"),
+        "{out}"
+    );
+    for (port, ty) in [(5000, "stream"), (5001, "seqpacket")] {
+        let server = g
+            .spawn(&format!("vsock-probe serve --port {port} --type {ty}"))
+            .unwrap();
+        g.wait_output(&server, "VMQ-PROBE listening", T).unwrap();
+        let out = g
+            .run_ok(
+                &format!(
+                    "vsock-probe send --cid 1 --port {port} --type {ty} --size 1000 --count 200 --window 4"
+                ),
+                T,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        ok_line(&g, ty, &out);
+        let (code, out) = g.wait_job(&server, T).unwrap();
+        assert_eq!(code, 0, "{ty} server:\n{out}");
+    }
+    let server = g
+        .spawn("vsock-probe serve --port 5002 --type seqpacket")
+        .unwrap();
+    g.wait_output(&server, "VMQ-PROBE listening", T).unwrap();
+    let out = g
+        .run_ok("vsock-probe sizes --cid 1 --port 5002", T)
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{}", ok_line(&g, "sizes", &out));
+    g.shutdown().unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Boots guests in parallel (boots are the slow part under TCG).
+fn boot_all(assets: &linux::LinuxAssets, opts: Vec<GuestOptions>) -> Vec<LinuxGuest> {
+    let handles: Vec<_> = opts
+        .into_iter()
+        .map(|o| {
+            let a = assets.clone();
+            thread::spawn(move || LinuxGuest::boot(&a, &o))
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap_or_else(|e| panic!("{e}")))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs the vhost-device-vsock peer: guest-images/linux/install-peer.sh"]
+fn linux_guests_exchange_stream_through_vhost_device_vsock_peer() {
+    let Some(assets) = linux::require_linux_or_skip() else {
+        return;
+    };
+    let bin = linux::peer_binary()
+        .expect("no peer backend: run guest-images/linux/install-peer.sh first");
+    // Unix socket paths must stay short (108 bytes): a folder in /tmp, not in the target dir.
+    let dir = PathBuf::from(format!("/tmp/vmq-linux-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (v3, v4) = (VsockVm::new(&dir, 3), VsockVm::new(&dir, 4));
+    let mut peer = PeerBackend::start(
+        &bin,
+        &[v3.clone(), v4.clone()],
+        &assets.dir.join("logs/peer.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut guests = boot_all(
+        &assets,
+        vec![
+            GuestOptions::new("peer-cid3", Some(v3.socket.clone())),
+            GuestOptions::new("peer-cid4", Some(v4.socket.clone())),
+        ],
+    );
+    let mut g4 = guests.pop().unwrap();
+    let mut g3 = guests.pop().unwrap();
+
+    // Guest to guest, STREAM: echo round trips, then a one-way blast.
+    let server = g4
+        .spawn("vsock-probe serve --port 1234 --type stream")
+        .unwrap();
+    g4.wait_output(&server, "VMQ-PROBE listening", T).unwrap();
+    let out = g3
+        .run_ok(
+            "vsock-probe send --cid 4 --port 1234 --type stream --size 64 --count 2000 --window 4",
+            T,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("guest 3 -> guest 4 echo: {}", ok_line(&g3, "send", &out));
+    let (code, out) = g4.wait_job(&server, T).unwrap();
+    assert_eq!(code, 0, "server in guest 4:\n{out}");
+
+    let sink = g4
+        .spawn("vsock-probe sink --port 1235 --type stream")
+        .unwrap();
+    g4.wait_output(&sink, "VMQ-PROBE listening", T).unwrap();
+    let out = g3
+        .run_ok(
+            "vsock-probe blast --cid 4 --port 1235 --type stream --size 64 --count 20000",
+            T,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    ok_line(&g3, "blast", &out);
+    let (code, out) = g4.wait_job(&sink, T).unwrap();
+    assert_eq!(code, 0, "sink in guest 4:\n{out}");
+    eprintln!("guest 3 -> guest 4 one-way: {}", ok_line(&g4, "sink", &out));
+
+    // The peer has no SEQPACKET: the guest's connect fails (the device did not offer
+    // VIRTIO_VSOCK_F_SEQPACKET) and nothing hangs.
+    let (code, out) = g3
+        .run("vsock-probe sizes --cid 4 --port 1236 --timeout 10", T)
+        .unwrap();
+    assert_ne!(
+        code, 0,
+        "SEQPACKET through the peer unexpectedly worked:\n{out}"
+    );
+    eprintln!("SEQPACKET through the peer: {}", out.trim());
+
+    // Host to guest through the hybrid socket: CONNECT <port>, then echo.
+    let server = g4
+        .spawn("vsock-probe serve --port 1300 --type stream")
+        .unwrap();
+    g4.wait_output(&server, "VMQ-PROBE listening", T).unwrap();
+    let mut s = host_connect(&v4.uds, 1300, T).unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..100u32 {
+        let msg: Vec<u8> = (0..256u32).map(|j| (i * 7 + j) as u8).collect();
+        s.write_all(&msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg, "echo {i} from guest 4");
+    }
+    drop(s);
+    let (code, out) = g4.wait_job(&server, T).unwrap();
+    assert_eq!(code, 0, "server in guest 4:\n{out}");
+
+    // Guest to host: the backend forwards CID 2 port P to <uds>_P.
+    let listener = host_listen(&v3.uds, 1400).unwrap();
+    let host = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        linux::echo_stream(&mut s).unwrap()
+    });
+    let out = g3
+        .run_ok(
+            "vsock-probe send --cid 2 --port 1400 --type stream --size 512 --count 500",
+            T,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "guest 3 -> host echo: {}",
+        ok_line(&g3, "send to host", &out)
+    );
+    assert_eq!(host.join().unwrap(), 512 * 500);
+
+    assert!(peer.alive(), "the peer died; see {}", peer.log.display());
+    g3.shutdown().unwrap_or_else(|e| panic!("{e}"));
+    g4.shutdown().unwrap_or_else(|e| panic!("{e}"));
+    drop(peer);
+    let _ = std::fs::remove_dir_all(&dir);
+}
