@@ -43,6 +43,8 @@ pub mod port;
 #[cfg(feature = "std")]
 pub mod runner;
 #[cfg(feature = "std")]
+pub mod serve;
+#[cfg(feature = "std")]
 pub mod switch;
 #[cfg(feature = "std")]
 pub mod topology;

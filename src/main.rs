@@ -57,6 +57,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve virtio-vsock devices over vhost-user to VMMs (QEMU, Cloud Hypervisor, crosvm):
+    /// their stock Linux guests reach each other with AF_VSOCK sockets (SOCK_STREAM and
+    /// SOCK_SEQPACKET) through the switch. Runs until SIGINT or SIGTERM, then removes its
+    /// sockets.
+    Serve {
+        /// A TOML file of `[[vm]]` tables (cid, socket, groups) and `[limits]`.
+        #[arg(long)]
+        config: Option<String>,
+        /// A VM, as vhost-device-vsock takes it:
+        /// `guest-cid=N,socket=PATH[,groups=G1+G2]` (repeatable).
+        #[arg(long = "vm")]
+        vms: Vec<String>,
+    },
     /// Measure queue throughput against baselines measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -194,7 +207,68 @@ fn main() -> ExitCode {
                 |r| u8::from(!r.clean()),
             )
         }
+        Command::Serve { config, vms } => serve(config.as_deref(), &vms),
         Command::Bench(b) => run_bench(b),
+    }
+}
+
+/// `vmq serve`: serves until SIGINT or SIGTERM. Exit 0 after a clean stop, 2 when it could
+/// not start.
+fn serve(config: Option<&str>, vms: &[String]) -> ExitCode {
+    let cfg = (|| {
+        let mut cfg = match config {
+            Some(path) => vmq::serve::ServeConfig::load(path)?,
+            None => vmq::serve::ServeConfig::default(),
+        };
+        for v in vms {
+            cfg.add_vm_flag(v)?;
+        }
+        cfg.check(config.unwrap_or("<command line>"))?;
+        Ok::<_, vmq::serve::ServeConfigError>(cfg)
+    })();
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // SIGINT and SIGTERM are blocked in every thread (the server's threads inherit this mask)
+    // and taken here with sigwait, so no handler runs at an arbitrary point.
+    // SAFETY: `set` is a plain C struct initialised by sigemptyset before use; the calls only
+    // read and write it and this thread's signal mask.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let server = match vmq::serve::Server::start(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    eprintln!(
+        "vmq serve: {} VM(s); stop with Ctrl-C or SIGTERM",
+        cfg.vm.len()
+    );
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` was initialised above and `sig` is a valid out-pointer.
+    unsafe { libc::sigwait(&set, &mut sig) };
+    eprintln!("vmq serve: stopping (signal {sig})");
+    let counts = server.counts();
+    let stopped = server.shutdown();
+    emit(&serde_json::to_string_pretty(&counts).unwrap_or_default());
+    match stopped {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

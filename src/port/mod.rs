@@ -19,8 +19,10 @@
 //! (bytes copied out of a socket, say) provides them the same way from memory it owns.
 
 mod native;
+pub mod vsock;
 
 pub use native::NativePort;
+pub use vsock::VsockPort;
 
 use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
 use crate::wire::MsgHeader;

@@ -34,6 +34,25 @@ pub struct TxChain {
 }
 
 impl TxChain {
+    /// A message a port keeps in memory of its own as one span at `addr`: its header's bytes,
+    /// then its payload (a port kind whose messages are not guest chains, e.g. vsock packets
+    /// copied out of a guest). `id` tells the port which of its messages it is, as `head`
+    /// does for a virtqueue.
+    pub fn in_span(id: u16, header: MsgHeader, addr: u64) -> Self {
+        let total = HEADER_SIZE as u32 + header.len();
+        let mut segs = [Seg { addr: 0, len: 0 }; INLINE_SEGS];
+        segs[0] = Seg { addr, len: total };
+        Self {
+            head: id,
+            header,
+            total,
+            desc_table: 0,
+            qsize: 0,
+            segs,
+            nsegs: 1,
+        }
+    }
+
     /// The payload, read from `mem` (the memory of the port it was popped from).
     pub fn payload<'a, M>(&'a self, mem: &'a GuestView<M>) -> Payload<'a, M>
     where
@@ -90,6 +109,35 @@ pub enum Payload<'a, M> {
         /// The chain.
         chain: &'a TxChain,
     },
+}
+
+impl<M: GuestMemoryBackend> Payload<'_, M> {
+    /// Copies the payload into the start of `buf` (at least [`Payload::len`] bytes); returns
+    /// its length. Fails if `buf` is too short or the chain no longer reads.
+    pub fn copy_to(&self, buf: &mut [u8]) -> Result<usize, ChainError> {
+        let len = self.len() as usize;
+        let short = ChainError::BufferOutOfRange {
+            addr: 0,
+            len: len as u32,
+        };
+        let dst = buf.get_mut(..len).ok_or(short)?;
+        match self {
+            Self::Bytes(b) => dst.copy_from_slice(b),
+            Self::Chain { mem, chain } => {
+                let mut at = 0usize;
+                let mut ok = true;
+                chain.for_each_payload_span(mem, |addr, n| {
+                    let n = n as usize;
+                    ok &= dst.get_mut(at..at + n).is_some_and(|d| mem.read(addr, d));
+                    at += n;
+                })?;
+                if !ok {
+                    return Err(short);
+                }
+            }
+        }
+        Ok(len)
+    }
 }
 
 impl<M> Payload<'_, M> {

@@ -1,0 +1,484 @@
+//! [`VsockPort`]: a Linux guest's virtio-vsock device, served over vhost-user, as a port of the
+//! switch.
+//!
+//! What the guest sends (its tx queue) is read, checked and copied out at once, so its
+//! descriptors go straight back: one connection that waits never holds the others' buffers.
+//! A packet for a sibling becomes one or more switch messages (pieces of at most
+//! [`PIECE_PAYLOAD`] bytes, what a Linux rx buffer holds) in the port's [`Staging`] memory,
+//! addressed to the sibling's port; the switch routes them like any one-way message and the
+//! sibling's port writes them into its guest's rx queue. Who may reach whom, and what each
+//! connection may send, is decided before a packet is staged: the guest's source CID is
+//! stamped (never trusted), unknown CIDs and CIDs outside the guest's groups get an RST, and
+//! the relay ([`crate::vsock::relay`]) checks every packet against its connection's state and
+//! credit. What vmq itself owes a guest (RSTs) goes through the guest's control queue in the
+//! [`VsockNetwork`], written into its rx queue ahead of switch deliveries.
+//!
+//! Bounds (per guest): staged pieces at most `staging slots` (the switch holds nothing else of
+//! a vsock guest's), and each connection at most the relay's credit cap; control packets at
+//! most [`network::CONTROL_QUEUE_MAX`]. A guest with every slot staged (many connections to
+//! receivers that take nothing) has its tx queue left alone until slots come back.
+
+mod network;
+mod staging;
+
+pub use network::{
+    NetworkError, VmAddress, VmCounters, VmCounts, VmEntry, VsockNetwork, CONTROL_QUEUE_MAX,
+};
+pub use staging::{Staging, MAX_SLOTS, PIECE_PAYLOAD, SLOT_SIZE};
+
+use std::io::{Read, Write};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vhost_user_backend::VringT;
+use virtio_queue::{DescriptorChain, QueueT};
+use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
+
+use super::{Drain, Port, PortId};
+use crate::vhost_user::DeviceQueues;
+use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
+use crate::vsock::packet::{Op, PacketHeader, HEADER_LEN, HOST_CID, MAX_PAYLOAD};
+use crate::vsock::relay::Verdict;
+use crate::wire::{MsgHeader, MsgKind};
+
+/// The queues of a vsock device while its VMM runs them: set by the device's owner when they
+/// start, taken away (under this lock, so never in the middle of a batch) when they stop.
+pub type SharedQueues = Arc<Mutex<Option<DeviceQueues>>>;
+
+/// Pieces one guest packet may become (64 KiB cut into 4 KiB).
+const MAX_PIECES: usize = (MAX_PAYLOAD / PIECE_PAYLOAD) as usize + 1;
+
+/// A vsock guest as a port of the switch. See the module documentation.
+pub struct VsockPort {
+    cid: u64,
+    net: Arc<VsockNetwork>,
+    me: Arc<VmEntry>,
+    queues: SharedQueues,
+    staging: Staging,
+    /// One packet read from the guest, header and payload.
+    packet: Vec<u8>,
+    /// Pieces of the packet being staged, each `(header, payload range)`.
+    pieces: Vec<(PacketHeader, std::ops::Range<usize>)>,
+    /// Rx entries filled since the last publish, tx entries returned since the last publish.
+    rx_used: bool,
+    tx_used: bool,
+    /// Deliveries the guest consumed (for health: moves by one per rx entry filled).
+    consumed: u16,
+}
+
+impl VsockPort {
+    /// The port of VM `cid` in `net`, driving the queues in `queues` when they run, staging at
+    /// most `slots` pieces.
+    pub fn new(
+        net: Arc<VsockNetwork>,
+        cid: u64,
+        queues: SharedQueues,
+        slots: u32,
+    ) -> std::io::Result<Self> {
+        let me = net
+            .vm(cid)
+            .cloned()
+            .ok_or_else(|| std::io::Error::other(format!("no VM with CID {cid}")))?;
+        Ok(Self {
+            cid,
+            net,
+            me,
+            queues,
+            staging: Staging::new(slots)?,
+            packet: vec![0; HEADER_LEN + MAX_PAYLOAD as usize],
+            pieces: Vec::with_capacity(MAX_PIECES),
+            rx_used: false,
+            tx_used: false,
+            consumed: 0,
+        })
+    }
+
+    /// The guest's CID.
+    pub fn cid(&self) -> u64 {
+        self.cid
+    }
+
+    /// Pieces staged now (held by the switch).
+    pub fn staged(&self) -> usize {
+        self.staging.slots() - self.staging.free()
+    }
+
+    /// The shared queue slot; lock it with [`lock`] and hold the guard for the whole batch:
+    /// the device's owner takes the queues away under the same lock.
+    fn shared(&self) -> SharedQueues {
+        Arc::clone(&self.queues)
+    }
+
+    /// Decides what becomes of the packet in `self.packet[..len]` the guest sent; stages what
+    /// goes to a sibling, appending the switch messages to `sent`.
+    fn handle_packet(&mut self, len: usize, sent: &mut Vec<TxChain>) {
+        let c = &self.me.counters;
+        let Ok(mut hdr) = PacketHeader::decode(&self.packet[..len]) else {
+            c.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        hdr.stamp_source(self.cid);
+        let payload_ok = len - HEADER_LEN == hdr.len as usize;
+        if hdr.validate().is_err() || !payload_ok {
+            c.malformed.fetch_add(1, Ordering::Relaxed);
+            self.refuse(&hdr);
+            return;
+        }
+        c.tx_packets.fetch_add(1, Ordering::Relaxed);
+        c.tx_bytes.fetch_add(u64::from(hdr.len), Ordering::Relaxed);
+        let dst = hdr.dst_cid;
+        let peer = match self.net.vm(dst) {
+            Some(p)
+                if dst != HOST_CID
+                    && self.net.may_reach(self.cid, dst)
+                    && p.connected.load(Ordering::Acquire) =>
+            {
+                p.clone()
+            }
+            _ => {
+                self.refuse(&hdr);
+                return;
+            }
+        };
+        let verdict = self.net.relay().on_packet(self.cid, &hdr);
+        match verdict {
+            Verdict::Forward(h) => {
+                if h.op == Op::Request as u16 {
+                    c.connections_opened.fetch_add(1, Ordering::Relaxed);
+                }
+                self.stage(&h, peer.addr.port, sent);
+            }
+            Verdict::Refuse { rst, reason } => {
+                log::debug!("vsock CID {}: refused: {reason}", self.cid);
+                c.refused.fetch_add(1, Ordering::Relaxed);
+                self.me.push_control(rst);
+            }
+            Verdict::Reset {
+                to_sender,
+                to_peer,
+                reason,
+            } => {
+                log::info!("vsock CID {}: connection reset: {reason}", self.cid);
+                c.resets.fetch_add(1, Ordering::Relaxed);
+                self.me.push_control(to_sender);
+                peer.push_control(to_peer);
+            }
+            Verdict::Drop => {}
+        }
+    }
+
+    /// Answers `hdr` with an RST from vmq (unless it is one).
+    fn refuse(&self, hdr: &PacketHeader) {
+        self.me.counters.refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(rst) = hdr.rst_reply() {
+            self.me.push_control(rst);
+        }
+    }
+
+    /// Stages `hdr` with the payload in `self.packet` as pieces for port `to`.
+    fn stage(&mut self, hdr: &PacketHeader, to: PortId, sent: &mut Vec<TxChain>) {
+        self.pieces.clear();
+        self.pieces.extend(hdr.split(PIECE_PAYLOAD));
+        for i in 0..self.pieces.len() {
+            let (piece, range) = self.pieces[i].clone();
+            // Room for every piece was checked before the packet was taken.
+            let Some((slot, addr)) = self.staging.take() else {
+                log::error!("vsock CID {}: staging ran out mid-packet", self.cid);
+                return;
+            };
+            let payload = &self.packet[HEADER_LEN + range.start..HEADER_LEN + range.end];
+            let msg = MsgHeader::new(MsgKind::OneWay, to, 0, (HEADER_LEN + payload.len()) as u32);
+            if !self
+                .staging
+                .write(addr, &[&msg.to_bytes(), &piece.encode(), payload])
+            {
+                self.staging.give_back(slot);
+                return;
+            }
+            sent.push(TxChain::in_span(slot, msg, addr));
+        }
+    }
+
+    /// Writes what vmq owes the guest (control packets) into its rx queue while it has buffers.
+    fn flush_control(&mut self, q: &DeviceQueues, mem: &GuestMemoryMmap) {
+        let mut control = self.me.control();
+        if control.is_empty() {
+            return;
+        }
+        let mut rx = q.rx().get_mut();
+        let queue = rx.get_queue_mut();
+        while let (true, Some(hdr)) = (queue.ready(), control.front()) {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let bytes = hdr.encode();
+            let n = write_chain(mem, chain, &[&bytes]).unwrap_or(0);
+            if queue.add_used(mem, head, n as u32).is_err() {
+                break;
+            }
+            self.rx_used = true;
+            self.consumed = self.consumed.wrapping_add(1);
+            control.pop_front();
+        }
+    }
+
+    fn publish_queues(&mut self, q: &DeviceQueues) {
+        for (used, index) in [
+            (&mut self.rx_used, crate::vhost_user::RX_QUEUE),
+            (&mut self.tx_used, crate::vhost_user::TX_QUEUE),
+        ] {
+            if std::mem::take(used) {
+                if let Err(e) = q.notify_guest(index) {
+                    log::warn!("vsock CID {}: cannot notify queue {index}: {e}", self.cid);
+                }
+            }
+        }
+    }
+}
+
+fn lock(shared: &SharedQueues) -> MutexGuard<'_, Option<DeviceQueues>> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes `parts` into the writable buffers of `chain`; returns the bytes written, or `None`
+/// when they do not fit (nothing useful written) or the chain is bad.
+fn write_chain(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    parts: &[&[u8]],
+) -> Option<usize> {
+    let mut w = chain.writer(mem).ok()?;
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    if w.available_bytes() < total {
+        return None;
+    }
+    for p in parts {
+        w.write_all(p).ok()?;
+    }
+    Some(total)
+}
+
+/// Reads the readable buffers of `chain` into `buf` (at most its length); returns the bytes
+/// read, or `None` for a bad chain.
+fn read_chain(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    buf: &mut [u8],
+) -> Option<usize> {
+    let mut r = chain.reader(mem).ok()?;
+    let n = r.available_bytes().min(buf.len());
+    r.read_exact(&mut buf[..n]).ok()?;
+    Some(n)
+}
+
+impl Port<GuestMemoryMmap> for VsockPort {
+    fn memory(&self) -> &GuestView<GuestMemoryMmap> {
+        self.staging.view()
+    }
+
+    fn take_sent(&mut self, max: usize, sent: &mut Vec<TxChain>) -> Result<usize, DeviceError> {
+        let shared = self.shared();
+        let guard = lock(&shared);
+        let Some(q) = guard.as_ref() else {
+            return Ok(0);
+        };
+        let mem_guard = q.memory().memory();
+        let mem: &GuestMemoryMmap = &mem_guard;
+        self.flush_control(q, mem);
+        let before = sent.len();
+        let mut taken = 0;
+        while taken < max && self.staging.free() >= MAX_PIECES {
+            let len = {
+                let mut tx = q.tx().get_mut();
+                let queue = tx.get_queue_mut();
+                if !queue.ready() {
+                    break;
+                }
+                let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                    break;
+                };
+                let head = chain.head_index();
+                let len = read_chain(mem, chain, &mut self.packet);
+                if queue.add_used(mem, head, 0).is_err() {
+                    return Err(DeviceError::Broken);
+                }
+                self.tx_used = true;
+                len
+            };
+            taken += 1;
+            match len {
+                Some(n) => self.handle_packet(n, sent),
+                None => {
+                    self.me.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.flush_control(q, mem);
+        self.publish_queues(q);
+        Ok(sent.len() - before)
+    }
+
+    fn max_held(&self) -> u32 {
+        self.staging.slots() as u32
+    }
+
+    fn copy_payload(&mut self, msg: &TxChain, buf: &mut [u8]) -> Result<usize, DeviceError> {
+        msg.payload(self.staging.view())
+            .copy_to(buf)
+            .map_err(|_| DeviceError::Broken)
+    }
+
+    fn release(&mut self, msg: &TxChain) -> Result<(), DeviceError> {
+        if self.staging.give_back(msg.head) {
+            Ok(())
+        } else {
+            log::error!("vsock CID {}: piece {} released twice", self.cid, msg.head);
+            Ok(())
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        header: &MsgHeader,
+        payload: &Payload<'_, GuestMemoryMmap>,
+    ) -> Result<bool, DeliverError> {
+        // Hellos and switch notices mean nothing to a vsock guest.
+        if header.kind() != Some(MsgKind::OneWay) {
+            return Ok(true);
+        }
+        let shared = self.shared();
+        let guard = lock(&shared);
+        let Some(q) = guard.as_ref() else {
+            return Err(DeliverError::NoBuffer);
+        };
+        let len = payload.len() as usize;
+        let mut piece = [0u8; HEADER_LEN + PIECE_PAYLOAD as usize];
+        if len < HEADER_LEN || len > piece.len() {
+            return Ok(false);
+        }
+        payload.copy_to(&mut piece).map_err(DeliverError::Source)?;
+        let Ok(hdr) = PacketHeader::decode(&piece[..HEADER_LEN]) else {
+            return Ok(false);
+        };
+        let mem_guard = q.memory().memory();
+        let mem: &GuestMemoryMmap = &mem_guard;
+        self.flush_control(q, mem);
+        let written = {
+            let mut rx = q.rx().get_mut();
+            let queue = rx.get_queue_mut();
+            if !queue.ready() {
+                return Err(DeliverError::NoBuffer);
+            }
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                self.me.counters.rx_stalls.fetch_add(1, Ordering::Relaxed);
+                return Err(DeliverError::NoBuffer);
+            };
+            let head = chain.head_index();
+            let written = write_chain(mem, chain, &[&piece[..len]]);
+            if queue
+                .add_used(mem, head, written.unwrap_or(0) as u32)
+                .is_err()
+            {
+                return Err(DeliverError::Dest(DeviceError::Broken));
+            }
+            written
+        };
+        self.rx_used = true;
+        self.consumed = self.consumed.wrapping_add(1);
+        if written.is_none() {
+            // An rx buffer smaller than a Linux guest's: this piece cannot reach it.
+            return Ok(false);
+        }
+        let c = &self.me.counters;
+        c.rx_packets.fetch_add(1, Ordering::Relaxed);
+        c.rx_bytes.fetch_add(u64::from(hdr.len), Ordering::Relaxed);
+        if self.net.relay().on_delivered(&hdr).is_err() {
+            log::error!("vsock CID {}: delivered more than was forwarded", self.cid);
+        }
+        Ok(true)
+    }
+
+    fn publish(&mut self) -> bool {
+        if !(self.rx_used || self.tx_used) {
+            return false;
+        }
+        let shared = self.shared();
+        let guard = lock(&shared);
+        if let Some(q) = guard.as_ref() {
+            self.publish_queues(q);
+        }
+        false
+    }
+
+    fn notify(&self) {}
+
+    fn drain(&self) -> Drain {
+        let guard = lock(&self.queues);
+        let (free, capacity) = guard.as_ref().map_or((0, 0), |q| {
+            let mem = q.memory().memory();
+            let rx = q.rx().get_mut();
+            let queue = rx.get_queue();
+            let avail = queue
+                .avail_idx(&*mem, Ordering::Acquire)
+                .map_or(0, |a| a.0.wrapping_sub(queue.next_avail()));
+            (avail, queue.size())
+        });
+        Drain {
+            consumed: self.consumed,
+            free,
+            capacity,
+        }
+    }
+
+    fn arm_kicks(&mut self, rx_wanted: bool) -> bool {
+        let shared = self.shared();
+        let guard = lock(&shared);
+        let Some(q) = guard.as_ref() else {
+            return false;
+        };
+        let mem = q.memory().memory();
+        let owed = !self.me.control().is_empty();
+        let mut busy = false;
+        {
+            let mut tx = q.tx().get_mut();
+            let queue = tx.get_queue_mut();
+            if queue.ready() {
+                busy |= queue.enable_notification(&*mem).unwrap_or(false)
+                    && self.staging.free() >= MAX_PIECES;
+            }
+        }
+        if rx_wanted || owed {
+            let mut rx = q.rx().get_mut();
+            let queue = rx.get_queue_mut();
+            if queue.ready() {
+                busy |= queue.enable_notification(&*mem).unwrap_or(false) && owed;
+            }
+        }
+        busy
+    }
+
+    fn disarm_kicks(&mut self) {
+        let guard = lock(&self.queues);
+        let Some(q) = guard.as_ref() else {
+            return;
+        };
+        let mem = q.memory().memory();
+        for vring in [q.tx(), q.rx()] {
+            let mut v = vring.get_mut();
+            let queue = v.get_queue_mut();
+            if queue.ready() {
+                let _ = queue.disable_notification(&*mem);
+            }
+        }
+    }
+
+    fn run_queue_wait_ns(&self) -> Option<u64> {
+        // The vCPUs run in another process (the VMM's); vmq cannot see their scheduling.
+        None
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}

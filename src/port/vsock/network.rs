@@ -1,0 +1,250 @@
+//! [`VsockNetwork`]: the vsock VMs one switch serves, as each of their ports sees them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::port::PortId;
+use crate::vsock::packet::PacketHeader;
+use crate::vsock::relay::{Relay, RelayConfig, RelayConfigError};
+
+/// Control packets (RSTs) vmq may owe one guest at once. A guest is owed at most one per
+/// connection it takes part in, and the relay caps those; past this many the oldest are dropped
+/// and counted (the relay's sweep resets what they would have ended).
+pub const CONTROL_QUEUE_MAX: usize = 4096;
+
+/// One vsock VM: its CID, its port in the switch, the groups it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmAddress {
+    /// The guest's CID.
+    pub cid: u64,
+    /// Its port in the switch.
+    pub port: PortId,
+    /// Sibling groups: two VMs reach each other when they share one.
+    pub groups: Vec<String>,
+}
+
+/// Per-VM counters, shared between its port (switch thread) and whoever reports them.
+#[derive(Debug, Default)]
+pub struct VmCounters {
+    /// Packets the guest sent (tx queue).
+    pub tx_packets: AtomicU64,
+    /// Payload bytes the guest sent.
+    pub tx_bytes: AtomicU64,
+    /// Packets put in the guest's rx queue.
+    pub rx_packets: AtomicU64,
+    /// Payload bytes put in its rx queue.
+    pub rx_bytes: AtomicU64,
+    /// Connection requests it made that were forwarded.
+    pub connections_opened: AtomicU64,
+    /// Packets of its refused with RST (unknown CID, no shared group, no connection, too many).
+    pub refused: AtomicU64,
+    /// Connections reset by vmq (credit overrun, protocol fault, peer gone).
+    pub resets: AtomicU64,
+    /// Packets it sent that were malformed (dropped, answered with RST where possible).
+    pub malformed: AtomicU64,
+    /// Deliveries that waited because it had no rx buffer posted.
+    pub rx_stalls: AtomicU64,
+    /// Control packets dropped because too many were owed ([`CONTROL_QUEUE_MAX`]).
+    pub control_dropped: AtomicU64,
+}
+
+/// A snapshot of one VM's [`VmCounters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[allow(missing_docs)]
+pub struct VmCounts {
+    pub cid: u64,
+    pub connected: bool,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub connections_opened: u64,
+    pub refused: u64,
+    pub resets: u64,
+    pub malformed: u64,
+    pub rx_stalls: u64,
+    pub control_dropped: u64,
+}
+
+/// What vmq knows about one VM.
+#[derive(Debug)]
+pub struct VmEntry {
+    /// Who it is.
+    pub addr: VmAddress,
+    /// Whether its VMM is connected and its queues run (packets for it can be delivered).
+    pub connected: AtomicBool,
+    /// Its counters.
+    pub counters: VmCounters,
+    /// Wakes the switch loop for this VM (kicks, control packets for it).
+    pub doorbell: EventFd,
+    control: Mutex<VecDeque<PacketHeader>>,
+}
+
+impl VmEntry {
+    /// Control packets owed to this guest, oldest first.
+    pub(super) fn control(&self) -> MutexGuard<'_, VecDeque<PacketHeader>> {
+        self.control.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Owes `hdr` (an RST from vmq) to this guest and wakes the switch loop.
+    pub fn push_control(&self, hdr: PacketHeader) {
+        let mut q = self.control();
+        if q.len() >= CONTROL_QUEUE_MAX {
+            q.pop_front();
+            self.counters
+                .control_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        q.push_back(hdr);
+        drop(q);
+        let _ = self.doorbell.write(1);
+    }
+
+    /// Forgets what was owed (the guest's device went away).
+    pub fn clear_control(&self) {
+        self.control().clear();
+    }
+
+    /// A snapshot of the counters.
+    pub fn counts(&self) -> VmCounts {
+        let c = &self.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        VmCounts {
+            cid: self.addr.cid,
+            connected: self.connected.load(Ordering::Acquire),
+            tx_packets: l(&c.tx_packets),
+            tx_bytes: l(&c.tx_bytes),
+            rx_packets: l(&c.rx_packets),
+            rx_bytes: l(&c.rx_bytes),
+            connections_opened: l(&c.connections_opened),
+            refused: l(&c.refused),
+            resets: l(&c.resets),
+            malformed: l(&c.malformed),
+            rx_stalls: l(&c.rx_stalls),
+            control_dropped: l(&c.control_dropped),
+        }
+    }
+}
+
+/// Errors building a [`VsockNetwork`].
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// Two VMs with one CID.
+    #[error("two VMs have guest CID {0}; every VM needs a CID of its own")]
+    DuplicateCid(u64),
+    /// The relay settings are out of range.
+    #[error(transparent)]
+    Relay(#[from] RelayConfigError),
+    /// An eventfd could not be made.
+    #[error("cannot create an eventfd for VM CID {cid}: {source}")]
+    EventFd {
+        /// The VM.
+        cid: u64,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The vsock VMs one switch serves: who is who (CID to port), who may reach whom (groups),
+/// the connections vmq relays between them, and what vmq itself owes each guest. Shared by
+/// every vsock port of the switch (all on the switch thread) and the serve loop.
+#[derive(Debug)]
+pub struct VsockNetwork {
+    vms: Vec<Arc<VmEntry>>,
+    by_cid: HashMap<u64, usize>,
+    relay: Mutex<Relay>,
+}
+
+impl VsockNetwork {
+    /// A network of `vms`, relaying with `relay`.
+    pub fn new(vms: Vec<VmAddress>, relay: RelayConfig) -> Result<Self, NetworkError> {
+        let mut by_cid = HashMap::new();
+        let mut entries = Vec::with_capacity(vms.len());
+        for (i, addr) in vms.into_iter().enumerate() {
+            if by_cid.insert(addr.cid, i).is_some() {
+                return Err(NetworkError::DuplicateCid(addr.cid));
+            }
+            let doorbell =
+                EventFd::new(libc::EFD_NONBLOCK).map_err(|source| NetworkError::EventFd {
+                    cid: addr.cid,
+                    source,
+                })?;
+            entries.push(Arc::new(VmEntry {
+                addr,
+                connected: AtomicBool::new(false),
+                counters: VmCounters::default(),
+                doorbell,
+                control: Mutex::new(VecDeque::new()),
+            }));
+        }
+        Ok(Self {
+            vms: entries,
+            by_cid,
+            relay: Mutex::new(Relay::new(relay)?),
+        })
+    }
+
+    /// The VM with guest CID `cid`.
+    pub fn vm(&self, cid: u64) -> Option<&Arc<VmEntry>> {
+        self.by_cid.get(&cid).map(|&i| &self.vms[i])
+    }
+
+    /// Every VM, in the order given.
+    pub fn vms(&self) -> &[Arc<VmEntry>] {
+        &self.vms
+    }
+
+    /// Whether `from` may open connections to `to`: both known and sharing a group.
+    pub fn may_reach(&self, from: u64, to: u64) -> bool {
+        match (self.vm(from), self.vm(to)) {
+            (Some(a), Some(b)) if from != to => a
+                .addr
+                .groups
+                .iter()
+                .any(|g| b.addr.groups.iter().any(|h| h == g)),
+            _ => false,
+        }
+    }
+
+    /// The relayed connections.
+    pub fn relay(&self) -> MutexGuard<'_, Relay> {
+        self.relay.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// VM `cid` went away (its VMM stopped the device or disconnected): its connections end and
+    /// their other ends get an RST.
+    pub fn guest_gone(&self, cid: u64) {
+        let rsts = self.relay().remove_guest(cid);
+        for rst in rsts {
+            if let Some(vm) = self.vm(rst.dst_cid) {
+                vm.counters.resets.fetch_add(1, Ordering::Relaxed);
+                vm.push_control(rst);
+            }
+        }
+        if let Some(vm) = self.vm(cid) {
+            vm.clear_control();
+        }
+    }
+
+    /// Ends connections past the relay's timeouts (call about once a second).
+    pub fn sweep(&self, now_ns: u64) {
+        let resets = self.relay().sweep(now_ns);
+        for r in resets {
+            for rst in [r.to_initiator, r.to_acceptor] {
+                if let Some(vm) = self.vm(rst.dst_cid) {
+                    vm.counters.resets.fetch_add(1, Ordering::Relaxed);
+                    vm.push_control(rst);
+                }
+            }
+        }
+    }
+
+    /// A snapshot of every VM's counters.
+    pub fn counts(&self) -> Vec<VmCounts> {
+        self.vms.iter().map(|v| v.counts()).collect()
+    }
+}

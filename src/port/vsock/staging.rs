@@ -1,0 +1,87 @@
+//! [`Staging`]: host memory where a vsock port keeps the packets it took from its guest until
+//! the switch has delivered them, so the guest's tx descriptors go back at once.
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::virtio::GuestView;
+use crate::vsock::packet::HEADER_LEN;
+use crate::wire::HEADER_SIZE;
+
+/// Most payload in one staged piece: what a Linux guest's rx buffer holds. Packets the guest
+/// sends (up to 64 KiB) are cut into pieces of this size before they are staged.
+pub const PIECE_PAYLOAD: u32 = 4096;
+
+/// Bytes of one slot: vmq's message header, the vsock header, one piece of payload.
+pub const SLOT_SIZE: u64 = (HEADER_SIZE + HEADER_LEN) as u64 + PIECE_PAYLOAD as u64;
+
+/// Most slots a staging area may have (slot numbers are `u16`).
+pub const MAX_SLOTS: u32 = u16::MAX as u32;
+
+/// Fixed-size slots in anonymous host memory (reserved, touched only as used), each one staged
+/// piece. Bound: `slots * SLOT_SIZE` bytes per port.
+#[derive(Debug)]
+pub struct Staging {
+    view: GuestView<GuestMemoryMmap>,
+    free: Vec<u16>,
+    in_use: Vec<bool>,
+}
+
+impl Staging {
+    /// `slots` slots (at most [`MAX_SLOTS`]).
+    pub fn new(slots: u32) -> std::io::Result<Self> {
+        let slots = slots.clamp(1, MAX_SLOTS);
+        let mem =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (slots as u64 * SLOT_SIZE) as usize)])
+                .map_err(|e| std::io::Error::other(format!("staging memory: {e}")))?;
+        Ok(Self {
+            view: GuestView::new(mem),
+            free: (0..slots as u16).rev().collect(),
+            in_use: vec![false; slots as usize],
+        })
+    }
+
+    /// The memory slots live in.
+    pub fn view(&self) -> &GuestView<GuestMemoryMmap> {
+        &self.view
+    }
+
+    /// Slots free now.
+    pub fn free(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Slots in all.
+    pub fn slots(&self) -> usize {
+        self.in_use.len()
+    }
+
+    /// Takes a slot; returns its number and address.
+    pub fn take(&mut self) -> Option<(u16, u64)> {
+        let i = self.free.pop()?;
+        self.in_use[i as usize] = true;
+        Some((i, i as u64 * SLOT_SIZE))
+    }
+
+    /// Gives slot `i` back; `false` if it was not taken (a double release).
+    pub fn give_back(&mut self, i: u16) -> bool {
+        match self.in_use.get_mut(i as usize) {
+            Some(used) if *used => {
+                *used = false;
+                self.free.push(i);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Writes `parts` one after another at `addr` (inside a slot taken).
+    pub fn write(&self, mut addr: u64, parts: &[&[u8]]) -> bool {
+        for p in parts {
+            if !self.view.write(addr, p) {
+                return false;
+            }
+            addr += p.len() as u64;
+        }
+        true
+    }
+}

@@ -1,0 +1,242 @@
+//! `vmq serve`: a vhost-user virtio-vsock backend. Stock Linux guests (QEMU, Cloud Hypervisor,
+//! crosvm) get a vsock device each and reach their siblings with plain `AF_VSOCK` sockets,
+//! SOCK_STREAM and SOCK_SEQPACKET, through vmq's switch.
+//!
+//! Threads: one vhost-user daemon per VM (its request loop and vring worker, see
+//! [`crate::vhost_user`]) and one switch thread for all of them, where every VM is a
+//! [`VsockPort`]. A VM's device tells the switch thread through its [`VmOwner`]: kicks ring the
+//! VM's doorbell, a stop ends the VM's connections and gives its port a fresh start. A VMM that
+//! disconnects (or restarts) is accepted again on the same socket; a VMM that breaks the
+//! vhost-user protocol loses only its own device.
+
+mod config;
+mod owner;
+
+pub use config::{LimitsConfig, ServeConfig, ServeConfigError, VmConfig};
+pub use owner::{VmEvent, VmOwner};
+
+use std::collections::HashMap;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vm_memory::GuestMemoryMmap;
+
+use crate::event::{LoopConfig, Stopper, SwitchLoop};
+use crate::port::vsock::{
+    NetworkError, SharedQueues, VmAddress, VmCounts, VsockNetwork, VsockPort,
+};
+use crate::port::PortId;
+use crate::switch::{MonotonicClock, Switch, SwitchConfig, SwitchError};
+use crate::vhost_user::{DaemonError, DeviceConfig, VsockDaemon, VsockDevice};
+
+/// Why `vmq serve` could not start (or stop cleanly).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration was refused.
+    #[error(transparent)]
+    Config(#[from] ServeConfigError),
+    /// The VMs do not make a network.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    /// The switch refused a port.
+    #[error("switch: {0}")]
+    Switch(#[from] SwitchError),
+    /// A VM's vhost-user socket could not be served.
+    #[error("VM CID {cid}: {source}")]
+    Daemon {
+        /// The VM.
+        cid: u64,
+        /// Why.
+        source: DaemonError,
+    },
+    /// A resource (memory, eventfd, thread) could not be had.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being made.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The switch thread panicked.
+    #[error("the switch thread failed; see the log")]
+    SwitchThread,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
+    let what = what.into();
+    move |source| ServeError::Io { what, source }
+}
+
+/// A running `vmq serve`: its daemons and its switch thread.
+pub struct Server {
+    net: Arc<VsockNetwork>,
+    daemons: Vec<(u64, VsockDaemon)>,
+    stopper: Stopper,
+    switch_thread: Option<JoinHandle<()>>,
+}
+
+/// What the switch thread needs to give a VM's port a fresh start.
+struct Restarts {
+    net: Arc<VsockNetwork>,
+    events: Receiver<VmEvent>,
+    ports: HashMap<u64, (PortId, SharedQueues)>,
+    slots: u32,
+    last_sweep: Instant,
+    started: Instant,
+}
+
+impl Restarts {
+    /// Acts on what the VMs' devices reported; sweeps the relay about once a second.
+    fn tick(&mut self, sw: &mut Switch<GuestMemoryMmap>) {
+        while let Ok(VmEvent::Stopped(cid)) = self.events.try_recv() {
+            let Some((port, queues)) = self.ports.get(&cid).cloned() else {
+                continue;
+            };
+            sw.remove_port(port);
+            self.net.guest_gone(cid);
+            match VsockPort::new(self.net.clone(), cid, queues, self.slots) {
+                Ok(p) => {
+                    if let Err(e) = sw.revive(port, Box::new(p)) {
+                        log::error!("vsock CID {cid}: cannot restart its port: {e}");
+                    }
+                }
+                Err(e) => log::error!("vsock CID {cid}: cannot restart its port: {e}"),
+            }
+        }
+        if self.last_sweep.elapsed() >= Duration::from_secs(1) {
+            self.last_sweep = Instant::now();
+            self.net.sweep(self.started.elapsed().as_nanos() as u64);
+        }
+    }
+}
+
+impl Server {
+    /// Starts serving `cfg` (checked again here): binds every VM's socket and starts the
+    /// switch thread.
+    pub fn start(cfg: &ServeConfig) -> Result<Self, ServeError> {
+        cfg.check("<serve>")?;
+        let addrs: Vec<VmAddress> = cfg
+            .vm
+            .iter()
+            .enumerate()
+            .map(|(i, v)| VmAddress {
+                cid: v.cid,
+                port: i as PortId,
+                groups: v.groups.clone(),
+            })
+            .collect();
+        let net = Arc::new(VsockNetwork::new(addrs, cfg.relay())?);
+        let slots = cfg.limits.staging_slots;
+        let mut sw = Switch::new(SwitchConfig::default(), Arc::new(MonotonicClock::new()))?;
+        let (tx, rx) = mpsc::channel();
+        let mut ports = HashMap::new();
+        let mut kicks = Vec::new();
+        let mut owners = Vec::new();
+        for vm in &cfg.vm {
+            let queues: SharedQueues = Arc::new(Mutex::new(None));
+            let port = VsockPort::new(net.clone(), vm.cid, queues.clone(), slots)
+                .map_err(io(format!("staging memory for VM CID {}", vm.cid)))?;
+            let id = sw.attach(&format!("vm{}", vm.cid), Box::new(port))?;
+            ports.insert(vm.cid, (id, queues.clone()));
+            let entry = net.vm(vm.cid).cloned().ok_or(ServeError::SwitchThread)?;
+            kicks.push(
+                entry
+                    .doorbell
+                    .try_clone()
+                    .map_err(io("a doorbell eventfd"))?,
+            );
+            owners.push(Arc::new(VmOwner::new(entry, queues, tx.clone())));
+        }
+        let mut lp =
+            SwitchLoop::new(sw, kicks, LoopConfig::default()).map_err(io("the switch loop"))?;
+        let stopper = lp.stopper();
+        let mut restarts = Restarts {
+            net: net.clone(),
+            events: rx,
+            ports,
+            slots,
+            last_sweep: Instant::now(),
+            started: Instant::now(),
+        };
+        let switch_thread = std::thread::Builder::new()
+            .name("vmq-switch".into())
+            .spawn(move || {
+                lp.run(
+                    |_| false,
+                    Duration::from_millis(1),
+                    |sw, _, _| restarts.tick(sw),
+                );
+            })
+            .map_err(io("the switch thread"))?;
+        let mut server = Self {
+            net,
+            daemons: Vec::new(),
+            stopper,
+            switch_thread: Some(switch_thread),
+        };
+        for (vm, owner) in cfg.vm.iter().zip(owners) {
+            let dev =
+                VsockDevice::new(DeviceConfig::new(vm.cid), owner).map_err(|e| ServeError::Io {
+                    what: format!("VM CID {}", vm.cid),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            let daemon =
+                VsockDaemon::start(&vm.socket, dev).map_err(|source| ServeError::Daemon {
+                    cid: vm.cid,
+                    source,
+                })?;
+            log::info!(
+                "vsock CID {}: serving vhost-user on {}",
+                vm.cid,
+                vm.socket.display()
+            );
+            server.daemons.push((vm.cid, daemon));
+        }
+        Ok(server)
+    }
+
+    /// The VMs, their connections and counters.
+    pub fn network(&self) -> &Arc<VsockNetwork> {
+        &self.net
+    }
+
+    /// Every VM's counters now.
+    pub fn counts(&self) -> Vec<VmCounts> {
+        self.net.counts()
+    }
+
+    /// Stops serving: every daemon closes its VMM's connection and removes its socket, then
+    /// the switch thread ends.
+    pub fn shutdown(mut self) -> Result<(), ServeError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), ServeError> {
+        let mut first = Ok(());
+        for (cid, d) in self.daemons.drain(..) {
+            if let Err(source) = d.shutdown() {
+                if first.is_ok() {
+                    first = Err(ServeError::Daemon { cid, source });
+                }
+            }
+        }
+        self.stopper.stop();
+        if let Some(t) = self.switch_thread.take() {
+            if t.join().is_err() && first.is_ok() {
+                first = Err(ServeError::SwitchThread);
+            }
+        }
+        first
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,164 @@
+//! `vmq serve` without guests: VMMs played in Rust over real vhost-user sockets, memfd memory
+//! and eventfds, each driving a guest's vsock rings as Linux's driver would.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+use crate::vhost_user::frontend::{FrontendConfig, VmmFrontend};
+use crate::vsock::packet::{Op, PacketHeader, SockAddr, SocketType, HEADER_LEN, SEQ_EOM};
+
+/// Give-up limit for anything a test waits for (never a measure of speed).
+const PATIENCE: Duration = Duration::from_secs(20);
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("vmq-serve-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+    fn sock(&self, cid: u64) -> PathBuf {
+        self.0.join(format!("vm{cid}.sock"))
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config(dir: &Dir, vms: &[(u64, &str)]) -> ServeConfig {
+    let mut cfg = ServeConfig::default();
+    for &(cid, groups) in vms {
+        cfg.add_vm_flag(&format!(
+            "guest-cid={cid},socket={},groups={groups}",
+            dir.sock(cid).display()
+        ))
+        .unwrap();
+    }
+    cfg
+}
+
+fn guest(sock: &Path) -> VmmFrontend {
+    VmmFrontend::connect(sock, FrontendConfig::default()).expect("VMM connects")
+}
+
+/// Waits until every VM's device runs (its queues reached the switch thread).
+fn wait_connected(server: &Server) {
+    let give_up = std::time::Instant::now() + PATIENCE;
+    while !server.counts().iter().all(|c| c.connected) {
+        assert!(std::time::Instant::now() < give_up, "devices never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A packet: header (with credit 256 KiB, fwd_cnt `fwd`) and payload.
+fn packet(ty: SocketType, op: Op, src: SockAddr, dst: SockAddr, fwd: u32, data: &[u8]) -> Vec<u8> {
+    let mut h = PacketHeader::new(ty, op, src, dst);
+    h.buf_alloc = 256 * 1024;
+    h.fwd_cnt = fwd;
+    h.len = data.len() as u32;
+    let mut v = h.encode().to_vec();
+    v.extend_from_slice(data);
+    v
+}
+
+fn recv(g: &mut VmmFrontend) -> (PacketHeader, Vec<u8>) {
+    let bytes = g
+        .recv_timeout(PATIENCE)
+        .expect("rx works")
+        .expect("a packet arrives");
+    let h = PacketHeader::decode(&bytes).expect("a whole header");
+    (h, bytes[HEADER_LEN..].to_vec())
+}
+
+/// Guest `a` connects to guest `b`'s port 5000 from port 1024 and `b` accepts.
+fn connect(
+    a: &mut VmmFrontend,
+    b: &mut VmmFrontend,
+    ty: SocketType,
+    ca: u64,
+    cb: u64,
+) -> (SockAddr, SockAddr) {
+    let (la, lb) = (SockAddr::new(ca, 1024), SockAddr::new(cb, 5000));
+    a.send(&packet(ty, Op::Request, la, lb, 0, &[])).unwrap();
+    let (req, _) = recv(b);
+    assert_eq!((req.op, req.src(), req.dst()), (Op::Request as u16, la, lb));
+    b.send(&packet(ty, Op::Response, lb, la, 0, &[])).unwrap();
+    let (resp, _) = recv(a);
+    assert_eq!((resp.op, resp.src()), (Op::Response as u16, lb));
+    (la, lb)
+}
+
+#[test]
+fn two_guests_connect_and_exchange_seqpacket_messages_with_their_boundaries() {
+    let dir = Dir::new("seqpacket");
+    let server = Server::start(&config(&dir, &[(3, "g"), (4, "g")])).unwrap();
+    let mut a = guest(&dir.sock(3));
+    let mut b = guest(&dir.sock(4));
+    wait_connected(&server);
+    assert_eq!((a.cid(), b.cid()), (Some(3), Some(4)));
+    let (la, lb) = connect(&mut a, &mut b, SocketType::SeqPacket, 3, 4);
+    let mut sent = 0u32;
+    for size in [1usize, 44, 4095, 4096] {
+        let data: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
+        let mut p = packet(SocketType::SeqPacket, Op::Rw, la, lb, 0, &data);
+        let mut h = PacketHeader::decode(&p).unwrap();
+        h.flags = SEQ_EOM;
+        p[..HEADER_LEN].copy_from_slice(&h.encode());
+        a.send(&p).unwrap();
+        sent += size as u32;
+        let (got, payload) = recv(&mut b);
+        assert_eq!((got.op, got.src(), got.dst()), (Op::Rw as u16, la, lb));
+        assert_eq!(got.flags & SEQ_EOM, SEQ_EOM, "the message end is kept");
+        assert_eq!(payload, data, "{size} bytes intact");
+        a.reclaim_tx().unwrap();
+    }
+    let c = server.counts();
+    assert_eq!(c[1].rx_bytes, u64::from(sent), "{c:?}");
+    server.shutdown().unwrap();
+    assert!(
+        !dir.sock(3).exists() && !dir.sock(4).exists(),
+        "sockets removed"
+    );
+}
+
+#[test]
+fn a_forged_source_cid_is_replaced_and_unknown_or_foreign_cids_get_rst() {
+    let dir = Dir::new("refuse");
+    let server = Server::start(&config(&dir, &[(3, "g"), (4, "g"), (5, "other")])).unwrap();
+    let mut a = guest(&dir.sock(3));
+    let mut b = guest(&dir.sock(4));
+    let _c = guest(&dir.sock(5));
+    wait_connected(&server);
+    // CID 3 claims to be 9: CID 4 sees the request from 3.
+    let (forged, lb) = (SockAddr::new(9, 1024), SockAddr::new(4, 5000));
+    a.send(&packet(SocketType::Stream, Op::Request, forged, lb, 0, &[]))
+        .unwrap();
+    let (req, _) = recv(&mut b);
+    assert_eq!(req.src(), SockAddr::new(3, 1024));
+    // Unknown CID 77, and CID 5 outside CID 3's groups: each answered with RST from vmq.
+    for dst in [77u64, 5] {
+        let to = SockAddr::new(dst, 80);
+        a.send(&packet(
+            SocketType::Stream,
+            Op::Request,
+            SockAddr::new(3, 2000),
+            to,
+            0,
+            &[],
+        ))
+        .unwrap();
+        let (rst, _) = recv(&mut a);
+        assert_eq!(
+            (rst.op, rst.src(), rst.dst()),
+            (Op::Rst as u16, to, SockAddr::new(3, 2000))
+        );
+    }
+    assert_eq!(server.counts()[0].refused, 2);
+    server.shutdown().unwrap();
+}
