@@ -37,7 +37,7 @@ use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use super::{Drain, Port, PortId};
 use crate::vhost_user::DeviceQueues;
 use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
-use crate::vsock::packet::{Op, PacketHeader, HEADER_LEN, HOST_CID, MAX_PAYLOAD};
+use crate::vsock::packet::{Op, PacketHeader, HEADER_LEN, HOST_CID, MAX_PAYLOAD, SEQ_EOM, SEQ_EOR};
 use crate::vsock::relay::Verdict;
 use crate::wire::{MsgHeader, MsgKind};
 
@@ -64,6 +64,9 @@ pub struct VsockPort {
     tx_used: bool,
     /// Deliveries the guest consumed (for health: moves by one per rx entry filled).
     consumed: u16,
+    /// A piece delivered in part (its header, bytes of payload written) when the guest's rx
+    /// buffers ran out; the switch offers it again.
+    carry: Option<(PacketHeader, usize)>,
 }
 
 impl VsockPort {
@@ -90,6 +93,7 @@ impl VsockPort {
             rx_used: false,
             tx_used: false,
             consumed: 0,
+            carry: None,
         })
     }
 
@@ -164,6 +168,21 @@ impl VsockPort {
                 peer.push_control(to_peer);
             }
             Verdict::Drop => {}
+        }
+    }
+
+    /// Ends the connection `hdr` (a packet for this guest) belongs to: RSTs to both ends, as
+    /// if its sender had reset it.
+    fn reset_connection(&self, hdr: &PacketHeader) {
+        let Some(ty) = hdr.socket_type() else {
+            return;
+        };
+        let to_me = PacketHeader::new(ty, Op::Rst, hdr.src(), hdr.dst());
+        let _ = self.net.relay().on_packet(hdr.src_cid, &to_me);
+        self.me.counters.resets.fetch_add(1, Ordering::Relaxed);
+        self.me.push_control(to_me);
+        if let (Some(rst), Some(sender)) = (hdr.rst_reply(), self.net.vm(hdr.src_cid)) {
+            sender.push_control(rst);
         }
     }
 
@@ -257,6 +276,11 @@ fn write_chain(
         w.write_all(p).ok()?;
     }
     Some(total)
+}
+
+/// Bytes the writable buffers of `chain` hold (0 for a bad chain).
+fn writable(mem: &GuestMemoryMmap, chain: &DescriptorChain<&GuestMemoryMmap>) -> usize {
+    chain.clone().writer(mem).map_or(0, |w| w.available_bytes())
 }
 
 /// Reads the readable buffers of `chain` into `buf` (at most its length); returns the bytes
@@ -364,39 +388,70 @@ impl Port<GuestMemoryMmap> for VsockPort {
         let mem_guard = q.memory().memory();
         let mem: &GuestMemoryMmap = &mem_guard;
         self.flush_control(q, mem);
-        let written = {
+        // A piece larger than the guest's rx buffers goes out in parts, each in one buffer with
+        // its own header; message flags (EOM/EOR) only on the last. Parts already written when
+        // the buffers ran out are remembered, and the switch offers the same piece again.
+        let data = &piece[HEADER_LEN..len];
+        let mut at = match self.carry {
+            Some((h, at)) if h == hdr && at <= data.len() => at,
+            _ => 0,
+        };
+        self.carry = None;
+        loop {
             let mut rx = q.rx().get_mut();
             let queue = rx.get_queue_mut();
             if !queue.ready() {
+                self.carry = (at > 0).then_some((hdr, at));
                 return Err(DeliverError::NoBuffer);
             }
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 self.me.counters.rx_stalls.fetch_add(1, Ordering::Relaxed);
+                self.carry = (at > 0).then_some((hdr, at));
                 return Err(DeliverError::NoBuffer);
             };
             let head = chain.head_index();
-            let written = write_chain(mem, chain, &[&piece[..len]]);
+            let room = writable(mem, &chain).saturating_sub(HEADER_LEN);
+            let n = room.min(data.len() - at);
+            let mut part = hdr;
+            part.len = n as u32;
+            if at + n < data.len() {
+                part.flags &= !(SEQ_EOM | SEQ_EOR);
+            }
+            let written = if room == 0 && !data.is_empty() {
+                None
+            } else {
+                write_chain(mem, chain, &[&part.encode(), &data[at..at + n]])
+            };
             if queue
                 .add_used(mem, head, written.unwrap_or(0) as u32)
                 .is_err()
             {
                 return Err(DeliverError::Dest(DeviceError::Broken));
             }
-            written
-        };
-        self.rx_used = true;
-        self.consumed = self.consumed.wrapping_add(1);
-        if written.is_none() {
-            // An rx buffer smaller than a Linux guest's: this piece cannot reach it.
-            return Ok(false);
+            drop(rx);
+            self.rx_used = true;
+            self.consumed = self.consumed.wrapping_add(1);
+            if written.is_none() {
+                // An rx buffer that cannot hold even a header and a byte: the connection
+                // cannot go on. Both ends get an RST and the relay forgets it.
+                self.me
+                    .counters
+                    .rx_too_small
+                    .fetch_add(1, Ordering::Relaxed);
+                self.reset_connection(&hdr);
+                return Ok(false);
+            }
+            let c = &self.me.counters;
+            c.rx_packets.fetch_add(1, Ordering::Relaxed);
+            c.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            if self.net.relay().on_delivered(&part).is_err() {
+                log::error!("vsock CID {}: delivered more than was forwarded", self.cid);
+            }
+            at += n;
+            if at >= data.len() {
+                return Ok(true);
+            }
         }
-        let c = &self.me.counters;
-        c.rx_packets.fetch_add(1, Ordering::Relaxed);
-        c.rx_bytes.fetch_add(u64::from(hdr.len), Ordering::Relaxed);
-        if self.net.relay().on_delivered(&hdr).is_err() {
-            log::error!("vsock CID {}: delivered more than was forwarded", self.cid);
-        }
-        Ok(true)
     }
 
     fn publish(&mut self) -> bool {

@@ -50,6 +50,8 @@ pub struct VmCounters {
     pub rx_stalls: AtomicU64,
     /// Control packets dropped because too many were owed ([`CONTROL_QUEUE_MAX`]).
     pub control_dropped: AtomicU64,
+    /// Pieces that did not fit the rx buffer the guest posted (dropped).
+    pub rx_too_small: AtomicU64,
 }
 
 /// A snapshot of one VM's [`VmCounters`].
@@ -68,6 +70,7 @@ pub struct VmCounts {
     pub malformed: u64,
     pub rx_stalls: u64,
     pub control_dropped: u64,
+    pub rx_too_small: u64,
 }
 
 /// What vmq knows about one VM.
@@ -126,6 +129,7 @@ impl VmEntry {
             malformed: l(&c.malformed),
             rx_stalls: l(&c.rx_stalls),
             control_dropped: l(&c.control_dropped),
+            rx_too_small: l(&c.rx_too_small),
         }
     }
 }

@@ -7,8 +7,9 @@ use crate::virtio::GuestView;
 use crate::vsock::packet::HEADER_LEN;
 use crate::wire::HEADER_SIZE;
 
-/// Most payload in one staged piece: what a Linux guest's rx buffer holds. Packets the guest
-/// sends (up to 64 KiB) are cut into pieces of this size before they are staged.
+/// Most payload in one staged piece. Packets the guest sends (up to 64 KiB) are cut into
+/// pieces of this size before they are staged; a receiver whose rx buffers are smaller (Linux
+/// posts 4 KiB buffers that also hold the header, or a little less) gets a piece in parts.
 pub const PIECE_PAYLOAD: u32 = 4096;
 
 /// Bytes of one slot: vmq's message header, the vsock header, one piece of payload.
