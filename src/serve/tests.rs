@@ -162,3 +162,124 @@ fn a_forged_source_cid_is_replaced_and_unknown_or_foreign_cids_get_rst() {
     assert_eq!(server.counts()[0].refused, 2);
     server.shutdown().unwrap();
 }
+
+/// Guest `from` sends `data` as RW packets of at most 4 KiB on connection `src` -> `dst`.
+fn send_data(from: &mut VmmFrontend, src: SockAddr, dst: SockAddr, data: &[u8]) {
+    for chunk in data.chunks(4096) {
+        from.reclaim_tx().unwrap();
+        from.send(&packet(SocketType::Stream, Op::Rw, src, dst, 0, chunk))
+            .unwrap();
+    }
+}
+
+/// Takes RW payload arriving at `g` until `len` bytes came; every packet must be RW from
+/// `src`.
+fn recv_data(g: &mut VmmFrontend, src: SockAddr, len: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < len {
+        let (h, payload) = recv(g);
+        assert_eq!((h.op, h.src()), (Op::Rw as u16, src), "{h:?}");
+        got.extend_from_slice(&payload);
+    }
+    got
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+#[test]
+fn a_receiver_that_takes_nothing_slows_only_its_own_connection() {
+    let dir = Dir::new("stuck");
+    let server = Server::start(&config(&dir, &[(3, "g"), (4, "g"), (5, "g")])).unwrap();
+    let mut a = guest(&dir.sock(3));
+    let mut b = guest(&dir.sock(4));
+    // Guest 5 posts 16 rx buffers and, once connected, never takes anything.
+    let small = FrontendConfig {
+        queue_size: 16,
+        ..FrontendConfig::default()
+    };
+    let mut c = VmmFrontend::connect(dir.sock(5), small).unwrap();
+    wait_connected(&server);
+    let (ab_a, ab_b) = connect(&mut a, &mut b, SocketType::Stream, 3, 4);
+    let (ac_a, ac_c) = connect(&mut a, &mut c, SocketType::Stream, 3, 5);
+    // 160 KiB for guest 5: within the credit it gave (256 KiB), far more than its 16 buffers.
+    let stuck = pattern(40 * 4096, 5);
+    send_data(&mut a, ac_a, ac_c, &stuck);
+    // Meanwhile guests 3 and 4 talk both ways, and lose nothing.
+    for i in 0..200u32 {
+        let msg = pattern(64, i as u8);
+        send_data(&mut a, ab_a, ab_b, &msg);
+        assert_eq!(recv_data(&mut b, ab_a, 64), msg, "message {i} to guest 4");
+        send_data(&mut b, ab_b, ab_a, &msg);
+        assert_eq!(
+            recv_data(&mut a, ab_b, 64),
+            msg,
+            "message {i} back to guest 3"
+        );
+    }
+    let held = server.counts();
+    assert!(
+        held[2].rx_stalls > 0,
+        "guest 5 ran out of buffers: {held:?}"
+    );
+    // Its 16 buffers (the one the request took was posted again) hold 16 pieces; the rest wait.
+    assert_eq!(held[2].rx_bytes, 16 * 4096, "{held:?}");
+    // Guest 5 starts reading: everything arrives, in order, intact.
+    assert_eq!(recv_data(&mut c, ac_a, stuck.len()), stuck);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_sender_past_the_credit_it_was_given_is_reset() {
+    let dir = Dir::new("credit");
+    let server = Server::start(&config(&dir, &[(3, "g"), (4, "g")])).unwrap();
+    let mut a = guest(&dir.sock(3));
+    let mut b = guest(&dir.sock(4));
+    wait_connected(&server);
+    let (la, lb) = (SockAddr::new(3, 1024), SockAddr::new(4, 5000));
+    a.send(&packet(SocketType::Stream, Op::Request, la, lb, 0, &[]))
+        .unwrap();
+    recv(&mut b);
+    // Guest 4 grants 8 KiB and reads nothing.
+    let mut resp = PacketHeader::new(SocketType::Stream, Op::Response, lb, la);
+    resp.buf_alloc = 8192;
+    b.send(&resp.encode()).unwrap();
+    recv(&mut a);
+    // Two 4 KiB packets use the credit up; the third is past it.
+    let data = pattern(3 * 4096, 9);
+    send_data(&mut a, la, lb, &data);
+    assert_eq!(recv_data(&mut b, la, 8192), data[..8192]);
+    let (rst_b, _) = recv(&mut b);
+    let (rst_a, _) = recv(&mut a);
+    assert_eq!((rst_b.op, rst_b.src()), (Op::Rst as u16, la));
+    assert_eq!((rst_a.op, rst_a.src()), (Op::Rst as u16, lb));
+    assert_eq!(server.counts()[0].resets, 1);
+    assert!(
+        server.network().relay().is_empty(),
+        "the connection is gone"
+    );
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_vmm_that_goes_away_resets_its_connections_and_comes_back_on_the_same_socket() {
+    let dir = Dir::new("reconnect");
+    let server = Server::start(&config(&dir, &[(3, "g"), (4, "g")])).unwrap();
+    let mut a = guest(&dir.sock(3));
+    let b = guest(&dir.sock(4));
+    wait_connected(&server);
+    let mut b = b;
+    let (la, lb) = connect(&mut a, &mut b, SocketType::SeqPacket, 3, 4);
+    // Guest 4's VMM goes away: guest 3's connection is reset.
+    drop(b);
+    let (rst, _) = recv(&mut a);
+    assert_eq!((rst.op, rst.src(), rst.dst()), (Op::Rst as u16, lb, la));
+    // It comes back on the same socket and the two connect again.
+    let mut b = guest(&dir.sock(4));
+    wait_connected(&server);
+    connect(&mut a, &mut b, SocketType::SeqPacket, 3, 4);
+    server.shutdown().unwrap();
+}

@@ -52,11 +52,16 @@ pub trait Link {
 /// Rx messages delivered and not yet taken, as a permille of the rx queue: the load a worker
 /// reports in its replies.
 pub fn rx_load<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>>(rx: &MsgRx<M, S>) -> u16 {
+    let size = rx.ring().layout().size;
+    (u32::from(rx_pending(rx)) * 1000 / u32::from(size)).min(1000) as u16
+}
+
+/// Rx messages delivered and not yet taken.
+pub fn rx_pending<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>>(rx: &MsgRx<M, S>) -> u16 {
     let ring = rx.ring();
     let layout = ring.layout();
     let published = ring.memory().load_u16(layout.used + 2).unwrap_or(0);
-    let pending = published.wrapping_sub(ring.counters().used as u16);
-    (u32::from(pending) * 1000 / u32::from(layout.size)).min(1000) as u16
+    published.wrapping_sub(ring.counters().used as u16)
 }
 
 /// Fills `payload` with the bytes of request `id` ([`abi::image::client::request_byte`](crate::abi::image::client::request_byte)).

@@ -37,7 +37,7 @@ use crate::switch::policy::{
     measure_decision_ns, measure_policy_ns, Candidate, PickRequest, Policy, PolicyKind,
 };
 use crate::switch::{MonotonicClock, Polling, ServiceConfig, Switch, SwitchConfig, Totals};
-use crate::traffic::{Worker, WorkerConfig};
+use crate::traffic::{rx_pending, Worker, WorkerConfig};
 use crate::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE};
 
 /// Payload sizes measured.

@@ -97,8 +97,14 @@ struct VmqBackend {
 impl Side for VmqBackend {
     fn step(&mut self, ctl: &Ctl) {
         if let Some(worker) = self.echo.as_mut() {
-            // Never stops: no count, no fault configured.
-            let _ = worker.step(&mut self.peer, &mut (), &mut self.buf);
+            // The shared worker waits for a tx slot when its ring is full; here every side runs
+            // on one thread, so it steps only when it can answer every request waiting (else
+            // it would spin while the frontend, on the same thread, cannot take replies).
+            self.peer.tx.reclaim().expect("reclaim");
+            if self.peer.tx.free() >= rx_pending(&self.peer.rx) {
+                // Never stops: no count, no fault configured.
+                let _ = worker.step(&mut self.peer, &mut (), &mut self.buf);
+            }
             return;
         }
         let (mut moved, mut n, mut ids) = (0u32, 0u64, 0u64);

@@ -165,7 +165,8 @@ impl VsockPort {
                 log::info!("vsock CID {}: connection reset: {reason}", self.cid);
                 c.resets.fetch_add(1, Ordering::Relaxed);
                 self.me.push_control(to_sender);
-                peer.push_control(to_peer);
+                // Through the switch, behind the data this guest sent on it before.
+                self.stage(&to_peer, peer.addr.port, sent);
             }
             Verdict::Drop => {}
         }
