@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::topology::{from_toml, TomlError};
 use crate::vsock::relay::RelayConfig;
 
 /// One VM `vmq serve` gives a vsock device.
@@ -75,17 +76,8 @@ pub enum ServeConfigError {
         source: std::io::Error,
     },
     /// The TOML does not parse, or a field is unknown or of the wrong type.
-    #[error("{file}:{line}:{column}: {message}")]
-    Syntax {
-        /// The file.
-        file: String,
-        /// 1-based line (0 when unknown).
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// What is wrong.
-        message: String,
-    },
+    #[error(transparent)]
+    Syntax(#[from] TomlError),
     /// A `--vm` flag does not parse.
     #[error(
         "--vm {flag:?}: {message}; expected guest-cid=N,socket=PATH[,uds-path=PATH][,groups=G1+G2]"
@@ -109,15 +101,7 @@ pub enum ServeConfigError {
 impl ServeConfig {
     /// Parses TOML `text` read from `file` and checks it.
     pub fn parse(text: &str, file: &str) -> Result<Self, ServeConfigError> {
-        let cfg: ServeConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
-            ServeConfigError::Syntax {
-                file: file.to_string(),
-                line,
-                column,
-                message: e.message().trim().to_string(),
-            }
-        })?;
+        let cfg: ServeConfig = from_toml(text, file)?;
         cfg.check(file)?;
         Ok(cfg)
     }
@@ -254,12 +238,4 @@ impl ServeConfig {
             ..RelayConfig::default()
         }
     }
-}
-
-/// 1-based line and column of byte `at` in `text`.
-fn line_col(text: &str, at: usize) -> (usize, usize) {
-    let before = &text[..at.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, column)
 }

@@ -1,5 +1,33 @@
 //! [`TopologyError`].
 
+/// A TOML file (a topology, `vmq serve`'s configuration) that does not parse, or a field of
+/// the wrong type or name: where, and what the parser said.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct TomlError {
+    /// File name (or `<demo>`).
+    pub file: String,
+    /// 1-based line (0 when unknown).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What the parser said.
+    pub message: String,
+}
+
+/// Parses TOML `text` read from `file` into a `T`, with the place of any error.
+pub fn from_toml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, TomlError> {
+    toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
+        TomlError {
+            file: file.to_string(),
+            line,
+            column,
+            message: e.message().trim().to_string(),
+        }
+    })
+}
+
 /// What is wrong with a topology file.
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -12,17 +40,8 @@ pub enum TopologyError {
         source: std::io::Error,
     },
     /// The TOML is malformed or a field has the wrong type or name.
-    #[error("{file}:{line}:{column}: {message}")]
-    Syntax {
-        /// File name (or `<demo>`).
-        file: String,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// What the parser said.
-        message: String,
-    },
+    #[error(transparent)]
+    Syntax(#[from] TomlError),
     /// The TOML is well formed but says something impossible.
     #[error("{file}:{line}: field `{field}`: {message}")]
     Invalid {

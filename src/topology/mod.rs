@@ -44,7 +44,7 @@ mod error;
 mod params;
 mod spec;
 
-pub use error::TopologyError;
+pub use error::{from_toml, TomlError, TopologyError};
 pub use params::{MAX_QUEUE_SIZE, PARAMS};
 pub use spec::{
     image_role, FaultKind, FaultSpec, MemberSpec, ParamValue, Role, RunSpec, ServiceSpec, Topology,

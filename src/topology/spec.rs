@@ -6,7 +6,7 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::error::{key_line, line_col, TopologyError};
+use super::error::{from_toml, key_line, line_col, TopologyError};
 use crate::switch::{FailoverConfig, HealthConfig, PolicyConfig, ServiceConfig, SwitchConfig};
 
 /// What a VM does in a run, which decides how the runner treats it: the run ends when every
@@ -282,15 +282,7 @@ impl Topology {
     /// Parses and checks `text`; `file` names it in errors. `images` are the built-in image
     /// names (anything else must be a readable file).
     pub fn parse(text: &str, file: &str, images: &[&str]) -> Result<Self, TopologyError> {
-        let mut topo: Topology = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map_or((0, 0), |s| line_col(text, s.start));
-            TopologyError::Syntax {
-                file: file.to_string(),
-                line,
-                column,
-                message: e.message().trim().to_string(),
-            }
-        })?;
+        let mut topo: Topology = from_toml(text, file)?;
         topo.source = (text.to_string(), file.to_string());
         topo.check(text, file, images)?;
         for i in 0..topo.vms.len() {
