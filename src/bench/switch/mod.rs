@@ -432,6 +432,7 @@ pub fn run(quick: bool, placement: SwitchPlacement) -> Report {
                 .with("backends", backends)
                 .with("queue_size", QUEUE_SIZE)
                 .with("redispatches", t.redispatches)
+                .with("replies_copied", t.replies_copied)
                 .with("switch_busy", round2(vmq.hub_busy))
                 .with("relay_busy", round2(base.hub_busy))
                 .with(
