@@ -283,3 +283,53 @@ fn a_vmm_that_goes_away_resets_its_connections_and_comes_back_on_the_same_socket
     connect(&mut a, &mut b, SocketType::SeqPacket, 3, 4);
     server.shutdown().unwrap();
 }
+
+#[test]
+fn malformed_packets_are_counted_and_refused_and_the_sender_goes_on() {
+    let dir = Dir::new("malformed");
+    let server = Server::start(&config(&dir, &[(3, "g"), (4, "g")])).unwrap();
+    let mut a = guest(&dir.sock(3));
+    let mut b = guest(&dir.sock(4));
+    wait_connected(&server);
+    let (la, lb) = (SockAddr::new(3, 1024), SockAddr::new(4, 5000));
+    // Shorter than a header; a header claiming more payload than it carries; an unknown op;
+    // a payload on a REQUEST; a reserved destination CID.
+    a.send(&[0u8; 20]).unwrap();
+    let mut long = PacketHeader::new(SocketType::Stream, Op::Rw, la, lb);
+    long.len = 1000;
+    a.send(&long.encode()).unwrap();
+    let mut bad_op = PacketHeader::new(SocketType::Stream, Op::Request, la, lb);
+    bad_op.op = 99;
+    a.send(&bad_op.encode()).unwrap();
+    a.send(&packet(
+        SocketType::Stream,
+        Op::Request,
+        la,
+        lb,
+        0,
+        b"payload",
+    ))
+    .unwrap();
+    a.send(&packet(
+        SocketType::Stream,
+        Op::Request,
+        la,
+        SockAddr::new(1, 5),
+        0,
+        &[],
+    ))
+    .unwrap();
+    // Every one with a header was answered with an RST from vmq; none reached guest 4.
+    for _ in 0..4 {
+        let (rst, _) = recv(&mut a);
+        assert_eq!(rst.op, Op::Rst as u16, "{rst:?}");
+    }
+    assert_eq!(server.counts()[0].malformed, 5);
+    assert_eq!(server.counts()[1].rx_packets, 0);
+    // The same guest then connects and talks as usual.
+    a.reclaim_tx().unwrap();
+    connect(&mut a, &mut b, SocketType::Stream, 3, 4);
+    send_data(&mut a, la, lb, b"after");
+    assert_eq!(recv_data(&mut b, la, 5), b"after");
+    server.shutdown().unwrap();
+}

@@ -122,7 +122,8 @@ impl VsockPort {
             return;
         };
         hdr.stamp_source(self.cid);
-        let payload_ok = len - HEADER_LEN == hdr.len as usize;
+        // The chain must carry the payload the header claims; buffer slack after it is ignored.
+        let payload_ok = len - HEADER_LEN >= hdr.len as usize;
         if hdr.validate().is_err() || !payload_ok {
             c.malformed.fetch_add(1, Ordering::Relaxed);
             self.refuse(&hdr);
