@@ -126,6 +126,17 @@ enum BenchCommand {
     /// Frontend -> switch -> backends over virtqueues (one switch thread) vs an rtrb relay,
     /// and the cost of one balancing decision per policy.
     Switch(BenchOpts),
+    /// Two guests (VMMs played in Rust over vhost-user) through `vmq serve`'s backend:
+    /// one-way msgs/s and round trips/s, STREAM and SEQPACKET, 64 B and 4 KiB; with `--peer`,
+    /// the same through vhost-device-vsock in the same run.
+    Vsock {
+        #[command(flatten)]
+        opts: BenchOpts,
+        /// A vhost-device-vsock binary to compare with
+        /// (`guest-images/linux/install-peer.sh` builds one into target/peers/bin).
+        #[arg(long)]
+        peer: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -281,6 +292,9 @@ fn run_bench(b: BenchCommand) -> ExitCode {
             &bench::switch::run(o.quick, SwitchPlacement::two_cores()),
             &o,
         ),
+        BenchCommand::Vsock { opts, peer } => {
+            print(&bench::vsock::run(opts.quick, peer.as_deref()), &opts)
+        }
     }
 }
 
@@ -291,6 +305,7 @@ fn run_bench(b: BenchCommand) -> ExitCode {
         BenchCommand::Ring(o) => ("ring", o),
         BenchCommand::Vm(o) => ("vm", o),
         BenchCommand::Switch(o) => ("switch", o),
+        BenchCommand::Vsock { opts, .. } => ("vsock", opts),
     };
     let flags = format!(
         "{}{}",

@@ -9,6 +9,7 @@ mod report;
 pub mod ring;
 pub mod switch;
 pub mod vm;
+pub mod vsock;
 
 pub use affinity::{pin_current_thread, Placement};
 pub use report::{BenchRecord, Report};

@@ -56,6 +56,9 @@ pub struct FrontendConfig {
     pub tx_buf_size: u32,
     /// Negotiate `VIRTIO_RING_F_EVENT_IDX`.
     pub event_idx: bool,
+    /// Negotiate `VIRTIO_VSOCK_F_SEQPACKET` (a backend without it, like vhost-device-vsock,
+    /// needs `false`).
+    pub seqpacket: bool,
     /// Guest-physical address of the memory region (page aligned; not the host address, so
     /// that the device's translation is exercised).
     pub guest_base: u64,
@@ -68,6 +71,7 @@ impl Default for FrontendConfig {
             rx_buf_size: 4096 + VSOCK_HEADER_SIZE as u32,
             tx_buf_size: 4096 + VSOCK_HEADER_SIZE as u32,
             event_idx: true,
+            seqpacket: true,
             guest_base: 0x10_0000,
         }
     }
@@ -260,9 +264,11 @@ impl VmmFrontend {
     pub fn negotiate(&mut self) -> Result<u64, FrontendError> {
         self.vhost.set_owner()?;
         let offered = self.vhost.get_features()?;
-        let mut want = (1u64 << VIRTIO_F_VERSION_1)
-            | (1u64 << VIRTIO_VSOCK_F_SEQPACKET)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        let mut want =
+            (1u64 << VIRTIO_F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if self.cfg.seqpacket {
+            want |= 1u64 << VIRTIO_VSOCK_F_SEQPACKET;
+        }
         if self.cfg.event_idx {
             want |= 1u64 << VIRTIO_RING_F_EVENT_IDX;
         }
