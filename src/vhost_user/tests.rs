@@ -330,8 +330,8 @@ fn negotiation_and_config_give_the_cid() {
     let mut fe = VmmFrontend::connect_raw(&f.path, FrontendConfig::default()).unwrap();
     assert_eq!(fe.negotiate().unwrap(), 42);
     let offered = fe.vhost().get_features().unwrap();
-    assert_eq!(offered, device::offered_features());
-    assert_ne!(offered & (1 << device::VIRTIO_VSOCK_F_SEQPACKET), 0);
+    assert_eq!(offered, config::offered_features());
+    assert_ne!(offered & (1 << config::VIRTIO_VSOCK_F_SEQPACKET), 0);
     // A read of the high half alone is inside the config space.
     let (_, hi) = fe
         .vhost()
