@@ -85,6 +85,24 @@ fn start(dir: &Path, peer: Option<&Path>) -> Result<Backend, String> {
     }
 }
 
+/// A folder for the sockets of one case, removed however the case ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(peer: bool) -> Result<Self, String> {
+        let p = std::env::temp_dir().join(format!("vmq-bench-vsock-{}-{peer}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// One side of the connection: its guest, its address, and the credit bookkeeping.
 struct End {
     g: VmmFrontend,
@@ -93,9 +111,11 @@ struct End {
     ty: SocketType,
     /// Payload bytes this side consumed (its `fwd_cnt`).
     fwd: u32,
-    /// Payload bytes sent, and the peer's last `fwd_cnt`.
+    /// Payload bytes sent, and the peer's last `fwd_cnt` and `buf_alloc` (as the backend let
+    /// them through: vmq caps the credit).
     sent: u32,
     peer_fwd: u32,
+    peer_buf: u32,
 }
 
 impl End {
@@ -110,13 +130,16 @@ impl End {
         h
     }
 
-    /// Sends `payload` once the peer's credit and the tx ring allow; `false` on a give-up.
+    /// Bytes the peer's credit lets this side send now.
+    fn credit(&self) -> u32 {
+        self.peer_buf
+            .saturating_sub(self.sent.wrapping_sub(self.peer_fwd))
+    }
+
+    /// Sends `payload` once the peer's credit and the tx ring allow; an error on a give-up.
     fn send(&mut self, op: Op, payload: &[u8], pkt: &mut Vec<u8>) -> Result<(), String> {
         let give_up = Instant::now() + PATIENCE;
-        while op == Op::Rw
-            && BUF_ALLOC.saturating_sub(self.sent.wrapping_sub(self.peer_fwd))
-                < payload.len() as u32
-        {
+        while op == Op::Rw && self.credit() < payload.len() as u32 {
             self.take_credit()?;
             if Instant::now() > give_up {
                 return Err("no credit came back".into());
@@ -148,6 +171,7 @@ impl End {
             return Err(format!("the connection was reset: {h:?}"));
         }
         self.peer_fwd = h.fwd_cnt;
+        self.peer_buf = h.buf_alloc;
         let n = p.len() - HEADER_LEN;
         if h.op == Op::Rw as u16 {
             self.fwd = self.fwd.wrapping_add(n as u32);
@@ -183,19 +207,14 @@ fn measure(
     size: usize,
     count: u64,
 ) -> Result<f64, String> {
-    let dir = std::env::temp_dir().join(format!(
-        "vmq-bench-vsock-{}-{}",
-        std::process::id(),
-        peer.is_some()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let backend = start(&dir, peer)?;
+    let dir = TempDir::new(peer.is_some())?;
+    let dir = dir.0.as_path();
+    let backend = start(dir, peer)?;
     let cfg = FrontendConfig {
         seqpacket: peer.is_none(),
         ..FrontendConfig::default()
     };
-    let connect = |cid| VmmFrontend::connect(socket(&dir, cid), cfg).map_err(|e| e.to_string());
+    let connect = |cid| VmmFrontend::connect(socket(dir, cid), cfg).map_err(|e| e.to_string());
     let (g3, g4) = (connect(3)?, connect(4)?);
     let (a3, a4) = (SockAddr::new(3, 2000), SockAddr::new(4, 5000));
     let end = |g, me, peer| End {
@@ -206,6 +225,7 @@ fn measure(
         fwd: 0,
         sent: 0,
         peer_fwd: 0,
+        peer_buf: 0,
     };
     let (mut a, mut b) = (end(g3, a3, a4), end(g4, a4, a3));
     let mut pkt = Vec::with_capacity(HEADER_LEN + size);
@@ -245,7 +265,7 @@ fn measure(
         while got < total {
             if sent < count {
                 // Send while credit lasts, without waiting for it.
-                if BUF_ALLOC.saturating_sub(a.sent.wrapping_sub(a.peer_fwd)) >= size as u32 {
+                if a.credit() >= size as u32 {
                     a.send(Op::Rw, &payload, &mut pkt)?;
                     sent += 1;
                 } else {
@@ -267,7 +287,6 @@ fn measure(
     }
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     drop((a, b, backend));
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(count as f64 / secs)
 }
 

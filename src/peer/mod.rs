@@ -72,7 +72,8 @@ impl HostPeer {
     }
 }
 
-const fn page_up(x: u64) -> u64 {
+/// `x` rounded up to a 4 KiB page.
+pub(crate) const fn page_up(x: u64) -> u64 {
     (x + 4095) & !4095
 }
 

@@ -164,7 +164,7 @@ impl ServeConfig {
         let mut sockets = HashSet::new();
         for (i, vm) in self.vm.iter().enumerate() {
             let place = format!("vm[{i}] (cid {})", vm.cid);
-            if vm.cid <= 2 || vm.cid >= u64::from(u32::MAX) {
+            if !crate::vsock::packet::is_guest_cid(vm.cid) {
                 return Err(invalid(
                     format!("{place}.cid"),
                     "guest CIDs 0, 1, 2 and 4294967295 and above are reserved; use 3 or more"

@@ -134,20 +134,19 @@ impl Server {
         let mut ports = HashMap::new();
         let mut kicks = Vec::new();
         let mut owners = Vec::new();
-        for vm in &cfg.vm {
+        for (vm, entry) in cfg.vm.iter().zip(net.vms()) {
             let queues: SharedQueues = Arc::new(Mutex::new(None));
             let port = VsockPort::new(net.clone(), vm.cid, queues.clone(), slots)
                 .map_err(io(format!("staging memory for VM CID {}", vm.cid)))?;
             let id = sw.attach(&format!("vm{}", vm.cid), Box::new(port))?;
             ports.insert(vm.cid, (id, queues.clone()));
-            let entry = net.vm(vm.cid).cloned().ok_or(ServeError::SwitchThread)?;
             kicks.push(
                 entry
                     .doorbell
                     .try_clone()
                     .map_err(io("a doorbell eventfd"))?,
             );
-            owners.push(Arc::new(VmOwner::new(entry, queues, tx.clone())));
+            owners.push(Arc::new(VmOwner::new(entry.clone(), queues, tx.clone())));
         }
         let mut lp =
             SwitchLoop::new(sw, kicks, LoopConfig::default()).map_err(io("the switch loop"))?;

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::port::vsock::{SharedQueues, VmEntry};
 use crate::vhost_user::{DeviceOwner, DeviceQueues};
@@ -21,7 +21,7 @@ pub enum VmEvent {
 pub struct VmOwner {
     entry: Arc<VmEntry>,
     queues: SharedQueues,
-    events: Mutex<Sender<VmEvent>>,
+    events: Sender<VmEvent>,
 }
 
 impl VmOwner {
@@ -30,12 +30,8 @@ impl VmOwner {
         Self {
             entry,
             queues,
-            events: Mutex::new(events),
+            events,
         }
-    }
-
-    fn ring(&self) {
-        let _ = self.entry.doorbell.write(1);
     }
 }
 
@@ -44,11 +40,11 @@ impl DeviceOwner for VmOwner {
         *self.queues.lock().unwrap_or_else(|p| p.into_inner()) = Some(queues);
         self.entry.connected.store(true, Ordering::Release);
         log::info!("vsock CID {}: device started", self.entry.addr.cid);
-        self.ring();
+        self.entry.ring();
     }
 
     fn kicked(&self, _index: u16) {
-        self.ring();
+        self.entry.ring();
     }
 
     fn stopped(&self) {
@@ -62,12 +58,8 @@ impl DeviceOwner for VmOwner {
         self.entry.connected.store(false, Ordering::Release);
         if had {
             log::info!("vsock CID {}: device stopped", self.entry.addr.cid);
-            let _ = self
-                .events
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .send(VmEvent::Stopped(self.entry.addr.cid));
-            self.ring();
+            let _ = self.events.send(VmEvent::Stopped(self.entry.addr.cid));
+            self.entry.ring();
         }
     }
 }

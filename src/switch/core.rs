@@ -266,7 +266,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             let r = self.ports[p as usize]
                 .port
                 .take_sent(self.cfg.batch.min(left), &mut scratch);
-            left = left.saturating_sub(scratch.len().max(1));
+            left = left.saturating_sub(scratch.len());
             let taken = scratch.len();
             for c in scratch.drain(..) {
                 if c.header.kind() == Some(MsgKind::Request) {

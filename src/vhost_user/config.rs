@@ -1,9 +1,8 @@
 //! What a vsock device is and offers: the guest's CID and queue size ([`DeviceConfig`]), the
 //! config space, the virtio and vhost-user features.
 
+use crate::virtio::spec::{F_EVENT_IDX, F_VERSION_1};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 /// `VIRTIO_VSOCK_F_SEQPACKET` (virtio 1.2, 5.10.3): the device supports SOCK_SEQPACKET.
 pub const VIRTIO_VSOCK_F_SEQPACKET: u32 = 1;
@@ -14,13 +13,10 @@ pub const CONFIG_SIZE: usize = 8;
 /// Default (and usual) most descriptors per queue.
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
 
-/// The CIDs no guest can have: 0 (hypervisor), 1 (local), 2 (host) and `u32::MAX` (any).
-pub(super) const RESERVED_CIDS: [u64; 4] = [0, 1, 2, u32::MAX as u64];
-
 /// The virtio features the device offers.
 pub fn offered_features() -> u64 {
-    (1u64 << VIRTIO_F_VERSION_1)
-        | (1u64 << VIRTIO_RING_F_EVENT_IDX)
+    (1u64 << F_VERSION_1)
+        | (1u64 << F_EVENT_IDX)
         | (1u64 << VIRTIO_VSOCK_F_SEQPACKET)
         | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
 }

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
 use vm_memory::{
     GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
@@ -31,7 +30,6 @@ use super::{NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 
 use super::config::{
     offered_features, offered_protocol_features, DeviceConfig, DeviceConfigError, CONFIG_SIZE,
-    RESERVED_CIDS,
 };
 use super::queues::{DeviceOwner, DeviceQueues};
 
@@ -107,11 +105,11 @@ impl VsockDevice {
         config: DeviceConfig,
         owner: Arc<dyn DeviceOwner>,
     ) -> Result<Self, DeviceConfigError> {
-        if RESERVED_CIDS.contains(&config.guest_cid) || config.guest_cid > u64::from(u32::MAX) {
+        if !crate::vsock::packet::is_guest_cid(config.guest_cid) {
             return Err(DeviceConfigError::BadCid(config.guest_cid));
         }
         let qs = config.max_queue_size;
-        if !(2..=32768).contains(&qs) || !qs.is_power_of_two() {
+        if !crate::virtio::RingLayout::valid_size(qs) {
             return Err(DeviceConfigError::BadQueueSize(qs));
         }
         Ok(Self {
@@ -329,7 +327,7 @@ impl VhostUserBackend for VsockDevice {
             // Features change only while the device is stopped (virtio 3.1.1); a VMM that
             // renegotiates restarts the queues after.
             self.stop_owner(conn);
-            conn.event_idx = features & (1u64 << VIRTIO_RING_F_EVENT_IDX) != 0;
+            conn.event_idx = features & (1u64 << crate::virtio::spec::F_EVENT_IDX) != 0;
         }
     }
 

@@ -20,6 +20,12 @@ pub const MAX_PAYLOAD: u32 = 64 * 1024;
 pub const HOST_CID: u64 = 2;
 /// `VMADDR_CID_ANY`: a wildcard, never a packet's destination.
 pub const CID_ANY: u64 = u32::MAX as u64;
+/// Whether `cid` can be a guest's own CID: not 0 (hypervisor), 1 (local), 2 (host), and below
+/// `VMADDR_CID_ANY` (Linux takes 32-bit CIDs).
+pub fn is_guest_cid(cid: u64) -> bool {
+    cid > HOST_CID && cid < CID_ANY
+}
+
 /// `VMADDR_PORT_ANY`: a wildcard, never a connected port.
 pub const PORT_ANY: u32 = u32::MAX;
 
@@ -27,6 +33,8 @@ pub const PORT_ANY: u32 = u32::MAX;
 pub const SHUTDOWN_RCV: u32 = 1;
 /// SHUTDOWN flag: the sender will send no more data.
 pub const SHUTDOWN_SEND: u32 = 2;
+/// Both shutdown directions.
+pub const SHUTDOWN_BOTH: u32 = SHUTDOWN_RCV | SHUTDOWN_SEND;
 /// SEQPACKET RW flag: this packet ends a message.
 pub const SEQ_EOM: u32 = 1;
 /// SEQPACKET RW flag: this message ends a record (`MSG_EOR`); only together with [`SEQ_EOM`].
@@ -345,6 +353,17 @@ impl PacketHeader {
         Some(rst)
     }
 
+    /// The part of this RW packet that carries payload bytes `at..at + n`: its header, with
+    /// message flags (EOM/EOR) only when the part ends the payload.
+    pub fn part(&self, at: usize, n: usize) -> PacketHeader {
+        let mut h = *self;
+        h.len = n as u32;
+        if at + n < self.len as usize {
+            h.flags &= !(SEQ_EOM | SEQ_EOR);
+        }
+        h
+    }
+
     /// Splits an RW packet of `self.len` bytes into packets of at most `max_payload` bytes each,
     /// for a receiver whose buffers are smaller than the packet (Linux guests post 4 KiB buffers
     /// but send up to 64 KiB). Each item is a header and the range of the original payload it
@@ -383,15 +402,10 @@ impl Iterator for Split {
             return Some((self.hdr, 0..self.hdr.len as usize));
         }
         let n = self.max.min(self.hdr.len - self.at);
-        let mut piece = self.hdr;
-        piece.len = n;
+        let piece = self.hdr.part(self.at as usize, n as usize);
         let start = self.at;
         self.at += n;
-        if self.at < self.hdr.len {
-            piece.flags &= !(SEQ_EOM | SEQ_EOR);
-        } else {
-            self.done = true;
-        }
+        self.done = self.at >= self.hdr.len;
         Some((piece, start as usize..self.at as usize))
     }
 }

@@ -34,7 +34,7 @@ use std::collections::HashMap;
 
 use super::credit::{CreditError, RelayWindow};
 use super::packet::{
-    Op, PacketError, PacketHeader, SockAddr, SocketType, SHUTDOWN_RCV, SHUTDOWN_SEND,
+    Op, PacketError, PacketHeader, SockAddr, SocketType, SHUTDOWN_BOTH, SHUTDOWN_SEND,
 };
 
 /// Relay limits and timeouts.
@@ -436,8 +436,7 @@ impl Relay {
             (_, Op::CreditUpdate | Op::CreditRequest) => {}
             (_, Op::Shutdown) => {
                 conn.shut[side as usize] |= hdr.flags;
-                let both = SHUTDOWN_RCV | SHUTDOWN_SEND;
-                if conn.shut == [both, both] {
+                if conn.shut == [SHUTDOWN_BOTH; 2] {
                     // Nothing more can flow either way: the entry ends here.
                     return Ok(Keep::No);
                 }
@@ -494,6 +493,13 @@ impl Relay {
     pub fn reset(&mut self, key: &ConnKey) -> Option<Resets> {
         let conn = self.remove(key)?;
         Some(Self::resets(key, conn.ty))
+    }
+
+    /// Removes the connection between `a` and `b` (either may be its initiator) and returns
+    /// the RSTs for both ends, or `None` if there is none.
+    pub fn reset_between(&mut self, a: SockAddr, b: SockAddr) -> Option<Resets> {
+        let (key, _) = self.find(a, b)?;
+        self.reset(&key)
     }
 
     /// Removes every connection guest `cid` takes part in (it went away) and returns the RSTs

@@ -37,7 +37,7 @@ use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use super::{Drain, Port, PortId};
 use crate::vhost_user::DeviceQueues;
 use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
-use crate::vsock::packet::{Op, PacketHeader, HEADER_LEN, HOST_CID, MAX_PAYLOAD, SEQ_EOM, SEQ_EOR};
+use crate::vsock::packet::{Op, PacketHeader, HEADER_LEN, HOST_CID, MAX_PAYLOAD};
 use crate::vsock::relay::Verdict;
 use crate::wire::{MsgHeader, MsgKind};
 
@@ -57,16 +57,19 @@ pub struct VsockPort {
     staging: Staging,
     /// One packet read from the guest, header and payload.
     packet: Vec<u8>,
-    /// Pieces of the packet being staged, each `(header, payload range)`.
-    pieces: Vec<(PacketHeader, std::ops::Range<usize>)>,
+    /// The run of the device's queues this port drives (`DeviceQueues::generation`), fixed
+    /// by the first it sees: queues of a later run belong to the port that replaces this one.
+    generation: Option<u64>,
+    /// Numbers the pieces this port stages (their `msg_id`), so a receiver can tell them apart.
+    next_piece: u64,
     /// Rx entries filled since the last publish, tx entries returned since the last publish.
     rx_used: bool,
     tx_used: bool,
     /// Deliveries the guest consumed (for health: moves by one per rx entry filled).
     consumed: u16,
-    /// A piece delivered in part (its header, bytes of payload written) when the guest's rx
-    /// buffers ran out; the switch offers it again.
-    carry: Option<(PacketHeader, usize)>,
+    /// A piece delivered in part when the guest's rx buffers ran out: its sender port and
+    /// number, and the payload bytes written. The switch offers the same piece again.
+    carry: Option<(PortId, u64, usize)>,
 }
 
 impl VsockPort {
@@ -89,7 +92,8 @@ impl VsockPort {
             queues,
             staging: Staging::new(slots)?,
             packet: vec![0; HEADER_LEN + MAX_PAYLOAD as usize],
-            pieces: Vec::with_capacity(MAX_PIECES),
+            generation: None,
+            next_piece: 0,
             rx_used: false,
             tx_used: false,
             consumed: 0,
@@ -111,6 +115,20 @@ impl VsockPort {
     /// the device's owner takes the queues away under the same lock.
     fn shared(&self) -> SharedQueues {
         Arc::clone(&self.queues)
+    }
+
+    /// The queues in `slot` if they are this port's run of them.
+    fn own<'a>(&mut self, slot: &'a Option<DeviceQueues>) -> Option<&'a DeviceQueues> {
+        let q = slot.as_ref()?;
+        (*self.generation.get_or_insert(q.generation()) == q.generation()).then_some(q)
+    }
+
+    /// The guest broke its queues: the port is going down, so its connections end now and
+    /// packets for it are refused from here on.
+    fn broke(&self) -> DeviceError {
+        self.me.connected.store(false, Ordering::Release);
+        self.net.guest_gone(self.cid);
+        DeviceError::Broken
     }
 
     /// Decides what becomes of the packet in `self.packet[..len]` the guest sent; stages what
@@ -163,7 +181,7 @@ impl VsockPort {
                 to_peer,
                 reason,
             } => {
-                log::info!("vsock CID {}: connection reset: {reason}", self.cid);
+                log::debug!("vsock CID {}: connection reset: {reason}", self.cid);
                 c.resets.fetch_add(1, Ordering::Relaxed);
                 self.me.push_control(to_sender);
                 // Through the switch, behind the data this guest sent on it before.
@@ -176,15 +194,14 @@ impl VsockPort {
     /// Ends the connection `hdr` (a packet for this guest) belongs to: RSTs to both ends, as
     /// if its sender had reset it.
     fn reset_connection(&self, hdr: &PacketHeader) {
-        let Some(ty) = hdr.socket_type() else {
+        let Some(r) = self.net.relay().reset_between(hdr.src(), hdr.dst()) else {
             return;
         };
-        let to_me = PacketHeader::new(ty, Op::Rst, hdr.src(), hdr.dst());
-        let _ = self.net.relay().on_packet(hdr.src_cid, &to_me);
         self.me.counters.resets.fetch_add(1, Ordering::Relaxed);
-        self.me.push_control(to_me);
-        if let (Some(rst), Some(sender)) = (hdr.rst_reply(), self.net.vm(hdr.src_cid)) {
-            sender.push_control(rst);
+        for rst in [r.to_initiator, r.to_acceptor] {
+            if let Some(vm) = self.net.vm(rst.dst_cid) {
+                vm.push_control(rst);
+            }
         }
     }
 
@@ -198,17 +215,16 @@ impl VsockPort {
 
     /// Stages `hdr` with the payload in `self.packet` as pieces for port `to`.
     fn stage(&mut self, hdr: &PacketHeader, to: PortId, sent: &mut Vec<TxChain>) {
-        self.pieces.clear();
-        self.pieces.extend(hdr.split(PIECE_PAYLOAD));
-        for i in 0..self.pieces.len() {
-            let (piece, range) = self.pieces[i].clone();
+        for (piece, range) in hdr.split(PIECE_PAYLOAD) {
             // Room for every piece was checked before the packet was taken.
             let Some((slot, addr)) = self.staging.take() else {
                 log::error!("vsock CID {}: staging ran out mid-packet", self.cid);
                 return;
             };
             let payload = &self.packet[HEADER_LEN + range.start..HEADER_LEN + range.end];
-            let msg = MsgHeader::new(MsgKind::OneWay, to, 0, (HEADER_LEN + payload.len()) as u32);
+            let id = self.next_piece;
+            self.next_piece = self.next_piece.wrapping_add(1);
+            let msg = MsgHeader::new(MsgKind::OneWay, to, id, (HEADER_LEN + payload.len()) as u32);
             if !self
                 .staging
                 .write(addr, &[&msg.to_bytes(), &piece.encode(), payload])
@@ -234,7 +250,13 @@ impl VsockPort {
             };
             let head = chain.head_index();
             let bytes = hdr.encode();
-            let n = write_chain(mem, chain, &[&bytes]).unwrap_or(0);
+            let n = write_chain(mem, chain, &[&bytes]).unwrap_or_else(|| {
+                self.me
+                    .counters
+                    .rx_too_small
+                    .fetch_add(1, Ordering::Relaxed);
+                0
+            });
             if queue.add_used(mem, head, n as u32).is_err() {
                 break;
             }
@@ -280,11 +302,6 @@ fn write_chain(
     Some(total)
 }
 
-/// Bytes the writable buffers of `chain` hold (0 for a bad chain).
-fn writable(mem: &GuestMemoryMmap, chain: &DescriptorChain<&GuestMemoryMmap>) -> usize {
-    chain.clone().writer(mem).map_or(0, |w| w.available_bytes())
-}
-
 /// Reads the readable buffers of `chain` into `buf` (at most its length); returns the bytes
 /// read, or `None` for a bad chain.
 fn read_chain(
@@ -306,37 +323,34 @@ impl Port<GuestMemoryMmap> for VsockPort {
     fn take_sent(&mut self, max: usize, sent: &mut Vec<TxChain>) -> Result<usize, DeviceError> {
         let shared = self.shared();
         let guard = lock(&shared);
-        let Some(q) = guard.as_ref() else {
+        let Some(q) = self.own(&guard) else {
             return Ok(0);
         };
         let mem_guard = q.memory().memory();
         let mem: &GuestMemoryMmap = &mem_guard;
         self.flush_control(q, mem);
         let before = sent.len();
-        let mut taken = 0;
-        while taken < max && self.staging.free() >= MAX_PIECES {
-            let len = {
-                let mut tx = q.tx().get_mut();
-                let queue = tx.get_queue_mut();
-                if !queue.ready() {
-                    break;
-                }
+        {
+            let mut tx = q.tx().get_mut();
+            let queue = tx.get_queue_mut();
+            let mut taken = 0;
+            while taken < max && queue.ready() && self.staging.free() >= MAX_PIECES {
                 let Some(chain) = queue.pop_descriptor_chain(mem) else {
                     break;
                 };
                 let head = chain.head_index();
                 let len = read_chain(mem, chain, &mut self.packet);
+                // The bytes are ours now: the descriptors go straight back.
                 if queue.add_used(mem, head, 0).is_err() {
-                    return Err(DeviceError::Broken);
+                    return Err(self.broke());
                 }
                 self.tx_used = true;
-                len
-            };
-            taken += 1;
-            match len {
-                Some(n) => self.handle_packet(n, sent),
-                None => {
-                    self.me.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                taken += 1;
+                match len {
+                    Some(n) => self.handle_packet(n, sent),
+                    None => {
+                        self.me.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }
@@ -356,12 +370,10 @@ impl Port<GuestMemoryMmap> for VsockPort {
     }
 
     fn release(&mut self, msg: &TxChain) -> Result<(), DeviceError> {
-        if self.staging.give_back(msg.head) {
-            Ok(())
-        } else {
+        if !self.staging.give_back(msg.head) {
             log::error!("vsock CID {}: piece {} released twice", self.cid, msg.head);
-            Ok(())
         }
+        Ok(())
     }
 
     fn deliver(
@@ -375,7 +387,7 @@ impl Port<GuestMemoryMmap> for VsockPort {
         }
         let shared = self.shared();
         let guard = lock(&shared);
-        let Some(q) = guard.as_ref() else {
+        let Some(q) = self.own(&guard) else {
             return Err(DeliverError::NoBuffer);
         };
         let len = payload.len() as usize;
@@ -394,62 +406,60 @@ impl Port<GuestMemoryMmap> for VsockPort {
         // its own header; message flags (EOM/EOR) only on the last. Parts already written when
         // the buffers ran out are remembered, and the switch offers the same piece again.
         let data = &piece[HEADER_LEN..len];
-        let mut at = match self.carry {
-            Some((h, at)) if h == hdr && at <= data.len() => at,
+        let me = (header.src(), header.msg_id());
+        let mut at = match self.carry.take() {
+            Some((src, id, at)) if (src, id) == me && at <= data.len() => at,
             _ => 0,
         };
-        self.carry = None;
+        let mut rx = q.rx().get_mut();
+        let queue = rx.get_queue_mut();
         loop {
-            let mut rx = q.rx().get_mut();
-            let queue = rx.get_queue_mut();
-            if !queue.ready() {
-                self.carry = (at > 0).then_some((hdr, at));
-                return Err(DeliverError::NoBuffer);
-            }
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                self.me.counters.rx_stalls.fetch_add(1, Ordering::Relaxed);
-                self.carry = (at > 0).then_some((hdr, at));
-                return Err(DeliverError::NoBuffer);
+            let chain = match queue.ready().then(|| queue.pop_descriptor_chain(mem)) {
+                Some(Some(chain)) => chain,
+                _ => {
+                    self.me.counters.rx_stalls.fetch_add(1, Ordering::Relaxed);
+                    self.carry = (at > 0).then_some((me.0, me.1, at));
+                    return Err(DeliverError::NoBuffer);
+                }
             };
             let head = chain.head_index();
-            let room = writable(mem, &chain).saturating_sub(HEADER_LEN);
-            let n = room.min(data.len() - at);
-            let mut part = hdr;
-            part.len = n as u32;
-            if at + n < data.len() {
-                part.flags &= !(SEQ_EOM | SEQ_EOR);
+            let part = chain.writer(mem).ok().and_then(|mut w| {
+                let n = w
+                    .available_bytes()
+                    .checked_sub(HEADER_LEN)?
+                    .min(data.len() - at);
+                if n == 0 && !data.is_empty() {
+                    return None;
+                }
+                let h = hdr.part(at, n);
+                w.write_all(&h.encode()).ok()?;
+                w.write_all(&data[at..at + n]).ok()?;
+                Some(h)
+            });
+            let written = part.map_or(0, |h| HEADER_LEN + h.len as usize);
+            if queue.add_used(mem, head, written as u32).is_err() {
+                return Err(DeliverError::Dest(self.broke()));
             }
-            let written = if room == 0 && !data.is_empty() {
-                None
-            } else {
-                write_chain(mem, chain, &[&part.encode(), &data[at..at + n]])
-            };
-            if queue
-                .add_used(mem, head, written.unwrap_or(0) as u32)
-                .is_err()
-            {
-                return Err(DeliverError::Dest(DeviceError::Broken));
-            }
-            drop(rx);
             self.rx_used = true;
             self.consumed = self.consumed.wrapping_add(1);
-            if written.is_none() {
+            let Some(part) = part else {
                 // An rx buffer that cannot hold even a header and a byte: the connection
                 // cannot go on. Both ends get an RST and the relay forgets it.
                 self.me
                     .counters
                     .rx_too_small
                     .fetch_add(1, Ordering::Relaxed);
+                drop(rx);
                 self.reset_connection(&hdr);
                 return Ok(false);
-            }
+            };
             let c = &self.me.counters;
             c.rx_packets.fetch_add(1, Ordering::Relaxed);
-            c.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            c.rx_bytes.fetch_add(u64::from(part.len), Ordering::Relaxed);
             if self.net.relay().on_delivered(&part).is_err() {
-                log::error!("vsock CID {}: delivered more than was forwarded", self.cid);
+                log::debug!("vsock CID {}: delivered more than was forwarded", self.cid);
             }
-            at += n;
+            at += part.len as usize;
             if at >= data.len() {
                 return Ok(true);
             }
@@ -462,7 +472,7 @@ impl Port<GuestMemoryMmap> for VsockPort {
         }
         let shared = self.shared();
         let guard = lock(&shared);
-        if let Some(q) = guard.as_ref() {
+        if let Some(q) = self.own(&guard) {
             self.publish_queues(q);
         }
         false
@@ -491,7 +501,7 @@ impl Port<GuestMemoryMmap> for VsockPort {
     fn arm_kicks(&mut self, rx_wanted: bool) -> bool {
         let shared = self.shared();
         let guard = lock(&shared);
-        let Some(q) = guard.as_ref() else {
+        let Some(q) = self.own(&guard) else {
             return false;
         };
         let mem = q.memory().memory();

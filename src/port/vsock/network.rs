@@ -93,7 +93,8 @@ impl VmEntry {
         self.control.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Owes `hdr` (an RST from vmq) to this guest and wakes the switch loop.
+    /// Owes `hdr` (an RST from vmq) to this guest. Called on the switch thread, which writes
+    /// it into the guest's rx queue at its next pass (or, before it sleeps, sees it owed).
     pub fn push_control(&self, hdr: PacketHeader) {
         let mut q = self.control();
         if q.len() >= CONTROL_QUEUE_MAX {
@@ -103,7 +104,10 @@ impl VmEntry {
                 .fetch_add(1, Ordering::Relaxed);
         }
         q.push_back(hdr);
-        drop(q);
+    }
+
+    /// Wakes the switch loop for this guest (a kick, its device starting or stopping).
+    pub fn ring(&self) {
         let _ = self.doorbell.write(1);
     }
 
@@ -223,12 +227,7 @@ impl VsockNetwork {
     /// their other ends get an RST.
     pub fn guest_gone(&self, cid: u64) {
         let rsts = self.relay().remove_guest(cid);
-        for rst in rsts {
-            if let Some(vm) = self.vm(rst.dst_cid) {
-                vm.counters.resets.fetch_add(1, Ordering::Relaxed);
-                vm.push_control(rst);
-            }
-        }
+        self.send_resets(rsts);
         if let Some(vm) = self.vm(cid) {
             vm.clear_control();
         }
@@ -237,12 +236,15 @@ impl VsockNetwork {
     /// Ends connections past the relay's timeouts (call about once a second).
     pub fn sweep(&self, now_ns: u64) {
         let resets = self.relay().sweep(now_ns);
-        for r in resets {
-            for rst in [r.to_initiator, r.to_acceptor] {
-                if let Some(vm) = self.vm(rst.dst_cid) {
-                    vm.counters.resets.fetch_add(1, Ordering::Relaxed);
-                    vm.push_control(rst);
-                }
+        self.send_resets(resets.iter().flat_map(|r| [r.to_initiator, r.to_acceptor]));
+    }
+
+    /// Owes each RST to the guest it is for, counting it there.
+    fn send_resets(&self, rsts: impl IntoIterator<Item = PacketHeader>) {
+        for rst in rsts {
+            if let Some(vm) = self.vm(rst.dst_cid) {
+                vm.counters.resets.fetch_add(1, Ordering::Relaxed);
+                vm.push_control(rst);
             }
         }
     }

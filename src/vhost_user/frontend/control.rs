@@ -10,13 +10,12 @@ impl VmmFrontend {
     pub fn negotiate(&mut self) -> Result<u64, FrontendError> {
         self.vhost.set_owner()?;
         let offered = self.vhost.get_features()?;
-        let mut want =
-            (1u64 << VIRTIO_F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        let mut want = (1u64 << F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         if self.cfg.seqpacket {
             want |= 1u64 << VIRTIO_VSOCK_F_SEQPACKET;
         }
         if self.cfg.event_idx {
-            want |= 1u64 << VIRTIO_RING_F_EVENT_IDX;
+            want |= 1u64 << F_EVENT_IDX;
         }
         if offered & want != want {
             return Err(FrontendError::MissingFeatures(want & !offered));
@@ -76,7 +75,9 @@ impl VmmFrontend {
     /// Host (this process's) address of guest-physical `gpa`.
     fn host_addr(&self, gpa: u64) -> Result<u64, FrontendError> {
         let info = self.region_info()?;
-        Ok(info.userspace_addr + (gpa - info.guest_phys_addr))
+        gpa.checked_sub(info.guest_phys_addr)
+            .map(|off| info.userspace_addr + off)
+            .ok_or_else(|| FrontendError::Memory(format!("{gpa:#x} is below guest memory")))
     }
 
     /// SET_VRING_ADDR for queue `index` with the frontend's real ring addresses.

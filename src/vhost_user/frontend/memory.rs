@@ -2,6 +2,7 @@
 //! the rings and buffers lie in it.
 
 use super::*;
+use crate::peer::page_up;
 
 /// Where the guest's rings and buffers lie (guest-physical).
 #[derive(Clone, Copy, Debug)]
@@ -11,10 +12,6 @@ pub(super) struct Layout {
     pub(super) tx_arena: u64,
     pub(super) ev_arena: u64,
     pub(super) size: u64,
-}
-
-const fn page_up(x: u64) -> u64 {
-    (x + 4095) & !4095
 }
 
 impl Layout {

@@ -199,24 +199,8 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
                 ),
             });
         };
-        let mem = &self.mem;
-        let mut done = 0usize;
-        let r = chain.for_each_payload_span(mem, |addr, n| {
-            let n = n as usize;
-            // The span was checked to lie in memory; a failed read leaves `done` short.
-            if mem.read(addr, &mut out[done..done + n]) {
-                done += n;
-            }
-        });
-        match r {
-            Ok(()) if done == len => Ok(len),
-            Ok(()) => Err(self.fault(
-                ChainError::BufferOutOfRange {
-                    addr: 0,
-                    len: len as u32,
-                }
-                .into(),
-            )),
+        match chain.payload(&self.mem).copy_to(out) {
+            Ok(n) => Ok(n),
             Err(e) => Err(self.fault(e.into())),
         }
     }

@@ -39,7 +39,7 @@ impl TxChain {
     /// copied out of a guest). `id` tells the port which of its messages it is, as `head`
     /// does for a virtqueue.
     pub fn in_span(id: u16, header: MsgHeader, addr: u64) -> Self {
-        let total = HEADER_SIZE as u32 + header.len();
+        let total = header.len().saturating_add(HEADER_SIZE as u32);
         let mut segs = [Seg { addr: 0, len: 0 }; INLINE_SEGS];
         segs[0] = Seg { addr, len: total };
         Self {

@@ -24,7 +24,7 @@ pub use super::buffer::Message;
 use super::buffer::{RecvBuffer, SendBuffer};
 use super::credit::Credit;
 use super::packet::{
-    Op, PacketHeader, SockAddr, SocketType, MAX_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND,
+    Op, PacketHeader, SockAddr, SocketType, MAX_PAYLOAD, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND,
 };
 
 mod error;
@@ -35,9 +35,6 @@ pub use error::{CloseReason, EndpointError, EndpointState, WriteError};
 /// The largest buffer either side may be configured with (16 MiB, Linux's
 /// `VIRTIO_VSOCK_MAX_TX_BUF_SIZE`); more would be memory no guest needs from one connection.
 pub const MAX_BUFFER: u32 = 16 * 1024 * 1024;
-
-/// Both shutdown directions.
-const SHUTDOWN_BOTH: u32 = SHUTDOWN_RCV | SHUTDOWN_SEND;
 
 /// Buffer sizes of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
