@@ -40,6 +40,33 @@ impl MutEventSubscriber for Doorbells {
     }
 }
 
+/// Wakes the loop while a descriptor a port owns is readable (the epoll set of a port that
+/// serves sockets): the port itself consumes the events when the switch polls it, so nothing is
+/// read here.
+pub struct Readiness {
+    fd: std::os::fd::OwnedFd,
+    rings: Arc<AtomicU64>,
+}
+
+impl Readiness {
+    /// A subscriber for `fd`; `rings` counts the wake-ups.
+    pub fn new(fd: std::os::fd::OwnedFd, rings: Arc<AtomicU64>) -> Self {
+        Self { fd, rings }
+    }
+}
+
+impl MutEventSubscriber for Readiness {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.fd, EventSet::IN)) {
+            log::error!("cannot watch a port's sockets: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        self.rings.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// The periodic timer that bounds how long the loop sleeps, so sweeps (stall detection,
 /// deadlines) run even when no guest kicks.
 pub struct SweepTimer {

@@ -8,7 +8,7 @@
 mod doorbells;
 mod switch_loop;
 
-pub use doorbells::{Doorbells, SweepTimer};
+pub use doorbells::{Doorbells, Readiness, SweepTimer};
 pub use switch_loop::{LoopConfig, LoopStats, Stopper, SwitchLoop};
 
 #[cfg(test)]

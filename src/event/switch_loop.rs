@@ -8,7 +8,7 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberId, SubscriberOp
 use vm_memory::GuestMemoryBackend;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Doorbells, SweepTimer};
+use super::{Doorbells, Readiness, SweepTimer};
 use crate::port::PortId;
 use crate::switch::Switch;
 
@@ -91,6 +91,11 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> SwitchLoop<M> {
     /// Wakes the loop on `kick` for `port` from now on, in place of the port's previous kick
     /// eventfd (whose subscriber is removed and the eventfd closed).
     pub fn watch(&mut self, port: PortId, kick: EventFd) {
+        let sub = Doorbells::new(vec![kick], self.rings.clone());
+        self.replace_watch(port, Box::new(sub));
+    }
+
+    fn replace_watch(&mut self, port: PortId, sub: Box<dyn MutEventSubscriber + Send>) {
         let i = port as usize;
         if self.doorbells.len() <= i {
             self.doorbells.resize(i + 1, None);
@@ -100,8 +105,15 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> SwitchLoop<M> {
                 log::warn!("cannot stop watching port {port}'s old doorbell: {e:?}");
             }
         }
-        let sub = Doorbells::new(vec![kick], self.rings.clone());
-        self.doorbells[i] = Some(self.em.add_subscriber(Box::new(sub)));
+        self.doorbells[i] = Some(self.em.add_subscriber(sub));
+    }
+
+    /// Wakes the loop while `fd` (a descriptor of `port`'s, such as its epoll set) is
+    /// readable, in place of the port's previous doorbell or descriptor. The port consumes
+    /// what makes it readable when it is polled.
+    pub fn watch_fd(&mut self, port: PortId, fd: std::os::fd::OwnedFd) {
+        let sub = Readiness::new(fd, self.rings.clone());
+        self.replace_watch(port, Box::new(sub));
     }
 
     /// Doorbell subscribers the loop holds (one per watched port): for leak checks.

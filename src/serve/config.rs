@@ -17,7 +17,9 @@ pub struct VmConfig {
     pub cid: u64,
     /// The vhost-user socket its VMM connects to.
     pub socket: PathBuf,
-    /// Host-side Unix socket for host<->guest connections (hybrid vsock). Not served yet.
+    /// Host-side Unix socket for host<->guest connections (hybrid vsock): host programs
+    /// connect here and write `CONNECT <port>`; the guest's connections to CID 2 port `P` go to
+    /// `<uds_path>_P`.
     #[serde(default)]
     pub uds_path: Option<PathBuf>,
     /// Groups of siblings it may reach (default: `["default"]`).
@@ -186,13 +188,22 @@ impl ServeConfig {
             if vm.socket.as_os_str().is_empty() {
                 return Err(invalid(format!("{place}.socket"), "empty path".into()));
             }
-            if vm.uds_path.is_some() {
-                return Err(invalid(
-                    format!("{place}.uds_path"),
-                    "host<->guest connections over a Unix socket are not served by this \
-                     version yet; leave uds-path out (guests reach each other without it)"
-                        .into(),
-                ));
+            if let Some(uds) = &vm.uds_path {
+                // Room for `_4294967295` after it, within a socket address's 107 bytes.
+                if uds.as_os_str().is_empty() || uds.as_os_str().len() > 96 {
+                    return Err(invalid(
+                        format!("{place}.uds_path"),
+                        "needs a path of 1 to 96 bytes (Unix socket addresses hold 107, and \
+                         guests' connections go to <uds_path>_<port>)"
+                            .into(),
+                    ));
+                }
+                if !sockets.insert(uds.clone()) {
+                    return Err(invalid(
+                        format!("{place}.uds_path"),
+                        format!("{} is another socket of this server too", uds.display()),
+                    ));
+                }
             }
             if vm.groups.is_empty() || vm.groups.iter().any(|g| g.is_empty()) {
                 return Err(invalid(

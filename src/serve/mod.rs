@@ -25,11 +25,13 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::event::{LoopConfig, Stopper, SwitchLoop};
 use crate::port::vsock::{
-    NetworkError, SharedQueues, VmAddress, VmCounts, VsockNetwork, VsockPort,
+    HostConfig, HostPort, HostPortError, NetworkError, SharedQueues, VmAddress, VmCounts,
+    VsockNetwork, VsockPort,
 };
 use crate::port::PortId;
-use crate::switch::{MonotonicClock, Switch, SwitchConfig, SwitchError};
+use crate::switch::{Clock, MonotonicClock, Switch, SwitchConfig, SwitchError};
 use crate::vhost_user::{DaemonError, DeviceConfig, VsockDaemon, VsockDevice};
+use crate::vsock::endpoint::EndpointConfig;
 
 /// Why `vmq serve` could not start (or stop cleanly).
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,14 @@ pub enum ServeError {
     /// The switch refused a port.
     #[error("switch: {0}")]
     Switch(#[from] SwitchError),
+    /// A VM's host side (its `uds-path`) could not be served.
+    #[error("VM CID {cid}: {source}")]
+    Host {
+        /// The VM.
+        cid: u64,
+        /// Why.
+        source: HostPortError,
+    },
     /// A VM's vhost-user socket could not be served.
     #[error("VM CID {cid}: {source}")]
     Daemon {
@@ -117,6 +127,8 @@ impl Server {
     /// switch thread.
     pub fn start(cfg: &ServeConfig) -> Result<Self, ServeError> {
         cfg.check("<serve>")?;
+        // Ports: the VMs first, in order, then the host sides of those with a `uds-path`.
+        let mut next_host = cfg.vm.len() as PortId;
         let addrs: Vec<VmAddress> = cfg
             .vm
             .iter()
@@ -125,11 +137,16 @@ impl Server {
                 cid: v.cid,
                 port: i as PortId,
                 groups: v.groups.clone(),
+                host: v.uds_path.as_ref().map(|_| {
+                    next_host += 1;
+                    next_host - 1
+                }),
             })
             .collect();
         let net = Arc::new(VsockNetwork::new(addrs, cfg.relay())?);
         let slots = cfg.limits.staging_slots;
-        let mut sw = Switch::new(SwitchConfig::default(), Arc::new(MonotonicClock::new()))?;
+        let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::new());
+        let mut sw = Switch::new(SwitchConfig::default(), clock.clone())?;
         let (tx, rx) = mpsc::channel();
         let mut ports = HashMap::new();
         let mut kicks = Vec::new();
@@ -148,8 +165,53 @@ impl Server {
             );
             owners.push(Arc::new(VmOwner::new(entry.clone(), queues, tx.clone())));
         }
+        let mut host_fds = Vec::new();
+        for (vm, entry) in cfg.vm.iter().zip(net.vms()) {
+            let (Some(uds), Some(expected)) = (&vm.uds_path, entry.addr.host) else {
+                continue;
+            };
+            let host_err = |source| ServeError::Host {
+                cid: vm.cid,
+                source,
+            };
+            crate::vhost_user::daemon::clear_stale_socket(uds).map_err(|e| ServeError::Io {
+                what: format!("VM CID {}: uds-path", vm.cid),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            let host = HostPort::new(
+                entry.clone(),
+                HostConfig {
+                    uds_path: uds.clone(),
+                    endpoint: EndpointConfig {
+                        buf_alloc: cfg.relay().credit_cap,
+                        send_buf: cfg.relay().credit_cap,
+                    },
+                    max_connections: cfg.limits.max_connections_per_vm as usize,
+                    staging_slots: slots,
+                    request_timeout_ns: cfg.relay().request_timeout_ns,
+                    close_timeout_ns: cfg.relay().close_timeout_ns,
+                },
+                clock.clone(),
+            )
+            .map_err(host_err)?;
+            let fd = host
+                .wake_fd()
+                .map_err(io(format!("VM CID {}: host side", vm.cid)))?;
+            let id = sw.attach(&format!("host{}", vm.cid), Box::new(host))?;
+            debug_assert_eq!(id, expected);
+            host_fds.push((id, fd));
+            log::info!(
+                "vsock CID {}: host connections on {} (guests reach CID 2 port P at {}_P)",
+                vm.cid,
+                uds.display(),
+                uds.display()
+            );
+        }
         let mut lp =
             SwitchLoop::new(sw, kicks, LoopConfig::default()).map_err(io("the switch loop"))?;
+        for (id, fd) in host_fds {
+            lp.watch_fd(id, fd);
+        }
         let stopper = lp.stopper();
         let mut restarts = Restarts {
             net: net.clone(),

@@ -331,7 +331,7 @@ impl Drop for VsockDaemon {
 }
 
 /// Removes a socket left at `path` by an earlier run; refuses anything else.
-fn clear_stale_socket(path: &Path) -> Result<(), DaemonError> {
+pub(crate) fn clear_stale_socket(path: &Path) -> Result<(), DaemonError> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             fs::remove_file(path).map_err(|source| DaemonError::Stale {

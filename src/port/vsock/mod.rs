@@ -18,9 +18,11 @@
 //! most [`network::CONTROL_QUEUE_MAX`]. A guest with every slot staged (many connections to
 //! receivers that take nothing) has its tx queue left alone until slots come back.
 
+mod host;
 mod network;
 mod staging;
 
+pub use host::{HostConfig, HostPort, HostPortError, CHUNK, MAX_PENDING};
 pub use network::{
     NetworkError, VmAddress, VmCounters, VmCounts, VmEntry, VsockNetwork, CONTROL_QUEUE_MAX,
 };
@@ -150,6 +152,19 @@ impl VsockPort {
         c.tx_packets.fetch_add(1, Ordering::Relaxed);
         c.tx_bytes.fetch_add(u64::from(hdr.len), Ordering::Relaxed);
         let dst = hdr.dst_cid;
+        if dst == HOST_CID {
+            // The host side terminates these itself and checks them there.
+            match self.me.addr.host {
+                Some(host) => {
+                    if hdr.op == Op::Request as u16 {
+                        c.connections_opened.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.stage(&hdr, host, sent);
+                }
+                None => self.refuse(&hdr),
+            }
+            return;
+        }
         let peer = match self.net.vm(dst) {
             Some(p)
                 if dst != HOST_CID

@@ -25,6 +25,9 @@ pub struct VmAddress {
     pub port: PortId,
     /// Sibling groups: two VMs reach each other when they share one.
     pub groups: Vec<String>,
+    /// The port of its host side ([`super::HostPort`]), if it has a `uds-path`: where its
+    /// packets to CID 2 go.
+    pub host: Option<PortId>,
 }
 
 /// Per-VM counters, shared between its port (switch thread) and whoever reports them.
@@ -52,6 +55,11 @@ pub struct VmCounters {
     pub control_dropped: AtomicU64,
     /// Pieces that did not fit the rx buffer the guest posted (dropped).
     pub rx_too_small: AtomicU64,
+    /// Host<->guest connections opened over its `uds-path`, either way.
+    pub host_connections: AtomicU64,
+    /// Host<->guest connections refused or dropped before they opened (nobody listening on
+    /// `<uds-path>_P`, a bad `CONNECT` line, the guest refusing or not answering, limits).
+    pub host_refused: AtomicU64,
 }
 
 /// A snapshot of one VM's [`VmCounters`].
@@ -71,6 +79,8 @@ pub struct VmCounts {
     pub rx_stalls: u64,
     pub control_dropped: u64,
     pub rx_too_small: u64,
+    pub host_connections: u64,
+    pub host_refused: u64,
 }
 
 /// What vmq knows about one VM.
@@ -84,6 +94,9 @@ pub struct VmEntry {
     pub counters: VmCounters,
     /// Wakes the switch loop for this VM (kicks, control packets for it).
     pub doorbell: EventFd,
+    /// Times the guest went away ([`VsockNetwork::guest_gone`]): its host side ends its
+    /// connections when this moves.
+    pub departures: AtomicU64,
     control: Mutex<VecDeque<PacketHeader>>,
 }
 
@@ -134,6 +147,8 @@ impl VmEntry {
             rx_stalls: l(&c.rx_stalls),
             control_dropped: l(&c.control_dropped),
             rx_too_small: l(&c.rx_too_small),
+            host_connections: l(&c.host_connections),
+            host_refused: l(&c.host_refused),
         }
     }
 }
@@ -186,6 +201,7 @@ impl VsockNetwork {
                 connected: AtomicBool::new(false),
                 counters: VmCounters::default(),
                 doorbell,
+                departures: AtomicU64::new(0),
                 control: Mutex::new(VecDeque::new()),
             }));
         }
@@ -230,6 +246,7 @@ impl VsockNetwork {
         self.send_resets(rsts);
         if let Some(vm) = self.vm(cid) {
             vm.clear_control();
+            vm.departures.fetch_add(1, Ordering::AcqRel);
         }
     }
 

@@ -1,0 +1,864 @@
+//! [`HostPort`]: the host side of one vsock VM, as a port of the switch: host programs reach
+//! the guest over a Unix socket, the hybrid-vsock convention of Firecracker and
+//! vhost-device-vsock ([`crate::vsock::hybrid`]).
+//!
+//! - **Host to guest**: a program connects to the VM's `uds-path` and writes `CONNECT <port>\n`;
+//!   the host port opens a vsock connection from CID 2 (a port it allocates) to that guest port
+//!   and, once the guest accepts, answers `OK <host port>\n`. A refusal closes the socket.
+//! - **Guest to host**: a guest connecting to CID 2 port `P` is connected to the Unix socket
+//!   `<uds-path>_P`; nobody listening there (or its backlog full) refuses with an RST.
+//!
+//! vmq terminates these connections itself: each is an [`Endpoint`] beside its Unix stream.
+//! Packets the guest sends to CID 2 reach this port through the switch like any sibling's (its
+//! port stamps the source CID and stages them); packets for the guest leave as staged one-way
+//! messages to the guest's port, so they queue behind what the switch already holds for it.
+//! Every socket is nonblocking and registered, edge-triggered, in the port's own epoll set,
+//! whose descriptor the switch loop watches ([`HostPort::wake_fd`]): the loop sleeps until a
+//! host program or the guest moves.
+//!
+//! # Bounds (per VM)
+//!
+//! - connections: at most `max_connections`, each holding at most the endpoint's `buf_alloc`
+//!   (received from the guest, not yet written to the host program: the credit the guest was
+//!   given) plus `send_buf` (read from the host program, not yet sent: read only while there is
+//!   room) plus one write chunk of [`CHUNK`] bytes;
+//! - host programs that have connected but not finished their `CONNECT` line: at most
+//!   [`MAX_PENDING`], each a 64-byte line buffer, closed after `request_timeout`;
+//! - staged pieces: `staging_slots` of [`SLOT_SIZE`](super::SLOT_SIZE) bytes;
+//! - a connection the guest does not answer is reset after `request_timeout`; one closed with
+//!   data the host program does not read is dropped after `close_timeout`.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::{Drain, Port, PortId, Staging, VmEntry, PIECE_PAYLOAD};
+use crate::switch::Clock;
+use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
+use crate::vsock::endpoint::{CloseReason, Endpoint, EndpointConfig, EndpointState};
+use crate::vsock::hybrid::{guest_listener_path, ok_line, LineKind, LineParser};
+use crate::vsock::packet::{
+    Op, PacketHeader, SockAddr, SocketType, HEADER_LEN, HOST_CID, SHUTDOWN_SEND,
+};
+use crate::wire::{MsgHeader, MsgKind};
+
+/// Host programs that may be connected without having sent their `CONNECT` line yet.
+pub const MAX_PENDING: usize = 64;
+
+/// Most bytes moved between a Unix stream and an endpoint in one read or write.
+pub const CHUNK: usize = 64 * 1024;
+
+/// First port the host side allocates for connections it opens (as Firecracker does, far
+/// above the ports guests listen on); allocation wraps back here below `u32::MAX`.
+const FIRST_LOCAL_PORT: u32 = 1 << 30;
+
+/// How often timeouts are checked.
+const TIMEOUT_CHECK_NS: u64 = 100_000_000;
+
+/// Epoll token of the listener; streams get tokens from 1 up.
+const LISTENER: u64 = 0;
+
+/// Settings of one VM's host side.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The Unix socket host programs connect to; guests' connections to CID 2 port `P` go to
+    /// `<uds_path>_P`.
+    pub uds_path: PathBuf,
+    /// Buffers of each connection.
+    pub endpoint: EndpointConfig,
+    /// Host<->guest connections at once (both directions together).
+    pub max_connections: usize,
+    /// Staged pieces for the guest.
+    pub staging_slots: u32,
+    /// A connection the guest does not accept, or a `CONNECT` line not finished, in this long
+    /// is dropped.
+    pub request_timeout_ns: u64,
+    /// A closed connection whose host program does not take the rest is dropped after this.
+    pub close_timeout_ns: u64,
+}
+
+/// One host<->guest connection: the Unix stream, the endpoint facing the guest, and bytes on
+/// their way to the host program.
+struct HostConn {
+    stream: UnixStream,
+    token: u64,
+    ep: Endpoint,
+    /// Bytes for the host program not yet written (`out[out_at..]`); at most [`CHUNK`] plus
+    /// the `OK` line.
+    out: Vec<u8>,
+    out_at: usize,
+    /// The host program opened it (its local port was allocated here).
+    host_initiated: bool,
+    /// Host-initiated: the `OK <port>` line is owed once the guest accepts.
+    ok_owed: bool,
+    /// The host program will send no more.
+    read_eof: bool,
+    /// The stream's write side was shut (the guest will send no more).
+    write_shut: bool,
+    /// When it was opened.
+    opened_ns: u64,
+    /// When the endpoint was first seen closed.
+    closed_ns: Option<u64>,
+}
+
+/// A host program that connected and has not finished its `CONNECT` line.
+struct Pending {
+    stream: UnixStream,
+    parser: LineParser,
+    since_ns: u64,
+}
+
+/// The host side of one vsock VM. See the module documentation.
+pub struct HostPort {
+    me: Arc<VmEntry>,
+    guest_port: PortId,
+    cfg: HostConfig,
+    clock: Arc<dyn Clock>,
+    listener: UnixListener,
+    epoll: Epoll,
+    staging: Staging,
+    pending: HashMap<u64, Pending>,
+    /// Connections by (our port, the guest's port).
+    conns: HashMap<(u32, u32), HostConn>,
+    /// Which connection an epoll token is.
+    tokens: HashMap<u64, (u32, u32)>,
+    /// Local ports of the connections the host side opened.
+    local_ports: HashSet<u32>,
+    next_token: u64,
+    next_local_port: u32,
+    /// The guest's departures seen (`VmEntry::departures`): a new one ends every connection.
+    departures: u64,
+    /// Something moved since the last pass over the connections.
+    dirty: bool,
+    last_timeout_check: u64,
+    next_piece: u64,
+    consumed: u16,
+    /// Scratch for stream reads and packet payloads.
+    chunk: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+/// Why a host port could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum HostPortError {
+    /// The Unix socket could not be bound.
+    #[error("{path}: cannot listen for host connections: {source}; check the directory exists and is writable")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// Epoll or staging memory could not be had.
+    #[error("host side of VM CID {cid}: {source}")]
+    Resource {
+        /// The VM.
+        cid: u64,
+        /// What the system said.
+        source: io::Error,
+    },
+}
+
+impl HostPort {
+    /// The host side of the VM `me` (whose port in the switch is `me.addr.port`), listening on
+    /// `cfg.uds_path` (bound here; the caller removed any stale socket there).
+    pub fn new(
+        me: Arc<VmEntry>,
+        cfg: HostConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, HostPortError> {
+        let cid = me.addr.cid;
+        let resource = |source| HostPortError::Resource { cid, source };
+        cfg.endpoint
+            .check()
+            .map_err(|e| resource(io::Error::other(e.to_string())))?;
+        let listener = UnixListener::bind(&cfg.uds_path).map_err(|source| HostPortError::Bind {
+            path: cfg.uds_path.clone(),
+            source,
+        })?;
+        listener.set_nonblocking(true).map_err(resource)?;
+        let epoll = Epoll::new().map_err(resource)?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                listener.as_raw_fd(),
+                EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, LISTENER),
+            )
+            .map_err(resource)?;
+        let staging = Staging::new(cfg.staging_slots).map_err(resource)?;
+        let now = clock.now_ns();
+        Ok(Self {
+            guest_port: me.addr.port,
+            departures: me.departures.load(Ordering::Acquire),
+            me,
+            cfg,
+            clock,
+            listener,
+            epoll,
+            staging,
+            pending: HashMap::new(),
+            conns: HashMap::new(),
+            tokens: HashMap::new(),
+            local_ports: HashSet::new(),
+            next_token: LISTENER + 1,
+            next_local_port: FIRST_LOCAL_PORT,
+            // The listener may already have connections waiting.
+            dirty: true,
+            last_timeout_check: now,
+            next_piece: 0,
+            consumed: 0,
+            chunk: vec![0; CHUNK],
+            payload: Vec::with_capacity(PIECE_PAYLOAD as usize),
+        })
+    }
+
+    /// A descriptor that is readable while this port has socket events to handle: the switch
+    /// loop sleeps on it.
+    pub fn wake_fd(&self) -> io::Result<OwnedFd> {
+        // SAFETY: `dup` on a descriptor this port owns and keeps open; the result is a new
+        // descriptor (checked below) that nothing else owns.
+        let fd = unsafe { libc::dup(self.epoll.as_raw_fd()) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh, valid descriptor owned by no one else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Host<->guest connections open now.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The Unix socket host programs connect to.
+    pub fn uds_path(&self) -> &Path {
+        &self.cfg.uds_path
+    }
+
+    fn cid(&self) -> u64 {
+        self.me.addr.cid
+    }
+
+    fn token(&mut self) -> u64 {
+        let t = self.next_token;
+        self.next_token += 1;
+        t
+    }
+
+    fn watch(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let events =
+            EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
+        self.epoll
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
+    }
+
+    /// Handles what epoll reports: new host programs, their `CONNECT` lines, and readiness of
+    /// connections (which only marks the port dirty: the pass over connections does the I/O).
+    fn poll_sockets(&mut self) {
+        let mut events = [EpollEvent::default(); 64];
+        loop {
+            let n = match self.epoll.wait(0, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("vsock CID {}: host socket wait failed: {e}", self.cid());
+                    return;
+                }
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    LISTENER => self.accept_all(),
+                    t if self.pending.contains_key(&t) => self.read_line(t),
+                    _ => self.dirty = true,
+                }
+            }
+            if n < events.len() {
+                return;
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of descriptors, say: the rest wait in the backlog for the next event.
+                    log::warn!(
+                        "vsock CID {}: cannot accept a host connection: {e}",
+                        self.cid()
+                    );
+                    return;
+                }
+            };
+            if self.pending.len() >= MAX_PENDING || stream.set_nonblocking(true).is_err() {
+                self.me
+                    .counters
+                    .host_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let token = self.token();
+            if self.watch(stream.as_raw_fd(), token).is_err() {
+                continue;
+            }
+            let since_ns = self.clock.now_ns();
+            self.pending.insert(
+                token,
+                Pending {
+                    stream,
+                    parser: LineParser::new(LineKind::Connect),
+                    since_ns,
+                },
+            );
+            // The line may have arrived with the connection.
+            self.read_line(token);
+        }
+    }
+
+    /// Reads a pending host program's `CONNECT <port>` line; once whole, opens the connection.
+    fn read_line(&mut self, token: u64) {
+        let Some(p) = self.pending.get_mut(&token) else {
+            return;
+        };
+        // Read at most what the line may hold, so no stream data is taken before the line ends.
+        let mut buf = [0u8; crate::vsock::hybrid::MAX_LINE];
+        let (port, rest) = loop {
+            let want = buf.len().min(crate::vsock::hybrid::MAX_LINE);
+            match p.stream.read(&mut buf[..want]) {
+                Ok(0) => return self.drop_pending(token, "closed before its CONNECT line"),
+                Ok(n) => match p.parser.feed(&buf[..n]) {
+                    Ok(None) => {}
+                    Ok(Some((port, used))) => break (port, buf[used..n].to_vec()),
+                    Err(e) => return self.drop_pending(token, &e.to_string()),
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.drop_pending(token, &e.to_string()),
+            }
+        };
+        let Some(p) = self.pending.remove(&token) else {
+            return;
+        };
+        self.connect_guest(p.stream, token, port, &rest);
+    }
+
+    fn drop_pending(&mut self, token: u64, why: &str) {
+        if let Some(p) = self.pending.remove(&token) {
+            log::debug!("vsock CID {}: host connection dropped: {why}", self.cid());
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                p.stream.as_raw_fd(),
+                EpollEvent::default(),
+            );
+            self.me
+                .counters
+                .host_refused
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A host program asked for guest port `port`: open the vsock connection (the stream is
+    /// answered once the guest accepts). `early` is stream data that came with the line.
+    fn connect_guest(&mut self, stream: UnixStream, token: u64, port: u32, early: &[u8]) {
+        let refuse = |me: &VmEntry, stream: &UnixStream, epoll: &Epoll| {
+            me.counters.host_refused.fetch_add(1, Ordering::Relaxed);
+            let _ = epoll.ctl(
+                ControlOperation::Delete,
+                stream.as_raw_fd(),
+                EpollEvent::default(),
+            );
+        };
+        if !self.me.connected.load(Ordering::Acquire)
+            || self.conns.len() >= self.cfg.max_connections
+        {
+            return refuse(&self.me, &stream, &self.epoll);
+        }
+        let Some(local) = self.allocate_port(port) else {
+            return refuse(&self.me, &stream, &self.epoll);
+        };
+        let ep = match Endpoint::connect(
+            self.cfg.endpoint,
+            SocketType::Stream,
+            SockAddr::new(HOST_CID, local),
+            SockAddr::new(self.cid(), port),
+        ) {
+            Ok(ep) => ep,
+            Err(_) => return refuse(&self.me, &stream, &self.epoll),
+        };
+        let mut conn = HostConn {
+            stream,
+            token,
+            ep,
+            out: Vec::new(),
+            out_at: 0,
+            host_initiated: true,
+            ok_owed: true,
+            read_eof: false,
+            write_shut: false,
+            opened_ns: self.clock.now_ns(),
+            closed_ns: None,
+        };
+        // Fits: the send buffer is empty and at least 1 byte, the line at most 64 bytes.
+        let taken = conn.ep.write(early);
+        debug_assert_eq!(taken, early.len().min(self.cfg.endpoint.send_buf as usize));
+        self.local_ports.insert(local);
+        self.tokens.insert(token, (local, port));
+        self.conns.insert((local, port), conn);
+        self.me
+            .counters
+            .host_connections
+            .fetch_add(1, Ordering::Relaxed);
+        self.dirty = true;
+    }
+
+    /// A free local port for a connection to guest port `peer`.
+    fn allocate_port(&mut self, peer: u32) -> Option<u32> {
+        for _ in 0..=self.cfg.max_connections {
+            let p = self.next_local_port;
+            self.next_local_port = if p >= u32::MAX - 1 {
+                FIRST_LOCAL_PORT
+            } else {
+                p + 1
+            };
+            if !self.local_ports.contains(&p) && !self.conns.contains_key(&(p, peer)) {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// A guest's REQUEST to CID 2: connect to `<uds-path>_<port>` and accept, or refuse.
+    fn accept_guest(&mut self, hdr: &PacketHeader) {
+        let refuse = |me: &VmEntry| {
+            me.counters.host_refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(rst) = hdr.rst_reply() {
+                me.push_control(rst);
+            }
+        };
+        if hdr.socket_type() != Some(SocketType::Stream)
+            || self.conns.len() >= self.cfg.max_connections
+        {
+            // Hybrid vsock is a byte stream; a SEQPACKET connection to the host is refused.
+            return refuse(&self.me);
+        }
+        let path = guest_listener_path(&self.cfg.uds_path, hdr.dst_port);
+        let stream = match connect_nonblocking(&path) {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!(
+                    "vsock CID {}: connection to host port {} refused: {}: {e}",
+                    self.cid(),
+                    hdr.dst_port,
+                    path.display()
+                );
+                return refuse(&self.me);
+            }
+        };
+        let Ok(ep) = Endpoint::accept(self.cfg.endpoint, hdr) else {
+            return refuse(&self.me);
+        };
+        let token = self.token();
+        if self.watch(stream.as_raw_fd(), token).is_err() {
+            return refuse(&self.me);
+        }
+        let key = (hdr.dst_port, hdr.src_port);
+        self.tokens.insert(token, key);
+        self.conns.insert(
+            key,
+            HostConn {
+                stream,
+                token,
+                ep,
+                out: Vec::new(),
+                out_at: 0,
+                host_initiated: false,
+                ok_owed: false,
+                read_eof: false,
+                write_shut: false,
+                opened_ns: self.clock.now_ns(),
+                closed_ns: None,
+            },
+        );
+        self.me
+            .counters
+            .host_connections
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Ends every connection: the guest went away (nothing more can reach it).
+    fn drop_all(&mut self) {
+        for (key, c) in std::mem::take(&mut self.conns) {
+            self.forget(key, c);
+        }
+    }
+
+    /// Drops a connection taken out of the table: its stream closes.
+    fn forget(&mut self, key: (u32, u32), c: HostConn) {
+        let _ = self.epoll.ctl(
+            ControlOperation::Delete,
+            c.stream.as_raw_fd(),
+            EpollEvent::default(),
+        );
+        self.tokens.remove(&c.token);
+        if c.host_initiated {
+            self.local_ports.remove(&key.0);
+        }
+    }
+
+    /// One pass over the connections: host program -> endpoint, endpoint -> host program,
+    /// endpoint -> guest (staged), then what ended. Stages at most `max` pieces.
+    fn pump(&mut self, max: usize, sent: &mut Vec<TxChain>) {
+        let now = self.clock.now_ns();
+        let check_timeouts = now.saturating_sub(self.last_timeout_check) >= TIMEOUT_CHECK_NS;
+        if check_timeouts {
+            self.last_timeout_check = now;
+            self.expire_pending(now);
+        }
+        let keys: Vec<_> = self.conns.keys().copied().collect();
+        let mut staged = 0;
+        for key in keys {
+            let Some(mut c) = self.conns.remove(&key) else {
+                continue;
+            };
+            if pump_stream(&mut c, &mut self.chunk) {
+                self.dirty = true;
+            }
+            staged += self.stage_packets(&mut c, max.saturating_sub(staged), sent);
+            if self.finished(&mut c, now, check_timeouts) {
+                self.forget(key, c);
+            } else {
+                self.conns.insert(key, c);
+            }
+        }
+    }
+
+    /// Stages what the endpoint owes the guest, at most `max` pieces; returns how many.
+    fn stage_packets(&mut self, c: &mut HostConn, max: usize, sent: &mut Vec<TxChain>) -> usize {
+        let mut n = 0;
+        while n < max && self.staging.free() > 0 {
+            let Some(hdr) = c.ep.next_packet_into(PIECE_PAYLOAD, &mut self.payload) else {
+                break;
+            };
+            let Some((slot, addr)) = self.staging.take() else {
+                break;
+            };
+            let id = self.next_piece;
+            self.next_piece = self.next_piece.wrapping_add(1);
+            let msg = MsgHeader::new(
+                MsgKind::OneWay,
+                self.guest_port,
+                id,
+                (HEADER_LEN + self.payload.len()) as u32,
+            );
+            if !self
+                .staging
+                .write(addr, &[&msg.to_bytes(), &hdr.encode(), &self.payload])
+            {
+                self.staging.give_back(slot);
+                break;
+            }
+            sent.push(TxChain::in_span(slot, msg, addr));
+            n += 1;
+            // Sending freed room in the send buffer: the stream may be read again.
+            self.dirty |= hdr.op == Op::Rw as u16 && !c.read_eof;
+        }
+        n
+    }
+
+    /// Whether a connection is over (and may be dropped, which closes its stream).
+    fn finished(&self, c: &mut HostConn, now: u64, check_timeouts: bool) -> bool {
+        let state = c.ep.state();
+        if state == EndpointState::Connecting {
+            if check_timeouts && now.saturating_sub(c.opened_ns) >= self.cfg.request_timeout_ns {
+                c.ep.reset();
+                self.me
+                    .counters
+                    .host_refused
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            return false;
+        }
+        if state != EndpointState::Closed {
+            return false;
+        }
+        if matches!(c.ep.close_reason(), Some(CloseReason::Refused)) {
+            self.me
+                .counters
+                .host_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        if !c.ep.is_closed() {
+            // An RST is still owed to the guest.
+            return false;
+        }
+        // Closed: what the guest sent before is still written out, for a while.
+        let closed = *c.closed_ns.get_or_insert(now);
+        let drained = c.out_at >= c.out.len() && c.ep.readable() == 0;
+        drained || now.saturating_sub(closed) >= self.cfg.close_timeout_ns
+    }
+
+    fn expire_pending(&mut self, now: u64) {
+        let late: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.saturating_sub(p.since_ns) >= self.cfg.request_timeout_ns)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in late {
+            self.drop_pending(t, "no CONNECT line in time");
+        }
+    }
+}
+
+/// Moves bytes between a connection's stream and its endpoint as far as either side takes;
+/// returns whether anything moved.
+fn pump_stream(c: &mut HostConn, chunk: &mut [u8]) -> bool {
+    let mut moved = false;
+    // Host program -> endpoint, while the send buffer has room.
+    while !c.read_eof && c.ep.state() != EndpointState::Closed {
+        let room = c.ep.send_space().min(chunk.len());
+        if room == 0 {
+            break;
+        }
+        match c.stream.read(&mut chunk[..room]) {
+            Ok(0) => {
+                c.read_eof = true;
+                c.ep.shutdown(SHUTDOWN_SEND);
+                moved = true;
+            }
+            Ok(n) => {
+                c.ep.write(&chunk[..n]);
+                moved = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                c.ep.reset();
+                return true;
+            }
+        }
+    }
+    // Endpoint -> host program: the OK line first, then what the guest sent.
+    if c.ok_owed && c.ep.state() == EndpointState::Established {
+        c.ok_owed = false;
+        c.out = ok_line(c.ep.local().port).into_bytes();
+        c.out_at = 0;
+    }
+    if c.ok_owed {
+        return moved;
+    }
+    loop {
+        if c.out_at >= c.out.len() {
+            c.out.clear();
+            c.out_at = 0;
+            c.out.resize(CHUNK, 0);
+            let n = c.ep.read(&mut c.out);
+            c.out.truncate(n);
+            if n == 0 {
+                break;
+            }
+            moved = true;
+        }
+        match c.stream.write(&c.out[c.out_at..]) {
+            Ok(n) => c.out_at += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return moved,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                // The host program is gone: the guest hears an RST.
+                c.ep.reset();
+                c.out.clear();
+                c.out_at = 0;
+                return true;
+            }
+        }
+    }
+    if c.ep.is_eof() && !c.write_shut {
+        // The guest sends no more and all it sent is written: the host program sees EOF.
+        c.write_shut = true;
+        let _ = c.stream.shutdown(Shutdown::Write);
+        moved = true;
+    }
+    moved
+}
+
+/// Connects to the Unix socket at `path` without blocking: a listener whose backlog is full
+/// refuses (`EAGAIN`) rather than stalling the switch thread.
+fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: an all-zero `sockaddr_un` is a valid value of that plain C struct.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path too long for a Unix socket (108 bytes) or not a path",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: plain syscall with constant arguments; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor owned by nothing else; `OwnedFd` closes it on error.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: `addr` is a valid `sockaddr_un` that lives across the call, and `len` does not
+    // exceed its size (checked against `sun_path` above).
+    let rc = unsafe {
+        libc::connect(
+            owned.as_raw_fd(),
+            &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+            len as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(owned))
+}
+
+impl Port<GuestMemoryMmap> for HostPort {
+    fn memory(&self) -> &GuestView<GuestMemoryMmap> {
+        self.staging.view()
+    }
+
+    fn take_sent(&mut self, max: usize, sent: &mut Vec<TxChain>) -> Result<usize, DeviceError> {
+        let departures = self.me.departures.load(Ordering::Acquire);
+        if departures != self.departures {
+            self.departures = departures;
+            self.drop_all();
+        }
+        self.poll_sockets();
+        let before = sent.len();
+        let now = self.clock.now_ns();
+        let timeouts_due = now.saturating_sub(self.last_timeout_check) >= TIMEOUT_CHECK_NS
+            && !(self.conns.is_empty() && self.pending.is_empty());
+        if std::mem::take(&mut self.dirty) || timeouts_due {
+            self.pump(max, sent);
+        }
+        Ok(sent.len() - before)
+    }
+
+    fn max_held(&self) -> u32 {
+        self.staging.slots() as u32
+    }
+
+    fn copy_payload(&mut self, msg: &TxChain, buf: &mut [u8]) -> Result<usize, DeviceError> {
+        msg.payload(self.staging.view())
+            .copy_to(buf)
+            .map_err(|_| DeviceError::Broken)
+    }
+
+    fn release(&mut self, msg: &TxChain) -> Result<(), DeviceError> {
+        if !self.staging.give_back(msg.head) {
+            log::error!(
+                "vsock CID {} host side: piece {} released twice",
+                self.cid(),
+                msg.head
+            );
+        }
+        // Staging room came back: connections waiting on it may go on.
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn deliver(
+        &mut self,
+        header: &MsgHeader,
+        payload: &Payload<'_, GuestMemoryMmap>,
+    ) -> Result<bool, DeliverError> {
+        if header.kind() != Some(MsgKind::OneWay) {
+            return Ok(true);
+        }
+        self.consumed = self.consumed.wrapping_add(1);
+        let len = payload.len() as usize;
+        let mut piece = [0u8; HEADER_LEN + PIECE_PAYLOAD as usize];
+        if len < HEADER_LEN || len > piece.len() {
+            return Ok(false);
+        }
+        payload.copy_to(&mut piece).map_err(DeliverError::Source)?;
+        let hdr = match PacketHeader::decode(&piece[..HEADER_LEN]) {
+            Ok(h) if h.src_cid == self.cid() && h.dst_cid == HOST_CID => h,
+            _ => return Ok(false),
+        };
+        let data = &piece[HEADER_LEN..len];
+        let key = (hdr.dst_port, hdr.src_port);
+        self.dirty = true;
+        if let Some(c) = self.conns.get_mut(&key) {
+            if let Err(e) = c.ep.on_packet(&hdr, data) {
+                log::debug!("vsock CID {}: host connection reset: {e}", self.cid());
+                self.me.counters.resets.fetch_add(1, Ordering::Relaxed);
+            }
+            return Ok(true);
+        }
+        match hdr.operation() {
+            Some(Op::Request) => self.accept_guest(&hdr),
+            Some(Op::Rst) => {}
+            _ => {
+                if let Some(rst) = hdr.rst_reply() {
+                    self.me.push_control(rst);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn publish(&mut self) -> bool {
+        false
+    }
+
+    fn notify(&self) {}
+
+    fn drain(&self) -> Drain {
+        // Never a service's backend: nothing to judge. Every delivery is taken at once.
+        Drain {
+            consumed: self.consumed,
+            free: 256,
+            capacity: 256,
+        }
+    }
+
+    fn arm_kicks(&mut self, _rx_wanted: bool) -> bool {
+        // Sockets wake the loop through `wake_fd`; work left from the last pass must not wait.
+        self.dirty
+    }
+
+    fn disarm_kicks(&mut self) {}
+
+    fn run_queue_wait_ns(&self) -> Option<u64> {
+        None
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Drop for HostPort {
+    fn drop(&mut self) {
+        // The socket file is this port's: remove it so a restart can bind again.
+        let _ = std::fs::remove_file(&self.cfg.uds_path);
+    }
+}
