@@ -229,13 +229,14 @@ fn echo(server_g: &mut LinuxGuest, client_g: &mut LinuxGuest, cid: u64, port: u3
     assert_eq!(code, 0, "{ty} server in CID {cid}:\n{out}");
 }
 
-/// `vmq serve` in this process, serving guests 3 and 4 (one group) on sockets in `dir`.
+/// `vmq serve` in this process, serving guests 3 and 4 (one group) on sockets in `dir`, each
+/// with a host side at `vm<cid>.vsock`.
 fn vmq_server(dir: &std::path::Path) -> vmq::serve::Server {
     let mut cfg = vmq::serve::ServeConfig::default();
     for cid in [3u64, 4] {
         cfg.add_vm_flag(&format!(
-            "guest-cid={cid},socket={}/vm{cid}.sock,groups=test",
-            dir.display()
+            "guest-cid={cid},socket={d}/vm{cid}.sock,uds-path={d}/vm{cid}.vsock,groups=test",
+            d = dir.display()
         ))
         .unwrap();
     }
@@ -287,8 +288,44 @@ fn linux_guests_exchange_stream_and_seqpacket_through_vmq_serve() {
         )
         .unwrap();
     assert_ne!(code, 0, "a connection to an unknown CID worked:\n{out}");
+    // Host to guest over guest 4's uds-path: CONNECT <port>, OK, then an echo.
+    let server_job = g4
+        .spawn("vsock-probe serve --port 1300 --type stream")
+        .unwrap();
+    g4.wait_output(&server_job, "VMQ-PROBE listening", T)
+        .unwrap();
+    let mut s = host_connect(&dir.join("vm4.vsock"), 1300, T).unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..100u32 {
+        let msg: Vec<u8> = (0..256u32).map(|j| (i * 7 + j) as u8).collect();
+        s.write_all(&msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg, "echo {i} from guest 4");
+    }
+    drop(s);
+    let (code, out) = g4.wait_job(&server_job, T).unwrap();
+    assert_eq!(code, 0, "server in guest 4:\n{out}");
+    // Guest to host: guest 3's connection to CID 2 port 1400 reaches <uds-path>_1400.
+    let listener = host_listen(&dir.join("vm3.vsock"), 1400).unwrap();
+    let host = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        linux::echo_stream(&mut s).unwrap()
+    });
+    let out = g3
+        .run_ok(
+            "vsock-probe send --cid 2 --port 1400 --type stream --size 512 --count 500",
+            T,
+        )
+        .unwrap_or_else(|e| panic!("{e}\ncounters: {:?}", server.counts()));
+    eprintln!(
+        "guest 3 -> host echo: {}",
+        ok_line(&g3, "send to host", &out)
+    );
+    assert_eq!(host.join().unwrap(), 512 * 500);
     let c = server.counts();
     assert!(c.iter().all(|v| v.malformed == 0), "{c:?}");
+    assert!(c.iter().all(|v| v.host_connections == 1), "{c:?}");
     eprintln!("counters: {c:?}");
     g3.shutdown().unwrap_or_else(|e| panic!("{e}"));
     g4.shutdown().unwrap_or_else(|e| panic!("{e}"));

@@ -2,8 +2,8 @@
 //!
 //! Host to guest: a host program connects to the VM's Unix socket (`uds-path`) and writes
 //! `CONNECT <port>\n`; vmq opens a vsock connection to that guest port and, once the guest
-//! accepted, answers `OK <host_port>\n`, the host-side port it allocated for the connection.
-//! After that line the Unix socket carries the stream's bytes. Guest to host: a guest connecting
+//! accepted, answers `OK <port>\n` with the same guest port, as vhost-device-vsock does
+//! (Firecracker answers with the host-side port it allocated instead). After that line the Unix socket carries the stream's bytes. Guest to host: a guest connecting
 //! to CID 2 port `P` reaches whoever listens on the Unix socket `<uds-path>_P`
 //! ([`guest_listener_path`]).
 //!
@@ -123,9 +123,9 @@ fn parse_line(kind: LineKind, line: &[u8]) -> Result<u32, HybridError> {
         .map_err(|_| HybridError::BadPort(port.to_owned()))
 }
 
-/// The line vmq sends a host program whose connection the guest accepted.
-pub fn ok_line(host_port: u32) -> String {
-    format!("OK {host_port}\n")
+/// The line vmq sends a host program whose connection to guest port `port` was accepted.
+pub fn ok_line(port: u32) -> String {
+    format!("OK {port}\n")
 }
 
 /// The line a host program sends to reach guest port `port`.

@@ -119,7 +119,7 @@ fn a_host_program_connects_to_a_guest_port_and_both_directions_carry_bytes() {
     // Bytes written right after the line wait for the connection, then go first.
     s.write_all(b"CONNECT 5000\nearly").unwrap();
     let (host, me) = accept_host(&mut g);
-    assert_eq!(read_line(&mut s), format!("OK {}\n", host.port));
+    assert_eq!(read_line(&mut s), "OK 5000\n");
     assert_eq!(recv_bytes(&mut g, host, 5), b"early");
     // Host -> guest: 100 KiB arrives intact, in packets no larger than a Linux rx buffer.
     let big = pattern(100 * 1024, 1);
@@ -224,7 +224,7 @@ fn the_host_side_honours_the_credit_the_guest_gives() {
     let mut resp = PacketHeader::new(SocketType::Stream, Op::Response, me, host);
     resp.buf_alloc = 8192;
     g.send(&resp.encode()).unwrap();
-    assert_eq!(read_line(&mut s), format!("OK {}\n", host.port));
+    assert_eq!(read_line(&mut s), "OK 5000\n");
     let data = pattern(20_000, 4);
     s.write_all(&data).unwrap();
     let first = recv_data(&mut g, host, 8192);
