@@ -161,6 +161,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> SwitchLoop<M> {
                     self.sleep();
                 }
             }
+            // `idle == 0` after work and after a sleep: a wake-up is acted on at once.
             if self.stats.polls % 256 == 0 || idle == 0 {
                 if done(&self.switch) {
                     break;
