@@ -297,7 +297,7 @@ struct Pair {
     guests_cpu: CpuSource,
 }
 
-/// The key=value fields of a probe line.
+/// The number after `key=` in a probe line.
 fn field(line: &str, key: &str) -> Option<f64> {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
@@ -738,17 +738,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let assets = match linux::linux_guests() {
-        Ok(a) => a,
-        Err(s) if s.missing => {
-            eprintln!("SKIPPED: {}", s.message);
-            return ExitCode::SUCCESS;
-        }
-        Err(s) => {
-            eprintln!("vsock_linux: {}", s.message);
-            return ExitCode::FAILURE;
-        }
-    };
     let Some(peer_bin) = args.peer.clone().or_else(linux::peer_binary) else {
         eprintln!(
             "SKIPPED: no {PEER} at {}: run guest-images/linux/install-peer.sh (or pass --peer PATH)",
@@ -763,6 +752,18 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    // After the peer: preparing may install packages and build the initramfs.
+    let assets = match linux::linux_guests() {
+        Ok(a) => a,
+        Err(s) if s.missing => {
+            eprintln!("SKIPPED: {}", s.message);
+            return ExitCode::SUCCESS;
+        }
+        Err(s) => {
+            eprintln!("vsock_linux: {}", s.message);
+            return ExitCode::FAILURE;
+        }
+    };
     let started = Instant::now();
     let o = match run(&args, &assets, &peer_bin) {
         Ok(o) => o,
