@@ -659,13 +659,14 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-/// The table: one line per case, every run's rate, the goal where the issue set one.
+/// The table: one line per case, every run's rate, the goal where the issue set one, the
+/// 1-minute load average when the case began.
 fn table(o: &Outcome) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<27} {:>5} {:>12} {:>12} {:>7} {:>6}  runs (vmq | peer)",
-        "case (64 B unless said)", "size", "vmq /s", "peer /s", "ratio", "goal"
+        "{:<27} {:>5} {:>10} {:>10} {:>6} {:>6} {:>5}  runs (vmq | peer)",
+        "case", "size", "vmq /s", "peer /s", "ratio", "goal", "load"
     );
     for (r, (v, b)) in o.report.records.iter().zip(&o.runs) {
         let base = if r.baseline == PEER {
@@ -689,15 +690,21 @@ fn table(o: &Outcome) -> String {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
+        let load = r
+            .extra
+            .get("load_1m")
+            .and_then(|l| l.as_f64())
+            .map_or("-".into(), |l| format!("{l:.1}"));
         let _ = writeln!(
             s,
-            "{:<27} {:>5} {:>12.0} {:>12} {:>7} {:>6}  {} | {}",
+            "{:<27} {:>5} {:>10.0} {:>10} {:>6} {:>6} {:>5}  {} | {}",
             r.case,
             r.msg_size,
             r.vmq_msgs_per_s,
             base,
             ratio,
             goal,
+            load,
             list(v),
             if b.is_empty() { "-".into() } else { list(b) }
         );
