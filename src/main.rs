@@ -62,13 +62,17 @@ enum Command {
     /// SOCK_SEQPACKET) through the switch. Runs until SIGINT or SIGTERM, then removes its
     /// sockets.
     Serve {
-        /// A TOML file of `[[vm]]` tables (cid, socket, groups) and `[limits]`.
+        /// A TOML file of `[[vm]]` tables (cid, socket, uds_path, groups) and `[limits]`.
         #[arg(long)]
         config: Option<String>,
         /// A VM, as vhost-device-vsock takes it:
-        /// `guest-cid=N,socket=PATH[,groups=G1+G2]` (repeatable).
+        /// `guest-cid=N,socket=PATH[,uds-path=PATH][,groups=G1+G2]` (repeatable).
         #[arg(long = "vm")]
         vms: Vec<String>,
+        /// Print the switch's table (every VM's packets, bytes, connections by state) to
+        /// stderr this often, in seconds; 0: only at the end.
+        #[arg(long, default_value_t = 0)]
+        stats_every: u64,
     },
     /// Measure queue throughput against baselines measured in the same run.
     #[command(subcommand)]
@@ -218,14 +222,19 @@ fn main() -> ExitCode {
                 |r| u8::from(!r.clean()),
             )
         }
-        Command::Serve { config, vms } => serve(config.as_deref(), &vms),
+        Command::Serve {
+            config,
+            vms,
+            stats_every,
+        } => serve(config.as_deref(), &vms, stats_every),
         Command::Bench(b) => run_bench(b),
     }
 }
 
-/// `vmq serve`: serves until SIGINT or SIGTERM. Exit 0 after a clean stop, 2 when it could
-/// not start.
-fn serve(config: Option<&str>, vms: &[String]) -> ExitCode {
+/// `vmq serve`: serves until SIGINT or SIGTERM, printing the switch's table every
+/// `stats_every` seconds (0: never) and, at the end, the table to stderr and its JSON to
+/// stdout. Exit 0 after a clean stop, 2 when it could not start.
+fn serve(config: Option<&str>, vms: &[String], stats_every: u64) -> ExitCode {
     let cfg = (|| {
         let mut cfg = match config {
             Some(path) => vmq::serve::ServeConfig::load(path)?,
@@ -267,13 +276,30 @@ fn serve(config: Option<&str>, vms: &[String]) -> ExitCode {
         "vmq serve: {} VM(s); stop with Ctrl-C or SIGTERM",
         cfg.vm.len()
     );
-    let mut sig: libc::c_int = 0;
-    // SAFETY: `set` was initialised above and `sig` is a valid out-pointer.
-    unsafe { libc::sigwait(&set, &mut sig) };
+    let sig = loop {
+        let wait = libc::timespec {
+            tv_sec: if stats_every == 0 {
+                libc::time_t::MAX
+            } else {
+                stats_every.min(libc::time_t::MAX as u64) as libc::time_t
+            },
+            tv_nsec: 0,
+        };
+        // SAFETY: `set` was initialised above; `wait` lives across the call; no siginfo wanted.
+        let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &wait) };
+        if sig > 0 {
+            break sig;
+        }
+        if let Some(s) = server.snapshot() {
+            eprint!("{s}");
+        }
+    };
     eprintln!("vmq serve: stopping (signal {sig})");
-    let counts = server.counts();
-    let stopped = server.shutdown();
-    emit(&serde_json::to_string_pretty(&counts).unwrap_or_default());
+    let (stopped, snapshot) = server.shutdown_with_snapshot();
+    if let Some(s) = snapshot {
+        eprint!("{s}");
+        emit(&serde_json::to_string_pretty(&s).unwrap_or_default());
+    }
     match stopped {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -129,6 +129,12 @@ pub trait Port<M>: Send {
     /// a backend that stopped draining from one that was not scheduled.
     fn run_queue_wait_ns(&self) -> Option<u64>;
 
+    /// Counters of this kind of port (a vsock guest's packets, connections by state, ...),
+    /// named, for the switch's snapshot; the switch shows them without reading them.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     /// The port as its concrete kind, for inspection by its owner (tests, fuzzing, a VMM);
     /// the switch never looks.
     fn as_any(&self) -> &dyn std::any::Any;

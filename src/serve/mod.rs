@@ -29,7 +29,7 @@ use crate::port::vsock::{
     VsockNetwork, VsockPort,
 };
 use crate::port::PortId;
-use crate::switch::{Clock, MonotonicClock, Switch, SwitchConfig, SwitchError};
+use crate::switch::{Clock, MonotonicClock, Snapshot, Switch, SwitchConfig, SwitchError};
 use crate::vhost_user::{DaemonError, DeviceConfig, VsockDaemon, VsockDevice};
 use crate::vsock::endpoint::EndpointConfig;
 
@@ -93,6 +93,7 @@ const SERVE_LOOP: LoopConfig = LoopConfig {
 /// A running `vmq serve`: its daemons and its switch thread.
 pub struct Server {
     net: Arc<VsockNetwork>,
+    snapshot: Arc<Mutex<Option<Snapshot>>>,
     daemons: Vec<(u64, VsockDaemon)>,
     stopper: Stopper,
     switch_thread: Option<JoinHandle<()>>,
@@ -106,9 +107,20 @@ struct Restarts {
     slots: u32,
     last_sweep: Instant,
     started: Instant,
+    /// The switch's snapshot, renewed every [`SNAPSHOT_EVERY`].
+    snapshot: Arc<Mutex<Option<Snapshot>>>,
+    last_snapshot: Instant,
 }
 
+/// How often the switch thread renews the snapshot [`Server::snapshot`] returns.
+const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
+
 impl Restarts {
+    fn publish(&self, sw: &Switch<GuestMemoryMmap>) {
+        let snap = sw.snapshot();
+        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(snap);
+    }
+
     /// Acts on what the VMs' devices reported; sweeps the relay about once a second.
     fn tick(&mut self, sw: &mut Switch<GuestMemoryMmap>) {
         while let Ok(VmEvent::Stopped(cid)) = self.events.try_recv() {
@@ -125,6 +137,10 @@ impl Restarts {
                 }
                 Err(e) => log::error!("vsock CID {cid}: cannot restart its port: {e}"),
             }
+        }
+        if self.last_snapshot.elapsed() >= SNAPSHOT_EVERY {
+            self.last_snapshot = Instant::now();
+            self.publish(sw);
         }
         if self.last_sweep.elapsed() >= Duration::from_secs(1) {
             self.last_sweep = Instant::now();
@@ -234,7 +250,10 @@ impl Server {
             slots,
             last_sweep: Instant::now(),
             started: Instant::now(),
+            snapshot: Arc::new(Mutex::new(None)),
+            last_snapshot: Instant::now(),
         };
+        let snapshot = restarts.snapshot.clone();
         let switch_thread = std::thread::Builder::new()
             .name("vmq-switch".into())
             .spawn(move || {
@@ -243,10 +262,12 @@ impl Server {
                     Duration::from_millis(1),
                     |sw, _, _| restarts.tick(sw),
                 );
+                restarts.publish(&lp.switch);
             })
             .map_err(io("the switch thread"))?;
         let mut server = Self {
             net,
+            snapshot,
             daemons: Vec::new(),
             stopper,
             switch_thread: Some(switch_thread),
@@ -277,6 +298,17 @@ impl Server {
         &self.net
     }
 
+    /// The switch's counters and each port's (a VM's packets, bytes, connections by state;
+    /// a host side's connections), as of at most [`SNAPSHOT_EVERY`] ago; after
+    /// [`shutdown`](Self::shutdown) began, as the switch thread stopped. `None` before the
+    /// first.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Every VM's counters now.
     pub fn counts(&self) -> Vec<VmCounts> {
         self.net.counts()
@@ -286,6 +318,13 @@ impl Server {
     /// the switch thread ends.
     pub fn shutdown(mut self) -> Result<(), ServeError> {
         self.stop()
+    }
+
+    /// [`shutdown`](Self::shutdown), then the switch's last snapshot, taken as its thread
+    /// stopped.
+    pub fn shutdown_with_snapshot(mut self) -> (Result<(), ServeError>, Option<Snapshot>) {
+        let r = self.stop();
+        (r, self.snapshot())
     }
 
     fn stop(&mut self) -> Result<(), ServeError> {

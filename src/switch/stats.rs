@@ -1,5 +1,6 @@
 //! Switch counters and the snapshot that prints as a table and as JSON.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
@@ -58,6 +59,9 @@ pub struct PortSnapshot {
     /// Counters.
     #[serde(flatten)]
     pub stats: PortStats,
+    /// The counters its kind of port keeps ([`crate::port::Port::counters`]), by name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub counters: BTreeMap<&'static str, u64>,
 }
 
 /// One backend of a service in a snapshot.
@@ -150,6 +154,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
                 name: p.name.clone(),
                 down: p.down,
                 stats: p.stats,
+                counters: p.port.counters().into_iter().collect(),
             })
             .collect();
         let services =
@@ -221,6 +226,13 @@ impl fmt::Display for Snapshot {
             t.redispatches, t.late_replies_dropped, t.oneway_delivered, t.oneway_undeliverable,
             t.port_faults
         )?;
+        for p in self.ports.iter().filter(|p| !p.counters.is_empty()) {
+            write!(f, "port {}{}:", p.name, if p.down { " (down)" } else { "" })?;
+            for (name, v) in &p.counters {
+                write!(f, " {name} {v}")?;
+            }
+            writeln!(f)?;
+        }
         for s in &self.services {
             writeln!(
                 f,

@@ -574,6 +574,18 @@ impl Relay {
         self.conns.is_empty()
     }
 
+    /// Connections guest `cid` takes part in (either end), by state: requested, established,
+    /// closing, closed. Walks the table.
+    pub fn states_of(&self, cid: u64) -> [usize; 4] {
+        let mut n = [0; 4];
+        for (k, c) in &self.conns {
+            if k.initiator.cid == cid || k.acceptor.cid == cid {
+                n[c.state as usize] += 1;
+            }
+        }
+        n
+    }
+
     /// Connections charged to guest `cid` (those it requested).
     pub fn opened_by(&self, cid: u64) -> usize {
         self.opened.get(&cid).copied().unwrap_or(0)

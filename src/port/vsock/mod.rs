@@ -72,6 +72,8 @@ pub struct VsockPort {
     /// A piece delivered in part when the guest's rx buffers ran out: its sender port and
     /// number, and the payload bytes written. The switch offers the same piece again.
     carry: Option<(PortId, u64, usize)>,
+    /// The last delivery found no rx buffer (counts a stall once, not once per retry).
+    rx_stalled: bool,
 }
 
 impl VsockPort {
@@ -100,6 +102,7 @@ impl VsockPort {
             tx_used: false,
             consumed: 0,
             carry: None,
+            rx_stalled: false,
         })
     }
 
@@ -432,11 +435,14 @@ impl Port<GuestMemoryMmap> for VsockPort {
             let chain = match queue.ready().then(|| queue.pop_descriptor_chain(mem)) {
                 Some(Some(chain)) => chain,
                 _ => {
-                    self.me.counters.rx_stalls.fetch_add(1, Ordering::Relaxed);
+                    if !std::mem::replace(&mut self.rx_stalled, true) {
+                        self.me.counters.rx_stalls.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.carry = (at > 0).then_some((me.0, me.1, at));
                     return Err(DeliverError::NoBuffer);
                 }
             };
+            self.rx_stalled = false;
             let head = chain.head_index();
             let part = chain.writer(mem).ok().and_then(|mut w| {
                 let n = w
@@ -558,6 +564,32 @@ impl Port<GuestMemoryMmap> for VsockPort {
     fn run_queue_wait_ns(&self) -> Option<u64> {
         // The vCPUs run in another process (the VMM's); vmq cannot see their scheduling.
         None
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let c = self.me.counts();
+        let [requested, established, closing, closed] = self.net.relay().states_of(self.cid);
+        vec![
+            ("cid", c.cid),
+            ("tx_packets", c.tx_packets),
+            ("tx_bytes", c.tx_bytes),
+            ("rx_packets", c.rx_packets),
+            ("rx_bytes", c.rx_bytes),
+            ("connections_opened", c.connections_opened),
+            ("refused", c.refused),
+            ("resets", c.resets),
+            ("malformed", c.malformed),
+            ("rx_stalls", c.rx_stalls),
+            ("control_dropped", c.control_dropped),
+            ("rx_too_small", c.rx_too_small),
+            ("host_connections", c.host_connections),
+            ("host_refused", c.host_refused),
+            ("conns_requested", requested as u64),
+            ("conns_established", established as u64),
+            ("conns_closing", closing as u64),
+            ("conns_closed", closed as u64),
+            ("staged", self.staged() as u64),
+        ]
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

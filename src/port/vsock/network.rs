@@ -49,7 +49,7 @@ pub struct VmCounters {
     pub resets: AtomicU64,
     /// Packets it sent that were malformed (dropped, answered with RST where possible).
     pub malformed: AtomicU64,
-    /// Delivery attempts that found no rx buffer posted (each poll that tried counts).
+    /// Times deliveries found no rx buffer posted (once until the guest posts one again).
     pub rx_stalls: AtomicU64,
     /// Control packets dropped because too many were owed ([`CONTROL_QUEUE_MAX`]).
     pub control_dropped: AtomicU64,

@@ -287,6 +287,82 @@ fn a_vmm_that_goes_away_resets_its_connections_and_comes_back_on_the_same_socket
 }
 
 #[test]
+fn hostile_tx_chains_are_counted_and_the_other_guests_go_on() {
+    use crate::virtio::driver::Buf;
+    let dir = Dir::new("hostile-rings");
+    let server = Server::start(&config(&dir, &[(3, "g"), (4, "g"), (5, "g")])).unwrap();
+    let mut a = guest(&dir.sock(3));
+    let mut b = guest(&dir.sock(4));
+    let mut evil = guest(&dir.sock(5));
+    wait_connected(&server);
+    let (la, lb) = connect(&mut a, &mut b, SocketType::Stream, 3, 4);
+    // Guest 5's tx chains: a buffer far outside its memory, one that runs off its end, a
+    // device-writable one, and a header split over two buffers with the second outside.
+    let end = 1u64 << 40;
+    for bufs in [
+        vec![Buf::readable(end, 64)],
+        vec![Buf::readable(u64::MAX - 8, 64)],
+        vec![Buf::writable(0x1000, 64)],
+        vec![Buf::readable(0x1000, 20), Buf::readable(end, 24)],
+    ] {
+        evil.send_chain(&bufs).unwrap();
+        // The others' traffic goes on between them.
+        send_data(&mut a, la, lb, b"ping");
+        assert_eq!(recv_data(&mut b, la, 4), b"ping");
+    }
+    let give_up = std::time::Instant::now() + PATIENCE;
+    while server.counts()[2].malformed < 4 {
+        assert!(std::time::Instant::now() < give_up, "{:?}", server.counts());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Nothing of guest 5's reached anyone, and it may still talk once it behaves.
+    assert_eq!(server.counts()[0].rx_packets, 1, "only the RESPONSE");
+    evil.reclaim_tx().unwrap();
+    connect(&mut evil, &mut b, SocketType::Stream, 5, 4);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn the_switch_snapshot_shows_every_vm_s_counters_and_connections() {
+    let dir = Dir::new("snapshot");
+    let server = Server::start(&config(&dir, &[(3, "g"), (4, "g")])).unwrap();
+    let mut a = guest(&dir.sock(3));
+    let mut b = guest(&dir.sock(4));
+    wait_connected(&server);
+    let (la, lb) = connect(&mut a, &mut b, SocketType::Stream, 3, 4);
+    send_data(&mut a, la, lb, &pattern(5000, 1));
+    recv_data(&mut b, la, 5000);
+    let give_up = std::time::Instant::now() + PATIENCE;
+    let snap = loop {
+        let s = server.snapshot();
+        let rx = s
+            .as_ref()
+            .and_then(|s| s.ports.get(1))
+            .and_then(|p| p.counters.get("rx_bytes").copied());
+        if rx == Some(5000) {
+            break s.unwrap();
+        }
+        assert!(std::time::Instant::now() < give_up, "{s:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let vm3 = &snap.ports[0];
+    assert_eq!(vm3.name, "vm3");
+    assert_eq!(vm3.counters["tx_bytes"], 5000);
+    assert_eq!(vm3.counters["conns_established"], 1);
+    assert_eq!(vm3.counters["connections_opened"], 1);
+    let table = snap.to_string();
+    assert!(
+        table.contains("port vm4:") && table.contains("rx_bytes 5000"),
+        "{table}"
+    );
+    let json = serde_json::to_value(&snap).unwrap();
+    assert_eq!(json["ports"][1]["counters"]["rx_bytes"], 5000);
+    let (stopped, last) = server.shutdown_with_snapshot();
+    stopped.unwrap();
+    assert!(last.is_some());
+}
+
+#[test]
 fn malformed_packets_are_counted_and_refused_and_the_sender_goes_on() {
     let dir = Dir::new("malformed");
     let server = Server::start(&config(&dir, &[(3, "g"), (4, "g")])).unwrap();

@@ -46,6 +46,20 @@ impl VmmFrontend {
         Ok(())
     }
 
+    /// Posts `bufs` on tx as one chain, whatever they hold or point at (a hostile guest's
+    /// chain: buffers outside memory, device-writable ones), and kicks if asked.
+    pub fn send_chain(&mut self, bufs: &[Buf]) -> Result<(), FrontendError> {
+        self.reclaim_tx()?;
+        let tx = &mut self.rings[TX_QUEUE as usize];
+        tx.add(bufs)?;
+        if tx.publish()? {
+            self.kick[TX_QUEUE as usize]
+                .write(1)
+                .map_err(io_err("kicking tx"))?;
+        }
+        Ok(())
+    }
+
     /// Takes back tx chains the device finished; returns how many.
     pub fn reclaim_tx(&mut self) -> Result<usize, FrontendError> {
         let tx = &mut self.rings[TX_QUEUE as usize];

@@ -451,6 +451,21 @@ impl Port<GuestMemoryMmap> for HostPort {
         None
     }
 
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let open = |s| self.conns.values().filter(|c| c.ep.state() == s).count() as u64;
+        vec![
+            ("cid", self.cid()),
+            ("conns_connecting", open(EndpointState::Connecting)),
+            ("conns_established", open(EndpointState::Established)),
+            ("conns_closed", open(EndpointState::Closed)),
+            ("pending_lines", self.pending.len() as u64),
+            (
+                "staged",
+                (self.staging.slots() - self.staging.free()) as u64,
+            ),
+        ]
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
