@@ -392,21 +392,6 @@ fn load() -> (f64, String) {
     (one, w.get(..3).map(|w| w.join(", ")).unwrap_or_default())
 }
 
-/// Boots the guests in parallel (boots are the slow part under TCG).
-fn boot_all(assets: &LinuxAssets, opts: Vec<GuestOptions>) -> Result<Vec<LinuxGuest>, String> {
-    let handles: Vec<_> = opts
-        .into_iter()
-        .map(|o| {
-            let a = assets.clone();
-            thread::spawn(move || LinuxGuest::boot(&a, &o))
-        })
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().map_err(|_| "a boot thread panicked".to_string())?)
-        .collect()
-}
-
 /// A folder for the sockets, removed however the bench ends. Unix socket paths must stay
 /// short (108 bytes): under the temp dir, not the target dir.
 struct TempDir(PathBuf);
@@ -476,7 +461,7 @@ fn run(args: &Args, assets: &LinuxAssets, peer_bin: &Path) -> Result<Outcome, St
     notes.push(format!("load average before boot (1/5/15 min): {shown}"));
     eprintln!("booting 4 guests (load {l:.2})");
     let booted = Instant::now();
-    let mut guests = boot_all(assets, opts)?.into_iter();
+    let mut guests = linux::boot_all(assets, opts)?.into_iter();
     eprintln!("4 guests up after {:.0} s", booted.elapsed().as_secs_f64());
     let mut next = || guests.next().ok_or("a guest went missing");
     let peer_pids = children("", &peer_bin.display().to_string());

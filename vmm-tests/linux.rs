@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
@@ -80,21 +80,6 @@ fn linux_guest_boots_and_loads_vsock() {
     g.shutdown().unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// Boots guests in parallel (boots are the slow part under TCG).
-fn boot_all(assets: &linux::LinuxAssets, opts: Vec<GuestOptions>) -> Vec<LinuxGuest> {
-    let handles: Vec<_> = opts
-        .into_iter()
-        .map(|o| {
-            let a = assets.clone();
-            thread::spawn(move || LinuxGuest::boot(&a, &o))
-        })
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().unwrap().unwrap_or_else(|e| panic!("{e}")))
-        .collect()
-}
-
 #[test]
 #[ignore = "needs the vhost-device-vsock peer: guest-images/linux/install-peer.sh"]
 fn linux_guests_exchange_stream_through_vhost_device_vsock_peer() {
@@ -113,13 +98,14 @@ fn linux_guests_exchange_stream_through_vhost_device_vsock_peer() {
         &assets.dir.join("logs/peer.log"),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let mut guests = boot_all(
+    let mut guests = linux::boot_all(
         &assets,
         vec![
             GuestOptions::new("peer-cid3", Some(v3.socket.clone())),
             GuestOptions::new("peer-cid4", Some(v4.socket.clone())),
         ],
-    );
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let mut g4 = guests.pop().unwrap();
     let mut g3 = guests.pop().unwrap();
 
@@ -164,12 +150,23 @@ fn linux_guests_exchange_stream_through_vhost_device_vsock_peer() {
     );
     eprintln!("SEQPACKET through the peer: {}", out.trim());
 
-    // Host to guest through the hybrid socket: CONNECT <port>, then echo.
+    host_and_guest_over_uds(&mut g3, &mut g4, &v3.uds, &v4.uds);
+
+    assert!(peer.alive(), "the peer died; see {}", peer.log.display());
+    g3.shutdown().unwrap_or_else(|e| panic!("{e}"));
+    g4.shutdown().unwrap_or_else(|e| panic!("{e}"));
+    drop(peer);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Host to guest 4 over its hybrid socket (`CONNECT 1300`, then 100 echoes of 256 B), and guest
+/// 3 to the host (CID 2 port 1400 reaches `<uds3>_1400`; 500 echoes of 512 B).
+fn host_and_guest_over_uds(g3: &mut LinuxGuest, g4: &mut LinuxGuest, uds3: &Path, uds4: &Path) {
     let server = g4
         .spawn("vsock-probe serve --port 1300 --type stream")
         .unwrap();
     g4.wait_output(&server, "VMQ-PROBE listening", T).unwrap();
-    let mut s = host_connect(&v4.uds, 1300, T).unwrap_or_else(|e| panic!("{e}"));
+    let mut s = host_connect(uds4, 1300, T).unwrap_or_else(|e| panic!("{e}"));
     for i in 0..100u32 {
         let msg: Vec<u8> = (0..256u32).map(|j| (i * 7 + j) as u8).collect();
         s.write_all(&msg).unwrap();
@@ -180,9 +177,7 @@ fn linux_guests_exchange_stream_through_vhost_device_vsock_peer() {
     drop(s);
     let (code, out) = g4.wait_job(&server, T).unwrap();
     assert_eq!(code, 0, "server in guest 4:\n{out}");
-
-    // Guest to host: the backend forwards CID 2 port P to <uds>_P.
-    let listener = host_listen(&v3.uds, 1400).unwrap();
+    let listener = host_listen(uds3, 1400).unwrap();
     let host = thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         s.set_read_timeout(Some(T)).unwrap();
@@ -196,15 +191,9 @@ fn linux_guests_exchange_stream_through_vhost_device_vsock_peer() {
         .unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "guest 3 -> host echo: {}",
-        ok_line(&g3, "send to host", &out)
+        ok_line(g3, "send to host", &out)
     );
     assert_eq!(host.join().unwrap(), 512 * 500);
-
-    assert!(peer.alive(), "the peer died; see {}", peer.log.display());
-    g3.shutdown().unwrap_or_else(|e| panic!("{e}"));
-    g4.shutdown().unwrap_or_else(|e| panic!("{e}"));
-    drop(peer);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Guest `server_g` (CID `cid`) echoes on `port`; guest `client_g` sends 1000 messages of
@@ -252,13 +241,14 @@ fn linux_guests_exchange_stream_and_seqpacket_through_vmq_serve() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let server = vmq_server(&dir);
-    let mut guests = boot_all(
+    let mut guests = linux::boot_all(
         &assets,
         vec![
             GuestOptions::new("vmq-cid3", Some(dir.join("vm3.sock"))),
             GuestOptions::new("vmq-cid4", Some(dir.join("vm4.sock"))),
         ],
-    );
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let mut g4 = guests.pop().unwrap();
     let mut g3 = guests.pop().unwrap();
 
@@ -288,41 +278,12 @@ fn linux_guests_exchange_stream_and_seqpacket_through_vmq_serve() {
         )
         .unwrap();
     assert_ne!(code, 0, "a connection to an unknown CID worked:\n{out}");
-    // Host to guest over guest 4's uds-path: CONNECT <port>, OK, then an echo.
-    let server_job = g4
-        .spawn("vsock-probe serve --port 1300 --type stream")
-        .unwrap();
-    g4.wait_output(&server_job, "VMQ-PROBE listening", T)
-        .unwrap();
-    let mut s = host_connect(&dir.join("vm4.vsock"), 1300, T).unwrap_or_else(|e| panic!("{e}"));
-    for i in 0..100u32 {
-        let msg: Vec<u8> = (0..256u32).map(|j| (i * 7 + j) as u8).collect();
-        s.write_all(&msg).unwrap();
-        let mut back = vec![0u8; msg.len()];
-        s.read_exact(&mut back).unwrap();
-        assert_eq!(back, msg, "echo {i} from guest 4");
-    }
-    drop(s);
-    let (code, out) = g4.wait_job(&server_job, T).unwrap();
-    assert_eq!(code, 0, "server in guest 4:\n{out}");
-    // Guest to host: guest 3's connection to CID 2 port 1400 reaches <uds-path>_1400.
-    let listener = host_listen(&dir.join("vm3.vsock"), 1400).unwrap();
-    let host = thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(T)).unwrap();
-        linux::echo_stream(&mut s).unwrap()
-    });
-    let out = g3
-        .run_ok(
-            "vsock-probe send --cid 2 --port 1400 --type stream --size 512 --count 500",
-            T,
-        )
-        .unwrap_or_else(|e| panic!("{e}\ncounters: {:?}", server.counts()));
-    eprintln!(
-        "guest 3 -> host echo: {}",
-        ok_line(&g3, "send to host", &out)
+    host_and_guest_over_uds(
+        &mut g3,
+        &mut g4,
+        &dir.join("vm3.vsock"),
+        &dir.join("vm4.vsock"),
     );
-    assert_eq!(host.join().unwrap(), 512 * 500);
     let c = server.counts();
     assert!(c.iter().all(|v| v.malformed == 0), "{c:?}");
     assert!(c.iter().all(|v| v.host_connections == 1), "{c:?}");

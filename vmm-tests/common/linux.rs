@@ -691,3 +691,18 @@ pub fn probe_line(out: &str) -> Option<&str> {
     out.lines()
         .find(|l| l.starts_with("VMQ-PROBE ok") || l.starts_with("VMQ-PROBE fail"))
 }
+
+/// Boots the guests in parallel (boots are the slow part under TCG).
+pub fn boot_all(assets: &LinuxAssets, opts: Vec<GuestOptions>) -> Result<Vec<LinuxGuest>, String> {
+    let handles: Vec<_> = opts
+        .into_iter()
+        .map(|o| {
+            let a = assets.clone();
+            thread::spawn(move || LinuxGuest::boot(&a, &o))
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().map_err(|_| "a boot thread panicked".to_string())?)
+        .collect()
+}

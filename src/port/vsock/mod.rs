@@ -382,15 +382,12 @@ impl Port<GuestMemoryMmap> for VsockPort {
     }
 
     fn copy_payload(&mut self, msg: &TxChain, buf: &mut [u8]) -> Result<usize, DeviceError> {
-        msg.payload(self.staging.view())
-            .copy_to(buf)
-            .map_err(|_| DeviceError::Broken)
+        self.staging.copy_payload(msg, buf)
     }
 
     fn release(&mut self, msg: &TxChain) -> Result<(), DeviceError> {
-        if !self.staging.give_back(msg.head) {
-            log::error!("vsock CID {}: piece {} released twice", self.cid, msg.head);
-        }
+        self.staging
+            .release(msg, format_args!("vsock CID {}", self.cid));
         Ok(())
     }
 

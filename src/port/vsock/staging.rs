@@ -3,7 +3,7 @@
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use crate::virtio::GuestView;
+use crate::virtio::{DeviceError, GuestView, TxChain};
 use crate::vsock::packet::HEADER_LEN;
 use crate::wire::HEADER_SIZE;
 
@@ -72,6 +72,21 @@ impl Staging {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Copies a staged piece's payload into `buf` ([`crate::port::Port::copy_payload`]).
+    pub fn copy_payload(&self, msg: &TxChain, buf: &mut [u8]) -> Result<usize, DeviceError> {
+        msg.payload(&self.view)
+            .copy_to(buf)
+            .map_err(|_| DeviceError::Broken)
+    }
+
+    /// Gives a staged piece's slot back ([`crate::port::Port::release`]); a second release
+    /// of the same piece is logged for `who` and changes nothing.
+    pub fn release(&mut self, msg: &TxChain, who: std::fmt::Arguments<'_>) {
+        if !self.give_back(msg.head) {
+            log::error!("{who}: piece {} released twice", msg.head);
         }
     }
 

@@ -366,19 +366,12 @@ impl Port<GuestMemoryMmap> for HostPort {
     }
 
     fn copy_payload(&mut self, msg: &TxChain, buf: &mut [u8]) -> Result<usize, DeviceError> {
-        msg.payload(self.staging.view())
-            .copy_to(buf)
-            .map_err(|_| DeviceError::Broken)
+        self.staging.copy_payload(msg, buf)
     }
 
     fn release(&mut self, msg: &TxChain) -> Result<(), DeviceError> {
-        if !self.staging.give_back(msg.head) {
-            log::error!(
-                "vsock CID {} host side: piece {} released twice",
-                self.cid(),
-                msg.head
-            );
-        }
+        self.staging
+            .release(msg, format_args!("vsock CID {} host side", self.cid()));
         // Staging room came back: connections waiting on it may go on.
         self.dirty = true;
         Ok(())
