@@ -5,12 +5,14 @@
 //! port's guest sent, hand a held message back, deliver one message, publish, notify, arm kicks
 //! before sleeping, and show how the guest drains what it is given.
 //!
-//! Kinds (one file each):
+//! Kinds:
 //! - [`NativePort`]: a vmq virtqueue pair (rx, tx) in guest memory carrying vmq's wire header
-//!   (vmq's own KVM guests, host peers in tests and benches).
+//!   (vmq's own KVM guests, host peers in tests and benches);
+//! - [`VsockPort`]: a Linux guest's virtio-vsock device served over vhost-user;
+//! - [`vsock::HostPort`]: the host side of such a guest (host programs over its `uds-path`).
 //!
-//! A new kind (a vsock endpoint behind vhost-user, say) is one new file implementing [`Port`];
-//! routing, policies, health, failover and the in-flight table do not change.
+//! A new kind is one new module implementing [`Port`]; routing, policies, health, failover and
+//! the in-flight table do not change.
 //!
 //! What a held message is: a [`TxChain`], a validated header plus where its payload lies in the
 //! port's memory ([`Port::memory`]). The switch keeps it, unreturned, while the request is in
