@@ -299,7 +299,7 @@ impl Server {
     }
 
     /// The switch's counters and each port's (a VM's packets, bytes, connections by state;
-    /// a host side's connections), as of at most [`SNAPSHOT_EVERY`] ago; after
+    /// a host side's connections), as of at most 100 ms ago; after
     /// [`shutdown`](Self::shutdown) began, as the switch thread stopped. `None` before the
     /// first.
     pub fn snapshot(&self) -> Option<Snapshot> {

@@ -1,4 +1,4 @@
-//! [`DeviceOwner`] and [`DeviceQueues`]: the seam between a [`VsockDevice`](super::VsockDevice)
+//! [`DeviceOwner`] and [`DeviceQueues`]: the seam between a [`VsockDevice`](super::VsockDevice)(super::VsockDevice)
 //! and the code that drives its queues (the vsock port), and the rule that keeps their threads
 //! apart.
 //!
@@ -14,7 +14,7 @@
 //! The rule that keeps them apart:
 //! 1. The device calls its owner's three methods one at a time, in order, with the device's
 //!    state lock held: no `kicked` before `started`, none after `stopped`, and `stopped` never
-//!    overlaps `started`. So an owner must not call back into the [`VsockDevice`] from them
+//!    overlaps `started`. So an owner must not call back into the [`VsockDevice`](super::VsockDevice) from them
 //!    (nothing in [`DeviceQueues`] does), `started` and `kicked` must return promptly, and
 //!    `stopped` may block, but only until the owner's own thread has let go of the queues.
 //! 2. The owner takes a vring's lock ([`VringRwLock::get_mut`]) for each batch of work on it
@@ -40,7 +40,7 @@
 //!    (`pop_descriptor_chain`, `add_used`, `needs_notification`, ...). It never uses
 //!    `VringState::add_used` and the other `VringState` helpers that read vhost-user-backend's
 //!    own copy of the memory: the device publishes a memory table to its owner only after it
-//!    checked that every region is backed by its file (see [`VsockDevice`]); the library's
+//!    checked that every region is backed by its file (see [`VsockDevice`](super::VsockDevice)); the library's
 //!    copy is unchecked. A SET_MEM_TABLE while the queues run replaces the memory between
 //!    two of the owner's batches; a mapping the owner still holds stays mapped until it drops
 //!    its guard.

@@ -26,7 +26,7 @@ pub enum CloseReason {
     PeerClosed,
     /// The guest broke the protocol; it got an RST.
     Violation(EndpointError),
-    /// Our side called [`Endpoint::reset`].
+    /// Our side called [`Endpoint::reset`](super::Endpoint::reset).
     LocalReset,
 }
 
@@ -41,10 +41,10 @@ pub enum EndpointError {
         /// Its value.
         value: u32,
     },
-    /// The header failed [`PacketHeader::validate`].
+    /// The header failed [`PacketHeader::validate`](crate::vsock::packet::PacketHeader::validate).
     #[error("invalid packet: {0}")]
     Invalid(#[from] PacketError),
-    /// [`Endpoint::accept`] was given something other than a REQUEST.
+    /// [`Endpoint::accept`](super::Endpoint::accept) was given something other than a REQUEST.
     #[error("can only accept a REQUEST, got op {0}")]
     NotARequest(u16),
     /// The packet is not addressed to this connection: the caller routed it wrong. Nothing
@@ -95,7 +95,7 @@ pub enum EndpointError {
     Closed(u16),
 }
 
-/// Why [`Endpoint::write_message`] took nothing.
+/// Why [`Endpoint::write_message`](super::Endpoint::write_message) took nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError {
     /// Not enough room in the send buffer now; try again after the guest granted credit.
