@@ -30,136 +30,17 @@
 //! [`PacketHeader::rst_reply`], and give the relay only the packets it allowed
 //! ([`Relay::check_request`] answers whether the relay itself would take a REQUEST).
 
+mod config;
+mod conn;
+
+pub use config::{RelayConfig, RelayConfigError, RelayError};
+pub use conn::{ConnKey, ConnState};
+
 use std::collections::HashMap;
 
 use super::credit::{CreditError, RelayWindow};
-use super::packet::{
-    Op, PacketError, PacketHeader, SockAddr, SocketType, SHUTDOWN_BOTH, SHUTDOWN_SEND,
-};
-
-/// Relay limits and timeouts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RelayConfig {
-    /// Connections a guest may have opened (REQUEST sent) at once. Default 1024.
-    pub max_conns_per_guest: usize,
-    /// The most receive credit vmq forwards for one direction of a connection, in bytes; it is
-    /// also the most vmq holds for it. Default 256 KiB (Linux's default socket buffer). A
-    /// SEQPACKET sender refuses messages above this (`EMSGSIZE`), so keep it ≥ 64 KiB.
-    pub credit_cap: u32,
-    /// A REQUEST with no RESPONSE for this long is reset. Default 10 s.
-    pub request_timeout_ns: u64,
-    /// A connection where both sides shut their sending down, or one side has and nothing
-    /// moved since, is reset after this long. Default 10 s (Linux itself resets after 8 s).
-    pub close_timeout_ns: u64,
-    /// An established connection with no packet for this long is reset; `None` (the default)
-    /// keeps idle connections, which the per-guest cap bounds.
-    pub idle_timeout_ns: Option<u64>,
-}
-
-impl Default for RelayConfig {
-    fn default() -> Self {
-        Self {
-            max_conns_per_guest: 1024,
-            credit_cap: 256 * 1024,
-            request_timeout_ns: 10_000_000_000,
-            close_timeout_ns: 10_000_000_000,
-            idle_timeout_ns: None,
-        }
-    }
-}
-
-/// A relay setting out of range.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RelayConfigError {
-    /// `max_conns_per_guest` of 0 would refuse every connection.
-    #[error("max_conns_per_guest must be at least 1")]
-    NoConnections,
-    /// `credit_cap` of 0 would stall every connection.
-    #[error("credit_cap must be at least 1 byte")]
-    NoCredit,
-}
-
-impl RelayConfig {
-    /// Checks the settings.
-    pub fn check(&self) -> Result<(), RelayConfigError> {
-        if self.max_conns_per_guest == 0 {
-            return Err(RelayConfigError::NoConnections);
-        }
-        if self.credit_cap == 0 {
-            return Err(RelayConfigError::NoCredit);
-        }
-        Ok(())
-    }
-}
-
-/// Why the relay refused a packet or reset a connection.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RelayError {
-    /// The header failed [`PacketHeader::validate`].
-    #[error("invalid packet: {0}")]
-    Invalid(#[from] PacketError),
-    /// A packet to the sender's own CID (Linux loops those back itself).
-    #[error("guest {0} sent a packet to its own CID")]
-    ToSelf(u64),
-    /// A packet other than REQUEST or RST for a connection the relay does not know.
-    #[error("{0:?} for a connection that does not exist")]
-    NoConnection(Op),
-    /// A REQUEST for a connection that already exists (in either direction).
-    #[error("REQUEST for a connection that already exists")]
-    Exists,
-    /// The requesting guest has `max` connections open already.
-    #[error("guest {cid} already has {max} connections open")]
-    TooManyConnections {
-        /// The requesting guest.
-        cid: u64,
-        /// The cap.
-        max: usize,
-    },
-    /// An op the connection's state does not allow.
-    #[error("{op:?} is not allowed on a {state:?} connection")]
-    UnexpectedOp {
-        /// The packet's op.
-        op: Op,
-        /// The connection's state.
-        state: ConnState,
-    },
-    /// The packet's socket type differs from the connection's.
-    #[error("{got:?} packet on a {conn:?} connection")]
-    TypeMismatch {
-        /// The packet's type.
-        got: SocketType,
-        /// The connection's type.
-        conn: SocketType,
-    },
-    /// Data after the sender said it would send no more.
-    #[error("data after the sender shut down its sending side")]
-    DataAfterShutdown,
-    /// A credit rule broken.
-    #[error("credit: {0}")]
-    Credit(#[from] CreditError),
-}
-
-/// A relayed connection's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ConnState {
-    /// REQUEST forwarded, RESPONSE not yet seen.
-    Requested,
-    /// Both ends connected.
-    Established,
-    /// One side sent SHUTDOWN; the other may still send.
-    Closing,
-    /// Both sides shut their sending down; waiting for the final RST (or the sweep).
-    Closed,
-}
-
-/// A relayed connection's identity: who sent the REQUEST and to whom.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnKey {
-    /// The end that sent the REQUEST.
-    pub initiator: SockAddr,
-    /// The end it was sent to.
-    pub acceptor: SockAddr,
-}
+use super::packet::{Op, PacketHeader, SockAddr, SocketType};
+use conn::{Conn, Keep, Side};
 
 /// What to do with a packet from a guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,42 +75,6 @@ pub struct Resets {
     pub to_initiator: PacketHeader,
     /// For the acceptor, from the initiator's address.
     pub to_acceptor: PacketHeader,
-}
-
-/// Which end of a connection a packet came from; indexes the per-direction arrays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Initiator = 0,
-    Acceptor = 1,
-}
-
-impl Side {
-    fn other(self) -> Self {
-        match self {
-            Self::Initiator => Self::Acceptor,
-            Self::Acceptor => Self::Initiator,
-        }
-    }
-}
-
-/// Whether a connection stays in the table after a packet.
-enum Keep {
-    Yes,
-    No,
-}
-
-#[derive(Debug, Clone)]
-struct Conn {
-    ty: SocketType,
-    state: ConnState,
-    /// SHUTDOWN flags each side has sent, indexed by [`Side`].
-    shut: [u32; 2],
-    /// Each direction's window, indexed by the sending [`Side`].
-    win: [RelayWindow; 2],
-    /// When the current state began (sweep clock).
-    since_ns: u64,
-    /// When the last packet passed (sweep clock).
-    last_ns: u64,
 }
 
 /// The table of relayed connections. Pure: no I/O, time only through [`sweep`](Self::sweep).
@@ -337,7 +182,12 @@ impl Relay {
             // The existing connection is left alone: the new one is the odd one out.
             return refuse(&hdr, RelayError::Exists);
         }
-        match self.step(key, side, &mut hdr, ty, op) {
+        let (cap, now) = (self.cfg.credit_cap, self.now_ns);
+        let stepped = match self.conns.get_mut(&key) {
+            Some(conn) => conn.step(side, &mut hdr, (ty, op), cap, now),
+            None => Err(RelayError::NoConnection(op)),
+        };
+        match stepped {
             Ok(Keep::Yes) => Verdict::Forward(hdr),
             Ok(Keep::No) => {
                 self.remove(&key);
@@ -386,73 +236,6 @@ impl Relay {
         );
         *self.opened.entry(key.initiator.cid).or_insert(0) += 1;
         Verdict::Forward(hdr)
-    }
-
-    /// Applies a packet (not a REQUEST) to an existing connection, rewriting the credit in
-    /// `hdr`. An error resets the connection.
-    fn step(
-        &mut self,
-        key: ConnKey,
-        side: Side,
-        hdr: &mut PacketHeader,
-        ty: SocketType,
-        op: Op,
-    ) -> Result<Keep, RelayError> {
-        let cap = self.cfg.credit_cap;
-        let now = self.now_ns;
-        let Some(conn) = self.conns.get_mut(&key) else {
-            return Err(RelayError::NoConnection(op));
-        };
-        if ty != conn.ty {
-            return Err(RelayError::TypeMismatch {
-                got: ty,
-                conn: conn.ty,
-            });
-        }
-        if op == Op::Rst {
-            return Ok(Keep::No);
-        }
-        // Every other header carries the sender's receive credit: the other direction's window.
-        hdr.buf_alloc =
-            conn.win[side.other() as usize].on_receiver_credit(hdr.buf_alloc, hdr.fwd_cnt, cap)?;
-        let state = conn.state;
-        let unexpected = Err(RelayError::UnexpectedOp { op, state });
-        match (state, op) {
-            (ConnState::Requested, Op::Response) if side == Side::Acceptor => {
-                conn.state = ConnState::Established;
-                conn.since_ns = now;
-            }
-            // Linux sends one if the requester resizes its buffer while connecting.
-            (ConnState::Requested, Op::CreditUpdate) if side == Side::Initiator => {}
-            (ConnState::Requested, _) | (_, Op::Response | Op::Request | Op::Rst) => {
-                return unexpected
-            }
-            (_, Op::Rw) => {
-                if conn.shut[side as usize] & SHUTDOWN_SEND != 0 {
-                    return Err(RelayError::DataAfterShutdown);
-                }
-                conn.win[side as usize].on_send(hdr.len)?;
-            }
-            (_, Op::CreditUpdate | Op::CreditRequest) => {}
-            (_, Op::Shutdown) => {
-                conn.shut[side as usize] |= hdr.flags;
-                if conn.shut == [SHUTDOWN_BOTH; 2] {
-                    // Nothing more can flow either way: the entry ends here.
-                    return Ok(Keep::No);
-                }
-                let next = if conn.shut.iter().all(|s| s & SHUTDOWN_SEND != 0) {
-                    ConnState::Closed
-                } else {
-                    ConnState::Closing
-                };
-                if next != conn.state {
-                    conn.state = next;
-                    conn.since_ns = now;
-                }
-            }
-        }
-        conn.last_ns = now;
-        Ok(Keep::Yes)
     }
 
     /// Reports that `hdr` (a header from a [`Verdict::Forward`], or one piece of it after
