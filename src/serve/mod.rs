@@ -170,7 +170,8 @@ impl Server {
                 }),
             })
             .collect();
-        let net = Arc::new(VsockNetwork::new(addrs, cfg.relay())?);
+        let relay = cfg.relay();
+        let net = Arc::new(VsockNetwork::new(addrs, relay.clone())?);
         let slots = cfg.limits.staging_slots;
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::new());
         let switch_cfg = SwitchConfig {
@@ -214,13 +215,13 @@ impl Server {
                 HostConfig {
                     uds_path: uds.clone(),
                     endpoint: EndpointConfig {
-                        buf_alloc: cfg.relay().credit_cap,
-                        send_buf: cfg.relay().credit_cap,
+                        buf_alloc: relay.credit_cap,
+                        send_buf: relay.credit_cap,
                     },
-                    max_connections: cfg.limits.max_connections_per_vm as usize,
+                    max_connections: relay.max_conns_per_guest,
                     staging_slots: slots,
-                    request_timeout_ns: cfg.relay().request_timeout_ns,
-                    close_timeout_ns: cfg.relay().close_timeout_ns,
+                    request_timeout_ns: relay.request_timeout_ns,
+                    close_timeout_ns: relay.close_timeout_ns,
                 },
                 clock.clone(),
             )

@@ -63,6 +63,9 @@ pub const CHUNK: usize = 64 * 1024;
 /// above the ports guests listen on); allocation wraps back here below `u32::MAX`.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
+/// While the switch spins, the sockets are asked for events once in this many passes.
+const SOCKET_POLL_EVERY: u32 = 16;
+
 /// How often timeouts are checked.
 const TIMEOUT_CHECK_NS: u64 = 100_000_000;
 
@@ -110,6 +113,12 @@ pub struct HostPort {
     departures: u64,
     /// Something moved since the last pass over the connections.
     dirty: bool,
+    /// Sockets are asked for events on the first pass after a sleep and on every
+    /// [`SOCKET_POLL_EVERY`]th pass while the switch spins, not on every pass (a syscall).
+    sockets_due: bool,
+    passes: u32,
+    /// Connections that ended in a pass (kept to reuse its allocation).
+    ended: Vec<(u32, u32)>,
     last_timeout_check: u64,
     next_piece: u64,
     consumed: u16,
@@ -184,6 +193,9 @@ impl HostPort {
             next_local_port: FIRST_LOCAL_PORT,
             // The listener may already have connections waiting.
             dirty: true,
+            sockets_due: true,
+            passes: 0,
+            ended: Vec::new(),
             last_timeout_check: now,
             next_piece: 0,
             consumed: 0,
@@ -254,22 +266,27 @@ impl HostPort {
             self.last_timeout_check = now;
             self.expire_pending(now);
         }
-        let keys: Vec<_> = self.conns.keys().copied().collect();
+        // The table is taken out for the pass (nothing below touches it), so each connection
+        // is reached once, without a key list or a rehash per connection.
+        let mut conns = std::mem::take(&mut self.conns);
+        let mut ended = std::mem::take(&mut self.ended);
         let mut staged = 0;
-        for key in keys {
-            let Some(mut c) = self.conns.remove(&key) else {
-                continue;
-            };
-            if pump_stream(&mut c, &mut self.chunk) {
+        for (key, c) in conns.iter_mut() {
+            if pump_stream(c, &mut self.chunk) {
                 self.dirty = true;
             }
-            staged += self.stage_packets(&mut c, max.saturating_sub(staged), sent);
-            if self.finished(&mut c, now, check_timeouts) {
-                self.forget(key, c);
-            } else {
-                self.conns.insert(key, c);
+            staged += self.stage_packets(c, max.saturating_sub(staged), sent);
+            if self.finished(c, now, check_timeouts) {
+                ended.push(*key);
             }
         }
+        self.conns = conns;
+        for key in ended.drain(..) {
+            if let Some(c) = self.conns.remove(&key) {
+                self.forget(key, c);
+            }
+        }
+        self.ended = ended;
     }
 
     /// Stages what the endpoint owes the guest, at most `max` pieces; returns how many.
@@ -350,7 +367,10 @@ impl Port<GuestMemoryMmap> for HostPort {
             self.departures = departures;
             self.drop_all();
         }
-        self.poll_sockets();
+        self.passes = self.passes.wrapping_add(1);
+        if std::mem::take(&mut self.sockets_due) || self.passes % SOCKET_POLL_EVERY == 0 {
+            self.poll_sockets();
+        }
         let before = sent.len();
         let now = self.clock.now_ns();
         let timeouts_due = now.saturating_sub(self.last_timeout_check) >= TIMEOUT_CHECK_NS
@@ -434,7 +454,9 @@ impl Port<GuestMemoryMmap> for HostPort {
     }
 
     fn arm_kicks(&mut self, _rx_wanted: bool) -> bool {
-        // Sockets wake the loop through `wake_fd`; work left from the last pass must not wait.
+        // Sockets wake the loop through `wake_fd`, and the first pass after it looks at them;
+        // work left from the last pass must not wait.
+        self.sockets_due = true;
         self.dirty
     }
 
