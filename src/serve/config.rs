@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::switch::{FailoverConfig, HealthConfig, PolicyConfig, ServiceConfig};
 use crate::topology::{from_toml, TomlError};
 use crate::vsock::relay::RelayConfig;
 
@@ -54,8 +55,123 @@ impl Default for LimitsConfig {
     }
 }
 
+/// How a service balances.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BalanceMode {
+    /// Each SOCK_SEQPACKET message is a request, balanced on its own; vmq terminates the
+    /// client's connection and keeps its own to the backends.
+    #[default]
+    Message,
+    /// Each new connection goes to one backend (not built yet: refused with a message).
+    Connection,
+}
+
+/// One backend VM of a service.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// The backend VM's CID (one of the `[[vm]]`s).
+    pub cid: u64,
+    /// Its base weight (above 0). Default 1.
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// The port its application listens on. Default: the service's port.
+    #[serde(default)]
+    pub port: Option<u32>,
+    /// Requests in flight to it at once (each on a connection of its own). Default 8.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: u32,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn default_in_flight() -> u32 {
+    8
+}
+
+/// Stall window of a vsock service: Linux guests answer in tens of microseconds at best and
+/// in milliseconds under emulation, so the native 5 ms would call a busy guest stalled.
+const VSOCK_STALL_WINDOW_NS: u64 = 500_000_000;
+
+fn vsock_failover() -> FailoverConfig {
+    FailoverConfig {
+        stall_window_ns: VSOCK_STALL_WINDOW_NS,
+        base_ejection_ns: 1_000_000_000,
+        max_ejection_ns: 10_000_000_000,
+        ..FailoverConfig::default()
+    }
+}
+
+/// A load-balanced vsock service (`[[service]]`): clients connect to `cid:port` with plain
+/// `AF_VSOCK` sockets.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceTable {
+    /// Its name (in the switch's table and the stats).
+    pub name: String,
+    /// The service's address: a CID of its own (no VM's).
+    pub cid: u64,
+    /// The port clients connect to (below 2^30).
+    pub port: u32,
+    /// `message` (default) or `connection`.
+    #[serde(default)]
+    pub mode: BalanceMode,
+    /// The backends.
+    pub members: Vec<MemberConfig>,
+    /// Balancing policy (as in `vmq run`'s topologies).
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// Health scoring.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Stall window, ejection, slow start, panic. Default stall window 500 ms.
+    #[serde(default = "vsock_failover")]
+    pub failover: FailoverConfig,
+    /// A request not answered in this long is failed back: its client's connection is
+    /// reset. Default 5000.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Largest message, KiB (1 to 64). Default 64.
+    #[serde(default = "default_max_message_kib")]
+    pub max_message_kib: u32,
+    /// Client connections at once. Default 256.
+    #[serde(default = "default_max_clients")]
+    pub max_connections: u32,
+    /// Requests in flight per client connection. Default 16.
+    #[serde(default = "default_window")]
+    pub window: u32,
+}
+
+fn default_request_timeout_ms() -> u64 {
+    5000
+}
+fn default_max_message_kib() -> u32 {
+    64
+}
+fn default_max_clients() -> u32 {
+    256
+}
+fn default_window() -> u32 {
+    16
+}
+
+impl ServiceTable {
+    /// The switch's settings for it.
+    pub fn switch_config(&self) -> ServiceConfig {
+        ServiceConfig {
+            policy: self.policy.clone(),
+            health: self.health,
+            failover: self.failover,
+            request_timeout_ns: self.request_timeout_ms.saturating_mul(1_000_000),
+        }
+    }
+}
+
 /// Everything `vmq serve` needs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeConfig {
     /// The VMs (`[[vm]]`).
@@ -64,6 +180,9 @@ pub struct ServeConfig {
     /// Limits (`[limits]`).
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Load-balanced services (`[[service]]`).
+    #[serde(default)]
+    pub service: Vec<ServiceTable>,
 }
 
 /// A configuration `vmq serve` refuses.
@@ -237,6 +356,82 @@ impl ServeConfig {
                     crate::port::vsock::MAX_SLOTS
                 ),
             ));
+        }
+        self.check_services(file)
+    }
+
+    fn check_services(&self, file: &str) -> Result<(), ServeConfigError> {
+        let invalid = |place: String, message: String| ServeConfigError::Invalid {
+            place: format!("{file}: {place}"),
+            message,
+        };
+        let vm_cids: HashSet<u64> = self.vm.iter().map(|v| v.cid).collect();
+        let mut names = HashSet::new();
+        let mut cids = HashSet::new();
+        for (i, s) in self.service.iter().enumerate() {
+            let place = format!("service[{i}] ({})", s.name);
+            if s.name.is_empty() || !names.insert(s.name.clone()) {
+                return Err(invalid(
+                    format!("{place}.name"),
+                    "needs a name no other service has".into(),
+                ));
+            }
+            if !crate::vsock::packet::is_guest_cid(s.cid) || vm_cids.contains(&s.cid) || !cids.insert(s.cid)
+            {
+                return Err(invalid(
+                    format!("{place}.cid"),
+                    "a service needs a CID of its own: 3 or more, no VM's and no other service's"
+                        .into(),
+                ));
+            }
+            if s.port >= crate::port::vsock::SERVICE_BACKEND_PORTS {
+                return Err(invalid(
+                    format!("{place}.port"),
+                    "must be below 1073741824 (ports above are vmq's own, to the backends)".into(),
+                ));
+            }
+            if s.mode == BalanceMode::Connection {
+                return Err(invalid(
+                    format!("{place}.mode"),
+                    "mode \"connection\" is not built yet; use \"message\" (SOCK_SEQPACKET \
+                     request/reply)"
+                        .into(),
+                ));
+            }
+            if s.members.is_empty() {
+                return Err(invalid(format!("{place}.members"), "needs at least one member".into()));
+            }
+            let mut seen = HashSet::new();
+            for (j, m) in s.members.iter().enumerate() {
+                let mplace = format!("{place}.members[{j}]");
+                if !vm_cids.contains(&m.cid) || !seen.insert(m.cid) {
+                    return Err(invalid(
+                        format!("{mplace}.cid"),
+                        format!("{} is not a [[vm]] of this server, or is a member twice", m.cid),
+                    ));
+                }
+                if !(m.weight.is_finite() && m.weight > 0.0) {
+                    return Err(invalid(format!("{mplace}.weight"), "must be above 0".into()));
+                }
+                if !(1..=1024).contains(&m.max_in_flight) {
+                    return Err(invalid(
+                        format!("{mplace}.max_in_flight"),
+                        "must be 1 to 1024".into(),
+                    ));
+                }
+            }
+            if !(1..=64).contains(&s.max_message_kib) {
+                return Err(invalid(format!("{place}.max_message_kib"), "must be 1 to 64".into()));
+            }
+            if !(1..=4096).contains(&s.max_connections) || !(1..=256).contains(&s.window) {
+                return Err(invalid(
+                    format!("{place}.max_connections"),
+                    "max_connections must be 1 to 4096 and window 1 to 256".into(),
+                ));
+            }
+            s.switch_config()
+                .validate_for(s.members.len())
+                .map_err(|e| invalid(format!("{place}.{}", e.field()), e.to_string()))?;
         }
         Ok(())
     }

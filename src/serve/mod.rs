@@ -12,7 +12,9 @@
 mod config;
 mod owner;
 
-pub use config::{LimitsConfig, ServeConfig, ServeConfigError, VmConfig};
+pub use config::{
+    BalanceMode, LimitsConfig, MemberConfig, ServeConfig, ServeConfigError, ServiceTable, VmConfig,
+};
 pub use owner::{VmEvent, VmOwner};
 
 use std::collections::HashMap;
@@ -24,9 +26,12 @@ use std::time::{Duration, Instant};
 use vm_memory::GuestMemoryMmap;
 
 use crate::event::{LoopConfig, Stopper, SwitchLoop};
+use crate::port::vsock::service::{
+    BackendConfig, FrontConfig, ServiceBackendPort, ServiceFrontPort,
+};
 use crate::port::vsock::{
-    HostConfig, HostPort, HostPortError, NetworkError, SharedQueues, VmAddress, VmCounts,
-    VsockNetwork, VsockPort,
+    HostConfig, HostPort, HostPortError, NetworkError, ServiceRoute, SharedQueues, VmAddress,
+    VmCounts, VsockNetwork, VsockPort,
 };
 use crate::port::PortId;
 use crate::switch::{Clock, MonotonicClock, Snapshot, Switch, SwitchConfig, SwitchError};
@@ -149,6 +154,88 @@ impl Restarts {
     }
 }
 
+/// Attaches service `s` (the switch's service `id`): its front at port `front`, its members'
+/// ports at `backends`, then the switch's service over the members.
+#[allow(clippy::too_many_arguments)]
+fn add_service(
+    sw: &mut Switch<GuestMemoryMmap>,
+    net: &Arc<VsockNetwork>,
+    clock: &Arc<dyn Clock>,
+    cfg: &ServeConfig,
+    id: u32,
+    s: &ServiceTable,
+    front: PortId,
+    backends: &[(u64, PortId)],
+) -> Result<(), ServeError> {
+    let relay = cfg.relay();
+    let max_message = s.max_message_kib * 1024;
+    let port = ServiceFrontPort::new(
+        net.clone(),
+        FrontConfig {
+            service: id,
+            cid: s.cid,
+            port: s.port,
+            endpoint: EndpointConfig {
+                buf_alloc: relay.credit_cap,
+                send_buf: relay.credit_cap,
+            },
+            max_message,
+            max_connections: s.max_connections as usize,
+            window: s.window,
+            slots: FRONT_SLOTS,
+        },
+    )
+    .map_err(io(format!("service {}: staging memory", s.name)))?;
+    let got = sw.attach(&format!("svc-{}", s.name), Box::new(port))?;
+    debug_assert_eq!(got, front);
+    let mut members = Vec::new();
+    for (m, &(cid, expected)) in s.members.iter().zip(backends) {
+        let vm = net.vm(cid).cloned().ok_or_else(|| ServeError::Io {
+            what: format!("service {}", s.name),
+            source: std::io::Error::other(format!("member CID {cid} is no VM")),
+        })?;
+        let port = ServiceBackendPort::new(
+            vm,
+            BackendConfig {
+                service_cid: s.cid,
+                port: m.port.unwrap_or(s.port),
+                max_in_flight: m.max_in_flight,
+                endpoint: EndpointConfig {
+                    buf_alloc: max_message,
+                    send_buf: max_message,
+                },
+                max_message,
+                connect_timeout_ns: BACKEND_CONNECT_TIMEOUT.as_nanos() as u64,
+                request_timeout_ns: s.request_timeout_ms.saturating_mul(1_000_000),
+                refused_backoff_ns: BACKEND_CONNECT_TIMEOUT.as_nanos() as u64,
+                slots: m.max_in_flight * 20 + 64,
+            },
+            clock.clone(),
+        )
+        .map_err(io(format!("service {}: member {cid}", s.name)))?;
+        let got = sw.attach(&format!("svc-{}-vm{cid}", s.name), Box::new(port))?;
+        debug_assert_eq!(got, expected);
+        members.push((got, m.weight));
+    }
+    let sid = sw.add_service(&s.name, s.switch_config(), &members)?;
+    debug_assert_eq!(sid, id);
+    log::info!(
+        "service {}: CID {} port {} over {} backends",
+        s.name,
+        s.cid,
+        s.port,
+        members.len()
+    );
+    Ok(())
+}
+
+/// Staging slots of a service's front: its requests in flight (three quarters) and packets
+/// for its clients, each slot one message of up to `max_message_kib`.
+const FRONT_SLOTS: u32 = 1024;
+
+/// A backend that does not accept a connection in this long is passed over for as long again.
+const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl Server {
     /// Starts serving `cfg` (checked again here): binds every VM's socket and starts the
     /// switch thread.
@@ -171,7 +258,29 @@ impl Server {
             })
             .collect();
         let relay = cfg.relay();
-        let net = Arc::new(VsockNetwork::new(addrs, relay.clone())?);
+        let mut net = VsockNetwork::new(addrs, relay.clone())?;
+        // Then each service's front and its members' ports.
+        let mut next_port = next_host;
+        let mut service_ports = Vec::new();
+        for s in &cfg.service {
+            let front = next_port;
+            let backends: Vec<(u64, PortId)> = s
+                .members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.cid, front + 1 + i as PortId))
+                .collect();
+            next_port += 1 + backends.len() as PortId;
+            net.add_service(
+                s.cid,
+                ServiceRoute {
+                    front,
+                    backends: backends.iter().copied().collect(),
+                },
+            )?;
+            service_ports.push((front, backends));
+        }
+        let net = Arc::new(net);
         let slots = cfg.limits.staging_slots;
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::new());
         let switch_cfg = SwitchConfig {
@@ -238,6 +347,9 @@ impl Server {
                 uds.display(),
                 uds.display()
             );
+        }
+        for (k, (s, (front, backends))) in cfg.service.iter().zip(service_ports).enumerate() {
+            add_service(&mut sw, &net, &clock, cfg, k as u32, s, front, &backends)?;
         }
         let mut lp = SwitchLoop::new(sw, kicks, SERVE_LOOP).map_err(io("the switch loop"))?;
         for (id, fd) in host_fds {

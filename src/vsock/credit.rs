@@ -158,6 +158,11 @@ impl Credit {
                 || self.in_use() == 0)
     }
 
+    /// Bytes we sent that the peer's application has not consumed yet (by its last `fwd_cnt`).
+    pub fn unacked(&self) -> u32 {
+        self.tx_cnt.wrapping_sub(self.peer_fwd_cnt)
+    }
+
     /// Bytes we have sent (wrapping).
     pub fn tx_cnt(&self) -> u32 {
         self.tx_cnt

@@ -20,11 +20,13 @@
 
 mod host;
 mod network;
+pub mod service;
 mod staging;
 
 pub use host::{HostConfig, HostPort, HostPortError, CHUNK, MAX_PENDING};
 pub use network::{
-    NetworkError, VmAddress, VmCounters, VmCounts, VmEntry, VsockNetwork, CONTROL_QUEUE_MAX,
+    NetworkError, ServiceRoute, VmAddress, VmCounters, VmCounts, VmEntry, VsockNetwork,
+    CONTROL_QUEUE_MAX, SERVICE_BACKEND_PORTS,
 };
 pub use staging::{Staging, MAX_SLOTS, PIECE_PAYLOAD, SLOT_SIZE};
 
@@ -166,6 +168,14 @@ impl VsockPort {
                 }
                 None => self.refuse(&hdr),
             }
+            return;
+        }
+        if let Some(to) = self.net.service_port(dst, self.cid, hdr.dst_port) {
+            // A service terminates these itself and checks them there.
+            if hdr.op == Op::Request as u16 {
+                c.connections_opened.fetch_add(1, Ordering::Relaxed);
+            }
+            self.stage(&hdr, to, sent);
             return;
         }
         let peer = match self.net.vm(dst) {

@@ -16,6 +16,19 @@ use crate::vsock::relay::{Relay, RelayConfig, RelayConfigError};
 /// and counted (the relay's sweep resets what they would have ended).
 pub const CONTROL_QUEUE_MAX: usize = 4096;
 
+/// Local ports at and above this, on a service's CID, are the connections vmq opens to the
+/// service's backends; ports below are what clients connect to.
+pub const SERVICE_BACKEND_PORTS: u32 = 1 << 30;
+
+/// Where packets addressed to a service's CID go (see [`VsockNetwork::service_port`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceRoute {
+    /// The switch port that terminates clients' connections to the service.
+    pub front: PortId,
+    /// Each backend VM's member port, by the VM's CID.
+    pub backends: HashMap<u64, PortId>,
+}
+
 /// One vsock VM: its CID, its port in the switch, the groups it belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmAddress {
@@ -162,6 +175,9 @@ pub enum NetworkError {
     /// The relay settings are out of range.
     #[error(transparent)]
     Relay(#[from] RelayConfigError),
+    /// A service's CID is a VM's, reserved, or another service's.
+    #[error("service CID {0} is taken (a VM's, another service's, or reserved); give the service a CID of its own, 3 or more")]
+    ServiceCid(u64),
     /// An eventfd could not be made.
     #[error("cannot create an eventfd for VM CID {cid}: {source}")]
     EventFd {
@@ -179,6 +195,7 @@ pub enum NetworkError {
 pub struct VsockNetwork {
     vms: Vec<Arc<VmEntry>>,
     by_cid: HashMap<u64, usize>,
+    services: HashMap<u64, ServiceRoute>,
     relay: Mutex<Relay>,
 }
 
@@ -208,8 +225,40 @@ impl VsockNetwork {
         Ok(Self {
             vms: entries,
             by_cid,
+            services: HashMap::new(),
             relay: Mutex::new(Relay::new(relay)?),
         })
+    }
+
+    /// Makes `cid` a service's address, reached as `route` says.
+    pub fn add_service(&mut self, cid: u64, route: ServiceRoute) -> Result<(), NetworkError> {
+        if !crate::vsock::packet::is_guest_cid(cid)
+            || self.by_cid.contains_key(&cid)
+            || self.services.contains_key(&cid)
+        {
+            return Err(NetworkError::ServiceCid(cid));
+        }
+        self.services.insert(cid, route);
+        Ok(())
+    }
+
+    /// The switch port a packet from VM `from` to `dst_cid:dst_port` goes to when `dst_cid`
+    /// is a service: a backend's answer on a connection vmq opened (a port at or above
+    /// [`SERVICE_BACKEND_PORTS`]) goes to that backend's member port, anything else to the
+    /// service's front. `None` when `dst_cid` is no service's (or `from` is not a backend of
+    /// it and uses a backend port).
+    pub fn service_port(&self, dst_cid: u64, from: u64, dst_port: u32) -> Option<PortId> {
+        let r = self.services.get(&dst_cid)?;
+        if dst_port >= SERVICE_BACKEND_PORTS {
+            r.backends.get(&from).copied()
+        } else {
+            Some(r.front)
+        }
+    }
+
+    /// Whether `cid` is a service's address.
+    pub fn is_service(&self, cid: u64) -> bool {
+        self.services.contains_key(&cid)
     }
 
     /// The VM with guest CID `cid`.

@@ -5,7 +5,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::virtio::{DeviceError, GuestView, TxChain};
 use crate::vsock::packet::HEADER_LEN;
-use crate::wire::HEADER_SIZE;
+use crate::wire::{MsgHeader, HEADER_SIZE};
 
 /// Most payload in one staged piece. Packets the guest sends (up to 64 KiB) are cut into
 /// pieces of this size before they are staged; a receiver whose rx buffers are smaller (Linux
@@ -23,19 +23,28 @@ pub const MAX_SLOTS: u32 = u16::MAX as u32;
 #[derive(Debug)]
 pub struct Staging {
     view: GuestView<GuestMemoryMmap>,
+    slot_size: u64,
     free: Vec<u16>,
     in_use: Vec<bool>,
 }
 
 impl Staging {
-    /// `slots` slots (at most [`MAX_SLOTS`]).
+    /// `slots` slots of [`SLOT_SIZE`] (at most [`MAX_SLOTS`]).
     pub fn new(slots: u32) -> std::io::Result<Self> {
+        Self::with_slot_size(slots, SLOT_SIZE)
+    }
+
+    /// `slots` slots of `slot_size` bytes each (a service's staged requests are whole
+    /// messages, not pieces). Bound: `slots * slot_size` bytes.
+    pub fn with_slot_size(slots: u32, slot_size: u64) -> std::io::Result<Self> {
         let slots = slots.clamp(1, MAX_SLOTS);
+        let slot_size = slot_size.max(SLOT_SIZE);
         let mem =
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (slots as u64 * SLOT_SIZE) as usize)])
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (slots as u64 * slot_size) as usize)])
                 .map_err(|e| std::io::Error::other(format!("staging memory: {e}")))?;
         Ok(Self {
             view: GuestView::new(mem),
+            slot_size,
             free: (0..slots as u16).rev().collect(),
             in_use: vec![false; slots as usize],
         })
@@ -51,6 +60,11 @@ impl Staging {
         self.free.len()
     }
 
+    /// Bytes of one slot.
+    pub fn slot_size(&self) -> u64 {
+        self.slot_size
+    }
+
     /// Slots in all.
     pub fn slots(&self) -> usize {
         self.in_use.len()
@@ -60,7 +74,7 @@ impl Staging {
     pub fn take(&mut self) -> Option<(u16, u64)> {
         let i = self.free.pop()?;
         self.in_use[i as usize] = true;
-        Some((i, i as u64 * SLOT_SIZE))
+        Some((i, i as u64 * self.slot_size))
     }
 
     /// Gives slot `i` back; `false` if it was not taken (a double release).
@@ -88,6 +102,29 @@ impl Staging {
         if !self.give_back(msg.head) {
             log::error!("{who}: piece {} released twice", msg.head);
         }
+    }
+
+    /// Stages message `msg` (its length set here) with its payload `parts` one after another;
+    /// `None` when no slot is free or the parts do not fit one.
+    pub fn stage(&mut self, mut msg: MsgHeader, parts: &[&[u8]]) -> Option<TxChain> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if (HEADER_SIZE + len) as u64 > self.slot_size {
+            return None;
+        }
+        let (slot, addr) = self.take()?;
+        msg.set_len(len as u32);
+        let mut at = addr;
+        let mut ok = self.view.write(at, &msg.to_bytes());
+        at += HEADER_SIZE as u64;
+        for p in parts {
+            ok = ok && self.view.write(at, p);
+            at += p.len() as u64;
+        }
+        if !ok {
+            self.give_back(slot);
+            return None;
+        }
+        Some(TxChain::in_span(slot, msg, addr))
     }
 
     /// Writes `parts` one after another at `addr` (inside a slot taken).

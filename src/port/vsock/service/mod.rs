@@ -1,0 +1,35 @@
+//! A load-balanced vsock service in `message` mode: clients' SEQPACKET connections to the
+//! service's address are terminated by vmq, and each message becomes a request of the switch,
+//! balanced, failed over and answered like any native request.
+//!
+//! Two kinds of port make it, and the switch knows neither:
+//! - [`ServiceFrontPort`] (one per service) is the service's address, `cid:port`. It accepts
+//!   clients' connections, turns each message into a request to the switch's service (kept,
+//!   whole, in its staging memory until it is answered: failover re-reads it there) and writes
+//!   the answers back on the connection that asked, in the order asked.
+//! - [`ServiceBackendPort`] (one per member) is a member of the switch's service. It keeps a
+//!   pool of SEQPACKET connections from the service's CID to the backend VM's application, one
+//!   request at a time on each, and hands the backend's answer to the switch as the reply.
+//!
+//! What the switch's health and stall rule see of a backend ([`Port::drain`]): a request counts
+//! as drained when the backend's application has read it (its `fwd_cnt` covers it, or its answer
+//! came), so an application that stops reading stalls with data waiting, however alive its
+//! kernel is; free buffers are the idle connections it may still be given.
+//!
+//! [`Port::drain`]: crate::port::Port::drain
+
+mod backend;
+mod front;
+
+pub use backend::{BackendConfig, ServiceBackendPort};
+pub use front::{FrontConfig, ServiceFrontPort};
+
+use crate::vsock::packet::HEADER_LEN;
+use crate::wire::HEADER_SIZE;
+
+/// Bytes of a staging slot that holds a whole message of up to `max_message` bytes (or one
+/// packet piece with its vsock header, whichever is larger).
+fn slot_size(max_message: u32) -> u64 {
+    (HEADER_SIZE + HEADER_LEN) as u64 + u64::from(max_message.max(super::PIECE_PAYLOAD))
+}
+

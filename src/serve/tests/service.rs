@@ -1,0 +1,321 @@
+//! `message` services without guests: client and backend applications played by endpoints on
+//! VMMs written in Rust, through the whole server.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::*;
+use crate::vsock::endpoint::{Endpoint, EndpointConfig, EndpointState};
+
+const SERVICE_CID: u64 = 100;
+const SERVICE_PORT: u32 = 5000;
+
+/// A guest's applications: endpoints over its played VMM, the guest kernel's part (packets in
+/// and out, credit) done by [`Endpoint`] as Linux's transport would.
+struct App {
+    g: VmmFrontend,
+    cid: u64,
+    /// Listening on this port (a backend): requests are accepted.
+    listen: Option<u32>,
+    eps: HashMap<(u32, u64, u32), Endpoint>,
+    /// A backend's application answers (reads and replies) only while this is set.
+    reading: bool,
+    answered: u64,
+}
+
+impl App {
+    fn new(dir: &Dir, cid: u64, listen: Option<u32>) -> Self {
+        Self {
+            g: guest(&dir.sock(cid)),
+            cid,
+            listen,
+            eps: HashMap::new(),
+            reading: true,
+            answered: 0,
+        }
+    }
+
+    /// Packets in and out until nothing moves; a backend answers what it reads with the
+    /// request's bytes and its CID.
+    fn pump(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(bytes) = self.g.recv().expect("rx works") {
+            moved = true;
+            let Ok(h) = PacketHeader::decode(&bytes) else {
+                continue;
+            };
+            let data = &bytes[HEADER_LEN..HEADER_LEN + h.len as usize];
+            let key = (h.dst_port, h.src_cid, h.src_port);
+            if let Some(ep) = self.eps.get_mut(&key) {
+                let _ = ep.on_packet(&h, data);
+            } else if h.op == Op::Request as u16 && Some(h.dst_port) == self.listen {
+                let ep = Endpoint::accept(EndpointConfig::default(), &h).expect("a request");
+                self.eps.insert(key, ep);
+            }
+        }
+        if self.reading {
+            for ep in self.eps.values_mut() {
+                if self.listen.is_some() {
+                    while let Some(m) = ep.read_message() {
+                        let mut reply = m.data;
+                        reply.push(self.cid as u8);
+                        ep.write_message(&reply, true).expect("room for a reply");
+                        self.answered += 1;
+                    }
+                }
+            }
+        }
+        for ep in self.eps.values_mut() {
+            while let Some((h, p)) = ep.next_packet(4096) {
+                self.g.reclaim_tx().unwrap();
+                let mut v = h.encode().to_vec();
+                v.extend_from_slice(&p);
+                self.g.send(&v).expect("tx works");
+                moved = true;
+            }
+        }
+        self.g.reclaim_tx().unwrap();
+        self.eps.retain(|_, ep| !ep.is_closed() || ep.messages_ready() > 0);
+        moved
+    }
+
+    /// Opens a SEQPACKET connection from `port` to the service.
+    fn connect(&mut self, port: u32) -> (u32, u64, u32) {
+        let ep = Endpoint::connect(
+            EndpointConfig::default(),
+            SocketType::SeqPacket,
+            SockAddr::new(self.cid, port),
+            SockAddr::new(SERVICE_CID, SERVICE_PORT),
+        )
+        .unwrap();
+        let key = (port, SERVICE_CID, SERVICE_PORT);
+        self.eps.insert(key, ep);
+        key
+    }
+}
+
+fn service_config(dir: &Dir, workers: &[(u64, f64)], extra: &str) -> ServeConfig {
+    let mut text = String::new();
+    for cid in std::iter::once(3).chain(workers.iter().map(|w| w.0)) {
+        text += &format!(
+            "[[vm]]\ncid = {cid}\nsocket = \"{}\"\n\n",
+            dir.sock(cid).display()
+        );
+    }
+    text += &format!(
+        "[[service]]\nname = \"echo\"\ncid = {SERVICE_CID}\nport = {SERVICE_PORT}\n{extra}\nmembers = ["
+    );
+    for (cid, w) in workers {
+        text += &format!("{{ cid = {cid}, weight = {w}, max_in_flight = 32 }},");
+    }
+    text += "]\n";
+    ServeConfig::parse(&text, "test.toml").expect("a valid config")
+}
+
+/// Runs every app until `done` says so (or the patience runs out).
+fn run_until(apps: &mut [&mut App], mut done: impl FnMut(&mut [&mut App]) -> bool) {
+    let give_up = Instant::now() + PATIENCE;
+    while !done(apps) {
+        assert!(Instant::now() < give_up, "gave up waiting");
+        let mut moved = false;
+        for a in apps.iter_mut() {
+            moved |= a.pump();
+        }
+        if !moved {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+/// Sends `n` numbered messages from `client` on `conns` connections, `window` outstanding per
+/// connection, and checks each answer: the request's bytes plus one byte (the worker's CID),
+/// in order. Returns the answers per worker CID.
+fn exchange(
+    client: &mut App,
+    workers: &mut [App],
+    conns: u32,
+    n: u32,
+    window: u32,
+    mut on_answer: impl FnMut(u32, &mut [App]),
+) -> HashMap<u8, u32> {
+    let keys: Vec<_> = (0..conns).map(|i| client.connect(2000 + i)).collect();
+    let mut sent = vec![0u32; conns as usize];
+    let mut got = vec![0u32; conns as usize];
+    let per_conn = n / conns;
+    let mut by_worker = HashMap::new();
+    let give_up = Instant::now() + PATIENCE;
+    let mut answers = 0;
+    while got.iter().sum::<u32>() < per_conn * conns {
+        assert!(Instant::now() < give_up, "answers missing: {got:?} of {per_conn} each");
+        for (i, key) in keys.iter().enumerate() {
+            let ep = client.eps.get_mut(key).expect("the connection lives");
+            assert_ne!(ep.state(), EndpointState::Closed, "connection {i} reset");
+            while let Some(m) = ep.read_message() {
+                let seq = got[i];
+                let want = format!("conn {i} msg {seq}");
+                assert_eq!(&m.data[..m.data.len() - 1], want.as_bytes(), "answers in order");
+                *by_worker.entry(m.data[m.data.len() - 1]).or_insert(0) += 1;
+                got[i] += 1;
+                answers += 1;
+                on_answer(answers, workers);
+            }
+            while sent[i] < per_conn && sent[i] - got[i] < window {
+                let msg = format!("conn {i} msg {}", sent[i]);
+                ep.write_message(msg.as_bytes(), true).unwrap();
+                sent[i] += 1;
+            }
+        }
+        let mut moved = client.pump();
+        for w in workers.iter_mut() {
+            moved |= w.pump();
+        }
+        if !moved {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    by_worker
+}
+
+fn wait_all(server: &Server) {
+    wait_connected(server);
+}
+
+/// The switch's snapshot once `ready` holds for it (it is renewed every 100 ms).
+fn snapshot_when(server: &Server, ready: impl Fn(&Snapshot) -> bool) -> Snapshot {
+    let give_up = Instant::now() + PATIENCE;
+    loop {
+        if let Some(s) = server.snapshot().filter(|s| ready(s)) {
+            return s;
+        }
+        assert!(Instant::now() < give_up, "{:?}", server.snapshot());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_message_service_spreads_requests_by_weight_and_answers_each_in_order() {
+    let dir = Dir::new("svc-weights");
+    let cfg = service_config(&dir, &[(4, 1.0), (5, 2.0), (6, 3.0)], "policy = { kind = \"wrr\" }");
+    let server = Server::start(&cfg).unwrap();
+    let mut client = App::new(&dir, 3, None);
+    let mut workers: Vec<App> = [4, 5, 6].map(|c| App::new(&dir, c, Some(SERVICE_PORT))).into();
+    wait_all(&server);
+    let by = exchange(&mut client, &mut workers, 2, 600, 4, |_, _| {});
+    assert_eq!(by.values().sum::<u32>(), 600, "{by:?}");
+    // Weighted round robin over 1:2:3.
+    let (a, b, c) = (by[&4], by[&5], by[&6]);
+    assert!(a < b && b < c, "weights 1:2:3 give {a}:{b}:{c}");
+    // Health scores (reply latency, drain) move the weights a little around 1:2:3.
+    assert!((70..=130).contains(&a) && (250..=350).contains(&c), "{a}:{b}:{c}");
+    let snap = snapshot_when(&server, |s| s.services[0].stats.replies == 600);
+    let s = &snap.services[0];
+    assert_eq!(s.stats.requests, 600, "{s:?}");
+    assert_eq!(s.stats.late_replies_dropped, 0);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_backend_whose_application_stops_reading_fails_over_and_nothing_is_lost() {
+    let dir = Dir::new("svc-stall");
+    let cfg = service_config(
+        &dir,
+        &[(4, 1.0), (5, 1.0), (6, 1.0)],
+        "policy = { kind = \"wrr\" }\nfailover = { stall_window_ns = 50000000, max_ejection_percent = 50 }",
+    );
+    let server = Server::start(&cfg).unwrap();
+    let mut client = App::new(&dir, 3, None);
+    let mut workers: Vec<App> = [4, 5, 6].map(|c| App::new(&dir, c, Some(SERVICE_PORT))).into();
+    wait_all(&server);
+    // Worker 5's application stops reading after the 100th answer: its kernel still takes
+    // packets, but its fwd_cnt stops.
+    let by = exchange(&mut client, &mut workers, 2, 400, 4, |n, w| {
+        if n == 100 {
+            w[1].reading = false;
+        }
+    });
+    assert_eq!(by.values().sum::<u32>(), 400, "every request answered once: {by:?}");
+    let snap = snapshot_when(&server, |s| s.services[0].stats.replies == 400);
+    let s = &snap.services[0];
+    assert!(s.stats.redispatches > 0 && s.stats.stalls + s.stats.ejections > 0, "{s:?}");
+    // It wakes up: its late answers are dropped, the client sees none of them.
+    workers[1].reading = true;
+    let late = s.stats.late_replies_dropped;
+    run_until(&mut [&mut client, &mut workers[1]], |a| a[1].eps.values().all(|e| e.messages_ready() == 0) && a[1].pump());
+    let snap = snapshot_when(&server, |s| s.services[0].stats.late_replies_dropped > late);
+    assert_eq!(snap.services[0].stats.replies, 400, "{:?}", snap.services[0]);
+    for ep in client.eps.values_mut() {
+        assert!(ep.read_message().is_none(), "no answer beyond one per request");
+    }
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn with_every_backend_stopped_the_client_connection_is_reset_after_the_deadline() {
+    let dir = Dir::new("svc-dead");
+    let cfg = service_config(&dir, &[(4, 1.0)], "request_timeout_ms = 200");
+    let server = Server::start(&cfg).unwrap();
+    let mut client = App::new(&dir, 3, None);
+    let mut worker = App::new(&dir, 4, Some(SERVICE_PORT));
+    worker.reading = false;
+    wait_all(&server);
+    let key = client.connect(2000);
+    run_until(&mut [&mut client, &mut worker], |a| {
+        a[0].eps[&key].state() == EndpointState::Established
+    });
+    client
+        .eps
+        .get_mut(&key)
+        .unwrap()
+        .write_message(b"anyone?", true)
+        .unwrap();
+    run_until(&mut [&mut client, &mut worker], |a| {
+        a[0].eps.get(&key).is_none_or(|e| e.state() == EndpointState::Closed)
+    });
+    let snap = snapshot_when(&server, |s| s.services[0].stats.failed_back == 1);
+    let front = snap.ports.iter().find(|p| p.name == "svc-echo").unwrap();
+    assert_eq!(front.counters["reset_no_backend"], 1, "{front:?}");
+    assert_eq!(snap.services[0].stats.failed_back, 1);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_service_refuses_stream_connections_and_wrong_ports_and_a_bad_config_says_why() {
+    let dir = Dir::new("svc-refuse");
+    let cfg = service_config(&dir, &[(4, 1.0)], "");
+    let server = Server::start(&cfg).unwrap();
+    let mut client = App::new(&dir, 3, None);
+    let _worker = App::new(&dir, 4, Some(SERVICE_PORT));
+    wait_all(&server);
+    let svc = SockAddr::new(SERVICE_CID, SERVICE_PORT);
+    let me = SockAddr::new(3, 2000);
+    client
+        .g
+        .send(&packet(SocketType::Stream, Op::Request, me, svc, 0, &[]))
+        .unwrap();
+    let (h, _) = recv(&mut client.g);
+    assert_eq!(h.op, Op::Rst as u16, "STREAM refused in message mode");
+    client.g.reclaim_tx().unwrap();
+    let other = SockAddr::new(SERVICE_CID, SERVICE_PORT + 1);
+    client
+        .g
+        .send(&packet(SocketType::SeqPacket, Op::Request, me, other, 0, &[]))
+        .unwrap();
+    let (h, _) = recv(&mut client.g);
+    assert_eq!(h.op, Op::Rst as u16, "another port refused");
+    server.shutdown().unwrap();
+
+    for (extra, field) in [
+        ("mode = \"connection\"", "mode"),
+        ("max_message_kib = 65", "max_message_kib"),
+        ("failover = { stall_window_ns = 0 }", "failover.stall_window_ns"),
+    ] {
+        let text = format!(
+            "[[vm]]\ncid = 3\nsocket = \"/tmp/x.sock\"\n[[service]]\nname = \"s\"\ncid = 9\nport = 1\n{extra}\nmembers = [{{ cid = 3 }}]\n"
+        );
+        let e = ServeConfig::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains(field), "{extra}: {e}");
+    }
+    let text = "[[vm]]\ncid = 3\nsocket = \"/tmp/x.sock\"\n[[service]]\nname = \"s\"\ncid = 3\nport = 1\nmembers = [{ cid = 3 }]\n";
+    let e = ServeConfig::parse(text, "t.toml").unwrap_err().to_string();
+    assert!(e.contains("service[0] (s).cid"), "{e}");
+}
