@@ -376,7 +376,9 @@ impl ServeConfig {
                     "needs a name no other service has".into(),
                 ));
             }
-            if !crate::vsock::packet::is_guest_cid(s.cid) || vm_cids.contains(&s.cid) || !cids.insert(s.cid)
+            if !crate::vsock::packet::is_guest_cid(s.cid)
+                || vm_cids.contains(&s.cid)
+                || !cids.insert(s.cid)
             {
                 return Err(invalid(
                     format!("{place}.cid"),
@@ -399,7 +401,10 @@ impl ServeConfig {
                 ));
             }
             if s.members.is_empty() {
-                return Err(invalid(format!("{place}.members"), "needs at least one member".into()));
+                return Err(invalid(
+                    format!("{place}.members"),
+                    "needs at least one member".into(),
+                ));
             }
             let mut seen = HashSet::new();
             for (j, m) in s.members.iter().enumerate() {
@@ -407,11 +412,17 @@ impl ServeConfig {
                 if !vm_cids.contains(&m.cid) || !seen.insert(m.cid) {
                     return Err(invalid(
                         format!("{mplace}.cid"),
-                        format!("{} is not a [[vm]] of this server, or is a member twice", m.cid),
+                        format!(
+                            "{} is not a [[vm]] of this server, or is a member twice",
+                            m.cid
+                        ),
                     ));
                 }
                 if !(m.weight.is_finite() && m.weight > 0.0) {
-                    return Err(invalid(format!("{mplace}.weight"), "must be above 0".into()));
+                    return Err(invalid(
+                        format!("{mplace}.weight"),
+                        "must be above 0".into(),
+                    ));
                 }
                 if !(1..=1024).contains(&m.max_in_flight) {
                     return Err(invalid(
@@ -421,7 +432,10 @@ impl ServeConfig {
                 }
             }
             if !(1..=64).contains(&s.max_message_kib) {
-                return Err(invalid(format!("{place}.max_message_kib"), "must be 1 to 64".into()));
+                return Err(invalid(
+                    format!("{place}.max_message_kib"),
+                    "must be 1 to 64".into(),
+                ));
             }
             if !(1..=4096).contains(&s.max_connections) || !(1..=256).contains(&s.window) {
                 return Err(invalid(

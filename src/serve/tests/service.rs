@@ -75,7 +75,8 @@ impl App {
             }
         }
         self.g.reclaim_tx().unwrap();
-        self.eps.retain(|_, ep| !ep.is_closed() || ep.messages_ready() > 0);
+        self.eps
+            .retain(|_, ep| !ep.is_closed() || ep.messages_ready() > 0);
         moved
     }
 
@@ -146,14 +147,21 @@ fn exchange(
     let give_up = Instant::now() + PATIENCE;
     let mut answers = 0;
     while got.iter().sum::<u32>() < per_conn * conns {
-        assert!(Instant::now() < give_up, "answers missing: {got:?} of {per_conn} each");
+        assert!(
+            Instant::now() < give_up,
+            "answers missing: {got:?} of {per_conn} each"
+        );
         for (i, key) in keys.iter().enumerate() {
             let ep = client.eps.get_mut(key).expect("the connection lives");
             assert_ne!(ep.state(), EndpointState::Closed, "connection {i} reset");
             while let Some(m) = ep.read_message() {
                 let seq = got[i];
                 let want = format!("conn {i} msg {seq}");
-                assert_eq!(&m.data[..m.data.len() - 1], want.as_bytes(), "answers in order");
+                assert_eq!(
+                    &m.data[..m.data.len() - 1],
+                    want.as_bytes(),
+                    "answers in order"
+                );
                 *by_worker.entry(m.data[m.data.len() - 1]).or_insert(0) += 1;
                 got[i] += 1;
                 answers += 1;
@@ -195,10 +203,16 @@ fn snapshot_when(server: &Server, ready: impl Fn(&Snapshot) -> bool) -> Snapshot
 #[test]
 fn a_message_service_spreads_requests_by_weight_and_answers_each_in_order() {
     let dir = Dir::new("svc-weights");
-    let cfg = service_config(&dir, &[(4, 1.0), (5, 2.0), (6, 3.0)], "policy = { kind = \"wrr\" }");
+    let cfg = service_config(
+        &dir,
+        &[(4, 1.0), (5, 2.0), (6, 3.0)],
+        "policy = { kind = \"wrr\" }",
+    );
     let server = Server::start(&cfg).unwrap();
     let mut client = App::new(&dir, 3, None);
-    let mut workers: Vec<App> = [4, 5, 6].map(|c| App::new(&dir, c, Some(SERVICE_PORT))).into();
+    let mut workers: Vec<App> = [4, 5, 6]
+        .map(|c| App::new(&dir, c, Some(SERVICE_PORT)))
+        .into();
     wait_all(&server);
     let by = exchange(&mut client, &mut workers, 2, 600, 4, |_, _| {});
     assert_eq!(by.values().sum::<u32>(), 600, "{by:?}");
@@ -206,7 +220,10 @@ fn a_message_service_spreads_requests_by_weight_and_answers_each_in_order() {
     let (a, b, c) = (by[&4], by[&5], by[&6]);
     assert!(a < b && b < c, "weights 1:2:3 give {a}:{b}:{c}");
     // Health scores (reply latency, drain) move the weights a little around 1:2:3.
-    assert!((70..=130).contains(&a) && (250..=350).contains(&c), "{a}:{b}:{c}");
+    assert!(
+        (70..=130).contains(&a) && (250..=350).contains(&c),
+        "{a}:{b}:{c}"
+    );
     let snap = snapshot_when(&server, |s| s.services[0].stats.replies == 600);
     let s = &snap.services[0];
     assert_eq!(s.stats.requests, 600, "{s:?}");
@@ -224,7 +241,9 @@ fn a_backend_whose_application_stops_reading_fails_over_and_nothing_is_lost() {
     );
     let server = Server::start(&cfg).unwrap();
     let mut client = App::new(&dir, 3, None);
-    let mut workers: Vec<App> = [4, 5, 6].map(|c| App::new(&dir, c, Some(SERVICE_PORT))).into();
+    let mut workers: Vec<App> = [4, 5, 6]
+        .map(|c| App::new(&dir, c, Some(SERVICE_PORT)))
+        .into();
     wait_all(&server);
     // Worker 5's application stops reading after the 100th answer: its kernel still takes
     // packets, but its fwd_cnt stops.
@@ -233,18 +252,34 @@ fn a_backend_whose_application_stops_reading_fails_over_and_nothing_is_lost() {
             w[1].reading = false;
         }
     });
-    assert_eq!(by.values().sum::<u32>(), 400, "every request answered once: {by:?}");
+    assert_eq!(
+        by.values().sum::<u32>(),
+        400,
+        "every request answered once: {by:?}"
+    );
     let snap = snapshot_when(&server, |s| s.services[0].stats.replies == 400);
     let s = &snap.services[0];
-    assert!(s.stats.redispatches > 0 && s.stats.stalls + s.stats.ejections > 0, "{s:?}");
+    assert!(
+        s.stats.redispatches > 0 && s.stats.stalls + s.stats.ejections > 0,
+        "{s:?}"
+    );
     // It wakes up: its late answers are dropped, the client sees none of them.
     workers[1].reading = true;
     let late = s.stats.late_replies_dropped;
-    run_until(&mut [&mut client, &mut workers[1]], |a| a[1].eps.values().all(|e| e.messages_ready() == 0) && a[1].pump());
+    run_until(&mut [&mut client, &mut workers[1]], |a| {
+        a[1].eps.values().all(|e| e.messages_ready() == 0) && a[1].pump()
+    });
     let snap = snapshot_when(&server, |s| s.services[0].stats.late_replies_dropped > late);
-    assert_eq!(snap.services[0].stats.replies, 400, "{:?}", snap.services[0]);
+    assert_eq!(
+        snap.services[0].stats.replies, 400,
+        "{:?}",
+        snap.services[0]
+    );
     for ep in client.eps.values_mut() {
-        assert!(ep.read_message().is_none(), "no answer beyond one per request");
+        assert!(
+            ep.read_message().is_none(),
+            "no answer beyond one per request"
+        );
     }
     server.shutdown().unwrap();
 }
@@ -269,7 +304,9 @@ fn with_every_backend_stopped_the_client_connection_is_reset_after_the_deadline(
         .write_message(b"anyone?", true)
         .unwrap();
     run_until(&mut [&mut client, &mut worker], |a| {
-        a[0].eps.get(&key).is_none_or(|e| e.state() == EndpointState::Closed)
+        a[0].eps
+            .get(&key)
+            .is_none_or(|e| e.state() == EndpointState::Closed)
     });
     let snap = snapshot_when(&server, |s| s.services[0].stats.failed_back == 1);
     let front = snap.ports.iter().find(|p| p.name == "svc-echo").unwrap();
@@ -298,7 +335,14 @@ fn a_service_refuses_stream_connections_and_wrong_ports_and_a_bad_config_says_wh
     let other = SockAddr::new(SERVICE_CID, SERVICE_PORT + 1);
     client
         .g
-        .send(&packet(SocketType::SeqPacket, Op::Request, me, other, 0, &[]))
+        .send(&packet(
+            SocketType::SeqPacket,
+            Op::Request,
+            me,
+            other,
+            0,
+            &[],
+        ))
         .unwrap();
     let (h, _) = recv(&mut client.g);
     assert_eq!(h.op, Op::Rst as u16, "another port refused");
@@ -307,7 +351,10 @@ fn a_service_refuses_stream_connections_and_wrong_ports_and_a_bad_config_says_wh
     for (extra, field) in [
         ("mode = \"connection\"", "mode"),
         ("max_message_kib = 65", "max_message_kib"),
-        ("failover = { stall_window_ns = 0 }", "failover.stall_window_ns"),
+        (
+            "failover = { stall_window_ns = 0 }",
+            "failover.stall_window_ns",
+        ),
     ] {
         let text = format!(
             "[[vm]]\ncid = 3\nsocket = \"/tmp/x.sock\"\n[[service]]\nname = \"s\"\ncid = 9\nport = 1\n{extra}\nmembers = [{{ cid = 3 }}]\n"

@@ -325,9 +325,9 @@ impl ServiceBackendPort {
                 self.refused_until = now.saturating_add(self.cfg.refused_backoff_ns);
             }
             EndpointState::Established
-                if c
-                    .request
-                    .is_some_and(|r| now.saturating_sub(r.since_ns) >= self.cfg.request_timeout_ns) =>
+                if c.request.is_some_and(|r| {
+                    now.saturating_sub(r.since_ns) >= self.cfg.request_timeout_ns
+                }) =>
             {
                 self.counters.timed_out += 1;
                 c.ep.reset();
@@ -417,7 +417,10 @@ impl Port<GuestMemoryMmap> for ServiceBackendPort {
                 match self.conns.get_mut(&hdr.dst_port) {
                     Some(c) => {
                         if let Err(e) = c.ep.on_packet(&hdr, &piece[HEADER_LEN..len]) {
-                            log::debug!("service backend CID {}: connection reset: {e}", self.cid());
+                            log::debug!(
+                                "service backend CID {}: connection reset: {e}",
+                                self.cid()
+                            );
                         }
                     }
                     None => {

@@ -194,7 +194,12 @@ impl ServiceFrontPort {
     }
 
     /// The switch's answer to request `msg_id`: the backend's reply, or an error.
-    fn on_answer(&mut self, msg_id: u64, status: Option<Status>, payload: &Payload<'_, GuestMemoryMmap>) -> Result<(), DeliverError> {
+    fn on_answer(
+        &mut self,
+        msg_id: u64,
+        status: Option<Status>,
+        payload: &Payload<'_, GuestMemoryMmap>,
+    ) -> Result<(), DeliverError> {
         let id = (msg_id >> 32) as u32;
         let seq = msg_id as u32;
         let Some(c) = self.ids.get(&id).and_then(|k| self.conns.get_mut(k)) else {
@@ -318,7 +323,8 @@ impl ServiceFrontPort {
     fn stage_packets(&mut self, c: &mut FrontConn, max: usize, sent: &mut Vec<TxChain>) -> usize {
         let mut n = 0;
         let to = c.client.addr.port;
-        while n < max && self.staging.free() > self.max_requests.saturating_sub(self.requests_held) {
+        while n < max && self.staging.free() > self.max_requests.saturating_sub(self.requests_held)
+        {
             let Some(hdr) = c.ep.next_packet_into(PIECE_PAYLOAD, &mut self.payload) else {
                 break;
             };

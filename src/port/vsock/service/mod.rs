@@ -32,4 +32,3 @@ use crate::wire::HEADER_SIZE;
 fn slot_size(max_message: u32) -> u64 {
     (HEADER_SIZE + HEADER_LEN) as u64 + u64::from(max_message.max(super::PIECE_PAYLOAD))
 }
-
