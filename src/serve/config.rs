@@ -96,6 +96,16 @@ fn default_in_flight() -> u32 {
 /// in milliseconds under emulation, so the native 5 ms would call a busy guest stalled.
 const VSOCK_STALL_WINDOW_NS: u64 = 500_000_000;
 
+/// Health of a vsock service: a Linux guest's answer takes a millisecond or more where a
+/// native one takes microseconds.
+fn vsock_health() -> HealthConfig {
+    HealthConfig {
+        latency_target_ns: 2_000_000,
+        ewma_half_life_ns: 100_000_000,
+        ..HealthConfig::default()
+    }
+}
+
 fn vsock_failover() -> FailoverConfig {
     FailoverConfig {
         stall_window_ns: VSOCK_STALL_WINDOW_NS,
@@ -124,8 +134,8 @@ pub struct ServiceTable {
     /// Balancing policy (as in `vmq run`'s topologies).
     #[serde(default)]
     pub policy: PolicyConfig,
-    /// Health scoring.
-    #[serde(default)]
+    /// Health scoring. Default latency target 2 ms, averages over 100 ms.
+    #[serde(default = "vsock_health")]
     pub health: HealthConfig,
     /// Stall window, ejection, slow start, panic. Default stall window 500 ms.
     #[serde(default = "vsock_failover")]

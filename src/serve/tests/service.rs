@@ -18,9 +18,14 @@ struct App {
     /// Listening on this port (a backend): requests are accepted.
     listen: Option<u32>,
     eps: HashMap<(u32, u64, u32), Endpoint>,
+    /// The next local port a client connection takes.
+    next_port: u32,
     /// A backend's application answers (reads and replies) only while this is set.
     reading: bool,
     answered: u64,
+    /// A slow application: answers one message in this many pumps (1: every pump).
+    slowness: u32,
+    pumps: u32,
 }
 
 impl App {
@@ -30,8 +35,11 @@ impl App {
             cid,
             listen,
             eps: HashMap::new(),
+            next_port: 2000,
             reading: true,
             answered: 0,
+            slowness: 1,
+            pumps: 0,
         }
     }
 
@@ -53,15 +61,19 @@ impl App {
                 self.eps.insert(key, ep);
             }
         }
-        if self.reading {
+        self.pumps += 1;
+        if self.reading && self.listen.is_some() && self.pumps % self.slowness == 0 {
+            let mut budget = if self.slowness > 1 { 1 } else { usize::MAX };
             for ep in self.eps.values_mut() {
-                if self.listen.is_some() {
-                    while let Some(m) = ep.read_message() {
-                        let mut reply = m.data;
-                        reply.push(self.cid as u8);
-                        ep.write_message(&reply, true).expect("room for a reply");
-                        self.answered += 1;
-                    }
+                while budget > 0 {
+                    let Some(m) = ep.read_message() else {
+                        break;
+                    };
+                    budget -= 1;
+                    let mut reply = m.data;
+                    reply.push(self.cid as u8);
+                    let _ = ep.write_message(&reply, true);
+                    self.answered += 1;
                 }
             }
         }
@@ -80,8 +92,10 @@ impl App {
         moved
     }
 
-    /// Opens a SEQPACKET connection from `port` to the service.
-    fn connect(&mut self, port: u32) -> (u32, u64, u32) {
+    /// Opens a SEQPACKET connection to the service from a port of its own.
+    fn connect(&mut self) -> (u32, u64, u32) {
+        let port = self.next_port;
+        self.next_port += 1;
         let ep = Endpoint::connect(
             EndpointConfig::default(),
             SocketType::SeqPacket,
@@ -139,7 +153,7 @@ fn exchange(
     window: u32,
     mut on_answer: impl FnMut(u32, &mut [App]),
 ) -> HashMap<u8, u32> {
-    let keys: Vec<_> = (0..conns).map(|i| client.connect(2000 + i)).collect();
+    let keys: Vec<_> = (0..conns).map(|_| client.connect()).collect();
     let mut sent = vec![0u32; conns as usize];
     let mut got = vec![0u32; conns as usize];
     let per_conn = n / conns;
@@ -189,7 +203,7 @@ fn wait_all(server: &Server) {
 }
 
 /// The switch's snapshot once `ready` holds for it (it is renewed every 100 ms).
-fn snapshot_when(server: &Server, ready: impl Fn(&Snapshot) -> bool) -> Snapshot {
+fn snapshot_when(server: &Server, mut ready: impl FnMut(&Snapshot) -> bool) -> Snapshot {
     let give_up = Instant::now() + PATIENCE;
     loop {
         if let Some(s) = server.snapshot().filter(|s| ready(s)) {
@@ -293,7 +307,7 @@ fn with_every_backend_stopped_the_client_connection_is_reset_after_the_deadline(
     let mut worker = App::new(&dir, 4, Some(SERVICE_PORT));
     worker.reading = false;
     wait_all(&server);
-    let key = client.connect(2000);
+    let key = client.connect();
     run_until(&mut [&mut client, &mut worker], |a| {
         a[0].eps[&key].state() == EndpointState::Established
     });
@@ -365,4 +379,134 @@ fn a_service_refuses_stream_connections_and_wrong_ports_and_a_bad_config_says_wh
     let text = "[[vm]]\ncid = 3\nsocket = \"/tmp/x.sock\"\n[[service]]\nname = \"s\"\ncid = 3\nport = 1\nmembers = [{ cid = 3 }]\n";
     let e = ServeConfig::parse(text, "t.toml").unwrap_err().to_string();
     assert!(e.contains("service[0] (s).cid"), "{e}");
+}
+
+#[test]
+fn a_backend_whose_vmm_goes_away_fails_over_and_nothing_is_lost() {
+    let dir = Dir::new("svc-crash");
+    let cfg = service_config(
+        &dir,
+        &[(4, 1.0), (5, 1.0), (6, 1.0)],
+        "failover = { stall_window_ns = 50000000, max_ejection_percent = 50 }",
+    );
+    let server = Server::start(&cfg).unwrap();
+    let mut client = App::new(&dir, 3, None);
+    let mut workers: Vec<App> = [4, 5, 6]
+        .map(|c| App::new(&dir, c, Some(SERVICE_PORT)))
+        .into();
+    wait_all(&server);
+    // Worker 5 stops answering after the 100th answer and crashes 40 answers later: its VMM
+    // closes the vhost-user socket (its requests in flight are gone with it) and a VMM that
+    // never starts the device takes its place.
+    let by = exchange(&mut client, &mut workers, 2, 400, 4, |n, w| {
+        if n == 100 {
+            w[1].reading = false;
+        }
+        if n == 140 {
+            w[1].g = VmmFrontend::connect_raw(dir.sock(5), FrontendConfig::default())
+                .expect("the socket accepts again");
+        }
+    });
+    assert_eq!(
+        by.values().sum::<u32>(),
+        400,
+        "every request answered once: {by:?}"
+    );
+    let snap = snapshot_when(&server, |s| s.services[0].stats.replies == 400);
+    let s = &snap.services[0];
+    assert!(s.stats.redispatches > 0, "{s:?}");
+    let crashed = snap
+        .ports
+        .iter()
+        .find(|p| p.name == "svc-echo-vm5")
+        .unwrap();
+    assert!(crashed.counters["requests_dropped"] > 0, "{crashed:?}");
+    assert_eq!(crashed.counters["connections"], 0, "{crashed:?}");
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_slow_backend_gets_less_and_every_request_is_answered_once() {
+    let dir = Dir::new("svc-slow");
+    let cfg = service_config(
+        &dir,
+        &[(4, 1.0), (5, 1.0)],
+        "policy = { kind = \"expected_delay\" }",
+    );
+    let server = Server::start(&cfg).unwrap();
+    let mut client = App::new(&dir, 3, None);
+    let mut workers: Vec<App> = [4, 5].map(|c| App::new(&dir, c, Some(SERVICE_PORT))).into();
+    workers[0].slowness = 20;
+    wait_all(&server);
+    let by = exchange(&mut client, &mut workers, 4, 400, 4, |_, _| {});
+    assert_eq!(by.values().sum::<u32>(), 400, "{by:?}");
+    let (slow, fast) = (by.get(&4).copied().unwrap_or(0), by[&5]);
+    assert!(
+        slow < fast,
+        "the slow backend got {slow}, the fast one {fast}"
+    );
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_backend_that_answers_what_it_was_not_asked_harms_nobody_else() {
+    let dir = Dir::new("svc-hostile");
+    let cfg = service_config(&dir, &[(4, 1.0), (5, 1.0)], "policy = { kind = \"wrr\" }");
+    let server = Server::start(&cfg).unwrap();
+    let mut client = App::new(&dir, 3, None);
+    let mut workers: Vec<App> = [4, 5].map(|c| App::new(&dir, c, Some(SERVICE_PORT))).into();
+    wait_all(&server);
+    // Worker 4 sends data on a connection of the service's it was never given, and, once
+    // its connections are idle, a message on each that answers nothing.
+    let forged = SockAddr::new(SERVICE_CID, crate::port::vsock::SERVICE_BACKEND_PORTS + 777);
+    workers[0]
+        .g
+        .send(&packet(
+            SocketType::SeqPacket,
+            Op::Rw,
+            SockAddr::new(4, SERVICE_PORT),
+            forged,
+            0,
+            b"hi",
+        ))
+        .unwrap();
+    let (h, _) = recv(&mut workers[0].g);
+    assert_eq!(
+        (h.op, h.src()),
+        (Op::Rst as u16, forged),
+        "no such connection"
+    );
+    workers[0].g.reclaim_tx().unwrap();
+    let by = exchange(&mut client, &mut workers, 2, 100, 4, |_, _| {});
+    assert_eq!(by.values().sum::<u32>(), 100, "{by:?}");
+    snapshot_when(&server, |s| s.services[0].stats.replies == 100);
+    let idle = workers[0].eps.len();
+    assert!(idle > 0);
+    for ep in workers[0].eps.values_mut() {
+        ep.write_message(b"unasked", true).unwrap();
+    }
+    let snap = snapshot_when(&server, |s| {
+        let bad = s.ports.iter().find(|p| p.name == "svc-echo-vm4").unwrap();
+        workers[0].pump();
+        bad.counters["unsolicited"] == idle as u64
+    });
+    let bad = snap
+        .ports
+        .iter()
+        .find(|p| p.name == "svc-echo-vm4")
+        .unwrap();
+    assert_eq!(
+        bad.counters["connections"], 0,
+        "its connections were reset: {bad:?}"
+    );
+    // Nothing reached the client, and the service goes on (on new connections).
+    for ep in client.eps.values_mut() {
+        assert!(
+            ep.read_message().is_none(),
+            "an answer nobody asked for got through"
+        );
+    }
+    let by = exchange(&mut client, &mut workers, 2, 100, 4, |_, _| {});
+    assert_eq!(by.values().sum::<u32>(), 100, "{by:?}");
+    server.shutdown().unwrap();
 }
