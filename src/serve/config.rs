@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::metrics::MetricsConfig;
 use crate::topology::{from_toml, TomlError};
 use crate::vsock::relay::RelayConfig;
 
@@ -64,6 +65,9 @@ pub struct ServeConfig {
     /// Limits (`[limits]`).
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The metrics endpoint (`[metrics]`; off without the table).
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// A configuration `vmq serve` refuses.
