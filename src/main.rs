@@ -73,6 +73,27 @@ enum Command {
         /// stderr this often, in seconds; 0: only at the end.
         #[arg(long, default_value_t = 0)]
         stats_every: u64,
+        #[command(flatten)]
+        metrics: MetricsOpt,
+    },
+    /// Print the switch's table of a running `vmq serve` (or `vmq run`) started with
+    /// `--metrics` (or a `[metrics]` table), from its metrics endpoint.
+    Stats {
+        /// The daemon's metrics address: HOST:PORT, or a port on localhost.
+        #[arg(long, default_value = vmq::metrics::DEFAULT_LISTEN)]
+        addr: String,
+        /// Print it again every SECS seconds (default 2) until interrupted.
+        #[arg(
+            long,
+            value_name = "SECS",
+            num_args = 0..=1,
+            default_missing_value = "2",
+            value_parser = clap::value_parser!(u64).range(1..)
+        )]
+        watch: Option<u64>,
+        /// Print the snapshot as one JSON object (a line per snapshot with --watch).
+        #[arg(long)]
+        json: bool,
     },
     /// Measure queue throughput against baselines measured in the same run.
     #[command(subcommand)]
@@ -119,6 +140,23 @@ struct RunOpts {
     /// Echo guest console lines (log level info).
     #[arg(long)]
     console: bool,
+    #[command(flatten)]
+    metrics: MetricsOpt,
+}
+
+#[derive(Args, Debug)]
+struct MetricsOpt {
+    /// Serve live stats over HTTP on IP:PORT (or a port on localhost; 127.0.0.1:9464 when
+    /// no value): Prometheus text at /metrics, the table at /stats (what `vmq stats`
+    /// prints), JSON at /stats.json.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        num_args = 0..=1,
+        default_missing_value = vmq::metrics::DEFAULT_LISTEN,
+        value_parser = vmq::metrics::parse_listen
+    )]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -164,6 +202,7 @@ fn run_topology(topo: Result<Topology, vmq::topology::TopologyError>, o: &RunOpt
     let opts = RunOptions {
         progress: !o.json,
         echo_console: o.console,
+        metrics: o.metrics.metrics,
     };
     conclude(
         runner::run(&topo, &opts),
@@ -226,15 +265,57 @@ fn main() -> ExitCode {
             config,
             vms,
             stats_every,
-        } => serve(config.as_deref(), &vms, stats_every),
+            metrics,
+        } => serve(config.as_deref(), &vms, stats_every, metrics.metrics),
+        Command::Stats { addr, watch, json } => stats(&addr, watch, json),
         Command::Bench(b) => run_bench(b),
+    }
+}
+
+/// `vmq stats`: the table (or JSON) of a running daemon, once or every `watch` seconds.
+/// Exit 2 when the daemon cannot be reached.
+fn stats(addr: &str, watch: Option<u64>, json: bool) -> ExitCode {
+    use std::io::IsTerminal;
+    let path = if json { "/stats.json" } else { "/stats" };
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let text = match vmq::metrics::fetch(addr, path) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let Some(every) = watch else {
+            emit(text.trim_end());
+            return ExitCode::SUCCESS;
+        };
+        if tty && !json {
+            // Home and clear, as `watch` does.
+            emit(&format!(
+                "\x1b[H\x1b[2Jvmq stats {addr}, every {every} s\n\n{}",
+                text.trim_end()
+            ));
+        } else {
+            emit(text.trim_end());
+            if !json {
+                emit("");
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_secs(every));
     }
 }
 
 /// `vmq serve`: serves until SIGINT or SIGTERM, printing the switch's table every
 /// `stats_every` seconds (0: never) and, at the end, the table to stderr and its JSON to
-/// stdout. Exit 0 after a clean stop, 2 when it could not start.
-fn serve(config: Option<&str>, vms: &[String], stats_every: u64) -> ExitCode {
+/// stdout; with `metrics` (or a `[metrics]` table), serves live stats there too. Exit 0 after
+/// a clean stop, 2 when it could not start.
+fn serve(
+    config: Option<&str>,
+    vms: &[String],
+    stats_every: u64,
+    metrics: Option<std::net::SocketAddr>,
+) -> ExitCode {
     let cfg = (|| {
         let mut cfg = match config {
             Some(path) => vmq::serve::ServeConfig::load(path)?,
@@ -242,6 +323,9 @@ fn serve(config: Option<&str>, vms: &[String], stats_every: u64) -> ExitCode {
         };
         for v in vms {
             cfg.add_vm_flag(v)?;
+        }
+        if let Some(listen) = metrics {
+            cfg.metrics = Some(vmq::metrics::MetricsConfig { listen });
         }
         cfg.check(config.unwrap_or("<command line>"))?;
         Ok::<_, vmq::serve::ServeConfigError>(cfg)
@@ -276,6 +360,9 @@ fn serve(config: Option<&str>, vms: &[String], stats_every: u64) -> ExitCode {
         "vmq serve: {} VM(s); stop with Ctrl-C or SIGTERM",
         cfg.vm.len()
     );
+    if let Some(addr) = server.metrics_addr() {
+        eprintln!("vmq serve: metrics on http://{addr}/metrics (vmq stats --addr {addr})");
+    }
     let sig = loop {
         let wait = libc::timespec {
             tv_sec: if stats_every == 0 {

@@ -554,3 +554,91 @@ fn with_cpus_overcommitted_the_worker_that_stalls_is_still_ejected() {
     assert_eq!(member(&r, "echo", "w2").status, "ejected", "{r}");
     assert_eq!(r.switch.totals.port_faults, 0, "{r}");
 }
+
+/// The series of a Prometheus text scrape, by metric name and labels (`k=v,...`, sorted).
+fn scrape(text: &str) -> std::collections::HashMap<(String, String), f64> {
+    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("the Prometheus text parses");
+    parsed
+        .samples
+        .into_iter()
+        .map(|s| {
+            let mut labels: Vec<String> =
+                s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            let v = match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                other => panic!("{}: {other:?}", s.metric),
+            };
+            ((s.metric, labels.join(",")), v)
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_serves_its_live_stats_while_it_lasts() {
+    if !require_kvm() {
+        return;
+    }
+    let names: Vec<&str> = vmq::vmm::images::ALL.iter().map(|(n, _)| *n).collect();
+    let text = small_run("image = \"client\"", "").replace("count = 200,", "count = 5000,");
+    let topo = vmq::topology::Topology::parse(&text, "live.toml", &names).unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let _guard = kvm_lock();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut scrapes = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(t) = vmq::metrics::fetch(&addr.to_string(), "/metrics") {
+                    scrapes.push(t);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            scrapes
+        })
+    };
+    let opts = vmq::runner::RunOptions {
+        metrics: Some(addr),
+        ..Default::default()
+    };
+    let r = vmq::runner::run(&topo, &opts);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let scrapes = scraper.join().unwrap();
+    let r = r.unwrap();
+    assert_eq!(r.switch.totals.replies_delivered, 5000, "{r}");
+    assert!(!scrapes.is_empty(), "no scrape answered during the run");
+    let key = |m: &str, l: &str| (m.to_string(), l.to_string());
+    let mut last_accepted = 0.0;
+    for t in &scrapes {
+        let m = scrape(t);
+        let get = |m_: &str, l: &str| m[&key(m_, l)];
+        // Within a scrape the snapshot's sums hold.
+        assert_eq!(
+            get("vmq_backend_dispatched_total", "backend=w,service=s"),
+            get("vmq_service_dispatches_total", "service=s"),
+        );
+        let accepted = get("vmq_switch_requests_accepted_total", "");
+        assert_eq!(
+            accepted,
+            get("vmq_switch_replies_delivered_total", "")
+                + get("vmq_switch_failed_back_total", "")
+                + get("vmq_switch_orphaned_total", "")
+                + get("vmq_switch_refused_total", "")
+                + get("vmq_switch_in_flight", "")
+        );
+        assert_eq!(accepted, get("vmq_port_requests_total", "port=c"));
+        // Counters only grow, and never past the run's end.
+        assert!(accepted >= last_accepted);
+        assert!(accepted <= r.switch.totals.requests_accepted as f64);
+        last_accepted = accepted;
+    }
+    assert!(
+        vmq::metrics::fetch(&addr.to_string(), "/metrics").is_err(),
+        "the endpoint ends with the run"
+    );
+}

@@ -132,7 +132,11 @@ pub trait Port<M>: Send {
     fn run_queue_wait_ns(&self) -> Option<u64>;
 
     /// Counters of this kind of port (a vsock guest's packets, connections by state, ...),
-    /// named, for the switch's snapshot; the switch shows them without reading them.
+    /// named, for the switch's snapshot; the switch shows them without reading them. Names
+    /// are snake_case; levels, which go down as well as up, are named `conns_*`, `pending_*`
+    /// or `staged` (or are `cid`), and every other name counts events and only grows: the
+    /// metrics endpoint exports them as gauges and counters by that rule
+    /// ([`crate::metrics::exposition`]).
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }

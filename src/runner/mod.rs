@@ -7,12 +7,14 @@ mod progress;
 mod report;
 mod soak;
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vm_memory::GuestMemoryMmap;
 
 use crate::event::{LoopConfig, SwitchLoop};
+use crate::metrics::{MetricsEndpoint, MetricsError, Publisher};
 use crate::port::{NativePort, Port};
 use crate::switch::{MonotonicClock, Switch, SwitchError};
 use crate::topology::{FaultKind, Role, Topology, TopologyError};
@@ -31,6 +33,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// Echo guest console lines to the log.
     pub echo_console: bool,
+    /// Serve the switch's live stats on this address while the run lasts (see
+    /// [`crate::metrics`]).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Why a run could not happen.
@@ -65,6 +70,9 @@ pub enum RunError {
     /// The switch refused the configuration.
     #[error(transparent)]
     Switch(#[from] SwitchError),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
     /// A host resource (eventfd, epoll) could not be set up.
     #[error("cannot set up the switch loop: {0}")]
     Io(#[from] std::io::Error),
@@ -185,6 +193,21 @@ fn restart(
 
 /// Runs `topo` to completion (or its `max_duration_ms`).
 pub fn run(topo: &Topology, opts: &RunOptions) -> Result<RunReport, RunError> {
+    // Bound before the VMs boot, so that a taken address costs no boot; it answers 503 until
+    // the switch publishes its first snapshot.
+    let mut publisher = None;
+    let _endpoint = match opts.metrics {
+        Some(addr) => {
+            let shared = Arc::new(Mutex::new(None));
+            let endpoint = MetricsEndpoint::start(addr, shared.clone())?;
+            if opts.progress {
+                eprintln!("metrics on http://{}/metrics", endpoint.local_addr());
+            }
+            publisher = Some(Publisher::new(shared, Publisher::EVERY));
+            Some(endpoint)
+        }
+        None => None,
+    };
     let mut vms = boot(topo, opts)?;
     let t0 = Instant::now();
     for b in &mut vms {
@@ -259,8 +282,14 @@ pub fn run(topo: &Topology, opts: &RunOptions) -> Result<RunReport, RunError> {
                         .all(|b| b.vcpu.as_ref().is_none_or(|v| v.is_finished())),
             );
             progress.tick(sw, stats, started.elapsed(), progress_every);
+            if let Some(p) = publisher.as_mut() {
+                p.tick(sw);
+            }
         },
     );
+    if let Some(p) = publisher.as_mut() {
+        p.publish(&lp.switch);
+    }
     let elapsed = started.elapsed();
     let loop_stats = lp.stats();
     // Workers serve until told otherwise: stop everything still running, then collect.

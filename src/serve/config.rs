@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::metrics::MetricsConfig;
 use crate::switch::{FailoverConfig, HealthConfig, PolicyConfig, ServiceConfig};
 use crate::topology::{from_toml, TomlError};
 use crate::vsock::relay::RelayConfig;
@@ -193,6 +194,9 @@ pub struct ServeConfig {
     /// Load-balanced services (`[[service]]`).
     #[serde(default)]
     pub service: Vec<ServiceTable>,
+    /// The metrics endpoint (`[metrics]`; off without the table).
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
 }
 
 /// A configuration `vmq serve` refuses.

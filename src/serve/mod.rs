@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use vm_memory::GuestMemoryMmap;
 
 use crate::event::{LoopConfig, Stopper, SwitchLoop};
+use crate::metrics::{MetricsEndpoint, MetricsError};
 use crate::port::vsock::service::{
     BackendConfig, FrontConfig, ServiceBackendPort, ServiceFrontPort,
 };
@@ -77,6 +78,9 @@ pub enum ServeError {
     /// The switch thread panicked.
     #[error("the switch thread failed; see the log")]
     SwitchThread,
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -102,6 +106,7 @@ pub struct Server {
     daemons: Vec<(u64, VsockDaemon)>,
     stopper: Stopper,
     switch_thread: Option<JoinHandle<()>>,
+    metrics: Option<MetricsEndpoint>,
 }
 
 /// What the switch thread needs to give a VM's port a fresh start.
@@ -384,7 +389,11 @@ impl Server {
             daemons: Vec::new(),
             stopper,
             switch_thread: Some(switch_thread),
+            metrics: None,
         };
+        if let Some(m) = &cfg.metrics {
+            server.metrics = Some(MetricsEndpoint::start(m.listen, server.snapshot.clone())?);
+        }
         for (vm, owner) in cfg.vm.iter().zip(owners) {
             let dev =
                 VsockDevice::new(DeviceConfig::new(vm.cid), owner).map_err(|e| ServeError::Io {
@@ -422,6 +431,11 @@ impl Server {
             .clone()
     }
 
+    /// Where the metrics endpoint listens (`[metrics]`), if it does.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(MetricsEndpoint::local_addr)
+    }
+
     /// Every VM's counters now.
     pub fn counts(&self) -> Vec<VmCounts> {
         self.net.counts()
@@ -448,6 +462,9 @@ impl Server {
                     first = Err(ServeError::Daemon { cid, source });
                 }
             }
+        }
+        if let Some(m) = self.metrics.take() {
+            m.stop();
         }
         self.stopper.stop();
         if let Some(t) = self.switch_thread.take() {

@@ -9,6 +9,7 @@ use crate::vhost_user::frontend::{FrontendConfig, VmmFrontend};
 use crate::vsock::packet::{Op, PacketHeader, SockAddr, SocketType, HEADER_LEN, SEQ_EOM};
 
 mod hybrid;
+mod metrics;
 mod service;
 
 /// Give-up limit for anything a test waits for (never a measure of speed).

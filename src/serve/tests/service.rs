@@ -217,10 +217,13 @@ fn snapshot_when(server: &Server, mut ready: impl FnMut(&Snapshot) -> bool) -> S
 #[test]
 fn a_message_service_spreads_requests_by_weight_and_answers_each_in_order() {
     let dir = Dir::new("svc-weights");
+    // Health left out (drain, latency, in flight, free buffers): what is measured here is the
+    // policy's spread over the weights, not how loaded each backend looks.
     let cfg = service_config(
         &dir,
         &[(4, 1.0), (5, 2.0), (6, 3.0)],
-        "policy = { kind = \"wrr\" }",
+        "policy = { kind = \"wrr\" }\n\
+         health = { weights = { drain = 0.0, latency = 0.0, in_flight = 0.0, free_rx = 0.0 } }",
     );
     let server = Server::start(&cfg).unwrap();
     let mut client = App::new(&dir, 3, None);
