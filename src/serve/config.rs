@@ -127,6 +127,11 @@ pub struct ServiceTable {
     pub cid: u64,
     /// The port clients connect to (below 2^30).
     pub port: u32,
+    /// Where backends report their load (seed 003): a member's SEQPACKET connection to
+    /// `cid:load_port` carries messages `load N` (0 idle .. 1000 saturated), merged into its
+    /// health and checked against how it drains. Default: no reports.
+    #[serde(default)]
+    pub load_port: Option<u32>,
     /// `message` (default) or `connection`.
     #[serde(default)]
     pub mode: BalanceMode,
@@ -404,6 +409,14 @@ impl ServeConfig {
                 return Err(invalid(
                     format!("{place}.port"),
                     "must be below 1073741824 (ports above are vmq's own, to the backends)".into(),
+                ));
+            }
+            if s.load_port
+                .is_some_and(|p| p == s.port || p >= crate::port::vsock::SERVICE_BACKEND_PORTS)
+            {
+                return Err(invalid(
+                    format!("{place}.load_port"),
+                    "must differ from the service's port and be below 1073741824".into(),
                 ));
             }
             if s.mode == BalanceMode::Connection {

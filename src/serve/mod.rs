@@ -214,6 +214,7 @@ fn add_service(
                 request_timeout_ns: s.request_timeout_ms.saturating_mul(1_000_000),
                 refused_backoff_ns: BACKEND_CONNECT_TIMEOUT.as_nanos() as u64,
                 slots: m.max_in_flight * 20 + 64,
+                load_port: s.load_port,
             },
             clock.clone(),
         )
@@ -281,6 +282,7 @@ impl Server {
                 ServiceRoute {
                     front,
                     backends: backends.iter().copied().collect(),
+                    load_port: s.load_port,
                 },
             )?;
             service_ports.push((front, backends));

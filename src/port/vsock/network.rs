@@ -27,6 +27,9 @@ pub struct ServiceRoute {
     pub front: PortId,
     /// Each backend VM's member port, by the VM's CID.
     pub backends: HashMap<u64, PortId>,
+    /// The port backends report their load on (their connections to it go to their own
+    /// member port), if the service takes reports.
+    pub load_port: Option<u32>,
 }
 
 /// One vsock VM: its CID, its port in the switch, the groups it belongs to.
@@ -245,11 +248,11 @@ impl VsockNetwork {
     /// The switch port a packet from VM `from` to `dst_cid:dst_port` goes to when `dst_cid`
     /// is a service: a backend's answer on a connection vmq opened (a port at or above
     /// [`SERVICE_BACKEND_PORTS`]) goes to that backend's member port, anything else to the
-    /// service's front. `None` when `dst_cid` is no service's (or `from` is not a backend of
+    /// service's front; so does a backend's connection to the service's load port. `None` when `dst_cid` is no service's (or `from` is not a backend of
     /// it and uses a backend port).
     pub fn service_port(&self, dst_cid: u64, from: u64, dst_port: u32) -> Option<PortId> {
         let r = self.services.get(&dst_cid)?;
-        if dst_port >= SERVICE_BACKEND_PORTS {
+        if dst_port >= SERVICE_BACKEND_PORTS || Some(dst_port) == r.load_port {
             r.backends.get(&from).copied()
         } else {
             Some(r.front)

@@ -94,22 +94,36 @@ impl App {
 
     /// Opens a SEQPACKET connection to the service from a port of its own.
     fn connect(&mut self) -> (u32, u64, u32) {
+        self.connect_to(SERVICE_PORT)
+    }
+
+    /// Opens a SEQPACKET connection to the service's CID, port `to`.
+    fn connect_to(&mut self, to: u32) -> (u32, u64, u32) {
         let port = self.next_port;
         self.next_port += 1;
         let ep = Endpoint::connect(
             EndpointConfig::default(),
             SocketType::SeqPacket,
             SockAddr::new(self.cid, port),
-            SockAddr::new(SERVICE_CID, SERVICE_PORT),
+            SockAddr::new(SERVICE_CID, to),
         )
         .unwrap();
-        let key = (port, SERVICE_CID, SERVICE_PORT);
+        let key = (port, SERVICE_CID, to);
         self.eps.insert(key, ep);
         key
     }
 }
 
 fn service_config(dir: &Dir, workers: &[(u64, f64)], extra: &str) -> ServeConfig {
+    service_config_with(dir, workers, 32, extra)
+}
+
+fn service_config_with(
+    dir: &Dir,
+    workers: &[(u64, f64)],
+    in_flight: u32,
+    extra: &str,
+) -> ServeConfig {
     let mut text = String::new();
     for cid in std::iter::once(3).chain(workers.iter().map(|w| w.0)) {
         text += &format!(
@@ -121,7 +135,7 @@ fn service_config(dir: &Dir, workers: &[(u64, f64)], extra: &str) -> ServeConfig
         "[[service]]\nname = \"echo\"\ncid = {SERVICE_CID}\nport = {SERVICE_PORT}\n{extra}\nmembers = ["
     );
     for (cid, w) in workers {
-        text += &format!("{{ cid = {cid}, weight = {w}, max_in_flight = 32 }},");
+        text += &format!("{{ cid = {cid}, weight = {w}, max_in_flight = {in_flight} }},");
     }
     text += "]\n";
     ServeConfig::parse(&text, "test.toml").expect("a valid config")
@@ -511,5 +525,69 @@ fn a_backend_that_answers_what_it_was_not_asked_harms_nobody_else() {
     }
     let by = exchange(&mut client, &mut workers, 2, 100, 4, |_, _| {});
     assert_eq!(by.values().sum::<u32>(), 100, "{by:?}");
+    server.shutdown().unwrap();
+}
+
+const LOAD_PORT: u32 = 5001;
+
+/// Worker `w` reports `load` on its connection `key` to the load port.
+fn report(w: &mut App, key: (u32, u64, u32), load: u16) {
+    if let Some(ep) = w.eps.get_mut(&key) {
+        let _ = ep.write_message(format!("load {load}").as_bytes(), true);
+    }
+}
+
+#[test]
+fn load_reports_on_the_load_port_change_the_picks() {
+    let dir = Dir::new("svc-load");
+    // Eight requests in flight per backend, four in all: no backend is ever full, so the
+    // picks follow the weights that health (with the reports) gives.
+    let cfg = service_config_with(
+        &dir,
+        &[(4, 1.0), (5, 1.0)],
+        8,
+        &format!("load_port = {LOAD_PORT}\npolicy = {{ kind = \"wrr\" }}"),
+    );
+    let server = Server::start(&cfg).unwrap();
+    let mut client = App::new(&dir, 3, None);
+    let mut workers: Vec<App> = [4, 5].map(|c| App::new(&dir, c, Some(SERVICE_PORT))).into();
+    wait_all(&server);
+    let keys = [
+        workers[0].connect_to(LOAD_PORT),
+        workers[1].connect_to(LOAD_PORT),
+    ];
+    let (w4, w5) = workers.split_at_mut(1);
+    run_until(&mut [&mut w4[0], &mut w5[0]], |w| {
+        w.iter()
+            .zip(keys)
+            .all(|(a, k)| a.eps[&k].state() == EndpointState::Established)
+    });
+    // Worker 4 says it is busy (700: below "saturated", which a backend that drains this well
+    // could not claim without being suspected), worker 5 idle, every 10 answers (reports live
+    // 100 ms).
+    let by = exchange(&mut client, &mut workers, 2, 3000, 2, |n, w| {
+        if n % 10 == 1 {
+            report(&mut w[0], keys[0], 700);
+            report(&mut w[1], keys[1], 0);
+        }
+    });
+    assert_eq!(by.values().sum::<u32>(), 3000);
+    let (busy, idle) = (by.get(&4).copied().unwrap_or(0), by[&5]);
+    assert!(
+        busy < idle,
+        "the saturated backend got {busy}, the idle one {idle}: {:?}",
+        server.snapshot()
+    );
+    let snap = snapshot_when(&server, |s| s.services[0].stats.replies == 3000);
+    let p = snap
+        .ports
+        .iter()
+        .find(|p| p.name == "svc-echo-vm4")
+        .unwrap();
+    assert!(
+        p.counters["load_reports"] > 0 && p.counters["bad_reports"] == 0,
+        "{p:?}"
+    );
+
     server.shutdown().unwrap();
 }

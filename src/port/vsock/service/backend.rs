@@ -52,7 +52,12 @@ pub struct BackendConfig {
     pub refused_backoff_ns: u64,
     /// Staging slots (replies and packets for the backend).
     pub slots: u32,
+    /// The service's load port: the backend's connections to it carry load reports.
+    pub load_port: Option<u32>,
 }
+
+/// Load-report connections one backend may have open.
+const MAX_REPORTERS: usize = 4;
 
 /// A request on a connection.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +87,9 @@ struct BackendCounters {
     requests_dropped: u64,
     /// Messages the backend sent that answered nothing (its connection was reset).
     unsolicited: u64,
+    /// Load reports taken, and messages on the load port that were none.
+    load_reports: u64,
+    bad_reports: u64,
 }
 
 /// One backend VM of a `message` service. See the module documentation.
@@ -99,6 +107,8 @@ pub struct ServiceBackendPort {
     dirty: bool,
     counters: BackendCounters,
     payload: Vec<u8>,
+    /// The backend's connections to the load port, by its port.
+    reporters: HashMap<u32, Endpoint>,
 }
 
 impl ServiceBackendPort {
@@ -126,6 +136,7 @@ impl ServiceBackendPort {
             dirty: false,
             counters: BackendCounters::default(),
             payload: Vec::with_capacity(PIECE_PAYLOAD as usize),
+            reporters: HashMap::new(),
         })
     }
 
@@ -243,6 +254,37 @@ impl ServiceBackendPort {
             conns.remove(&local);
         }
         self.conns = conns;
+        self.pump_reporters(sent);
+    }
+
+    /// Takes the load reports the backend sent and stages what its report connections owe it.
+    /// A report is one SEQPACKET message `load N`, N from 0 (idle) to 1000 (saturated); it
+    /// becomes the switch's load report for this member.
+    fn pump_reporters(&mut self, sent: &mut Vec<TxChain>) {
+        let mut reporters = std::mem::take(&mut self.reporters);
+        for ep in reporters.values_mut() {
+            while let Some(m) = ep.read_message() {
+                let text = String::from_utf8_lossy(&m.data);
+                let load = text
+                    .trim()
+                    .strip_prefix("load ")
+                    .and_then(|n| n.trim().parse::<u16>().ok())
+                    .filter(|&n| n <= crate::wire::LOAD_MAX);
+                let Some(load) = load else {
+                    self.counters.bad_reports += 1;
+                    continue;
+                };
+                let mut h = MsgHeader::new(MsgKind::LoadReport, 0, 0, 0);
+                h.set_load(load);
+                if let Some(chain) = self.staging.stage(h, &[]) {
+                    sent.push(chain);
+                    self.counters.load_reports += 1;
+                }
+            }
+            self.stage_endpoint(ep, usize::MAX, sent);
+        }
+        reporters.retain(|_, ep| !ep.is_closed());
+        self.reporters = reporters;
     }
 
     /// Hands the backend's answer on `c` to the switch as the reply to its request.
@@ -294,24 +336,9 @@ impl ServiceBackendPort {
         }
     }
 
-    /// Stages what the connection owes the backend.
+    /// Stages what the connection owes the backend, at most `max` packets.
     fn stage_packets(&mut self, c: &mut BackendConn, max: usize, sent: &mut Vec<TxChain>) -> usize {
-        let mut n = 0;
-        let to = self.vm.addr.port;
-        while n < max && self.staging.free() > 0 {
-            let Some(hdr) = c.ep.next_packet_into(PIECE_PAYLOAD, &mut self.payload) else {
-                break;
-            };
-            let id = self.next_piece;
-            self.next_piece = self.next_piece.wrapping_add(1);
-            let h = MsgHeader::new(MsgKind::OneWay, to, id, 0);
-            match self.staging.stage(h, &[&hdr.encode(), &self.payload]) {
-                Some(chain) => sent.push(chain),
-                None => break,
-            }
-            n += 1;
-        }
-        n
+        self.stage_endpoint(&mut c.ep, max, sent)
     }
 
     /// Gives up connections the backend does not accept, and requests past their deadline.
@@ -335,6 +362,52 @@ impl ServiceBackendPort {
             _ => {}
         }
     }
+
+    /// Stages at most `max` packets `ep` owes the backend, while slots are free.
+    fn stage_endpoint(&mut self, ep: &mut Endpoint, max: usize, sent: &mut Vec<TxChain>) -> usize {
+        let mut n = 0;
+        let to = self.vm.addr.port;
+        while n < max && self.staging.free() > 0 {
+            let Some(hdr) = ep.next_packet_into(PIECE_PAYLOAD, &mut self.payload) else {
+                break;
+            };
+            let id = self.next_piece;
+            self.next_piece = self.next_piece.wrapping_add(1);
+            let h = MsgHeader::new(MsgKind::OneWay, to, id, 0);
+            match self.staging.stage(h, &[&hdr.encode(), &self.payload]) {
+                Some(chain) => sent.push(chain),
+                None => break,
+            }
+            n += 1;
+        }
+        n
+    }
+}
+
+impl ServiceBackendPort {
+    /// A packet of the backend's to the load port.
+    fn on_report_packet(&mut self, hdr: &PacketHeader, data: &[u8]) {
+        if let Some(ep) = self.reporters.get_mut(&hdr.src_port) {
+            let _ = ep.on_packet(hdr, data);
+            return;
+        }
+        let accepted = (hdr.op == Op::Request as u16
+            && hdr.ty == SocketType::SeqPacket as u16
+            && self.reporters.len() < MAX_REPORTERS)
+            .then(|| Endpoint::accept(self.cfg.endpoint, hdr).ok())
+            .flatten();
+        match accepted {
+            Some(ep) => {
+                self.reporters.insert(hdr.src_port, ep);
+            }
+            None if hdr.op != Op::Rst as u16 => {
+                if let Some(rst) = hdr.rst_reply() {
+                    self.vm.push_control(rst);
+                }
+            }
+            None => {}
+        }
+    }
 }
 
 impl Port<GuestMemoryMmap> for ServiceBackendPort {
@@ -345,7 +418,7 @@ impl Port<GuestMemoryMmap> for ServiceBackendPort {
     fn take_sent(&mut self, max: usize, sent: &mut Vec<TxChain>) -> Result<usize, DeviceError> {
         let before = sent.len();
         // Deadlines are clock-driven: a port with requests out looks every pass.
-        if std::mem::take(&mut self.dirty) || !self.conns.is_empty() {
+        if std::mem::take(&mut self.dirty) || !self.conns.is_empty() || !self.reporters.is_empty() {
             self.pump(max, sent);
         }
         Ok(sent.len() - before)
@@ -414,6 +487,10 @@ impl Port<GuestMemoryMmap> for ServiceBackendPort {
                     _ => return Ok(false),
                 };
                 self.dirty = true;
+                if Some(hdr.dst_port) == self.cfg.load_port {
+                    self.on_report_packet(&hdr, &piece[HEADER_LEN..len]);
+                    return Ok(true);
+                }
                 match self.conns.get_mut(&hdr.dst_port) {
                     Some(c) => {
                         if let Err(e) = c.ep.on_packet(&hdr, &piece[HEADER_LEN..len]) {
@@ -487,6 +564,8 @@ impl Port<GuestMemoryMmap> for ServiceBackendPort {
             ("timed_out", c.timed_out),
             ("requests_dropped", c.requests_dropped),
             ("unsolicited", c.unsolicited),
+            ("load_reports", c.load_reports),
+            ("bad_reports", c.bad_reports),
         ]
     }
 
