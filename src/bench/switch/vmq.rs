@@ -99,9 +99,19 @@ impl Side for VmqBackend {
         if let Some(worker) = self.echo.as_mut() {
             // The shared worker waits for a tx slot when its ring is full; here every side runs
             // on one thread, so it steps only when it can answer every request waiting (else
-            // it would spin while the frontend, on the same thread, cannot take replies).
-            self.peer.tx.reclaim().expect("reclaim");
-            if self.peer.tx.free() >= rx_pending(&self.peer.rx) {
+            // it would spin while the frontend, on the same thread, cannot take replies). As
+            // the plain echo before it, an idle turn reads one index (the rx used index) and
+            // the tx ring is reclaimed only when short of slots: the peers' thread is half of
+            // the pipeline being timed, and every turn it spends on lines the switch is writing
+            // is taken from the messages.
+            let pending = rx_pending(&self.peer.rx);
+            if pending == 0 {
+                return;
+            }
+            if self.peer.tx.free() < pending {
+                self.peer.tx.reclaim().expect("reclaim");
+            }
+            if self.peer.tx.free() >= pending {
                 // Never stops: no count, no fault configured.
                 let _ = worker.step(&mut self.peer, &mut (), &mut self.buf);
             }
