@@ -12,6 +12,9 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, Memo
 
 use super::driver::{RawMemory, RingError, RingMemory};
 
+/// Largest access the slow paths take or return by value (a message header).
+const SMALL: usize = 32;
+
 /// A guest memory plus the host view of each of its regions.
 #[derive(Clone, Debug)]
 pub struct GuestView<M> {
@@ -69,7 +72,7 @@ impl<M: GuestMemoryBackend> GuestView<M> {
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
         match self.region(addr, buf.len() as u64) {
             Some(r) => r.read(addr, buf).is_ok(),
-            None => self.mem.read_slice(buf, GuestAddress(addr)).is_ok(),
+            None => self.read_fallback(addr, buf),
         }
     }
 
@@ -78,7 +81,7 @@ impl<M: GuestMemoryBackend> GuestView<M> {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.region(addr, data.len() as u64) {
             Some(r) => r.write(addr, data).is_ok(),
-            None => self.mem.write_slice(data, GuestAddress(addr)).is_ok(),
+            None => self.write_fallback(addr, data),
         }
     }
 
@@ -87,14 +90,7 @@ impl<M: GuestMemoryBackend> GuestView<M> {
     pub fn store_u16(&self, addr: u64, val: u16) -> bool {
         match self.region(addr, 2) {
             Some(r) => r.store_u16(addr, val).is_ok(),
-            None => self
-                .mem
-                .store(
-                    val.to_le(),
-                    GuestAddress(addr),
-                    std::sync::atomic::Ordering::Release,
-                )
-                .is_ok(),
+            None => self.store_u16_slow(addr, val),
         }
     }
 
@@ -103,12 +99,90 @@ impl<M: GuestMemoryBackend> GuestView<M> {
     pub fn load_u16(&self, addr: u64) -> Option<u16> {
         match self.region(addr, 2) {
             Some(r) => r.load_u16(addr).ok(),
-            None => self
-                .mem
-                .load::<u16>(GuestAddress(addr), std::sync::atomic::Ordering::Acquire)
-                .ok()
-                .map(u16::from_le),
+            None => self.load_u16_slow(addr),
         }
+    }
+
+    // The generic paths (no host mapping, or a range straddling regions) stay out of line, and
+    // small accesses (ring entries, descriptors, headers: at most `SMALL` bytes) pass their
+    // bytes by value: a caller's buffer whose address reached the slow path would have to live
+    // in memory on every access, so each small read of a ring or a header would go through the
+    // stack and be reassembled byte by byte instead of staying in registers.
+
+    /// [`GuestView::read`] without a host mapping for the range.
+    #[inline]
+    fn read_fallback(&self, addr: u64, buf: &mut [u8]) -> bool {
+        let len = buf.len();
+        if len <= SMALL {
+            match self.read_small_slow(addr, len) {
+                Some(v) => {
+                    buf.copy_from_slice(&v[..len]);
+                    true
+                }
+                None => false,
+            }
+        } else {
+            self.read_slow(addr, buf)
+        }
+    }
+
+    /// [`GuestView::write`] without a host mapping for the range.
+    #[inline]
+    fn write_fallback(&self, addr: u64, data: &[u8]) -> bool {
+        let len = data.len();
+        if len <= SMALL {
+            let mut v = [0u8; SMALL];
+            v[..len].copy_from_slice(data);
+            self.write_small_slow(addr, v, len)
+        } else {
+            self.write_slow(addr, data)
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn read_small_slow(&self, addr: u64, len: usize) -> Option<[u8; SMALL]> {
+        let mut v = [0u8; SMALL];
+        self.read_slow(addr, &mut v[..len]).then_some(v)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn write_small_slow(&self, addr: u64, v: [u8; SMALL], len: usize) -> bool {
+        self.write_slow(addr, &v[..len])
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn read_slow(&self, addr: u64, buf: &mut [u8]) -> bool {
+        self.mem.read_slice(buf, GuestAddress(addr)).is_ok()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn write_slow(&self, addr: u64, data: &[u8]) -> bool {
+        self.mem.write_slice(data, GuestAddress(addr)).is_ok()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn store_u16_slow(&self, addr: u64, val: u16) -> bool {
+        self.mem
+            .store(
+                val.to_le(),
+                GuestAddress(addr),
+                std::sync::atomic::Ordering::Release,
+            )
+            .is_ok()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn load_u16_slow(&self, addr: u64) -> Option<u16> {
+        self.mem
+            .load::<u16>(GuestAddress(addr), std::sync::atomic::Ordering::Acquire)
+            .ok()
+            .map(u16::from_le)
     }
 
     /// Copies `len` bytes from `src` memory at `from` to this memory at `to`.
@@ -145,9 +219,9 @@ impl<M: GuestMemoryBackend> RingMemory for GuestView<M> {
         match self.region(addr, len) {
             Some(r) => r.read(addr, buf),
             None => self
-                .mem
-                .read_slice(buf, GuestAddress(addr))
-                .map_err(|_| RingError::OutOfBounds { addr, len }),
+                .read_fallback(addr, buf)
+                .then_some(())
+                .ok_or(RingError::OutOfBounds { addr, len }),
         }
     }
     #[inline]
@@ -156,23 +230,26 @@ impl<M: GuestMemoryBackend> RingMemory for GuestView<M> {
         match self.region(addr, len) {
             Some(r) => r.write(addr, data),
             None => self
-                .mem
-                .write_slice(data, GuestAddress(addr))
-                .map_err(|_| RingError::OutOfBounds { addr, len }),
+                .write_fallback(addr, data)
+                .then_some(())
+                .ok_or(RingError::OutOfBounds { addr, len }),
         }
     }
     #[inline]
     fn load_u16(&self, addr: u64) -> Result<u16, RingError> {
         match self.region(addr, 2) {
             Some(r) => r.load_u16(addr),
-            None => GuestView::load_u16(self, addr).ok_or(RingError::OutOfBounds { addr, len: 2 }),
+            None => self
+                .load_u16_slow(addr)
+                .ok_or(RingError::OutOfBounds { addr, len: 2 }),
         }
     }
     #[inline]
     fn store_u16(&self, addr: u64, val: u16) -> Result<(), RingError> {
         match self.region(addr, 2) {
             Some(r) => r.store_u16(addr, val),
-            None => GuestView::store_u16(self, addr, val)
+            None => self
+                .store_u16_slow(addr, val)
                 .then_some(())
                 .ok_or(RingError::OutOfBounds { addr, len: 2 }),
         }

@@ -100,8 +100,14 @@ impl Side for VmqBackend {
             // The shared worker waits for a tx slot when its ring is full; here every side runs
             // on one thread, so it steps only when it can answer every request waiting (else
             // it would spin while the frontend, on the same thread, cannot take replies).
-            self.peer.tx.reclaim().expect("reclaim");
-            if self.peer.tx.free() >= rx_pending(&self.peer.rx) {
+            let pending = rx_pending(&self.peer.rx);
+            if pending == 0 {
+                return;
+            }
+            if self.peer.tx.free() < pending {
+                self.peer.tx.reclaim().expect("reclaim");
+            }
+            if self.peer.tx.free() >= pending {
                 // Never stops: no count, no fault configured.
                 let _ = worker.step(&mut self.peer, &mut (), &mut self.buf);
             }
@@ -194,4 +200,102 @@ pub fn run_vmq(
         s.totals = sw.snapshot().totals;
         s
     })
+}
+
+#[cfg(test)]
+mod lockstep {
+    //! A fixed-count, single-threaded run of the switch bench's vmq side: the peers take one
+    //! turn, then the switch polls once, until every message is counted. Deterministic (a
+    //! manual clock), so that a profiler counting instructions or cache misses (callgrind's
+    //! inclusive costs of `peer_pass` and `switch_pass`) gives per-message figures for each
+    //! side. `LS_CASE=oneway` (else request/reply), `LS_N` messages (default 100 000).
+
+    use super::*;
+    use crate::switch::ManualClock;
+    use vm_memory::GuestMemoryMmap;
+
+    #[inline(never)]
+    fn peer_pass(sides: &mut [Box<dyn Side>], ctl: &Ctl) {
+        for s in sides.iter_mut() {
+            s.step(ctl);
+        }
+    }
+
+    #[inline(never)]
+    fn switch_pass(sw: &mut Switch<GuestMemoryMmap>) -> usize {
+        sw.poll()
+    }
+
+    #[test]
+    #[ignore = "a profiling driver, not a check"]
+    fn lockstep_profile() {
+        let case = match std::env::var("LS_CASE").as_deref() {
+            Ok("oneway") => Case::OneWay,
+            _ => Case::RequestReply,
+        };
+        let n: u64 = std::env::var("LS_N").map_or(100_000, |s| s.parse().expect("LS_N"));
+        let size = 64u32;
+        let backends = case.default_backends();
+        let cfg = PeerConfig {
+            queue_size: QUEUE_SIZE,
+            slot_size: HEADER_SIZE as u32 + size,
+            event_idx: true,
+        };
+        let swcfg = SwitchConfig {
+            batch: BATCH as usize,
+            ..SwitchConfig::default()
+        };
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let mut sw = Switch::new(swcfg, clock.clone()).expect("switch");
+        let (fpeer, fport) = host_peer(cfg).expect("frontend peer");
+        sw.add_port("frontend", fport, Box::new(Polling))
+            .expect("add frontend");
+        let (mut back_ports, mut back_peers) = (Vec::new(), Vec::new());
+        for i in 0..backends {
+            let (peer, port) = host_peer(cfg).expect("backend peer");
+            back_ports.push(
+                sw.add_port(&format!("backend{i}"), port, Box::new(Polling))
+                    .expect("add backend"),
+            );
+            back_peers.push(peer);
+        }
+        let members: Vec<_> = back_ports.iter().map(|&p| (p, 1.0)).collect();
+        let service = sw
+            .add_service("echo", ServiceConfig::default(), &members)
+            .expect("add service");
+        sw.resume_polling();
+        let buf_len = cfg.slot_size as usize;
+        let mut sides: Vec<Box<dyn Side>> = vec![Box::new(VmqFrontend {
+            peer: fpeer,
+            case,
+            dsts: back_ports,
+            next_dst: 0,
+            service,
+            payload: vec![0xa5; size as usize],
+            buf: vec![0; buf_len],
+            id: 0,
+            limit: n,
+            batch: BATCH,
+            stopped: false,
+        })];
+        for (i, peer) in back_peers.into_iter().enumerate() {
+            sides.push(Box::new(VmqBackend {
+                peer,
+                echo: (case == Case::RequestReply).then(|| Worker::new(WorkerConfig::default())),
+                buf: vec![0; buf_len],
+                order: InOrder::nth_of(i, backends),
+            }));
+        }
+        let ctl = Ctl::new(1);
+        let mut polls = 0u64;
+        while ctl.got.load(Ordering::Acquire) != ctl.sent.load(Ordering::Acquire) {
+            peer_pass(&mut sides, &ctl);
+            switch_pass(&mut sw);
+            // About one busy poll's worth of time: sweeps run as in a timed run.
+            clock.advance(20_000);
+            polls += 1;
+        }
+        assert_eq!(ctl.id_sum.load(Ordering::Acquire), n * (n - 1) / 2);
+        eprintln!("lockstep: {} x {n}, {polls} polls", case.name());
+    }
 }
