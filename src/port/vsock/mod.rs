@@ -28,7 +28,7 @@ pub use network::{
     NetworkError, ServiceRoute, VmAddress, VmCounters, VmCounts, VmEntry, VsockNetwork,
     CONTROL_QUEUE_MAX, SERVICE_BACKEND_PORTS,
 };
-pub use staging::{Staging, MAX_SLOTS, PIECE_PAYLOAD, SLOT_SIZE};
+pub use staging::{read_piece, Piece, Staging, MAX_SLOTS, PIECE_PAYLOAD, SLOT_SIZE};
 
 use std::io::{Read, Write};
 use std::sync::atomic::Ordering;

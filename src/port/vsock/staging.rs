@@ -3,8 +3,8 @@
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use crate::virtio::{DeviceError, GuestView, TxChain};
-use crate::vsock::packet::HEADER_LEN;
+use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
+use crate::vsock::packet::{PacketHeader, HEADER_LEN};
 use crate::wire::{MsgHeader, HEADER_SIZE};
 
 /// Most payload in one staged piece. Packets the guest sends (up to 64 KiB) are cut into
@@ -137,4 +137,24 @@ impl Staging {
         }
         true
     }
+}
+
+/// One staged piece as it reaches the port it was for: a vsock packet header and its payload.
+pub type Piece = [u8; HEADER_LEN + PIECE_PAYLOAD as usize];
+
+/// Copies a delivered piece into `buf` and decodes its header. `Ok(None)`: not a whole piece
+/// (too short or long, a header that does not decode, or a `len` other than the payload's).
+pub fn read_piece<'b>(
+    payload: &Payload<'_, GuestMemoryMmap>,
+    buf: &'b mut Piece,
+) -> Result<Option<(PacketHeader, &'b [u8])>, DeliverError> {
+    let len = payload.len() as usize;
+    if len < HEADER_LEN || len > buf.len() {
+        return Ok(None);
+    }
+    payload.copy_to(buf).map_err(DeliverError::Source)?;
+    Ok(PacketHeader::decode(&buf[..HEADER_LEN])
+        .ok()
+        .filter(|h| h.len as usize == len - HEADER_LEN)
+        .map(|h| (h, &buf[HEADER_LEN..len])))
 }

@@ -40,11 +40,11 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::{Drain, Port, PortId, Staging, VmEntry, PIECE_PAYLOAD};
+use super::{read_piece, Drain, Port, PortId, Staging, VmEntry, PIECE_PAYLOAD};
 use crate::switch::Clock;
 use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
 use crate::vsock::endpoint::{CloseReason, EndpointConfig, EndpointState};
-use crate::vsock::packet::{Op, PacketHeader, HEADER_LEN, HOST_CID};
+use crate::vsock::packet::{Op, HEADER_LEN, HOST_CID};
 use crate::wire::{MsgHeader, MsgKind};
 
 mod conn;
@@ -406,17 +406,11 @@ impl Port<GuestMemoryMmap> for HostPort {
             return Ok(true);
         }
         self.consumed = self.consumed.wrapping_add(1);
-        let len = payload.len() as usize;
         let mut piece = [0u8; HEADER_LEN + PIECE_PAYLOAD as usize];
-        if len < HEADER_LEN || len > piece.len() {
-            return Ok(false);
-        }
-        payload.copy_to(&mut piece).map_err(DeliverError::Source)?;
-        let hdr = match PacketHeader::decode(&piece[..HEADER_LEN]) {
-            Ok(h) if h.src_cid == self.cid() && h.dst_cid == HOST_CID => h,
+        let (hdr, data) = match read_piece(payload, &mut piece)? {
+            Some((h, data)) if h.src_cid == self.cid() && h.dst_cid == HOST_CID => (h, data),
             _ => return Ok(false),
         };
-        let data = &piece[HEADER_LEN..len];
         let key = (hdr.dst_port, hdr.src_port);
         self.dirty = true;
         if let Some(c) = self.conns.get_mut(&key) {

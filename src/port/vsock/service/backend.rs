@@ -22,7 +22,7 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
 use super::slot_size;
-use crate::port::vsock::{Staging, VmEntry, PIECE_PAYLOAD, SERVICE_BACKEND_PORTS};
+use crate::port::vsock::{read_piece, Staging, VmEntry, PIECE_PAYLOAD, SERVICE_BACKEND_PORTS};
 use crate::port::{Drain, Port};
 use crate::switch::Clock;
 use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
@@ -470,30 +470,23 @@ impl Port<GuestMemoryMmap> for ServiceBackendPort {
                 self.dirty = true;
             }
             Some(MsgKind::OneWay) => {
-                let len = payload.len() as usize;
                 let mut piece = [0u8; HEADER_LEN + PIECE_PAYLOAD as usize];
-                if len < HEADER_LEN || len > piece.len() {
-                    return Ok(false);
-                }
-                payload.copy_to(&mut piece).map_err(DeliverError::Source)?;
-                let hdr = match PacketHeader::decode(&piece[..HEADER_LEN]) {
-                    Ok(h)
-                        if h.src_cid == self.cid()
-                            && h.dst_cid == self.cfg.service_cid
-                            && h.len as usize == len - HEADER_LEN =>
+                let (hdr, data) = match read_piece(payload, &mut piece)? {
+                    Some((h, data))
+                        if h.src_cid == self.cid() && h.dst_cid == self.cfg.service_cid =>
                     {
-                        h
+                        (h, data)
                     }
                     _ => return Ok(false),
                 };
                 self.dirty = true;
                 if Some(hdr.dst_port) == self.cfg.load_port {
-                    self.on_report_packet(&hdr, &piece[HEADER_LEN..len]);
+                    self.on_report_packet(&hdr, data);
                     return Ok(true);
                 }
                 match self.conns.get_mut(&hdr.dst_port) {
                     Some(c) => {
-                        if let Err(e) = c.ep.on_packet(&hdr, &piece[HEADER_LEN..len]) {
+                        if let Err(e) = c.ep.on_packet(&hdr, data) {
                             log::debug!(
                                 "service backend CID {}: connection reset: {e}",
                                 self.cid()

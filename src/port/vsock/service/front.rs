@@ -17,7 +17,7 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
 use super::slot_size;
-use crate::port::vsock::{Staging, VmEntry, VsockNetwork, PIECE_PAYLOAD};
+use crate::port::vsock::{read_piece, Staging, VmEntry, VsockNetwork, PIECE_PAYLOAD};
 use crate::port::{Drain, Port};
 use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
 use crate::vsock::endpoint::{Endpoint, EndpointConfig, EndpointState};
@@ -383,15 +383,10 @@ impl Port<GuestMemoryMmap> for ServiceFrontPort {
                 self.on_answer(header.msg_id(), header.status(), payload)?;
             }
             Some(MsgKind::OneWay) => {
-                let len = payload.len() as usize;
                 let mut piece = [0u8; HEADER_LEN + PIECE_PAYLOAD as usize];
-                if len < HEADER_LEN || len > piece.len() {
-                    return Ok(false);
-                }
-                payload.copy_to(&mut piece).map_err(DeliverError::Source)?;
-                match PacketHeader::decode(&piece[..HEADER_LEN]) {
-                    Ok(h) if h.dst_cid == self.cfg.cid && h.len as usize == len - HEADER_LEN => {
-                        self.on_client_packet(&h, &piece[HEADER_LEN..len]);
+                match read_piece(payload, &mut piece)? {
+                    Some((h, data)) if h.dst_cid == self.cfg.cid => {
+                        self.on_client_packet(&h, data);
                         self.dirty = true;
                     }
                     _ => return Ok(false),
