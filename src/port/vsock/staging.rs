@@ -3,9 +3,11 @@
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+use crate::port::PortId;
 use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
-use crate::vsock::packet::{PacketHeader, HEADER_LEN};
-use crate::wire::{MsgHeader, HEADER_SIZE};
+use crate::vsock::endpoint::Endpoint;
+use crate::vsock::packet::{Op, PacketHeader, HEADER_LEN};
+use crate::wire::{MsgHeader, MsgKind, HEADER_SIZE};
 
 /// Most payload in one staged piece. Packets the guest sends (up to 64 KiB) are cut into
 /// pieces of this size before they are staged; a receiver whose rx buffers are smaller (Linux
@@ -18,12 +20,25 @@ pub const SLOT_SIZE: u64 = (HEADER_SIZE + HEADER_LEN) as u64 + PIECE_PAYLOAD as 
 /// Most slots a staging area may have (slot numbers are `u16`).
 pub const MAX_SLOTS: u32 = u16::MAX as u32;
 
+/// What [`Staging::stage_owed`] staged.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Owed {
+    /// Packets staged.
+    pub packets: usize,
+    /// Whether one carried data (room came back in the endpoint's send buffer).
+    pub data: bool,
+}
+
 /// Fixed-size slots in anonymous host memory (reserved, touched only as used), each one staged
 /// piece. Bound: `slots * SLOT_SIZE` bytes per port.
 #[derive(Debug)]
 pub struct Staging {
     view: GuestView<GuestMemoryMmap>,
     slot_size: u64,
+    /// Numbers the one-way pieces staged (their `msg_id`), so a receiver can tell them apart.
+    next_piece: u64,
+    /// One packet's payload on its way from an endpoint into a slot.
+    scratch: Vec<u8>,
     free: Vec<u16>,
     in_use: Vec<bool>,
 }
@@ -45,6 +60,8 @@ impl Staging {
         Ok(Self {
             view: GuestView::new(mem),
             slot_size,
+            next_piece: 0,
+            scratch: Vec::with_capacity(PIECE_PAYLOAD as usize),
             free: (0..slots as u16).rev().collect(),
             in_use: vec![false; slots as usize],
         })
@@ -125,6 +142,47 @@ impl Staging {
             return None;
         }
         Some(TxChain::in_span(slot, msg, addr))
+    }
+
+    /// Stages one vsock packet (`hdr` and its `payload`) for port `to` as a one-way piece.
+    pub fn stage_piece(
+        &mut self,
+        to: PortId,
+        hdr: &PacketHeader,
+        payload: &[u8],
+    ) -> Option<TxChain> {
+        let id = self.next_piece;
+        self.next_piece = self.next_piece.wrapping_add(1);
+        let msg = MsgHeader::new(MsgKind::OneWay, to, id, 0);
+        self.stage(msg, &[&hdr.encode(), payload])
+    }
+
+    /// Stages what `ep` owes its guest, for that guest's port `to`: at most `max` packets,
+    /// leaving `keep_free` slots free.
+    pub fn stage_owed(
+        &mut self,
+        ep: &mut Endpoint,
+        to: PortId,
+        max: usize,
+        keep_free: usize,
+        sent: &mut Vec<TxChain>,
+    ) -> Owed {
+        let mut owed = Owed::default();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        while owed.packets < max && self.free() > keep_free {
+            let Some(hdr) = ep.next_packet_into(PIECE_PAYLOAD, &mut scratch) else {
+                break;
+            };
+            // A slot is free (checked above) and a piece fits one.
+            let Some(chain) = self.stage_piece(to, &hdr, &scratch) else {
+                break;
+            };
+            sent.push(chain);
+            owed.packets += 1;
+            owed.data |= hdr.op == Op::Rw as u16;
+        }
+        self.scratch = scratch;
+        owed
     }
 
     /// Writes `parts` one after another at `addr` (inside a slot taken).

@@ -141,6 +141,25 @@ fn service_config_with(
     ServeConfig::parse(&text, "test.toml").expect("a valid config")
 }
 
+/// A server with one service over `workers` (CID, weight; `in_flight` each, `extra` lines in
+/// its table), client guest 3 and the workers' applications, every device started.
+fn world(
+    name: &str,
+    workers: &[(u64, f64)],
+    in_flight: u32,
+    extra: &str,
+) -> (Dir, Server, App, Vec<App>) {
+    let dir = Dir::new(name);
+    let server = Server::start(&service_config_with(&dir, workers, in_flight, extra)).unwrap();
+    let client = App::new(&dir, 3, None);
+    let apps = workers
+        .iter()
+        .map(|&(c, _)| App::new(&dir, c, Some(SERVICE_PORT)))
+        .collect();
+    wait_connected(&server);
+    (dir, server, client, apps)
+}
+
 /// Runs every app until `done` says so (or the patience runs out).
 fn run_until(apps: &mut [&mut App], mut done: impl FnMut(&mut [&mut App]) -> bool) {
     let give_up = Instant::now() + PATIENCE;
@@ -212,10 +231,6 @@ fn exchange(
     by_worker
 }
 
-fn wait_all(server: &Server) {
-    wait_connected(server);
-}
-
 /// The switch's snapshot once `ready` holds for it (it is renewed every 100 ms).
 fn snapshot_when(server: &Server, mut ready: impl FnMut(&Snapshot) -> bool) -> Snapshot {
     let give_up = Instant::now() + PATIENCE;
@@ -230,21 +245,15 @@ fn snapshot_when(server: &Server, mut ready: impl FnMut(&Snapshot) -> bool) -> S
 
 #[test]
 fn a_message_service_spreads_requests_by_weight_and_answers_each_in_order() {
-    let dir = Dir::new("svc-weights");
     // Health left out (drain, latency, in flight, free buffers): what is measured here is the
     // policy's spread over the weights, not how loaded each backend looks.
-    let cfg = service_config(
-        &dir,
+    let (_dir, server, mut client, mut workers) = world(
+        "svc-weights",
         &[(4, 1.0), (5, 2.0), (6, 3.0)],
+        32,
         "policy = { kind = \"wrr\" }\n\
          health = { weights = { drain = 0.0, latency = 0.0, in_flight = 0.0, free_rx = 0.0 } }",
     );
-    let server = Server::start(&cfg).unwrap();
-    let mut client = App::new(&dir, 3, None);
-    let mut workers: Vec<App> = [4, 5, 6]
-        .map(|c| App::new(&dir, c, Some(SERVICE_PORT)))
-        .into();
-    wait_all(&server);
     let by = exchange(&mut client, &mut workers, 2, 600, 4, |_, _| {});
     assert_eq!(by.values().sum::<u32>(), 600, "{by:?}");
     // Weighted round robin over 1:2:3.
@@ -264,18 +273,12 @@ fn a_message_service_spreads_requests_by_weight_and_answers_each_in_order() {
 
 #[test]
 fn a_backend_whose_application_stops_reading_fails_over_and_nothing_is_lost() {
-    let dir = Dir::new("svc-stall");
-    let cfg = service_config(
-        &dir,
+    let (_dir, server, mut client, mut workers) = world(
+        "svc-stall",
         &[(4, 1.0), (5, 1.0), (6, 1.0)],
+        32,
         "policy = { kind = \"wrr\" }\nfailover = { stall_window_ns = 50000000, max_ejection_percent = 50 }",
     );
-    let server = Server::start(&cfg).unwrap();
-    let mut client = App::new(&dir, 3, None);
-    let mut workers: Vec<App> = [4, 5, 6]
-        .map(|c| App::new(&dir, c, Some(SERVICE_PORT)))
-        .into();
-    wait_all(&server);
     // Worker 5's application stops reading after the 100th answer: its kernel still takes
     // packets, but its fwd_cnt stops.
     let by = exchange(&mut client, &mut workers, 2, 400, 4, |n, w| {
@@ -323,7 +326,7 @@ fn with_every_backend_stopped_the_client_connection_is_reset_after_the_deadline(
     let mut client = App::new(&dir, 3, None);
     let mut worker = App::new(&dir, 4, Some(SERVICE_PORT));
     worker.reading = false;
-    wait_all(&server);
+    wait_connected(&server);
     let key = client.connect();
     run_until(&mut [&mut client, &mut worker], |a| {
         a[0].eps[&key].state() == EndpointState::Established
@@ -353,7 +356,7 @@ fn a_service_refuses_stream_connections_and_wrong_ports_and_a_bad_config_says_wh
     let server = Server::start(&cfg).unwrap();
     let mut client = App::new(&dir, 3, None);
     let _worker = App::new(&dir, 4, Some(SERVICE_PORT));
-    wait_all(&server);
+    wait_connected(&server);
     let svc = SockAddr::new(SERVICE_CID, SERVICE_PORT);
     let me = SockAddr::new(3, 2000);
     client
@@ -400,18 +403,12 @@ fn a_service_refuses_stream_connections_and_wrong_ports_and_a_bad_config_says_wh
 
 #[test]
 fn a_backend_whose_vmm_goes_away_fails_over_and_nothing_is_lost() {
-    let dir = Dir::new("svc-crash");
-    let cfg = service_config(
-        &dir,
+    let (dir, server, mut client, mut workers) = world(
+        "svc-crash",
         &[(4, 1.0), (5, 1.0), (6, 1.0)],
+        32,
         "failover = { stall_window_ns = 50000000, max_ejection_percent = 50 }",
     );
-    let server = Server::start(&cfg).unwrap();
-    let mut client = App::new(&dir, 3, None);
-    let mut workers: Vec<App> = [4, 5, 6]
-        .map(|c| App::new(&dir, c, Some(SERVICE_PORT)))
-        .into();
-    wait_all(&server);
     // Worker 5 stops answering after the 100th answer and crashes 40 answers later: its VMM
     // closes the vhost-user socket (its requests in flight are gone with it) and a VMM that
     // never starts the device takes its place.
@@ -444,17 +441,13 @@ fn a_backend_whose_vmm_goes_away_fails_over_and_nothing_is_lost() {
 
 #[test]
 fn a_slow_backend_gets_less_and_every_request_is_answered_once() {
-    let dir = Dir::new("svc-slow");
-    let cfg = service_config(
-        &dir,
+    let (_dir, server, mut client, mut workers) = world(
+        "svc-slow",
         &[(4, 1.0), (5, 1.0)],
+        32,
         "policy = { kind = \"expected_delay\" }",
     );
-    let server = Server::start(&cfg).unwrap();
-    let mut client = App::new(&dir, 3, None);
-    let mut workers: Vec<App> = [4, 5].map(|c| App::new(&dir, c, Some(SERVICE_PORT))).into();
     workers[0].slowness = 20;
-    wait_all(&server);
     let by = exchange(&mut client, &mut workers, 4, 400, 4, |_, _| {});
     assert_eq!(by.values().sum::<u32>(), 400, "{by:?}");
     let (slow, fast) = (by.get(&4).copied().unwrap_or(0), by[&5]);
@@ -467,12 +460,12 @@ fn a_slow_backend_gets_less_and_every_request_is_answered_once() {
 
 #[test]
 fn a_backend_that_answers_what_it_was_not_asked_harms_nobody_else() {
-    let dir = Dir::new("svc-hostile");
-    let cfg = service_config(&dir, &[(4, 1.0), (5, 1.0)], "policy = { kind = \"wrr\" }");
-    let server = Server::start(&cfg).unwrap();
-    let mut client = App::new(&dir, 3, None);
-    let mut workers: Vec<App> = [4, 5].map(|c| App::new(&dir, c, Some(SERVICE_PORT))).into();
-    wait_all(&server);
+    let (_dir, server, mut client, mut workers) = world(
+        "svc-hostile",
+        &[(4, 1.0), (5, 1.0)],
+        32,
+        "policy = { kind = \"wrr\" }",
+    );
     // Worker 4 sends data on a connection of the service's it was never given, and, once
     // its connections are idle, a message on each that answers nothing.
     let forged = SockAddr::new(SERVICE_CID, crate::port::vsock::SERVICE_BACKEND_PORTS + 777);
@@ -539,19 +532,14 @@ fn report(w: &mut App, key: (u32, u64, u32), load: u16) {
 
 #[test]
 fn load_reports_on_the_load_port_change_the_picks() {
-    let dir = Dir::new("svc-load");
     // Eight requests in flight per backend, four in all: no backend is ever full, so the
     // picks follow the weights that health (with the reports) gives.
-    let cfg = service_config_with(
-        &dir,
+    let (_dir, server, mut client, mut workers) = world(
+        "svc-load",
         &[(4, 1.0), (5, 1.0)],
         8,
         &format!("load_port = {LOAD_PORT}\npolicy = {{ kind = \"wrr\" }}"),
     );
-    let server = Server::start(&cfg).unwrap();
-    let mut client = App::new(&dir, 3, None);
-    let mut workers: Vec<App> = [4, 5].map(|c| App::new(&dir, c, Some(SERVICE_PORT))).into();
-    wait_all(&server);
     let keys = [
         workers[0].connect_to(LOAD_PORT),
         workers[1].connect_to(LOAD_PORT),

@@ -40,7 +40,8 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::{read_piece, Drain, Port, PortId, Staging, VmEntry, PIECE_PAYLOAD};
+use super::{read_piece, Staging, VmEntry, PIECE_PAYLOAD};
+use crate::port::{Drain, Port, PortId};
 use crate::switch::Clock;
 use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
 use crate::vsock::endpoint::{CloseReason, EndpointConfig, EndpointState};
@@ -120,11 +121,9 @@ pub struct HostPort {
     /// Connections that ended in a pass (kept to reuse its allocation).
     ended: Vec<(u32, u32)>,
     last_timeout_check: u64,
-    next_piece: u64,
     consumed: u16,
-    /// Scratch for stream reads and packet payloads.
+    /// Scratch for stream reads.
     chunk: Vec<u8>,
-    payload: Vec<u8>,
 }
 
 /// Why a host port could not be made.
@@ -197,10 +196,8 @@ impl HostPort {
             passes: 0,
             ended: Vec::new(),
             last_timeout_check: now,
-            next_piece: 0,
             consumed: 0,
             chunk: vec![0; CHUNK],
-            payload: Vec::with_capacity(PIECE_PAYLOAD as usize),
         })
     }
 
@@ -291,35 +288,12 @@ impl HostPort {
 
     /// Stages what the endpoint owes the guest, at most `max` pieces; returns how many.
     fn stage_packets(&mut self, c: &mut HostConn, max: usize, sent: &mut Vec<TxChain>) -> usize {
-        let mut n = 0;
-        while n < max && self.staging.free() > 0 {
-            let Some(hdr) = c.ep.next_packet_into(PIECE_PAYLOAD, &mut self.payload) else {
-                break;
-            };
-            let Some((slot, addr)) = self.staging.take() else {
-                break;
-            };
-            let id = self.next_piece;
-            self.next_piece = self.next_piece.wrapping_add(1);
-            let msg = MsgHeader::new(
-                MsgKind::OneWay,
-                self.guest_port,
-                id,
-                (HEADER_LEN + self.payload.len()) as u32,
-            );
-            if !self
-                .staging
-                .write(addr, &[&msg.to_bytes(), &hdr.encode(), &self.payload])
-            {
-                self.staging.give_back(slot);
-                break;
-            }
-            sent.push(TxChain::in_span(slot, msg, addr));
-            n += 1;
-            // Sending freed room in the send buffer: the stream may be read again.
-            self.dirty |= hdr.op == Op::Rw as u16 && !c.read_eof;
-        }
-        n
+        let owed = self
+            .staging
+            .stage_owed(&mut c.ep, self.guest_port, max, 0, sent);
+        // Sending freed room in the send buffer: the stream may be read again.
+        self.dirty |= owed.data && !c.read_eof;
+        owed.packets
     }
 
     /// Whether a connection is over (and may be dropped, which closes its stream).

@@ -56,6 +56,9 @@ pub struct BackendConfig {
     pub load_port: Option<u32>,
 }
 
+/// How often deadlines (connect, request) are checked: their granularity.
+const DEADLINE_CHECK_NS: u64 = 100_000_000;
+
 /// Load-report connections one backend may have open.
 const MAX_REPORTERS: usize = 4;
 
@@ -103,10 +106,13 @@ pub struct ServiceBackendPort {
     departures: u64,
     refused_until: u64,
     consumed: u16,
-    next_piece: u64,
+    /// Something moved since the last pass over the connections.
     dirty: bool,
+    /// When deadlines were last checked.
+    last_deadline_check: u64,
     counters: BackendCounters,
-    payload: Vec<u8>,
+    /// A request's bytes on their way into a connection.
+    scratch: Vec<u8>,
     /// The backend's connections to the load port, by its port.
     reporters: HashMap<u32, Endpoint>,
 }
@@ -132,10 +138,10 @@ impl ServiceBackendPort {
             next_local: SERVICE_BACKEND_PORTS,
             refused_until: 0,
             consumed: 0,
-            next_piece: 0,
             dirty: false,
+            last_deadline_check: 0,
             counters: BackendCounters::default(),
-            payload: Vec::with_capacity(PIECE_PAYLOAD as usize),
+            scratch: Vec::new(),
             reporters: HashMap::new(),
         })
     }
@@ -217,9 +223,8 @@ impl ServiceBackendPort {
     }
 
     /// One pass over the connections: answers to replies, packets for the backend staged,
-    /// deadlines, finished connections dropped.
-    fn pump(&mut self, max: usize, sent: &mut Vec<TxChain>) {
-        let now = self.clock.now_ns();
+    /// deadlines (when `deadlines`), finished connections dropped.
+    fn pump(&mut self, max: usize, now: u64, deadlines: bool, sent: &mut Vec<TxChain>) {
         let departures = self.vm.departures.load(Ordering::Acquire);
         if departures != self.departures {
             // The VM went away: its connections are gone with it.
@@ -236,7 +241,9 @@ impl ServiceBackendPort {
         for (&local, c) in conns.iter_mut() {
             staged += self.replies(c, max.saturating_sub(staged), sent);
             staged += self.stage_packets(c, max.saturating_sub(staged), sent);
-            self.deadlines(c, now);
+            if deadlines {
+                self.deadlines(c, now);
+            }
             if c.ep.state() == EndpointState::Closed {
                 if let Some(r) = c.request.take() {
                     self.drop_request(r);
@@ -281,7 +288,8 @@ impl ServiceBackendPort {
                     self.counters.load_reports += 1;
                 }
             }
-            self.stage_endpoint(ep, usize::MAX, sent);
+            self.staging
+                .stage_owed(ep, self.vm.addr.port, usize::MAX, 0, sent);
         }
         reporters.retain(|_, ep| !ep.is_closed());
         self.reporters = reporters;
@@ -338,7 +346,9 @@ impl ServiceBackendPort {
 
     /// Stages what the connection owes the backend, at most `max` packets.
     fn stage_packets(&mut self, c: &mut BackendConn, max: usize, sent: &mut Vec<TxChain>) -> usize {
-        self.stage_endpoint(&mut c.ep, max, sent)
+        self.staging
+            .stage_owed(&mut c.ep, self.vm.addr.port, max, 0, sent)
+            .packets
     }
 
     /// Gives up connections the backend does not accept, and requests past their deadline.
@@ -361,26 +371,6 @@ impl ServiceBackendPort {
             }
             _ => {}
         }
-    }
-
-    /// Stages at most `max` packets `ep` owes the backend, while slots are free.
-    fn stage_endpoint(&mut self, ep: &mut Endpoint, max: usize, sent: &mut Vec<TxChain>) -> usize {
-        let mut n = 0;
-        let to = self.vm.addr.port;
-        while n < max && self.staging.free() > 0 {
-            let Some(hdr) = ep.next_packet_into(PIECE_PAYLOAD, &mut self.payload) else {
-                break;
-            };
-            let id = self.next_piece;
-            self.next_piece = self.next_piece.wrapping_add(1);
-            let h = MsgHeader::new(MsgKind::OneWay, to, id, 0);
-            match self.staging.stage(h, &[&hdr.encode(), &self.payload]) {
-                Some(chain) => sent.push(chain),
-                None => break,
-            }
-            n += 1;
-        }
-        n
     }
 }
 
@@ -417,9 +407,17 @@ impl Port<GuestMemoryMmap> for ServiceBackendPort {
 
     fn take_sent(&mut self, max: usize, sent: &mut Vec<TxChain>) -> Result<usize, DeviceError> {
         let before = sent.len();
-        // Deadlines are clock-driven: a port with requests out looks every pass.
-        if std::mem::take(&mut self.dirty) || !self.conns.is_empty() || !self.reporters.is_empty() {
-            self.pump(max, sent);
+        // Packets and deliveries make a pass due; so do deadlines, checked every
+        // `DEADLINE_CHECK_NS` while connections are open, and the VM going away.
+        let now = self.clock.now_ns();
+        let deadlines_due = !self.conns.is_empty()
+            && now.saturating_sub(self.last_deadline_check) >= DEADLINE_CHECK_NS;
+        if deadlines_due {
+            self.last_deadline_check = now;
+        }
+        let departed = self.vm.departures.load(Ordering::Acquire) != self.departures;
+        if std::mem::take(&mut self.dirty) || deadlines_due || departed {
+            self.pump(max, now, deadlines_due, sent);
         }
         Ok(sent.len() - before)
     }
@@ -453,12 +451,14 @@ impl Port<GuestMemoryMmap> for ServiceBackendPort {
                 let Some(local) = self.conn_for_request(now) else {
                     return Err(DeliverError::NoBuffer);
                 };
-                let mut data = vec![0; payload.len() as usize];
-                payload.copy_to(&mut data).map_err(DeliverError::Source)?;
+                self.scratch.resize(payload.len() as usize, 0);
+                payload
+                    .copy_to(&mut self.scratch)
+                    .map_err(DeliverError::Source)?;
                 let Some(c) = self.conns.get_mut(&local) else {
                     return Err(DeliverError::NoBuffer);
                 };
-                if c.ep.write_message(&data, true).is_err() {
+                if c.ep.write_message(&self.scratch, true).is_err() {
                     return Ok(false);
                 }
                 c.request = Some(Outstanding {

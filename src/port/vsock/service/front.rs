@@ -91,11 +91,11 @@ pub struct ServiceFrontPort {
     next_id: u32,
     requests_held: usize,
     max_requests: usize,
-    next_piece: u64,
     consumed: u16,
     dirty: bool,
     counters: FrontCounters,
-    payload: Vec<u8>,
+    /// An answer's bytes on their way into a connection.
+    scratch: Vec<u8>,
 }
 
 impl ServiceFrontPort {
@@ -115,11 +115,10 @@ impl ServiceFrontPort {
             ids: HashMap::new(),
             next_id: 1,
             requests_held: 0,
-            next_piece: 0,
             consumed: 0,
             dirty: false,
             counters: FrontCounters::default(),
-            payload: Vec::with_capacity(PIECE_PAYLOAD as usize),
+            scratch: Vec::new(),
         })
     }
 
@@ -211,17 +210,29 @@ impl ServiceFrontPort {
             self.counters.answers_dropped += 1;
             return Ok(());
         }
-        let answer = if status == Some(Status::Ok) && payload.len() <= self.cfg.max_message {
-            let mut data = vec![0; payload.len() as usize];
-            payload.copy_to(&mut data).map_err(DeliverError::Source)?;
-            Some(data)
-        } else {
+        if status != Some(Status::Ok) || payload.len() > self.cfg.max_message {
             if status == Some(Status::Ok) {
                 self.counters.too_large += 1;
             }
-            None
-        };
-        c.answers.insert(seq, answer);
+            c.answers.insert(seq, None);
+            self.dirty = true;
+            return Ok(());
+        }
+        self.scratch.resize(payload.len() as usize, 0);
+        payload
+            .copy_to(&mut self.scratch)
+            .map_err(DeliverError::Source)?;
+        // The answer owed next goes straight into the connection; one that comes early, or
+        // finds no room, waits for its turn.
+        if seq == c.next_answer
+            && c.answers.is_empty()
+            && c.ep.write_message(&self.scratch, true).is_ok()
+        {
+            self.counters.answers += 1;
+            c.next_answer = c.next_answer.wrapping_add(1);
+        } else {
+            c.answers.insert(seq, Some(self.scratch.clone()));
+        }
         self.dirty = true;
         Ok(())
     }
@@ -321,23 +332,10 @@ impl ServiceFrontPort {
 
     /// Stages what the connection owes its client, keeping the slots requests may use.
     fn stage_packets(&mut self, c: &mut FrontConn, max: usize, sent: &mut Vec<TxChain>) -> usize {
-        let mut n = 0;
-        let to = c.client.addr.port;
-        while n < max && self.staging.free() > self.max_requests.saturating_sub(self.requests_held)
-        {
-            let Some(hdr) = c.ep.next_packet_into(PIECE_PAYLOAD, &mut self.payload) else {
-                break;
-            };
-            let id = self.next_piece;
-            self.next_piece = self.next_piece.wrapping_add(1);
-            let h = MsgHeader::new(MsgKind::OneWay, to, id, 0);
-            match self.staging.stage(h, &[&hdr.encode(), &self.payload]) {
-                Some(chain) => sent.push(chain),
-                None => break,
-            }
-            n += 1;
-        }
-        n
+        let keep = self.max_requests.saturating_sub(self.requests_held);
+        self.staging
+            .stage_owed(&mut c.ep, c.client.addr.port, max, keep, sent)
+            .packets
     }
 }
 
