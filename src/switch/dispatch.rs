@@ -131,7 +131,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         if let (Target::Service(s), Some(i)) = (r.target, r.backend.and_then(|x| x.member)) {
             let ok = c.header.status() == Some(Status::Ok);
             let latency = now.saturating_sub(r.dispatched_ns);
-            self.services[s as usize].on_reply(i, latency, ok, c.header.load(), now);
+            self.services[s as usize].on_reply(i, latency, ok, c.header.load_report(), now);
         }
         let reply = Outbound::Reply {
             token: tok,

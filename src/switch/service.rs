@@ -227,11 +227,20 @@ impl Service {
         self.stats.dispatches += 1;
     }
 
-    /// Member `i` answered a request dispatched `latency_ns` ago.
-    pub fn on_reply(&mut self, i: usize, latency_ns: u64, ok: bool, load: u16, now_ns: u64) {
+    /// Member `i` answered a request dispatched `latency_ns` ago, with a load report or not.
+    pub fn on_reply(
+        &mut self,
+        i: usize,
+        latency_ns: u64,
+        ok: bool,
+        load: Option<u16>,
+        now_ns: u64,
+    ) {
         let m = &mut self.members[i];
         m.health.on_reply(latency_ns, ok, now_ns);
-        m.health.on_load_report(load, now_ns);
+        if let Some(load) = load {
+            m.health.on_load_report(load, now_ns);
+        }
         let c = &mut self.candidates[i];
         c.in_flight = c.in_flight.saturating_sub(1);
         if !ok {

@@ -4,7 +4,7 @@
 //! |-------:|-----:|----------|---------|
 //! | 0      | 1    | version  | [`WIRE_VERSION`]; anything else is rejected |
 //! | 1      | 1    | kind     | [`MsgKind`] |
-//! | 2      | 1    | flags    | [`DST_SERVICE`]: `dst` names a service, else a port |
+//! | 2      | 1    | flags    | [`DST_SERVICE`]: `dst` names a service, else a port; [`LOAD_REPORT`]: `load` is a report |
 //! | 3      | 1    | class    | request class, selects a byte-share table (0 = default) |
 //! | 4      | 4    | dst      | destination port id or service id |
 //! | 8      | 4    | src      | source port id, stamped by the switch; a guest's value is ignored |
@@ -12,7 +12,7 @@
 //! | 16     | 8    | msg_id   | chosen by the requester, echoed in the reply |
 //! | 24     | 4    | key      | affinity key for key-hash policies |
 //! | 28     | 2    | status   | [`Status`] of a reply |
-//! | 30     | 2    | load     | cooperative load report, 0 (idle) ..= 1000 (saturated) |
+//! | 30     | 2    | load     | cooperative load report, 0 (idle) ..= 1000 (saturated), when [`LOAD_REPORT`] is set |
 
 /// Size of the encoded header in bytes.
 pub const HEADER_SIZE: usize = 32;
@@ -20,6 +20,11 @@ pub const HEADER_SIZE: usize = 32;
 pub const WIRE_VERSION: u8 = 1;
 /// Flag: `dst` is a service id, routed through that service's balancing policy.
 pub const DST_SERVICE: u8 = 1 << 0;
+/// Flag: `load` is the sender's load report. Without it the field says nothing: a reply of a
+/// backend that does not report is not a claim to be idle.
+pub const LOAD_REPORT: u8 = 1 << 1;
+/// Every flag this build knows.
+const KNOWN_FLAGS: u8 = DST_SERVICE | LOAD_REPORT;
 /// Largest payload a header may announce (1 MiB). Bigger messages are a protocol error.
 pub const MAX_PAYLOAD: u32 = 1 << 20;
 /// Highest meaningful value of the cooperative `load` field.
@@ -252,7 +257,7 @@ impl MsgHeader {
         if MsgKind::from_u8(self.kind).is_none() {
             return Err(WireError::UnknownKind(self.kind));
         }
-        if self.flags & !DST_SERVICE != 0 {
+        if self.flags & !KNOWN_FLAGS != 0 {
             return Err(WireError::UnknownFlags(self.flags));
         }
         let len = self.len();
@@ -317,6 +322,10 @@ impl MsgHeader {
     pub fn load(&self) -> u16 {
         u16::from_le(self.load)
     }
+    /// The load report it carries, if it carries one ([`LOAD_REPORT`]).
+    pub fn load_report(&self) -> Option<u16> {
+        (self.flags & LOAD_REPORT != 0).then(|| self.load())
+    }
 
     /// Sets the kind.
     pub fn set_kind(&mut self, kind: MsgKind) {
@@ -356,9 +365,10 @@ impl MsgHeader {
     pub fn set_status(&mut self, status: Status) {
         self.status = (status as u16).to_le();
     }
-    /// Sets the cooperative load report (clamped to [`LOAD_MAX`]).
+    /// Sets the cooperative load report (clamped to [`LOAD_MAX`]) and flags it [`LOAD_REPORT`].
     pub fn set_load(&mut self, load: u16) {
         self.load = load.min(LOAD_MAX).to_le();
+        self.flags |= LOAD_REPORT;
     }
 }
 
@@ -376,7 +386,7 @@ mod tests {
         let b = h.to_bytes();
         assert_eq!(b[0], WIRE_VERSION);
         assert_eq!(b[1], MsgKind::Request as u8);
-        assert_eq!(b[2], DST_SERVICE);
+        assert_eq!(b[2], DST_SERVICE | LOAD_REPORT);
         assert_eq!(b[3], 9);
         assert_eq!(&b[4..8], &[4, 3, 2, 1]);
         assert_eq!(&b[8..12], &[7, 0, 0, 0]);
@@ -410,6 +420,21 @@ mod tests {
         b[1] = MsgKind::Reply as u8;
         b[2] = 0x80;
         assert_eq!(MsgHeader::parse(&b, 10), Err(WireError::UnknownFlags(0x80)));
+    }
+
+    #[test]
+    fn a_load_field_is_a_report_only_when_flagged() {
+        let mut h = MsgHeader::new(MsgKind::Reply, 1, 1, 0);
+        assert_eq!(h.load_report(), None, "0 without the flag claims nothing");
+        h.set_load(0);
+        assert_eq!(h.load_report(), Some(0));
+        h.set_load(5000);
+        assert_eq!(h.load_report(), Some(LOAD_MAX));
+        let b = h.to_bytes();
+        assert_eq!(
+            MsgHeader::parse(&b, 0).unwrap().load_report(),
+            Some(LOAD_MAX)
+        );
     }
 
     #[test]

@@ -8,6 +8,6 @@ pub mod directory;
 mod header;
 
 pub use header::{
-    MsgHeader, MsgKind, Status, WireError, DST_SERVICE, HEADER_SIZE, LOAD_MAX, MAX_PAYLOAD,
-    WIRE_VERSION,
+    MsgHeader, MsgKind, Status, WireError, DST_SERVICE, HEADER_SIZE, LOAD_MAX, LOAD_REPORT,
+    MAX_PAYLOAD, WIRE_VERSION,
 };

@@ -11,6 +11,8 @@ use crate::vsock::packet::{Op, PacketHeader, SockAddr, SocketType, HEADER_LEN, S
 mod hybrid;
 mod metrics;
 mod service;
+mod service_faults;
+mod service_policies;
 
 /// Give-up limit for anything a test waits for (never a measure of speed).
 const PATIENCE: Duration = Duration::from_secs(20);

@@ -63,6 +63,13 @@ impl FrontConn {
     fn in_flight(&self) -> u32 {
         self.next_seq.wrapping_sub(self.next_answer)
     }
+
+    /// The affinity key of its requests (Maglev): the client's address, so the messages of
+    /// one connection stay on one backend while its membership holds, and connections spread.
+    fn affinity_key(&self) -> u32 {
+        let peer = self.ep.peer();
+        (peer.cid as u32).rotate_left(16) ^ peer.port
+    }
 }
 
 /// Counters of a front.
@@ -314,6 +321,7 @@ impl ServiceFrontPort {
             }
             let mut h = MsgHeader::new(MsgKind::Request, 0, 0, 0);
             h.set_dst_service(self.cfg.service);
+            h.set_key(c.affinity_key());
             h.set_msg_id((u64::from(c.id) << 32) | u64::from(c.next_seq));
             let Some(chain) = self.staging.stage(h, &[&msg.data]) else {
                 // Cannot happen with a slot checked free; the client must not wait for it.
