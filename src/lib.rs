@@ -35,6 +35,8 @@ pub mod bench;
 #[cfg(feature = "std")]
 pub mod event;
 #[cfg(feature = "std")]
+pub mod linux;
+#[cfg(feature = "std")]
 pub mod metrics;
 #[cfg(feature = "std")]
 pub mod mmio;
