@@ -10,6 +10,8 @@ use vmq::bench::{self, switch::SwitchPlacement, Placement, Report};
 use vmq::runner::{self, RunOptions};
 use vmq::topology::{Topology, DEMO_TOML};
 
+mod cli;
+
 /// Exit codes, shown under `vmq --help` (the README has the same table).
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -36,7 +38,8 @@ struct Cli {
 enum Command {
     /// Two client VMs, three weighted worker VMs, one worker stalls mid-run: live progress,
     /// then a summary (requests, replies, lost, duplicates, failovers, exits per message).
-    Demo(RunOpts),
+    /// With --linux, the same story with stock Linux guests in QEMU through `vmq serve`.
+    Demo(DemoOpts),
     /// Run a topology file (VMs, services, faults); see `topologies/demo.toml`.
     Run {
         /// The topology file.
@@ -145,6 +148,14 @@ struct RunOpts {
 }
 
 #[derive(Args, Debug)]
+struct DemoOpts {
+    #[command(flatten)]
+    run: RunOpts,
+    #[command(flatten)]
+    linux: cli::demo_linux::LinuxOpts,
+}
+
+#[derive(Args, Debug)]
 struct MetricsOpt {
     /// Serve live stats over HTTP on IP:PORT (or a port on localhost; 127.0.0.1:9464 when
     /// no value): Prometheus text at /metrics, the table at /stats (what `vmq stats`
@@ -241,7 +252,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let images: Vec<&str> = vmq::vmm::images::ALL.iter().map(|(n, _)| *n).collect();
     match cli.command {
-        Command::Demo(o) => run_topology(Topology::parse(DEMO_TOML, "<demo>", &images), &o),
+        Command::Demo(o) if o.linux.linux => {
+            cli::demo_linux::main(&o.linux, o.run.json, o.run.metrics.metrics)
+        }
+        Command::Demo(o) => run_topology(Topology::parse(DEMO_TOML, "<demo>", &images), &o.run),
         Command::Run { topology, opts } => run_topology(Topology::load(&topology, &images), &opts),
         Command::Soak {
             duration,
