@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use vmq::linux::LinuxAssets;
+use vmq::linux::{LinuxAssets, PrepareError};
 use vmq::linux_demo::{self, DemoConfig, DemoError};
 
 /// `vmq demo`'s flags for stock Linux guests.
@@ -44,11 +44,18 @@ pub fn main(o: &LinuxOpts, json: bool, metrics: Option<SocketAddr>) -> ExitCode 
             eprintln!("error: interrupted while preparing the guests");
             return ExitCode::from(2);
         }
+        // prepare.sh's own lines, above, say what to install.
+        Err(PrepareError::Missing { script, .. }) => {
+            eprintln!(
+                "error: the Linux guests need packages this machine cannot install itself: \
+                 install what prepare.sh lists above (or run {} as root on a Debian-like \
+                 machine), then run `cargo run --release -- demo --linux` again",
+                script.display()
+            );
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!("error: {e}");
-            if e.is_missing() {
-                eprintln!("then run `cargo run --release -- demo --linux` again");
-            }
             return ExitCode::from(2);
         }
     };
@@ -81,6 +88,36 @@ pub fn main(o: &LinuxOpts, json: bool, metrics: Option<SocketAddr>) -> ExitCode 
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::{Cli, Command};
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(["vmq"].iter().chain(args))
+    }
+
+    #[test]
+    fn linux_flags_need_linux_and_are_checked() {
+        let cli = parse(&["demo", "--linux", "--requests", "900", "--clients", "1"]).unwrap();
+        let Command::Demo(o) = cli.command else {
+            panic!("not demo")
+        };
+        assert!(o.linux.linux);
+        assert_eq!((o.linux.requests, o.linux.clients), (Some(900), Some(1)));
+        for bad in [
+            &["demo", "--requests", "900"][..],
+            &["demo", "--clients", "1"],
+            &["demo", "--linux", "--clients", "3"],
+            &["demo", "--linux", "--requests", "0"],
+            &["demo", "--linux", "--console"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
     }
 }

@@ -10,6 +10,8 @@
 
 mod scenario;
 mod summary;
+#[cfg(test)]
+mod tests;
 mod watch;
 
 pub use scenario::{CLIENTS, SERVICE, SERVICE_CID, SERVICE_PORT, STALL_WINDOW, WORKERS};

@@ -78,10 +78,14 @@ pub struct DemoSummary {
     pub stall_to_redispatch_ms: Option<f64>,
     /// Stall window, ms.
     pub stall_window_ms: u64,
-    /// Host seconds from the clients' start to the last answer.
+    /// Host seconds from the clients' start (their connecting included) to the last answer.
     pub elapsed_s: f64,
-    /// Answers per host second.
+    /// Round trips per second: the sum of the clients' own rates (each from its connection
+    /// to its last answer; the clients run at once), or answers per host second when a
+    /// client did not report one.
     pub round_trips_per_s: f64,
+    /// Answers per host second over `elapsed_s`.
+    pub host_round_trips_per_s: f64,
     /// Seconds until every guest had booted.
     pub boot_s: f64,
     /// CPUs this host offers (nothing is pinned).
@@ -108,6 +112,7 @@ impl DemoSummary {
         boot: std::time::Duration,
     ) -> Self {
         let requests = clients.iter().map(|c| c.requests).sum();
+        let host_rate = |replies: u64| replies as f64 / elapsed.as_secs_f64().max(1e-3);
         let s = at_end.and_then(watch::service);
         let stats = last
             .or(at_end)
@@ -140,7 +145,12 @@ impl DemoSummary {
             stall_to_redispatch_ms: stall_to_redispatch.map(|d| d.as_secs_f64() * 1e3),
             stall_window_ms: STALL_WINDOW.as_millis() as u64,
             elapsed_s: elapsed.as_secs_f64(),
-            round_trips_per_s: stats.replies as f64 / elapsed.as_secs_f64().max(1e-3),
+            round_trips_per_s: clients
+                .iter()
+                .map(|c| c.round_trips_per_s.map(|r| r as f64))
+                .sum::<Option<f64>>()
+                .unwrap_or(host_rate(stats.replies)),
+            host_round_trips_per_s: host_rate(stats.replies),
             boot_s: boot.as_secs_f64(),
             host_cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
             clients,
@@ -166,9 +176,10 @@ impl fmt::Display for DemoSummary {
             .collect();
         writeln!(
             f,
-            "{} client VM(s) -> service {SERVICE} ({SERVICE_CID}:{SERVICE_PORT}, SEQPACKET, \
+            "{} client VM{} -> service {SERVICE} ({SERVICE_CID}:{SERVICE_PORT}, SEQPACKET, \
              window {WINDOW}) -> {}",
             self.clients.len(),
+            if self.clients.len() == 1 { "" } else { "s" },
             workers.join(", ")
         )?;
         writeln!(
@@ -227,11 +238,13 @@ impl fmt::Display for DemoSummary {
             .collect();
         writeln!(
             f,
-            "round trips {:.0}/s ({} answers in {:.1} s; {})",
+            "round trips {:.0}/s ({}); on the host's clock {} answers in {:.1} s from the \
+             clients' start, connecting included ({:.0}/s)",
             self.round_trips_per_s,
+            per_client.join(", "),
             self.answers,
             self.elapsed_s,
-            per_client.join(", ")
+            self.host_round_trips_per_s
         )?;
         write!(
             f,
