@@ -331,7 +331,7 @@ fn boot_guests(
                 failed.get_or_insert(e);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if start.elapsed() >= next_line && failed.is_none() {
+                if start.elapsed() >= next_line && !abort.load(Ordering::Relaxed) {
                     say(&format!(
                         "  booting: {} of {} up after {} s",
                         up.len(),
