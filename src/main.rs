@@ -18,7 +18,8 @@ Exit codes:
   0  clean: every request got exactly one good reply, every client finished
   1  broken: requests lost, answered twice or corrupted, a client or peer failed, or
      (bench) a case failed
-  2  the run could not happen: bad command line, invalid topology, VM or KVM setup failed
+  2  the run could not happen: bad command line, invalid topology, VM or KVM setup failed,
+     (demo --linux) Linux guests unavailable or interrupted
   3  timed out: max_duration_ms passed before the clients finished
   4  every request was answered once, but some answers were errors (no backend, timeout,
      backend error)";
