@@ -241,8 +241,7 @@ pub fn run(
     let (mut clients, mut workers): (Vec<_>, Vec<_>) = guests
         .into_iter()
         .partition(|(cid, _)| CLIENTS.contains(cid));
-    let t0 = Instant::now();
-    let jobs = start_traffic(cfg, &mut clients, &mut workers, say).map_err(interrupted)?;
+    let (jobs, t0) = start_traffic(cfg, &mut clients, &mut workers, say).map_err(interrupted)?;
     let mut watch = Watch::new(format!("svc-{SERVICE}-vm{}", cfg.stopped_worker));
     let stopped = workers
         .iter_mut()
@@ -351,13 +350,14 @@ fn boot_guests(
     Ok((up, start.elapsed()))
 }
 
-/// Starts the workers' echo servers, then the clients. Returns the clients' jobs.
+/// Starts the workers' echo servers, then the clients. Returns the clients' jobs and when
+/// the first was started.
 fn start_traffic(
     cfg: &DemoConfig,
     clients: &mut [(u64, LinuxGuest)],
     workers: &mut [(u64, LinuxGuest)],
     say: &mut dyn FnMut(&str),
-) -> Result<Vec<BgJob>, DemoError> {
+) -> Result<(Vec<BgJob>, Instant), DemoError> {
     for (_, w) in workers.iter_mut() {
         let job = w.spawn(&scenario::worker_command())?;
         w.wait_output(&job, "VMQ-PROBE listening", T)?;
@@ -368,6 +368,7 @@ fn start_traffic(
         scenario::worker_command()
     ));
     let mut jobs = Vec::new();
+    let t0 = Instant::now();
     for (_, c) in clients.iter_mut() {
         jobs.push(c.spawn(&scenario::client_command(cfg.requests_per_client))?);
     }
@@ -376,7 +377,7 @@ fn start_traffic(
         list(clients.iter().map(|c| c.0)),
         scenario::client_command(cfg.requests_per_client)
     ));
-    Ok(jobs)
+    Ok((jobs, t0))
 }
 
 /// Follows the run until every answer came (or none came for [`GIVE_UP`], or the clients
