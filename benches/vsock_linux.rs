@@ -1,5 +1,5 @@
 //! Stock Linux guests over vsock: `vmq serve` against rust-vmm's vhost-device-vsock, in the
-//! same run. Four TCG guests boot (QEMU, `vmm-tests/common/linux.rs`): CIDs 3 and 4 on vmq
+//! same run. Four TCG guests boot (QEMU, `vmq::linux`): CIDs 3 and 4 on vmq
 //! (in this process) and CIDs 3 and 4 on the peer (its own process). Guest 3 runs
 //! `vsock-probe` against guest 4, 64 B messages:
 //!
@@ -343,14 +343,16 @@ impl Pair {
                 ),
             )
         };
-        let job = self.server.spawn(&serve)?;
-        self.server.wait_output(&job, "VMQ-PROBE listening", T)?;
+        let job = self.server.spawn(&serve).map_err(|e| e.to_string())?;
+        self.server
+            .wait_output(&job, "VMQ-PROBE listening", T)
+            .map_err(|e| e.to_string())?;
         let (b0, g0, t0) = (
             self.backend_cpu.seconds(),
             self.guests_cpu.seconds(),
             Instant::now(),
         );
-        let out = self.client.run_ok(&client, T)?;
+        let out = self.client.run_ok(&client, T).map_err(|e| e.to_string())?;
         let wall = t0.elapsed().as_secs_f64();
         let (b1, g1) = (self.backend_cpu.seconds(), self.guests_cpu.seconds());
         let rate = probe_rate(&self.client, "client", &out, count)?;
@@ -362,7 +364,7 @@ impl Pair {
                 self.client.name()
             );
         }
-        let (code, sout) = self.server.wait_job(&job, T)?;
+        let (code, sout) = self.server.wait_job(&job, T).map_err(|e| e.to_string())?;
         if code != 0 {
             return Err(format!(
                 "{}: {serve:?} exited {code}:\n{sout}",
@@ -461,7 +463,9 @@ fn run(args: &Args, assets: &LinuxAssets, peer_bin: &Path) -> Result<Outcome, St
     notes.push(format!("load average before boot (1/5/15 min): {shown}"));
     eprintln!("booting 4 guests (load {l:.2})");
     let booted = Instant::now();
-    let mut guests = linux::boot_all(assets, opts)?.into_iter();
+    let mut guests = linux::boot_all(assets, opts)
+        .map_err(|e| e.to_string())?
+        .into_iter();
     eprintln!("4 guests up after {:.0} s", booted.elapsed().as_secs_f64());
     let mut next = || guests.next().ok_or("a guest went missing");
     let peer_pids = children("", &peer_bin.display().to_string());
@@ -492,7 +496,8 @@ fn run(args: &Args, assets: &LinuxAssets, peer_bin: &Path) -> Result<Outcome, St
     let (code, out) = pairs[1].client.run(
         "vsock-probe send --cid 4 --port 6999 --type seqpacket --size 64 --count 1 --timeout 10",
         T,
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     notes.push(if code == 0 {
         format!("{PEER}: SEQPACKET unexpectedly worked: {}", out.trim())
     } else {

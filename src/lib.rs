@@ -10,6 +10,10 @@
 //! from the switch or the transport. The runner's [`runner::VmqLink`] is the one place that puts
 //! a vmq device ([`transport`]) on a VM and wires it to the switch.
 //!
+//! Stock Linux guests come in through [`serve`] (a vhost-user vsock device per guest);
+//! [`linux`] boots them under QEMU and drives their consoles, for `vmq demo --linux`
+//! ([`linux_demo`]), the Linux-guest tests and the bench.
+//!
 //! Built with `default-features = false`, only the `no_std` modules [`abi`], [`wire`] and the
 //! `no_std` part of [`virtio`] (spec constants, ring layout, driver) remain; guest images use
 //! the crate that way.
@@ -34,6 +38,10 @@ pub mod wire;
 pub mod bench;
 #[cfg(feature = "std")]
 pub mod event;
+#[cfg(feature = "std")]
+pub mod linux;
+#[cfg(feature = "std")]
+pub mod linux_demo;
 #[cfg(feature = "std")]
 pub mod metrics;
 #[cfg(feature = "std")]

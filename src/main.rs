@@ -10,13 +10,16 @@ use vmq::bench::{self, switch::SwitchPlacement, Placement, Report};
 use vmq::runner::{self, RunOptions};
 use vmq::topology::{Topology, DEMO_TOML};
 
+mod cli;
+
 /// Exit codes, shown under `vmq --help` (the README has the same table).
 const EXIT_CODES: &str = "\
 Exit codes:
   0  clean: every request got exactly one good reply, every client finished
   1  broken: requests lost, answered twice or corrupted, a client or peer failed, or
      (bench) a case failed
-  2  the run could not happen: bad command line, invalid topology, VM or KVM setup failed
+  2  the run could not happen: bad command line, invalid topology, VM or KVM setup failed,
+     (demo --linux) Linux guests unavailable or interrupted
   3  timed out: max_duration_ms passed before the clients finished
   4  every request was answered once, but some answers were errors (no backend, timeout,
      backend error)";
@@ -36,7 +39,8 @@ struct Cli {
 enum Command {
     /// Two client VMs, three weighted worker VMs, one worker stalls mid-run: live progress,
     /// then a summary (requests, replies, lost, duplicates, failovers, exits per message).
-    Demo(RunOpts),
+    /// With --linux, the same story with stock Linux guests in QEMU through `vmq serve`.
+    Demo(DemoOpts),
     /// Run a topology file (VMs, services, faults); see `topologies/demo.toml`.
     Run {
         /// The topology file.
@@ -145,6 +149,14 @@ struct RunOpts {
 }
 
 #[derive(Args, Debug)]
+struct DemoOpts {
+    #[command(flatten)]
+    run: RunOpts,
+    #[command(flatten)]
+    linux: cli::demo_linux::LinuxOpts,
+}
+
+#[derive(Args, Debug)]
 struct MetricsOpt {
     /// Serve live stats over HTTP on IP:PORT (or a port on localhost; 127.0.0.1:9464 when
     /// no value): Prometheus text at /metrics, the table at /stats (what `vmq stats`
@@ -241,7 +253,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let images: Vec<&str> = vmq::vmm::images::ALL.iter().map(|(n, _)| *n).collect();
     match cli.command {
-        Command::Demo(o) => run_topology(Topology::parse(DEMO_TOML, "<demo>", &images), &o),
+        Command::Demo(o) if o.linux.linux => {
+            cli::demo_linux::main(&o.linux, o.run.json, o.run.metrics.metrics)
+        }
+        Command::Demo(o) => run_topology(Topology::parse(DEMO_TOML, "<demo>", &images), &o.run),
         Command::Run { topology, opts } => run_topology(Topology::load(&topology, &images), &opts),
         Command::Soak {
             duration,

@@ -294,98 +294,36 @@ fn linux_guests_exchange_stream_and_seqpacket_through_vmq_serve() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A `message` service at CID 100 port 5000 over workers 4, 5, 6 (weights 1, 2, 3) for client
-/// guest 3, all in one group, on sockets in `dir`.
-fn service_server(dir: &Path, stall_window_ms: u64) -> vmq::serve::Server {
-    let mut text = String::new();
-    for cid in [3u64, 4, 5, 6] {
-        text += &format!(
-            "[[vm]]\ncid = {cid}\nsocket = \"{}/vm{cid}.sock\"\n\n",
-            dir.display()
-        );
-    }
-    text += &format!(
-        "[[service]]\nname = \"echo\"\ncid = 100\nport = 5000\n\
-         failover = {{ stall_window_ns = {}, max_ejection_percent = 50 }}\n\
-         members = [{{ cid = 4, weight = 1.0 }}, {{ cid = 5, weight = 2.0 }}, {{ cid = 6, weight = 3.0 }}]\n",
-        stall_window_ms * 1_000_000
-    );
-    let cfg = vmq::serve::ServeConfig::parse(&text, "service.toml").unwrap();
-    vmq::serve::Server::start(&cfg).unwrap_or_else(|e| panic!("vmq serve: {e}"))
-}
-
+/// `vmq demo --linux`'s scenario with one client (`vmq::linux_demo`, the code the demo runs):
+/// a `message` service at CID 100 port 5000 over workers 4, 5, 6 (weights 1, 2, 3) for client
+/// guest 3, all in one group; 6,000 requests of 64 bytes, 4 outstanding, each echo checked by
+/// the client, in order; worker 5's application stops (SIGSTOP inside the guest) once a third
+/// of them are answered.
 #[test]
 fn a_linux_client_gets_every_answer_once_from_a_message_service_when_a_worker_is_stopped() {
     let Some(assets) = linux::require_linux_or_skip() else {
         return;
     };
-    let dir = PathBuf::from(format!("/tmp/vmq-serve-svc-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let server = service_server(&dir, 300);
-    let mut guests = linux::boot_all(
-        &assets,
-        [3, 4, 5, 6]
-            .iter()
-            .map(|cid| {
-                GuestOptions::new(
-                    &format!("svc-cid{cid}"),
-                    Some(dir.join(format!("vm{cid}.sock"))),
-                )
-            })
-            .collect(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let mut client = guests.remove(0);
-    let mut jobs = Vec::new();
-    for w in guests.iter_mut() {
-        let job = w
-            .spawn("vsock-probe serve --port 5000 --type seqpacket --count 0 --timeout 20")
-            .unwrap();
-        w.wait_output(&job, "VMQ-PROBE listening", T).unwrap();
-        jobs.push(job);
-    }
-    // 6,000 requests of 64 bytes, 4 outstanding, each echo checked by the client, in order.
-    let run = client
-        .spawn("vsock-probe send --cid 100 --port 5000 --type seqpacket --size 64 --count 6000 --window 4")
-        .unwrap();
-    // Worker 5's application stops (SIGSTOP inside the guest) once it is serving.
-    let stopped = &mut guests[1];
-    stopped
-        .wait_output(&jobs[1], "VMQ-PROBE accepted", T)
-        .unwrap();
-    stopped
-        .run_ok("kill -STOP $(pidof vsock-probe)", T)
-        .unwrap();
-    let (code, out) = client.wait_job(&run, T).unwrap();
-    assert_eq!(code, 0, "client:\n{out}\n{}", client.console_tail(20));
-    eprintln!("client: {}", ok_line(&client, "send", &out));
-    // The snapshot is renewed every 100 ms: wait for the one that has every answer.
-    let give_up = std::time::Instant::now() + T;
-    let snap = loop {
-        match server.snapshot() {
-            Some(s) if s.services[0].stats.replies >= 6000 => break s,
-            s if std::time::Instant::now() > give_up => panic!("answers missing: {s:?}"),
-            _ => thread::sleep(Duration::from_millis(20)),
-        }
+    let cfg = vmq::linux_demo::DemoConfig {
+        clients: 1,
+        requests_per_client: 6000,
+        stopped_worker: 5,
+        ..Default::default()
     };
-    let s = &snap.services[0];
-    eprintln!("service: {:?}", s.stats);
-    assert_eq!(
-        s.stats.replies, 6000,
-        "one answer per request: {:?}",
-        s.stats
-    );
+    let s = vmq::linux_demo::run(&assets, &cfg, &mut |l| eprintln!("{l}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{s}");
+    let client = &s.clients[0];
+    assert_eq!(client.exit_code, 0, "client:\n{}", client.output);
+    assert!(client.ok(), "client: no ok line:\n{}", client.output);
+    assert_eq!(s.answers, 6000, "one answer per request: {s:?}");
     assert!(
-        s.stats.redispatches > 0,
-        "the stopped worker's requests moved: {:?}",
-        s.stats
+        s.redispatched > 0,
+        "the stopped worker's requests moved: {s:?}"
     );
-    let _ = guests[1].run("kill -CONT $(pidof vsock-probe)", T);
-    client.shutdown().unwrap_or_else(|e| panic!("{e}"));
-    for g in guests {
-        g.shutdown().unwrap_or_else(|e| panic!("{e}"));
-    }
-    server.shutdown().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    // The demo's summary says the same.
+    assert!(s.stopped_at_answers.is_some(), "{s:?}");
+    assert!(s.each_answered_once, "{s:?}");
+    assert_eq!((s.requests, s.lost, s.failed_back), (6000, 0, 0), "{s:?}");
+    assert!(s.clean(), "{s:?}");
 }

@@ -1,0 +1,5 @@
+//! Parts of the `vmq` command line that are not the library's: signal handling and the
+//! driver of `vmq demo --linux`.
+
+pub mod demo_linux;
+pub mod signals;
