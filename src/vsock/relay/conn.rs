@@ -64,6 +64,11 @@ pub(super) struct Conn {
 }
 
 impl Conn {
+    /// Whether `side` has sent all the credit its receiver granted through vmq.
+    pub(super) fn credit_spent(&self, side: Side) -> bool {
+        self.win[side as usize].sender_free() == 0
+    }
+
     /// Applies a packet (not a REQUEST) to an existing connection, rewriting the credit in
     /// `hdr`. An error resets the connection.
     /// `cap` is the relay's credit cap, `now` its clock.

@@ -84,6 +84,10 @@ pub struct Relay {
     conns: HashMap<ConnKey, Conn>,
     /// Connections charged to each initiating guest; no zero entries.
     opened: HashMap<u64, usize>,
+    /// Credit stalls of each sending guest: data packets that used the last of the credit its
+    /// receiver granted, so it must wait for the receiver to read. One entry per guest that
+    /// ever stalled (CIDs are stamped, so they are VMs': bounded by the VMs served).
+    credit_stalls: HashMap<u64, u64>,
     now_ns: u64,
 }
 
@@ -95,6 +99,7 @@ impl Relay {
             cfg,
             conns: HashMap::new(),
             opened: HashMap::new(),
+            credit_stalls: HashMap::new(),
             now_ns: 0,
         })
     }
@@ -188,7 +193,12 @@ impl Relay {
             None => Err(RelayError::NoConnection(op)),
         };
         match stepped {
-            Ok(Keep::Yes) => Verdict::Forward(hdr),
+            Ok(Keep::Yes) => {
+                if op == Op::Rw && self.conns.get(&key).is_some_and(|c| c.credit_spent(side)) {
+                    *self.credit_stalls.entry(from_cid).or_insert(0) += 1;
+                }
+                Verdict::Forward(hdr)
+            }
             Ok(Keep::No) => {
                 self.remove(&key);
                 Verdict::Forward(hdr)
@@ -367,6 +377,12 @@ impl Relay {
             }
         }
         n
+    }
+
+    /// Times guest `cid` used the last of a receiver's credit and had to wait for it to read
+    /// (a receiver that reads slowly, or not at all, shows here first).
+    pub fn credit_stalls_of(&self, cid: u64) -> u64 {
+        self.credit_stalls.get(&cid).copied().unwrap_or(0)
     }
 
     /// Connections charged to guest `cid` (those it requested).

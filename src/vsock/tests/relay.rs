@@ -363,3 +363,21 @@ fn config_is_checked() {
     };
     assert!(Relay::new(bad).is_err());
 }
+
+#[test]
+fn a_sender_that_uses_the_last_of_its_credit_is_counted_as_stalled_once_per_time() {
+    let mut r = relay();
+    established(&mut r, 1000);
+    // 600 of 1000: credit left, no stall.
+    let d = forwarded(r.on_packet(3, &with_credit(rw(S, A, B, 600, 0), 4096, 0)));
+    assert_eq!(r.credit_stalls_of(3), 0);
+    // The last 400: guest 3 must now wait for guest 4 to read.
+    let e = forwarded(r.on_packet(3, &with_credit(rw(S, A, B, 400, 0), 4096, 0)));
+    assert_eq!((r.credit_stalls_of(3), r.credit_stalls_of(4)), (1, 0));
+    assert_eq!(r.on_delivered(&d), Ok(true));
+    assert_eq!(r.on_delivered(&e), Ok(true));
+    // Guest 4 reads 500: guest 3 sends those, and stalls a second time.
+    forwarded(r.on_packet(4, &with_credit(hdr(S, Op::CreditUpdate, B, A), 1000, 500)));
+    forwarded(r.on_packet(3, &with_credit(rw(S, A, B, 500, 0), 4096, 0)));
+    assert_eq!(r.credit_stalls_of(3), 2);
+}

@@ -330,7 +330,11 @@ impl Port<GuestMemoryMmap> for VsockPort {
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let c = self.me.counts();
-        let [requested, established, closing, closed] = self.net.relay().states_of(self.cid);
+        let (states, credit_stalls) = {
+            let relay = self.net.relay();
+            (relay.states_of(self.cid), relay.credit_stalls_of(self.cid))
+        };
+        let [requested, established, closing, closed] = states;
         vec![
             ("cid", c.cid),
             ("tx_packets", c.tx_packets),
@@ -342,6 +346,7 @@ impl Port<GuestMemoryMmap> for VsockPort {
             ("resets", c.resets),
             ("malformed", c.malformed),
             ("rx_stalls", c.rx_stalls),
+            ("credit_stalls", credit_stalls),
             ("control_dropped", c.control_dropped),
             ("rx_too_small", c.rx_too_small),
             ("host_connections", c.host_connections),
