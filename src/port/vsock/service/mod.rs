@@ -20,6 +20,7 @@
 
 mod backend;
 mod front;
+mod reports;
 
 pub use backend::{BackendConfig, ServiceBackendPort};
 pub use front::{FrontConfig, ServiceFrontPort};
