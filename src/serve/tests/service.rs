@@ -1,35 +1,41 @@
 //! `message` services without guests: client and backend applications played by endpoints on
-//! VMMs written in Rust, through the whole server.
+//! VMMs written in Rust, through the whole server. (`connection` services reuse the setup.)
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use super::*;
-use crate::vsock::endpoint::{Endpoint, EndpointConfig, EndpointState};
+use crate::vsock::endpoint::{CloseReason, Endpoint, EndpointConfig, EndpointState};
 
-const SERVICE_CID: u64 = 100;
-const SERVICE_PORT: u32 = 5000;
+pub(super) const SERVICE_CID: u64 = 100;
+pub(super) const SERVICE_PORT: u32 = 5000;
 
 /// A guest's applications: endpoints over its played VMM, the guest kernel's part (packets in
 /// and out, credit) done by [`Endpoint`] as Linux's transport would.
-struct App {
-    g: VmmFrontend,
+pub(super) struct App {
+    pub(super) g: VmmFrontend,
     cid: u64,
-    /// Listening on this port (a backend): requests are accepted.
-    listen: Option<u32>,
-    eps: HashMap<(u32, u64, u32), Endpoint>,
+    /// Listening on this port (a backend): requests are accepted; others get an RST.
+    pub(super) listen: Option<u32>,
+    pub(super) eps: HashMap<(u32, u64, u32), Endpoint>,
     /// The next local port a client connection takes.
     next_port: u32,
     /// A backend's application answers (reads and replies) only while this is set.
-    reading: bool,
+    pub(super) reading: bool,
     answered: u64,
     /// A slow application: answers one message in this many pumps (1: every pump).
     slowness: u32,
     pumps: u32,
+    /// Connections accepted.
+    pub(super) accepted: u64,
+    /// Every source address a packet came from.
+    pub(super) sources: HashSet<SockAddr>,
+    /// Why each connection that ended closed, by its key.
+    pub(super) closed: HashMap<(u32, u64, u32), Option<CloseReason>>,
 }
 
 impl App {
-    fn new(dir: &Dir, cid: u64, listen: Option<u32>) -> Self {
+    pub(super) fn new(dir: &Dir, cid: u64, listen: Option<u32>) -> Self {
         Self {
             g: guest(&dir.sock(cid)),
             cid,
@@ -40,18 +46,23 @@ impl App {
             answered: 0,
             slowness: 1,
             pumps: 0,
+            accepted: 0,
+            sources: HashSet::new(),
+            closed: HashMap::new(),
         }
     }
 
-    /// Packets in and out until nothing moves; a backend answers what it reads with the
-    /// request's bytes and its CID.
-    fn pump(&mut self) -> bool {
+    /// Packets in and out until nothing moves; a backend answers what it reads: a message
+    /// with the request's bytes and its CID, stream bytes with the same bytes.
+    pub(super) fn pump(&mut self) -> bool {
         let mut moved = false;
+        let mut refused = Vec::new();
         while let Some(bytes) = self.g.recv().expect("rx works") {
             moved = true;
             let Ok(h) = PacketHeader::decode(&bytes) else {
                 continue;
             };
+            self.sources.insert(h.src());
             let data = &bytes[HEADER_LEN..HEADER_LEN + h.len as usize];
             let key = (h.dst_port, h.src_cid, h.src_port);
             if let Some(ep) = self.eps.get_mut(&key) {
@@ -59,7 +70,15 @@ impl App {
             } else if h.op == Op::Request as u16 && Some(h.dst_port) == self.listen {
                 let ep = Endpoint::accept(EndpointConfig::default(), &h).expect("a request");
                 self.eps.insert(key, ep);
+                self.accepted += 1;
+            } else if h.op == Op::Request as u16 {
+                // Nobody listens there: Linux answers with an RST.
+                refused.extend(h.rst_reply());
             }
+        }
+        for rst in refused {
+            self.g.reclaim_tx().unwrap();
+            self.g.send(&rst.encode()).expect("tx works");
         }
         self.pumps += 1;
         if self.reading && self.listen.is_some() && self.pumps % self.slowness == 0 {
@@ -75,6 +94,15 @@ impl App {
                     let _ = ep.write_message(&reply, true);
                     self.answered += 1;
                 }
+                let mut buf = [0u8; 4096];
+                while ep.socket_type() == SocketType::Stream {
+                    let room = ep.send_space().min(buf.len());
+                    let n = ep.read(&mut buf[..room]);
+                    if n == 0 {
+                        break;
+                    }
+                    ep.write(&buf[..n]);
+                }
             }
         }
         for ep in self.eps.values_mut() {
@@ -87,23 +115,34 @@ impl App {
             }
         }
         self.g.reclaim_tx().unwrap();
-        self.eps
-            .retain(|_, ep| !ep.is_closed() || ep.messages_ready() > 0);
+        let closed = &mut self.closed;
+        self.eps.retain(|&k, ep| {
+            let keep = !ep.is_closed() || ep.messages_ready() > 0;
+            if !keep {
+                closed.insert(k, ep.close_reason().cloned());
+            }
+            keep
+        });
         moved
     }
 
     /// Opens a SEQPACKET connection to the service from a port of its own.
-    fn connect(&mut self) -> (u32, u64, u32) {
+    pub(super) fn connect(&mut self) -> (u32, u64, u32) {
         self.connect_to(SERVICE_PORT)
     }
 
     /// Opens a SEQPACKET connection to the service's CID, port `to`.
-    fn connect_to(&mut self, to: u32) -> (u32, u64, u32) {
+    pub(super) fn connect_to(&mut self, to: u32) -> (u32, u64, u32) {
+        self.connect_with(SocketType::SeqPacket, to)
+    }
+
+    /// Opens a connection of type `ty` to the service's CID, port `to`.
+    pub(super) fn connect_with(&mut self, ty: SocketType, to: u32) -> (u32, u64, u32) {
         let port = self.next_port;
         self.next_port += 1;
         let ep = Endpoint::connect(
             EndpointConfig::default(),
-            SocketType::SeqPacket,
+            ty,
             SockAddr::new(self.cid, port),
             SockAddr::new(SERVICE_CID, to),
         )
@@ -143,7 +182,7 @@ fn service_config_with(
 
 /// A server with one service over `workers` (CID, weight; `in_flight` each, `extra` lines in
 /// its table), client guest 3 and the workers' applications, every device started.
-fn world(
+pub(super) fn world(
     name: &str,
     workers: &[(u64, f64)],
     in_flight: u32,
@@ -161,7 +200,7 @@ fn world(
 }
 
 /// Runs every app until `done` says so (or the patience runs out).
-fn run_until(apps: &mut [&mut App], mut done: impl FnMut(&mut [&mut App]) -> bool) {
+pub(super) fn run_until(apps: &mut [&mut App], mut done: impl FnMut(&mut [&mut App]) -> bool) {
     let give_up = Instant::now() + PATIENCE;
     while !done(apps) {
         assert!(Instant::now() < give_up, "gave up waiting");
@@ -232,7 +271,7 @@ fn exchange(
 }
 
 /// The switch's snapshot once `ready` holds for it (it is renewed every 100 ms).
-fn snapshot_when(server: &Server, mut ready: impl FnMut(&Snapshot) -> bool) -> Snapshot {
+pub(super) fn snapshot_when(server: &Server, mut ready: impl FnMut(&Snapshot) -> bool) -> Snapshot {
     let give_up = Instant::now() + PATIENCE;
     loop {
         if let Some(s) = server.snapshot().filter(|s| ready(s)) {
@@ -383,7 +422,8 @@ fn a_service_refuses_stream_connections_and_wrong_ports_and_a_bad_config_says_wh
     server.shutdown().unwrap();
 
     for (extra, field) in [
-        ("mode = \"connection\"", "mode"),
+        ("mode = \"connections\"", "connection"),
+        ("connect_timeout_ms = 0", "connect_timeout_ms"),
         ("max_message_kib = 65", "max_message_kib"),
         (
             "failover = { stall_window_ns = 0 }",

@@ -194,16 +194,17 @@ impl ConnTable {
             }
             return;
         };
-        if hdr.op == Op::Rst as u16 {
-            self.counters.reset_by_backend += 1;
-        }
         let service = self.service();
         let client = self.conns[&addr].client.clone();
+        let before = self.relay.state(&self.key(addr));
         match self
             .relay
             .on_packet(service.cid, &to_client(hdr, service, addr))
         {
-            Verdict::Forward(h) => out.push(Out::Stage { vm: client, hdr: h }),
+            Verdict::Forward(h) => {
+                out.push(Out::Stage { vm: client, hdr: h });
+                self.count_end(addr, hdr, before, false);
+            }
             Verdict::Reset {
                 to_sender, to_peer, ..
             } => {

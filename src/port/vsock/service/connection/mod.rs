@@ -92,7 +92,9 @@ pub struct Counters {
     pub moved: u64,
     /// Clients reset because no backend accepted (every member refused, or the deadline).
     pub reset_no_backend: u64,
-    /// Connections the client reset.
+    /// Connections closed in order (both sides shut down, or one did and the RST ended it).
+    pub closed: u64,
+    /// Connections the client reset (before they were accepted, too).
     pub reset_by_client: u64,
     /// Connections the backend reset.
     pub reset_by_backend: u64,

@@ -28,7 +28,7 @@ use super::{is_local, Counters, Out};
 use crate::port::vsock::{VmEntry, SERVICE_BACKEND_PORTS};
 use crate::port::PortId;
 use crate::vsock::packet::{Op, PacketHeader, SockAddr, SocketType};
-use crate::vsock::relay::{ConnKey, Relay, RelayConfig, RelayConfigError, Verdict};
+use crate::vsock::relay::{ConnKey, ConnState, Relay, RelayConfig, RelayConfigError, Verdict};
 use crate::wire::Status;
 
 /// Settings of a [`ConnTable`].
@@ -182,10 +182,11 @@ impl ConnTable {
         if !self.conns.contains_key(&addr) {
             return self.open(client, hdr, out);
         }
-        if hdr.op == Op::Rst as u16 {
-            self.counters.reset_by_client += 1;
-        }
+        let before = self.relay.state(&self.key(addr));
         let verdict = self.relay.on_packet(client.addr.cid, hdr);
+        if matches!(verdict, Verdict::Forward(_)) {
+            self.count_end(addr, hdr, before, true);
+        }
         let cid = self.cfg.cid;
         let conn = self.conns.get_mut(&addr)?;
         match verdict {
@@ -382,6 +383,27 @@ impl ConnTable {
         let key = self.key(addr);
         self.relay.reset(&key);
         Some(conn)
+    }
+
+    /// Counts how the connection of client `addr` ended, if the packet `hdr` (from the client,
+    /// or not) that passed the relay ended it; `before` is its state before.
+    pub(super) fn count_end(
+        &mut self,
+        addr: SockAddr,
+        hdr: &PacketHeader,
+        before: Option<ConnState>,
+        from_client: bool,
+    ) {
+        if self.relay.state(&self.key(addr)).is_some() {
+            return;
+        }
+        let c = &mut self.counters;
+        let open = matches!(before, Some(ConnState::Requested | ConnState::Established));
+        match (hdr.op == Op::Rst as u16 && open, from_client) {
+            (true, true) => c.reset_by_client += 1,
+            (true, false) => c.reset_by_backend += 1,
+            (false, _) => c.closed += 1,
+        }
     }
 
     /// Forgets the connection of client `addr` if the relay ended it (an RST passed, or both
