@@ -131,8 +131,9 @@ fn every_policy_spreads_connections_as_it_promises() {
             (u64::from(N), 0),
             "{kind}: {s:?}"
         );
-        let front = port_counters(&server, "svc-echo", |c| c["conns_open"] == 0);
+        let front = port_counters(&server, "svc-echo", |c| c["closed"] == u64::from(N));
         assert_eq!(front["connections_accepted"], u64::from(N), "{front:?}");
+        assert_eq!(front["conns_open"], 0, "{front:?}");
         assert_eq!(front["retried"] + front["reset_no_backend"], 0, "{front:?}");
         eprintln!("{kind}: {a}:{b}:{c}");
         server.shutdown().unwrap();

@@ -214,7 +214,7 @@ fn a_backend_forging_addresses_gets_rsts_and_harms_nobody() {
     let ep = client.eps.get_mut(&key).unwrap();
     assert_eq!(ep.read_message().unwrap().data, b"again\x04");
     assert!(ep.read_message().is_none());
-    let front = port_counters(&server, "svc-echo", |c| c["forged"] == 3);
+    let front = port_counters(&server, "svc-echo", |c| c["no_connection"] == 3);
     assert_eq!(front["reset_by_vmq"], 0, "{front:?}");
     server.shutdown().unwrap();
 }

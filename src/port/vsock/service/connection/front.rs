@@ -241,7 +241,8 @@ impl Port<GuestMemoryMmap> for ConnFrontPort {
             ("reset_by_client", c.reset_by_client),
             ("reset_by_backend", c.reset_by_backend),
             ("reset_by_vmq", c.reset_by_vmq),
-            ("forged", c.forged),
+            ("closed", c.closed),
+            ("no_connection", c.no_connection),
             ("stale", c.stale),
             ("pending_requests", self.requests_held as u64),
             (

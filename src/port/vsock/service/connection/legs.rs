@@ -121,7 +121,7 @@ impl ConnTable {
             return Answer::Stale { accepted };
         };
         if hdr.src() != leg.addr {
-            self.counters.forged += 1;
+            self.counters.no_connection += 1;
             if hdr.op != Op::Rst as u16 {
                 out.push(rst_reply(vm, hdr));
             }
@@ -188,7 +188,7 @@ impl ConnTable {
             }
         });
         let Some((addr, leg)) = found else {
-            self.counters.forged += 1;
+            self.counters.no_connection += 1;
             if hdr.op != Op::Rst as u16 {
                 out.push(rst_reply(vm, hdr));
             }

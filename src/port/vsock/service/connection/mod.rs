@@ -100,8 +100,9 @@ pub struct Counters {
     pub reset_by_backend: u64,
     /// Connections vmq reset: a protocol or credit fault, a timeout, a VM gone.
     pub reset_by_vmq: u64,
-    /// Backends' packets for connections they were not given (answered with RST).
-    pub forged: u64,
+    /// Backends' packets for no connection of theirs (answered with RST): one that just
+    /// ended (Linux shuts a socket down after the RST that ended it), or one never given.
+    pub no_connection: u64,
     /// Backends' accepts of connections that had moved on or ended (reset).
     pub stale: u64,
 }

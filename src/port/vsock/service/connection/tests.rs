@@ -304,7 +304,7 @@ fn packets_a_backend_was_not_given_get_an_rst_and_change_nothing() {
         w.t.answer(M5, &vm, &resp, &mut w.out),
         Answer::Stale { accepted: true }
     );
-    assert_eq!(w.t.counters.forged, 3);
+    assert_eq!(w.t.counters.no_connection, 3);
     assert_eq!(w.t.established_by(M4), 1, "the real connection lives on");
     w.out.clear();
     w.client(pkt(Op::Rw, CLIENT, SVC, 10, 0));
