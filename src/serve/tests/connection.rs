@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::service::{run_until, snapshot_when, world, App, SERVICE_CID, SERVICE_PORT};
+use super::service::{
+    run_until, service_config_with, snapshot_when, world, App, SERVICE_CID, SERVICE_PORT,
+};
 use super::*;
 use crate::port::vsock::SERVICE_BACKEND_PORTS;
 use crate::vsock::endpoint::EndpointState;
@@ -269,5 +271,48 @@ fn a_backend_that_stops_reading_stalls_its_client_and_nothing_is_lost() {
     assert!(echo.got == echo.data, "the echo differs from what was sent");
     let c = port_counters(&server, "svc-echo", |c| c["reset_by_vmq"] == 0);
     assert_eq!(c["conns_open"], 1, "{c:?}");
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_connection_services_counters_are_in_the_metrics() {
+    use crate::metrics::tests::{assert_exposition_matches, Parsed};
+    use crate::metrics::{fetch, MetricsConfig};
+    let dir = Dir::new("conn-metrics");
+    let mut cfg = service_config_with(&dir, &[(4, 1.0)], 8, &conn_mode(""));
+    cfg.metrics = Some(MetricsConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+    });
+    let server = Server::start(&cfg).unwrap();
+    let addr = server.metrics_addr().expect("listens").to_string();
+    let mut client = App::new(&dir, 3, None);
+    let mut workers = vec![App::new(&dir, 4, Some(SERVICE_PORT))];
+    wait_connected(&server);
+    connections(&mut client, &mut workers, 3, 1);
+    // Once two snapshots around a scrape agree (and show the closes), the scrape is theirs.
+    let give_up = Instant::now() + PATIENCE;
+    let (snap, text) = loop {
+        let before = server.snapshot();
+        let text = fetch(&addr, "/metrics");
+        let after = server.snapshot();
+        if let (Some(s), Ok(t), Some(a)) = (before, text, after) {
+            let closed = s.ports.iter().any(|p| p.counters.get("closed") == Some(&3));
+            let same =
+                serde_json::to_value(&s.ports).unwrap() == serde_json::to_value(&a.ports).unwrap();
+            if closed && same {
+                break (s, t);
+            }
+        }
+        assert!(Instant::now() < give_up, "never settled");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_exposition_matches(&snap, &text);
+    let m = Parsed::new(&text);
+    let front = [("port", "svc-echo")];
+    assert_eq!(m.get("vmq_port_connections_accepted_total", &front), 3.0);
+    assert_eq!(m.get("vmq_port_conns_open", &front), 0.0);
+    let member = [("port", "svc-echo-vm4")];
+    assert_eq!(m.get("vmq_port_accepted_total", &member), 3.0);
+    assert_eq!(m.get("vmq_port_pending_connects", &member), 0.0);
     server.shutdown().unwrap();
 }

@@ -157,7 +157,7 @@ fn service_config(dir: &Dir, workers: &[(u64, f64)], extra: &str) -> ServeConfig
     service_config_with(dir, workers, 32, extra)
 }
 
-fn service_config_with(
+pub(super) fn service_config_with(
     dir: &Dir,
     workers: &[(u64, f64)],
     in_flight: u32,

@@ -9,11 +9,11 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::table::{rst_to_backend, to_backend, to_client, ConnTable, Leg, Phase};
+use super::table::{ConnTable, Leg, Phase};
 use super::Out;
 use crate::port::vsock::VmEntry;
 use crate::port::PortId;
-use crate::vsock::packet::{Op, PacketHeader, SockAddr};
+use crate::vsock::packet::{Op, PacketHeader, SockAddr, SocketType};
 use crate::vsock::relay::Verdict;
 
 /// What a member's connect request came to ([`ConnTable::connect`]).
@@ -248,5 +248,30 @@ fn rst_reply(vm: &Arc<VmEntry>, hdr: &PacketHeader) -> Out {
         vm: vm.clone(),
         // Only called for packets other than RST.
         hdr: hdr.rst_reply().unwrap_or_else(|| hdr.reply(Op::Rst)),
+    }
+}
+
+/// `h`, a packet in the client's view from the client, as the backend of `leg` gets it: from
+/// `service:local`.
+pub(super) fn to_backend(h: &PacketHeader, leg: &Leg, service_cid: u64) -> PacketHeader {
+    let mut b = *h;
+    (b.src_cid, b.src_port) = (service_cid, leg.local);
+    (b.dst_cid, b.dst_port) = (leg.addr.cid, leg.addr.port);
+    b
+}
+
+/// `h`, a packet a backend sent, in the client's view: from `service` to `client`.
+pub(super) fn to_client(h: &PacketHeader, service: SockAddr, client: SockAddr) -> PacketHeader {
+    let mut c = *h;
+    (c.src_cid, c.src_port) = (service.cid, service.port);
+    (c.dst_cid, c.dst_port) = (client.cid, client.port);
+    c
+}
+
+/// An RST from vmq to the backend of `leg`, ending its side.
+pub(super) fn rst_to_backend(ty: SocketType, leg: &Leg, service_cid: u64) -> Out {
+    Out::Control {
+        vm: leg.vm.clone(),
+        hdr: PacketHeader::new(ty, Op::Rst, SockAddr::new(service_cid, leg.local), leg.addr),
     }
 }

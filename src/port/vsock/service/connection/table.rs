@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::legs::{rst_to_backend, to_backend};
 use super::{is_local, Counters, Out};
 use crate::port::vsock::{VmEntry, SERVICE_BACKEND_PORTS};
 use crate::port::PortId;
@@ -479,30 +480,5 @@ impl ConnTable {
                 });
             }
         }
-    }
-}
-
-/// `h`, a packet in the client's view from the client, as the backend of `leg` gets it: from
-/// `service:local`.
-pub(super) fn to_backend(h: &PacketHeader, leg: &Leg, service_cid: u64) -> PacketHeader {
-    let mut b = *h;
-    (b.src_cid, b.src_port) = (service_cid, leg.local);
-    (b.dst_cid, b.dst_port) = (leg.addr.cid, leg.addr.port);
-    b
-}
-
-/// `h`, a packet a backend sent, in the client's view: from `service` to `client`.
-pub(super) fn to_client(h: &PacketHeader, service: SockAddr, client: SockAddr) -> PacketHeader {
-    let mut c = *h;
-    (c.src_cid, c.src_port) = (service.cid, service.port);
-    (c.dst_cid, c.dst_port) = (client.cid, client.port);
-    c
-}
-
-/// An RST from vmq to the backend of `leg`, ending its side.
-pub(super) fn rst_to_backend(ty: SocketType, leg: &Leg, service_cid: u64) -> Out {
-    Out::Control {
-        vm: leg.vm.clone(),
-        hdr: PacketHeader::new(ty, Op::Rst, SockAddr::new(service_cid, leg.local), leg.addr),
     }
 }
