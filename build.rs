@@ -44,7 +44,7 @@ fn main() {
     for dir in [
         "guest-images",
         "src/wire",
-        "src/ring",
+        "src/virtio",
         "src/abi",
         "src/traffic",
     ] {

@@ -327,3 +327,152 @@ fn a_linux_client_gets_every_answer_once_from_a_message_service_when_a_worker_is
     assert_eq!((s.requests, s.lost, s.failed_back), (6000, 0, 0), "{s:?}");
     assert!(s.clean(), "{s:?}");
 }
+
+/// Two `connection` services over workers 4, 5, 6 (weights 1, 2, 3, weighted round robin) for
+/// client guest 3, all on sockets in `dir`: `conns` at CID 100 port 5000 (the workers' STREAM
+/// servers) and `seq` at CID 101 port 6000 (their SEQPACKET servers).
+fn connection_server(dir: &Path) -> vmq::serve::Server {
+    let mut text = String::new();
+    for cid in [3u64, 4, 5, 6] {
+        text += &format!(
+            "[[vm]]\ncid = {cid}\nsocket = \"{}/vm{cid}.sock\"\n\n",
+            dir.display()
+        );
+    }
+    for (name, cid, port) in [("conns", 100, 5000), ("seq", 101, 6000)] {
+        text += &format!(
+            "[[service]]\nname = \"{name}\"\ncid = {cid}\nport = {port}\nmode = \"connection\"\n\
+             policy = {{ kind = \"wrr\" }}\n\
+             members = [{{ cid = 4, weight = 1.0 }}, {{ cid = 5, weight = 2.0 }}, {{ cid = 6, weight = 3.0 }}]\n\n"
+        );
+    }
+    let cfg = vmq::serve::ServeConfig::parse(&text, "connection.toml").unwrap();
+    vmq::serve::Server::start(&cfg).unwrap_or_else(|e| panic!("vmq serve: {e}"))
+}
+
+/// The `by_cid=4:20,5:40,6:60` field of a probe's ok line, as (CID, connections).
+fn by_cid(line: &str) -> Vec<(u64, u64)> {
+    let field = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("by_cid="))
+        .unwrap_or_else(|| panic!("no by_cid in {line:?}"));
+    field
+        .split(',')
+        .map(|kv| {
+            let (c, n) = kv.split_once(':').expect("cid:count");
+            (c.parse().unwrap(), n.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn a_connection_service_spreads_new_stream_connections_by_weight() {
+    const N: u64 = 120;
+    let Some(assets) = linux::require_linux_or_skip() else {
+        return;
+    };
+    let dir = PathBuf::from(format!("/tmp/vmq-serve-conn-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = connection_server(&dir);
+    let mut guests = linux::boot_all(
+        &assets,
+        [3, 4, 5, 6]
+            .iter()
+            .map(|cid| {
+                GuestOptions::new(
+                    &format!("conn-cid{cid}"),
+                    Some(dir.join(format!("vm{cid}.sock"))),
+                )
+            })
+            .collect(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut client = guests.remove(0);
+    // Each worker: a STREAM echo server that first tells each connection its own CID, and a
+    // SEQPACKET echo server.
+    let mut jobs = Vec::new();
+    for w in guests.iter_mut() {
+        let stream = w
+            .spawn(
+                "vsock-probe serve --port 5000 --type stream --count 0 --announce 1 --timeout 60",
+            )
+            .unwrap();
+        let seq = w
+            .spawn("vsock-probe serve --port 6000 --type seqpacket --count 0 --timeout 60")
+            .unwrap();
+        for job in [&stream, &seq] {
+            w.wait_output(job, "VMQ-PROBE listening", T).unwrap();
+        }
+        jobs.push(stream);
+    }
+    // N STREAM connections one after another, each checked: the peer is the service's
+    // address, the worker says who it is, one echo of 256 bytes.
+    let out = client
+        .run_ok(
+            &format!(
+                "vsock-probe conns --cid 100 --port 5000 --type stream --count {N} --size 256"
+            ),
+            T,
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{:?}", server.snapshot()));
+    let line = ok_line(&client, "conns", &out).to_string();
+    eprintln!("client: {line}");
+    let by = by_cid(&line);
+    let n = |cid: u64| by.iter().find(|x| x.0 == cid).map_or(0, |x| x.1);
+    let (a, b, c) = (n(4), n(5), n(6));
+    assert_eq!(a + b + c, N, "only the workers served: {by:?}");
+    assert!(a > 0 && a < b && b < c, "weights 1:2:3 gave {a}:{b}:{c}");
+    // Each worker saw the service's CID as its peer, never the client's.
+    for (w, job) in guests.iter_mut().zip(&jobs) {
+        let out = w.output(job).unwrap();
+        let accepted: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("VMQ-PROBE accepted"))
+            .collect();
+        assert!(!accepted.is_empty(), "{out}");
+        assert!(
+            accepted.iter().all(|l| l.contains(" cid=100 ")),
+            "a worker saw another peer than the service:\n{out}"
+        );
+    }
+    // SEQPACKET through a connection service: sizes from 1 byte to 64 KiB keep their
+    // boundaries.
+    let out = client
+        .run_ok(
+            "vsock-probe sizes --cid 101 --port 6000 --sizes 1,2,63,64,65,4095,4096,4097,65536",
+            T,
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{:?}", server.snapshot()));
+    eprintln!("SEQPACKET sizes: {}", ok_line(&client, "sizes", &out));
+    // Every connection was accepted once and closed in order; none was reset.
+    let give_up = std::time::Instant::now() + T;
+    let closed = |s: &vmq::switch::Snapshot| {
+        s.ports
+            .iter()
+            .any(|p| p.name == "svc-conns" && p.counters["closed"] == N)
+    };
+    let snap = loop {
+        match server.snapshot() {
+            Some(s) if s.services[0].stats.replies >= N && closed(&s) => break s,
+            s if std::time::Instant::now() > give_up => panic!("answers missing: {s:?}"),
+            _ => thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let front = snap.ports.iter().find(|p| p.name == "svc-conns").unwrap();
+    eprintln!("front: {:?}", front.counters);
+    eprintln!("service: {:?}", snap.services[0].stats);
+    let c = &front.counters;
+    assert_eq!(c["connections_accepted"], N, "{c:?}");
+    assert_eq!(
+        c["reset_no_backend"] + c["reset_by_vmq"] + c["reset_by_client"],
+        0,
+        "{c:?}"
+    );
+    client.shutdown().unwrap_or_else(|e| panic!("{e}"));
+    for g in guests {
+        g.shutdown().unwrap_or_else(|e| panic!("{e}"));
+    }
+    server.shutdown().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

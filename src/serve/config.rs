@@ -64,7 +64,9 @@ pub enum BalanceMode {
     /// client's connection and keeps its own to the backends.
     #[default]
     Message,
-    /// Each new connection goes to one backend (not built yet: refused with a message).
+    /// Each new connection (SOCK_STREAM or SOCK_SEQPACKET) goes to one backend; vmq relays
+    /// its packets with the addresses translated, and retries a connection a backend refuses
+    /// or does not answer on another.
     Connection,
 }
 
@@ -80,7 +82,8 @@ pub struct MemberConfig {
     /// The port its application listens on. Default: the service's port.
     #[serde(default)]
     pub port: Option<u32>,
-    /// Requests in flight to it at once (each on a connection of its own). Default 8.
+    /// Requests in flight to it at once (each on a connection of its own). Default 8. In
+    /// `connection` mode: connection requests waiting for its answer at once.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: u32,
 }
@@ -147,18 +150,25 @@ pub struct ServiceTable {
     #[serde(default = "vsock_failover")]
     pub failover: FailoverConfig,
     /// A request not answered in this long is failed back: its client's connection is
-    /// reset. Default 5000.
+    /// reset. Default 5000. In `connection` mode: a client's connection no backend accepted
+    /// in this long (retries included) is reset.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
-    /// Largest message, KiB (1 to 64). Default 64.
+    /// Largest message, KiB (1 to 64). Default 64. (`message` mode.)
     #[serde(default = "default_max_message_kib")]
     pub max_message_kib: u32,
-    /// Client connections at once. Default 256.
+    /// Client connections at once (in `connection` mode: relayed connections, connecting or
+    /// established). Default 256.
     #[serde(default = "default_max_clients")]
     pub max_connections: u32,
-    /// Requests in flight per client connection. Default 16.
+    /// Requests in flight per client connection. Default 16. (`message` mode.)
     #[serde(default = "default_window")]
     pub window: u32,
+    /// A backend that does not accept a connection vmq opens in this long is passed over for
+    /// as long again (in `connection` mode the client's connection is retried on another).
+    /// Default 1000.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
 }
 
 fn default_request_timeout_ms() -> u64 {
@@ -172,6 +182,9 @@ fn default_max_clients() -> u32 {
 }
 fn default_window() -> u32 {
     16
+}
+fn default_connect_timeout_ms() -> u64 {
+    1000
 }
 
 impl ServiceTable {
@@ -419,11 +432,11 @@ impl ServeConfig {
                     "must differ from the service's port and be below 1073741824".into(),
                 ));
             }
-            if s.mode == BalanceMode::Connection {
+            if !(1..=60_000).contains(&s.connect_timeout_ms) {
                 return Err(invalid(
-                    format!("{place}.mode"),
-                    "mode \"connection\" is not built yet; use \"message\" (SOCK_SEQPACKET \
-                     request/reply)"
+                    format!("{place}.connect_timeout_ms"),
+                    "must be 1 to 60000 (a backend that does not accept a connection in this \
+                     long is passed over)"
                         .into(),
                 ));
             }

@@ -10,6 +10,7 @@
 //! vhost-user protocol loses only its own device.
 
 mod config;
+mod connection;
 mod owner;
 
 pub use config::{
@@ -210,9 +211,9 @@ fn add_service(
                     send_buf: max_message,
                 },
                 max_message,
-                connect_timeout_ns: BACKEND_CONNECT_TIMEOUT.as_nanos() as u64,
+                connect_timeout_ns: s.connect_timeout_ms.saturating_mul(1_000_000),
                 request_timeout_ns: s.request_timeout_ms.saturating_mul(1_000_000),
-                refused_backoff_ns: BACKEND_CONNECT_TIMEOUT.as_nanos() as u64,
+                refused_backoff_ns: s.connect_timeout_ms.saturating_mul(1_000_000),
                 slots: m.max_in_flight * 20 + 64,
                 load_port: s.load_port,
             },
@@ -238,9 +239,6 @@ fn add_service(
 /// Staging slots of a service's front: its requests in flight (three quarters) and packets
 /// for its clients, each slot one message of up to `max_message_kib`.
 const FRONT_SLOTS: u32 = 1024;
-
-/// A backend that does not accept a connection in this long is passed over for as long again.
-const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Server {
     /// Starts serving `cfg` (checked again here): binds every VM's socket and starts the
@@ -268,6 +266,7 @@ impl Server {
         // Then each service's front and its members' ports.
         let mut next_port = next_host;
         let mut service_ports = Vec::new();
+        let mut conn_tables = Vec::new();
         for s in &cfg.service {
             let front = next_port;
             let backends: Vec<(u64, PortId)> = s
@@ -285,6 +284,10 @@ impl Server {
                     load_port: s.load_port,
                 },
             )?;
+            conn_tables.push(match s.mode {
+                BalanceMode::Connection => Some(connection::table(&mut net, cfg, s)?),
+                BalanceMode::Message => None,
+            });
             service_ports.push((front, backends));
         }
         let net = Arc::new(net);
@@ -356,7 +359,12 @@ impl Server {
             );
         }
         for (k, (s, (front, backends))) in cfg.service.iter().zip(service_ports).enumerate() {
-            add_service(&mut sw, &net, &clock, cfg, k as u32, s, front, &backends)?;
+            match &conn_tables[k] {
+                Some(t) => {
+                    connection::add(&mut sw, &net, &clock, cfg, k as u32, s, t, front, &backends)?
+                }
+                None => add_service(&mut sw, &net, &clock, cfg, k as u32, s, front, &backends)?,
+            }
         }
         let mut lp = SwitchLoop::new(sw, kicks, SERVE_LOOP).map_err(io("the switch loop"))?;
         for (id, fd) in host_fds {

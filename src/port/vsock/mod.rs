@@ -33,8 +33,8 @@ mod staging;
 pub use guest::VsockPort;
 pub use host::{HostConfig, HostPort, HostPortError, CHUNK, MAX_PENDING};
 pub use network::{
-    NetworkError, ServiceRoute, VmAddress, VmCounters, VmCounts, VmEntry, VsockNetwork,
-    CONTROL_QUEUE_MAX, SERVICE_BACKEND_PORTS,
+    DeliveryWatch, NetworkError, ServiceRoute, VmAddress, VmCounters, VmCounts, VmEntry,
+    VsockNetwork, CONTROL_QUEUE_MAX, SERVICE_BACKEND_PORTS,
 };
 pub use staging::{read_piece, Owed, Piece, Staging, MAX_SLOTS, PIECE_PAYLOAD, SLOT_SIZE};
 

@@ -32,6 +32,15 @@ pub struct ServiceRoute {
     pub load_port: Option<u32>,
 }
 
+/// A service that relays connections itself (`connection` mode) and keeps their credit as the
+/// relay does: it hears of every part of its packets placed in a guest's rx queue, as the relay
+/// hears of its own ([`VsockNetwork::on_delivered`]).
+pub trait DeliveryWatch: Send + Sync + std::fmt::Debug {
+    /// `part` (a packet from the service's CID, or one part of it) went into a guest's rx
+    /// queue.
+    fn delivered(&self, part: &PacketHeader);
+}
+
 /// One vsock VM: its CID, its port in the switch, the groups it belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmAddress {
@@ -200,6 +209,8 @@ pub struct VsockNetwork {
     by_cid: HashMap<u64, usize>,
     services: HashMap<u64, ServiceRoute>,
     relay: Mutex<Relay>,
+    /// Services that relay connections themselves, by CID.
+    watches: HashMap<u64, Arc<dyn DeliveryWatch>>,
 }
 
 impl VsockNetwork {
@@ -230,6 +241,7 @@ impl VsockNetwork {
             by_cid,
             services: HashMap::new(),
             relay: Mutex::new(Relay::new(relay)?),
+            watches: HashMap::new(),
         })
     }
 
@@ -243,6 +255,28 @@ impl VsockNetwork {
         }
         self.services.insert(cid, route);
         Ok(())
+    }
+
+    /// Tells `watch` of every packet from service CID `cid` placed in a guest's rx queue (a
+    /// `connection` service's own relay).
+    pub fn watch_deliveries(&mut self, cid: u64, watch: Arc<dyn DeliveryWatch>) {
+        self.watches.insert(cid, watch);
+    }
+
+    /// `part` (from a [`crate::vsock::relay::Verdict::Forward`], or one part of it) went into
+    /// its receiver's rx queue: the relay, or the service that relays it, counts it delivered.
+    /// An error only if more was reported than forwarded (a caller's bug).
+    pub fn on_delivered(
+        &self,
+        part: &PacketHeader,
+    ) -> Result<bool, crate::vsock::credit::CreditError> {
+        match self.watches.get(&part.src_cid) {
+            Some(w) => {
+                w.delivered(part);
+                Ok(true)
+            }
+            None => self.relay().on_delivered(part),
+        }
     }
 
     /// The switch port a packet from VM `from` to `dst_cid:dst_port` goes to when `dst_cid`

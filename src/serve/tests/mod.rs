@@ -8,6 +8,8 @@ use super::*;
 use crate::vhost_user::frontend::{FrontendConfig, VmmFrontend};
 use crate::vsock::packet::{Op, PacketHeader, SockAddr, SocketType, HEADER_LEN, SEQ_EOM};
 
+mod connection;
+mod connection_faults;
 mod hybrid;
 mod metrics;
 mod service;

@@ -1,11 +1,11 @@
 //! `message` services without guests: client and backend applications played by endpoints on
-//! VMMs written in Rust, through the whole server.
+//! VMMs written in Rust, through the whole server. (`connection` services reuse the setup.)
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use super::*;
-use crate::vsock::endpoint::{Endpoint, EndpointConfig, EndpointState};
+use crate::vsock::endpoint::{CloseReason, Endpoint, EndpointConfig, EndpointState};
 
 pub(super) const SERVICE_CID: u64 = 100;
 pub(super) const SERVICE_PORT: u32 = 5000;
@@ -15,8 +15,8 @@ pub(super) const SERVICE_PORT: u32 = 5000;
 pub(super) struct App {
     pub(super) g: VmmFrontend,
     cid: u64,
-    /// Listening on this port (a backend): requests are accepted.
-    listen: Option<u32>,
+    /// Listening on this port (a backend): requests are accepted; others get an RST.
+    pub(super) listen: Option<u32>,
     pub(super) eps: HashMap<(u32, u64, u32), Endpoint>,
     /// The next local port a client connection takes.
     next_port: u32,
@@ -29,10 +29,16 @@ pub(super) struct App {
     /// Its vCPUs are stopped: neither its kernel nor its application runs (no rx buffer is
     /// taken or posted, nothing is sent).
     pub(super) frozen: bool,
+    /// Connections accepted.
+    pub(super) accepted: u64,
+    /// Every source address a packet came from.
+    pub(super) sources: HashSet<SockAddr>,
+    /// Why each connection that ended closed, by its key.
+    pub(super) closed: HashMap<(u32, u64, u32), Option<CloseReason>>,
 }
 
 impl App {
-    fn new(dir: &Dir, cid: u64, listen: Option<u32>) -> Self {
+    pub(super) fn new(dir: &Dir, cid: u64, listen: Option<u32>) -> Self {
         Self {
             g: guest(&dir.sock(cid)),
             cid,
@@ -44,21 +50,26 @@ impl App {
             slowness: 1,
             pumps: 0,
             frozen: false,
+            accepted: 0,
+            sources: HashSet::new(),
+            closed: HashMap::new(),
         }
     }
 
-    /// Packets in and out until nothing moves; a backend answers what it reads with the
-    /// request's bytes and its CID.
+    /// Packets in and out until nothing moves; a backend answers what it reads: a message
+    /// with the request's bytes and its CID, stream bytes with the same bytes.
     pub(super) fn pump(&mut self) -> bool {
         if self.frozen {
             return false;
         }
         let mut moved = false;
+        let mut refused = Vec::new();
         while let Some(bytes) = self.g.recv().expect("rx works") {
             moved = true;
             let Ok(h) = PacketHeader::decode(&bytes) else {
                 continue;
             };
+            self.sources.insert(h.src());
             let data = &bytes[HEADER_LEN..HEADER_LEN + h.len as usize];
             let key = (h.dst_port, h.src_cid, h.src_port);
             if let Some(ep) = self.eps.get_mut(&key) {
@@ -66,7 +77,15 @@ impl App {
             } else if h.op == Op::Request as u16 && Some(h.dst_port) == self.listen {
                 let ep = Endpoint::accept(EndpointConfig::default(), &h).expect("a request");
                 self.eps.insert(key, ep);
+                self.accepted += 1;
+            } else if h.op == Op::Request as u16 {
+                // Nobody listens there: Linux answers with an RST.
+                refused.extend(h.rst_reply());
             }
+        }
+        for rst in refused {
+            self.g.reclaim_tx().unwrap();
+            self.g.send(&rst.encode()).expect("tx works");
         }
         self.pumps += 1;
         if self.reading && self.listen.is_some() && self.pumps % self.slowness == 0 {
@@ -82,6 +101,15 @@ impl App {
                     let _ = ep.write_message(&reply, true);
                     self.answered += 1;
                 }
+                let mut buf = [0u8; 4096];
+                while ep.socket_type() == SocketType::Stream {
+                    let room = ep.send_space().min(buf.len());
+                    let n = ep.read(&mut buf[..room]);
+                    if n == 0 {
+                        break;
+                    }
+                    ep.write(&buf[..n]);
+                }
             }
         }
         for ep in self.eps.values_mut() {
@@ -94,8 +122,14 @@ impl App {
             }
         }
         self.g.reclaim_tx().unwrap();
-        self.eps
-            .retain(|_, ep| !ep.is_closed() || ep.messages_ready() > 0);
+        let closed = &mut self.closed;
+        self.eps.retain(|&k, ep| {
+            let keep = !ep.is_closed() || ep.messages_ready() > 0;
+            if !keep {
+                closed.insert(k, ep.close_reason().cloned());
+            }
+            keep
+        });
         moved
     }
 
@@ -106,11 +140,16 @@ impl App {
 
     /// Opens a SEQPACKET connection to the service's CID, port `to`.
     pub(super) fn connect_to(&mut self, to: u32) -> (u32, u64, u32) {
+        self.connect_with(SocketType::SeqPacket, to)
+    }
+
+    /// Opens a connection of type `ty` to the service's CID, port `to`.
+    pub(super) fn connect_with(&mut self, ty: SocketType, to: u32) -> (u32, u64, u32) {
         let port = self.next_port;
         self.next_port += 1;
         let ep = Endpoint::connect(
             EndpointConfig::default(),
-            SocketType::SeqPacket,
+            ty,
             SockAddr::new(self.cid, port),
             SockAddr::new(SERVICE_CID, to),
         )
@@ -125,7 +164,7 @@ fn service_config(dir: &Dir, workers: &[(u64, f64)], extra: &str) -> ServeConfig
     service_config_with(dir, workers, 32, extra)
 }
 
-fn service_config_with(
+pub(super) fn service_config_with(
     dir: &Dir,
     workers: &[(u64, f64)],
     in_flight: u32,
@@ -408,7 +447,8 @@ fn a_service_refuses_stream_connections_and_wrong_ports_and_a_bad_config_says_wh
     server.shutdown().unwrap();
 
     for (extra, field) in [
-        ("mode = \"connection\"", "mode"),
+        ("mode = \"connections\"", "connection"),
+        ("connect_timeout_ms = 0", "connect_timeout_ms"),
         ("max_message_kib = 65", "max_message_kib"),
         (
             "failover = { stall_window_ns = 0 }",

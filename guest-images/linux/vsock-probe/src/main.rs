@@ -6,9 +6,15 @@
 //! derived from it), so corruption, reordering and (SEQPACKET) broken boundaries are caught.
 //!
 //! ```text
-//! serve  --port P --type T [--count N]         echo every message back (N connections, 0 = any)
+//! serve  --port P --type T [--count N] [--announce 1]
+//!                                              echo every message back (N connections, 0 = any;
+//!                                              announce: first send our own CID, 4 bytes LE)
 //! listen-once --port P --type T                serve --count 1
 //! send   --cid C --port P --type T --size S --count N [--window W]
+//! conns  --cid C --port P --type T --count N [--size S]
+//!                                              N connections one after another to an announcing
+//!                                              server: peer address checked, one echo each,
+//!                                              connections counted by the CID that served them
 //! sink   --port P --type T                     receive a blast, verify, acknowledge
 //! blast  --cid C --port P --type T --size S --count N
 //! sizes  --cid C --port P [--type T] [--sizes 1,2,...]
@@ -220,6 +226,26 @@ impl Sock {
             return Err(os_err(&format!("listen on port {port}")));
         }
         Ok(s)
+    }
+
+    /// The address at one end of the connection: ours (`getsockname`) or the peer's.
+    fn name(&self, peer: bool) -> Res<(u32, u32)> {
+        // SAFETY: zeroed sockaddr_vm is valid; the call fills at most len bytes of it.
+        let mut a: libc::sockaddr_vm = unsafe { zeroed() };
+        let mut len = size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+        let p = (&mut a as *mut libc::sockaddr_vm).cast();
+        // SAFETY: p points at a sockaddr_vm of len bytes, valid for the call.
+        let r = unsafe {
+            if peer {
+                libc::getpeername(self.raw(), p, &mut len)
+            } else {
+                libc::getsockname(self.raw(), p, &mut len)
+            }
+        };
+        if r < 0 {
+            return Err(os_err(if peer { "getpeername" } else { "getsockname" }));
+        }
+        Ok((a.svm_cid, a.svm_port))
     }
 
     /// Accepts one connection within `timeout`; returns it with the peer's cid and port.
@@ -436,6 +462,7 @@ fn serve(o: &Opts, default_count: u64) -> Res<()> {
     let port: u32 = o.num("port", None)?;
     let kind = o.kind(None)?;
     let count: u64 = o.num("count", Some(default_count))?;
+    let announce = o.num("announce", Some(0u8))? != 0;
     let timeout = o.timeout()?;
     let l = Sock::listen(port, kind)?;
     println!("VMQ-PROBE listening port={port} type={}", kind.name());
@@ -453,6 +480,11 @@ fn serve(o: &Opts, default_count: u64) -> Res<()> {
         };
         n += 1;
         println!("VMQ-PROBE accepted n={n} cid={cid} port={p}");
+        if announce {
+            // Our own address on this connection: the CID the client was served by.
+            let (me, _) = s.name(false)?;
+            s.send(&me.to_le_bytes())?;
+        }
         workers.push(thread::spawn(move || echo(&s)));
     }
     let mut bytes = 0u64;
@@ -504,6 +536,51 @@ fn send(o: &Opts) -> Res<()> {
     println!(
         "VMQ-PROBE ok sent={count} bytes={} elapsed_ns={} rtt_per_s={}",
         count * size as u64,
+        el.as_nanos(),
+        rate(count, el)
+    );
+    Ok(())
+}
+
+fn conns(o: &Opts) -> Res<()> {
+    let cid: u32 = o.num("cid", None)?;
+    let port: u32 = o.num("port", None)?;
+    let kind = o.kind(None)?;
+    let count: u64 = o.num("count", None)?;
+    let size: usize = o.num("size", Some(64))?;
+    let timeout = o.timeout()?;
+    if size == 0 || size > MAX_MSG {
+        return Err(format!("--size must be 1..={MAX_MSG}"));
+    }
+    let (mut out, mut inb, mut want) = (vec![0u8; size], vec![0u8; size], vec![0u8; size]);
+    let mut scratch = vec![0u8; MAX_MSG];
+    let mut by_cid: std::collections::BTreeMap<u32, u64> = Default::default();
+    let start = Instant::now();
+    for i in 0..count {
+        let s =
+            Sock::connect(cid, port, kind, timeout).map_err(|e| format!("connection {i}: {e}"))?;
+        let peer = s.name(true)?;
+        if peer != (cid, port) {
+            return Err(format!(
+                "connection {i}: the peer is cid {} port {}, not the address connected to",
+                peer.0, peer.1
+            ));
+        }
+        let mut who = [0u8; 4];
+        s.recv_exact(&mut who, &mut scratch)
+            .map_err(|e| format!("connection {i}: the server's CID: {e}"))?;
+        *by_cid.entry(u32::from_le_bytes(who)).or_insert(0) += 1;
+        fill(i, &mut out);
+        s.send(&out).map_err(|e| format!("connection {i}: {e}"))?;
+        s.recv_exact(&mut inb, &mut scratch)
+            .map_err(|e| format!("connection {i}: echo: {e}"))?;
+        check(i, &inb, &mut want).map_err(|e| format!("connection {i}: {e}"))?;
+    }
+    let el = start.elapsed();
+    let by: Vec<String> = by_cid.iter().map(|(c, n)| format!("{c}:{n}")).collect();
+    println!(
+        "VMQ-PROBE ok conns={count} by_cid={} elapsed_ns={} conns_per_s={}",
+        by.join(","),
         el.as_nanos(),
         rate(count, el)
     );
@@ -631,9 +708,10 @@ fn sizes(o: &Opts) -> Res<()> {
 }
 
 const USAGE: &str = "usage: vsock-probe serve|listen-once|send|sink|blast|sizes [--option value]...
-  serve --port P --type stream|seqpacket [--count N (default 1, 0 = until idle)]
+  serve --port P --type stream|seqpacket [--count N (default 1, 0 = until idle)] [--announce 1]
   listen-once --port P --type T
   send --cid C --port P --type T --size S --count N [--window W]
+  conns --cid C --port P --type T --count N [--size S]
   sink --port P --type T
   blast --cid C --port P --type T --size S --count N
   sizes --cid C --port P [--type T] [--sizes 1,2,...]
@@ -649,6 +727,7 @@ fn main() -> ExitCode {
         "serve" => serve(&o, 1),
         "listen-once" => serve(&o, 1),
         "send" => send(&o),
+        "conns" => conns(&o),
         "sink" => sink(&o),
         "blast" => blast(&o),
         "sizes" => sizes(&o),

@@ -21,13 +21,14 @@ use std::sync::Arc;
 
 use vm_memory::GuestMemoryMmap;
 
+use super::reports::Reporters;
 use super::slot_size;
 use crate::port::vsock::{read_piece, Staging, VmEntry, PIECE_PAYLOAD, SERVICE_BACKEND_PORTS};
 use crate::port::{Drain, Port};
 use crate::switch::Clock;
 use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
 use crate::vsock::endpoint::{CloseReason, Endpoint, EndpointConfig, EndpointState};
-use crate::vsock::packet::{Op, PacketHeader, SockAddr, SocketType, HEADER_LEN};
+use crate::vsock::packet::{Op, SockAddr, SocketType, HEADER_LEN};
 use crate::wire::{MsgHeader, MsgKind};
 
 /// Settings of one backend of a service.
@@ -59,9 +60,6 @@ pub struct BackendConfig {
 /// How often deadlines (connect, request) are checked: their granularity.
 const DEADLINE_CHECK_NS: u64 = 100_000_000;
 
-/// Load-report connections one backend may have open.
-const MAX_REPORTERS: usize = 4;
-
 /// A request on a connection.
 #[derive(Debug, Clone, Copy)]
 struct Outstanding {
@@ -90,9 +88,6 @@ struct BackendCounters {
     requests_dropped: u64,
     /// Messages the backend sent that answered nothing (its connection was reset).
     unsolicited: u64,
-    /// Load reports taken, and messages on the load port that were none.
-    load_reports: u64,
-    bad_reports: u64,
 }
 
 /// One backend VM of a `message` service. See the module documentation.
@@ -113,8 +108,8 @@ pub struct ServiceBackendPort {
     counters: BackendCounters,
     /// A request's bytes on their way into a connection.
     scratch: Vec<u8>,
-    /// The backend's connections to the load port, by its port.
-    reporters: HashMap<u32, Endpoint>,
+    /// The backend's connections to the load port.
+    reporters: Reporters,
 }
 
 impl ServiceBackendPort {
@@ -130,6 +125,7 @@ impl ServiceBackendPort {
         let staging = Staging::with_slot_size(cfg.slots, slot_size(cfg.max_message))?;
         Ok(Self {
             departures: vm.departures.load(Ordering::Acquire),
+            reporters: Reporters::new(vm.clone(), cfg.endpoint),
             vm,
             cfg,
             clock,
@@ -142,7 +138,6 @@ impl ServiceBackendPort {
             last_deadline_check: 0,
             counters: BackendCounters::default(),
             scratch: Vec::new(),
-            reporters: HashMap::new(),
         })
     }
 
@@ -261,38 +256,7 @@ impl ServiceBackendPort {
             conns.remove(&local);
         }
         self.conns = conns;
-        self.pump_reporters(sent);
-    }
-
-    /// Takes the load reports the backend sent and stages what its report connections owe it.
-    /// A report is one SEQPACKET message `load N`, N from 0 (idle) to 1000 (saturated); it
-    /// becomes the switch's load report for this member.
-    fn pump_reporters(&mut self, sent: &mut Vec<TxChain>) {
-        let mut reporters = std::mem::take(&mut self.reporters);
-        for ep in reporters.values_mut() {
-            while let Some(m) = ep.read_message() {
-                let text = String::from_utf8_lossy(&m.data);
-                let load = text
-                    .trim()
-                    .strip_prefix("load ")
-                    .and_then(|n| n.trim().parse::<u16>().ok())
-                    .filter(|&n| n <= crate::wire::LOAD_MAX);
-                let Some(load) = load else {
-                    self.counters.bad_reports += 1;
-                    continue;
-                };
-                let mut h = MsgHeader::new(MsgKind::LoadReport, 0, 0, 0);
-                h.set_load(load);
-                if let Some(chain) = self.staging.stage(h, &[]) {
-                    sent.push(chain);
-                    self.counters.load_reports += 1;
-                }
-            }
-            self.staging
-                .stage_owed(ep, self.vm.addr.port, usize::MAX, 0, sent);
-        }
-        reporters.retain(|_, ep| !ep.is_closed());
-        self.reporters = reporters;
+        self.reporters.pump(&mut self.staging, sent);
     }
 
     /// Hands the backend's answer on `c` to the switch as the reply to its request.
@@ -370,32 +334,6 @@ impl ServiceBackendPort {
                 c.ep.reset();
             }
             _ => {}
-        }
-    }
-}
-
-impl ServiceBackendPort {
-    /// A packet of the backend's to the load port.
-    fn on_report_packet(&mut self, hdr: &PacketHeader, data: &[u8]) {
-        if let Some(ep) = self.reporters.get_mut(&hdr.src_port) {
-            let _ = ep.on_packet(hdr, data);
-            return;
-        }
-        let accepted = (hdr.op == Op::Request as u16
-            && hdr.ty == SocketType::SeqPacket as u16
-            && self.reporters.len() < MAX_REPORTERS)
-            .then(|| Endpoint::accept(self.cfg.endpoint, hdr).ok())
-            .flatten();
-        match accepted {
-            Some(ep) => {
-                self.reporters.insert(hdr.src_port, ep);
-            }
-            None if hdr.op != Op::Rst as u16 => {
-                if let Some(rst) = hdr.rst_reply() {
-                    self.vm.push_control(rst);
-                }
-            }
-            None => {}
         }
     }
 }
@@ -481,7 +419,7 @@ impl Port<GuestMemoryMmap> for ServiceBackendPort {
                 };
                 self.dirty = true;
                 if Some(hdr.dst_port) == self.cfg.load_port {
-                    self.on_report_packet(&hdr, data);
+                    self.reporters.on_packet(&hdr, data);
                     return Ok(true);
                 }
                 match self.conns.get_mut(&hdr.dst_port) {
@@ -557,8 +495,8 @@ impl Port<GuestMemoryMmap> for ServiceBackendPort {
             ("timed_out", c.timed_out),
             ("requests_dropped", c.requests_dropped),
             ("unsolicited", c.unsolicited),
-            ("load_reports", c.load_reports),
-            ("bad_reports", c.bad_reports),
+            ("load_reports", self.reporters.reports),
+            ("bad_reports", self.reporters.bad),
         ]
     }
 

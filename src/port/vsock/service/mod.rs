@@ -1,6 +1,8 @@
 //! A load-balanced vsock service in `message` mode: clients' SEQPACKET connections to the
 //! service's address are terminated by vmq, and each message becomes a request of the switch,
-//! balanced, failed over and answered like any native request.
+//! balanced, failed over and answered like any native request. (`connection` mode, where each
+//! new connection goes to one backend and is relayed with its addresses translated, is in
+//! [`connection`].)
 //!
 //! Two kinds of port make it, and the switch knows neither:
 //! - [`ServiceFrontPort`] (one per service) is the service's address, `cid:port`. It accepts
@@ -19,7 +21,9 @@
 //! [`Port::drain`]: crate::port::Port::drain
 
 mod backend;
+pub mod connection;
 mod front;
+mod reports;
 
 pub use backend::{BackendConfig, ServiceBackendPort};
 pub use front::{FrontConfig, ServiceFrontPort};

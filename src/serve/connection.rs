@@ -1,0 +1,112 @@
+//! `connection` services in `vmq serve`: each one's table of connections, its front and its
+//! members' ports (see [`crate::port::vsock::service::connection`]).
+
+use std::sync::Arc;
+
+use vm_memory::GuestMemoryMmap;
+
+use super::{io, ServeConfig, ServeError, ServiceTable};
+use crate::port::vsock::service::connection::{
+    ConnBackendConfig, ConnBackendPort, ConnFrontConfig, ConnFrontPort, SharedTable, TableConfig,
+};
+use crate::port::vsock::{NetworkError, VsockNetwork};
+use crate::port::PortId;
+use crate::switch::{Clock, Switch};
+use crate::vsock::endpoint::EndpointConfig;
+use crate::vsock::relay::RelayConfig;
+
+/// The table of `connection` service `s`, registered with `net` so that it hears of every
+/// delivery of the service's packets.
+pub(super) fn table(
+    net: &mut VsockNetwork,
+    cfg: &ServeConfig,
+    s: &ServiceTable,
+) -> Result<Arc<SharedTable>, ServeError> {
+    let relay = cfg.relay();
+    let table = SharedTable::new(TableConfig {
+        cid: s.cid,
+        port: s.port,
+        max_connections: s.max_connections as usize,
+        members: s.members.len(),
+        relay: RelayConfig {
+            // Retries included: a client's REQUEST no backend accepted in this long is reset.
+            request_timeout_ns: s.request_timeout_ms.saturating_mul(1_000_000),
+            ..relay
+        },
+    })
+    .map_err(|e| ServeError::Network(NetworkError::Relay(e)))?;
+    net.watch_deliveries(s.cid, table.clone());
+    Ok(table)
+}
+
+/// Attaches `connection` service `s` (the switch's service `id`) over `table`: its front at
+/// port `front`, its members' ports at `backends`, then the switch's service over the members.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn add(
+    sw: &mut Switch<GuestMemoryMmap>,
+    net: &Arc<VsockNetwork>,
+    clock: &Arc<dyn Clock>,
+    cfg: &ServeConfig,
+    id: u32,
+    s: &ServiceTable,
+    table: &Arc<SharedTable>,
+    front: PortId,
+    backends: &[(u64, PortId)],
+) -> Result<(), ServeError> {
+    let slots = cfg.limits.staging_slots;
+    let port = ConnFrontPort::new(
+        net.clone(),
+        table.clone(),
+        ConnFrontConfig {
+            service: id,
+            cid: s.cid,
+            slots,
+            max_connections: s.max_connections,
+        },
+        clock.clone(),
+    )
+    .map_err(io(format!("service {}: staging memory", s.name)))?;
+    let got = sw.attach(&format!("svc-{}", s.name), Box::new(port))?;
+    debug_assert_eq!(got, front);
+    let connect_timeout_ns = s.connect_timeout_ms.saturating_mul(1_000_000);
+    let mut members = Vec::new();
+    for (m, &(cid, expected)) in s.members.iter().zip(backends) {
+        let vm = net.vm(cid).cloned().ok_or_else(|| ServeError::Io {
+            what: format!("service {}", s.name),
+            source: std::io::Error::other(format!("member CID {cid} is no VM")),
+        })?;
+        let port = ConnBackendPort::new(
+            vm,
+            table.clone(),
+            ConnBackendConfig {
+                service_cid: s.cid,
+                member: expected,
+                port: m.port.unwrap_or(s.port),
+                max_connecting: m.max_in_flight,
+                connect_timeout_ns,
+                refused_backoff_ns: connect_timeout_ns,
+                slots,
+                load_port: s.load_port,
+                report_endpoint: EndpointConfig {
+                    buf_alloc: 4096,
+                    send_buf: 4096,
+                },
+            },
+            clock.clone(),
+        )
+        .map_err(io(format!("service {}: member {cid}", s.name)))?;
+        let got = sw.attach(&format!("svc-{}-vm{cid}", s.name), Box::new(port))?;
+        debug_assert_eq!(got, expected);
+        members.push((got, m.weight));
+    }
+    let sid = sw.add_service(&s.name, s.switch_config(), &members)?;
+    debug_assert_eq!(sid, id);
+    log::info!(
+        "service {} (connection mode): CID {} port {} over {} backends",
+        s.name,
+        s.cid,
+        s.port,
+        members.len()
+    );
+    Ok(())
+}
