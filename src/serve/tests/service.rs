@@ -335,19 +335,21 @@ fn a_message_service_spreads_requests_by_weight_and_answers_each_in_order() {
     server.shutdown().unwrap();
 }
 
-#[test]
-fn a_backend_whose_application_stops_reading_fails_over_and_nothing_is_lost() {
-    let (_dir, server, mut client, mut workers) = world(
-        "svc-stall",
+/// Three backends; worker 5 is stopped by `stop` after the 100th answer. Every request is
+/// answered once, and its work failed over. Returns the world, for what comes after.
+pub(super) fn a_backend_stops_after_100(
+    name: &str,
+    stop: impl Fn(&mut App),
+) -> (Dir, Server, App, Vec<App>) {
+    let (dir, server, mut client, mut workers) = world(
+        name,
         &[(4, 1.0), (5, 1.0), (6, 1.0)],
         32,
         "policy = { kind = \"wrr\" }\nfailover = { stall_window_ns = 50000000, max_ejection_percent = 50 }",
     );
-    // Worker 5's application stops reading after the 100th answer: its kernel still takes
-    // packets, but its fwd_cnt stops.
     let by = exchange(&mut client, &mut workers, 2, 400, 4, |n, w| {
         if n == 100 {
-            w[1].reading = false;
+            stop(&mut w[1]);
         }
     });
     assert_eq!(
@@ -361,9 +363,20 @@ fn a_backend_whose_application_stops_reading_fails_over_and_nothing_is_lost() {
         s.stats.redispatches > 0 && s.stats.stalls + s.stats.ejections > 0,
         "{s:?}"
     );
+    (dir, server, client, workers)
+}
+
+#[test]
+fn a_backend_whose_application_stops_reading_fails_over_and_nothing_is_lost() {
+    // Worker 5's application stops reading: its kernel still takes packets, but its fwd_cnt
+    // stops.
+    let (_dir, server, mut client, mut workers) =
+        a_backend_stops_after_100("svc-stall", |w| w.reading = false);
+    let late = server.snapshot().unwrap().services[0]
+        .stats
+        .late_replies_dropped;
     // It wakes up: its late answers are dropped, the client sees none of them.
     workers[1].reading = true;
-    let late = s.stats.late_replies_dropped;
     run_until(&mut [&mut client, &mut workers[1]], |a| {
         a[1].eps.values().all(|e| e.messages_ready() == 0) && a[1].pump()
     });
@@ -504,13 +517,14 @@ fn a_backend_whose_vmm_goes_away_fails_over_and_nothing_is_lost() {
     server.shutdown().unwrap();
 }
 
-#[test]
-fn a_slow_backend_gets_less_and_every_request_is_answered_once() {
+/// Two backends, one answering one message in 20 pumps, under `policy`: the slow one gets
+/// fewer, and every request is answered once.
+pub(super) fn a_slow_backend_gets_less(name: &str, policy: &str) {
     let (_dir, server, mut client, mut workers) = world(
-        "svc-slow",
+        name,
         &[(4, 1.0), (5, 1.0)],
         32,
-        "policy = { kind = \"expected_delay\" }",
+        &format!("policy = {{ kind = \"{policy}\" }}"),
     );
     workers[0].slowness = 20;
     let by = exchange(&mut client, &mut workers, 4, 400, 4, |_, _| {});
@@ -518,9 +532,14 @@ fn a_slow_backend_gets_less_and_every_request_is_answered_once() {
     let (slow, fast) = (by.get(&4).copied().unwrap_or(0), by[&5]);
     assert!(
         slow < fast,
-        "the slow backend got {slow}, the fast one {fast}"
+        "{policy}: the slow backend got {slow}, the fast one {fast}"
     );
     server.shutdown().unwrap();
+}
+
+#[test]
+fn a_slow_backend_gets_less_and_every_request_is_answered_once() {
+    a_slow_backend_gets_less("svc-slow", "expected_delay");
 }
 
 #[test]

@@ -6,30 +6,10 @@ use crate::vsock::endpoint::EndpointState;
 
 #[test]
 fn a_backend_whose_vcpus_stop_fails_over_and_nothing_is_lost() {
-    let (_dir, server, mut client, mut workers) = world(
-        "svc-vcpu",
-        &[(4, 1.0), (5, 1.0), (6, 1.0)],
-        32,
-        "policy = { kind = \"wrr\" }\nfailover = { stall_window_ns = 50000000, max_ejection_percent = 50 }",
-    );
-    // Worker 5's guest stops after the 100th answer: its kernel takes no packet and posts no
-    // buffer, so what vmq sends it waits in vmq.
-    let by = exchange(&mut client, &mut workers, 2, 400, 4, |n, w| {
-        if n == 100 {
-            w[1].frozen = true;
-        }
-    });
-    assert_eq!(
-        by.values().sum::<u32>(),
-        400,
-        "every request answered once: {by:?}"
-    );
-    let snap = snapshot_when(&server, |s| s.services[0].stats.replies == 400);
-    let s = &snap.services[0];
-    assert!(
-        s.stats.redispatches > 0 && s.stats.stalls + s.stats.ejections > 0,
-        "{s:?}"
-    );
+    // Worker 5's guest stops: its kernel takes no packet and posts no buffer, so what vmq
+    // sends it waits in vmq.
+    let (_dir, server, mut client, mut workers) =
+        a_backend_stops_after_100("svc-vcpu", |w| w.frozen = true);
     // It runs again: whatever it answers now reaches no client.
     workers[1].frozen = false;
     run_until(&mut [&mut client, &mut workers[1]], |a| {

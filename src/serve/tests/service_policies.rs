@@ -51,19 +51,5 @@ fn maglev_keeps_each_connection_on_one_backend_and_spreads_the_connections() {
 
 #[test]
 fn p2c_sends_less_to_a_backend_that_holds_requests_longer() {
-    let (_dir, server, mut client, mut workers) = world(
-        "svc-p2c",
-        &[(4, 1.0), (5, 1.0)],
-        32,
-        "policy = { kind = \"p2c\" }",
-    );
-    workers[0].slowness = 20;
-    let by = exchange(&mut client, &mut workers, 4, 400, 4, |_, _| {});
-    assert_eq!(by.values().sum::<u32>(), 400, "{by:?}");
-    let (slow, fast) = (by.get(&4).copied().unwrap_or(0), by[&5]);
-    assert!(
-        slow < fast,
-        "the slow backend got {slow}, the fast one {fast}"
-    );
-    server.shutdown().unwrap();
+    a_slow_backend_gets_less("svc-p2c", "p2c");
 }
