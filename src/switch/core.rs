@@ -15,6 +15,7 @@ use super::dispatch::Dispatch;
 use super::failover::Event;
 use super::health::BackendHealth;
 use super::inflight::{InflightTable, PoolConfig, PoolError, Request, Stage, Target, Token};
+use super::membership::Departure;
 use super::outbox::Outbound;
 use super::policy::{new_policy, PickRequest};
 use super::service::{Member, Service, ServiceConfig, ServiceId};
@@ -122,6 +123,8 @@ pub struct Switch<M> {
     /// How long the thread running the switch has waited for a CPU (see
     /// [`Switch::set_run_queue_clock`]).
     pub(super) run_queue: Option<Box<dyn RunQueueClock>>,
+    /// Members that drained and left, until [`Switch::take_departed`].
+    pub(super) departed: Vec<Departure>,
 }
 
 impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
@@ -142,6 +145,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             events: Vec::new(),
             next_sweep_ns: now,
             run_queue: None,
+            departed: Vec::new(),
         })
     }
 
@@ -173,7 +177,8 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         Ok(id)
     }
 
-    /// Adds a service served by `members` (port, base weight).
+    /// Adds a service served by `members` (port, base weight). A service removed before
+    /// ([`Switch::remove_service`]) gives its id to the next one of the same name.
     pub fn add_service(
         &mut self,
         name: &str,
@@ -188,7 +193,11 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                 service: name.to_string(),
                 source,
             })?;
-        let id = self.services.len() as ServiceId;
+        let reuse = self
+            .services
+            .iter()
+            .position(|s| s.removed && s.name == name);
+        let id = reuse.unwrap_or(self.services.len()) as ServiceId;
         let mut ms = Vec::with_capacity(members.len());
         for &(port, w) in members {
             if port as usize >= self.ports.len() {
@@ -207,7 +216,11 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             self.ports[m.port as usize].member_of.push((id, i));
         }
         let now = self.clock.now_ns();
-        self.services.push(Service::new(name, cfg, ms, policy, now));
+        let svc = Service::new(name, cfg, ms, policy, now);
+        match reuse {
+            Some(i) => self.services[i] = svc,
+            None => self.services.push(svc),
+        }
         Ok(id)
     }
 
@@ -219,11 +232,11 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             .map(|i| i as PortId)
     }
 
-    /// The id of the service called `name`.
+    /// The id of the service called `name` (not one that was removed).
     pub fn service_id(&self, name: &str) -> Option<ServiceId> {
         self.services
             .iter()
-            .position(|s| s.name == name)
+            .position(|s| s.name == name && !s.removed)
             .map(|i| i as ServiceId)
     }
 
@@ -442,7 +455,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         self.ports[p as usize].stats.requests += 1;
         let (target, timeout) = if c.header.dst_is_service() {
             let s = c.header.dst();
-            match self.services.get_mut(s as usize) {
+            match self.services.get_mut(s as usize).filter(|svc| !svc.removed) {
                 Some(svc) => {
                     svc.stats.requests += 1;
                     (Some(Target::Service(s)), svc.cfg.request_timeout_ns)
@@ -517,6 +530,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         } else {
             log::info!("port {p} ({}) removed", e.name);
         }
+        e.port.close();
         // As a backend: out of every service, its work re-dispatched.
         let member_of = self.ports[p as usize].member_of.clone();
         let mut events = std::mem::take(&mut self.events);

@@ -19,6 +19,7 @@ pub mod failover;
 mod header;
 pub mod health;
 pub mod inflight;
+mod membership;
 mod outbox;
 pub mod policy;
 mod service;
@@ -36,8 +37,9 @@ pub use health::{
     BackendHealth, Combine, HealthConfig, HealthConfigError, HealthStats, HealthWeights,
 };
 pub use inflight::{pool, BlockPool, PoolConfig, PoolError, PoolStats, Token};
+pub use membership::{Departure, DrainStarted};
 pub use policy::{new_policy, Candidate, PickRequest, Policy, PolicyConfig, PolicyKind};
-pub use service::{ServiceConfig, ServiceConfigError, ServiceId, ServiceStats};
+pub use service::{MemberState, ServiceConfig, ServiceConfigError, ServiceId, ServiceStats};
 pub use slot::PortStats;
 pub use stats::{MemberSnapshot, PortSnapshot, ServiceSnapshot, Snapshot, Totals};
 
@@ -53,6 +55,25 @@ pub enum SwitchError {
     /// A service names a port that does not exist.
     #[error("port {0} does not exist; add the port before the service that uses it")]
     UnknownPort(u32),
+    /// No service has this id (or it was removed).
+    #[error("service {0} does not exist (or was removed); add it first")]
+    UnknownService(u32),
+    /// The port is not a member of the service (or it left).
+    #[error("port {port} is not a member of service {service:?} (or it left already); add it with add_member")]
+    NotAMember {
+        /// Service name.
+        service: String,
+        /// The port.
+        port: u32,
+    },
+    /// The port serves the service already.
+    #[error("port {port} is an active member of service {service:?} already; drain it first to take it out")]
+    AlreadyMember {
+        /// Service name.
+        service: String,
+        /// The port.
+        port: u32,
+    },
     /// A weight is not a positive number.
     #[error("service {service}: backend weight {weight} must be a positive number")]
     BadWeight {

@@ -79,6 +79,9 @@ pub struct MemberSnapshot {
     pub health: f64,
     /// `healthy`, `stalled`, `ejected` or `warming`.
     pub status: &'static str,
+    /// `active`, `draining` (takes no new requests, answers what it has) or `gone` (left
+    /// the service).
+    pub state: &'static str,
     /// Requests dispatched to it.
     pub dispatched: u64,
     /// Its share of the service's dispatches.
@@ -161,6 +164,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
             self.services
                 .iter()
                 .enumerate()
+                .filter(|(_, s)| !s.removed)
                 .map(|(id, s)| {
                     let total: u64 = s.members.iter().map(|m| m.dispatched).sum();
                     let members =
@@ -182,6 +186,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
                                     Some(BackendStatus::Ejected { .. }) => "ejected",
                                     Some(BackendStatus::Warming { .. }) => "warming",
                                 },
+                                state: m.state.name(),
                                 dispatched: m.dispatched,
                                 share: if total > 0 {
                                     m.dispatched as f64 / total as f64
@@ -263,7 +268,12 @@ impl fmt::Display for Snapshot {
                     m.base_weight,
                     m.weight,
                     m.health,
-                    m.status,
+                    // A member drained on purpose, or gone, shows that rather than its health.
+                    if m.state == "active" {
+                        m.status
+                    } else {
+                        m.state
+                    },
                     m.share * 100.0,
                     m.in_flight,
                     m.drain_per_s,

@@ -223,6 +223,9 @@ struct Backend {
     switch_wait_since: Option<u64>,
     /// Found descheduled in this episode of no progress (counted once).
     descheduled: bool,
+    /// Out of the service on purpose (draining or gone): watched for stalls like any other,
+    /// but counted in neither the ejection cap nor the panic threshold.
+    retired: bool,
 }
 
 impl Backend {
@@ -239,6 +242,7 @@ impl Backend {
             wait_now: None,
             switch_wait_since: None,
             descheduled: false,
+            retired: false,
         }
     }
 
@@ -288,6 +292,34 @@ impl Failover {
             BackendStatus::Warming { since_ns: now_ns },
         ));
         self.backends.len() - 1
+    }
+
+    /// Takes `backend` out of the service on purpose (`true`: it drains, or left) or puts it
+    /// back (`false`). A retired backend is still watched: one that stalls is ejected at once,
+    /// whatever the cap, so its requests move now. It counts toward neither the ejection cap
+    /// nor the panic threshold: the service's size is that of the backends it may use.
+    pub fn set_retired(&mut self, backend: usize, retired: bool) {
+        if let Some(b) = self.backends.get_mut(backend) {
+            b.retired = retired;
+        }
+    }
+
+    /// Whether `backend` is retired ([`Failover::set_retired`]).
+    pub fn retired(&self, backend: usize) -> bool {
+        self.backends.get(backend).is_some_and(|b| b.retired)
+    }
+
+    /// Gives backend slot `backend` (retired, e.g. one that left) a fresh start: in service
+    /// again, in slow start from `now_ns`, with no ejection history.
+    pub fn rejoin(&mut self, backend: usize, now_ns: u64) {
+        if let Some(b) = self.backends.get_mut(backend) {
+            let status = if self.cfg.slow_start_ns == 0 {
+                BackendStatus::Healthy
+            } else {
+                BackendStatus::Warming { since_ns: now_ns }
+            };
+            *b = Backend::new(now_ns, status);
+        }
     }
 
     /// Number of backends.
@@ -392,8 +424,13 @@ impl Failover {
         });
     }
 
+    /// Backends in service (not retired).
+    fn in_service(&self) -> usize {
+        self.backends.iter().filter(|b| !b.retired).count()
+    }
+
     fn max_ejected(&self) -> usize {
-        let n = self.backends.len();
+        let n = self.in_service();
         (n * self.cfg.max_ejection_percent as usize / 100).max(1)
     }
 
@@ -405,7 +442,7 @@ impl Failover {
         let mut ejected = self
             .backends
             .iter()
-            .filter(|b| matches!(b.status, BackendStatus::Ejected { .. }))
+            .filter(|b| !b.retired && matches!(b.status, BackendStatus::Ejected { .. }))
             .count();
         let cap = self.max_ejected();
         for i in 0..self.backends.len() {
@@ -430,7 +467,9 @@ impl Failover {
                         };
                         // The stall clock restarts on return.
                         b.last_progress_ns = now_ns;
-                        ejected -= 1;
+                        if !b.retired {
+                            ejected -= 1;
+                        }
                         self.stats.returns += 1;
                         out.push(Event::Returned { backend: i });
                     }
@@ -440,16 +479,16 @@ impl Failover {
                     self.stats.recoveries += 1;
                     out.push(Event::Recovered { backend: i });
                 }
-                BackendStatus::Stalled if ejected < cap => {
+                BackendStatus::Stalled if b.retired || ejected < cap => {
                     self.eject(i, now_ns, out);
-                    ejected += 1;
+                    ejected += usize::from(!b.retired);
                 }
                 BackendStatus::Stalled => {}
                 BackendStatus::Healthy | BackendStatus::Warming { .. } if stalled => {
                     self.stats.stalls += 1;
-                    if ejected < cap {
+                    if b.retired || ejected < cap {
                         self.eject(i, now_ns, out);
-                        ejected += 1;
+                        ejected += usize::from(!b.retired);
                     } else {
                         self.backends[i].status = BackendStatus::Stalled;
                         self.stats.ejections_capped += 1;
@@ -473,9 +512,13 @@ impl Failover {
                 }
             }
         }
-        let usable = self.backends.iter().filter(|b| Self::usable(b)).count();
-        let panic = !self.backends.is_empty()
-            && (usable as f64) < cfg.panic_threshold * self.backends.len() as f64;
+        let usable = self
+            .backends
+            .iter()
+            .filter(|b| !b.retired && Self::usable(b))
+            .count();
+        let n = self.in_service();
+        let panic = n > 0 && (usable as f64) < cfg.panic_threshold * n as f64;
         if panic != self.panic {
             self.panic = panic;
             if panic {
