@@ -41,7 +41,7 @@ pub use membership::{Departure, DrainStarted};
 pub use policy::{new_policy, Candidate, PickRequest, Policy, PolicyConfig, PolicyKind};
 pub use service::{MemberState, ServiceConfig, ServiceConfigError, ServiceId, ServiceStats};
 pub use slot::PortStats;
-pub use stats::{MemberSnapshot, PortSnapshot, ServiceSnapshot, Snapshot, Totals};
+pub use stats::{MemberSnapshot, PortSnapshot, ReloadStatus, ServiceSnapshot, Snapshot, Totals};
 
 /// Why the switch refused a configuration.
 #[derive(Debug, thiserror::Error)]

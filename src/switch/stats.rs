@@ -116,6 +116,22 @@ pub struct ServiceSnapshot {
     pub members: Vec<MemberSnapshot>,
 }
 
+/// Configuration reloads and commands of the daemon that runs the switch (`vmq serve`), as it
+/// reports them in its snapshots.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReloadStatus {
+    /// Reloads applied.
+    pub applied: u64,
+    /// Reloads refused (an invalid file, or a change a reload cannot make): nothing changed.
+    pub refused: u64,
+    /// Members drained by command.
+    pub drains: u64,
+    /// Whether the last reload was applied (`true` before the first).
+    pub last_ok: bool,
+    /// What the last reload did, or why it was refused.
+    pub last: String,
+}
+
 /// A point-in-time view of the switch.
 #[derive(Clone, Debug, Serialize)]
 pub struct Snapshot {
@@ -129,8 +145,11 @@ pub struct Snapshot {
     pub totals: Totals,
     /// Ports.
     pub ports: Vec<PortSnapshot>,
-    /// Services.
+    /// Services (not those removed).
     pub services: Vec<ServiceSnapshot>,
+    /// Reloads and commands, when the daemon running the switch takes them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadStatus>,
 }
 
 impl<M: GuestMemoryBackend + Clone> Switch<M> {
@@ -217,6 +236,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
             totals: self.totals,
             ports,
             services,
+            reload: None,
         }
     }
 }
@@ -231,6 +251,17 @@ impl fmt::Display for Snapshot {
             t.redispatches, t.late_replies_dropped, t.oneway_delivered, t.oneway_undeliverable,
             t.port_faults
         )?;
+        if let Some(r) = &self.reload {
+            writeln!(
+                f,
+                "reloads {} (refused {})  drains {}  last reload: {}{}",
+                r.applied,
+                r.refused,
+                r.drains,
+                if r.last_ok { "" } else { "REFUSED: " },
+                if r.last.is_empty() { "-" } else { &r.last }
+            )?;
+        }
         for p in self.ports.iter().filter(|p| !p.counters.is_empty()) {
             write!(f, "port {}{}:", p.name, if p.down { " (down)" } else { "" })?;
             for (name, v) in &p.counters {
