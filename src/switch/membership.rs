@@ -179,6 +179,17 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         svc.members.iter().find(|m| m.port == port).map(|m| m.state)
     }
 
+    /// Every member slot of service `s`, by index: its port and its state (gone ones
+    /// included: policies that list something per member, such as byte-share class shares,
+    /// list it by this index).
+    pub fn members(&self, s: ServiceId) -> Vec<(PortId, MemberState)> {
+        self.services
+            .get(s as usize)
+            .filter(|svc| !svc.removed)
+            .map(|svc| svc.members.iter().map(|m| (m.port, m.state)).collect())
+            .unwrap_or_default()
+    }
+
     /// The members that drained and left since the last call, in the order they left.
     pub fn take_departed(&mut self) -> Vec<Departure> {
         std::mem::take(&mut self.departed)

@@ -8,6 +8,7 @@ use super::*;
 use crate::vhost_user::frontend::{FrontendConfig, VmmFrontend};
 use crate::vsock::packet::{Op, PacketHeader, SockAddr, SocketType, HEADER_LEN, SEQ_EOM};
 
+mod drain;
 mod hybrid;
 mod metrics;
 mod service;

@@ -7,29 +7,29 @@ use std::time::Instant;
 use super::*;
 use crate::vsock::endpoint::{Endpoint, EndpointConfig, EndpointState};
 
-const SERVICE_CID: u64 = 100;
-const SERVICE_PORT: u32 = 5000;
+pub(super) const SERVICE_CID: u64 = 100;
+pub(super) const SERVICE_PORT: u32 = 5000;
 
 /// A guest's applications: endpoints over its played VMM, the guest kernel's part (packets in
 /// and out, credit) done by [`Endpoint`] as Linux's transport would.
-struct App {
-    g: VmmFrontend,
+pub(super) struct App {
+    pub(super) g: VmmFrontend,
     cid: u64,
     /// Listening on this port (a backend): requests are accepted.
     listen: Option<u32>,
-    eps: HashMap<(u32, u64, u32), Endpoint>,
+    pub(super) eps: HashMap<(u32, u64, u32), Endpoint>,
     /// The next local port a client connection takes.
     next_port: u32,
     /// A backend's application answers (reads and replies) only while this is set.
-    reading: bool,
-    answered: u64,
+    pub(super) reading: bool,
+    pub(super) answered: u64,
     /// A slow application: answers one message in this many pumps (1: every pump).
     slowness: u32,
     pumps: u32,
 }
 
 impl App {
-    fn new(dir: &Dir, cid: u64, listen: Option<u32>) -> Self {
+    pub(super) fn new(dir: &Dir, cid: u64, listen: Option<u32>) -> Self {
         Self {
             g: guest(&dir.sock(cid)),
             cid,
@@ -45,7 +45,7 @@ impl App {
 
     /// Packets in and out until nothing moves; a backend answers what it reads with the
     /// request's bytes and its CID.
-    fn pump(&mut self) -> bool {
+    pub(super) fn pump(&mut self) -> bool {
         let mut moved = false;
         while let Some(bytes) = self.g.recv().expect("rx works") {
             moved = true;
@@ -99,16 +99,21 @@ impl App {
 
     /// Opens a SEQPACKET connection to the service's CID, port `to`.
     fn connect_to(&mut self, to: u32) -> (u32, u64, u32) {
+        self.connect_at(SERVICE_CID, to)
+    }
+
+    /// Opens a SEQPACKET connection to `cid:to` from a port of its own.
+    pub(super) fn connect_at(&mut self, cid: u64, to: u32) -> (u32, u64, u32) {
         let port = self.next_port;
         self.next_port += 1;
         let ep = Endpoint::connect(
             EndpointConfig::default(),
             SocketType::SeqPacket,
             SockAddr::new(self.cid, port),
-            SockAddr::new(SERVICE_CID, to),
+            SockAddr::new(cid, to),
         )
         .unwrap();
-        let key = (port, SERVICE_CID, to);
+        let key = (port, cid, to);
         self.eps.insert(key, ep);
         key
     }
@@ -118,7 +123,7 @@ fn service_config(dir: &Dir, workers: &[(u64, f64)], extra: &str) -> ServeConfig
     service_config_with(dir, workers, 32, extra)
 }
 
-fn service_config_with(
+pub(super) fn service_config_with(
     dir: &Dir,
     workers: &[(u64, f64)],
     in_flight: u32,
@@ -161,7 +166,7 @@ fn world(
 }
 
 /// Runs every app until `done` says so (or the patience runs out).
-fn run_until(apps: &mut [&mut App], mut done: impl FnMut(&mut [&mut App]) -> bool) {
+pub(super) fn run_until(apps: &mut [&mut App], mut done: impl FnMut(&mut [&mut App]) -> bool) {
     let give_up = Instant::now() + PATIENCE;
     while !done(apps) {
         assert!(Instant::now() < give_up, "gave up waiting");
@@ -232,7 +237,7 @@ fn exchange(
 }
 
 /// The switch's snapshot once `ready` holds for it (it is renewed every 100 ms).
-fn snapshot_when(server: &Server, mut ready: impl FnMut(&Snapshot) -> bool) -> Snapshot {
+pub(super) fn snapshot_when(server: &Server, mut ready: impl FnMut(&Snapshot) -> bool) -> Snapshot {
     let give_up = Instant::now() + PATIENCE;
     loop {
         if let Some(s) = server.snapshot().filter(|s| ready(s)) {
