@@ -4,7 +4,8 @@
 //!
 //! The rest of the data path lives with the state it owns: a port's outbox and notifications
 //! in [`outbox`](super::outbox), dispatch and answers in [`dispatch`](super::dispatch), health
-//! and failover rounds in [`sweep`](super::sweep).
+//! and failover rounds in [`sweep`](super::sweep); services and their members are added,
+//! drained and removed in [`membership`](super::membership).
 
 use std::sync::Arc;
 
@@ -17,8 +18,8 @@ use super::health::BackendHealth;
 use super::inflight::{InflightTable, PoolConfig, PoolError, Request, Stage, Target, Token};
 use super::membership::Departure;
 use super::outbox::Outbound;
-use super::policy::{new_policy, PickRequest};
-use super::service::{Member, Service, ServiceConfig, ServiceId};
+use super::policy::PickRequest;
+use super::service::{Service, ServiceId};
 use super::slot::PortSlot;
 use super::stats::Totals;
 use super::SwitchError;
@@ -174,53 +175,6 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         }
         let id = self.ports.len() as PortId;
         self.ports.push(PortSlot::new(name, port));
-        Ok(id)
-    }
-
-    /// Adds a service served by `members` (port, base weight). A service removed before
-    /// ([`Switch::remove_service`]) gives its id to the next one of the same name.
-    pub fn add_service(
-        &mut self,
-        name: &str,
-        cfg: ServiceConfig,
-        members: &[(PortId, f64)],
-    ) -> Result<ServiceId, SwitchError> {
-        if self.service_id(name).is_some() {
-            return Err(SwitchError::DuplicateName(name.to_string()));
-        }
-        cfg.validate_for(members.len())
-            .map_err(|source| SwitchError::Service {
-                service: name.to_string(),
-                source,
-            })?;
-        let reuse = self
-            .services
-            .iter()
-            .position(|s| s.removed && s.name == name);
-        let id = reuse.unwrap_or(self.services.len()) as ServiceId;
-        let mut ms = Vec::with_capacity(members.len());
-        for &(port, w) in members {
-            if port as usize >= self.ports.len() {
-                return Err(SwitchError::UnknownPort(port));
-            }
-            if !(w.is_finite() && w > 0.0) {
-                return Err(SwitchError::BadWeight {
-                    service: name.to_string(),
-                    weight: w,
-                });
-            }
-            ms.push(Member::new(port, w, cfg.health));
-        }
-        let policy = new_policy(&cfg.policy, ms.len())?;
-        for (i, m) in ms.iter().enumerate() {
-            self.ports[m.port as usize].member_of.push((id, i));
-        }
-        let now = self.clock.now_ns();
-        let svc = Service::new(name, cfg, ms, policy, now);
-        match reuse {
-            Some(i) => self.services[i] = svc,
-            None => self.services.push(svc),
-        }
         Ok(id)
     }
 

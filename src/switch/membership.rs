@@ -1,5 +1,5 @@
-//! Membership at run time: a port joins a service, a member drains on purpose and leaves, a
-//! whole service is removed.
+//! Membership: services are added and removed, and a port joins a service, drains on purpose
+//! and leaves it, while the switch runs.
 //!
 //! Member indices never move. A member that left keeps its slot (state
 //! [`MemberState::Gone`], weight 0, its counters) and the same port joining again takes the
@@ -24,7 +24,7 @@ use vm_memory::GuestMemoryBackend;
 
 use super::outbox::Outbound;
 use super::policy::{new_policy, Candidate, PolicyConfig};
-use super::service::{Member, MemberState, ServiceId};
+use super::service::{Member, MemberState, Service, ServiceConfig, ServiceId};
 use super::{PortId, Switch, SwitchError};
 use crate::wire::Status;
 
@@ -49,6 +49,53 @@ pub struct DrainStarted {
 }
 
 impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
+    /// Adds a service served by `members` (port, base weight). A service removed before
+    /// ([`Switch::remove_service`]) gives its id to the next one of the same name.
+    pub fn add_service(
+        &mut self,
+        name: &str,
+        cfg: ServiceConfig,
+        members: &[(PortId, f64)],
+    ) -> Result<ServiceId, SwitchError> {
+        if self.service_id(name).is_some() {
+            return Err(SwitchError::DuplicateName(name.to_string()));
+        }
+        cfg.validate_for(members.len())
+            .map_err(|source| SwitchError::Service {
+                service: name.to_string(),
+                source,
+            })?;
+        let reuse = self
+            .services
+            .iter()
+            .position(|s| s.removed && s.name == name);
+        let id = reuse.unwrap_or(self.services.len()) as ServiceId;
+        let mut ms = Vec::with_capacity(members.len());
+        for &(port, w) in members {
+            if port as usize >= self.ports.len() {
+                return Err(SwitchError::UnknownPort(port));
+            }
+            if !(w.is_finite() && w > 0.0) {
+                return Err(SwitchError::BadWeight {
+                    service: name.to_string(),
+                    weight: w,
+                });
+            }
+            ms.push(Member::new(port, w, cfg.health));
+        }
+        let policy = new_policy(&cfg.policy, ms.len())?;
+        for (i, m) in ms.iter().enumerate() {
+            self.ports[m.port as usize].member_of.push((id, i));
+        }
+        let now = self.clock.now_ns();
+        let svc = Service::new(name, cfg, ms, policy, now);
+        match reuse {
+            Some(i) => self.services[i] = svc,
+            None => self.services.push(svc),
+        }
+        Ok(id)
+    }
+
     /// Adds port `port` to service `s` with base weight `weight`. It joins in slow start. A
     /// member that drains is taken back as it is (at `weight`); one that left gets its slot
     /// back with fresh health. Policies with byte-share class shares (listed by member index)
@@ -289,7 +336,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
     }
 
     /// Service `s`, unless it does not exist or was removed.
-    fn live_service(&mut self, s: ServiceId) -> Result<&mut super::service::Service, SwitchError> {
+    fn live_service(&mut self, s: ServiceId) -> Result<&mut Service, SwitchError> {
         self.services
             .get_mut(s as usize)
             .filter(|svc| !svc.removed)

@@ -6,9 +6,10 @@
 //! It drives every port through the [`Port`](crate::port::Port) seam and never learns what
 //! kind of port it serves.
 //!
-//! Split by who owns the state: the core (ports, services, routing by kind, ports going
-//! down), each port's outbox (`outbox`), dispatch and answers (`dispatch`), the in-flight
-//! table ([`inflight`]) and the sweep (`sweep`). The decisions are pure logic, free of queues
+//! Split by who owns the state: the core (ports, routing by kind, ports going down), the
+//! services and their members as they come, drain and go (`membership`), each port's outbox
+//! (`outbox`), dispatch and answers (`dispatch`), the in-flight table ([`inflight`]) and the
+//! sweep (`sweep`). The decisions are pure logic, free of queues
 //! and I/O, in their own modules: time ([`clock`]), per-backend health scores ([`health`]),
 //! stall ejection and slow start ([`failover`]) and the balancing policies ([`policy`]).
 
