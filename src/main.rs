@@ -64,7 +64,8 @@ enum Command {
     /// Serve virtio-vsock devices over vhost-user to VMMs (QEMU, Cloud Hypervisor, crosvm):
     /// their stock Linux guests reach each other with AF_VSOCK sockets (SOCK_STREAM and
     /// SOCK_SEQPACKET) through the switch. Runs until SIGINT or SIGTERM, then removes its
-    /// sockets.
+    /// sockets. SIGHUP reads the --config file again and applies what changed (services and
+    /// their members; VMs and limits need a restart).
     Serve {
         /// A TOML file of `[[vm]]` tables (cid, socket, uds_path, groups) and `[limits]`.
         #[arg(long)]
@@ -79,6 +80,27 @@ enum Command {
         stats_every: u64,
         #[command(flatten)]
         metrics: MetricsOpt,
+    },
+    /// Drain a member of a running `vmq serve`'s service: it takes no new requests, answers
+    /// those it has, then leaves. Sent to the daemon's metrics endpoint (`--metrics`), from
+    /// the same host.
+    Drain {
+        /// The service's name.
+        #[arg(long)]
+        service: String,
+        /// The member: the backend VM's CID.
+        #[arg(long)]
+        member: u64,
+        /// The daemon's metrics address: HOST:PORT, or a port on localhost.
+        #[arg(long, default_value = vmq::metrics::DEFAULT_LISTEN)]
+        addr: String,
+    },
+    /// Make a running `vmq serve` read its `--config` file again (as SIGHUP does) and print
+    /// what changed, or why nothing did. Sent to its metrics endpoint, from the same host.
+    Reload {
+        /// The daemon's metrics address: HOST:PORT, or a port on localhost.
+        #[arg(long, default_value = vmq::metrics::DEFAULT_LISTEN)]
+        addr: String,
     },
     /// Print the switch's table of a running `vmq serve` (or `vmq run`) started with
     /// `--metrics` (or a `[metrics]` table), from its metrics endpoint.
@@ -283,6 +305,18 @@ fn main() -> ExitCode {
             metrics,
         } => serve(config.as_deref(), &vms, stats_every, metrics.metrics),
         Command::Stats { addr, watch, json } => stats(&addr, watch, json),
+        Command::Drain {
+            service,
+            member,
+            addr,
+        } => command(
+            &addr,
+            &format!(
+                "/drain?service={}&member={member}",
+                vmq::metrics::query_escape(&service)
+            ),
+        ),
+        Command::Reload { addr } => command(&addr, "/reload"),
         Command::Bench(b) => run_bench(b),
     }
 }
@@ -321,6 +355,25 @@ fn stats(addr: &str, watch: Option<u64>, json: bool) -> ExitCode {
     }
 }
 
+/// `vmq drain` / `vmq reload`: one command to a running daemon; what it answered goes to
+/// stdout. Exit 2 when the daemon cannot be reached or refused.
+fn command(addr: &str, path: &str) -> ExitCode {
+    match vmq::metrics::post(addr, path) {
+        Ok(text) => {
+            emit(text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(vmq::metrics::StatsError::Status { body, .. }) => {
+            eprintln!("error: {body}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// `vmq serve`: serves until SIGINT or SIGTERM, printing the switch's table every
 /// `stats_every` seconds (0: never) and, at the end, the table to stderr and its JSON to
 /// stdout; with `metrics` (or a `[metrics]` table), serves live stats there too. Exit 0 after
@@ -331,20 +384,29 @@ fn serve(
     stats_every: u64,
     metrics: Option<std::net::SocketAddr>,
 ) -> ExitCode {
-    let cfg = (|| {
-        let mut cfg = match config {
-            Some(path) => vmq::serve::ServeConfig::load(path)?,
-            None => vmq::serve::ServeConfig::default(),
-        };
-        for v in vms {
-            cfg.add_vm_flag(v)?;
+    // The file with the command line's VMs and endpoint: read at start and on each reload.
+    let read = {
+        let (config, vms) = (config.map(str::to_string), vms.to_vec());
+        move || {
+            let mut cfg = match &config {
+                Some(path) => vmq::serve::ServeConfig::load(path)?,
+                None => vmq::serve::ServeConfig::default(),
+            };
+            for v in &vms {
+                cfg.add_vm_flag(v)?;
+            }
+            if let Some(listen) = metrics {
+                cfg.metrics = Some(vmq::metrics::MetricsConfig { listen });
+            }
+            cfg.check(config.as_deref().unwrap_or("<command line>"))?;
+            Ok::<_, vmq::serve::ServeConfigError>(cfg)
         }
-        if let Some(listen) = metrics {
-            cfg.metrics = Some(vmq::metrics::MetricsConfig { listen });
-        }
-        cfg.check(config.unwrap_or("<command line>"))?;
-        Ok::<_, vmq::serve::ServeConfigError>(cfg)
-    })();
+    };
+    let cfg = read();
+    let source = config.map(|file| vmq::serve::ConfigSource {
+        file: file.to_string(),
+        read: std::sync::Arc::new(read),
+    });
     let cfg = match cfg {
         Ok(c) => c,
         Err(e) => {
@@ -352,8 +414,8 @@ fn serve(
             return ExitCode::from(2);
         }
     };
-    // SIGINT and SIGTERM are blocked in every thread (the server's threads inherit this mask)
-    // and taken here with sigwait, so no handler runs at an arbitrary point.
+    // SIGINT, SIGTERM and SIGHUP are blocked in every thread (the server's threads inherit
+    // this mask) and taken here with sigwait, so no handler runs at an arbitrary point.
     // SAFETY: `set` is a plain C struct initialised by sigemptyset before use; the calls only
     // read and write it and this thread's signal mask.
     let set = unsafe {
@@ -361,10 +423,11 @@ fn serve(
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
-    let server = match vmq::serve::Server::start(&cfg) {
+    let server = match vmq::serve::Server::start_with(&cfg, source) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -372,8 +435,13 @@ fn serve(
         }
     };
     eprintln!(
-        "vmq serve: {} VM(s); stop with Ctrl-C or SIGTERM",
-        cfg.vm.len()
+        "vmq serve: {} VM(s); stop with Ctrl-C or SIGTERM{}",
+        cfg.vm.len(),
+        if config.is_some() {
+            ", reload the config with SIGHUP"
+        } else {
+            ""
+        }
     );
     if let Some(addr) = server.metrics_addr() {
         eprintln!("vmq serve: metrics on http://{addr}/metrics (vmq stats --addr {addr})");
@@ -389,6 +457,13 @@ fn serve(
         };
         // SAFETY: `set` was initialised above; `wait` lives across the call; no siginfo wanted.
         let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &wait) };
+        if sig == libc::SIGHUP {
+            match server.reload() {
+                Ok(report) => eprintln!("vmq serve: reloaded: {report}"),
+                Err(e) => eprintln!("vmq serve: {e}"),
+            }
+            continue;
+        }
         if sig > 0 {
             break sig;
         }

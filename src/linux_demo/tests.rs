@@ -29,6 +29,7 @@ fn snap(now_ms: u64, replies: u64, redispatches: u64, w5: u64, conns: (u64, u64)
         weight: w,
         health: 1.0,
         status,
+        state: "active",
         dispatched: replies / 3,
         share: 1.0 / 3.0,
         in_flight: 0,
@@ -65,6 +66,7 @@ fn snap(now_ms: u64, replies: u64, redispatches: u64, w5: u64, conns: (u64, u64)
                 member(6, 3.0, "healthy"),
             ],
         }],
+        reload: None,
     }
 }
 

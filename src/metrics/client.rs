@@ -1,4 +1,5 @@
-//! `vmq stats`' side: one `GET` to a running daemon's endpoint.
+//! `vmq stats`' side: one `GET` to a running daemon's endpoint (and `vmq drain` / `vmq
+//! reload`'s: one `POST`).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -8,6 +9,9 @@ use super::{parse_listen, DEFAULT_LISTEN};
 
 /// How long to wait for the connection, and for the answer.
 const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long to wait for the answer to a command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Most bytes of answer read (a snapshot of thousands of ports is a few MiB).
 const MAX_ANSWER: u64 = 64 << 20;
@@ -84,11 +88,33 @@ fn resolve(addr: &str) -> Result<Vec<SocketAddr>, StatsError> {
 /// `GET path` from the endpoint at `addr` (`HOST:PORT` or a port on localhost); the body of
 /// a `200` answer.
 pub fn fetch(addr: &str, path: &str) -> Result<String, StatsError> {
+    request(addr, "GET", path)
+}
+
+/// `POST path` (a command: `/drain?...`, `/reload`) to the endpoint at `addr`; the body of a
+/// `200` answer, or [`StatsError::Status`] with what the daemon said.
+pub fn post(addr: &str, path: &str) -> Result<String, StatsError> {
+    request(addr, "POST", path)
+}
+
+/// `s` escaped for a query value: everything but letters, digits and `-._~` as `%XX`.
+pub fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn request(addr: &str, method: &str, path: &str) -> Result<String, StatsError> {
     let addrs = resolve(addr)?;
     let mut last = None;
     for a in addrs {
         match TcpStream::connect_timeout(&a, TIMEOUT) {
-            Ok(s) => return get(s, a, path),
+            Ok(s) => return exchange(s, a, method, path),
             Err(e) => last = Some((a, e)),
         }
     }
@@ -99,13 +125,24 @@ pub fn fetch(addr: &str, path: &str) -> Result<String, StatsError> {
     })
 }
 
-fn get(mut s: TcpStream, addr: SocketAddr, path: &str) -> Result<String, StatsError> {
+fn exchange(
+    mut s: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> Result<String, StatsError> {
     let io = |source| StatsError::Io { addr, source };
-    s.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+    // A command runs to its end before the answer (a reload builds ports): allow for it.
+    let wait = if method == "POST" {
+        COMMAND_TIMEOUT
+    } else {
+        TIMEOUT
+    };
+    s.set_read_timeout(Some(wait)).map_err(io)?;
     s.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
     write!(
         s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: vmq-stats\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: vmq-stats\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .map_err(io)?;
     let mut answer = Vec::new();

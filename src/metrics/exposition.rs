@@ -22,7 +22,11 @@
 //!   `vmq_backend_base_weight`, `vmq_backend_in_flight`, `vmq_backend_drain_per_second`,
 //!   `vmq_backend_latency_seconds` (once measured), `vmq_backend_load_report_suspect`, and
 //!   the state set `vmq_backend_status{status}`: 1 for its status (`healthy`, `warming`,
-//!   `stalled`, `ejected`, `descheduled`), 0 for the others.
+//!   `stalled`, `ejected`, `descheduled`), 0 for the others, and the state set
+//!   `vmq_backend_state{state}` of its membership (`active`, `draining`, `gone`);
+//! - a daemon that reloads its configuration (`vmq serve`): `vmq_reloads_total{result}`
+//!   (`applied`, `refused`), `vmq_reload_last_success` (1 when the last was applied) and
+//!   `vmq_drains_total` (members drained by command).
 //!
 //! The values are the snapshot's, unchanged: the sums the snapshot keeps hold here too
 //! (`vmq_service_dispatches_total` is the sum of its backends' `vmq_backend_dispatched_total`;
@@ -210,6 +214,9 @@ pub(crate) const SERVICE_STATS: &[Field<ServiceStats>] = &[
 
 /// The statuses a backend can have ([`crate::switch::MemberSnapshot::status`]).
 const STATUSES: &[&str] = &["healthy", "warming", "stalled", "ejected", "descheduled"];
+
+/// The membership states of a backend ([`crate::switch::MemberSnapshot::state`]).
+const STATES: &[&str] = &["active", "draining", "gone"];
 
 /// Whether a port kind's counter `name` is a level (goes down as well as up) rather than a
 /// count of events; see [`crate::port::Port::counters`].
@@ -420,6 +427,42 @@ impl Collector for SnapshotCollector {
                 })
             }),
         )?;
+        gauge(
+            &mut enc,
+            "backend_state",
+            "1 for the backend's membership state (active, draining, gone), 0 for the others",
+            members().flat_map(|([svc, backend], m)| {
+                STATES.iter().map(move |&st| {
+                    (
+                        [svc.clone(), backend.clone(), ("state", st.to_string())],
+                        u64::from(st == m.state),
+                    )
+                })
+            }),
+        )?;
+        if let Some(r) = &s.reload {
+            counter(
+                &mut enc,
+                "reloads",
+                "Configuration reloads, applied or refused (nothing changed)",
+                [
+                    ([("result", "applied")], r.applied),
+                    ([("result", "refused")], r.refused),
+                ],
+            )?;
+            gauge(
+                &mut enc,
+                "reload_last_success",
+                "1 when the last reload was applied (or none was asked for), 0 when refused",
+                [(none, u64::from(r.last_ok))],
+            )?;
+            counter(
+                &mut enc,
+                "drains",
+                "Members drained by command",
+                [(none, r.drains)],
+            )?;
+        }
         Ok(())
     }
 }

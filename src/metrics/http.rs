@@ -1,19 +1,21 @@
 //! The endpoint: one thread, one connection at a time, one bounded request per connection.
 //!
 //! A minimal HTTP/1.0 responder on a std [`TcpListener`]: it reads at most [`MAX_REQUEST`]
-//! bytes of request head within [`IO_TIMEOUT`], answers, and closes. A client that sends
+//! bytes of request head within [`IO_TIMEOUT`], answers, and closes. A daemon's commands
+//! (`POST /drain`, `POST /reload`) go to its [`Control`], from clients on this host only. A client that sends
 //! garbage gets a 400, one that stalls is dropped after the timeout; nothing it sends can
 //! stop the thread.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{exposition, latest, SharedSnapshot};
+use super::{exposition, latest, Control, SharedSnapshot};
 
 /// Longest request head read (the request line and headers).
 const MAX_REQUEST: usize = 4096;
@@ -56,6 +58,16 @@ pub struct MetricsEndpoint {
 impl MetricsEndpoint {
     /// Listens on `addr` and serves the latest snapshot in `source` from a thread of its own.
     pub fn start(addr: SocketAddr, source: SharedSnapshot) -> Result<Self, MetricsError> {
+        Self::start_with_control(addr, source, None)
+    }
+
+    /// [`MetricsEndpoint::start`], also taking the daemon's commands (`POST /drain`,
+    /// `POST /reload`) to `control`, from clients on this host only.
+    pub fn start_with_control(
+        addr: SocketAddr,
+        source: SharedSnapshot,
+        control: Option<Arc<dyn Control>>,
+    ) -> Result<Self, MetricsError> {
         let listener =
             TcpListener::bind(addr).map_err(|source| MetricsError::Bind { addr, source })?;
         let bound = listener
@@ -69,7 +81,7 @@ impl MetricsEndpoint {
         let stop_rx = stop.try_clone().map_err(io("an eventfd"))?;
         let thread = std::thread::Builder::new()
             .name("vmq-metrics".into())
-            .spawn(move || serve(listener, stop_rx, source))
+            .spawn(move || serve(listener, stop_rx, source, control))
             .map_err(io("its thread"))?;
         log::info!("metrics on http://{bound}/metrics (table at /stats, JSON at /stats.json)");
         Ok(Self {
@@ -105,7 +117,12 @@ impl Drop for MetricsEndpoint {
 }
 
 /// The endpoint's thread: waits for a connection or the stop, serves one connection at a time.
-fn serve(listener: TcpListener, stop: EventFd, source: SharedSnapshot) {
+fn serve(
+    listener: TcpListener,
+    stop: EventFd,
+    source: SharedSnapshot,
+    control: Option<Arc<dyn Control>>,
+) {
     loop {
         let mut fds = [
             libc::pollfd {
@@ -137,7 +154,7 @@ fn serve(listener: TcpListener, stop: EventFd, source: SharedSnapshot) {
         }
         match listener.accept() {
             Ok((stream, peer)) => {
-                if let Err(e) = answer(stream, &source) {
+                if let Err(e) = answer(stream, peer, &source, control.as_deref()) {
                     log::debug!("metrics: {peer}: {e}");
                 }
             }
@@ -151,8 +168,13 @@ fn serve(listener: TcpListener, stop: EventFd, source: SharedSnapshot) {
     }
 }
 
-/// Reads one request from `stream` and answers it.
-fn answer(mut stream: TcpStream, source: &SharedSnapshot) -> std::io::Result<()> {
+/// Reads one request from `stream` (from `peer`) and answers it.
+fn answer(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    source: &SharedSnapshot,
+    control: Option<&dyn Control>,
+) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     let deadline = Instant::now() + IO_TIMEOUT;
     let mut buf = [0u8; MAX_REQUEST];
@@ -186,7 +208,15 @@ fn answer(mut stream: TcpStream, source: &SharedSnapshot) -> std::io::Result<()>
         }
     };
     let (response, head_only) = match parse_request_line(&buf[..head_end]) {
-        Some((method @ ("GET" | "HEAD"), path)) => (route(path, source), method == "HEAD"),
+        Some((method, path, query)) if COMMANDS.contains(&path) => {
+            if method != "POST" {
+                let r = Response::status(405, &format!("{path} takes POST\n"));
+                (r.header("Allow", "POST"), false)
+            } else {
+                (command(path, query, peer, control), false)
+            }
+        }
+        Some((method @ ("GET" | "HEAD"), path, _)) => (route(path, source), method == "HEAD"),
         Some(_) => (
             Response::status(405, "only GET and HEAD\n").header("Allow", "GET, HEAD"),
             false,
@@ -206,8 +236,8 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     }
 }
 
-/// `(method, path)` of a request line `METHOD PATH HTTP/1.x`; the query is left off.
-fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
+/// `(method, path, query)` of a request line `METHOD PATH[?QUERY] HTTP/1.x`.
+fn parse_request_line(head: &[u8]) -> Option<(&str, &str, &str)> {
     let line = head.split(|&b| b == b'\n').next()?;
     let line = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
     let mut parts = line.split(' ');
@@ -215,13 +245,85 @@ fn parse_request_line(head: &[u8]) -> Option<(&str, &str)> {
     if parts.next().is_some() || !version.starts_with("HTTP/1.") || !target.starts_with('/') {
         return None;
     }
-    Some((method, target.split('?').next().unwrap_or(target)))
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    Some((method, path, query))
+}
+
+/// The paths that take the daemon's commands.
+const COMMANDS: &[&str] = &["/drain", "/reload"];
+
+/// Runs command `path` (`/drain`, `/reload`) with `query` for a client at `peer`.
+fn command(path: &str, query: &str, peer: SocketAddr, control: Option<&dyn Control>) -> Response {
+    let Some(control) = control else {
+        return Response::status(
+            404,
+            "this daemon takes no commands (vmq serve does, on its metrics endpoint)\n",
+        );
+    };
+    // The endpoint may listen on a network interface for scrapes; commands change what the
+    // daemon serves, so they come from this host only.
+    if !peer.ip().is_loopback() {
+        return Response::status(
+            403,
+            "commands are taken from this host only: run vmq drain / vmq reload there\n",
+        );
+    }
+    let result = if path == "/reload" {
+        control.reload()
+    } else {
+        let (service, member) = (param(query, "service"), param(query, "member"));
+        let (Some(service), Some(member)) = (service, member) else {
+            return Response::status(400, "usage: POST /drain?service=NAME&member=MEMBER\n");
+        };
+        control.drain(&service, &member)
+    };
+    match result {
+        Ok(text) => Response::ok(
+            "text/plain; charset=utf-8",
+            format!("{}\n", text.trim_end()),
+        ),
+        Err(text) => Response::status(409, &format!("{}\n", text.trim_end())),
+    }
+}
+
+/// The value of `key` in a query `a=1&b=2`, percent-decoded (`+` is a space).
+fn param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| percent_decode(v)).flatten()
+    })
+}
+
+/// `%XX` escapes and `+` decoded; `None` for a bad escape or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 const INDEX: &str = "vmq stats endpoint\n\
     /metrics     Prometheus text format 0.0.4\n\
     /stats       the switch's table\n\
-    /stats.json  the switch's snapshot as JSON\n";
+    /stats.json  the switch's snapshot as JSON\n\
+    POST /drain?service=NAME&member=MEMBER, POST /reload   vmq serve's commands (this host only)\n";
 
 fn route(path: &str, source: &SharedSnapshot) -> Response {
     let text = "text/plain; charset=utf-8";
@@ -287,8 +389,10 @@ fn respond(stream: &mut TcpStream, r: &Response, head_only: bool) -> std::io::Re
     let reason = match r.status {
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         _ => "Service Unavailable",

@@ -153,6 +153,11 @@ pub(crate) fn assert_exposition_matches(snap: &Snapshot, text: &str) {
                 .map(str::to_string)
                 .collect();
             assert_eq!(on, [b.status], "{}", b.name);
+            let on: Vec<&str> = ["active", "draining", "gone"]
+                .into_iter()
+                .filter(|st| m.get("vmq_backend_state", &[l[0], l[1], ("state", st)]) == 1.0)
+                .collect();
+            assert_eq!(on, [b.state], "{}", b.name);
             dispatched += m.get("vmq_backend_dispatched_total", &l);
         }
         if !s.members.is_empty() {
@@ -426,4 +431,87 @@ fn a_taken_address_is_refused_with_what_to_do() {
     let e = MetricsEndpoint::start(taken.local_addr().unwrap(), Arc::new(Mutex::new(None)))
         .unwrap_err();
     assert!(e.to_string().contains("pick another address"), "{e}");
+}
+
+/// A daemon's commands, answered from a script: what it was asked, and what it answers.
+#[derive(Default)]
+struct Scripted(Mutex<Vec<String>>);
+
+impl Control for Scripted {
+    fn drain(&self, service: &str, member: &str) -> Result<String, String> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("drain {service:?} {member:?}"));
+        if service == "nope" {
+            Err(format!("no service {service:?}"))
+        } else {
+            Ok(format!("{service} member {member} drains"))
+        }
+    }
+
+    fn reload(&self) -> Result<String, String> {
+        self.0.lock().unwrap().push("reload".into());
+        Ok("no change".into())
+    }
+}
+
+#[test]
+fn commands_go_to_the_daemon_by_post_and_say_what_they_did() {
+    let shared: SharedSnapshot = Arc::new(Mutex::new(None));
+    let control = Arc::new(Scripted::default());
+    let ep = MetricsEndpoint::start_with_control(
+        "127.0.0.1:0".parse().unwrap(),
+        shared,
+        Some(control.clone()),
+    )
+    .unwrap();
+    let a = ep.local_addr().to_string();
+    let name = "a b&c/é";
+    let said = post(
+        &a,
+        &format!("/drain?service={}&member=7", query_escape(name)),
+    )
+    .unwrap();
+    assert_eq!(said, format!("{name} member 7 drains\n"));
+    assert_eq!(post(&a, "/reload").unwrap(), "no change\n");
+    match post(&a, "/drain?service=nope&member=1") {
+        Err(StatsError::Status {
+            status: 409, body, ..
+        }) => assert!(body.contains("nope")),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        post(&a, "/drain?member=1"),
+        Err(StatsError::Status { status: 400, .. })
+    ));
+    assert!(matches!(
+        post(&a, "/drain?service=%zz&member=1"),
+        Err(StatsError::Status { status: 400, .. })
+    ));
+    // Commands change things: a GET (a crawler, a prefetch) does not run one.
+    assert!(matches!(
+        fetch(&a, "/reload"),
+        Err(StatsError::Status { status: 405, .. })
+    ));
+    assert_eq!(
+        *control.0.lock().unwrap(),
+        [
+            format!("drain {name:?} \"7\""),
+            "reload".to_string(),
+            "drain \"nope\" \"1\"".to_string()
+        ]
+    );
+    ep.stop();
+    // A daemon without commands (vmq run) says so.
+    let ep =
+        MetricsEndpoint::start("127.0.0.1:0".parse().unwrap(), Arc::new(Mutex::new(None))).unwrap();
+    match post(&ep.local_addr().to_string(), "/reload") {
+        Err(StatsError::Status {
+            status: 404, body, ..
+        }) => {
+            assert!(body.contains("vmq serve"), "{body}")
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -77,7 +77,7 @@ pub struct Drain {
 ///
 /// Errors: a [`DeviceError`] from any method means the guest broke the protocol; the switch
 /// takes that port down (it fails its work over or back) and calls nothing on it but
-/// [`Port::drain`] afterwards.
+/// [`Port::close`] (once), [`Port::drain`] and [`Port::counters`] afterwards.
 pub trait Port<M>: Send {
     /// The memory this port's held messages live in; payloads are read from it for as long as
     /// a message is held. A clone is kept by the switch, so it must stay valid while the port
@@ -140,6 +140,12 @@ pub trait Port<M>: Send {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+
+    /// The switch took the port down (removed, or broken by its guest): the port ends what it
+    /// keeps outside the switch (connections it terminates for applications), telling the
+    /// other ends, since it will never be polled again. Called once each time the port goes
+    /// down. Default: nothing (a guest's queues need no goodbye).
+    fn close(&mut self) {}
 
     /// The port as its concrete kind, for inspection by its owner (tests, fuzzing, a VMM);
     /// the switch never looks.

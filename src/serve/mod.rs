@@ -11,11 +11,15 @@
 
 mod config;
 mod connection;
+mod control;
 mod owner;
+mod reload;
+mod services;
 
 pub use config::{
     BalanceMode, LimitsConfig, MemberConfig, ServeConfig, ServeConfigError, ServiceTable, VmConfig,
 };
+pub use control::{ConfigSource, Control, ControlError, DrainReport, ReloadReport, RemovedService};
 pub use owner::{VmEvent, VmOwner};
 
 use std::collections::HashMap;
@@ -36,9 +40,13 @@ use crate::port::vsock::{
     VmCounts, VsockNetwork, VsockPort,
 };
 use crate::port::PortId;
-use crate::switch::{Clock, MonotonicClock, Snapshot, Switch, SwitchConfig, SwitchError};
+use crate::switch::{
+    Clock, MonotonicClock, ReloadStatus, Snapshot, Switch, SwitchConfig, SwitchError,
+};
 use crate::vhost_user::{DaemonError, DeviceConfig, VsockDaemon, VsockDevice};
 use crate::vsock::endpoint::EndpointConfig;
+use control::Command;
+use services::ServiceSet;
 
 /// Why `vmq serve` could not start (or stop cleanly).
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +116,7 @@ pub struct Server {
     stopper: Stopper,
     switch_thread: Option<JoinHandle<()>>,
     metrics: Option<MetricsEndpoint>,
+    control: Control,
 }
 
 /// What the switch thread needs to give a VM's port a fresh start.
@@ -121,6 +130,9 @@ struct Restarts {
     /// The switch's snapshot, renewed every [`SNAPSHOT_EVERY`].
     snapshot: Arc<Mutex<Option<Snapshot>>>,
     last_snapshot: Instant,
+    /// Drains and reloads to run.
+    commands: Receiver<Command>,
+    services: ServiceSet,
 }
 
 /// How often the switch thread renews the snapshot [`Server::snapshot`] returns.
@@ -128,11 +140,13 @@ const SNAPSHOT_EVERY: Duration = Duration::from_millis(100);
 
 impl Restarts {
     fn publish(&self, sw: &Switch<GuestMemoryMmap>) {
-        let snap = sw.snapshot();
+        let mut snap = sw.snapshot();
+        snap.reload = Some(self.services.status());
         *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(snap);
     }
 
-    /// Acts on what the VMs' devices reported; sweeps the relay about once a second.
+    /// Acts on what the VMs' devices reported, members that drained and left, and commands;
+    /// sweeps the relay about once a second.
     fn tick(&mut self, sw: &mut Switch<GuestMemoryMmap>) {
         while let Ok(VmEvent::Stopped(cid)) = self.events.try_recv() {
             let Some((port, queues)) = self.ports.get(&cid).cloned() else {
@@ -149,7 +163,15 @@ impl Restarts {
                 Err(e) => log::error!("vsock CID {cid}: cannot restart its port: {e}"),
             }
         }
-        if self.last_snapshot.elapsed() >= SNAPSHOT_EVERY {
+        // Departures first: a command that follows finds the ports of members that left
+        // removed.
+        self.services.departures(sw);
+        let mut commanded = false;
+        while let Ok(c) = self.commands.try_recv() {
+            self.services.command(sw, c);
+            commanded = true;
+        }
+        if commanded || self.last_snapshot.elapsed() >= SNAPSHOT_EVERY {
             self.last_snapshot = Instant::now();
             self.publish(sw);
         }
@@ -173,54 +195,13 @@ fn add_service(
     front: PortId,
     backends: &[(u64, PortId)],
 ) -> Result<(), ServeError> {
-    let relay = cfg.relay();
-    let max_message = s.max_message_kib * 1024;
-    let port = ServiceFrontPort::new(
-        net.clone(),
-        FrontConfig {
-            service: id,
-            cid: s.cid,
-            port: s.port,
-            endpoint: EndpointConfig {
-                buf_alloc: relay.credit_cap,
-                send_buf: relay.credit_cap,
-            },
-            max_message,
-            max_connections: s.max_connections as usize,
-            window: s.window,
-            slots: FRONT_SLOTS,
-        },
-    )
-    .map_err(io(format!("service {}: staging memory", s.name)))?;
-    let got = sw.attach(&format!("svc-{}", s.name), Box::new(port))?;
+    let port = front_port(net, cfg, id, s)?;
+    let got = sw.attach(&front_name(s), Box::new(port))?;
     debug_assert_eq!(got, front);
     let mut members = Vec::new();
     for (m, &(cid, expected)) in s.members.iter().zip(backends) {
-        let vm = net.vm(cid).cloned().ok_or_else(|| ServeError::Io {
-            what: format!("service {}", s.name),
-            source: std::io::Error::other(format!("member CID {cid} is no VM")),
-        })?;
-        let port = ServiceBackendPort::new(
-            vm,
-            BackendConfig {
-                service_cid: s.cid,
-                port: m.port.unwrap_or(s.port),
-                max_in_flight: m.max_in_flight,
-                endpoint: EndpointConfig {
-                    buf_alloc: max_message,
-                    send_buf: max_message,
-                },
-                max_message,
-                connect_timeout_ns: s.connect_timeout_ms.saturating_mul(1_000_000),
-                request_timeout_ns: s.request_timeout_ms.saturating_mul(1_000_000),
-                refused_backoff_ns: s.connect_timeout_ms.saturating_mul(1_000_000),
-                slots: m.max_in_flight * 20 + 64,
-                load_port: s.load_port,
-            },
-            clock.clone(),
-        )
-        .map_err(io(format!("service {}: member {cid}", s.name)))?;
-        let got = sw.attach(&format!("svc-{}-vm{cid}", s.name), Box::new(port))?;
+        let port = backend_port(net, clock, s, m)?;
+        let got = sw.attach(&backend_name(s, cid), Box::new(port))?;
         debug_assert_eq!(got, expected);
         members.push((got, m.weight));
     }
@@ -236,14 +217,92 @@ fn add_service(
     Ok(())
 }
 
+/// The switch port name of service `s`'s front.
+fn front_name(s: &ServiceTable) -> String {
+    format!("svc-{}", s.name)
+}
+
+/// The switch port name of member `cid` of service `s`.
+fn backend_name(s: &ServiceTable, cid: u64) -> String {
+    format!("svc-{}-vm{cid}", s.name)
+}
+
+/// The front of service `s` (the switch's service `id`).
+fn front_port(
+    net: &Arc<VsockNetwork>,
+    cfg: &ServeConfig,
+    id: u32,
+    s: &ServiceTable,
+) -> Result<ServiceFrontPort, ServeError> {
+    let relay = cfg.relay();
+    ServiceFrontPort::new(
+        net.clone(),
+        FrontConfig {
+            service: id,
+            cid: s.cid,
+            port: s.port,
+            endpoint: EndpointConfig {
+                buf_alloc: relay.credit_cap,
+                send_buf: relay.credit_cap,
+            },
+            max_message: s.max_message_kib * 1024,
+            max_connections: s.max_connections as usize,
+            window: s.window,
+            slots: FRONT_SLOTS,
+        },
+    )
+    .map_err(io(format!("service {}: staging memory", s.name)))
+}
+
+/// The port of member `m` of service `s`.
+fn backend_port(
+    net: &Arc<VsockNetwork>,
+    clock: &Arc<dyn Clock>,
+    s: &ServiceTable,
+    m: &MemberConfig,
+) -> Result<ServiceBackendPort, ServeError> {
+    let cid = m.cid;
+    let max_message = s.max_message_kib * 1024;
+    let vm = net.vm(cid).cloned().ok_or_else(|| ServeError::Io {
+        what: format!("service {}", s.name),
+        source: std::io::Error::other(format!("member CID {cid} is no VM")),
+    })?;
+    ServiceBackendPort::new(
+        vm,
+        BackendConfig {
+            service_cid: s.cid,
+            port: m.port.unwrap_or(s.port),
+            max_in_flight: m.max_in_flight,
+            endpoint: EndpointConfig {
+                buf_alloc: max_message,
+                send_buf: max_message,
+            },
+            max_message,
+            connect_timeout_ns: s.connect_timeout_ms.saturating_mul(1_000_000),
+            request_timeout_ns: s.request_timeout_ms.saturating_mul(1_000_000),
+            refused_backoff_ns: s.connect_timeout_ms.saturating_mul(1_000_000),
+            slots: m.max_in_flight * 20 + 64,
+            load_port: s.load_port,
+        },
+        clock.clone(),
+    )
+    .map_err(io(format!("service {}: member {cid}", s.name)))
+}
+
 /// Staging slots of a service's front: its requests in flight (three quarters) and packets
 /// for its clients, each slot one message of up to `max_message_kib`.
 const FRONT_SLOTS: u32 = 1024;
 
 impl Server {
     /// Starts serving `cfg` (checked again here): binds every VM's socket and starts the
-    /// switch thread.
+    /// switch thread. It reloads only what [`Server::apply`] is given.
     pub fn start(cfg: &ServeConfig) -> Result<Self, ServeError> {
+        Self::start_with(cfg, None)
+    }
+
+    /// [`Server::start`], reloading from `source` on [`Server::reload`] (SIGHUP, `POST
+    /// /reload`).
+    pub fn start_with(cfg: &ServeConfig, source: Option<ConfigSource>) -> Result<Self, ServeError> {
         cfg.check("<serve>")?;
         // Ports: the VMs first, in order, then the host sides of those with a `uds-path`.
         let mut next_host = cfg.vm.len() as PortId;
@@ -267,6 +326,7 @@ impl Server {
         let mut next_port = next_host;
         let mut service_ports = Vec::new();
         let mut conn_tables = Vec::new();
+        let mut member_ports = HashMap::new();
         for s in &cfg.service {
             let front = next_port;
             let backends: Vec<(u64, PortId)> = s
@@ -276,6 +336,9 @@ impl Server {
                 .map(|(i, m)| (m.cid, front + 1 + i as PortId))
                 .collect();
             next_port += 1 + backends.len() as PortId;
+            for &(cid, port) in &backends {
+                member_ports.insert(port, (s.cid, cid));
+            }
             net.add_service(
                 s.cid,
                 ServiceRoute {
@@ -371,6 +434,12 @@ impl Server {
             lp.watch_fd(id, fd);
         }
         let stopper = lp.stopper();
+        let (commands_tx, commands) = mpsc::channel();
+        let status = Arc::new(Mutex::new(ReloadStatus {
+            last_ok: true,
+            ..ReloadStatus::default()
+        }));
+        let control = Control::new(commands_tx, source, status.clone());
         let mut restarts = Restarts {
             net: net.clone(),
             events: rx,
@@ -380,6 +449,8 @@ impl Server {
             started: Instant::now(),
             snapshot: Arc::new(Mutex::new(None)),
             last_snapshot: Instant::now(),
+            commands,
+            services: ServiceSet::new(net.clone(), clock, cfg.clone(), member_ports, status),
         };
         let snapshot = restarts.snapshot.clone();
         let switch_thread = std::thread::Builder::new()
@@ -400,9 +471,15 @@ impl Server {
             stopper,
             switch_thread: Some(switch_thread),
             metrics: None,
+            control,
         };
         if let Some(m) = &cfg.metrics {
-            server.metrics = Some(MetricsEndpoint::start(m.listen, server.snapshot.clone())?);
+            let control: Arc<dyn crate::metrics::Control> = Arc::new(server.control.clone());
+            server.metrics = Some(MetricsEndpoint::start_with_control(
+                m.listen,
+                server.snapshot.clone(),
+                Some(control),
+            )?);
         }
         for (vm, owner) in cfg.vm.iter().zip(owners) {
             let dev =
@@ -439,6 +516,26 @@ impl Server {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// A handle on the server's commands (drain, reload), for any thread.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// Drains member `member` (a VM's CID) of service `service`; see [`Control::drain`].
+    pub fn drain(&self, service: &str, member: u64) -> Result<DrainReport, ControlError> {
+        self.control.drain(service, member)
+    }
+
+    /// Reads the configuration file again and applies it; see [`Control::reload`].
+    pub fn reload(&self) -> Result<ReloadReport, ControlError> {
+        self.control.reload()
+    }
+
+    /// Applies `cfg` as a reload; see [`Control::apply`].
+    pub fn apply(&self, cfg: ServeConfig) -> Result<ReloadReport, ControlError> {
+        self.control.apply(cfg, "<reload>")
     }
 
     /// Where the metrics endpoint listens (`[metrics]`), if it does.

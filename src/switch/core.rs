@@ -4,7 +4,8 @@
 //!
 //! The rest of the data path lives with the state it owns: a port's outbox and notifications
 //! in [`outbox`](super::outbox), dispatch and answers in [`dispatch`](super::dispatch), health
-//! and failover rounds in [`sweep`](super::sweep).
+//! and failover rounds in [`sweep`](super::sweep); services and their members are added,
+//! drained and removed in [`membership`](super::membership).
 
 use std::sync::Arc;
 
@@ -15,9 +16,10 @@ use super::dispatch::Dispatch;
 use super::failover::Event;
 use super::health::BackendHealth;
 use super::inflight::{InflightTable, PoolConfig, PoolError, Request, Stage, Target, Token};
+use super::membership::Departure;
 use super::outbox::Outbound;
-use super::policy::{new_policy, PickRequest};
-use super::service::{Member, Service, ServiceConfig, ServiceId};
+use super::policy::PickRequest;
+use super::service::{Service, ServiceId};
 use super::slot::PortSlot;
 use super::stats::Totals;
 use super::SwitchError;
@@ -122,6 +124,8 @@ pub struct Switch<M> {
     /// How long the thread running the switch has waited for a CPU (see
     /// [`Switch::set_run_queue_clock`]).
     pub(super) run_queue: Option<Box<dyn RunQueueClock>>,
+    /// Members that drained and left, until [`Switch::take_departed`].
+    pub(super) departed: Vec<Departure>,
 }
 
 impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
@@ -142,6 +146,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             events: Vec::new(),
             next_sweep_ns: now,
             run_queue: None,
+            departed: Vec::new(),
         })
     }
 
@@ -173,44 +178,6 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         Ok(id)
     }
 
-    /// Adds a service served by `members` (port, base weight).
-    pub fn add_service(
-        &mut self,
-        name: &str,
-        cfg: ServiceConfig,
-        members: &[(PortId, f64)],
-    ) -> Result<ServiceId, SwitchError> {
-        if self.service_id(name).is_some() {
-            return Err(SwitchError::DuplicateName(name.to_string()));
-        }
-        cfg.validate_for(members.len())
-            .map_err(|source| SwitchError::Service {
-                service: name.to_string(),
-                source,
-            })?;
-        let id = self.services.len() as ServiceId;
-        let mut ms = Vec::with_capacity(members.len());
-        for &(port, w) in members {
-            if port as usize >= self.ports.len() {
-                return Err(SwitchError::UnknownPort(port));
-            }
-            if !(w.is_finite() && w > 0.0) {
-                return Err(SwitchError::BadWeight {
-                    service: name.to_string(),
-                    weight: w,
-                });
-            }
-            ms.push(Member::new(port, w, cfg.health));
-        }
-        let policy = new_policy(&cfg.policy, ms.len())?;
-        for (i, m) in ms.iter().enumerate() {
-            self.ports[m.port as usize].member_of.push((id, i));
-        }
-        let now = self.clock.now_ns();
-        self.services.push(Service::new(name, cfg, ms, policy, now));
-        Ok(id)
-    }
-
     /// The id of the port called `name`.
     pub fn port_id(&self, name: &str) -> Option<PortId> {
         self.ports
@@ -219,11 +186,11 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             .map(|i| i as PortId)
     }
 
-    /// The id of the service called `name`.
+    /// The id of the service called `name` (not one that was removed).
     pub fn service_id(&self, name: &str) -> Option<ServiceId> {
         self.services
             .iter()
-            .position(|s| s.name == name)
+            .position(|s| s.name == name && !s.removed)
             .map(|i| i as ServiceId)
     }
 
@@ -442,7 +409,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         self.ports[p as usize].stats.requests += 1;
         let (target, timeout) = if c.header.dst_is_service() {
             let s = c.header.dst();
-            match self.services.get_mut(s as usize) {
+            match self.services.get_mut(s as usize).filter(|svc| !svc.removed) {
                 Some(svc) => {
                     svc.stats.requests += 1;
                     (Some(Target::Service(s)), svc.cfg.request_timeout_ns)
@@ -517,6 +484,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         } else {
             log::info!("port {p} ({}) removed", e.name);
         }
+        e.port.close();
         // As a backend: out of every service, its work re-dispatched.
         let member_of = self.ports[p as usize].member_of.clone();
         let mut events = std::mem::take(&mut self.events);

@@ -6,9 +6,10 @@
 //! It drives every port through the [`Port`](crate::port::Port) seam and never learns what
 //! kind of port it serves.
 //!
-//! Split by who owns the state: the core (ports, services, routing by kind, ports going
-//! down), each port's outbox (`outbox`), dispatch and answers (`dispatch`), the in-flight
-//! table ([`inflight`]) and the sweep (`sweep`). The decisions are pure logic, free of queues
+//! Split by who owns the state: the core (ports, routing by kind, ports going down), the
+//! services and their members as they come, drain and go (`membership`), each port's outbox
+//! (`outbox`), dispatch and answers (`dispatch`), the in-flight table ([`inflight`]) and the
+//! sweep (`sweep`). The decisions are pure logic, free of queues
 //! and I/O, in their own modules: time ([`clock`]), per-backend health scores ([`health`]),
 //! stall ejection and slow start ([`failover`]) and the balancing policies ([`policy`]).
 
@@ -19,6 +20,7 @@ pub mod failover;
 mod header;
 pub mod health;
 pub mod inflight;
+mod membership;
 mod outbox;
 pub mod policy;
 mod service;
@@ -36,10 +38,11 @@ pub use health::{
     BackendHealth, Combine, HealthConfig, HealthConfigError, HealthStats, HealthWeights,
 };
 pub use inflight::{pool, BlockPool, PoolConfig, PoolError, PoolStats, Token};
+pub use membership::{Departure, DrainStarted};
 pub use policy::{new_policy, Candidate, PickRequest, Policy, PolicyConfig, PolicyKind};
-pub use service::{ServiceConfig, ServiceConfigError, ServiceId, ServiceStats};
+pub use service::{MemberState, ServiceConfig, ServiceConfigError, ServiceId, ServiceStats};
 pub use slot::PortStats;
-pub use stats::{MemberSnapshot, PortSnapshot, ServiceSnapshot, Snapshot, Totals};
+pub use stats::{MemberSnapshot, PortSnapshot, ReloadStatus, ServiceSnapshot, Snapshot, Totals};
 
 /// Why the switch refused a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,25 @@ pub enum SwitchError {
     /// A service names a port that does not exist.
     #[error("port {0} does not exist; add the port before the service that uses it")]
     UnknownPort(u32),
+    /// No service has this id (or it was removed).
+    #[error("service {0} does not exist (or was removed); add it first")]
+    UnknownService(u32),
+    /// The port is not a member of the service (or it left).
+    #[error("port {port} is not a member of service {service:?} (or it left already); add it with add_member")]
+    NotAMember {
+        /// Service name.
+        service: String,
+        /// The port.
+        port: u32,
+    },
+    /// The port serves the service already.
+    #[error("port {port} is an active member of service {service:?} already; drain it first to take it out")]
+    AlreadyMember {
+        /// Service name.
+        service: String,
+        /// The port.
+        port: u32,
+    },
     /// A weight is not a positive number.
     #[error("service {service}: backend weight {weight} must be a positive number")]
     BadWeight {

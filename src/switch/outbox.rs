@@ -433,11 +433,16 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             kind: EntryKind::Port,
             name: p.name.as_bytes(),
         });
-        let services = self.services.iter().enumerate().map(|(i, s)| Entry {
-            id: i as u32,
-            kind: EntryKind::Service,
-            name: s.name.as_bytes(),
-        });
+        let services = self
+            .services
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.removed)
+            .map(|(i, s)| Entry {
+                id: i as u32,
+                kind: EntryKind::Service,
+                name: s.name.as_bytes(),
+            });
         let entries = ports.chain(services);
         let mut out = vec![0; directory::encoded_len(entries.clone())];
         let n = directory::encode(entries, &mut out).unwrap_or(0);

@@ -121,9 +121,35 @@ pub struct ServiceStats {
     pub descheduled: u64,
 }
 
+/// Where a member stands in its service's membership (apart from its health and failover
+/// status, which say whether it serves well).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberState {
+    /// Takes new requests.
+    Active,
+    /// Drained on purpose: takes no new requests, answers those it has (the stall rule and
+    /// the deadline still apply to them), then leaves.
+    Draining,
+    /// Left the service: its slot is kept, with its counters, so member indices never move;
+    /// the same port joining again takes the slot back.
+    Gone,
+}
+
+impl MemberState {
+    /// `active`, `draining` or `gone`: the name in snapshots and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Draining => "draining",
+            Self::Gone => "gone",
+        }
+    }
+}
+
 /// One backend of a service.
 pub(crate) struct Member {
     pub port: PortId,
+    pub state: MemberState,
     pub base_weight: f64,
     pub health: BackendHealth,
     pub dispatched: u64,
@@ -138,6 +164,7 @@ impl Member {
     pub fn new(port: PortId, base_weight: f64, health: HealthConfig) -> Self {
         Self {
             port,
+            state: MemberState::Active,
             base_weight,
             health: BackendHealth::new(health),
             dispatched: 0,
@@ -164,6 +191,10 @@ pub(crate) struct Service {
     pub panic: bool,
     /// Members passed over for the request being dispatched, with their weights.
     excluded: Vec<(usize, f64)>,
+    /// Removed ([`Switch::remove_service`](super::Switch::remove_service)): it has no member
+    /// and requests to it fail back at once. Its slot keeps its id until a service of the same
+    /// name takes it again.
+    pub removed: bool,
 }
 
 impl Service {
@@ -190,6 +221,7 @@ impl Service {
             stats: ServiceStats::default(),
             panic: false,
             excluded: Vec::new(),
+            removed: false,
         };
         svc.refresh(now_ns);
         svc
@@ -295,14 +327,19 @@ impl Service {
         // whose backends all fell below the health threshold (e.g. its only backend answers
         // with errors) would hold every request until its deadline, and the backends, given
         // nothing to answer, could never win their score back.
-        let mut usable_count = 0usize;
+        // Only active members count: a service whose members drain or left is as large as
+        // what it may still use.
+        let (mut usable_count, mut n) = (0usize, 0usize);
         for (i, m) in self.members.iter_mut().enumerate() {
             m.health.refresh(now_ns);
+            if m.state != MemberState::Active {
+                continue;
+            }
+            n += 1;
             if self.failover.accepts_without_panic(i) && m.health.in_rotation() {
                 usable_count += 1;
             }
         }
-        let n = self.members.len();
         let health_panic =
             n > 0 && (usable_count as f64) < self.cfg.failover.panic_threshold * n as f64;
         let panic = self.failover.panic() || health_panic;
@@ -310,9 +347,11 @@ impl Service {
         for (i, m) in self.members.iter_mut().enumerate() {
             let score = m.health.last_score();
             // Panic mode overrides the health threshold, never a stall: a backend whose queue
-            // stopped draining cannot serve, however few the others are.
+            // stopped draining cannot serve, however few the others are. Nor a member drained
+            // on purpose, or gone.
             let draining = self.failover.accepts_without_panic(i);
-            let usable = draining && (panic || m.health.in_rotation());
+            let usable =
+                m.state == MemberState::Active && draining && (panic || m.health.in_rotation());
             let c = &mut self.candidates[i];
             c.weight = if usable {
                 m.base_weight * score.max(0.05) * self.failover.weight_factor(i, now_ns).max(0.01)

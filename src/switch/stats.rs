@@ -79,6 +79,9 @@ pub struct MemberSnapshot {
     pub health: f64,
     /// `healthy`, `stalled`, `ejected` or `warming`.
     pub status: &'static str,
+    /// `active`, `draining` (takes no new requests, answers what it has) or `gone` (left
+    /// the service).
+    pub state: &'static str,
     /// Requests dispatched to it.
     pub dispatched: u64,
     /// Its share of the service's dispatches.
@@ -113,6 +116,22 @@ pub struct ServiceSnapshot {
     pub members: Vec<MemberSnapshot>,
 }
 
+/// Configuration reloads and commands of the daemon that runs the switch (`vmq serve`), as it
+/// reports them in its snapshots.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReloadStatus {
+    /// Reloads applied.
+    pub applied: u64,
+    /// Reloads refused (an invalid file, or a change a reload cannot make): nothing changed.
+    pub refused: u64,
+    /// Members drained by command.
+    pub drains: u64,
+    /// Whether the last reload was applied (`true` before the first).
+    pub last_ok: bool,
+    /// What the last reload did, or why it was refused.
+    pub last: String,
+}
+
 /// A point-in-time view of the switch.
 #[derive(Clone, Debug, Serialize)]
 pub struct Snapshot {
@@ -126,8 +145,11 @@ pub struct Snapshot {
     pub totals: Totals,
     /// Ports.
     pub ports: Vec<PortSnapshot>,
-    /// Services.
+    /// Services (not those removed).
     pub services: Vec<ServiceSnapshot>,
+    /// Reloads and commands, when the daemon running the switch takes them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadStatus>,
 }
 
 impl<M: GuestMemoryBackend + Clone> Switch<M> {
@@ -161,6 +183,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
             self.services
                 .iter()
                 .enumerate()
+                .filter(|(_, s)| !s.removed)
                 .map(|(id, s)| {
                     let total: u64 = s.members.iter().map(|m| m.dispatched).sum();
                     let members =
@@ -182,6 +205,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
                                     Some(BackendStatus::Ejected { .. }) => "ejected",
                                     Some(BackendStatus::Warming { .. }) => "warming",
                                 },
+                                state: m.state.name(),
                                 dispatched: m.dispatched,
                                 share: if total > 0 {
                                     m.dispatched as f64 / total as f64
@@ -212,6 +236,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
             totals: self.totals,
             ports,
             services,
+            reload: None,
         }
     }
 }
@@ -226,6 +251,17 @@ impl fmt::Display for Snapshot {
             t.redispatches, t.late_replies_dropped, t.oneway_delivered, t.oneway_undeliverable,
             t.port_faults
         )?;
+        if let Some(r) = &self.reload {
+            writeln!(
+                f,
+                "reloads {} (refused {})  drains {}  last reload: {}{}",
+                r.applied,
+                r.refused,
+                r.drains,
+                if r.last_ok { "" } else { "REFUSED: " },
+                if r.last.is_empty() { "-" } else { &r.last }
+            )?;
+        }
         for p in self.ports.iter().filter(|p| !p.counters.is_empty()) {
             write!(f, "port {}{}:", p.name, if p.down { " (down)" } else { "" })?;
             for (name, v) in &p.counters {
@@ -263,7 +299,12 @@ impl fmt::Display for Snapshot {
                     m.base_weight,
                     m.weight,
                     m.health,
-                    m.status,
+                    // A member drained on purpose, or gone, shows that rather than its health.
+                    if m.state == "active" {
+                        m.status
+                    } else {
+                        m.state
+                    },
                     m.share * 100.0,
                     m.in_flight,
                     m.drain_per_s,

@@ -1,11 +1,12 @@
 //! The sweep: every `sweep_interval_ns` it reads how each backend drains into its health,
-//! runs failover, re-dispatches the work of stalled and ejected backends, and fails back
-//! requests past their deadline.
+//! runs failover, re-dispatches the work of stalled and ejected backends, fails back
+//! requests past their deadline, and lets drained members that owe nothing leave.
 
 use vm_memory::GuestMemoryBackend;
 
 use super::failover::Event;
 use super::inflight::{Stage, Target};
+use super::service::MemberState;
 use super::Switch;
 use crate::wire::Status;
 
@@ -24,10 +25,13 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         let switch_wait = self.run_queue.as_ref().and_then(|c| c.waited_ns());
         for s in 0..self.services.len() {
             let svc = &mut self.services[s];
+            if svc.removed {
+                continue;
+            }
             svc.failover.sample_switch_run_queue_wait(switch_wait);
             for i in 0..svc.members.len() {
                 let e = &self.ports[svc.members[i].port as usize];
-                if !e.down {
+                if !e.down && svc.members[i].state != MemberState::Gone {
                     svc.observe(i, e.consumed_since_sweep, e.drain, now);
                     if svc.failover.wants_run_queue_wait(i) {
                         let waited = e.port.run_queue_wait_ns();
@@ -58,6 +62,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         }
         self.events = events;
         self.expire(now);
+        self.settle_draining(now);
     }
 
     /// Takes every unanswered request of member `i` of service `s` back to the front of the

@@ -207,7 +207,9 @@ pub enum NetworkError {
 pub struct VsockNetwork {
     vms: Vec<Arc<VmEntry>>,
     by_cid: HashMap<u64, usize>,
-    services: HashMap<u64, ServiceRoute>,
+    /// Changed only by the switch thread (a reload), read by it per packet to a service: the
+    /// lock is never contended.
+    services: Mutex<HashMap<u64, ServiceRoute>>,
     relay: Mutex<Relay>,
     /// Services that relay connections themselves, by CID.
     watches: HashMap<u64, Arc<dyn DeliveryWatch>>,
@@ -239,21 +241,22 @@ impl VsockNetwork {
         Ok(Self {
             vms: entries,
             by_cid,
-            services: HashMap::new(),
+            services: Mutex::new(HashMap::new()),
             relay: Mutex::new(Relay::new(relay)?),
             watches: HashMap::new(),
         })
     }
 
     /// Makes `cid` a service's address, reached as `route` says.
-    pub fn add_service(&mut self, cid: u64, route: ServiceRoute) -> Result<(), NetworkError> {
+    pub fn add_service(&self, cid: u64, route: ServiceRoute) -> Result<(), NetworkError> {
+        let mut services = self.services();
         if !crate::vsock::packet::is_guest_cid(cid)
             || self.by_cid.contains_key(&cid)
-            || self.services.contains_key(&cid)
+            || services.contains_key(&cid)
         {
             return Err(NetworkError::ServiceCid(cid));
         }
-        self.services.insert(cid, route);
+        services.insert(cid, route);
         Ok(())
     }
 
@@ -279,13 +282,38 @@ impl VsockNetwork {
         }
     }
 
+    /// `cid` is no service's address any more: packets to it are refused (RST) from now on.
+    pub fn remove_service(&self, cid: u64) -> Option<ServiceRoute> {
+        self.services().remove(&cid)
+    }
+
+    /// Routes backend VM `vm`'s packets to service `cid`'s connections to member port `port`,
+    /// or (`None`) to no port any more: they are refused (RST). Returns whether `cid` is a
+    /// service's.
+    pub fn set_backend(&self, cid: u64, vm: u64, port: Option<PortId>) -> bool {
+        let mut services = self.services();
+        let Some(r) = services.get_mut(&cid) else {
+            return false;
+        };
+        match port {
+            Some(p) => r.backends.insert(vm, p),
+            None => r.backends.remove(&vm),
+        };
+        true
+    }
+
+    fn services(&self) -> MutexGuard<'_, HashMap<u64, ServiceRoute>> {
+        self.services.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The switch port a packet from VM `from` to `dst_cid:dst_port` goes to when `dst_cid`
     /// is a service: a backend's answer on a connection vmq opened (a port at or above
     /// [`SERVICE_BACKEND_PORTS`]) goes to that backend's member port, anything else to the
     /// service's front; so does a backend's connection to the service's load port. `None` when `dst_cid` is no service's (or `from` is not a backend of
     /// it and uses a backend port).
     pub fn service_port(&self, dst_cid: u64, from: u64, dst_port: u32) -> Option<PortId> {
-        let r = self.services.get(&dst_cid)?;
+        let services = self.services();
+        let r = services.get(&dst_cid)?;
         if dst_port >= SERVICE_BACKEND_PORTS || Some(dst_port) == r.load_port {
             r.backends.get(&from).copied()
         } else {
@@ -295,7 +323,7 @@ impl VsockNetwork {
 
     /// Whether `cid` is a service's address.
     pub fn is_service(&self, cid: u64) -> bool {
-        self.services.contains_key(&cid)
+        self.services().contains_key(&cid)
     }
 
     /// The VM with guest CID `cid`.

@@ -10,6 +10,7 @@ use crate::vsock::packet::{Op, PacketHeader, SockAddr, SocketType, HEADER_LEN, S
 
 mod connection;
 mod connection_faults;
+mod drain;
 mod hybrid;
 mod metrics;
 mod service;

@@ -22,7 +22,7 @@ pub(super) struct App {
     next_port: u32,
     /// A backend's application answers (reads and replies) only while this is set.
     pub(super) reading: bool,
-    answered: u64,
+    pub(super) answered: u64,
     /// A slow application: answers one message in this many pumps (1: every pump).
     pub(super) slowness: u32,
     pumps: u32,
@@ -145,16 +145,26 @@ impl App {
 
     /// Opens a connection of type `ty` to the service's CID, port `to`.
     pub(super) fn connect_with(&mut self, ty: SocketType, to: u32) -> (u32, u64, u32) {
+        self.connect_full(ty, SERVICE_CID, to)
+    }
+
+    /// Opens a SEQPACKET connection to `cid:to` from a port of its own.
+    pub(super) fn connect_at(&mut self, cid: u64, to: u32) -> (u32, u64, u32) {
+        self.connect_full(SocketType::SeqPacket, cid, to)
+    }
+
+    /// Opens a connection of type `ty` to `cid:to` from a port of its own.
+    fn connect_full(&mut self, ty: SocketType, cid: u64, to: u32) -> (u32, u64, u32) {
         let port = self.next_port;
         self.next_port += 1;
         let ep = Endpoint::connect(
             EndpointConfig::default(),
             ty,
             SockAddr::new(self.cid, port),
-            SockAddr::new(SERVICE_CID, to),
+            SockAddr::new(cid, to),
         )
         .unwrap();
-        let key = (port, SERVICE_CID, to);
+        let key = (port, cid, to);
         self.eps.insert(key, ep);
         key
     }

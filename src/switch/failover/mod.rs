@@ -9,123 +9,13 @@
 //! returns once its ejection time is over and it drains again (or has nothing left to drain), and
 //! its weight ramps up linearly from [`FailoverConfig::slow_start_min`] over
 //! [`FailoverConfig::slow_start_ns`]. When fewer than [`FailoverConfig::panic_threshold`] of the
-//! backends are usable, the service panics and uses all of them.
+//! backends are usable, the service panics and uses all of them. A backend retired on purpose
+//! ([`Failover::set_retired`]: it drains, or left) is watched like the others but counts in
+//! neither the ejection cap nor the panic threshold. Its settings, checked, are in `config`.
 
-use serde::Deserialize;
+mod config;
 
-/// Failover parameters of a service.
-#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FailoverConfig {
-    /// A backend with pending work whose consumer index has not moved for this long is stalled.
-    /// Default 5 ms.
-    pub stall_window_ns: u64,
-    /// Ejection time of the first ejection; the n-th lasts n times this. Default 30 ms.
-    pub base_ejection_ns: u64,
-    /// Longest ejection. Default 300 ms.
-    pub max_ejection_ns: u64,
-    /// Most backends ejected at once, in percent of the service; at least one may always be
-    /// ejected. Default 10.
-    pub max_ejection_percent: u32,
-    /// Duration of the linear weight ramp after a return. Default 50 ms; 0 disables slow start.
-    pub slow_start_ns: u64,
-    /// Weight factor at the start of the ramp. Default 0.1.
-    pub slow_start_min: f64,
-    /// Below this fraction of usable backends, all backends are used. Default 0.5.
-    pub panic_threshold: f64,
-}
-
-impl Default for FailoverConfig {
-    fn default() -> Self {
-        Self {
-            stall_window_ns: 5_000_000,
-            base_ejection_ns: 30_000_000,
-            max_ejection_ns: 300_000_000,
-            max_ejection_percent: 10,
-            slow_start_ns: 50_000_000,
-            slow_start_min: 0.1,
-            panic_threshold: 0.5,
-        }
-    }
-}
-
-/// Why a [`FailoverConfig`] was refused. [`FailoverConfigError::field`] names the setting.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum FailoverConfigError {
-    /// A window or duration that must be positive is 0.
-    #[error("failover {field} must be greater than 0")]
-    Zero {
-        /// The setting.
-        field: &'static str,
-    },
-    /// The longest ejection is shorter than the first one.
-    #[error(
-        "failover max_ejection_ns {max} is below base_ejection_ns {base}: raise max_ejection_ns \
-         or lower base_ejection_ns"
-    )]
-    MaxBelowBase {
-        /// `base_ejection_ns`.
-        base: u64,
-        /// `max_ejection_ns`.
-        max: u64,
-    },
-    /// The ejection cap is not a percentage.
-    #[error("failover max_ejection_percent {0} must be in 0..=100")]
-    Percent(u32),
-    /// A fraction is outside [0, 1] or not a number.
-    #[error("failover {field} = {value}: must be a number in [0, 1]")]
-    NotAFraction {
-        /// The setting.
-        field: &'static str,
-        /// The value given.
-        value: f64,
-    },
-}
-
-impl FailoverConfigError {
-    /// The setting at fault, as named in a configuration file.
-    pub fn field(&self) -> &'static str {
-        match self {
-            Self::Zero { field } | Self::NotAFraction { field, .. } => field,
-            Self::MaxBelowBase { .. } => "max_ejection_ns",
-            Self::Percent(_) => "max_ejection_percent",
-        }
-    }
-}
-
-impl FailoverConfig {
-    /// Checks every setting: the stall window and the base ejection time above 0, the longest
-    /// ejection at least the first, the ejection cap a percentage, and the slow-start minimum
-    /// and the panic threshold in [0, 1] (not NaN).
-    pub fn validate(&self) -> Result<(), FailoverConfigError> {
-        for (field, zero) in [
-            ("stall_window_ns", self.stall_window_ns == 0),
-            ("base_ejection_ns", self.base_ejection_ns == 0),
-        ] {
-            if zero {
-                return Err(FailoverConfigError::Zero { field });
-            }
-        }
-        if self.max_ejection_ns < self.base_ejection_ns {
-            return Err(FailoverConfigError::MaxBelowBase {
-                base: self.base_ejection_ns,
-                max: self.max_ejection_ns,
-            });
-        }
-        if self.max_ejection_percent > 100 {
-            return Err(FailoverConfigError::Percent(self.max_ejection_percent));
-        }
-        for (field, value) in [
-            ("slow_start_min", self.slow_start_min),
-            ("panic_threshold", self.panic_threshold),
-        ] {
-            if !(0.0..=1.0).contains(&value) {
-                return Err(FailoverConfigError::NotAFraction { field, value });
-            }
-        }
-        Ok(())
-    }
-}
+pub use config::{FailoverConfig, FailoverConfigError};
 
 /// Where a backend stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,6 +113,9 @@ struct Backend {
     switch_wait_since: Option<u64>,
     /// Found descheduled in this episode of no progress (counted once).
     descheduled: bool,
+    /// Out of the service on purpose (draining or gone): watched for stalls like any other,
+    /// but counted in neither the ejection cap nor the panic threshold.
+    retired: bool,
 }
 
 impl Backend {
@@ -239,6 +132,7 @@ impl Backend {
             wait_now: None,
             switch_wait_since: None,
             descheduled: false,
+            retired: false,
         }
     }
 
@@ -288,6 +182,34 @@ impl Failover {
             BackendStatus::Warming { since_ns: now_ns },
         ));
         self.backends.len() - 1
+    }
+
+    /// Takes `backend` out of the service on purpose (`true`: it drains, or left) or puts it
+    /// back (`false`). A retired backend is still watched: one that stalls is ejected at once,
+    /// whatever the cap, so its requests move now. It counts toward neither the ejection cap
+    /// nor the panic threshold: the service's size is that of the backends it may use.
+    pub fn set_retired(&mut self, backend: usize, retired: bool) {
+        if let Some(b) = self.backends.get_mut(backend) {
+            b.retired = retired;
+        }
+    }
+
+    /// Whether `backend` is retired ([`Failover::set_retired`]).
+    pub fn retired(&self, backend: usize) -> bool {
+        self.backends.get(backend).is_some_and(|b| b.retired)
+    }
+
+    /// Gives backend slot `backend` (retired, e.g. one that left) a fresh start: in service
+    /// again, in slow start from `now_ns`, with no ejection history.
+    pub fn rejoin(&mut self, backend: usize, now_ns: u64) {
+        if let Some(b) = self.backends.get_mut(backend) {
+            let status = if self.cfg.slow_start_ns == 0 {
+                BackendStatus::Healthy
+            } else {
+                BackendStatus::Warming { since_ns: now_ns }
+            };
+            *b = Backend::new(now_ns, status);
+        }
     }
 
     /// Number of backends.
@@ -392,8 +314,13 @@ impl Failover {
         });
     }
 
+    /// Backends in service (not retired).
+    fn in_service(&self) -> usize {
+        self.backends.iter().filter(|b| !b.retired).count()
+    }
+
     fn max_ejected(&self) -> usize {
-        let n = self.backends.len();
+        let n = self.in_service();
         (n * self.cfg.max_ejection_percent as usize / 100).max(1)
     }
 
@@ -405,7 +332,7 @@ impl Failover {
         let mut ejected = self
             .backends
             .iter()
-            .filter(|b| matches!(b.status, BackendStatus::Ejected { .. }))
+            .filter(|b| !b.retired && matches!(b.status, BackendStatus::Ejected { .. }))
             .count();
         let cap = self.max_ejected();
         for i in 0..self.backends.len() {
@@ -430,7 +357,9 @@ impl Failover {
                         };
                         // The stall clock restarts on return.
                         b.last_progress_ns = now_ns;
-                        ejected -= 1;
+                        if !b.retired {
+                            ejected -= 1;
+                        }
                         self.stats.returns += 1;
                         out.push(Event::Returned { backend: i });
                     }
@@ -440,16 +369,16 @@ impl Failover {
                     self.stats.recoveries += 1;
                     out.push(Event::Recovered { backend: i });
                 }
-                BackendStatus::Stalled if ejected < cap => {
+                BackendStatus::Stalled if b.retired || ejected < cap => {
                     self.eject(i, now_ns, out);
-                    ejected += 1;
+                    ejected += usize::from(!b.retired);
                 }
                 BackendStatus::Stalled => {}
                 BackendStatus::Healthy | BackendStatus::Warming { .. } if stalled => {
                     self.stats.stalls += 1;
-                    if ejected < cap {
+                    if b.retired || ejected < cap {
                         self.eject(i, now_ns, out);
-                        ejected += 1;
+                        ejected += usize::from(!b.retired);
                     } else {
                         self.backends[i].status = BackendStatus::Stalled;
                         self.stats.ejections_capped += 1;
@@ -473,9 +402,13 @@ impl Failover {
                 }
             }
         }
-        let usable = self.backends.iter().filter(|b| Self::usable(b)).count();
-        let panic = !self.backends.is_empty()
-            && (usable as f64) < cfg.panic_threshold * self.backends.len() as f64;
+        let usable = self
+            .backends
+            .iter()
+            .filter(|b| !b.retired && Self::usable(b))
+            .count();
+        let n = self.in_service();
+        let panic = n > 0 && (usable as f64) < cfg.panic_threshold * n as f64;
         if panic != self.panic {
             self.panic = panic;
             if panic {

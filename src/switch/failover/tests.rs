@@ -317,3 +317,48 @@ fn time_the_switch_waited_for_a_cpu_counts_toward_no_stall() {
     // 5 ms of chance = 17 ms - (12.75 ms - 0.75 ms) of the switch's waiting.
     assert_eq!(ejected, Some(17 * MS));
 }
+
+#[test]
+fn a_retired_backend_that_stalls_is_ejected_outside_the_cap_and_counts_for_no_panic() {
+    // Ten backends, at most one ejected (10 %). Backend 0 is ejected first; backend 9,
+    // retired (draining on purpose), stalls too: it is ejected anyway, and the cap still
+    // has room for nobody else.
+    let mut f = svc(10, 10);
+    f.set_retired(9, true);
+    assert!(f.retired(9));
+    let mut idx = [0u16; 10];
+    let events = ticks_until(&mut f, &mut idx, &[0, 9], 6 * MS);
+    let ejected: Vec<usize> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Ejected { backend, .. } => Some(*backend),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ejected, vec![0, 9], "{events:?}");
+    let mut events = Vec::new();
+    for ms in 7..=12 {
+        events.extend(tick(&mut f, &mut idx, &[0, 9, 5], ms * MS));
+    }
+    assert!(
+        events.contains(&Event::Stalled { backend: 5 }),
+        "the cap is full with backend 0 alone: {events:?}"
+    );
+    assert!(!f.panic(), "8 of 9 in service are usable");
+    // Seven of ten retired: the three left are the service; two of them out is a panic.
+    let mut f = svc(10, 100);
+    for i in 3..10 {
+        f.set_retired(i, true);
+    }
+    let mut idx = [0u16; 10];
+    let events = ticks_until(&mut f, &mut idx, &[0, 1], 6 * MS);
+    assert!(events.contains(&Event::PanicEntered), "{events:?}");
+    // A slot that left comes back fresh, in slow start.
+    f.rejoin(9, 7 * MS);
+    assert!(!f.retired(9));
+    assert_eq!(
+        f.status(9),
+        Some(BackendStatus::Warming { since_ns: 7 * MS })
+    );
+    assert_eq!(f.ejections(9), 0);
+}

@@ -147,6 +147,32 @@ impl InflightTable {
         );
     }
 
+    /// Requests of service `service` delivered to its member `member` (port `port`) and not
+    /// answered yet: what that member still owes.
+    pub fn owed_by(&self, service: u32, port: PortId, member: usize) -> usize {
+        let backend = Some(Backend {
+            port,
+            member: Some(member),
+        });
+        self.pool
+            .iter()
+            .filter(|(_, r)| {
+                r.stage == Stage::Dispatched
+                    && r.target == Target::Service(service)
+                    && r.backend == backend
+            })
+            .count()
+    }
+
+    /// Requests addressed to service `service` that are not answered yet (waiting or
+    /// dispatched).
+    pub fn unanswered_for(&self, service: u32, out: &mut Vec<Token>) {
+        out.clear();
+        out.extend(self.pool.iter().filter_map(|(t, r)| {
+            (r.target == Target::Service(service) && r.stage != Stage::Answering).then_some(t)
+        }));
+    }
+
     /// Requests port `p` sent, and requests delivered to it as an addressed port.
     pub fn involving(&self, p: PortId, out: &mut Vec<Token>) {
         out.clear();

@@ -249,6 +249,7 @@ fn shares(sw: &Switch<GuestMemoryMmap>) -> Vec<f64> {
 mod bounds;
 mod config;
 mod faults;
+mod membership;
 mod routing;
 mod sched;
 mod services;

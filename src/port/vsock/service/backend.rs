@@ -22,7 +22,7 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
 use super::reports::Reporters;
-use super::slot_size;
+use super::{reset_to, slot_size};
 use crate::port::vsock::{read_piece, Staging, VmEntry, PIECE_PAYLOAD, SERVICE_BACKEND_PORTS};
 use crate::port::{Drain, Port};
 use crate::switch::Clock;
@@ -480,6 +480,18 @@ impl Port<GuestMemoryMmap> for ServiceBackendPort {
     fn run_queue_wait_ns(&self) -> Option<u64> {
         // The backend's vCPUs are threads of its VMM's process; vmq does not see them.
         None
+    }
+
+    fn close(&mut self) {
+        // Its member left (drained: nothing is in flight) or its service went: the backend's
+        // application learns its connections from the service are over.
+        for (_, c) in std::mem::take(&mut self.conns) {
+            reset_to(&self.vm, &c.ep);
+            if let Some(r) = c.request {
+                self.drop_request(r);
+            }
+        }
+        self.reporters.close();
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

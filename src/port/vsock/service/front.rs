@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use vm_memory::GuestMemoryMmap;
 
-use super::slot_size;
+use super::{reset_to, slot_size};
 use crate::port::vsock::{read_piece, Staging, VmEntry, VsockNetwork, PIECE_PAYLOAD};
 use crate::port::{Drain, Port};
 use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
@@ -85,6 +85,8 @@ struct FrontCounters {
     too_large: u64,
     /// Answers for connections that had gone.
     answers_dropped: u64,
+    /// Connections reset because the service was removed.
+    reset_removed: u64,
 }
 
 /// A `message` service's address as a port of the switch. See the module documentation.
@@ -132,6 +134,13 @@ impl ServiceFrontPort {
     /// Client connections open now.
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+
+    /// Sends requests to the switch's service `service` from now on: for an owner that builds
+    /// the front before the switch gives the service its id (a reload builds every port it
+    /// needs before it changes anything).
+    pub fn set_service(&mut self, service: u32) {
+        self.cfg.service = service;
     }
 
     /// A free connection id (never 0, never one in use).
@@ -428,6 +437,18 @@ impl Port<GuestMemoryMmap> for ServiceFrontPort {
         None
     }
 
+    fn close(&mut self) {
+        // The service was removed: its clients' connections are reset (new ones are refused
+        // by the network, which no longer knows the service's CID).
+        for (_, c) in std::mem::take(&mut self.conns) {
+            if c.client.departures.load(Ordering::Acquire) == c.departures {
+                reset_to(&c.client, &c.ep);
+                self.counters.reset_removed += 1;
+            }
+        }
+        self.ids.clear();
+    }
+
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let c = self.counters;
         vec![
@@ -441,6 +462,7 @@ impl Port<GuestMemoryMmap> for ServiceFrontPort {
             ("reset_no_backend", c.reset_no_backend),
             ("too_large", c.too_large),
             ("answers_dropped", c.answers_dropped),
+            ("reset_removed", c.reset_removed),
         ]
     }
 

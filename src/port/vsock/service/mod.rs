@@ -28,11 +28,32 @@ mod reports;
 pub use backend::{BackendConfig, ServiceBackendPort};
 pub use front::{FrontConfig, ServiceFrontPort};
 
-use crate::vsock::packet::HEADER_LEN;
+use std::sync::atomic::Ordering;
+
+use super::VmEntry;
+use crate::vsock::endpoint::Endpoint;
+use crate::vsock::packet::{Op, PacketHeader, HEADER_LEN};
 use crate::wire::HEADER_SIZE;
 
 /// Bytes of a staging slot that holds a whole message of up to `max_message` bytes (or one
 /// packet piece with its vsock header, whichever is larger).
 fn slot_size(max_message: u32) -> u64 {
     (HEADER_SIZE + HEADER_LEN) as u64 + u64::from(max_message.max(super::PIECE_PAYLOAD))
+}
+
+/// Ends connection `ep` (vmq's end of it) for `vm`'s guest with an RST from vmq, written into
+/// its rx queue at the switch thread's next pass: the port that carried the connection left
+/// the switch (its service was removed, or its member drained and left) and nothing will
+/// answer on it again. Nothing is owed for a connection over already, or to a guest gone.
+fn reset_to(vm: &VmEntry, ep: &Endpoint) {
+    if ep.is_closed() || !vm.connected.load(Ordering::Acquire) {
+        return;
+    }
+    vm.counters.resets.fetch_add(1, Ordering::Relaxed);
+    vm.push_control(PacketHeader::new(
+        ep.socket_type(),
+        Op::Rst,
+        ep.local(),
+        ep.peer(),
+    ));
 }

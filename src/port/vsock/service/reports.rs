@@ -45,6 +45,13 @@ impl Reporters {
         }
     }
 
+    /// Resets every report connection (the backend's port is leaving the switch).
+    pub fn close(&mut self) {
+        for (_, ep) in std::mem::take(&mut self.eps) {
+            super::reset_to(&self.vm, &ep);
+        }
+    }
+
     /// A packet of the backend's to the load port.
     pub fn on_packet(&mut self, hdr: &PacketHeader, data: &[u8]) {
         if let Some(ep) = self.eps.get_mut(&hdr.src_port) {
