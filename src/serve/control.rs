@@ -72,8 +72,11 @@ pub enum ControlError {
         source: SwitchError,
     },
     /// The switch thread did not answer.
-    #[error("the switch thread did not answer within {0:?}; is vmq serve stopping?")]
+    #[error("the switch thread did not answer within {0:?}; is vmq serve overloaded or stopping?")]
     NoAnswer(Duration),
+    /// The switch thread has stopped.
+    #[error("vmq serve is stopping; the command was not run")]
+    Stopped,
 }
 
 /// A member's drain, as it began.
@@ -210,9 +213,7 @@ impl Control {
             member,
             reply,
         })?;
-        answer
-            .recv_timeout(ANSWER_WITHIN)
-            .map_err(|_| ControlError::NoAnswer(ANSWER_WITHIN))?
+        wait(answer)
     }
 
     /// Reads the configuration again (the file `vmq serve` was started with) and applies it.
@@ -238,15 +239,11 @@ impl Control {
             file: file.to_string(),
             reply,
         })?;
-        answer
-            .recv_timeout(ANSWER_WITHIN)
-            .map_err(|_| ControlError::NoAnswer(ANSWER_WITHIN))?
+        wait(answer)
     }
 
     fn ask(&self, c: Command) -> Result<(), ControlError> {
-        self.tx
-            .send(c)
-            .map_err(|_| ControlError::NoAnswer(Duration::ZERO))
+        self.tx.send(c).map_err(|_| ControlError::Stopped)
     }
 
     /// Counts a reload refused before it reached the switch thread.
@@ -256,6 +253,16 @@ impl Control {
         s.last_ok = false;
         s.last = e.to_string();
         e
+    }
+}
+
+/// The switch thread's answer, within [`ANSWER_WITHIN`].
+fn wait<T>(answer: mpsc::Receiver<Result<T, ControlError>>) -> Result<T, ControlError> {
+    match answer.recv_timeout(ANSWER_WITHIN) {
+        Ok(r) => r,
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(ControlError::NoAnswer(ANSWER_WITHIN)),
+        // It dropped the command unanswered: it stopped.
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(ControlError::Stopped),
     }
 }
 

@@ -38,11 +38,20 @@ pub(super) struct ServiceSet {
     status: Arc<Mutex<ReloadStatus>>,
 }
 
+/// How a member joins.
+enum Joining {
+    /// On a port of its own, new or brought back.
+    Port(Box<ServiceBackendPort>),
+    /// It drains: it takes requests again, on the port it has.
+    Undrain,
+    /// It serves already (a reload that stopped part way added it): only its weight is set.
+    Serving,
+}
+
 /// The ports a reload needs, made before it changes anything.
 struct Prepared {
-    /// Per changed service (in the plan's order), per member that joins: its port, or `None`
-    /// for a member that was draining and only takes requests again.
-    joins: Vec<Vec<Option<ServiceBackendPort>>>,
+    /// Per changed service (in the plan's order), per member that joins: how.
+    joins: Vec<Vec<Joining>>,
     /// Per changed service: its policy, as the switch takes it (shares by member slot).
     policies: Vec<PolicyConfig>,
     /// Per added service: its members' ports and its front.
@@ -216,17 +225,18 @@ impl ServiceSet {
             let mut ports = Vec::new();
             for m in &c.joins {
                 let existing = sw.port_id(&backend_name(t, m.cid));
-                let state = existing.and_then(|port| sw.member_state(sid, port));
-                if state == Some(MemberState::Draining) {
-                    ports.push(None);
-                    continue;
-                }
-                if state.is_none() {
-                    slot_vms.push(Some(m.cid));
-                }
-                ports.push(Some(
-                    backend_port(&self.net, &self.clock, t, m).map_err(resources)?,
-                ));
+                let joining = match existing.and_then(|port| sw.member_state(sid, port)) {
+                    Some(MemberState::Draining) => Joining::Undrain,
+                    Some(MemberState::Active) => Joining::Serving,
+                    state => {
+                        if state.is_none() {
+                            slot_vms.push(Some(m.cid));
+                        }
+                        let port = backend_port(&self.net, &self.clock, t, m).map_err(resources)?;
+                        Joining::Port(Box::new(port))
+                    }
+                };
+                ports.push(joining);
             }
             let policy = by_slot(&t.policy, &t.members, &slot_vms);
             policy.validate_for(slot_vms.len()).map_err(|e| {
@@ -353,29 +363,35 @@ impl ServiceSet {
         })
     }
 
-    /// Member `m` joins service `sid` (table `t`) on `port` (`None`: it drains, and only takes
-    /// requests again).
+    /// Member `m` joins service `sid` (table `t`) as `joining` says.
     fn join(
         &mut self,
         sw: &mut Switch<GuestMemoryMmap>,
         sid: u32,
         t: &ServiceTable,
         m: &MemberConfig,
-        port: Option<ServiceBackendPort>,
+        joining: Joining,
     ) -> Result<(), SwitchError> {
         let name = backend_name(t, m.cid);
-        let id = match port {
-            None => sw
-                .port_id(&name)
-                .ok_or(SwitchError::UnknownPort(u32::MAX))?,
-            Some(port) => {
-                let id = place(sw, &name, Box::new(port))?;
+        let existing = |sw: &Switch<GuestMemoryMmap>| {
+            sw.port_id(&name).ok_or(SwitchError::UnknownPort(u32::MAX))
+        };
+        match joining {
+            Joining::Undrain => {
+                let id = existing(sw)?;
+                sw.add_member(sid, id, m.weight)
+            }
+            Joining::Serving => {
+                let id = existing(sw)?;
+                sw.set_member_weight(sid, id, m.weight)
+            }
+            Joining::Port(port) => {
+                let id = place(sw, &name, port)?;
                 self.backends.insert(id, (t.cid, m.cid));
                 self.net.set_backend(t.cid, m.cid, Some(id));
-                id
+                sw.add_member(sid, id, m.weight)
             }
-        };
-        sw.add_member(sid, id, m.weight)
+        }
     }
 
     /// Service `s` comes: its members' ports, the switch's service, its front, then its
