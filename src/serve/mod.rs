@@ -8,6 +8,10 @@
 //! VM's doorbell, a stop ends the VM's connections and gives its port a fresh start. A VMM that
 //! disconnects (or restarts) is accepted again on the same socket; a VMM that breaks the
 //! vhost-user protocol loses only its own device.
+//!
+//! A running server takes commands ([`Control`]): drain a member of a service, reload the
+//! configuration (what a reload may change is in `reload`, how the switch thread applies it in
+//! `services`).
 
 mod config;
 mod connection;
@@ -224,7 +228,12 @@ fn front_name(s: &ServiceTable) -> String {
 
 /// The switch port name of member `cid` of service `s`.
 fn backend_name(s: &ServiceTable, cid: u64) -> String {
-    format!("svc-{}-vm{cid}", s.name)
+    member_port_name(&s.name, cid)
+}
+
+/// The switch port name of member `cid` of the service called `service`.
+fn member_port_name(service: &str, cid: u64) -> String {
+    format!("svc-{service}-vm{cid}")
 }
 
 /// The front of service `s` (the switch's service `id`).

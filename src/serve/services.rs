@@ -20,7 +20,7 @@ use vm_memory::GuestMemoryMmap;
 use super::config::{BalanceMode, MemberConfig, ServeConfig, ServeConfigError, ServiceTable};
 use super::control::{Command, ControlError, DrainReport, ReloadReport, RemovedService};
 use super::reload::{plan, Plan};
-use super::{backend_name, backend_port, front_name, front_port};
+use super::{backend_name, backend_port, front_name, front_port, member_port_name};
 use crate::port::vsock::service::{ServiceBackendPort, ServiceFrontPort};
 use crate::port::vsock::{ServiceRoute, VsockNetwork};
 use crate::port::{Port, PortId};
@@ -156,7 +156,7 @@ impl ServiceSet {
             return Err(ControlError::ConnectionMode(service.to_string()));
         }
         let port = sw
-            .port_id(&format!("svc-{service}-vm{member}"))
+            .port_id(&member_port_name(service, member))
             .ok_or_else(not_a_member)?;
         let started = sw.drain_member(sid, port).map_err(|e| match e {
             SwitchError::NotAMember { .. } => not_a_member(),

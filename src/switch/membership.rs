@@ -310,6 +310,10 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                 }
                 let svc = &mut self.services[s];
                 svc.members[i].state = MemberState::Gone;
+                // Nothing is pending for it any more: its stall clock stops (it is not
+                // observed again).
+                let progress = svc.members[i].progress;
+                svc.failover.observe(i, progress, false, now);
                 svc.refresh(now);
                 log::info!("service {}: port {port} drained and left", svc.name);
                 self.ports[port as usize]
