@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::service::{
-    run_until, service_config_with, snapshot_when, world, App, SERVICE_CID, SERVICE_PORT,
+use super::app::App;
+use super::world::{
+    run_until, service_config_with, snapshot_when, world, SERVICE_CID, SERVICE_PORT,
 };
 use super::*;
 use crate::port::vsock::SERVICE_BACKEND_PORTS;

@@ -2,8 +2,9 @@
 //! forge: the client sees exactly one accepted connection while any backend accepts, and an
 //! RST (counted) when none does.
 
+use super::app::App;
 use super::connection::{conn_mode, connections, port_counters};
-use super::service::{run_until, snapshot_when, world, App, SERVICE_CID, SERVICE_PORT};
+use super::world::{run_until, snapshot_when, world, SERVICE_CID, SERVICE_PORT};
 use super::*;
 use crate::port::vsock::SERVICE_BACKEND_PORTS;
 use crate::vsock::endpoint::CloseReason;

@@ -4,9 +4,8 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::service::{
-    run_until, service_config_with, snapshot_when, App, SERVICE_CID, SERVICE_PORT,
-};
+use super::app::App;
+use super::world::{run_until, service_config_with, snapshot_when, SERVICE_CID, SERVICE_PORT};
 use super::*;
 use crate::metrics::{post, MetricsConfig, StatsError};
 use crate::vsock::endpoint::EndpointState;

@@ -8,14 +8,17 @@ use super::*;
 use crate::vhost_user::frontend::{FrontendConfig, VmmFrontend};
 use crate::vsock::packet::{Op, PacketHeader, SockAddr, SocketType, HEADER_LEN, SEQ_EOM};
 
+mod app;
 mod connection;
 mod connection_faults;
 mod drain;
 mod hybrid;
+mod message;
+mod message_failover;
+mod message_load;
+mod message_policies;
 mod metrics;
-mod service;
-mod service_faults;
-mod service_policies;
+mod world;
 
 /// Give-up limit for anything a test waits for (never a measure of speed).
 const PATIENCE: Duration = Duration::from_secs(20);

@@ -1,36 +1,67 @@
-//! `message` services whose backends fail in ways the application cannot help: a guest whose
-//! vCPUs stop, and one that lies about its load.
+//! Load reports of `message` services' backends: they change the picks, and a backend that
+//! reports "idle" while it reads nothing is caught.
 
-use super::service::*;
+use super::app::App;
+use super::world::*;
 use crate::vsock::endpoint::EndpointState;
 
-#[test]
-fn a_backend_whose_vcpus_stop_fails_over_and_nothing_is_lost() {
-    // Worker 5's guest stops: its kernel takes no packet and posts no buffer, so what vmq
-    // sends it waits in vmq.
-    let (_dir, server, mut client, mut workers) =
-        a_backend_stops_after_100("svc-vcpu", |w| w.frozen = true);
-    // It runs again: whatever it answers now reaches no client.
-    workers[1].frozen = false;
-    run_until(&mut [&mut client, &mut workers[1]], |a| {
-        let quiet = !a[1].pump();
-        quiet && !a[0].pump()
-    });
-    let snap = server.snapshot().unwrap();
-    assert_eq!(
-        snap.services[0].stats.replies, 400,
-        "{:?}",
-        snap.services[0]
-    );
-    for ep in client.eps.values_mut() {
-        assert!(
-            ep.read_message().is_none(),
-            "no answer beyond one per request"
-        );
+pub(in crate::serve::tests) const LOAD_PORT: u32 = 5001;
+
+/// Worker `w` reports `load` on its connection `key` to the load port.
+pub(in crate::serve::tests) fn report(w: &mut App, key: (u32, u64, u32), load: u16) {
+    if let Some(ep) = w.eps.get_mut(&key) {
+        let _ = ep.write_message(format!("load {load}").as_bytes(), true);
     }
-    // And the service goes on, on the same client connections.
-    let by = exchange(&mut client, &mut workers, 2, 100, 4, |_, _| {});
-    assert_eq!(by.values().sum::<u32>(), 100, "{by:?}");
+}
+
+#[test]
+fn load_reports_on_the_load_port_change_the_picks() {
+    // Eight requests in flight per backend, four in all: no backend is ever full, so the
+    // picks follow the weights that health (with the reports) gives.
+    let (_dir, server, mut client, mut workers) = world(
+        "svc-load",
+        &[(4, 1.0), (5, 1.0)],
+        8,
+        &format!("load_port = {LOAD_PORT}\npolicy = {{ kind = \"wrr\" }}"),
+    );
+    let keys = [
+        workers[0].connect_to(LOAD_PORT),
+        workers[1].connect_to(LOAD_PORT),
+    ];
+    let (w4, w5) = workers.split_at_mut(1);
+    run_until(&mut [&mut w4[0], &mut w5[0]], |w| {
+        w.iter()
+            .zip(keys)
+            .all(|(a, k)| a.eps[&k].state() == EndpointState::Established)
+    });
+    // Worker 4 says it is busy (700: below "saturated", which a backend that drains this well
+    // could not claim without being suspected), worker 5 idle, every 10 answers (reports live
+    // 100 ms).
+    let by = exchange(&mut client, &mut workers, 2, 3000, 2, |n, w| {
+        if n % 10 == 1 {
+            report(&mut w[0], keys[0], 700);
+            report(&mut w[1], keys[1], 0);
+        }
+    });
+    assert_eq!(by.values().sum::<u32>(), 3000);
+    let (busy, idle) = (by.get(&4).copied().unwrap_or(0), by[&5]);
+    // A report of 700 takes its load metric to 0.3 (a health of about 0.82): about 45:55.
+    assert!(
+        busy * 20 < idle * 19,
+        "the busy backend got {busy}, the idle one {idle}: {:?}",
+        server.snapshot()
+    );
+    let snap = snapshot_when(&server, |s| s.services[0].stats.replies == 3000);
+    let p = snap
+        .ports
+        .iter()
+        .find(|p| p.name == "svc-echo-vm4")
+        .unwrap();
+    assert!(
+        p.counters["load_reports"] > 0 && p.counters["bad_reports"] == 0,
+        "{p:?}"
+    );
+
     server.shutdown().unwrap();
 }
 

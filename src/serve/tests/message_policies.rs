@@ -1,6 +1,6 @@
-//! Every policy's distribution over the messages of a `message` service.
+//! Every policy's spread over the messages of a `message` service.
 
-use super::service::*;
+use super::world::*;
 
 /// Health left out (drain, latency, in flight, free buffers): what is measured is the policy's
 /// spread, not how loaded each backend looks.
@@ -52,4 +52,29 @@ fn maglev_keeps_each_connection_on_one_backend_and_spreads_the_connections() {
 #[test]
 fn p2c_sends_less_to_a_backend_that_holds_requests_longer() {
     a_slow_backend_gets_less("svc-p2c", "p2c");
+}
+
+/// Two backends, one answering one message in 20 pumps, under `policy`: the slow one gets
+/// fewer, and every request is answered once.
+pub(in crate::serve::tests) fn a_slow_backend_gets_less(name: &str, policy: &str) {
+    let (_dir, server, mut client, mut workers) = world(
+        name,
+        &[(4, 1.0), (5, 1.0)],
+        32,
+        &format!("policy = {{ kind = \"{policy}\" }}"),
+    );
+    workers[0].slowness = 20;
+    let by = exchange(&mut client, &mut workers, 4, 400, 4, |_, _| {});
+    assert_eq!(by.values().sum::<u32>(), 400, "{by:?}");
+    let (slow, fast) = (by.get(&4).copied().unwrap_or(0), by[&5]);
+    assert!(
+        slow < fast,
+        "{policy}: the slow backend got {slow}, the fast one {fast}"
+    );
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_slow_backend_gets_less_and_every_request_is_answered_once() {
+    a_slow_backend_gets_less("svc-slow", "expected_delay");
 }

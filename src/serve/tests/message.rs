@@ -1,0 +1,182 @@
+//! `message` services without guests: what a client sees (answers in order, refusals, a reset
+//! when no backend lives) and what a hostile backend cannot do.
+
+use super::app::App;
+use super::world::*;
+use super::*;
+use crate::vsock::endpoint::EndpointState;
+
+#[test]
+fn a_message_service_spreads_requests_by_weight_and_answers_each_in_order() {
+    // Health left out (drain, latency, in flight, free buffers): what is measured here is the
+    // policy's spread over the weights, not how loaded each backend looks.
+    let (_dir, server, mut client, mut workers) = world(
+        "svc-weights",
+        &[(4, 1.0), (5, 2.0), (6, 3.0)],
+        32,
+        "policy = { kind = \"wrr\" }\n\
+         health = { weights = { drain = 0.0, latency = 0.0, in_flight = 0.0, free_rx = 0.0 } }",
+    );
+    let by = exchange(&mut client, &mut workers, 2, 600, 4, |_, _| {});
+    assert_eq!(by.values().sum::<u32>(), 600, "{by:?}");
+    // Weighted round robin over 1:2:3.
+    let (a, b, c) = (by[&4], by[&5], by[&6]);
+    assert!(a < b && b < c, "weights 1:2:3 give {a}:{b}:{c}");
+    // Health scores (reply latency, drain) move the weights a little around 1:2:3.
+    assert!(
+        (70..=130).contains(&a) && (250..=350).contains(&c),
+        "{a}:{b}:{c}"
+    );
+    let snap = snapshot_when(&server, |s| s.services[0].stats.replies == 600);
+    let s = &snap.services[0];
+    assert_eq!(s.stats.requests, 600, "{s:?}");
+    assert_eq!(s.stats.late_replies_dropped, 0);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn with_every_backend_stopped_the_client_connection_is_reset_after_the_deadline() {
+    let dir = Dir::new("svc-dead");
+    let cfg = service_config(&dir, &[(4, 1.0)], "request_timeout_ms = 200");
+    let server = Server::start(&cfg).unwrap();
+    let mut client = App::new(&dir, 3, None);
+    let mut worker = App::new(&dir, 4, Some(SERVICE_PORT));
+    worker.reading = false;
+    wait_connected(&server);
+    let key = client.connect();
+    run_until(&mut [&mut client, &mut worker], |a| {
+        a[0].eps[&key].state() == EndpointState::Established
+    });
+    client
+        .eps
+        .get_mut(&key)
+        .unwrap()
+        .write_message(b"anyone?", true)
+        .unwrap();
+    run_until(&mut [&mut client, &mut worker], |a| {
+        a[0].eps
+            .get(&key)
+            .is_none_or(|e| e.state() == EndpointState::Closed)
+    });
+    let snap = snapshot_when(&server, |s| s.services[0].stats.failed_back == 1);
+    let front = snap.ports.iter().find(|p| p.name == "svc-echo").unwrap();
+    assert_eq!(front.counters["reset_no_backend"], 1, "{front:?}");
+    assert_eq!(snap.services[0].stats.failed_back, 1);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_service_refuses_stream_connections_and_wrong_ports_and_a_bad_config_says_why() {
+    let dir = Dir::new("svc-refuse");
+    let cfg = service_config(&dir, &[(4, 1.0)], "");
+    let server = Server::start(&cfg).unwrap();
+    let mut client = App::new(&dir, 3, None);
+    let _worker = App::new(&dir, 4, Some(SERVICE_PORT));
+    wait_connected(&server);
+    let svc = SockAddr::new(SERVICE_CID, SERVICE_PORT);
+    let me = SockAddr::new(3, 2000);
+    client
+        .g
+        .send(&packet(SocketType::Stream, Op::Request, me, svc, 0, &[]))
+        .unwrap();
+    let (h, _) = recv(&mut client.g);
+    assert_eq!(h.op, Op::Rst as u16, "STREAM refused in message mode");
+    client.g.reclaim_tx().unwrap();
+    let other = SockAddr::new(SERVICE_CID, SERVICE_PORT + 1);
+    client
+        .g
+        .send(&packet(
+            SocketType::SeqPacket,
+            Op::Request,
+            me,
+            other,
+            0,
+            &[],
+        ))
+        .unwrap();
+    let (h, _) = recv(&mut client.g);
+    assert_eq!(h.op, Op::Rst as u16, "another port refused");
+    server.shutdown().unwrap();
+
+    for (extra, field) in [
+        ("mode = \"connections\"", "connection"),
+        ("connect_timeout_ms = 0", "connect_timeout_ms"),
+        ("max_message_kib = 65", "max_message_kib"),
+        (
+            "failover = { stall_window_ns = 0 }",
+            "failover.stall_window_ns",
+        ),
+    ] {
+        let text = format!(
+            "[[vm]]\ncid = 3\nsocket = \"/tmp/x.sock\"\n[[service]]\nname = \"s\"\ncid = 9\nport = 1\n{extra}\nmembers = [{{ cid = 3 }}]\n"
+        );
+        let e = ServeConfig::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains(field), "{extra}: {e}");
+    }
+    let text = "[[vm]]\ncid = 3\nsocket = \"/tmp/x.sock\"\n[[service]]\nname = \"s\"\ncid = 3\nport = 1\nmembers = [{ cid = 3 }]\n";
+    let e = ServeConfig::parse(text, "t.toml").unwrap_err().to_string();
+    assert!(e.contains("service[0] (s).cid"), "{e}");
+}
+
+#[test]
+fn a_backend_that_answers_what_it_was_not_asked_harms_nobody_else() {
+    let (_dir, server, mut client, mut workers) = world(
+        "svc-hostile",
+        &[(4, 1.0), (5, 1.0)],
+        32,
+        "policy = { kind = \"wrr\" }",
+    );
+    // Worker 4 sends data on a connection of the service's it was never given, and, once
+    // its connections are idle, a message on each that answers nothing.
+    let forged = SockAddr::new(SERVICE_CID, crate::port::vsock::SERVICE_BACKEND_PORTS + 777);
+    workers[0]
+        .g
+        .send(&packet(
+            SocketType::SeqPacket,
+            Op::Rw,
+            SockAddr::new(4, SERVICE_PORT),
+            forged,
+            0,
+            b"hi",
+        ))
+        .unwrap();
+    let (h, _) = recv(&mut workers[0].g);
+    assert_eq!(
+        (h.op, h.src()),
+        (Op::Rst as u16, forged),
+        "no such connection"
+    );
+    workers[0].g.reclaim_tx().unwrap();
+    let by = exchange(&mut client, &mut workers, 2, 100, 4, |_, _| {});
+    assert_eq!(by.values().sum::<u32>(), 100, "{by:?}");
+    snapshot_when(&server, |s| s.services[0].stats.replies == 100);
+    let idle = workers[0].eps.len();
+    assert!(idle > 0);
+    for ep in workers[0].eps.values_mut() {
+        ep.write_message(b"unasked", true).unwrap();
+    }
+    let snap = snapshot_when(&server, |s| {
+        let bad = s.ports.iter().find(|p| p.name == "svc-echo-vm4").unwrap();
+        workers[0].pump();
+        bad.counters["unsolicited"] == idle as u64
+    });
+    let bad = snap
+        .ports
+        .iter()
+        .find(|p| p.name == "svc-echo-vm4")
+        .unwrap();
+    assert_eq!(
+        bad.counters["connections"], 0,
+        "its connections were reset: {bad:?}"
+    );
+    // Nothing reached the client, and the service goes on (on new connections).
+    for ep in client.eps.values_mut() {
+        assert!(
+            ep.read_message().is_none(),
+            "an answer nobody asked for got through"
+        );
+    }
+    let by = exchange(&mut client, &mut workers, 2, 100, 4, |_, _| {});
+    assert_eq!(by.values().sum::<u32>(), 100, "{by:?}");
+    server.shutdown().unwrap();
+}
