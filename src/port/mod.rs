@@ -73,6 +73,18 @@ pub struct Drain {
     pub capacity: u16,
 }
 
+impl Drain {
+    /// A port that takes every delivery at once (it is never a service's backend, or keeps
+    /// what it takes in memory of its own): `consumed` so far, room that never runs out.
+    pub fn taking_all(consumed: u16) -> Self {
+        Self {
+            consumed,
+            free: 256,
+            capacity: 256,
+        }
+    }
+}
+
 /// One port as the switch drives it. Implemented once per kind of port.
 ///
 /// Errors: a [`DeviceError`] from any method means the guest broke the protocol; the switch

@@ -207,11 +207,7 @@ impl Port<GuestMemoryMmap> for ConnFrontPort {
 
     fn drain(&self) -> Drain {
         // Never a backend: every delivery is taken at once (or refused as back-pressure).
-        Drain {
-            consumed: self.consumed,
-            free: 256,
-            capacity: 256,
-        }
+        Drain::taking_all(self.consumed)
     }
 
     fn arm_kicks(&mut self, _rx_wanted: bool) -> bool {
