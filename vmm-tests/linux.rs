@@ -304,6 +304,7 @@ fn a_linux_client_gets_every_answer_once_from_a_message_service_when_a_worker_is
     let Some(assets) = linux::require_linux_or_skip() else {
         return;
     };
+    let _one_at_a_time = linux::many_guests_lock();
     let cfg = vmq::linux_demo::DemoConfig {
         clients: 1,
         requests_per_client: 6000,
@@ -371,6 +372,7 @@ fn a_connection_service_spreads_new_stream_connections_by_weight() {
     let Some(assets) = linux::require_linux_or_skip() else {
         return;
     };
+    let _one_at_a_time = linux::many_guests_lock();
     let dir = PathBuf::from(format!("/tmp/vmq-serve-conn-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -395,11 +397,11 @@ fn a_connection_service_spreads_new_stream_connections_by_weight() {
     for w in guests.iter_mut() {
         let stream = w
             .spawn(
-                "vsock-probe serve --port 5000 --type stream --count 0 --announce 1 --timeout 60",
+                "vsock-probe serve --port 5000 --type stream --count 0 --announce 1 --timeout 600",
             )
             .unwrap();
         let seq = w
-            .spawn("vsock-probe serve --port 6000 --type seqpacket --count 0 --timeout 60")
+            .spawn("vsock-probe serve --port 6000 --type seqpacket --count 0 --timeout 600")
             .unwrap();
         for job in [&stream, &seq] {
             w.wait_output(job, "VMQ-PROBE listening", T).unwrap();

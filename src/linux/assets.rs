@@ -75,19 +75,23 @@ impl LinuxAssets {
             .map_err(io_err(format!("run {}", script.display())))?;
         // stdout on a thread of its own, so neither pipe can fill while the other is read.
         let mut stdout = child.stdout.take().expect("piped stdout");
+        // Bytes, not text: apt and dpkg may write in another encoding, and a reader that stopped
+        // at the first bad byte would close the pipe under the script (SIGPIPE half way).
         let out_reader = thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stdout.read_to_string(&mut s);
-            s
+            let mut bytes = Vec::new();
+            let _ = stdout.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
         });
         let mut stderr = String::new();
-        for line in BufReader::new(child.stderr.take().expect("piped stderr"))
-            .lines()
-            .map_while(Result::ok)
-        {
-            progress(&line);
-            stderr.push_str(&line);
+        let mut err = BufReader::new(child.stderr.take().expect("piped stderr"));
+        let mut raw = Vec::new();
+        while err.read_until(b'\n', &mut raw).is_ok_and(|n| n > 0) {
+            let line = String::from_utf8_lossy(&raw);
+            let line = line.trim_end_matches('\n');
+            progress(line);
+            stderr.push_str(line);
             stderr.push('\n');
+            raw.clear();
         }
         let status = child
             .wait()

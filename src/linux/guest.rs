@@ -77,7 +77,7 @@ impl LinuxGuest {
             })?;
         let stdout = child.stdout.take().expect("piped stdout");
         let stdin = child.stdin.take();
-        // From here on, a failure drops `g`, which kills QEMU.
+        // QEMU runs: a failure kills it (by hand until `g` owns it, then by dropping `g`).
         let log_file = File::create(&log).map_err(io(format!("create {}", log.display())));
         let console = log_file.and_then(|f| {
             Console::start(&name, stdout, f, opts.cancel.clone())

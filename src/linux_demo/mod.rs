@@ -242,7 +242,7 @@ pub fn run(
         .into_iter()
         .partition(|(cid, _)| CLIENTS.contains(cid));
     let (jobs, t0) = start_traffic(cfg, &mut clients, &mut workers, say).map_err(interrupted)?;
-    let mut watch = Watch::new(format!("svc-{SERVICE}-vm{}", cfg.stopped_worker));
+    let mut watch = Watch::new(crate::serve::member_port_name(SERVICE, cfg.stopped_worker));
     let stopped = workers
         .iter_mut()
         .find(|(cid, _)| *cid == cfg.stopped_worker)

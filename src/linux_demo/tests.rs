@@ -45,7 +45,7 @@ fn snap(now_ms: u64, replies: u64, redispatches: u64, w5: u64, conns: (u64, u64)
         ports: vec![
             port(
                 "svc-echo",
-                &[("connections", conns.0), ("connections_accepted", conns.1)],
+                &[("conns_open", conns.0), ("connections_accepted", conns.1)],
             ),
             port("svc-echo-vm5", &[("replies", w5)]),
         ],

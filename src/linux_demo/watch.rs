@@ -162,10 +162,10 @@ impl Watch {
 
 /// Whether `clients` clients connected to the service's front and all have gone again.
 pub fn clients_gone(snap: &Snapshot, clients: u32) -> bool {
-    let name = format!("svc-{}", super::SERVICE);
+    let name = crate::serve::front_port_name(super::SERVICE);
     snap.ports.iter().any(|p| {
         p.name == name
             && p.counters.get("connections_accepted").copied().unwrap_or(0) >= u64::from(clients)
-            && p.counters.get("connections").copied() == Some(0)
+            && p.counters.get("conns_open").copied() == Some(0)
     })
 }

@@ -140,9 +140,14 @@ fn exchange(
     };
     s.set_read_timeout(Some(wait)).map_err(io)?;
     s.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
+    let command = if method == "POST" {
+        format!("{}: 1\r\n", super::http::COMMAND_HEADER)
+    } else {
+        String::new()
+    };
     write!(
         s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: vmq-stats\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: vmq-stats\r\n{command}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .map_err(io)?;
     let mut answer = Vec::new();

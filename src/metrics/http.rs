@@ -212,6 +212,14 @@ fn answer(
             if method != "POST" {
                 let r = Response::status(405, &format!("{path} takes POST\n"));
                 (r.header("Allow", "POST"), false)
+            } else if !is_command_request(&buf[..head_end]) {
+                // A browser may POST to localhost for any page it shows; it cannot add this
+                // header without asking first, and it always says where it came from.
+                let r = Response::status(
+                    403,
+                    &format!("{path} wants the header {COMMAND_HEADER}: 1 and no Origin\n"),
+                );
+                (r, false)
             } else {
                 (command(path, query, peer, control), false)
             }
@@ -251,6 +259,29 @@ fn parse_request_line(head: &[u8]) -> Option<(&str, &str, &str)> {
 
 /// The paths that take the daemon's commands.
 const COMMANDS: &[&str] = &["/drain", "/reload"];
+
+/// The header a command must carry (`vmq drain` and `vmq reload` send it).
+pub(crate) const COMMAND_HEADER: &str = "X-Vmq-Command";
+
+/// Whether a request head carries [`COMMAND_HEADER`] and no `Origin` (which every browser
+/// sends with a cross-site POST).
+fn is_command_request(head: &[u8]) -> bool {
+    let Ok(head) = std::str::from_utf8(head) else {
+        return false;
+    };
+    let mut marked = false;
+    for line in head.lines().skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("origin") {
+            return false;
+        }
+        marked |= name.eq_ignore_ascii_case(COMMAND_HEADER) && value.trim() == "1";
+    }
+    marked
+}
 
 /// Runs command `path` (`/drain`, `/reload`) with `query` for a client at `peer`.
 fn command(path: &str, query: &str, peer: SocketAddr, control: Option<&dyn Control>) -> Response {

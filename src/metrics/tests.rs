@@ -494,6 +494,15 @@ fn commands_go_to_the_daemon_by_post_and_say_what_they_did() {
         fetch(&a, "/reload"),
         Err(StatsError::Status { status: 405, .. })
     ));
+    // Nor does a POST a web page could make: without the command header, or from an origin.
+    let at = ep.local_addr();
+    for head in [
+        "POST /reload HTTP/1.0\r\n\r\n",
+        "POST /reload HTTP/1.0\r\nX-Vmq-Command: 1\r\nOrigin: http://example.com\r\n\r\n",
+    ] {
+        let answer = raw(at, head.as_bytes());
+        assert!(answer.starts_with("HTTP/1.0 403"), "{head:?}: {answer}");
+    }
     assert_eq!(
         *control.0.lock().unwrap(),
         [

@@ -408,6 +408,20 @@ impl ServeConfig {
                     "needs a name no other service has".into(),
                 ));
             }
+            // Port names are `svc-NAME` and `svc-NAME-vmCID`: with a `-` in names, service
+            // `a`'s member 5 and service `a-vm5`'s front would share one.
+            if !s
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            {
+                return Err(invalid(
+                    format!("{place}.name"),
+                    "may hold letters, digits, '_' and '.' only (it names the service's ports, \
+                     svc-NAME and svc-NAME-vmCID)"
+                        .into(),
+                ));
+            }
             if !crate::vsock::packet::is_guest_cid(s.cid)
                 || vm_cids.contains(&s.cid)
                 || !cids.insert(s.cid)

@@ -66,7 +66,7 @@ pub(super) fn add(
         clock.clone(),
     )
     .map_err(io(format!("service {}: staging memory", s.name)))?;
-    let got = sw.attach(&format!("svc-{}", s.name), Box::new(port))?;
+    let got = sw.attach(&super::front_name(s), Box::new(port))?;
     debug_assert_eq!(got, front);
     let connect_timeout_ns = s.connect_timeout_ms.saturating_mul(1_000_000);
     let mut members = Vec::new();
@@ -95,7 +95,7 @@ pub(super) fn add(
             clock.clone(),
         )
         .map_err(io(format!("service {}: member {cid}", s.name)))?;
-        let got = sw.attach(&format!("svc-{}-vm{cid}", s.name), Box::new(port))?;
+        let got = sw.attach(&super::backend_name(s, cid), Box::new(port))?;
         debug_assert_eq!(got, expected);
         members.push((got, m.weight));
     }

@@ -223,7 +223,7 @@ fn add_service(
 
 /// The switch port name of service `s`'s front.
 fn front_name(s: &ServiceTable) -> String {
-    format!("svc-{}", s.name)
+    front_port_name(&s.name)
 }
 
 /// The switch port name of member `cid` of service `s`.
@@ -231,8 +231,15 @@ fn backend_name(s: &ServiceTable, cid: u64) -> String {
     member_port_name(&s.name, cid)
 }
 
-/// The switch port name of member `cid` of the service called `service`.
-fn member_port_name(service: &str, cid: u64) -> String {
+/// The switch port name (in snapshots and stats) of the front of the service called
+/// `service`: `svc-NAME`.
+pub fn front_port_name(service: &str) -> String {
+    format!("svc-{service}")
+}
+
+/// The switch port name (in snapshots and stats) of member `cid` of the service called
+/// `service`: `svc-NAME-vmCID`.
+pub fn member_port_name(service: &str, cid: u64) -> String {
     format!("svc-{service}-vm{cid}")
 }
 

@@ -185,26 +185,41 @@ fn vm_difference(old: &ServeConfig, new: &ServeConfig) -> Option<String> {
 /// The first setting of a running service that differs in `new`, other than its members and
 /// its policy.
 fn fixed_service_field(old: &ServiceTable, new: &ServiceTable) -> Option<&'static str> {
+    // Every field named: a new setting does not compile until it is sorted here.
+    let ServiceTable {
+        name: _,
+        members: _,
+        policy: _,
+        cid,
+        port,
+        load_port,
+        mode,
+        health,
+        failover,
+        request_timeout_ms,
+        connect_timeout_ms,
+        max_message_kib,
+        max_connections,
+        window,
+    } = old;
     [
-        ("cid", old.cid != new.cid),
-        ("port", old.port != new.port),
-        ("load_port", old.load_port != new.load_port),
-        ("mode", old.mode != new.mode),
-        ("health", old.health != new.health),
-        ("failover", old.failover != new.failover),
+        ("cid", *cid != new.cid),
+        ("port", *port != new.port),
+        ("load_port", *load_port != new.load_port),
+        ("mode", *mode != new.mode),
+        ("health", *health != new.health),
+        ("failover", *failover != new.failover),
         (
             "request_timeout_ms",
-            old.request_timeout_ms != new.request_timeout_ms,
+            *request_timeout_ms != new.request_timeout_ms,
         ),
         (
-            "max_message_kib",
-            old.max_message_kib != new.max_message_kib,
+            "connect_timeout_ms",
+            *connect_timeout_ms != new.connect_timeout_ms,
         ),
-        (
-            "max_connections",
-            old.max_connections != new.max_connections,
-        ),
-        ("window", old.window != new.window),
+        ("max_message_kib", *max_message_kib != new.max_message_kib),
+        ("max_connections", *max_connections != new.max_connections),
+        ("window", *window != new.window),
     ]
     .into_iter()
     .find_map(|(field, differs)| differs.then_some(field))

@@ -342,7 +342,7 @@ impl ServiceSet {
         self.net.remove_service(s.cid);
         let mut clients_reset = 0;
         if let Some(front) = sw.port_id(&front_name(s)).filter(|&p| !sw.port_down(p)) {
-            clients_reset = port_counter(sw, front, "connections");
+            clients_reset = port_counter(sw, front, "conns_open");
             sw.remove_port(front);
         }
         if let Some(sid) = sw.service_id(&s.name) {

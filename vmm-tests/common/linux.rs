@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,13 @@ use std::time::{Duration, Instant};
 pub use vmq::linux::{
     probe_line, qemu_command, target_dir, BgJob, GuestError, GuestOptions, LinuxAssets, LinuxGuest,
 };
+
+/// Held by the tests that boot four guests or more, one at a time: eight TCG guests on two
+/// cores would stretch every give-up limit and stall window those tests are set for.
+pub fn many_guests_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Why Linux guests cannot run here.
 #[derive(Clone, Debug)]

@@ -186,7 +186,7 @@ fn a_drained_member_answers_what_it_has_takes_nothing_new_and_leaves() {
         (0, 0, 0),
         "{svc:?}"
     );
-    assert_eq!(port(&snap, "svc-echo-vm5").counters["connections"], 0);
+    assert_eq!(port(&snap, "svc-echo-vm5").counters["conns_open"], 0);
     assert_eq!(snap.reload.as_ref().unwrap().drains, 1);
     run_until(&mut [&mut workers[1]], |w| w[0].eps.is_empty());
     let text = crate::metrics::fetch(&addr, "/metrics").unwrap();

@@ -116,6 +116,10 @@ fn a_service_refuses_stream_connections_and_wrong_ports_and_a_bad_config_says_wh
     let text = "[[vm]]\ncid = 3\nsocket = \"/tmp/x.sock\"\n[[service]]\nname = \"s\"\ncid = 3\nport = 1\nmembers = [{ cid = 3 }]\n";
     let e = ServeConfig::parse(text, "t.toml").unwrap_err().to_string();
     assert!(e.contains("service[0] (s).cid"), "{e}");
+    // A name that would make one service's port names another's.
+    let text = text.replace("name = \"s\"\ncid = 3", "name = \"a-vm5\"\ncid = 9");
+    let e = ServeConfig::parse(&text, "t.toml").unwrap_err().to_string();
+    assert!(e.contains("service[0] (a-vm5).name"), "{e}");
 }
 
 #[test]
@@ -166,7 +170,7 @@ fn a_backend_that_answers_what_it_was_not_asked_harms_nobody_else() {
         .find(|p| p.name == "svc-echo-vm4")
         .unwrap();
     assert_eq!(
-        bad.counters["connections"], 0,
+        bad.counters["conns_open"], 0,
         "its connections were reset: {bad:?}"
     );
     // Nothing reached the client, and the service goes on (on new connections).

@@ -129,6 +129,6 @@ fn a_backend_whose_vmm_goes_away_fails_over_and_nothing_is_lost() {
         .find(|p| p.name == "svc-echo-vm5")
         .unwrap();
     assert!(crashed.counters["requests_dropped"] > 0, "{crashed:?}");
-    assert_eq!(crashed.counters["connections"], 0, "{crashed:?}");
+    assert_eq!(crashed.counters["conns_open"], 0, "{crashed:?}");
     server.shutdown().unwrap();
 }

@@ -189,17 +189,19 @@ impl Relay {
         }
         let (cap, now) = (self.cfg.credit_cap, self.now_ns);
         let stepped = match self.conns.get_mut(&key) {
-            Some(conn) => conn.step(side, &mut hdr, (ty, op), cap, now),
+            Some(conn) => conn
+                .step(side, &mut hdr, (ty, op), cap, now)
+                .map(|keep| (keep, op == Op::Rw && conn.credit_spent(side))),
             None => Err(RelayError::NoConnection(op)),
         };
         match stepped {
-            Ok(Keep::Yes) => {
-                if op == Op::Rw && self.conns.get(&key).is_some_and(|c| c.credit_spent(side)) {
+            Ok((Keep::Yes, stalled)) => {
+                if stalled {
                     *self.credit_stalls.entry(from_cid).or_insert(0) += 1;
                 }
                 Verdict::Forward(hdr)
             }
-            Ok(Keep::No) => {
+            Ok((Keep::No, _)) => {
                 self.remove(&key);
                 Verdict::Forward(hdr)
             }

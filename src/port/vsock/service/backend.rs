@@ -498,8 +498,8 @@ impl Port<GuestMemoryMmap> for ServiceBackendPort {
         let c = self.counters;
         vec![
             ("cid", self.cid()),
-            ("connections", self.conns.len() as u64),
-            ("busy", self.busy() as u64),
+            ("conns_open", self.conns.len() as u64),
+            ("conns_busy", self.busy() as u64),
             ("connections_opened", c.connections),
             ("refused", c.refused),
             ("requests", c.requests),

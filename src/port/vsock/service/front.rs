@@ -449,12 +449,12 @@ impl Port<GuestMemoryMmap> for ServiceFrontPort {
         let c = self.counters;
         vec![
             ("cid", self.cfg.cid),
-            ("connections", self.conns.len() as u64),
+            ("conns_open", self.conns.len() as u64),
             ("connections_accepted", c.connections),
             ("refused", c.refused),
             ("requests", c.requests),
             ("answers", c.answers),
-            ("requests_in_flight", self.requests_held as u64),
+            ("pending_requests", self.requests_held as u64),
             ("reset_no_backend", c.reset_no_backend),
             ("too_large", c.too_large),
             ("answers_dropped", c.answers_dropped),

@@ -133,12 +133,11 @@ impl ConnBackendPort {
         self.vm.connected.load(Ordering::Acquire) && now >= self.refused_until
     }
 
-    /// Answers connect request `token`; carries the backend's last load report, so a reply
-    /// does not claim it idle.
+    /// Answers connect request `token`. It carries no load report (the reports reach the
+    /// switch as they come, from the load port), so it claims nothing about the backend's load.
     fn reply(&mut self, token: u64, status: Status) {
         let mut h = MsgHeader::new(MsgKind::Reply, 0, token, 0);
         h.set_status(status);
-        h.set_load(self.reporters.last.unwrap_or(0));
         self.consumed = self.consumed.wrapping_add(1);
         match self.staging.stage(h, &[]) {
             Some(chain) => self.outgoing.push(chain),

@@ -183,6 +183,18 @@ impl ConnTable {
         if !self.conns.contains_key(&addr) {
             return self.open(client, hdr, out);
         }
+        // Connections are known by the client's address alone: from the same port to another
+        // of the service CID's ports is none of them (and must not reach the backend's leg).
+        if hdr.dst() != self.service() {
+            self.counters.refused += 1;
+            if let Some(rst) = hdr.rst_reply() {
+                out.push(Out::Control {
+                    vm: client.clone(),
+                    hdr: rst,
+                });
+            }
+            return None;
+        }
         let before = self.relay.state(&self.key(addr));
         let verdict = self.relay.on_packet(client.addr.cid, hdr);
         if matches!(verdict, Verdict::Forward(_)) {
