@@ -184,3 +184,40 @@ fn a_backend_that_answers_what_it_was_not_asked_harms_nobody_else() {
     assert_eq!(by.values().sum::<u32>(), 100, "{by:?}");
     server.shutdown().unwrap();
 }
+
+#[test]
+fn a_backend_that_shuts_its_receiving_side_gets_no_request_there_and_none_is_lost() {
+    let (_dir, server, mut client, mut workers) = world(
+        "svc-shut",
+        &[(4, 1.0), (5, 1.0)],
+        32,
+        "policy = { kind = \"wrr\" }",
+    );
+    let by = exchange(&mut client, &mut workers, 2, 100, 4, |_, _| {});
+    assert_eq!(by.values().sum::<u32>(), 100, "{by:?}");
+    // Worker 4 shuts the receiving side of every connection the service gave it: they stay
+    // open, but a request written there would never be read.
+    let shut = workers[0].eps.len();
+    assert!(shut > 0);
+    for ep in workers[0].eps.values_mut() {
+        ep.shutdown(crate::vsock::packet::SHUTDOWN_RCV);
+    }
+    workers[0].pump();
+    let by = exchange(&mut client, &mut workers, 2, 200, 4, |_, _| {});
+    assert_eq!(
+        by.values().sum::<u32>(),
+        200,
+        "every request answered once: {by:?}"
+    );
+    assert!(
+        by.get(&4).copied().unwrap_or(0) > 0,
+        "worker 4 still serves: {by:?}"
+    );
+    let snap = snapshot_when(&server, |s| s.services[0].stats.replies == 300);
+    assert_eq!(
+        snap.services[0].stats.failed_back, 0,
+        "{:?}",
+        snap.services[0]
+    );
+    server.shutdown().unwrap();
+}

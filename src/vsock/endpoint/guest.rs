@@ -179,7 +179,8 @@ impl Endpoint {
         None
     }
 
-    pub(super) fn can_send(&self) -> bool {
+    /// Whether data may still be sent: open, and neither side shut this direction.
+    pub fn can_send(&self) -> bool {
         self.state != EndpointState::Closed
             && self.shut & SHUTDOWN_SEND == 0
             && self.peer_shut & SHUTDOWN_RCV == 0

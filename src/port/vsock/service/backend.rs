@@ -27,7 +27,7 @@ use crate::port::vsock::{read_piece, Staging, VmEntry, PIECE_PAYLOAD, SERVICE_BA
 use crate::port::{Drain, Port};
 use crate::switch::Clock;
 use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
-use crate::vsock::endpoint::{CloseReason, Endpoint, EndpointConfig, EndpointState};
+use crate::vsock::endpoint::{CloseReason, Endpoint, EndpointConfig, EndpointState, WriteError};
 use crate::vsock::packet::{Op, SockAddr, SocketType, HEADER_LEN};
 use crate::wire::{MsgHeader, MsgKind};
 
@@ -188,7 +188,9 @@ impl ServiceBackendPort {
         let idle = self
             .conns
             .iter()
-            .filter(|(_, c)| c.request.is_none() && c.ep.state() != EndpointState::Closed)
+            // A backend that shut its receiving side keeps the connection open but takes no
+            // request on it.
+            .filter(|(_, c)| c.request.is_none() && c.ep.can_send())
             .min_by_key(|(_, c)| c.ep.state() != EndpointState::Established)
             .map(|(&p, _)| p);
         if idle.is_some() {
@@ -396,8 +398,16 @@ impl Port<GuestMemoryMmap> for ServiceBackendPort {
                 let Some(c) = self.conns.get_mut(&local) else {
                     return Err(DeliverError::NoBuffer);
                 };
-                if c.ep.write_message(&self.scratch, true).is_err() {
-                    return Ok(false);
+                match c.ep.write_message(&self.scratch, true) {
+                    Ok(()) => {}
+                    // Shut or closed under us: that connection goes, the request waits for
+                    // another.
+                    Err(WriteError::Closed) => {
+                        c.ep.reset();
+                        self.dirty = true;
+                        return Err(DeliverError::NoBuffer);
+                    }
+                    Err(_) => return Ok(false),
                 }
                 c.request = Some(Outstanding {
                     token: header.msg_id(),
