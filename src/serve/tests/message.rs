@@ -221,3 +221,33 @@ fn a_backend_that_shuts_its_receiving_side_gets_no_request_there_and_none_is_los
     );
     server.shutdown().unwrap();
 }
+
+#[test]
+fn one_client_vm_gets_no_more_service_connections_than_the_per_vm_limit() {
+    let dir = Dir::new("svc-per-client");
+    let mut cfg = service_config(&dir, &[(4, 1.0)], "");
+    cfg.limits.max_connections_per_vm = 2;
+    let server = Server::start(&cfg).unwrap();
+    let mut client = App::new(&dir, 3, None);
+    let mut worker = App::new(&dir, 4, Some(SERVICE_PORT));
+    wait_connected(&server);
+    let keys: Vec<_> = (0..3).map(|_| client.connect()).collect();
+    run_until(&mut [&mut client, &mut worker], |a| {
+        keys.iter().all(|k| {
+            a[0].eps
+                .get(k)
+                .is_none_or(|e| e.state() != EndpointState::Connecting)
+        })
+    });
+    let open = keys
+        .iter()
+        .filter(|k| {
+            client
+                .eps
+                .get(k)
+                .is_some_and(|e| e.state() == EndpointState::Established)
+        })
+        .count();
+    assert_eq!(open, 2, "the third connection is refused");
+    server.shutdown().unwrap();
+}

@@ -2,7 +2,7 @@
 //!
 //! # Bounds
 //!
-//! - connections: at most `max_connections`, each an [`Endpoint`] holding at most `buf_alloc`
+//! - connections: at most `max_connections`, and `max_per_client` of one client VM, each an [`Endpoint`] holding at most `buf_alloc`
 //!   received and `send_buf` unsent bytes;
 //! - requests in flight: at most `window` per connection, and all together at most the staging
 //!   slots less a quarter kept for packets; each is kept whole in one slot of
@@ -39,6 +39,9 @@ pub struct FrontConfig {
     pub max_message: u32,
     /// Client connections at once.
     pub max_connections: usize,
+    /// Client connections of one client VM at once (the relay's per-VM limit), so one client
+    /// cannot take the service from the others.
+    pub max_per_client: usize,
     /// Requests in flight per connection; the rest wait in the connection (the client's credit
     /// holds it back).
     pub window: u32,
@@ -179,10 +182,12 @@ impl ServiceFrontPort {
             return;
         }
         // Message mode speaks SEQPACKET on the service's port only.
-        if hdr.dst_port != self.cfg.port
-            || hdr.ty != SocketType::SeqPacket as u16
-            || self.conns.len() >= self.cfg.max_connections
-        {
+        let full = || {
+            self.conns.len() >= self.cfg.max_connections
+                || self.conns.keys().filter(|k| k.0 == hdr.src_cid).count()
+                    >= self.cfg.max_per_client
+        };
+        if hdr.dst_port != self.cfg.port || hdr.ty != SocketType::SeqPacket as u16 || full() {
             refuse(&mut self.counters);
             return;
         }

@@ -125,7 +125,8 @@ impl ConnTable {
     /// An empty table.
     pub fn new(cfg: TableConfig) -> Result<Self, RelayConfigError> {
         let relay = Relay::new(RelayConfig {
-            max_conns_per_guest: cfg.max_connections,
+            // Each client at most the relay's per-VM limit, so one cannot take the service.
+            max_conns_per_guest: cfg.relay.max_conns_per_guest.min(cfg.max_connections),
             ..cfg.relay.clone()
         })?;
         Ok(Self {
