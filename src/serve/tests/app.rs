@@ -51,7 +51,7 @@ impl App {
             rx_buf_size,
             ..FrontendConfig::default()
         };
-        let g = VmmFrontend::connect(&dir.sock(cid), cfg).expect("VMM connects");
+        let g = VmmFrontend::connect(dir.sock(cid), cfg).expect("VMM connects");
         Self::with_vmm(g, cid, listen)
     }
 
