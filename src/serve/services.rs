@@ -196,6 +196,21 @@ impl ServiceSet {
         Ok(report)
     }
 
+    /// Records in the running configuration that service `table` runs as it says (`None`:
+    /// service `name` is gone), so a reload that fails part way and is tried again plans only
+    /// what is left.
+    fn record(&mut self, name: &str, table: Option<&ServiceTable>) {
+        let at = self.cfg.service.iter().position(|t| t.name == name);
+        match (at, table) {
+            (Some(i), Some(t)) => self.cfg.service[i] = t.clone(),
+            (None, Some(t)) => self.cfg.service.push(t.clone()),
+            (Some(i), None) => {
+                self.cfg.service.remove(i);
+            }
+            (None, None) => {}
+        }
+    }
+
     /// Makes every port `plan` needs and checks every policy against the member slots it will
     /// have: whatever fails here fails before anything changed.
     fn prepare(
@@ -278,6 +293,7 @@ impl ServiceSet {
                 self.remove_service(sw, s)
                     .map_err(step(format!("removing service {}", s.name)))?,
             );
+            self.record(&s.name, None);
         }
         let changes = plan
             .changed
@@ -323,11 +339,15 @@ impl ServiceSet {
                     .map_err(step(format!("setting {}'s policy", t.name)))?;
                 report.policies.push(t.name.clone());
             }
+            // Every step of a change is safe to take again (a member that joined is serving,
+            // one that left is no member), so only a whole change is recorded.
+            self.record(&t.name, Some(t));
         }
         for (s, (members, front)) in plan.added.iter().zip(prepared.added) {
             self.add_service(sw, s, members, front)
                 .map_err(step(format!("adding service {}", s.name)))?;
             report.added.push(s.name.clone());
+            self.record(&s.name, Some(s));
         }
         Ok(report)
     }
