@@ -36,6 +36,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::event::{LoopConfig, Stopper, SwitchLoop};
 use crate::metrics::{MetricsEndpoint, MetricsError};
+use crate::port::vsock::service::connection::SharedTable;
 use crate::port::vsock::service::{
     BackendConfig, FrontConfig, ServiceBackendPort, ServiceFrontPort,
 };
@@ -438,6 +439,12 @@ impl Server {
                 uds.display()
             );
         }
+        let conn_by_cid: HashMap<u64, Arc<SharedTable>> = cfg
+            .service
+            .iter()
+            .zip(&conn_tables)
+            .filter_map(|(s, t)| Some((s.cid, t.clone()?)))
+            .collect();
         for (k, (s, (front, backends))) in cfg.service.iter().zip(service_ports).enumerate() {
             match &conn_tables[k] {
                 Some(t) => {
@@ -467,7 +474,14 @@ impl Server {
             snapshot: Arc::new(Mutex::new(None)),
             last_snapshot: Instant::now(),
             commands,
-            services: ServiceSet::new(net.clone(), clock, cfg.clone(), member_ports, status),
+            services: ServiceSet::new(
+                net.clone(),
+                clock,
+                cfg.clone(),
+                member_ports,
+                conn_by_cid,
+                status,
+            ),
         };
         let snapshot = restarts.snapshot.clone();
         let switch_thread = std::thread::Builder::new()
