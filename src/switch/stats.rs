@@ -45,6 +45,9 @@ pub struct Totals {
     /// Replies whose frontend did not take them before the request's deadline: the backend's
     /// descriptors went back and the frontend gets a `Timeout` error instead.
     pub replies_unread_dropped: u64,
+    /// Directory updates queued for live ports because ports or services came or went (at
+    /// most one waits per port: a waiting one carries every later change).
+    pub directory_updates: u64,
 }
 
 /// One port in a snapshot.
