@@ -17,8 +17,11 @@ pub mod result {
     pub const WAIT_TIMEOUTS: usize = 8;
     /// The guest's port id from the switch's hello (`u64::MAX` before it came).
     pub const PORT_ID: usize = 9;
-    /// Ring or protocol errors the guest's driver saw (bad messages, ring faults).
+    /// Ring or protocol errors the guest's driver saw (bad messages, ring faults, a
+    /// directory that was cut, too long or malformed).
     pub const RING_ERRORS: usize = 10;
+    /// Directories the guest took from the switch (its hello's, then every update's).
+    pub const DIRECTORIES: usize = 21;
 }
 
 /// [`param::WAIT`]: spin on the rings, never sleep (one core per guest).
