@@ -12,7 +12,7 @@ use vmq::traffic::{self, Link};
 use vmq::virtio::spec::*;
 use vmq::virtio::vmq_device::{DEVICE_ID, RX_QUEUE, TX_QUEUE};
 use vmq::virtio::{DriverRing, MsgRx, MsgTx, RawMemory, RingError, RingLayout, RxMsg, SlotArena};
-use vmq::wire::directory::{self, EntryKind};
+use vmq::wire::directory::{DirectoryCopy, EntryKind};
 use vmq::wire::{MsgHeader, MsgKind, HEADER_SIZE};
 
 use crate::{doorbell_wait, mmio_read32, mmio_write32, results};
@@ -26,10 +26,9 @@ pub type Rx = MsgRx<RawMemory, &'static mut [u16]>;
 const SPIN: u32 = 4096;
 /// Safety-net timeout of one doorbell wait, in microseconds.
 const WAIT_TIMEOUT_US: u32 = 10_000;
-/// Most directory bytes a guest keeps (the payload the smallest rx slot holds,
-/// [`Options::from_params`]): about 45 entries of 16-byte names. A longer directory is refused
-/// (counted in [`result::RING_ERRORS`]) and the one held before stays.
-pub const DIRECTORY_MAX: usize = 1024;
+/// Most directory bytes a guest keeps ([`driver::DIRECTORY_MAX`], what the smallest rx slot
+/// [`Options::from_params`] makes holds).
+pub use driver::DIRECTORY_MAX;
 
 /// Why the driver could not bring the device up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,9 +181,8 @@ pub struct Vmq {
     pub rx: Rx,
     doorbell: bool,
     port_id: Option<u32>,
-    /// The last well-formed directory the switch sent (hello or update), `dir_len` bytes.
-    dir: [u8; DIRECTORY_MAX],
-    dir_len: usize,
+    /// The last whole, well-formed directory the switch sent (hello or update).
+    dir: DirectoryCopy<DIRECTORY_MAX>,
 }
 
 fn reg(base: u64, off: u64) -> u64 {
@@ -297,8 +295,7 @@ impl Vmq {
             rx: MsgRx::new(rx_ring, rx_arena),
             doorbell: opts.doorbell,
             port_id: None,
-            dir: [0; DIRECTORY_MAX],
-            dir_len: 0,
+            dir: DirectoryCopy::new(),
         };
         dev.rx.post_all()?;
         dev.flush_rx()?;
@@ -321,23 +318,14 @@ impl Vmq {
 
     /// Keeps the directory a hello or a directory update carries in place of the one held, if
     /// it is whole (not cut by the switch to fit a slot), at most [`DIRECTORY_MAX`] bytes, and
-    /// well formed (every entry its count announces reads). Anything else is counted in
+    /// well formed (`vmq::wire::directory::DirectoryCopy`). Anything else is counted in
     /// [`result::RING_ERRORS`] and changes nothing: the switch's bytes are checked like any
     /// message's.
     pub fn note_directory(&mut self, hdr: &MsgHeader, payload: &[u8]) {
-        let whole = payload.len() == hdr.len() as usize && payload.len() <= DIRECTORY_MAX;
-        let announced = payload
-            .get(..4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
-        let well_formed =
-            announced.is_some_and(|n| directory::entries(payload).count() as u64 == u64::from(n));
-        if !(whole && well_formed) {
-            results::add(result::RING_ERRORS, 1);
-            return;
+        match self.dir.replace(payload, hdr.len() as usize) {
+            Ok(()) => results::add(result::DIRECTORIES, 1),
+            Err(_) => results::add(result::RING_ERRORS, 1),
         }
-        self.dir[..payload.len()].copy_from_slice(payload);
-        self.dir_len = payload.len();
-        results::add(result::DIRECTORIES, 1);
     }
 
     /// Handles what the switch itself sends: a hello or a directory update. Returns `false`
@@ -353,9 +341,7 @@ impl Vmq {
 
     /// The id the held directory gives the port or service called `name`.
     pub fn lookup(&self, kind: EntryKind, name: &[u8]) -> Option<u32> {
-        directory::entries(&self.dir[..self.dir_len])
-            .find(|e| e.kind == kind && e.name == name)
-            .map(|e| e.id)
+        self.dir.lookup(kind, name)
     }
 
     /// Waits until the directory names `name` (a port or service that may come later: its

@@ -135,8 +135,33 @@ impl Topology {
         {
             let idx = slot(name).expect("every name parameter has a slot");
             out.push((idx, self.resolve_name(name, value)?));
+            let bytes = self.directory_bytes();
+            if bytes > driver::DIRECTORY_MAX {
+                return Err(self.invalid(
+                    value.span(),
+                    name,
+                    format!(
+                        "the switch's directory of this topology's VM and service names takes \
+                         {bytes} bytes, more than the {} a guest keeps to look names up in: \
+                         use shorter names or fewer VMs",
+                        driver::DIRECTORY_MAX
+                    ),
+                ));
+            }
         }
         Ok(out)
+    }
+
+    /// Bytes of the directory the switch sends for this topology (every VM and service).
+    fn directory_bytes(&self) -> usize {
+        let names = self
+            .vms
+            .iter()
+            .map(|v| v.name.get_ref().len())
+            .chain(self.services.iter().map(|s| s.name.get_ref().len()));
+        4 + names
+            .map(|n| 6 + n.min(crate::wire::directory::MAX_NAME))
+            .sum::<usize>()
     }
 
     /// The boot-block parameters of VM `vm` (index into `vms`) but its name parameters

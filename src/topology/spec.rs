@@ -771,6 +771,26 @@ mod tests {
     }
 
     #[test]
+    fn name_parameters_need_a_directory_a_guest_can_keep() {
+        // 120 workers with 8-byte names: 120 x 14 bytes, more than a guest keeps.
+        let mut text = String::from(
+            "[[vm]]\nname = \"c\"\nimage = \"client\"\nparams = { service = \"s\" }\n",
+        );
+        let mut members = Vec::new();
+        for i in 0..120 {
+            text += &format!("[[vm]]\nname = \"worker{i:02}\"\nimage = \"worker\"\n");
+            members.push(format!("{{ vm = \"worker{i:02}\" }}"));
+        }
+        text += &format!(
+            "[[service]]\nname = \"s\"\nmembers = [{}]\n",
+            members.join(", ")
+        );
+        let e = err(&text);
+        assert_at(&e, 4, "service");
+        assert!(e.contains("directory"), "{e}");
+    }
+
+    #[test]
     fn roles_are_checked() {
         // A client as a service member.
         let e = err(&with(

@@ -24,6 +24,12 @@ pub mod result {
     pub const DIRECTORIES: usize = 21;
 }
 
+/// Most directory bytes a guest keeps (the payload the smallest rx slot holds): about 45
+/// entries of 16-byte names. A longer directory is refused (counted in
+/// [`result::RING_ERRORS`]) and the one held before stays; a topology whose directory would be
+/// longer is refused when parsed.
+pub const DIRECTORY_MAX: usize = 1024;
+
 /// [`param::WAIT`]: spin on the rings, never sleep (one core per guest).
 pub const WAIT_POLL: u64 = 0;
 /// [`param::WAIT`]: spin a bounded while, then ask for a notification and park the vCPU on the
