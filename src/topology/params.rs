@@ -121,7 +121,7 @@ fn slot(name: &str) -> Option<usize> {
 }
 
 impl Topology {
-    /// The name parameters of VM `vm` ([`NAME_PARAMS`]: `target`, `service`, `side_service`)
+    /// The name parameters of VM `vm` (`target`, `service`, `side_service`)
     /// with their slots: the VM or service name the guest looks up in the switch's
     /// directory. A number (the old form: an index in file order) is turned into the name it
     /// stands for.
