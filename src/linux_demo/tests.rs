@@ -36,6 +36,7 @@ fn snap(now_ms: u64, replies: u64, redispatches: u64, w5: u64, conns: (u64, u64)
         drain_per_s: 0.0,
         latency_us: None,
         load_report_suspect: false,
+        load_reports_suspected: 0,
     };
     Snapshot {
         now_ns: now_ms * 1_000_000,
