@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use vm_memory::GuestMemoryMmap;
 
-use super::{io, ServeConfig, ServeError, ServiceTable};
+use super::{io, MemberConfig, ServeConfig, ServeError, ServiceTable};
 use crate::port::vsock::service::connection::{
     ConnBackendConfig, ConnBackendPort, ConnFrontConfig, ConnFrontPort, SharedTable, TableConfig,
 };
@@ -68,33 +68,9 @@ pub(super) fn add(
     .map_err(io(format!("service {}: staging memory", s.name)))?;
     let got = sw.attach(&super::front_name(s), Box::new(port))?;
     debug_assert_eq!(got, front);
-    let connect_timeout_ns = s.connect_timeout_ms.saturating_mul(1_000_000);
     let mut members = Vec::new();
     for (m, &(cid, expected)) in s.members.iter().zip(backends) {
-        let vm = net.vm(cid).cloned().ok_or_else(|| ServeError::Io {
-            what: format!("service {}", s.name),
-            source: std::io::Error::other(format!("member CID {cid} is no VM")),
-        })?;
-        let port = ConnBackendPort::new(
-            vm,
-            table.clone(),
-            ConnBackendConfig {
-                service_cid: s.cid,
-                member: expected,
-                port: m.port.unwrap_or(s.port),
-                max_connecting: m.max_in_flight,
-                connect_timeout_ns,
-                refused_backoff_ns: connect_timeout_ns,
-                slots,
-                load_port: s.load_port,
-                report_endpoint: EndpointConfig {
-                    buf_alloc: 4096,
-                    send_buf: 4096,
-                },
-            },
-            clock.clone(),
-        )
-        .map_err(io(format!("service {}: member {cid}", s.name)))?;
+        let port = member_port(net, clock, cfg, s, m, table, expected)?;
         let got = sw.attach(&super::backend_name(s, cid), Box::new(port))?;
         debug_assert_eq!(got, expected);
         members.push((got, m.weight));
@@ -109,4 +85,43 @@ pub(super) fn add(
         members.len()
     );
     Ok(())
+}
+
+/// The port of member `m` of `connection` service `s` over its `table`, to have id `id` in the
+/// switch.
+pub(super) fn member_port(
+    net: &Arc<VsockNetwork>,
+    clock: &Arc<dyn Clock>,
+    cfg: &ServeConfig,
+    s: &ServiceTable,
+    m: &MemberConfig,
+    table: &Arc<SharedTable>,
+    id: PortId,
+) -> Result<ConnBackendPort, ServeError> {
+    let cid = m.cid;
+    let vm = net.vm(cid).cloned().ok_or_else(|| ServeError::Io {
+        what: format!("service {}", s.name),
+        source: std::io::Error::other(format!("member CID {cid} is no VM")),
+    })?;
+    let connect_timeout_ns = s.connect_timeout_ms.saturating_mul(1_000_000);
+    ConnBackendPort::new(
+        vm,
+        table.clone(),
+        ConnBackendConfig {
+            service_cid: s.cid,
+            member: id,
+            port: m.port.unwrap_or(s.port),
+            max_connecting: m.max_in_flight,
+            connect_timeout_ns,
+            refused_backoff_ns: connect_timeout_ns,
+            slots: cfg.limits.staging_slots,
+            load_port: s.load_port,
+            report_endpoint: EndpointConfig {
+                buf_alloc: 4096,
+                send_buf: 4096,
+            },
+        },
+        clock.clone(),
+    )
+    .map_err(io(format!("service {}: member {cid}", s.name)))
 }

@@ -84,18 +84,18 @@ pub(super) fn plan(
         ));
     }
     // A connection service's table is built into the network at start (its deliveries are
-    // watched there): such services stay as they are until a restart.
+    // watched there): such services come and go only with a restart. Their members, weights
+    // and policy change like any service's.
     fn fixed<'a>(a: &'a ServeConfig, b: &ServeConfig) -> Option<(usize, &'a ServiceTable)> {
-        a.service
-            .iter()
-            .enumerate()
-            .find(|(_, s)| s.mode == BalanceMode::Connection && !b.service.contains(s))
+        a.service.iter().enumerate().find(|(_, s)| {
+            s.mode == BalanceMode::Connection && !b.service.iter().any(|t| t.name == s.name)
+        })
     }
     if let Some((i, s)) = fixed(new, old).or_else(|| fixed(old, new)) {
         return Err(refuse(
             format!("service[{i}] ({})", s.name),
-            "connection-mode services cannot be added, removed or changed by a reload yet: \
-             restart vmq serve to change them"
+            "connection-mode services cannot be added or removed by a reload yet (their \
+             members, weights and policy can change): restart vmq serve to add or remove one"
                 .into(),
         ));
     }
@@ -265,24 +265,31 @@ mod tests {
     }
 
     #[test]
-    fn connection_services_are_left_as_they_are_until_a_restart() {
+    fn connection_services_change_members_but_come_and_go_only_with_a_restart() {
         let conn = "[[service]]\nname = \"c\"\ncid = 102\nport = 1\nmode = \"connection\"\n";
         let a = format!("{A}members = [{{ cid = 4 }}]\n");
         let old = cfg(&format!("{a}{conn}members = [{{ cid = 5 }}]\n"));
         // Message services still change around it.
         let grown = cfg(&format!("{a}{B}{conn}members = [{{ cid = 5 }}]\n"));
         assert_eq!(plan(&old, &grown, "t.toml").unwrap().added.len(), 1);
-        for new in [
-            cfg(&format!(
-                "{a}{conn}members = [{{ cid = 5 }}, {{ cid = 6 }}]\n"
-            )),
-            cfg(&a),
-        ] {
-            let e = plan(&old, &new, "t.toml").unwrap_err().to_string();
-            assert!(e.contains("service[1] (c)") && e.contains("restart"), "{e}");
-        }
+        // Its members change: 6 joins, 5 drains.
+        let moved = cfg(&format!("{a}{conn}members = [{{ cid = 6 }}]\n"));
+        let p = plan(&old, &moved, "t.toml").unwrap();
+        assert_eq!(p.changed.len(), 1);
+        assert_eq!(p.changed[0].joins[0].cid, 6);
+        assert_eq!(p.changed[0].drains, [5]);
+        // Removed, or added: refused.
+        let e = plan(&old, &cfg(&a), "t.toml").unwrap_err().to_string();
+        assert!(e.contains("service[1] (c)") && e.contains("restart"), "{e}");
         let e = plan(&cfg(&a), &old, "t.toml").unwrap_err().to_string();
         assert!(e.contains("connection-mode"), "{e}");
+        // Its settings as for any service.
+        let port = cfg(&format!(
+            "{a}[[service]]\nname = \"c\"\ncid = 102\nport = 2\nmode = \"connection\"\n\
+             members = [{{ cid = 5 }}]\n"
+        ));
+        let e = plan(&old, &port, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("service[1] (c).port"), "{e}");
     }
 
     #[test]

@@ -20,10 +20,11 @@ use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
 
 use super::config::{MemberConfig, ServeConfig, ServeConfigError, ServiceTable};
+use super::connection;
 use super::control::{Command, ControlError, DrainReport, ReloadReport, RemovedService};
 use super::reload::{plan, Plan};
 use super::{backend_name, backend_port, front_name, front_port, member_port_name};
-use crate::port::vsock::service::connection::SharedTable;
+use crate::port::vsock::service::connection::{ConnBackendPort, SharedTable};
 use crate::port::vsock::service::{ServiceBackendPort, ServiceFrontPort};
 use crate::port::vsock::{ServiceRoute, VsockNetwork};
 use crate::port::{Port, PortId};
@@ -49,8 +50,10 @@ pub(super) struct ServiceSet {
 
 /// How a member joins.
 enum Joining {
-    /// On a port of its own, new or brought back.
+    /// On a port of its own, new or brought back: a `message` service's member.
     Port(Box<ServiceBackendPort>),
+    /// The same, of a `connection` service over its table (the port learns its id when placed).
+    ConnPort(Box<ConnBackendPort>, Arc<SharedTable>),
     /// It drains: it takes requests again, on the port it has.
     Undrain,
     /// It serves already (a reload that stopped part way added it): only its weight is set.
@@ -264,12 +267,37 @@ impl ServiceSet {
                 let joining = match existing.and_then(|port| sw.member_state(sid, port)) {
                     Some(MemberState::Draining) => Joining::Undrain,
                     Some(MemberState::Active) => Joining::Serving,
+                    // Left, but its port still carries connections: it comes back on it.
+                    Some(MemberState::Gone)
+                        if existing.is_some_and(|p| self.lingering.contains(&p)) =>
+                    {
+                        Joining::Undrain
+                    }
                     state => {
                         if state.is_none() {
                             slot_vms.push(Some(m.cid));
                         }
-                        let port = backend_port(&self.net, &self.clock, t, m).map_err(resources)?;
-                        Joining::Port(Box::new(port))
+                        match self.tables.get(&t.cid) {
+                            Some(table) => {
+                                // Its id is set when it is placed.
+                                let port = connection::member_port(
+                                    &self.net,
+                                    &self.clock,
+                                    &self.cfg,
+                                    t,
+                                    m,
+                                    table,
+                                    PortId::MAX,
+                                )
+                                .map_err(resources)?;
+                                Joining::ConnPort(Box::new(port), table.clone())
+                            }
+                            None => {
+                                let port = backend_port(&self.net, &self.clock, t, m)
+                                    .map_err(resources)?;
+                                Joining::Port(Box::new(port))
+                            }
+                        }
                     }
                 };
                 ports.push(joining);
@@ -420,11 +448,22 @@ impl ServiceSet {
         match joining {
             Joining::Undrain => {
                 let id = existing(sw)?;
+                self.lingering.retain(|&p| p != id);
                 sw.add_member(sid, id, m.weight)
             }
             Joining::Serving => {
                 let id = existing(sw)?;
                 sw.set_member_weight(sid, id, m.weight)
+            }
+            Joining::ConnPort(mut port, table) => {
+                let id = sw.port_id(&name).unwrap_or_else(|| sw.next_port_id());
+                port.set_member(id);
+                let id = place(sw, &name, port)?;
+                self.backends.insert(id, (t.cid, m.cid));
+                self.net.set_backend(t.cid, m.cid, Some(id));
+                sw.add_member(sid, id, m.weight)?;
+                table.lock().set_members(sw.members(sid).len());
+                Ok(())
             }
             Joining::Port(port) => {
                 let id = place(sw, &name, port)?;

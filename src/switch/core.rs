@@ -179,6 +179,11 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         Ok(id)
     }
 
+    /// The id the next port [`Switch::attach`]ed gets.
+    pub fn next_port_id(&self) -> PortId {
+        self.ports.len() as PortId
+    }
+
     /// The id of the port called `name`.
     pub fn port_id(&self, name: &str) -> Option<PortId> {
         self.ports

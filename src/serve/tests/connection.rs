@@ -334,25 +334,13 @@ fn a_drained_member_takes_no_new_connection_keeps_its_own_and_leaves_when_they_c
         4,
         &conn_mode(POLICY_ONLY),
     );
-    let open = |client: &mut App, workers: &mut [App], n: usize| {
-        let keys: Vec<_> = (0..n).map(|_| client.connect()).collect();
-        let mut apps: Vec<&mut App> = std::iter::once(client).chain(workers.iter_mut()).collect();
-        run_until(&mut apps, |a| {
-            keys.iter().all(|k| {
-                a[0].eps
-                    .get(k)
-                    .is_some_and(|e| e.state() == EndpointState::Established)
-            })
-        });
-        keys
-    };
     // Equal weights: one connection each.
-    let kept = open(&mut client, &mut workers, 2);
+    let kept = open_conns(&mut client, &mut workers, 2);
     assert_eq!((workers[0].accepted, workers[1].accepted), (1, 1));
     let r = server.drain("echo", 4).unwrap();
     assert_eq!((r.member, r.active_left), (4, 1), "{r}");
     // New connections go to the member that stays.
-    let fresh = open(&mut client, &mut workers, 4);
+    let fresh = open_conns(&mut client, &mut workers, 4);
     assert_eq!((workers[0].accepted, workers[1].accepted), (1, 5));
     // The drained member's connection still carries messages both ways, and so does it port
     // while its member is gone from the service.
@@ -399,5 +387,78 @@ fn a_drained_member_takes_no_new_connection_keeps_its_own_and_leaves_when_they_c
     snapshot_when(&server, |s| {
         s.ports.iter().any(|p| p.name == "svc-echo-vm4" && p.down)
     });
+    server.shutdown().unwrap();
+}
+
+/// Opens `n` SEQPACKET connections from `client` and waits until all are established.
+fn open_conns(client: &mut App, workers: &mut [App], n: usize) -> Vec<(u32, u64, u32)> {
+    let keys: Vec<_> = (0..n).map(|_| client.connect()).collect();
+    let mut apps: Vec<&mut App> = std::iter::once(client).chain(workers.iter_mut()).collect();
+    run_until(&mut apps, |a| {
+        keys.iter().all(|k| {
+            a[0].eps
+                .get(k)
+                .is_some_and(|e| e.state() == EndpointState::Established)
+        })
+    });
+    keys
+}
+
+/// Sends `msg` on each of `keys` and returns the CIDs of the backends that answered.
+fn ask(client: &mut App, workers: &mut [App], keys: &[(u32, u64, u32)], msg: &[u8]) -> Vec<u8> {
+    for k in keys {
+        client
+            .eps
+            .get_mut(k)
+            .unwrap()
+            .write_message(msg, true)
+            .unwrap();
+    }
+    let mut from = Vec::new();
+    let mut apps: Vec<&mut App> = std::iter::once(client).chain(workers.iter_mut()).collect();
+    run_until(&mut apps, |a| {
+        for k in keys {
+            if let Some(m) = a[0].eps.get_mut(k).and_then(|e| e.read_message()) {
+                assert_eq!(&m.data[..msg.len()], msg);
+                from.push(m.data[msg.len()]);
+            }
+        }
+        from.len() == keys.len()
+    });
+    from.sort();
+    from
+}
+
+#[test]
+fn a_reload_moves_a_connection_services_members_and_keeps_their_connections() {
+    let extra = conn_mode(
+        "health = { weights = { drain = 0.0, latency = 0.0, in_flight = 0.0, free_rx = 0.0 } }\n\
+         failover = { stall_window_ns = 60000000000, slow_start_ns = 0 }",
+    );
+    let both = [(4, 1.0), (5, 1.0)];
+    let (dir, server, mut client, mut workers) = world("conn-reload", &both, 4, &extra);
+    let full = service_config_with(&dir, &both, 4, &extra);
+    let kept = open_conns(&mut client, &mut workers, 2);
+    assert_eq!((workers[0].accepted, workers[1].accepted), (1, 1));
+    // Member 5 leaves the file: it drains, and new connections go to 4 only.
+    let mut only4 = full.clone();
+    only4.service[0].members.retain(|m| m.cid == 4);
+    let r = server.apply(only4).unwrap();
+    assert_eq!(r.drained.len(), 1, "{r}");
+    assert_eq!(r.drained[0].member, 5, "{r}");
+    let fresh = open_conns(&mut client, &mut workers, 2);
+    assert_eq!((workers[0].accepted, workers[1].accepted), (3, 1));
+    // Its connection goes on, as do the others.
+    assert_eq!(ask(&mut client, &mut workers, &kept, b"kept"), [4, 5]);
+    // Back in the file: it takes new connections again (on the port that still carries its
+    // connection), and nothing was reset.
+    let r = server.apply(full).unwrap();
+    assert_eq!(r.joined, [("echo".to_string(), 5)], "{r}");
+    let more = open_conns(&mut client, &mut workers, 4);
+    assert_eq!((workers[0].accepted, workers[1].accepted), (5, 3));
+    let all: Vec<_> = kept.iter().chain(&fresh).chain(&more).copied().collect();
+    assert_eq!(ask(&mut client, &mut workers, &all, b"all").len(), 8);
+    let front = port_counters(&server, "svc-echo", |_| true);
+    assert_eq!(front["reset_by_vmq"], 0, "{front:?}");
     server.shutdown().unwrap();
 }

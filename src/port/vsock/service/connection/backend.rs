@@ -96,6 +96,12 @@ pub struct ConnBackendPort {
 }
 
 impl ConnBackendPort {
+    /// Sets the port's id in the switch ([`ConnBackendConfig::member`]), for a port made
+    /// before its id was known (a member a reload adds). Call it before the port is placed.
+    pub fn set_member(&mut self, member: PortId) {
+        self.cfg.member = member;
+    }
+
     /// The backend `vm` of the service `cfg` describes, over its `table`.
     pub fn new(
         vm: Arc<VmEntry>,

@@ -163,6 +163,12 @@ impl ConnTable {
         (self.conns.len(), waiting)
     }
 
+    /// The service has `members` member slots now (a reload added some): a connection is given
+    /// up once that many members refused it.
+    pub fn set_members(&mut self, members: usize) {
+        self.cfg.members = members;
+    }
+
     /// Connections established through member port `member`.
     pub fn established_by(&self, member: PortId) -> usize {
         self.conns
