@@ -3,7 +3,9 @@
 //! Parameters (`abi::image::client::param`): `COUNT` requests of `SIZE` payload bytes (byte `i` of request
 //! `id` is `abi::image::client::request_byte(id, i)`; ids run 1..=COUNT) to service `SERVICE`, or to port
 //! `TARGET` when set (`abi::image::port_param`); at most `WINDOW` outstanding (0 = the tx ring, which
-//! bounds it anyway); `WAIT` = 0 spins, 1 parks on the doorbell when idle; `QUEUE_SIZE`.
+//! bounds it anyway); `WAIT` = 0 spins, 1 parks on the doorbell when idle; `QUEUE_SIZE`;
+//! `IMMEDIATE_EVERY` n: request `id` immediate when `id` is a multiple of n, else deferred
+//! (0: no notification flag; replies come back notified as their request asked).
 //!
 //! A reply must carry an outstanding id; with `Status::Ok` its payload must be the request's
 //! bytes XOR `abi::image::worker::PAYLOAD_XOR`. Results: `RES_SENT`, `RES_RECEIVED` (replies to outstanding
@@ -78,7 +80,8 @@ fn main(bb: &BootBlock) -> u32 {
         replied,
         abi::image::worker::PAYLOAD_XOR,
         Some(size as usize),
-    );
+    )
+    .with_immediate_every(p[abi::image::client::param::IMMEDIATE_EVERY]);
     let ex = Exchange {
         dst: target.map_or(Destination::Service(service), Destination::Port),
         count,

@@ -65,6 +65,15 @@ pub const QUEUE_SIZE: usize = 15;
 pub const MUTE_AFTER: usize = 16;
 /// `evil`: the service of its rewrite and reset attacks.
 pub const SIDE_SERVICE: usize = 17;
+/// `client`, `peer`: the notification mix of what it sends (the header's
+/// [`Notify`](crate::wire::Notify)): 0 = no flag on any message (notified once per switch
+/// poll); N = message `k` (counting from 1) immediate when `k` is a multiple of N, else
+/// deferred (1: every message immediate). See [`notify_for`](crate::traffic::notify_for).
+pub const IMMEDIATE_EVERY: usize = 28;
+/// How many times a guest's driver checks its rings before it parks on the doorbell (0 = the
+/// driver's default, 4096; read by the driver of every image with a vmq device). A small
+/// value makes a guest park whenever it is idle, which makes its notifications countable.
+pub const SPIN: usize = 29;
 
 // Different names never share a slot, and every slot is in the boot block.
 const _: () = assert!(super::distinct_below(
@@ -86,6 +95,8 @@ const _: () = assert!(super::distinct_below(
         QUEUE_SIZE,
         MUTE_AFTER,
         SIDE_SERVICE,
+        IMMEDIATE_EVERY,
+        SPIN,
     ],
     NUM_PARAMS
 ));
