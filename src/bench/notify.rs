@@ -67,7 +67,10 @@ fn notifies_per_msg(r: &RunReport) -> f64 {
 
 fn record(case: &str, window: u64, mix: &str, r: &RunReport, base: &RunReport) -> BenchRecord {
     let placement = "vCPU threads and the switch thread unpinned (2 CPUs shared)";
-    let (l, bl) = (r.latency.unwrap_or_default(), base.latency.unwrap_or_default());
+    let (l, bl) = (
+        r.latency.unwrap_or_default(),
+        base.latency.unwrap_or_default(),
+    );
     let latency = |v: f64, has: bool| {
         if has {
             serde_json::json!((v * 10.0).round() / 10.0)
