@@ -68,7 +68,7 @@ pub const SIDE_SERVICE: usize = 17;
 /// `client`, `peer`: the notification mix of what it sends (the header's
 /// [`Notify`](crate::wire::Notify)): 0 = no flag on any message (notified once per switch
 /// poll); N = message `k` (counting from 1) immediate when `k` is a multiple of N, else
-/// deferred (1: every message immediate). See [`notify_for`](crate::traffic::notify_for).
+/// deferred (1: every message immediate); the rule is `traffic::notify_for`.
 pub const IMMEDIATE_EVERY: usize = 28;
 /// How many times a guest's driver checks its rings before it parks on the doorbell (0 = the
 /// driver's default, 4096; read by the driver of every image with a vmq device). A small
