@@ -12,10 +12,11 @@ use crate::port::{Drain, Port, PortId};
 use crate::virtio::{DeliverError, GuestView, TxChain};
 use crate::wire::{MsgHeader, Notify};
 
-/// Default coalescing deadline of a port ([`Switch::set_notify_deadline`](super::Switch::set_notify_deadline)): the longest a
+/// Default coalescing deadline of a port
+/// ([`Switch::set_notify_deadline`](super::Switch::set_notify_deadline)): the longest a
 /// notification withheld for deferred messages waits, 1 ms. That is the default sweep interval
-/// (the switch wakes that often anyway, so the deadline costs it no extra wake-up) and a tenth of
-/// the 10 ms safety-net timeout after which a parked vmq guest looks at its rings on its own.
+/// (the switch wakes that often anyway, so the deadline costs it no extra wake-up) and a tenth
+/// of the 10 ms safety-net timeout after which a parked vmq guest looks at its rings on its own.
 pub const DEFAULT_NOTIFY_DEADLINE_NS: u64 = 1_000_000;
 
 /// Reply bytes the switch keeps (copied out of backends' queues) for one port that has not
@@ -190,10 +191,10 @@ impl<M> PortSlot<M> {
         }
     }
 
-    /// Publishes what is new and notifies the guest if the rules say so (see
-    /// the switch's outbox): a side that asked and has a per-poll or
-    /// immediate change is told; one that asked for deferred changes only is owed a
-    /// notification, which any later per-poll or immediate change, or the deadline, sends.
+    /// Publishes what is new and notifies the guest if the rules say so (see the switch's
+    /// outbox): a side that asked and has a per-poll or immediate change is told; one that
+    /// asked for deferred changes only is owed a notification, which any later per-poll or
+    /// immediate change, or the deadline, sends. Bound: one timestamp per port.
     pub fn settle(&mut self, now: u64) {
         if self.down {
             self.clear_notify_state();
