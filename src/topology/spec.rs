@@ -626,6 +626,20 @@ mod tests {
     }
 
     #[test]
+    fn the_notification_mix_example_parses() {
+        let t = Topology::parse(
+            include_str!("../../topologies/notify-mix.toml"),
+            "notify-mix.toml",
+            &["client", "worker", "peer"],
+        )
+        .unwrap();
+        let rx = t.vms.iter().position(|v| v.name.get_ref() == "rx").unwrap();
+        assert_eq!(t.vms[rx].notify_deadline_ns(), 2_000_000);
+        let client = t.params_of(0).unwrap();
+        assert!(client.contains(&(crate::abi::image::client::param::IMMEDIATE_EVERY, 16)));
+    }
+
+    #[test]
     fn a_vm_sets_its_ports_coalescing_deadline_in_range() {
         let e = err("[[vm]]\nname = \"a\"\nimage = \"client\"\nnotify_deadline_us = 1000001\n");
         assert!(e.starts_with("t.toml:4: field `notify_deadline_us`"), "{e}");
