@@ -263,7 +263,7 @@ fn front_port(
             },
             max_message: s.max_message_kib * 1024,
             max_connections: s.max_connections as usize,
-            max_per_client: relay.max_conns_per_guest,
+            max_per_client: relay.max_conns_per_guest as usize,
             window: s.window,
             slots: FRONT_SLOTS,
         },
