@@ -180,6 +180,8 @@ pub struct Vmq {
     /// Messages from the switch (queue 0).
     pub rx: Rx,
     doorbell: bool,
+    /// Spins on the rings before a doorbell wait ([`param::SPIN`]; 0 = [`SPIN`]).
+    spin: u32,
     port_id: Option<u32>,
     /// The last whole, well-formed directory the switch sent (hello or update).
     dir: DirectoryCopy<DIRECTORY_MAX>,
@@ -294,6 +296,10 @@ impl Vmq {
             tx: MsgTx::new(tx_ring, tx_arena),
             rx: MsgRx::new(rx_ring, rx_arena),
             doorbell: opts.doorbell,
+            spin: match bb.params[param::SPIN] {
+                0 => SPIN,
+                n => n.min(u64::from(u32::MAX)) as u32,
+            },
             port_id: None,
             dir: DirectoryCopy::new(),
         };
@@ -434,7 +440,7 @@ impl Vmq {
     /// signalled and the wait returns at once). Returns early when work shows up; callers loop.
     /// A wait that times out checks whether the device needs a reset.
     pub fn wait(&mut self, want_tx: bool) -> Result<(), DriverError> {
-        for _ in 0..SPIN {
+        for _ in 0..self.spin {
             if self.rx.ring().has_used()? || (want_tx && self.tx.ring().has_used()?) {
                 return Ok(());
             }

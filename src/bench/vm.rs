@@ -3,7 +3,9 @@
 //! Cases, each with polling guests (`wait = "poll"`) and with doorbell-wait guests:
 //! - `vm one-way`: a `peer` VM streams 64-byte one-way messages to another peer VM;
 //! - `vm request/reply`: a `client` VM with one request outstanding against a `worker` VM
-//!   (round-trip percentiles from the client's TSC histogram).
+//!   (round-trip percentiles from the client's TSC histogram);
+//! - `notify ...`: notification per message, a mix of one immediate in 16 and the per-poll
+//!   default against all-immediate ([`super::notify`]).
 //!
 //! Baseline in the same run: the same traffic through the same switch between host-thread
 //! peers (`bench switch`), which shows what the VM boundary costs. Thread placement: every
@@ -64,7 +66,7 @@ failover = {{ stall_window_ns = 1000000000 }}
 }
 
 /// Runs one case; a run that could not happen or was not clean is recorded in `failures`.
-fn run_vm(case: &str, text: &str, failures: &mut Vec<String>) -> Option<RunReport> {
+pub(super) fn run_vm(case: &str, text: &str, failures: &mut Vec<String>) -> Option<RunReport> {
     match runner::run(&topo(text), &RunOptions::default()) {
         Ok(r) if r.clean() => Some(r),
         Ok(r) => {
@@ -140,6 +142,7 @@ pub fn run(quick: bool) -> Report {
             );
         }
     }
+    super::notify::run(quick, &mut report);
     if let Ok(c) = super::exits::measure(if quick { 500 } else { 2000 }) {
         report.records.push(
             BenchRecord::new("exit costs", 0, 1, 0.0, "none", 0.0, "one vCPU")

@@ -174,6 +174,21 @@ pub(crate) const PORT_STATS: &[Field<PortStats>] = &[
         "Error notices dropped because a queue's worth already waited",
         |p| p.notices_dropped,
     ),
+    (
+        "notifies_immediate",
+        "Notifications sent at once for an immediate message",
+        |p| p.notifies_immediate,
+    ),
+    (
+        "notifies_withheld",
+        "Notifications withheld because only deferred messages were new",
+        |p| p.notifies_withheld,
+    ),
+    (
+        "notifies_deadline",
+        "Withheld notifications sent at the port's coalescing deadline",
+        |p| p.notifies_deadline,
+    ),
 ];
 
 /// Every [`ServiceStats`] field, exported as `vmq_service_<name>_total`.

@@ -60,6 +60,15 @@ impl<F: Fn() -> Option<u64> + Send> RunQueueClock for F {
     }
 }
 
+/// Which side of a port asked to be told, from [`Port::publish_sides`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Asked {
+    /// The guest asked to hear about new deliveries.
+    pub rx: bool,
+    /// The guest asked to hear about messages handed back.
+    pub tx: bool,
+}
+
 /// How a port's guest drains the rx buffers it posts: what the sweep feeds to health and stall
 /// detection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -123,6 +132,15 @@ pub trait Port<M>: Send {
 
     /// Makes deliveries and releases visible to the guest; returns whether it asked to be told.
     fn publish(&mut self) -> bool;
+
+    /// [`Port::publish`], saying which side asked: the receive side (deliveries) and the send
+    /// side (messages handed back). Lets the switch withhold the notification a deferred
+    /// delivery would cause without withholding the one a hand-back asked for. Default: one
+    /// answer for both, from [`Port::publish`].
+    fn publish_sides(&mut self) -> Asked {
+        let a = self.publish();
+        Asked { rx: a, tx: a }
+    }
 
     /// Tells the guest its queues moved.
     fn notify(&self);

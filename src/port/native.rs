@@ -2,7 +2,7 @@
 
 use vm_memory::GuestMemoryBackend;
 
-use super::{Drain, Notifier, Port, RunQueueClock};
+use super::{Asked, Drain, Notifier, Port, RunQueueClock};
 use crate::virtio::{
     DeliverError, DeviceError, DevicePort, GuestView, Payload, TxChain, RX_QUEUE, TX_QUEUE,
 };
@@ -71,6 +71,13 @@ impl<M: GuestMemoryBackend + Send + 'static> Port<M> for NativePort<M> {
         let rx = self.dev.publish_rx();
         let tx = self.dev.publish_tx();
         rx | tx
+    }
+
+    fn publish_sides(&mut self) -> Asked {
+        Asked {
+            rx: self.dev.publish_rx(),
+            tx: self.dev.publish_tx(),
+        }
     }
 
     fn notify(&self) {

@@ -247,6 +247,10 @@ pub fn run(topo: &Topology, opts: &RunOptions) -> Result<RunReport, RunError> {
     for (b, port) in vms.iter().zip(ports) {
         switch.attach(&b.name, native_port(b, port))?;
     }
+    // Ports are the VMs in file order.
+    for (i, spec) in topo.vms.iter().enumerate() {
+        switch.set_notify_deadline(i as u32, spec.notify_deadline_ns())?;
+    }
     for s in &topo.services {
         let members: Vec<(u32, f64)> = s
             .members

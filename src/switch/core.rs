@@ -25,7 +25,7 @@ use super::stats::Totals;
 use super::SwitchError;
 use crate::port::{NativePort, Notifier, Port, PortId, RunQueueClock};
 use crate::virtio::{DevicePort, TxChain};
-use crate::wire::{MsgKind, Status};
+use crate::wire::{MsgKind, Notify, Status};
 
 /// The `src` the switch stamps on messages it makes itself (error replies, hellos).
 pub const SWITCH_PORT: PortId = u32::MAX;
@@ -300,6 +300,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         for s in 0..self.services.len() {
             work += self.dispatch_waiting(s, now);
         }
+        self.flush_urgent(now);
         let mut scratch = std::mem::take(&mut self.scratch);
         for p in 0..self.ports.len() {
             if self.ports[p].down {
@@ -308,7 +309,12 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             scratch.clear();
             let r = self.ports[p].port.take_sent(self.cfg.batch, &mut scratch);
             for c in scratch.drain(..) {
+                // An immediate message is published and notified before the next is handled.
+                let immediate = c.header.notify() == Notify::Immediate;
                 self.handle(p as PortId, c, now);
+                if immediate {
+                    self.flush_urgent(now);
+                }
                 work += 1;
             }
             if r.is_err() {
@@ -316,7 +322,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             }
         }
         self.scratch = scratch;
-        self.notify_ports();
+        self.notify_ports(now);
         if now >= self.next_sweep_ns {
             self.sweep(now);
             self.next_sweep_ns = now.saturating_add(self.cfg.sweep_interval_ns);
@@ -342,9 +348,29 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         }
     }
 
-    /// Nanoseconds until the next sweep is due (the longest a caller may sleep).
+    /// Nanoseconds until the next sweep or the next withheld notification is due (the longest
+    /// a caller may sleep).
     pub fn until_next_sweep(&self) -> u64 {
-        self.next_sweep_ns.saturating_sub(self.clock.now_ns())
+        let due = self
+            .ports
+            .iter()
+            .filter_map(|p| p.notify_due())
+            .fold(self.next_sweep_ns, u64::min);
+        due.saturating_sub(self.clock.now_ns())
+    }
+
+    /// Sets port `port`'s coalescing deadline: the longest a notification its guest asked for
+    /// may be withheld because everything new for it was deferred (`Notify::Deferred`), in
+    /// ns. 0 notifies deferred messages within the poll that delivers them, like per-poll
+    /// ones. Default [`DEFAULT_NOTIFY_DEADLINE_NS`](super::slot::DEFAULT_NOTIFY_DEADLINE_NS)
+    /// (1 ms). Kept when the port is revived.
+    pub fn set_notify_deadline(&mut self, port: PortId, ns: u64) -> Result<(), SwitchError> {
+        let slot = self
+            .ports
+            .get_mut(port as usize)
+            .ok_or(SwitchError::UnknownPort(port))?;
+        slot.notify_deadline_ns = ns;
+        Ok(())
     }
 
     // ---- routing by kind ------------------------------------------------------------------

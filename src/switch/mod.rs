@@ -41,7 +41,7 @@ pub use inflight::{pool, BlockPool, PoolConfig, PoolError, PoolStats, Token};
 pub use membership::{Departure, DrainStarted};
 pub use policy::{new_policy, Candidate, PickRequest, Policy, PolicyConfig, PolicyKind};
 pub use service::{MemberState, ServiceConfig, ServiceConfigError, ServiceId, ServiceStats};
-pub use slot::PortStats;
+pub use slot::{PortStats, DEFAULT_NOTIFY_DEADLINE_NS};
 pub use stats::{MemberSnapshot, PortSnapshot, ReloadStatus, ServiceSnapshot, Snapshot, Totals};
 
 /// Why the switch refused a configuration.

@@ -3,6 +3,16 @@
 //! order; [`Switch::notify_ports`] publishes and notifies once per poll. Headers are rewritten
 //! in one place, [`header`](super::header).
 //!
+//! Notification per message (the header's [`Notify`]): a per-poll message (no flag) is
+//! notified once per poll, as always; an immediate one makes its port publish and notify as
+//! soon as the message that caused it is handled, before the rest of the batch; a deferred one
+//! is published with the rest but notifies nobody: a notification its guest asked for is
+//! withheld (owed) until a per-poll or immediate change for that port, or the port's
+//! coalescing deadline ([`Switch::set_notify_deadline`]). A reply's hand-back of its request's
+//! chain is notified as the reply is. Only a guest that asked (EVENT_IDX) is ever notified:
+//! one that did not ask is running and reads its ring anyway, and a forced exit would not
+//! make it look sooner (vmq guests take no interrupts).
+//!
 //! Bounds (per port): the outbox holds what this port is owed, each entry tied to something
 //! that bounds it: one-way messages hold a sender's tx chain (bounded by the senders' rings),
 //! requests, replies and errors an in-flight record of this port's (bounded by its own tx
@@ -22,7 +32,7 @@ use super::Switch;
 use crate::port::PortId;
 use crate::virtio::{DeliverError, Payload, TxChain};
 use crate::wire::directory::{self, Entry, EntryKind};
-use crate::wire::{MsgHeader, Status};
+use crate::wire::{MsgHeader, Notify, Status};
 
 /// Something that must reach a port's guest but found no buffer yet; delivered in order.
 #[derive(Debug)]
@@ -212,8 +222,10 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             match self.attempt(d, &item, now) {
                 Attempt::Done(fits) => {
                     n += 1;
-                    self.ports[d as usize].dirty = true;
                     self.delivered(d, item, fits, now);
+                    if self.ports[d as usize].urgent {
+                        self.ports[d as usize].settle(now);
+                    }
                 }
                 Attempt::Full => {
                     self.ports[d as usize].outbox.push_front(item);
@@ -268,7 +280,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         };
         match r {
             Ok(fits) => {
-                self.ports[d as usize].dirty = true;
+                self.ports[d as usize].delivered_as(hdr.notify());
                 Attempt::Done(fits)
             }
             Err(DeliverError::NoBuffer) => Attempt::Full,
@@ -333,12 +345,16 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                 ..
             } => {
                 self.release(backend, &chain, now);
-                self.replied(d, token, now);
+                self.replied(d, token, chain.header.notify(), now);
             }
-            Outbound::CopiedReply { token, bytes, .. } => {
+            Outbound::CopiedReply {
+                token,
+                bytes,
+                header,
+            } => {
                 let e = &mut self.ports[d as usize];
                 e.copied_bytes = e.copied_bytes.saturating_sub(bytes.len());
-                self.replied(d, token, now);
+                self.replied(d, token, header.notify(), now);
             }
             Outbound::Error { token, status, .. } => {
                 if let Some(r) = self.inflight.remove(token) {
@@ -373,26 +389,32 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         }
     }
 
-    /// Request `token`'s reply reached frontend `d`: the request ends.
-    fn replied(&mut self, d: PortId, token: Token, now: u64) {
+    /// Request `token`'s reply reached frontend `d`: the request ends, its chain going back
+    /// notified as the reply is (`notify`).
+    fn replied(&mut self, d: PortId, token: Token, notify: Notify, now: u64) {
         if let Some(r) = self.inflight.remove(token) {
             self.totals.replies_delivered += 1;
             self.ports[d as usize].stats.replies += 1;
             if let Target::Service(s) = r.target {
                 self.services[s as usize].stats.replies += 1;
             }
-            self.release(r.frontend, &r.chain, now);
+            self.release_as(r.frontend, &r.chain, notify, now);
         }
     }
 
     /// Hands a held message back to port `p`'s guest.
     pub(super) fn release(&mut self, p: PortId, chain: &TxChain, now: u64) {
+        self.release_as(p, chain, Notify::PerPoll, now);
+    }
+
+    /// Hands a held message back to port `p`'s guest, notified as `notify` says.
+    fn release_as(&mut self, p: PortId, chain: &TxChain, notify: Notify, now: u64) {
         let e = &mut self.ports[p as usize];
         if e.down {
             return;
         }
         if e.port.release(chain).is_ok() {
-            e.dirty = true;
+            e.released_as(notify);
         } else {
             self.take_down(p, true, now);
         }
@@ -420,14 +442,22 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         self.offer(p, Outbound::Notice { msg_id, status }, now);
     }
 
-    /// Publishes every port's deliveries and releases; notifies the guests that asked.
-    pub(super) fn notify_ports(&mut self) {
-        for e in self.ports.iter_mut().filter(|e| !e.down && e.dirty) {
-            e.dirty = false;
-            if e.port.publish() {
-                e.stats.notifies += 1;
-                e.port.notify();
-            }
+    /// Publishes every port's deliveries and releases and notifies the guests that asked, as
+    /// their messages' [`Notify`] says; sends the withheld notifications that fell due.
+    pub(super) fn notify_ports(&mut self, now: u64) {
+        for e in self
+            .ports
+            .iter_mut()
+            .filter(|e| e.dirty || e.owed_since.is_some())
+        {
+            e.settle(now);
+        }
+    }
+
+    /// Publishes and notifies, now, every port an immediate message reached.
+    pub(super) fn flush_urgent(&mut self, now: u64) {
+        for e in self.ports.iter_mut().filter(|e| e.urgent) {
+            e.settle(now);
         }
     }
 

@@ -10,7 +10,14 @@ use super::inflight::Token;
 use super::outbox::Outbound;
 use crate::port::{Drain, Port, PortId};
 use crate::virtio::{DeliverError, GuestView, TxChain};
-use crate::wire::MsgHeader;
+use crate::wire::{MsgHeader, Notify};
+
+/// Default coalescing deadline of a port
+/// ([`Switch::set_notify_deadline`](super::Switch::set_notify_deadline)): the longest a
+/// notification withheld for deferred messages waits, 1 ms. That is the default sweep interval
+/// (the switch wakes that often anyway, so the deadline costs it no extra wake-up) and a tenth
+/// of the 10 ms safety-net timeout after which a parked vmq guest looks at its rings on its own.
+pub const DEFAULT_NOTIFY_DEADLINE_NS: u64 = 1_000_000;
 
 /// Reply bytes the switch keeps (copied out of backends' queues) for one port that has not
 /// taken them yet.
@@ -45,6 +52,15 @@ pub struct PortStats {
     pub revivals: u64,
     /// Error notices dropped because a queue's worth already waited for it to read them.
     pub notices_dropped: u64,
+    /// Of `notifies`: sent at once for an immediate message (`Notify::Immediate`), before the
+    /// rest of the switch's batch.
+    pub notifies_immediate: u64,
+    /// Notifications its guest asked for that were withheld because everything new for it
+    /// was deferred (`Notify::Deferred`); each is sent later, with a following immediate or
+    /// per-poll message, or at the port's coalescing deadline.
+    pub notifies_withheld: u64,
+    /// Of `notifies`: sent because a withheld notification reached the coalescing deadline.
+    pub notifies_deadline: u64,
 }
 
 /// A port, its outbox and what the switch keeps about it.
@@ -71,6 +87,16 @@ pub(crate) struct PortSlot<M> {
     pub max_held: u32,
     /// Deliveries or releases since the last publish.
     pub dirty: bool,
+    /// Since the last publish: a delivery (`wake_rx`) or a hand-back (`wake_tx`) that is
+    /// notified by the per-poll rule or at once; a deferred one sets neither.
+    pub wake_rx: bool,
+    pub wake_tx: bool,
+    /// An immediate message is published but not yet notified: settle the port now.
+    pub urgent: bool,
+    /// Since when a notification its guest asked for has been withheld (deferred messages).
+    pub owed_since: Option<u64>,
+    /// Longest a withheld notification waits, ns (per port; kept across revivals).
+    pub notify_deadline_ns: u64,
     /// Broken (DEVICE_NEEDS_RESET) or removed: no more traffic either way.
     pub down: bool,
 }
@@ -95,6 +121,11 @@ impl<M: Clone> PortSlot<M> {
             copied_bytes: 0,
             max_held,
             dirty: false,
+            wake_rx: false,
+            wake_tx: false,
+            urgent: false,
+            owed_since: None,
+            notify_deadline_ns: DEFAULT_NOTIFY_DEADLINE_NS,
             down: false,
         }
     }
@@ -111,7 +142,7 @@ impl<M: Clone> PortSlot<M> {
         self.outbox.push_back(Outbound::Hello);
         self.notices = 0;
         self.copied_bytes = 0;
-        self.dirty = false;
+        self.clear_notify_state();
         self.down = false;
         self.stats.revivals += 1;
     }
@@ -130,6 +161,91 @@ impl<M: Clone> PortSlot<M> {
             }
             _ => true,
         });
+    }
+}
+
+impl<M> PortSlot<M> {
+    /// A delivery into this port went in, to be notified as `n` says.
+    pub fn delivered_as(&mut self, n: Notify) {
+        self.dirty = true;
+        match n {
+            Notify::PerPoll => self.wake_rx = true,
+            Notify::Immediate => {
+                self.wake_rx = true;
+                self.urgent = true;
+            }
+            Notify::Deferred => {}
+        }
+    }
+
+    /// A message was handed back to this port's guest, to be notified as `n` says.
+    pub fn released_as(&mut self, n: Notify) {
+        self.dirty = true;
+        match n {
+            Notify::PerPoll => self.wake_tx = true,
+            Notify::Immediate => {
+                self.wake_tx = true;
+                self.urgent = true;
+            }
+            Notify::Deferred => {}
+        }
+    }
+
+    /// Publishes what is new and notifies the guest if the rules say so (see the switch's
+    /// outbox): a side that asked and has a per-poll or immediate change is told; one that
+    /// asked for deferred changes only is owed a notification, which any later per-poll or
+    /// immediate change, or the deadline, sends. Bound: one timestamp per port.
+    pub fn settle(&mut self, now: u64) {
+        if self.down {
+            self.clear_notify_state();
+            return;
+        }
+        let urgent = std::mem::take(&mut self.urgent);
+        let asked = if std::mem::take(&mut self.dirty) {
+            self.port.publish_sides()
+        } else {
+            crate::port::Asked::default()
+        };
+        let (wake_rx, wake_tx) = (
+            std::mem::take(&mut self.wake_rx),
+            std::mem::take(&mut self.wake_tx),
+        );
+        let owed_before = self.owed_since.is_some();
+        if (asked.rx && !wake_rx) || (asked.tx && !wake_tx) {
+            self.owed_since.get_or_insert(now);
+        }
+        let told = (asked.rx && wake_rx) || (asked.tx && wake_tx);
+        let flushed = self.owed_since.is_some() && (wake_rx || wake_tx);
+        let expired = self
+            .owed_since
+            .is_some_and(|t| now >= t.saturating_add(self.notify_deadline_ns));
+        if told || flushed || expired {
+            self.owed_since = None;
+            self.stats.notifies += 1;
+            if urgent {
+                self.stats.notifies_immediate += 1;
+            } else if expired && !told && !flushed {
+                self.stats.notifies_deadline += 1;
+            }
+            self.port.notify();
+        } else if !owed_before && self.owed_since.is_some() {
+            self.stats.notifies_withheld += 1;
+        }
+    }
+
+    /// When a notification withheld from this port falls due.
+    pub fn notify_due(&self) -> Option<u64> {
+        self.owed_since
+            .filter(|_| !self.down)
+            .map(|t| t.saturating_add(self.notify_deadline_ns))
+    }
+
+    fn clear_notify_state(&mut self) {
+        self.dirty = false;
+        self.wake_rx = false;
+        self.wake_tx = false;
+        self.urgent = false;
+        self.owed_since = None;
     }
 }
 
@@ -157,7 +273,7 @@ pub(super) fn deliver_chain<M: GuestMemoryBackend>(
     };
     if r.is_ok() {
         let e = &mut ports[d];
-        e.dirty = true;
+        e.delivered_as(hdr.notify());
         e.stats.received += 1;
         e.stats.bytes_received += u64::from(hdr.len());
     }

@@ -22,6 +22,8 @@
 //! memory_mib = 16           # guest memory (even, 4..=1024; default 16)
 //! params = { service = "echo", count = 20000, size = 64 }  # image parameters, by name;
 //!                           # strings name a service or a VM and become their ids
+//! notify_deadline_us = 1000 # optional: longest a notification for deferred messages to this
+//!                           # VM waits (0..=1000000; default 1000); see the README
 //!
 //! [[service]]
 //! name = "echo"
@@ -46,6 +48,7 @@ mod spec;
 
 pub use error::{from_toml, TomlError, TopologyError};
 pub use params::{MAX_QUEUE_SIZE, PARAMS};
+pub use spec::MAX_NOTIFY_DEADLINE_US;
 pub use spec::{
     image_role, FaultKind, FaultSpec, MemberSpec, ParamValue, Role, RunSpec, ServiceSpec, Topology,
     VmSpec, IMAGE_ROLES, MAX_REQUEST_TIMEOUT_MS,

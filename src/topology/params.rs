@@ -111,6 +111,16 @@ pub const PARAMS: &[(&str, usize, &str)] = &[
         worker::param::LIE_LOAD,
         "worker reports load 0 while spending this many more busy-loop iterations per request",
     ),
+    (
+        "immediate_every",
+        client::param::IMMEDIATE_EVERY,
+        "client, peer: every n-th message immediate, the rest deferred (0 = no flags, 1 = all immediate)",
+    ),
+    (
+        "spin",
+        driver::param::SPIN,
+        "ring checks before a guest parks on the doorbell (0 = the driver's default, 4096)",
+    ),
 ];
 
 /// The parameters that name a port or a service: the guest gets the name, never an id.

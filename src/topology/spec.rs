@@ -7,7 +7,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::error::{from_toml, key_line, line_col, TopologyError};
-use crate::switch::{FailoverConfig, HealthConfig, PolicyConfig, ServiceConfig, SwitchConfig};
+use crate::switch::{
+    FailoverConfig, HealthConfig, PolicyConfig, ServiceConfig, SwitchConfig,
+    DEFAULT_NOTIFY_DEADLINE_NS,
+};
 
 /// What a VM does in a run, which decides how the runner treats it: the run ends when every
 /// `client` and `peer` has exited; `worker`s serve until the run ends. A built-in image has
@@ -120,6 +123,26 @@ pub struct VmSpec {
     /// Image parameters by name.
     #[serde(default)]
     pub params: BTreeMap<String, Spanned<ParamValue>>,
+    /// Coalescing deadline of its port, in µs (0..=[`MAX_NOTIFY_DEADLINE_US`]): the longest a
+    /// notification for deferred messages to it is withheld. Default 1000 (1 ms,
+    /// [`DEFAULT_NOTIFY_DEADLINE_NS`]).
+    #[serde(default)]
+    pub notify_deadline_us: Option<Spanned<u64>>,
+}
+
+/// Longest coalescing deadline a topology may give a port, in µs (1 s): past that a deferred
+/// message would wait longer than a parked guest's own safety-net timeout many times over.
+pub const MAX_NOTIFY_DEADLINE_US: u64 = 1_000_000;
+
+impl VmSpec {
+    /// Its port's coalescing deadline in ns ([`VmSpec::notify_deadline_us`]).
+    pub fn notify_deadline_ns(&self) -> u64 {
+        self.notify_deadline_us
+            .as_ref()
+            .map_or(DEFAULT_NOTIFY_DEADLINE_NS, |us| {
+                us.get_ref().saturating_mul(1000)
+            })
+    }
 }
 
 fn default_memory_mib() -> Spanned<u64> {
@@ -409,6 +432,19 @@ impl Topology {
                     format!("{mib} MiB: guest memory must be an even number of MiB in 4..=1024"),
                 ));
             }
+            if let Some(us) = &vm.notify_deadline_us {
+                if *us.get_ref() > MAX_NOTIFY_DEADLINE_US {
+                    return Err(bad(
+                        us.span(),
+                        "notify_deadline_us",
+                        format!(
+                            "{} µs: a port's coalescing deadline is at most \
+                             {MAX_NOTIFY_DEADLINE_US} µs (1 s); default 1000",
+                            us.get_ref()
+                        ),
+                    ));
+                }
+            }
         }
         if !self.vms.iter().any(|v| self.role(v).waited_for()) {
             return Err(bad(
@@ -591,6 +627,35 @@ mod tests {
         .unwrap();
         assert!(t.vms.len() >= 5);
         assert_eq!(t.services.len(), 1);
+    }
+
+    #[test]
+    fn the_notification_mix_example_parses() {
+        let t = Topology::parse(
+            include_str!("../../topologies/notify-mix.toml"),
+            "notify-mix.toml",
+            &["client", "worker", "peer"],
+        )
+        .unwrap();
+        let rx = t.vms.iter().position(|v| v.name.get_ref() == "rx").unwrap();
+        assert_eq!(t.vms[rx].notify_deadline_ns(), 2_000_000);
+        let client = t.params_of(0).unwrap();
+        assert!(client.contains(&(crate::abi::image::client::param::IMMEDIATE_EVERY, 16)));
+    }
+
+    #[test]
+    fn a_vm_sets_its_ports_coalescing_deadline_in_range() {
+        let e = err("[[vm]]\nname = \"a\"\nimage = \"client\"\nnotify_deadline_us = 1000001\n");
+        assert!(e.starts_with("t.toml:4: field `notify_deadline_us`"), "{e}");
+        let t = Topology::parse(
+            "[[vm]]\nname = \"a\"\nimage = \"client\"\nnotify_deadline_us = 250\n\
+             [[vm]]\nname = \"b\"\nimage = \"client\"\n",
+            "t.toml",
+            &["client"],
+        )
+        .unwrap();
+        assert_eq!(t.vms[0].notify_deadline_ns(), 250_000);
+        assert_eq!(t.vms[1].notify_deadline_ns(), DEFAULT_NOTIFY_DEADLINE_NS);
     }
 
     #[test]

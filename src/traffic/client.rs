@@ -1,7 +1,7 @@
 //! The windowed client: sends requests, at most a window outstanding, and checks that every
 //! one gets exactly one, correct, reply.
 
-use super::{fill_request, is_answer, Link, Replies};
+use super::{fill_request, is_answer, notify_for, Link, Replies};
 use crate::virtio::RxMsg;
 use crate::wire::{MsgHeader, MsgKind, Status};
 
@@ -114,6 +114,7 @@ pub struct Client<'a> {
     pub counters: ClientCounters,
     key: u8,
     size: Option<usize>,
+    immediate_every: u64,
 }
 
 impl<'a> Client<'a> {
@@ -126,7 +127,15 @@ impl<'a> Client<'a> {
             counters: ClientCounters::default(),
             key,
             size,
+            immediate_every: 0,
         }
+    }
+
+    /// The same client, marking request `id` with [`notify_for`]`(id, every)`: one in `every`
+    /// immediate, the rest deferred (0, the default: no flag).
+    pub fn with_immediate_every(mut self, every: u64) -> Self {
+        self.immediate_every = every;
+        self
     }
 
     /// Takes the next id (for a request the caller builds itself).
@@ -200,6 +209,7 @@ impl<'a> Client<'a> {
             }
             hdr.set_class(ex.class);
             hdr.set_key(ex.key_of(id));
+            hdr.set_notify(notify_for(id, self.immediate_every));
             if let Err(e) = link.tx().send(&hdr, payload) {
                 link.fault(e.into());
                 break;

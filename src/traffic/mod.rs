@@ -22,6 +22,7 @@ pub use replies::{is_answer, Replies};
 pub use worker::{drain_tx, send, Worker, WorkerConfig, WorkerCounters, WorkerHooks, WorkerStop};
 
 use crate::virtio::{MsgRx, MsgTx, RingError, RingMemory};
+use crate::wire::Notify;
 
 /// The driver end of a port, as a traffic loop sees it: its two message queues, and how to
 /// publish, wait and fail where the loop runs (a guest kicks the device and parks its vCPU; a
@@ -62,6 +63,18 @@ pub fn rx_pending<M: RingMemory, S: AsRef<[u16]> + AsMut<[u16]>>(rx: &MsgRx<M, S
     let layout = ring.layout();
     let published = ring.memory().load_u16(layout.used + 2).unwrap_or(0);
     published.wrapping_sub(ring.counters().used as u16)
+}
+
+/// The notification of the `k`-th message (counting from 1) a sender marks with a mix of
+/// one immediate in `every` (the `immediate_every` image parameter): 0 marks nothing
+/// ([`Notify::PerPoll`]); else every `every`-th message is [`Notify::Immediate`] and the rest
+/// [`Notify::Deferred`].
+pub fn notify_for(k: u64, every: u64) -> Notify {
+    match every {
+        0 => Notify::PerPoll,
+        n if k % n == 0 => Notify::Immediate,
+        _ => Notify::Deferred,
+    }
 }
 
 /// Fills `payload` with the bytes of request `id` ([`abi::image::client::request_byte`](crate::abi::image::client::request_byte)).

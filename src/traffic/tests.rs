@@ -194,3 +194,15 @@ fn the_worker_stops_as_configured() {
     );
     assert_eq!((w.counters.requests, w.counters.replies), (3, 3));
 }
+
+#[test]
+fn the_notification_mix_marks_one_in_n_immediate() {
+    use crate::wire::Notify;
+    assert!((1..=64).all(|k| notify_for(k, 0) == Notify::PerPoll));
+    assert!((1..=64).all(|k| notify_for(k, 1) == Notify::Immediate));
+    let immediate: Vec<u64> = (1..=64)
+        .filter(|&k| notify_for(k, 16) == Notify::Immediate)
+        .collect();
+    assert_eq!(immediate, vec![16, 32, 48, 64]);
+    assert_eq!(notify_for(17, 16), Notify::Deferred);
+}

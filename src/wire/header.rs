@@ -4,7 +4,7 @@
 //! |-------:|-----:|----------|---------|
 //! | 0      | 1    | version  | [`WIRE_VERSION`]; anything else is rejected |
 //! | 1      | 1    | kind     | [`MsgKind`] |
-//! | 2      | 1    | flags    | [`DST_SERVICE`]: `dst` names a service, else a port; [`LOAD_REPORT`]: `load` is a report |
+//! | 2      | 1    | flags    | [`DST_SERVICE`]: `dst` names a service, else a port; [`LOAD_REPORT`]: `load` is a report; [`NOTIFY_IMMEDIATE`] / [`NOTIFY_DEFERRED`]: how the receiver is told, see [`Notify`] |
 //! | 3      | 1    | class    | request class, selects a byte-share table (0 = default) |
 //! | 4      | 4    | dst      | destination port id or service id |
 //! | 8      | 4    | src      | source port id, stamped by the switch; a guest's value is ignored |
@@ -23,8 +23,13 @@ pub const DST_SERVICE: u8 = 1 << 0;
 /// Flag: `load` is the sender's load report. Without it the field says nothing: a reply of a
 /// backend that does not report is not a claim to be idle.
 pub const LOAD_REPORT: u8 = 1 << 1;
+/// Flag: notify the receiver as soon as this message is delivered, even in the middle of the
+/// switch's batch ([`Notify::Immediate`]).
+pub const NOTIFY_IMMEDIATE: u8 = 1 << 3;
+/// Flag: publish this message but send no notification for it ([`Notify::Deferred`]).
+pub const NOTIFY_DEFERRED: u8 = 1 << 4;
 /// Every flag this build knows.
-const KNOWN_FLAGS: u8 = DST_SERVICE | LOAD_REPORT;
+const KNOWN_FLAGS: u8 = DST_SERVICE | LOAD_REPORT | NOTIFY_IMMEDIATE | NOTIFY_DEFERRED;
 /// Largest payload a header may announce (1 MiB). Bigger messages are a protocol error.
 pub const MAX_PAYLOAD: u32 = 1 << 20;
 /// Highest meaningful value of the cooperative `load` field.
@@ -65,6 +70,24 @@ impl MsgKind {
             _ => return None,
         })
     }
+}
+
+/// How the receiver of a message is told that it arrived (seed 004: immediate or deferred
+/// notification), from flag bits 3 and 4. The switch honours it per message; a notification is
+/// only ever sent to a guest that asked for one (EVENT_IDX), since a guest that did not ask is
+/// running and reads its ring anyway.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Notify {
+    /// Neither flag: published and notified once per switch poll (the default).
+    #[default]
+    PerPoll,
+    /// [`NOTIFY_IMMEDIATE`] (also when both flags are set: a contradiction never loses a
+    /// notification): published and notified at once, before the rest of the batch.
+    Immediate,
+    /// [`NOTIFY_DEFERRED`]: published without a notification; the receiver sees it when it
+    /// looks on its own, when the next immediate or per-poll message to it is notified, or
+    /// when its port's coalescing deadline passes.
+    Deferred,
 }
 
 /// Status carried by replies (and by requests the switch fails back).
@@ -200,10 +223,12 @@ impl MsgHeader {
         h
     }
 
-    /// The reply to `req`: addressed to the requester, same id and class, given status.
+    /// The reply to `req`: addressed to the requester, same id, class and notification
+    /// ([`Notify`]: the requester chose how soon it wants to hear), given status.
     pub fn reply_to(req: &MsgHeader, status: Status, len: u32) -> Self {
         let mut h = Self::new(MsgKind::Reply, req.src(), req.msg_id(), len);
         h.class = req.class;
+        h.set_notify(req.notify());
         h.set_status(status);
         h
     }
@@ -333,6 +358,26 @@ impl MsgHeader {
         (self.flags & LOAD_REPORT != 0).then(|| self.load())
     }
 
+    /// How the receiver is to be notified ([`Notify`]).
+    pub fn notify(&self) -> Notify {
+        if self.flags & NOTIFY_IMMEDIATE != 0 {
+            Notify::Immediate
+        } else if self.flags & NOTIFY_DEFERRED != 0 {
+            Notify::Deferred
+        } else {
+            Notify::PerPoll
+        }
+    }
+    /// Sets how the receiver is to be notified.
+    pub fn set_notify(&mut self, n: Notify) {
+        self.flags &= !(NOTIFY_IMMEDIATE | NOTIFY_DEFERRED);
+        self.flags |= match n {
+            Notify::PerPoll => 0,
+            Notify::Immediate => NOTIFY_IMMEDIATE,
+            Notify::Deferred => NOTIFY_DEFERRED,
+        };
+    }
+
     /// Sets the kind.
     pub fn set_kind(&mut self, kind: MsgKind) {
         self.kind = kind as u8;
@@ -440,6 +485,28 @@ mod tests {
         assert_eq!(
             MsgHeader::parse(&b, 0).unwrap().load_report(),
             Some(LOAD_MAX)
+        );
+    }
+
+    #[test]
+    fn notification_flags_round_trip_and_replies_echo_them() {
+        let mut h = MsgHeader::new(MsgKind::Request, 1, 1, 0);
+        assert_eq!(h.notify(), Notify::PerPoll);
+        for n in [Notify::Immediate, Notify::Deferred, Notify::PerPoll] {
+            h.set_notify(n);
+            let parsed = MsgHeader::parse(&h.to_bytes(), 0).unwrap();
+            assert_eq!(parsed.notify(), n);
+            assert_eq!(MsgHeader::reply_to(&parsed, Status::Ok, 0).notify(), n);
+        }
+        h.set_notify(Notify::Deferred);
+        assert_eq!(h.to_bytes()[2], NOTIFY_DEFERRED);
+        let mut b = h.to_bytes();
+        b[2] |= NOTIFY_IMMEDIATE;
+        let both = MsgHeader::parse(&b, 0).unwrap();
+        assert_eq!(
+            both.notify(),
+            Notify::Immediate,
+            "both flags: immediate wins"
         );
     }
 

@@ -11,3 +11,4 @@ pub use header::{
     MsgHeader, MsgKind, Status, WireError, DST_SERVICE, HEADER_SIZE, LOAD_MAX, LOAD_REPORT,
     MAX_PAYLOAD, WIRE_VERSION,
 };
+pub use header::{Notify, NOTIFY_DEFERRED, NOTIFY_IMMEDIATE};

@@ -7,7 +7,9 @@
 //! for a directory update if it is not there yet; at most `WINDOW` outstanding (0 = the tx
 //! ring, which bounds it anyway); every request with class `CLASS` and affinity key `KEY` +
 //! `id % KEY_SPREAD` (`vmq::traffic::Exchange::key_of`); `WAIT` = 0 spins, 1 parks on the
-//! doorbell when idle; `QUEUE_SIZE`.
+//! doorbell when idle; `QUEUE_SIZE`; `IMMEDIATE_EVERY` n: request `id` immediate when `id` is a
+//! multiple of n, else deferred (0: no notification flag; replies come back notified as their
+//! request asked).
 //!
 //! A reply must carry an outstanding id; with `Status::Ok` its payload must be the request's
 //! bytes XOR `abi::image::worker::PAYLOAD_XOR`. Results: `RES_SENT`, `RES_RECEIVED` (replies to outstanding
@@ -93,7 +95,8 @@ fn main(bb: &BootBlock) -> u32 {
         replied,
         abi::image::worker::PAYLOAD_XOR,
         Some(size as usize),
-    );
+    )
+    .with_immediate_every(p[abi::image::client::param::IMMEDIATE_EVERY]);
     let ex = Exchange {
         dst,
         count,

@@ -7,7 +7,8 @@
 //!
 //! Parameters (`abi::image::peer::param`): `COUNT` messages to the port (VM) named by `TARGET`
 //! (a name parameter, looked up in the switch's directory once it names it); `EXPECT`
-//! messages to receive; `SIZE`; `WAIT`; `QUEUE_SIZE`.
+//! messages to receive; `SIZE`; `WAIT`; `QUEUE_SIZE`; `IMMEDIATE_EVERY` n: message `seq`
+//! immediate when `seq + 1` is a multiple of n, else deferred (0: no notification flag).
 //!
 //! Results: `result::SENT`, `result::RECEIVED`, `result::OK` (in order and intact), `result::MISMATCHES`
 //! (out of order or corrupt), `result::DUPLICATES` (senders with port ids >= 64, which it cannot
@@ -25,6 +26,7 @@ use guest_rt::abi::image::{exit, MAX_GUEST_PAYLOAD};
 use guest_rt::abi::platform::BootBlock;
 use guest_rt::results;
 use guest_rt::virtio::{on_error, probe_or_exit, FreeMem, Vmq};
+use vmq::traffic::notify_for;
 use vmq::wire::directory::EntryKind;
 use vmq::wire::{MsgHeader, MsgKind, Status};
 
@@ -46,6 +48,7 @@ fn main(bb: &BootBlock) -> u32 {
         return exit::BAD_PARAM;
     }
     let (count, expect) = (p[param::COUNT], p[param::EXPECT]);
+    let every = p[param::IMMEDIATE_EVERY];
     let target = guest_rt::param_name(bb, param::TARGET);
     if count > 0 && target.is_none() {
         return exit::BAD_PARAM;
@@ -76,7 +79,8 @@ fn main(bb: &BootBlock) -> u32 {
                 for (i, b) in payload[8..size].iter_mut().enumerate() {
                     *b = payload_byte(me, seq, i);
                 }
-                let hdr = MsgHeader::new(MsgKind::OneWay, dst, seq, size as u32);
+                let mut hdr = MsgHeader::new(MsgKind::OneWay, dst, seq, size as u32);
+                hdr.set_notify(notify_for(seq + 1, every));
                 if let Err(e) = peer.dev.tx.send(&hdr, &payload[..size]) {
                     on_error(e.into());
                     break;

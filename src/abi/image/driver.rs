@@ -4,6 +4,7 @@
 /// Parameter slots (indices into `BootBlock::params`) the driver reads, from
 /// [`param`](super::param).
 pub mod param {
+    pub use super::super::param::SPIN;
     pub use super::super::param::{QUEUE_SIZE, WAIT};
 }
 

@@ -79,6 +79,15 @@ pub const KEY_SPREAD: usize = 20;
 /// `worker`: lie about its load: spend this many more busy-loop iterations per request
 /// (draining slowly) while reporting load 0 (idle) in every reply (0 = honest).
 pub const LIE_LOAD: usize = 21;
+/// `client`, `peer`: the notification mix of what it sends (the header's
+/// [`Notify`](crate::wire::Notify)): 0 = no flag on any message (notified once per switch
+/// poll); N = message `k` (counting from 1) immediate when `k` is a multiple of N, else
+/// deferred (1: every message immediate); the rule is `traffic::notify_for`.
+pub const IMMEDIATE_EVERY: usize = 28;
+/// How many times a guest's driver checks its rings before it parks on the doorbell (0 = the
+/// driver's default, 4096; read by the driver of every image with a vmq device). A small
+/// value makes a guest park whenever it is idle, which makes its notifications countable.
+pub const SPIN: usize = 29;
 
 // Different names never share a slot, and every slot is in the boot block.
 const _: () = assert!(super::distinct_below(
@@ -104,6 +113,8 @@ const _: () = assert!(super::distinct_below(
         KEY,
         KEY_SPREAD,
         LIE_LOAD,
+        IMMEDIATE_EVERY,
+        SPIN,
     ],
     NUM_PARAMS
 ));

@@ -4,6 +4,7 @@
 /// Parameter slots (indices into `BootBlock::params`) it reads, from [`param`](super::param).
 pub mod param {
     pub use super::super::driver::param::*;
+    pub use super::super::param::IMMEDIATE_EVERY;
     pub use super::super::param::{COUNT, EXPECT, SIZE, TARGET};
 }
 

@@ -250,6 +250,7 @@ mod bounds;
 mod config;
 mod faults;
 mod membership;
+mod notify;
 mod routing;
 mod sched;
 mod services;
