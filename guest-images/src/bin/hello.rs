@@ -10,6 +10,10 @@
 //!   (an ioeventfd), then exit 0.
 //! - 4: one doorbell wait with a `params[param::SIZE]` us timeout; exit with its result.
 //! - 5: execute `ud2` (a fault: the run ends in a shutdown).
+//! - 6: probe RAM: read the `u64` at `params[param::TEST_ADDR]`, write 1 at `TEST_ADDR + 16`
+//!   (armed), spin until the first value changes, write
+//!   the new value plus one at `TEST_ADDR + 8`, and exit with the new value (page hand-off
+//!   tests: the host moves the page under the running guest).
 #![no_std]
 #![no_main]
 
@@ -44,6 +48,7 @@ fn main(bb: &BootBlock) -> u32 {
             unsafe { core::arch::asm!("ud2") };
             exit(EXIT_PANIC)
         }
+        6 => probe(p[param::TEST_ADDR]),
         m => {
             println!("unknown mode {m}");
             EXIT_PANIC
@@ -73,4 +78,21 @@ fn hello(bb: &BootBlock) -> u32 {
         }
     }
     p[param::EXIT_STATUS] as u32
+}
+
+fn probe(addr: u64) -> u32 {
+    let p = addr as *mut u64;
+    // SAFETY: the test gives an 8-byte aligned address of RAM (identity mapped), 16 bytes
+    // below a page end; volatile, because the host changes what backs it while we spin.
+    unsafe {
+        let first = core::ptr::read_volatile(p);
+        core::ptr::write_volatile(p.add(2), 1);
+        let mut v = first;
+        while v == first {
+            core::hint::spin_loop();
+            v = core::ptr::read_volatile(p);
+        }
+        core::ptr::write_volatile(p.add(1), v.wrapping_add(1));
+        v as u32
+    }
 }
