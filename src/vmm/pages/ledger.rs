@@ -260,10 +260,7 @@ impl Ledger {
             }
             idx.push(i);
         }
-        Ok(idx
-            .into_iter()
-            .filter_map(|i| self.give_back(port, i))
-            .collect())
+        Ok(self.give_back(port, idx))
     }
 
     /// Every page still out under `loan` comes back (its request was answered); returns the
@@ -277,9 +274,7 @@ impl Ledger {
                 .filter(|&i| r.slots[i].as_ref().is_some_and(|s| s.loan == loan))
                 .collect()
         });
-        idx.into_iter()
-            .filter_map(|i| self.give_back(to, i))
-            .collect()
+        self.give_back(to, idx)
     }
 
     /// `port` went down (or left): every page it holds goes back to its lender, and every page
@@ -292,11 +287,8 @@ impl Ledger {
         let held: Vec<usize> = (0..s.slots.len())
             .filter(|&i| s.slots[i].is_some())
             .collect();
-        let lent: Vec<LoanId> = s.lent.values().copied().collect();
-        let mut n = held
-            .into_iter()
-            .filter_map(|i| self.give_back(port, i))
-            .count() as u64;
+        let lent: BTreeSet<LoanId> = s.lent.values().copied().collect();
+        let mut n = self.give_back(port, held).len() as u64;
         for loan in lent {
             n += self.return_loan(loan).len() as u64;
         }
@@ -310,30 +302,74 @@ impl Ledger {
         self.members.remove(&port);
     }
 
-    /// Window page `i` of `to` goes back: the receiver's own page returns there, the lender's
-    /// page returns to the lender.
-    fn give_back(&mut self, to: u32, i: usize) -> Option<(u32, u64)> {
-        let r = self.members.get_mut(&to)?;
-        let slot = r.slots.get_mut(i)?.take()?;
-        r.held -= 1;
-        let dst = r.m.window.start + i as u64 * PAGE_SIZE;
-        let rspace = r.m.space.clone();
-        // The receiver loses the page before the lender gets it back.
-        let _ = rspace.restore(dst, 1);
-        self.stats.remaps += 2;
-        if let Some(s) = self.members.get_mut(&slot.from) {
-            s.lent.remove(&slot.src);
-            let _ = s.m.space.restore(slot.src, 1);
-        }
-        if let Some(l) = self.loans.get_mut(&slot.loan) {
-            l.2 -= 1;
-            if l.2 == 0 {
-                self.loans.remove(&slot.loan);
+    /// Window pages `idx` of `to` go back: the receiver's own pages return there first, then
+    /// the lenders' pages return to the lenders (runs of consecutive pages share one `mmap`).
+    fn give_back(&mut self, to: u32, mut idx: Vec<usize>) -> Vec<(u32, u64)> {
+        idx.sort_unstable();
+        let Some(r) = self.members.get_mut(&to) else {
+            return Vec::new();
+        };
+        let mut back: Vec<(u32, u64, LoanId)> = Vec::with_capacity(idx.len());
+        let mut taken: Vec<usize> = Vec::with_capacity(idx.len());
+        for i in idx {
+            if let Some(slot) = r.slots.get_mut(i).and_then(Option::take) {
+                back.push((slot.from, slot.src, slot.loan));
+                taken.push(i);
             }
         }
-        self.stats.pages_returned += 1;
-        Some((slot.from, slot.src))
+        r.held -= taken.len() as u64;
+        let (rspace, wstart) = (r.m.space.clone(), r.m.window.start);
+        let mut remaps = 0;
+        for (first, n) in index_runs(&taken) {
+            // A failed restore leaves the borrowed page mapped in the receiver's window, which
+            // it may still read but which the ledger no longer counts; nothing else is exposed.
+            let _ = rspace.restore(wstart + first as u64 * PAGE_SIZE, n);
+            remaps += 1;
+        }
+        let mut by_lender: Vec<(u32, u64)> = back.iter().map(|&(f, s, _)| (f, s)).collect();
+        by_lender.sort_unstable();
+        let mut k = 0;
+        while k < by_lender.len() {
+            let (from, start) = by_lender[k];
+            let mut n = 1;
+            while k + (n as usize) < by_lender.len()
+                && by_lender[k + n as usize] == (from, start + n * PAGE_SIZE)
+            {
+                n += 1;
+            }
+            if let Some(s) = self.members.get_mut(&from) {
+                for j in 0..n {
+                    s.lent.remove(&(start + j * PAGE_SIZE));
+                }
+                let _ = s.m.space.restore(start, n);
+                remaps += 1;
+            }
+            k += n as usize;
+        }
+        for &(_, _, loan) in &back {
+            if let Some(l) = self.loans.get_mut(&loan) {
+                l.2 -= 1;
+                if l.2 == 0 {
+                    self.loans.remove(&loan);
+                }
+            }
+        }
+        self.stats.remaps += remaps;
+        self.stats.pages_returned += back.len() as u64;
+        back.into_iter().map(|(f, s, _)| (f, s)).collect()
     }
+}
+
+/// Runs of consecutive indices in sorted `idx`: `(first, count)`.
+fn index_runs(idx: &[usize]) -> Vec<(usize, u64)> {
+    let mut out: Vec<(usize, u64)> = Vec::new();
+    for &i in idx {
+        match out.last_mut() {
+            Some((f, n)) if *f + *n as usize == i => *n += 1,
+            _ => out.push((i, 1)),
+        }
+    }
+    out
 }
 
 /// Runs of pages consecutive in both lists: `(src, dst, pages)`.
@@ -346,4 +382,201 @@ fn runs(src: &[u64], dst: &[u64]) -> Vec<(u64, u64, u64)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+    use super::*;
+    use crate::vmm::pages::memfd;
+
+    const SIZE: u64 = 64 * PAGE_SIZE;
+    const WIN: Range<u64> = 48 * PAGE_SIZE..56 * PAGE_SIZE;
+    const RING: Range<u64> = 4 * PAGE_SIZE..6 * PAGE_SIZE;
+
+    /// A memfd-backed RAM of 64 pages (no KVM needed: the mapping is what moves).
+    fn ram(name: &str) -> (PageSpace, GuestMemoryMmap) {
+        let fd = memfd(name, SIZE).unwrap();
+        let file = FileOffset::new(fd.try_clone().unwrap(), 0);
+        let mem = GuestMemoryMmap::<()>::from_ranges_with_files([(
+            GuestAddress(0),
+            SIZE as usize,
+            Some(file),
+        )])
+        .unwrap();
+        let host = mem.get_host_address(GuestAddress(0)).unwrap() as usize;
+        (PageSpace::new(fd, mem.clone(), host, SIZE).unwrap(), mem)
+    }
+
+    fn rd(m: &GuestMemoryMmap, a: u64) -> u64 {
+        m.read_obj(GuestAddress(a)).unwrap()
+    }
+
+    fn wr(m: &GuestMemoryMmap, a: u64, v: u64) {
+        m.write_obj(v, GuestAddress(a)).unwrap()
+    }
+
+    /// Ports 1 and 2, each with a window of 8 pages (cap `cap`) and a reserved ring.
+    fn two(cap: u64) -> (Ledger, GuestMemoryMmap, GuestMemoryMmap) {
+        let mut l = Ledger::new();
+        let (sa, ma) = ram("a");
+        let (sb, mb) = ram("b");
+        for (p, s) in [(1, sa), (2, sb)] {
+            l.join(
+                p,
+                Member {
+                    space: s,
+                    window: WIN,
+                    cap,
+                    reserved: vec![(RING, "its rings")],
+                },
+            )
+            .unwrap();
+        }
+        for i in 0..SIZE / PAGE_SIZE {
+            wr(&ma, i * PAGE_SIZE, 0xa000 + i);
+            wr(&mb, i * PAGE_SIZE, 0xb000 + i);
+        }
+        (l, ma, mb)
+    }
+
+    const P: u64 = PAGE_SIZE;
+
+    #[test]
+    fn pages_move_without_copy_and_come_back_on_release() {
+        let (mut l, ma, mb) = two(8);
+        let (_, dst) = l.hand_off(1, 2, &[10 * P, 11 * P, 20 * P]).unwrap();
+        assert_eq!(dst, vec![WIN.start, WIN.start + P, WIN.start + 2 * P]);
+        assert_eq!(rd(&mb, WIN.start), 0xa000 + 10);
+        assert_eq!(rd(&mb, WIN.start + 2 * P), 0xa000 + 20);
+        assert_eq!(rd(&ma, 10 * P), 0, "the sender sees a zero stand-in");
+        // The sender writes to a page it handed off: the receiver must not see it.
+        wr(&ma, 10 * P, 666);
+        assert_eq!(rd(&mb, WIN.start), 0xa000 + 10);
+        // The receiver writes; the page comes back with that write.
+        wr(&mb, WIN.start + 8, 7);
+        assert_eq!(l.stats().remaps, 4, "two runs, two mmaps each");
+        let back = l.release(2, &[WIN.start, WIN.start + P]).unwrap();
+        assert_eq!(back, vec![(1, 10 * P), (1, 11 * P)]);
+        assert_eq!((rd(&ma, 10 * P), rd(&ma, 10 * P + 8)), (0xa000 + 10, 7));
+        assert_eq!(
+            rd(&mb, WIN.start),
+            0xb000 + 48,
+            "the receiver's own page is back"
+        );
+        assert_eq!((l.held(2), l.lent(1)), (1, 1));
+    }
+
+    #[test]
+    fn hostile_references_are_refused_and_nothing_moves() {
+        let (mut l, ma, _mb) = two(8);
+        let bad: [(&[u64], &str); 7] = [
+            (&[SIZE], "outside"),
+            (&[u64::MAX & !(P - 1)], "far outside"),
+            (&[10 * P + 8], "unaligned"),
+            (&[RING.start], "its rings"),
+            (&[WIN.start], "its window"),
+            (&[10 * P, 12 * P, 10 * P], "duplicate"),
+            (&[0; MAX_PAGES + 1], "too many"),
+        ];
+        for (refs, what) in bad {
+            assert!(l.hand_off(1, 2, refs).is_err(), "{what}");
+        }
+        assert!(matches!(
+            l.hand_off(1, 2, &[10 * P, 12 * P, 10 * P]),
+            Err(PageError::Duplicate(_))
+        ));
+        assert!(matches!(
+            l.hand_off(1, 1, &[10 * P]),
+            Err(PageError::SelfHandoff(1))
+        ));
+        assert!(matches!(
+            l.hand_off(1, 9, &[10 * P]),
+            Err(PageError::NotMember(9))
+        ));
+        assert_eq!(rd(&ma, 10 * P), 0xa000 + 10, "nothing moved");
+        assert_eq!(l.stats().refused_bad, 10);
+        // A page handed off already.
+        l.hand_off(1, 2, &[10 * P]).unwrap();
+        assert!(matches!(
+            l.hand_off(1, 2, &[12 * P, 10 * P]),
+            Err(PageError::AlreadyOut(_))
+        ));
+        assert_eq!(rd(&ma, 12 * P), 0xa000 + 12);
+        // A page handed to it cannot be handed on (it is in its window).
+        assert!(matches!(
+            l.hand_off(2, 1, &[WIN.start]),
+            Err(PageError::Reserved { .. })
+        ));
+        // Releases of pages it does not hold, or twice.
+        assert!(matches!(
+            l.release(2, &[WIN.start + P]),
+            Err(PageError::NotHeld { .. })
+        ));
+        assert!(matches!(
+            l.release(2, &[WIN.start, WIN.start]),
+            Err(PageError::Duplicate(_))
+        ));
+        assert!(matches!(
+            l.release(2, &[WIN.start + 1]),
+            Err(PageError::NotHeld { .. })
+        ));
+        assert_eq!(l.held(2), 1);
+    }
+
+    #[test]
+    fn a_receiver_that_keeps_pages_is_capped_and_loses_them_when_its_port_goes_down() {
+        let (mut l, ma, mb) = two(4);
+        l.hand_off(1, 2, &[10 * P, 11 * P, 12 * P]).unwrap();
+        let e = l.hand_off(1, 2, &[13 * P, 14 * P]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                PageError::ReceiverFull {
+                    held: 3,
+                    cap: 4,
+                    wanted: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(l.stats().refused_full, 1);
+        assert_eq!(
+            rd(&ma, 13 * P),
+            0xa000 + 13,
+            "refused pages stay with the sender"
+        );
+        l.hand_off(1, 2, &[13 * P]).unwrap();
+        assert_eq!(l.port_down(2), 4);
+        assert_eq!((l.held(2), l.lent(1)), (0, 0));
+        for i in 10..14 {
+            assert_eq!(rd(&ma, i * P), 0xa000 + i);
+        }
+        assert_eq!(rd(&mb, WIN.start), 0xb000 + 48);
+        assert_eq!(l.stats().returned_on_down, 4);
+        // The window is free again.
+        l.hand_off(1, 2, &[10 * P, 11 * P, 12 * P, 13 * P]).unwrap();
+    }
+
+    #[test]
+    fn pages_come_back_when_the_request_is_answered_or_the_sender_resets() {
+        let (mut l, ma, mb) = two(8);
+        let (loan, _) = l.hand_off(1, 2, &[10 * P, 11 * P]).unwrap();
+        let (loan2, _) = l.hand_off(1, 2, &[20 * P]).unwrap();
+        // The receiver released one page of the first loan already.
+        l.release(2, &[WIN.start + P]).unwrap();
+        assert_eq!(l.return_loan(loan), vec![(1, 10 * P)]);
+        assert!(l.return_loan(loan).is_empty(), "a loan returns once");
+        assert_eq!(rd(&ma, 10 * P), 0xa000 + 10);
+        assert_eq!(l.lent(1), 1);
+        // The sender's port resets with a page out: the page is taken back from the receiver.
+        assert_eq!(l.port_down(1), 1);
+        assert_eq!(rd(&ma, 20 * P), 0xa000 + 20);
+        assert_eq!(rd(&mb, WIN.start + 2 * P), 0xb000 + 50);
+        assert!(l.return_loan(loan2).is_empty());
+        let s = l.stats();
+        assert_eq!((s.pages_lent, s.pages_returned), (3, 3));
+    }
 }
