@@ -5,6 +5,7 @@
 
 mod affinity;
 pub mod exits;
+pub mod handoff;
 mod report;
 pub mod ring;
 pub mod switch;
