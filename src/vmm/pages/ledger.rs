@@ -381,10 +381,9 @@ fn runs(src: &[u64], dst: &[u64]) -> Vec<(u64, u64, u64)> {
 
 #[cfg(test)]
 mod tests {
-    use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     use super::*;
-    use crate::vmm::pages::memfd;
 
     const SIZE: u64 = 64 * PAGE_SIZE;
     const WIN: Range<u64> = 48 * PAGE_SIZE..56 * PAGE_SIZE;
@@ -392,16 +391,7 @@ mod tests {
 
     /// A memfd-backed RAM of 64 pages (no KVM needed: the mapping is what moves).
     fn ram(name: &str) -> (PageSpace, GuestMemoryMmap) {
-        let fd = memfd(name, SIZE).unwrap();
-        let file = FileOffset::new(fd.try_clone().unwrap(), 0);
-        let mem = GuestMemoryMmap::<()>::from_ranges_with_files([(
-            GuestAddress(0),
-            SIZE as usize,
-            Some(file),
-        )])
-        .unwrap();
-        let host = mem.get_host_address(GuestAddress(0)).unwrap() as usize;
-        (PageSpace::new(fd, mem.clone(), host, SIZE).unwrap(), mem)
+        PageSpace::create(name, SIZE).unwrap()
     }
 
     fn rd(m: &GuestMemoryMmap, a: u64) -> u64 {

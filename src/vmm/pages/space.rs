@@ -83,6 +83,25 @@ impl PageSpace {
         })
     }
 
+    /// A memfd of `size` bytes (page aligned) mapped shared, as a page space with that memory:
+    /// for a VMM that builds its own VMs' RAM this way, and for tests and benches that move
+    /// pages without KVM.
+    pub fn create(name: &str, size: u64) -> std::io::Result<(Self, GuestMemoryMmap)> {
+        use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend};
+        let fd = memfd(name, size)?;
+        let file = FileOffset::new(fd.try_clone()?, 0);
+        let mem = GuestMemoryMmap::<()>::from_ranges_with_files([(
+            GuestAddress(0),
+            size as usize,
+            Some(file),
+        )])
+        .map_err(std::io::Error::other)?;
+        let host = mem
+            .get_host_address(GuestAddress(0))
+            .map_err(std::io::Error::other)? as usize;
+        Ok((Self::new(fd, mem.clone(), host, size)?, mem))
+    }
+
     /// A number that tells this space from every other in the process.
     pub fn id(&self) -> u64 {
         self.inner.id
