@@ -215,9 +215,10 @@ impl Vm {
             memory_size: size,
             userspace_addr: host as u64,
         };
-        // SAFETY: `host..host + size` is one mapping (anonymous, or of the memfd) owned by `mem`, which lives in
-        // this `Vm` and in every vCPU thread's context, and is dropped only after the vCPU and
-        // VM fds (field order above; the vCPU thread drops its fd before its memory clone).
+        // SAFETY: `host..host + size` is one mapping (anonymous, or of the memfd) owned by
+        // `mem`, which lives in this `Vm` (and its `PageSpace`) and in every vCPU thread's
+        // context, and is dropped only after the vCPU and VM fds (field order above; the vCPU
+        // thread drops its fd before its memory clone).
         unsafe { vm_fd.set_user_memory_region(region) }
             .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
         arch::write_tables(&mem)?;
