@@ -24,6 +24,7 @@
 //! pages come back on release, on answer, and when a port goes down.
 
 mod ledger;
+pub mod message;
 mod space;
 
 pub use ledger::{Ledger, LedgerStats, LoanId, Member};
