@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
-use vmq::abi::image::{client, driver, peer, port_param, worker};
+use vmq::abi::image::{client, driver, peer, worker};
 use vmq::abi::platform;
 use vmq::runner::VmqLink;
 use vmq::switch::{MonotonicClock, ServiceConfig, Snapshot, Switch, SwitchConfig};
@@ -31,9 +31,23 @@ struct Guest {
 
 impl Guest {
     fn start(name: &str, image: &[u8], params: &[(usize, u64)]) -> Self {
+        Self::start_named(name, image, params, &[])
+    }
+
+    /// [`Guest::start`] with name parameters (ports and services the guest looks up in the
+    /// switch's directory).
+    fn start_named(
+        name: &str,
+        image: &[u8],
+        params: &[(usize, u64)],
+        names: &[(usize, &str)],
+    ) -> Self {
         let mut cfg = VmConfig::new(name);
         for &(i, v) in params {
             cfg = cfg.param(i, v);
+        }
+        for &(i, n) in names {
+            cfg = cfg.name_param(i, n);
         }
         let mut vm = Vm::new(cfg).expect("create VM");
         vm.load_elf(image).expect("load image");
@@ -208,19 +222,27 @@ fn two_peers_exchange_messages_in_order_and_intact() {
         return;
     }
     const N: u64 = 3000;
-    let params = |target: u32| {
-        [
-            (peer::param::COUNT, N),
-            (peer::param::EXPECT, N),
-            (peer::param::SIZE, 200),
-            (peer::param::TARGET, port_param(target)),
-            (peer::param::WAIT, driver::WAIT_DOORBELL),
-            (peer::param::QUEUE_SIZE, 64),
-        ]
-    };
-    // Ports are added in this order, so "a" is port 0 and "b" port 1.
-    let mut a = Guest::start("peer-a", images::PEER, &params(1));
-    let mut b = Guest::start("peer-b", images::PEER, &params(0));
+    let params = [
+        (peer::param::COUNT, N),
+        (peer::param::EXPECT, N),
+        (peer::param::SIZE, 200),
+        (peer::param::WAIT, driver::WAIT_DOORBELL),
+        (peer::param::QUEUE_SIZE, 64),
+    ];
+    // Ports are added in this order, so "a" is port 0 and "b" port 1; each finds the other by
+    // name in the directory.
+    let mut a = Guest::start_named(
+        "peer-a",
+        images::PEER,
+        &params,
+        &[(peer::param::TARGET, "b")],
+    );
+    let mut b = Guest::start_named(
+        "peer-b",
+        images::PEER,
+        &params,
+        &[(peer::param::TARGET, "a")],
+    );
     let mut sw = switch();
     let started = Instant::now();
     assert_eq!(
@@ -276,16 +298,16 @@ fn client_gets_exactly_one_transformed_reply_per_request_through_a_service() {
         return;
     }
     const N: u64 = 3000;
-    let mut client = Guest::start(
+    let mut client = Guest::start_named(
         "client",
         images::CLIENT,
         &[
             (client::param::COUNT, N),
             (client::param::SIZE, 128),
-            (client::param::SERVICE, 0),
             (client::param::WINDOW, 32),
             (client::param::WAIT, driver::WAIT_DOORBELL),
         ],
+        &[(client::param::SERVICE, "echo")],
     );
     let mut worker = Guest::start(
         "worker",
@@ -371,15 +393,15 @@ fn worker_error_replies_reach_the_client_once_each() {
         return;
     }
     const N: u64 = 500;
-    let mut client = Guest::start(
+    let mut client = Guest::start_named(
         "client-e",
         images::CLIENT,
         &[
             (client::param::COUNT, N),
             (client::param::SIZE, 16),
-            (client::param::SERVICE, 0),
             (client::param::WAIT, driver::WAIT_DOORBELL),
         ],
+        &[(client::param::SERVICE, "echo")],
     );
     let mut worker = Guest::start(
         "worker-e",
@@ -409,4 +431,83 @@ fn worker_error_replies_reach_the_client_once_each() {
     assert_eq!(rc[client::result::STATUS_BACKEND_ERROR], N / 5);
     assert_eq!(rc[client::result::OK], N - N / 5);
     assert_eq!(rw[worker::result::ERRORS], N / 5);
+}
+
+#[test]
+fn a_client_finds_a_vm_added_after_it_started_by_name_through_a_directory_update() {
+    if !require_kvm() {
+        return;
+    }
+    const N: u64 = 200;
+    // The client's target does not exist yet: it holds the hello's directory, which does not
+    // name "late", and waits for an update that does.
+    let mut client = Guest::start_named(
+        "client-late",
+        images::CLIENT,
+        &[
+            (client::param::COUNT, N),
+            (client::param::SIZE, 64),
+            (client::param::WINDOW, 8),
+            (client::param::WAIT, driver::WAIT_DOORBELL),
+        ],
+        &[(client::param::TARGET, "late")],
+    );
+    let mut sw = switch();
+    assert_eq!(
+        sw.add_port("client", client.activated(), client.link.notifier())
+            .unwrap(),
+        0
+    );
+    // Drive the switch here until the client took its hello (its first directory).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.results()[client::result::DIRECTORIES] == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the client never took its hello: {:?}, console {:?}",
+            client.results(),
+            client.vm.console().lines()
+        );
+        sw.poll();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(
+        client.results()[client::result::SENT],
+        0,
+        "nothing to send to yet"
+    );
+    // Now the VM it names comes: a new port, announced to the client by a directory update.
+    let mut worker = Guest::start(
+        "worker-late",
+        images::WORKER,
+        &[(worker::param::WAIT, driver::WAIT_DOORBELL)],
+    );
+    let w = sw
+        .add_port("late", worker.activated(), worker.link.notifier())
+        .unwrap();
+    assert_eq!(w, 1);
+    let lp = SwitchLoop::spawn(sw, vec![clone_kick(&client), clone_kick(&worker)]);
+    let oc = client.join();
+    let ow = worker.stop();
+    let (snap, _) = lp.finish();
+    let (rc, rw) = (client.results(), worker.results());
+    assert_eq!(
+        oc,
+        RunOutcome::Exited(0),
+        "client {rc:?}, console {:?}",
+        client.vm.console().lines()
+    );
+    assert_eq!(ow, RunOutcome::Stopped, "worker {rw:?}");
+    assert_eq!(
+        rc[client::result::OK],
+        N,
+        "every request reached \"late\": {rc:?}"
+    );
+    assert!(
+        rc[client::result::DIRECTORIES] >= 2,
+        "hello + update: {rc:?}"
+    );
+    assert_eq!(rc[client::result::RING_ERRORS], 0);
+    assert_eq!(rw[worker::result::RECEIVED], N);
+    assert_eq!(rw[worker::result::PORT_ID], 1);
+    assert!(snap.totals.directory_updates >= 1);
 }

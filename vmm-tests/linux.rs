@@ -329,6 +329,41 @@ fn a_linux_client_gets_every_answer_once_from_a_message_service_when_a_worker_is
     assert!(s.clean(), "{s:?}");
 }
 
+/// The demo's service with one Linux client; worker 5 is drained on purpose a third of the way
+/// in (no new request reaches it, it answers what it has and leaves), then a reload of the
+/// same configuration brings it back, and it serves again. Nothing is lost or answered twice.
+#[test]
+fn a_linux_worker_drained_by_command_and_brought_back_by_a_reload_loses_nothing() {
+    let Some(assets) = linux::require_linux_or_skip() else {
+        return;
+    };
+    let _one_at_a_time = linux::many_guests_lock();
+    let cfg = vmq::linux_demo::DemoConfig {
+        clients: 1,
+        requests_per_client: 6000,
+        stopped_worker: 5,
+        disruption: vmq::linux_demo::Disruption::DrainThenRejoin,
+        ..Default::default()
+    };
+    let s = vmq::linux_demo::run(&assets, &cfg, &mut |l| eprintln!("{l}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("{s}");
+    let client = &s.clients[0];
+    assert!(client.ok(), "client:\n{}", client.output);
+    assert!(s.clean(), "every request answered exactly once: {s:?}");
+    let d = s.drain.as_ref().expect("the worker was drained");
+    assert_eq!(
+        d.picks_while_drained, 0,
+        "a drained worker takes no request: {d:?}"
+    );
+    assert!(d.left, "it answered what it had and left: {d:?}");
+    assert!(d.rejoined_at_answers.is_some(), "{d:?}");
+    assert!(
+        d.picks_after_rejoin > 0,
+        "it serves again after the reload: {d:?}"
+    );
+}
+
 /// Two `connection` services over workers 4, 5, 6 (weights 1, 2, 3, weighted round robin) for
 /// client guest 3, all on sockets in `dir`: `conns` at CID 100 port 5000 (the workers' STREAM
 /// servers) and `seq` at CID 101 port 6000 (their SEQPACKET servers).

@@ -128,6 +128,18 @@ pub fn console_write(bytes: &[u8]) {
     }
 }
 
+/// The name a name parameter (`TARGET`, `SERVICE`, `SIDE_SERVICE`) gives, read from the
+/// parameter text the VMM wrote ([`platform::PARAM_TEXT_ADDR`]); `None` when the parameter is
+/// not set or points outside the text ([`vmq::abi::image::param_text`]).
+pub fn param_name(bb: &BootBlock, slot: usize) -> Option<&'static [u8]> {
+    let (offset, len) = vmq::abi::image::param_text(*bb.params.get(slot)?)?;
+    let at = core::ptr::with_exposed_provenance::<u8>(platform::PARAM_TEXT_ADDR as usize + offset);
+    // SAFETY: `param_text` keeps `offset + len` inside the parameter text, half a page of
+    // identity-mapped RAM in the boot block's page, written by the VMM before the guest started
+    // and never written again (the guest does not write it, and runs single-threaded).
+    Some(unsafe { core::slice::from_raw_parts(at, len) })
+}
+
 /// Ends the guest with `status`.
 pub fn exit(status: u32) -> ! {
     loop {

@@ -12,7 +12,8 @@ use vmq::traffic::{self, Link};
 use vmq::virtio::spec::*;
 use vmq::virtio::vmq_device::{DEVICE_ID, RX_QUEUE, TX_QUEUE};
 use vmq::virtio::{DriverRing, MsgRx, MsgTx, RawMemory, RingError, RingLayout, RxMsg, SlotArena};
-use vmq::wire::{MsgHeader, HEADER_SIZE};
+use vmq::wire::directory::{DirectoryCopy, EntryKind};
+use vmq::wire::{MsgHeader, MsgKind, HEADER_SIZE};
 
 use crate::{doorbell_wait, mmio_read32, mmio_write32, results};
 
@@ -25,6 +26,9 @@ pub type Rx = MsgRx<RawMemory, &'static mut [u16]>;
 const SPIN: u32 = 4096;
 /// Safety-net timeout of one doorbell wait, in microseconds.
 const WAIT_TIMEOUT_US: u32 = 10_000;
+/// Most directory bytes a guest keeps ([`driver::DIRECTORY_MAX`], what the smallest rx slot
+/// [`Options::from_params`] makes holds).
+pub use driver::DIRECTORY_MAX;
 
 /// Why the driver could not bring the device up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,6 +181,8 @@ pub struct Vmq {
     pub rx: Rx,
     doorbell: bool,
     port_id: Option<u32>,
+    /// The last whole, well-formed directory the switch sent (hello or update).
+    dir: DirectoryCopy<DIRECTORY_MAX>,
 }
 
 fn reg(base: u64, off: u64) -> u64 {
@@ -289,6 +295,7 @@ impl Vmq {
             rx: MsgRx::new(rx_ring, rx_arena),
             doorbell: opts.doorbell,
             port_id: None,
+            dir: DirectoryCopy::new(),
         };
         dev.rx.post_all()?;
         dev.flush_rx()?;
@@ -301,10 +308,67 @@ impl Vmq {
         self.port_id
     }
 
-    /// Records the port id a hello carries (its `dst`) in the results.
-    pub fn note_hello(&mut self, hello: &MsgHeader) {
+    /// Records the port id a hello carries (its `dst`) in the results, and its directory
+    /// (`payload`, see [`Vmq::note_directory`]).
+    pub fn note_hello(&mut self, hello: &MsgHeader, payload: &[u8]) {
         self.port_id = Some(hello.dst());
         results::set(result::PORT_ID, u64::from(hello.dst()));
+        self.note_directory(hello, payload);
+    }
+
+    /// Keeps the directory a hello or a directory update carries in place of the one held, if
+    /// it is whole (not cut by the switch to fit a slot), at most [`DIRECTORY_MAX`] bytes, and
+    /// well formed (`vmq::wire::directory::DirectoryCopy`). Anything else is counted in
+    /// [`result::RING_ERRORS`] and changes nothing: the switch's bytes are checked like any
+    /// message's.
+    pub fn note_directory(&mut self, hdr: &MsgHeader, payload: &[u8]) {
+        match self.dir.replace(payload, hdr.len() as usize) {
+            Ok(()) => results::add(result::DIRECTORIES, 1),
+            Err(_) => results::add(result::RING_ERRORS, 1),
+        }
+    }
+
+    /// Handles what the switch itself sends: a hello or a directory update. Returns `false`
+    /// for any other message (the caller's to handle).
+    pub fn note_switch(&mut self, hdr: &MsgHeader, payload: &[u8]) -> bool {
+        match hdr.kind() {
+            Some(MsgKind::Hello) => self.note_hello(hdr, payload),
+            Some(MsgKind::DirectoryUpdate) => self.note_directory(hdr, payload),
+            _ => return false,
+        }
+        true
+    }
+
+    /// The id the held directory gives the port or service called `name`.
+    pub fn lookup(&self, kind: EntryKind, name: &[u8]) -> Option<u32> {
+        self.dir.lookup(kind, name)
+    }
+
+    /// Waits until the directory names `name` (a port or service that may come later: its
+    /// VM added or revived, its service added) and returns its id. Meant for before traffic
+    /// starts: any message other than a hello or a directory update is counted in
+    /// [`result::RING_ERRORS`] and dropped. `buf` takes the payloads.
+    pub fn await_name(&mut self, kind: EntryKind, name: &[u8], buf: &mut [u8]) -> u32 {
+        loop {
+            if let Some(id) = self.lookup(kind, name) {
+                return id;
+            }
+            let mut progress = false;
+            while let Some(m) = self.next_message(buf, &mut progress) {
+                let payload = &buf[..m.len.min(buf.len())];
+                if !self.note_switch(&m.header, payload) {
+                    results::add(result::RING_ERRORS, 1);
+                }
+            }
+            if let Err(e) = self.flush_rx() {
+                on_error(e.into());
+            }
+            if !progress {
+                if let Err(e) = self.wait(false) {
+                    on_error(e);
+                }
+            }
+        }
     }
 
     fn kick(&self, queue: u16) {

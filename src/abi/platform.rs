@@ -8,7 +8,7 @@
 //! | `0x0000..0x1000`                         | unused (keep null pointers harmless to find) |
 //! | [`GDT_ADDR`] (`0x1000`)                  | GDT: null, kernel code/data, user code/data, TSS |
 //! | [`TSS_ADDR`] (`0x2000`)                  | 64-bit TSS (required by VMX; never used) |
-//! | [`BOOT_BLOCK_ADDR`] (`0x5000`)           | [`BootBlock`], one page; its address is in `rdi` at entry |
+//! | [`BOOT_BLOCK_ADDR`] (`0x5000`)           | [`BootBlock`], one page; its address is in `rdi` at entry; its upper half is the parameter text ([`PARAM_TEXT_ADDR`]) |
 //! | [`CONSOLE_BUF_ADDR`] (`0x6000`)          | console buffer, one page (see [`PORT_CONSOLE`]) |
 //! | [`LATENCY_HIST_ADDR`] (`0x7000`)         | request round-trip histogram a `client` fills ([`client::latency_bucket`](crate::abi::image::client::latency_bucket)) |
 //! | [`PAGE_TABLES_ADDR`] (`0x10000`)         | PML4, PDPT and four page directories |
@@ -52,6 +52,14 @@ pub const GDT_ADDR: u64 = 0x1000;
 pub const TSS_ADDR: u64 = 0x2000;
 /// Guest-physical address of the boot block.
 pub const BOOT_BLOCK_ADDR: u64 = 0x5000;
+/// Guest-physical address of the parameter text: the upper half of the boot block's page,
+/// where the VMM writes the names that name parameters refer to (a port or service name, see
+/// [`text_param`](crate::abi::image::text_param)). The guest only reads it.
+pub const PARAM_TEXT_ADDR: u64 = BOOT_BLOCK_ADDR + PARAM_TEXT_OFFSET;
+/// Offset of the parameter text in the boot block's page (past the [`BootBlock`]).
+pub const PARAM_TEXT_OFFSET: u64 = 2048;
+/// Bytes of parameter text (every name parameter of a VM together).
+pub const PARAM_TEXT_SIZE: usize = 2048;
 /// Guest-physical address of the console buffer (see [`PORT_CONSOLE`]).
 pub const CONSOLE_BUF_ADDR: u64 = 0x6000;
 /// Size of the console buffer.
@@ -129,7 +137,8 @@ pub struct BootBlock {
 
 const _: () =
     assert!(core::mem::size_of::<BootBlock>() == 56 + NAME_LEN + 8 * NUM_PARAMS + 8 * NUM_RESULTS);
-const _: () = assert!(core::mem::size_of::<BootBlock>() <= 4096);
+const _: () = assert!(core::mem::size_of::<BootBlock>() as u64 <= PARAM_TEXT_OFFSET);
+const _: () = assert!(PARAM_TEXT_OFFSET as usize + PARAM_TEXT_SIZE <= 4096);
 
 impl BootBlock {
     /// An empty boot block with magic and version set.

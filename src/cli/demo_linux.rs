@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use vmq::linux::{LinuxAssets, PrepareError};
-use vmq::linux_demo::{self, DemoConfig, DemoError};
+use vmq::linux_demo::{self, DemoConfig, DemoError, Disruption};
 
 /// `vmq demo`'s flags for stock Linux guests.
 #[derive(clap::Args, Debug)]
@@ -26,6 +26,10 @@ pub struct LinuxOpts {
     /// With --linux: client VMs, 1 or 2 (default 2).
     #[arg(long, requires = "linux", value_parser = clap::value_parser!(u32).range(1..=2))]
     pub clients: Option<u32>,
+    /// With --linux: drain worker 5 on purpose instead of stopping its application (it takes
+    /// no new request and answers what it has), then bring it back with a reload.
+    #[arg(long, requires = "linux")]
+    pub drain: bool,
 }
 
 /// Runs the demo: exit 0 when every request was answered exactly once, 1 when anything was
@@ -63,6 +67,11 @@ pub fn main(o: &LinuxOpts, json: bool, metrics: Option<SocketAddr>) -> ExitCode 
     let cfg = DemoConfig {
         clients: o.clients.unwrap_or(d.clients),
         requests_per_client: o.requests.unwrap_or(d.requests_per_client),
+        disruption: if o.drain {
+            Disruption::DrainThenRejoin
+        } else {
+            Disruption::Stop
+        },
         metrics,
         cancel: Some(cancel),
         ..d

@@ -9,16 +9,7 @@ use std::sync::Arc;
 /// takes them with sigwait: the first raises the returned flag, the second exits with 130.
 /// Call it before starting any other thread.
 pub fn stop_flag(what: &'static str) -> Arc<AtomicBool> {
-    // SAFETY: `set` is a plain C struct initialised by sigemptyset before use; the calls only
-    // read and write it and this thread's signal mask.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
+    let set = block(&[libc::SIGINT, libc::SIGTERM]);
     let flag = Arc::new(AtomicBool::new(false));
     let raised = flag.clone();
     let spawned = std::thread::Builder::new()
@@ -42,4 +33,21 @@ pub fn stop_flag(what: &'static str) -> Arc<AtomicBool> {
         unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
     }
     flag
+}
+
+/// Blocks `signals` in this thread (and so in every thread started after, which inherit the
+/// mask) and returns their set, for sigwait or sigtimedwait to take them: no handler runs at an
+/// arbitrary point. Call it before starting any other thread.
+pub fn block(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: `set` is a plain C struct initialised by sigemptyset before use; the calls only
+    // read and write it and this thread's signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &sig in signals {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
 }

@@ -15,7 +15,7 @@ mod tests;
 mod watch;
 
 pub use scenario::{CLIENTS, SERVICE, SERVICE_CID, SERVICE_PORT, STALL_WINDOW, WORKERS};
-pub use summary::{BackendResult, ClientResult, DemoSummary};
+pub use summary::{BackendResult, ClientResult, DemoSummary, DrainStory};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::linux::{BgJob, GuestError, GuestOptions, LinuxAssets, LinuxGuest};
-use crate::serve::{ServeConfigError, ServeError, Server};
+use crate::serve::{ServeConfig, ServeConfigError, ServeError, Server};
 use crate::switch::Snapshot;
 
 use watch::Watch;
@@ -44,10 +44,12 @@ pub struct DemoConfig {
     pub clients: u32,
     /// Requests each client sends.
     pub requests_per_client: u64,
-    /// The worker whose application is stopped (a CID of [`WORKERS`]).
+    /// The worker whose application is stopped, or which is drained (a CID of [`WORKERS`]).
     pub stopped_worker: u64,
-    /// The stop comes when this fraction of all requests is answered.
+    /// The stop (or the drain) comes when this fraction of all requests is answered.
     pub stop_after: f64,
+    /// What happens to that worker.
+    pub disruption: Disruption,
     /// Serve live stats over HTTP here (`vmq stats`).
     pub metrics: Option<SocketAddr>,
     /// How often a live line is printed.
@@ -63,11 +65,24 @@ impl Default for DemoConfig {
             requests_per_client: 6000,
             stopped_worker: 5,
             stop_after: 1.0 / 3.0,
+            disruption: Disruption::Stop,
             metrics: None,
             progress_every: Duration::from_secs(1),
             cancel: None,
         }
     }
+}
+
+/// What happens to the chosen worker mid-run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disruption {
+    /// Its application stops reading (SIGSTOP in its guest): vmq sees it stall, ejects it and
+    /// moves its requests.
+    Stop,
+    /// It is drained on purpose (`vmq drain`): it takes no new request and answers what it
+    /// has; halfway through the rest of the run a reload of the same configuration brings it
+    /// back.
+    DrainThenRejoin,
 }
 
 /// Most requests a client may be asked to send.
@@ -96,6 +111,9 @@ pub enum DemoError {
         /// Why.
         source: std::io::Error,
     },
+    /// The drain or the reload was refused.
+    #[error("demo --linux: {0}")]
+    Control(#[from] crate::serve::ControlError),
     /// The cancel flag was raised.
     #[error("interrupted: the guests were stopped and the temporary directory removed")]
     Interrupted,
@@ -223,7 +241,8 @@ pub fn run(
         }
     };
     let dir = TempDir::new()?;
-    let server = Server::start(&scenario::serve_config(dir.path(), cfg)?)?;
+    let serve_cfg = scenario::serve_config(dir.path(), cfg)?;
+    let server = Server::start(&serve_cfg)?;
     let weights: Vec<String> = WORKERS.iter().map(|w| format!("{}", w.1)).collect();
     say(&format!(
         "vmq serve: service {SERVICE} at {SERVICE_CID}:{SERVICE_PORT} over workers {} \
@@ -248,7 +267,8 @@ pub fn run(
         .find(|(cid, _)| *cid == cfg.stopped_worker)
         .map(|(_, g)| g)
         .expect("the stopped worker is one of WORKERS (checked)");
-    let (end, at_end) = follow(cfg, &server, &mut watch, stopped, t0, say).map_err(interrupted)?;
+    let (end, at_end) =
+        follow(cfg, &serve_cfg, &server, &mut watch, stopped, t0, say).map_err(interrupted)?;
     let elapsed = end.duration_since(t0);
     let mut results = Vec::new();
     for ((cid, g), job) in clients.iter_mut().zip(&jobs) {
@@ -270,6 +290,7 @@ pub fn run(
         cfg.stopped_worker,
         watch.answers_at_stop(),
         watch.stall_to_redispatch(),
+        watch.drain_story(),
         elapsed,
         boot,
     ))
@@ -385,6 +406,7 @@ fn start_traffic(
 /// when the last answer came, and the switch's snapshot then.
 fn follow(
     cfg: &DemoConfig,
+    serve_cfg: &ServeConfig,
     server: &Server,
     watch: &mut Watch,
     stopped: &mut LinuxGuest,
@@ -393,6 +415,7 @@ fn follow(
 ) -> Result<(Instant, Option<Snapshot>), DemoError> {
     let total = cfg.total();
     let stop_at = ((total as f64 * cfg.stop_after) as u64).min(total.saturating_sub(1));
+    let rejoin_at = stop_at + (total - stop_at) / 2;
     thread::scope(|s| {
         let mut target = Some(stopped);
         let mut stopper = None;
@@ -407,7 +430,22 @@ fn follow(
             if let Some(l) = watch.line(snap.as_ref(), total, t0.elapsed(), cfg.progress_every) {
                 say(&l);
             }
-            if watch.answers() >= stop_at && target.is_some() {
+            let at = t0.elapsed().as_secs_f64();
+            if cfg.disruption == Disruption::DrainThenRejoin {
+                if watch.answers() >= stop_at && target.take().is_some() {
+                    let r = server.drain(SERVICE, cfg.stopped_worker)?;
+                    say(&format!("[{at:>5.1} s] {r}"));
+                    watch.drained(r.dispatched, watch.answers());
+                }
+                if watch.answers() >= rejoin_at && watch.rejoin_due() {
+                    let r = server.apply(serve_cfg.clone())?;
+                    say(&format!(
+                        "[{at:>5.1} s] reload of the same file: {r} ({} answers so far)",
+                        watch.answers()
+                    ));
+                    watch.rejoined(watch.answers());
+                }
+            } else if watch.answers() >= stop_at && target.is_some() {
                 watch.stop_requested(snap.as_ref());
                 say(&format!(
                     "[{:>5.1} s] worker {}: `{}` in its guest ({} answers so far)",

@@ -50,6 +50,27 @@ pub struct BackendResult {
     pub status: String,
 }
 
+/// A worker drained on purpose and brought back by a reload, as the switch's snapshots
+/// (every 100 ms) showed it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DrainStory {
+    /// Answers delivered when the drain was asked for.
+    pub at_answers: u64,
+    /// Requests the worker had been given by then.
+    pub picks_at_drain: u64,
+    /// Requests it was given after the drain, before it came back (0: none, as promised).
+    pub picks_while_drained: u64,
+    /// It answered what it had and left the service before the reload.
+    pub left: bool,
+    /// Its count of requests in the last snapshot before it came back.
+    #[serde(skip)]
+    pub picks_before_rejoin: u64,
+    /// Answers delivered when the reload brought it back.
+    pub rejoined_at_answers: Option<u64>,
+    /// Requests it was given after it came back.
+    pub picks_after_rejoin: u64,
+}
+
 /// The summary of a `vmq demo --linux` run.
 #[derive(Clone, Debug, Serialize)]
 pub struct DemoSummary {
@@ -78,6 +99,8 @@ pub struct DemoSummary {
     pub stall_to_redispatch_ms: Option<f64>,
     /// Stall window, ms.
     pub stall_window_ms: u64,
+    /// The drain, when the worker was drained instead of stopped.
+    pub drain: Option<DrainStory>,
     /// Host seconds from the clients' start (their connecting included) to the last answer.
     pub elapsed_s: f64,
     /// Round trips per second: the sum of the clients' own rates (each from its connection
@@ -108,6 +131,7 @@ impl DemoSummary {
         stopped_worker: u64,
         stopped_at_answers: Option<u64>,
         stall_to_redispatch: Option<std::time::Duration>,
+        drain: Option<DrainStory>,
         elapsed: std::time::Duration,
         boot: std::time::Duration,
     ) -> Self {
@@ -144,6 +168,7 @@ impl DemoSummary {
             stopped_at_answers,
             stall_to_redispatch_ms: stall_to_redispatch.map(|d| d.as_secs_f64() * 1e3),
             stall_window_ms: STALL_WINDOW.as_millis() as u64,
+            drain,
             elapsed_s: elapsed.as_secs_f64(),
             round_trips_per_s: clients
                 .iter()
@@ -207,13 +232,35 @@ impl fmt::Display for DemoSummary {
                 b.status
             )?;
         }
-        match self.stopped_at_answers {
-            Some(n) => writeln!(
+        match (&self.drain, self.stopped_at_answers) {
+            (Some(d), _) => {
+                writeln!(
+                    f,
+                    "worker {} drained after {} answers: given {} requests after the drain, {}",
+                    self.stopped_worker,
+                    d.at_answers,
+                    d.picks_while_drained,
+                    if d.left {
+                        "answered what it had and left"
+                    } else {
+                        "had not left when it came back"
+                    }
+                )?;
+                match d.rejoined_at_answers {
+                    Some(n) => writeln!(
+                        f,
+                        "a reload brought it back after {n} answers; it took {} requests since",
+                        d.picks_after_rejoin
+                    )?,
+                    None => writeln!(f, "the clients finished before the reload")?,
+                }
+            }
+            (None, Some(n)) => writeln!(
                 f,
                 "worker {}'s application stopped (SIGSTOP in its guest) after {n} answers",
                 self.stopped_worker
             )?,
-            None => writeln!(
+            (None, None) => writeln!(
                 f,
                 "worker {}'s application was not stopped: the clients finished first \
                  (more --requests give the stop time to land)",

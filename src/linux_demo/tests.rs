@@ -36,6 +36,7 @@ fn snap(now_ms: u64, replies: u64, redispatches: u64, w5: u64, conns: (u64, u64)
         drain_per_s: 0.0,
         latency_us: None,
         load_report_suspect: false,
+        load_reports_suspected: 0,
     };
     Snapshot {
         now_ns: now_ms * 1_000_000,
@@ -136,6 +137,7 @@ fn the_summary_is_clean_only_when_every_request_got_one_checked_answer() {
         5,
         Some(20),
         Some(Duration::from_millis(305)),
+        None,
         Duration::from_secs(2),
         Duration::from_secs(60),
     );
@@ -167,6 +169,7 @@ fn the_summary_is_clean_only_when_every_request_got_one_checked_answer() {
         5,
         Some(20),
         None,
+        None,
         Duration::from_secs(2),
         Duration::from_secs(60),
     );
@@ -179,10 +182,39 @@ fn the_summary_is_clean_only_when_every_request_got_one_checked_answer() {
         5,
         Some(20),
         None,
+        None,
         Duration::from_secs(2),
         Duration::from_secs(60),
     );
     assert_eq!(lost.lost, 1);
+    // A drain instead of a stop: the summary tells the drain.
+    let story = super::DrainStory {
+        at_answers: 20,
+        picks_at_drain: 9,
+        picks_while_drained: 0,
+        left: true,
+        picks_before_rejoin: 9,
+        rejoined_at_answers: Some(40),
+        picks_after_rejoin: 6,
+    };
+    let drained = DemoSummary::new(
+        Some(&end),
+        None,
+        vec![client(3, 0, ok), client(7, 0, ok)],
+        5,
+        None,
+        None,
+        Some(story),
+        Duration::from_secs(2),
+        Duration::from_secs(60),
+    );
+    let text = drained.to_string();
+    for want in [
+        "worker 5 drained after 20 answers: given 0 requests after the drain, answered what it had and left",
+        "a reload brought it back after 40 answers; it took 6 requests since",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
     assert!(!lost.clean());
 }
 

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::summary::DrainStory;
 use crate::switch::{ServiceSnapshot, Snapshot};
 
 /// Follows the switch's snapshots (renewed every 100 ms) while the clients run.
@@ -25,6 +26,8 @@ pub struct Watch {
     last_now_ns: Option<u64>,
     /// For the live lines: when the last one was printed and the answers then.
     last_line: Option<(Instant, u64)>,
+    /// A drain of the worker (instead of a stop): what was seen of it.
+    drain: Option<DrainStory>,
 }
 
 /// The service in a snapshot (the demo serves one).
@@ -45,6 +48,7 @@ impl Watch {
             last_growth: Instant::now(),
             last_now_ns: None,
             last_line: None,
+            drain: None,
         }
     }
 
@@ -81,6 +85,28 @@ impl Watch {
                 _ => self.stopped_answers = Some((n, snap.now_ns)),
             }
         }
+        if let Some(d) = &mut self.drain {
+            if let Some(m) = s.members.iter().find(|m| m.name == self.stopped_port) {
+                if d.rejoined_at_answers.is_none() {
+                    // Drained: what it was given since the drain, until it leaves.
+                    if m.state == "draining" {
+                        d.picks_while_drained = d
+                            .picks_while_drained
+                            .max(m.dispatched.saturating_sub(d.picks_at_drain));
+                    }
+                    d.left |= m.state == "gone";
+                    d.picks_before_rejoin = m.dispatched;
+                } else {
+                    // Back in its slot: its count goes on, or starts again from zero.
+                    let base = if m.dispatched >= d.picks_before_rejoin {
+                        d.picks_before_rejoin
+                    } else {
+                        0
+                    };
+                    d.picks_after_rejoin = m.dispatched - base;
+                }
+            }
+        }
         if let (Some(base), None) = (self.redispatches_at_stop, self.failover) {
             if s.stats.redispatches > base {
                 let last_answer = self.stopped_answers.map_or(snap.now_ns, |(_, at)| at);
@@ -94,6 +120,35 @@ impl Watch {
         let s = snap.and_then(service);
         self.redispatches_at_stop = Some(s.map_or(0, |s| s.stats.redispatches));
         self.answers_at_stop = Some(self.answers);
+    }
+
+    /// Marks the drain of the worker: it had been given `picks` requests, and `answers`
+    /// were delivered so far.
+    pub fn drained(&mut self, picks: u64, answers: u64) {
+        self.drain = Some(DrainStory {
+            at_answers: answers,
+            picks_at_drain: picks,
+            ..DrainStory::default()
+        });
+    }
+
+    /// Whether the drained worker may be brought back (drained, not back yet).
+    pub fn rejoin_due(&self) -> bool {
+        self.drain
+            .as_ref()
+            .is_some_and(|d| d.rejoined_at_answers.is_none())
+    }
+
+    /// Marks the reload that brought the drained worker back.
+    pub fn rejoined(&mut self, answers: u64) {
+        if let Some(d) = &mut self.drain {
+            d.rejoined_at_answers = Some(answers);
+        }
+    }
+
+    /// What was seen of a drain, if there was one.
+    pub fn drain_story(&self) -> Option<DrainStory> {
+        self.drain.clone()
     }
 
     /// Answers when the stop was asked for.

@@ -120,6 +120,11 @@ pub(crate) const TOTALS: &[Field<Totals>] = &[
         "Replies their frontend did not take before the request's deadline",
         |t| t.replies_unread_dropped,
     ),
+    (
+        "directory_updates",
+        "Directory updates queued for ports (ports or services came or went)",
+        |t| t.directory_updates,
+    ),
 ];
 
 /// Every [`PortStats`] field, exported as `vmq_port_<name>_total`.

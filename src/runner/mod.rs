@@ -131,6 +131,9 @@ fn boot_vm(
     for (idx, v) in topo.params_of(i)?.into_iter().chain(extra.iter().copied()) {
         cfg = cfg.param(idx, v);
     }
+    for (idx, target) in topo.names_of(i)? {
+        cfg = cfg.name_param(idx, &target);
+    }
     let mut vm = Vm::new(cfg).map_err(vm_err(&name))?;
     vm.load_elf(image).map_err(vm_err(&name))?;
     let link = VmqLink::attach(&mut vm, 0).map_err(vm_err(&name))?;

@@ -47,12 +47,6 @@ pub enum ControlError {
         /// The member's CID.
         member: u64,
     },
-    /// The service balances connections: its members are fixed while vmq serve runs.
-    #[error(
-        "service {0:?} is a connection-mode service; draining its members is not built yet: \
-         restart vmq serve without the member"
-    )]
-    ConnectionMode(String),
     /// A member was not named by its CID.
     #[error("member {0:?}: give the backend VM's CID, a number")]
     BadMember(String),

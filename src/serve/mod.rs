@@ -16,6 +16,7 @@
 mod config;
 mod connection;
 mod control;
+mod message;
 mod owner;
 mod reload;
 mod services;
@@ -24,6 +25,7 @@ pub use config::{
     BalanceMode, LimitsConfig, MemberConfig, ServeConfig, ServeConfigError, ServiceTable, VmConfig,
 };
 pub use control::{ConfigSource, Control, ControlError, DrainReport, ReloadReport, RemovedService};
+pub use message::{front_port_name, member_port_name};
 pub use owner::{VmEvent, VmOwner};
 
 use std::collections::HashMap;
@@ -36,9 +38,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::event::{LoopConfig, Stopper, SwitchLoop};
 use crate::metrics::{MetricsEndpoint, MetricsError};
-use crate::port::vsock::service::{
-    BackendConfig, FrontConfig, ServiceBackendPort, ServiceFrontPort,
-};
+use crate::port::vsock::service::connection::SharedTable;
 use crate::port::vsock::{
     HostConfig, HostPort, HostPortError, NetworkError, ServiceRoute, SharedQueues, VmAddress,
     VmCounts, VsockNetwork, VsockPort,
@@ -50,6 +50,7 @@ use crate::switch::{
 use crate::vhost_user::{DaemonError, DeviceConfig, VsockDaemon, VsockDevice};
 use crate::vsock::endpoint::EndpointConfig;
 use control::Command;
+use message::{add_service, backend_name, backend_port, front_name, front_port};
 use services::ServiceSet;
 
 /// Why `vmq serve` could not start (or stop cleanly).
@@ -186,130 +187,6 @@ impl Restarts {
     }
 }
 
-/// Attaches service `s` (the switch's service `id`): its front at port `front`, its members'
-/// ports at `backends`, then the switch's service over the members.
-#[allow(clippy::too_many_arguments)]
-fn add_service(
-    sw: &mut Switch<GuestMemoryMmap>,
-    net: &Arc<VsockNetwork>,
-    clock: &Arc<dyn Clock>,
-    cfg: &ServeConfig,
-    id: u32,
-    s: &ServiceTable,
-    front: PortId,
-    backends: &[(u64, PortId)],
-) -> Result<(), ServeError> {
-    let port = front_port(net, cfg, id, s)?;
-    let got = sw.attach(&front_name(s), Box::new(port))?;
-    debug_assert_eq!(got, front);
-    let mut members = Vec::new();
-    for (m, &(cid, expected)) in s.members.iter().zip(backends) {
-        let port = backend_port(net, clock, s, m)?;
-        let got = sw.attach(&backend_name(s, cid), Box::new(port))?;
-        debug_assert_eq!(got, expected);
-        members.push((got, m.weight));
-    }
-    let sid = sw.add_service(&s.name, s.switch_config(), &members)?;
-    debug_assert_eq!(sid, id);
-    log::info!(
-        "service {}: CID {} port {} over {} backends",
-        s.name,
-        s.cid,
-        s.port,
-        members.len()
-    );
-    Ok(())
-}
-
-/// The switch port name of service `s`'s front.
-fn front_name(s: &ServiceTable) -> String {
-    front_port_name(&s.name)
-}
-
-/// The switch port name of member `cid` of service `s`.
-fn backend_name(s: &ServiceTable, cid: u64) -> String {
-    member_port_name(&s.name, cid)
-}
-
-/// The switch port name (in snapshots and stats) of the front of the service called
-/// `service`: `svc-NAME`.
-pub fn front_port_name(service: &str) -> String {
-    format!("svc-{service}")
-}
-
-/// The switch port name (in snapshots and stats) of member `cid` of the service called
-/// `service`: `svc-NAME-vmCID`.
-pub fn member_port_name(service: &str, cid: u64) -> String {
-    format!("svc-{service}-vm{cid}")
-}
-
-/// The front of service `s` (the switch's service `id`).
-fn front_port(
-    net: &Arc<VsockNetwork>,
-    cfg: &ServeConfig,
-    id: u32,
-    s: &ServiceTable,
-) -> Result<ServiceFrontPort, ServeError> {
-    let relay = cfg.relay();
-    ServiceFrontPort::new(
-        net.clone(),
-        FrontConfig {
-            service: id,
-            cid: s.cid,
-            port: s.port,
-            endpoint: EndpointConfig {
-                buf_alloc: relay.credit_cap,
-                send_buf: relay.credit_cap,
-            },
-            max_message: s.max_message_kib * 1024,
-            max_connections: s.max_connections as usize,
-            max_per_client: relay.max_conns_per_guest as usize,
-            window: s.window,
-            slots: FRONT_SLOTS,
-        },
-    )
-    .map_err(io(format!("service {}: staging memory", s.name)))
-}
-
-/// The port of member `m` of service `s`.
-fn backend_port(
-    net: &Arc<VsockNetwork>,
-    clock: &Arc<dyn Clock>,
-    s: &ServiceTable,
-    m: &MemberConfig,
-) -> Result<ServiceBackendPort, ServeError> {
-    let cid = m.cid;
-    let max_message = s.max_message_kib * 1024;
-    let vm = net.vm(cid).cloned().ok_or_else(|| ServeError::Io {
-        what: format!("service {}", s.name),
-        source: std::io::Error::other(format!("member CID {cid} is no VM")),
-    })?;
-    ServiceBackendPort::new(
-        vm,
-        BackendConfig {
-            service_cid: s.cid,
-            port: m.port.unwrap_or(s.port),
-            max_in_flight: m.max_in_flight,
-            endpoint: EndpointConfig {
-                buf_alloc: max_message,
-                send_buf: max_message,
-            },
-            max_message,
-            connect_timeout_ns: s.connect_timeout_ms.saturating_mul(1_000_000),
-            request_timeout_ns: s.request_timeout_ms.saturating_mul(1_000_000),
-            refused_backoff_ns: s.connect_timeout_ms.saturating_mul(1_000_000),
-            slots: m.max_in_flight * 20 + 64,
-            load_port: s.load_port,
-        },
-        clock.clone(),
-    )
-    .map_err(io(format!("service {}: member {cid}", s.name)))
-}
-
-/// Staging slots of a service's front: its requests in flight (three quarters) and packets
-/// for its clients, each slot one message of up to `max_message_kib`.
-const FRONT_SLOTS: u32 = 1024;
-
 impl Server {
     /// Starts serving `cfg` (checked again here): binds every VM's socket and starts the
     /// switch thread. It reloads only what [`Server::apply`] is given.
@@ -438,6 +315,12 @@ impl Server {
                 uds.display()
             );
         }
+        let conn_by_cid: HashMap<u64, Arc<SharedTable>> = cfg
+            .service
+            .iter()
+            .zip(&conn_tables)
+            .filter_map(|(s, t)| Some((s.cid, t.clone()?)))
+            .collect();
         for (k, (s, (front, backends))) in cfg.service.iter().zip(service_ports).enumerate() {
             match &conn_tables[k] {
                 Some(t) => {
@@ -467,7 +350,14 @@ impl Server {
             snapshot: Arc::new(Mutex::new(None)),
             last_snapshot: Instant::now(),
             commands,
-            services: ServiceSet::new(net.clone(), clock, cfg.clone(), member_ports, status),
+            services: ServiceSet::new(
+                net.clone(),
+                clock,
+                cfg.clone(),
+                member_ports,
+                conn_by_cid,
+                status,
+            ),
         };
         let snapshot = restarts.snapshot.clone();
         let switch_thread = std::thread::Builder::new()

@@ -7,6 +7,8 @@
 //! - a member that drains keeps its connections (and its route) until it has answered what it
 //!   has; then its port is removed, which resets vmq's connections to its application (RST),
 //!   and packets of its for them are refused;
+//! - a member of a `connection` service that drains takes no new client connection and keeps
+//!   those it carries (its port and route too) until the last closes;
 //! - a removed service's clients' connections are reset (RST) at once, and new ones refused:
 //!   its CID is nobody's any more. Requests they had in flight are dropped with them (counted
 //!   as orphaned); the reset tells each client its outstanding messages will not be answered.
@@ -17,10 +19,11 @@ use std::sync::{Arc, Mutex};
 
 use vm_memory::GuestMemoryMmap;
 
-use super::config::{BalanceMode, MemberConfig, ServeConfig, ServeConfigError, ServiceTable};
+use super::config::{MemberConfig, ServeConfig, ServeConfigError, ServiceTable};
 use super::control::{Command, ControlError, DrainReport, ReloadReport, RemovedService};
 use super::reload::{plan, Plan};
 use super::{backend_name, backend_port, front_name, front_port, member_port_name};
+use crate::port::vsock::service::connection::SharedTable;
 use crate::port::vsock::service::{ServiceBackendPort, ServiceFrontPort};
 use crate::port::vsock::{ServiceRoute, VsockNetwork};
 use crate::port::{Port, PortId};
@@ -35,6 +38,12 @@ pub(super) struct ServiceSet {
     /// Every member port ever made, by port: its service's CID and its VM's CID. Ports are
     /// never forgotten by the switch (a name keeps its port), so neither are they here.
     backends: HashMap<PortId, (u64, u64)>,
+    /// The table of each `connection` service, by its CID.
+    tables: HashMap<u64, Arc<SharedTable>>,
+    /// Members of `connection` services that drained and left the switch's service while
+    /// connections they carry are still open: their ports and routes stay until the last
+    /// closes. At most one entry per member port.
+    lingering: Vec<PortId>,
     status: Arc<Mutex<ReloadStatus>>,
 }
 
@@ -64,6 +73,7 @@ impl ServiceSet {
         clock: Arc<dyn Clock>,
         cfg: ServeConfig,
         backends: HashMap<PortId, (u64, u64)>,
+        tables: HashMap<u64, Arc<SharedTable>>,
         status: Arc<Mutex<ReloadStatus>>,
     ) -> Self {
         Self {
@@ -71,6 +81,8 @@ impl ServiceSet {
             clock,
             cfg,
             backends,
+            tables,
+            lingering: Vec::new(),
             status,
         }
     }
@@ -123,14 +135,31 @@ impl ServiceSet {
     }
 
     /// Members that drained and left: their ports go (closing vmq's connections to their
-    /// applications) and so do their routes.
+    /// applications) and so do their routes. A member of a `connection` service goes once the
+    /// client connections it carries have closed.
     pub fn departures(&mut self, sw: &mut Switch<GuestMemoryMmap>) {
-        for d in sw.take_departed() {
-            if let Some(&(service, vm)) = self.backends.get(&d.port) {
+        let departed = sw.take_departed();
+        if departed.is_empty() && self.lingering.is_empty() {
+            return;
+        }
+        let mut candidates = std::mem::take(&mut self.lingering);
+        candidates.extend(departed.iter().map(|d| d.port));
+        for port in candidates {
+            let route = self.backends.get(&port).copied();
+            let open = route
+                .and_then(|(service, _)| self.tables.get(&service))
+                .map_or(0, |t| t.lock().established_by(port));
+            if open > 0 {
+                if !self.lingering.contains(&port) {
+                    self.lingering.push(port);
+                }
+                continue;
+            }
+            if let Some((service, vm)) = route {
                 self.net.set_backend(service, vm, None);
                 log::info!("service CID {service}: member {vm} drained and left");
             }
-            sw.remove_port(d.port);
+            sw.remove_port(port);
         }
     }
 
@@ -147,14 +176,6 @@ impl ServiceSet {
         let sid = sw
             .service_id(service)
             .ok_or_else(|| ControlError::UnknownService(service.to_string()))?;
-        let connection_mode = self
-            .cfg
-            .service
-            .iter()
-            .any(|t| t.name == service && t.mode == BalanceMode::Connection);
-        if connection_mode {
-            return Err(ControlError::ConnectionMode(service.to_string()));
-        }
         let port = sw
             .port_id(&member_port_name(service, member))
             .ok_or_else(not_a_member)?;
@@ -194,6 +215,21 @@ impl ServiceSet {
         let report = self.apply(sw, plan, prepared)?;
         self.cfg = new;
         Ok(report)
+    }
+
+    /// Records in the running configuration that service `table` runs as it says (`None`:
+    /// service `name` is gone), so a reload that fails part way and is tried again plans only
+    /// what is left.
+    fn record(&mut self, name: &str, table: Option<&ServiceTable>) {
+        let at = self.cfg.service.iter().position(|t| t.name == name);
+        match (at, table) {
+            (Some(i), Some(t)) => self.cfg.service[i] = t.clone(),
+            (None, Some(t)) => self.cfg.service.push(t.clone()),
+            (Some(i), None) => {
+                self.cfg.service.remove(i);
+            }
+            (None, None) => {}
+        }
     }
 
     /// Makes every port `plan` needs and checks every policy against the member slots it will
@@ -278,6 +314,7 @@ impl ServiceSet {
                 self.remove_service(sw, s)
                     .map_err(step(format!("removing service {}", s.name)))?,
             );
+            self.record(&s.name, None);
         }
         let changes = plan
             .changed
@@ -323,11 +360,15 @@ impl ServiceSet {
                     .map_err(step(format!("setting {}'s policy", t.name)))?;
                 report.policies.push(t.name.clone());
             }
+            // Every step of a change is safe to take again (a member that joined is serving,
+            // one that left is no member), so only a whole change is recorded.
+            self.record(&t.name, Some(t));
         }
         for (s, (members, front)) in plan.added.iter().zip(prepared.added) {
             self.add_service(sw, s, members, front)
                 .map_err(step(format!("adding service {}", s.name)))?;
             report.added.push(s.name.clone());
+            self.record(&s.name, Some(s));
         }
         Ok(report)
     }

@@ -175,6 +175,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         }
         let id = self.ports.len() as PortId;
         self.ports.push(PortSlot::new(name, port));
+        self.directory_changed();
         Ok(id)
     }
 
@@ -277,6 +278,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             let svc = &mut self.services[s as usize];
             svc.members[i].health = BackendHealth::new(svc.cfg.health);
         }
+        self.directory_changed();
         Ok(())
     }
 
@@ -364,8 +366,9 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                 }
                 self.release(p, &c, now);
             }
-            // Guests have nothing to say with a hello; `parse` rejected unknown kinds.
-            Some(MsgKind::Hello) | None => self.release(p, &c, now),
+            // Guests have nothing to say with a hello or a directory; `parse` rejected unknown
+            // kinds.
+            Some(MsgKind::Hello | MsgKind::DirectoryUpdate) | None => self.release(p, &c, now),
         }
     }
 
@@ -548,8 +551,10 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                 Outbound::CopiedReply { .. }
                 | Outbound::Error { .. }
                 | Outbound::Notice { .. }
-                | Outbound::Hello => {}
+                | Outbound::Hello
+                | Outbound::Directory => {}
             }
         }
+        self.directory_changed();
     }
 }

@@ -44,6 +44,11 @@ pub(super) fn outbound_header(d: PortId, item: &Outbound) -> Option<MsgHeader> {
             h.set_src(SWITCH_PORT);
             h
         }
+        Outbound::Directory => {
+            let mut h = MsgHeader::new(MsgKind::DirectoryUpdate, d, 0, 0);
+            h.set_src(SWITCH_PORT);
+            h
+        }
     })
 }
 

@@ -93,6 +93,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             Some(i) => self.services[i] = svc,
             None => self.services.push(svc),
         }
+        self.directory_changed();
         Ok(id)
     }
 
@@ -289,6 +290,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             self.fail_back(t, Status::Unreachable, now);
         }
         self.tokens = tokens;
+        self.directory_changed();
         Ok(())
     }
 

@@ -6,7 +6,8 @@
 //! Bounds (per port): the outbox holds what this port is owed, each entry tied to something
 //! that bounds it: one-way messages hold a sender's tx chain (bounded by the senders' rings),
 //! requests, replies and errors an in-flight record of this port's (bounded by its own tx
-//! queue), notices at most one rx queue's worth (`notices`), and at most one hello. A reply
+//! queue), notices at most one rx queue's worth (`notices`), and at most one hello or
+//! directory update (both are encoded when delivered: one waiting carries every change). A reply
 //! that cannot be delivered at once is copied out and its backend's chain released, up to
 //! [`UNREAD_REPLY_BYTES`](super::slot::UNREAD_REPLY_BYTES) per port; past that it holds the backend's chain until the request's
 //! deadline, when it becomes a `Timeout` error: a frontend that does not read never pins a
@@ -56,6 +57,10 @@ pub(crate) enum Outbound {
     Notice { msg_id: u64, status: Status },
     /// The hello (port id and directory) for a port that just came up.
     Hello,
+    /// A directory update ([`MsgKind::DirectoryUpdate`](crate::wire::MsgKind)): ports or
+    /// services came or went. Encoded when delivered, so it carries the directory as it is
+    /// then; at most one waits per port (see [`Switch::directory_changed`]).
+    Directory,
 }
 
 /// What one delivery attempt came to.
@@ -252,7 +257,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             Outbound::Error { .. } | Outbound::Notice { .. } => self.ports[d as usize]
                 .port
                 .deliver(&hdr, &Payload::Bytes(&[])),
-            Outbound::Hello => {
+            Outbound::Hello | Outbound::Directory => {
                 let dir = self.directory();
                 let mut h = hdr;
                 h.set_len(dir.len() as u32);
@@ -354,7 +359,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                 let e = &mut self.ports[d as usize];
                 e.notices = e.notices.saturating_sub(1);
             }
-            Outbound::Request(_) | Outbound::Hello => {}
+            Outbound::Request(_) | Outbound::Hello | Outbound::Directory => {}
         }
     }
 
@@ -426,13 +431,35 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         }
     }
 
-    /// The directory sent in hellos: every port and service with its id.
+    /// Ports or services came or went: every live port gets a directory update, unless a hello
+    /// or an update already waits in its outbox (encoded when delivered, it will carry this
+    /// change too). So an outbox holds at most one of them whatever the churn.
+    pub(super) fn directory_changed(&mut self) {
+        for slot in self.ports.iter_mut().filter(|s| !s.down) {
+            let waiting = slot
+                .outbox
+                .iter()
+                .any(|o| matches!(o, Outbound::Hello | Outbound::Directory));
+            if !waiting {
+                slot.outbox.push_back(Outbound::Directory);
+                self.totals.directory_updates += 1;
+            }
+        }
+    }
+
+    /// The directory sent in hellos and directory updates: every live port (not down: broken,
+    /// removed or not yet revived) and every service with its id.
     fn directory(&self) -> Vec<u8> {
-        let ports = self.ports.iter().enumerate().map(|(i, p)| Entry {
-            id: i as u32,
-            kind: EntryKind::Port,
-            name: p.name.as_bytes(),
-        });
+        let ports = self
+            .ports
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.down)
+            .map(|(i, p)| Entry {
+                id: i as u32,
+                kind: EntryKind::Port,
+                name: p.name.as_bytes(),
+            });
         let services = self
             .services
             .iter()

@@ -45,6 +45,9 @@ pub struct Totals {
     /// Replies whose frontend did not take them before the request's deadline: the backend's
     /// descriptors went back and the frontend gets a `Timeout` error instead.
     pub replies_unread_dropped: u64,
+    /// Directory updates queued for live ports because ports or services came or went (at
+    /// most one waits per port: a waiting one carries every later change).
+    pub directory_updates: u64,
 }
 
 /// One port in a snapshot.
@@ -94,6 +97,9 @@ pub struct MemberSnapshot {
     pub latency_us: Option<f64>,
     /// Its load reports disagree with the drain the switch observes.
     pub load_report_suspect: bool,
+    /// Times its load reports became suspect (the cross-check caught them disagreeing with
+    /// the drain the switch observes), over its life in the service.
+    pub load_reports_suspected: u64,
 }
 
 /// One service in a snapshot.
@@ -216,6 +222,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
                                 drain_per_s: m.health.drain_per_s(now),
                                 latency_us: m.health.latency_ns().map(|l| l / 1e3),
                                 load_report_suspect: m.health.load_report_suspect(),
+                                load_reports_suspected: m.health.stats().reports_suspected,
                             })
                             .collect();
                     ServiceSnapshot {
@@ -310,9 +317,11 @@ impl fmt::Display for Snapshot {
                     m.drain_per_s,
                     m.latency_us.map_or("-".into(), |l| format!("{l:.1}")),
                     if m.load_report_suspect {
-                        "  load report suspect"
+                        "  load report suspect".to_string()
+                    } else if m.load_reports_suspected > 0 {
+                        format!("  load report suspected {}x", m.load_reports_suspected)
                     } else {
-                        ""
+                        String::new()
                     }
                 )?;
             }

@@ -4,7 +4,7 @@ use toml::Spanned;
 
 use super::spec::{FaultKind, ParamValue, Role, Topology, VmSpec};
 use super::TopologyError;
-use crate::abi::image::{client, driver, evil, peer, port_param, worker, MAX_GUEST_PAYLOAD};
+use crate::abi::image::{client, driver, evil, peer, worker, MAX_GUEST_PAYLOAD};
 use crate::abi::mode;
 
 /// Largest queue size a guest may ask for (`queue_size`; a power of two, 0 = the device's).
@@ -29,12 +29,12 @@ pub const PARAMS: &[(&str, usize, &str)] = &[
     (
         "service",
         client::param::SERVICE,
-        "service to send requests to (a service name, or its index in file order)",
+        "service to send requests to, by name (the guest looks it up in the switch's directory)",
     ),
     (
         "target",
         client::param::TARGET,
-        "port to send to (a VM name, or its index in file order)",
+        "VM (port) to send to, by name (the guest looks it up in the switch's directory)",
     ),
     (
         "size",
@@ -91,20 +91,89 @@ pub const PARAMS: &[(&str, usize, &str)] = &[
         worker::param::SLOW,
         "worker busy-loop iterations per request",
     ),
+    (
+        "class",
+        client::param::CLASS,
+        "client: request class of every request (0..=255; byte_share class shares)",
+    ),
+    (
+        "key",
+        client::param::KEY,
+        "client: affinity key of its requests (maglev), the base of a range with key_spread",
+    ),
+    (
+        "key_spread",
+        client::param::KEY_SPREAD,
+        "client: request id carries key + id % key_spread (0 or 1: every request carries key)",
+    ),
+    (
+        "lie_load",
+        worker::param::LIE_LOAD,
+        "worker reports load 0 while spending this many more busy-loop iterations per request",
+    ),
 ];
+
+/// The parameters that name a port or a service: the guest gets the name, never an id.
+pub const NAME_PARAMS: &[&str] = &["target", "service", "side_service"];
 
 fn slot(name: &str) -> Option<usize> {
     PARAMS.iter().find(|p| p.0 == name).map(|p| p.1)
 }
 
 impl Topology {
-    /// The boot-block parameters of VM `vm` (index into `vms`): its `params` with names
-    /// resolved (services to service ids, VMs to port ids) and checked against the limits of
-    /// the guest images, then its guest-side faults.
+    /// The name parameters of VM `vm` (`target`, `service`, `side_service`)
+    /// with their slots: the VM or service name the guest looks up in the switch's
+    /// directory. A number (the old form: an index in file order) is turned into the name it
+    /// stands for.
+    pub fn names_of(&self, vm: usize) -> Result<Vec<(usize, String)>, TopologyError> {
+        let spec = &self.vms[vm];
+        let mut out = Vec::new();
+        for (name, value) in spec
+            .params
+            .iter()
+            .filter(|(n, _)| NAME_PARAMS.contains(&n.as_str()))
+        {
+            let idx = slot(name).expect("every name parameter has a slot");
+            out.push((idx, self.resolve_name(name, value)?));
+            let bytes = self.directory_bytes();
+            if bytes > driver::DIRECTORY_MAX {
+                return Err(self.invalid(
+                    value.span(),
+                    name,
+                    format!(
+                        "the switch's directory of this topology's VM and service names takes \
+                         {bytes} bytes, more than the {} a guest keeps to look names up in: \
+                         use shorter names or fewer VMs",
+                        driver::DIRECTORY_MAX
+                    ),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes of the directory the switch sends for this topology (every VM and service).
+    fn directory_bytes(&self) -> usize {
+        let names = self
+            .vms
+            .iter()
+            .map(|v| v.name.get_ref().len())
+            .chain(self.services.iter().map(|s| s.name.get_ref().len()));
+        4 + names
+            .map(|n| 6 + n.min(crate::wire::directory::MAX_NAME))
+            .sum::<usize>()
+    }
+
+    /// The boot-block parameters of VM `vm` (index into `vms`) but its name parameters
+    /// ([`Topology::names_of`]): its `params` checked against the limits of the guest images,
+    /// then its guest-side faults.
     pub fn params_of(&self, vm: usize) -> Result<Vec<(usize, u64)>, TopologyError> {
         let spec = &self.vms[vm];
         let mut out = Vec::new();
         for (name, value) in &spec.params {
+            if NAME_PARAMS.contains(&name.as_str()) {
+                continue;
+            }
             let idx = slot(name).ok_or_else(|| {
                 self.invalid(
                     value.span(),
@@ -162,6 +231,12 @@ impl Topology {
             "wait" if v > driver::WAIT_DOORBELL => {
                 Err(format!("{v}: use \"poll\" (0) or \"doorbell\" (1)"))
             }
+            "class" if v > u64::from(u8::MAX) => Err(format!(
+                "{v}: a request class is 0..=255 (the header's class byte)"
+            )),
+            "key" | "key_spread" if v > u64::from(u32::MAX) => {
+                Err(format!("{v}: affinity keys are 32-bit (0..={})", u32::MAX))
+            }
             "mode" if image == "client" && v > mode::client::MALFORMED => Err(format!(
                 "{v}: client modes are {} (normal) and {} (malformed)",
                 mode::client::NORMAL,
@@ -195,33 +270,51 @@ impl Topology {
         }
     }
 
+    /// The VM or service name a name parameter gives (a number: the one at that index in
+    /// file order, checked).
+    fn resolve_name(
+        &self,
+        name: &str,
+        value: &Spanned<ParamValue>,
+    ) -> Result<String, TopologyError> {
+        let bad = |msg: String| self.invalid(value.span(), name, msg);
+        match (name, value.get_ref()) {
+            ("target", ParamValue::Int(port)) => usize::try_from(*port)
+                .ok()
+                .and_then(|p| self.vms.get(p))
+                .map(|v| v.name.get_ref().clone())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "port {port} is out of range: this topology has VMs 0..{} (in file \
+                         order); better, name the VM",
+                        self.vms.len()
+                    ))
+                }),
+            ("target", ParamValue::Name(vm)) => self
+                .vm_index(vm)
+                .map(|_| vm.clone())
+                .ok_or_else(|| bad(format!("{vm:?} is not a [[vm]] of this topology"))),
+            (_, ParamValue::Int(id)) => usize::try_from(*id)
+                .ok()
+                .and_then(|i| self.services.get(i))
+                .map(|s| s.name.get_ref().clone())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "service {id} is out of range: this topology has services 0..{} (in \
+                         file order); better, name the service",
+                        self.services.len()
+                    ))
+                }),
+            (_, ParamValue::Name(s)) => self
+                .service_index(s)
+                .map(|_| s.clone())
+                .ok_or_else(|| bad(format!("{s:?} is not a [[service]] of this topology"))),
+        }
+    }
+
     fn resolve(&self, name: &str, value: &Spanned<ParamValue>) -> Result<u64, TopologyError> {
         let bad = |msg: String| self.invalid(value.span(), name, msg);
         match (name, value.get_ref()) {
-            ("target", ParamValue::Int(port)) => match usize::try_from(*port) {
-                Ok(p) if p < self.vms.len() => Ok(port_param(p as u32)),
-                _ => Err(bad(format!(
-                    "port {port} is out of range: this topology has ports 0..{} (its VMs in \
-                     file order); better, name the VM",
-                    self.vms.len()
-                ))),
-            },
-            ("target", ParamValue::Name(vm)) => self
-                .vm_index(vm)
-                .map(|i| port_param(i as u32))
-                .ok_or_else(|| bad(format!("{vm:?} is not a [[vm]] of this topology"))),
-            ("service" | "side_service", ParamValue::Int(id)) => match usize::try_from(*id) {
-                Ok(i) if i < self.services.len() => Ok(*id),
-                _ => Err(bad(format!(
-                    "service {id} is out of range: this topology has services 0..{} (in file \
-                     order); better, name the service",
-                    self.services.len()
-                ))),
-            },
-            ("service" | "side_service", ParamValue::Name(s)) => self
-                .service_index(s)
-                .map(|i| i as u64)
-                .ok_or_else(|| bad(format!("{s:?} is not a [[service]] of this topology"))),
             ("wait", ParamValue::Name(w)) => match w.as_str() {
                 "poll" => Ok(driver::WAIT_POLL),
                 "doorbell" => Ok(driver::WAIT_DOORBELL),

@@ -239,6 +239,8 @@ pub struct FaultSpec {
     pub mute_after: Option<u64>,
     /// Loop iterations burnt per request.
     pub slow: Option<u64>,
+    /// Worker reports load 0 while burning this many more loop iterations per request.
+    pub lie_load: Option<u64>,
     /// The host stops the VM this long into the run.
     pub kill_after_ms: Option<u64>,
 }
@@ -261,6 +263,7 @@ impl FaultSpec {
             ("error_every", self.error_every),
             ("mute_after", self.mute_after),
             ("slow", self.slow),
+            ("lie_load", self.lie_load),
         ] {
             if let Some(v) = v {
                 k.push(FaultKind::GuestParam(name, v));
@@ -287,6 +290,7 @@ impl Topology {
         topo.check(text, file, images)?;
         for i in 0..topo.vms.len() {
             topo.params_of(i)?;
+            topo.names_of(i)?;
         }
         Ok(topo)
     }
@@ -508,7 +512,7 @@ impl Topology {
                 return Err(bad(
                     f.vm.span(),
                     "fault",
-                    "a [[fault]] needs exactly one of stall_after, crash_after, error_every, mute_after, slow, kill_after_ms".into(),
+                    "a [[fault]] needs exactly one of stall_after, crash_after, error_every, mute_after, slow, lie_load, kill_after_ms".into(),
                 ));
             }
             if let (FaultKind::GuestParam(name, _), role) = (kinds[0], self.role(vm)) {
@@ -750,11 +754,40 @@ mod tests {
             IMAGES,
         )
         .unwrap();
-        let p = t.params_of(0).unwrap();
+        // Numbers (the old form) still name VMs and services, in file order; the guest gets
+        // the names.
+        let p = t.names_of(0).unwrap();
         assert!(
-            p.contains(&(crate::abi::image::client::param::TARGET, 2)),
+            p.contains(&(crate::abi::image::client::param::TARGET, "w".to_string())),
             "{p:?}"
         );
+        assert!(
+            p.contains(&(crate::abi::image::client::param::SERVICE, "s".to_string())),
+            "{p:?}"
+        );
+        assert!(t.params_of(0).unwrap().iter().all(|&(slot, _)| slot
+            != crate::abi::image::client::param::TARGET
+            && slot != crate::abi::image::client::param::SERVICE));
+    }
+
+    #[test]
+    fn name_parameters_need_a_directory_a_guest_can_keep() {
+        // 120 workers with 8-byte names: 120 x 14 bytes, more than a guest keeps.
+        let mut text = String::from(
+            "[[vm]]\nname = \"c\"\nimage = \"client\"\nparams = { service = \"s\" }\n",
+        );
+        let mut members = Vec::new();
+        for i in 0..120 {
+            text += &format!("[[vm]]\nname = \"worker{i:02}\"\nimage = \"worker\"\n");
+            members.push(format!("{{ vm = \"worker{i:02}\" }}"));
+        }
+        text += &format!(
+            "[[service]]\nname = \"s\"\nmembers = [{}]\n",
+            members.join(", ")
+        );
+        let e = err(&text);
+        assert_at(&e, 4, "service");
+        assert!(e.contains("directory"), "{e}");
     }
 
     #[test]

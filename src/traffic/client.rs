@@ -28,6 +28,24 @@ pub struct Exchange {
     /// A `src` to write into every request (a forged source, for hostile tests); the switch
     /// stamps the real one.
     pub src: Option<u32>,
+    /// Request class of every request (selects a byte-share class table; 0 = default).
+    pub class: u8,
+    /// Affinity key (key-hash policies such as Maglev): request `id` carries
+    /// [`Exchange::key_of`].
+    pub key: u32,
+    /// Distinct keys the requests spread over (0 or 1: every request carries `key`).
+    pub key_spread: u32,
+}
+
+impl Exchange {
+    /// The affinity key of request `id`: `key + id % key_spread` (wrapping), or `key` when
+    /// `key_spread` is 0 or 1. Per message, so that one client can stand for many users.
+    pub fn key_of(&self, id: u64) -> u32 {
+        match self.key_spread {
+            0 | 1 => self.key,
+            n => self.key.wrapping_add((id % u64::from(n)) as u32),
+        }
+    }
 }
 
 /// What a reply turned out to be.
@@ -180,6 +198,8 @@ impl<'a> Client<'a> {
             if let Some(src) = ex.src {
                 hdr.set_src(src);
             }
+            hdr.set_class(ex.class);
+            hdr.set_key(ex.key_of(id));
             if let Err(e) = link.tx().send(&hdr, payload) {
                 link.fault(e.into());
                 break;

@@ -108,6 +108,9 @@ fn client_gets_one_xor_answer_per_request_through_the_switch() {
         window: 8,
         size: 100,
         src: None,
+        class: 0,
+        key: 0,
+        key_spread: 0,
     };
     let (c, heard, ws) = exchange(2, wcfg, ex);
     assert_eq!(
@@ -138,6 +141,9 @@ fn a_plain_echo_is_a_mismatch_and_error_replies_are_counted() {
         window: 4,
         size: 16,
         src: None,
+        class: 0,
+        key: 0,
+        key_spread: 0,
     };
     let wcfg = WorkerConfig {
         error_every: 4,

@@ -25,6 +25,11 @@ pub struct WorkerConfig {
     pub key: u8,
     /// Report the rx queue's fill level ([`rx_load`]) in every reply's `load`.
     pub report_load: bool,
+    /// A liar (a fault for tests and demos): report load 0 (idle) in every reply whatever
+    /// its queue holds, while spending this many busy-loop iterations per request on top of
+    /// `slow` (0: honest). The switch's cross-check of reported load against observed drain
+    /// is what catches it.
+    pub lie_load: u64,
 }
 
 /// Why a worker stopped.
@@ -141,7 +146,7 @@ impl Worker {
                 // Drained (its rx buffer is re-posted below), never answered.
                 continue;
             }
-            for _ in 0..cfg.slow {
+            for _ in 0..cfg.slow.saturating_add(cfg.lie_load) {
                 core::hint::spin_loop();
             }
             let ok = !(cfg.error_every != 0 && c.requests % cfg.error_every == 0);
@@ -153,7 +158,9 @@ impl Worker {
                 c.errors += 1;
                 MsgHeader::reply_to(&m.header, Status::BackendError, 0)
             };
-            if cfg.report_load {
+            if cfg.lie_load != 0 {
+                hdr.set_load(0);
+            } else if cfg.report_load {
                 hdr.set_load(rx_load(link.rx()));
             }
             let len = hdr.len() as usize;

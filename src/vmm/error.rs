@@ -151,6 +151,9 @@ pub enum Error {
     /// A parameter index is out of range.
     #[error("boot parameter index {0} is out of range (0..32)")]
     ParamIndex(usize),
+    /// A name parameter does not fit the parameter text.
+    #[error("name parameter {0:?} is empty, longer than 255 bytes, or past the 2048 bytes of parameter text a VM has; use shorter names")]
+    ParamName(String),
     /// KVM refused to enter the guest with the state we set.
     #[error("KVM could not enter the guest (hardware entry failure reason {0:#x}); the vCPU register/segment state is invalid for this CPU")]
     FailEntry(u64),

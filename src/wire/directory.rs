@@ -3,7 +3,8 @@
 //! Layout (little-endian): `count: u32`, then per entry `id: u32, kind: u8 (0 port, 1 service),
 //! name_len: u8, name bytes`. Names longer than 255 bytes are cut to 255. The switch encodes it
 //! ([`encode`]); guests and peers read it with [`entries`], which never reads past the bytes it
-//! is given and stops at the first malformed entry.
+//! is given and stops at the first malformed entry. A guest keeps the last good one in a
+//! [`DirectoryCopy`] (bounded, checked) and looks names up there.
 
 /// What a directory entry names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,9 +90,168 @@ pub fn entries(bytes: &[u8]) -> impl Iterator<Item = Entry<'_>> {
     })
 }
 
+/// Whether `bytes` is a whole directory: a count, then exactly that many well-formed entries
+/// (trailing bytes are not allowed either).
+pub fn well_formed(bytes: &[u8]) -> bool {
+    let Some(c) = bytes.get(..4) else {
+        return false;
+    };
+    let count = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    let mut walked = 0u64;
+    let mut end = 4usize;
+    for e in entries(bytes) {
+        walked += 1;
+        end += 6 + e.name.len();
+    }
+    walked == u64::from(count) && end == bytes.len()
+}
+
+/// Why a [`DirectoryCopy`] refused a directory (and kept the one it held).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Fewer bytes arrived than the header announced (the sender cut it to fit a buffer).
+    Cut,
+    /// Longer than the copy holds.
+    TooLong,
+    /// Not a count followed by exactly that many entries.
+    Malformed,
+}
+
+/// The directory a guest keeps: a copy of the last whole, well-formed directory it was sent
+/// (hello or directory update), at most `N` bytes, and the name lookups on it. A directory
+/// that is cut, longer than `N` or malformed is refused and the one held before stays.
+#[derive(Clone, Debug)]
+pub struct DirectoryCopy<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> DirectoryCopy<N> {
+    /// An empty directory (every lookup fails).
+    pub const fn new() -> Self {
+        Self {
+            bytes: [0; N],
+            len: 0,
+        }
+    }
+
+    /// Takes `payload`, a directory whose header announced `announced` bytes, in place of the
+    /// one held; or refuses it, changing nothing.
+    pub fn replace(&mut self, payload: &[u8], announced: usize) -> Result<(), Refused> {
+        if payload.len() != announced {
+            return Err(Refused::Cut);
+        }
+        if payload.len() > N {
+            return Err(Refused::TooLong);
+        }
+        if !well_formed(payload) {
+            return Err(Refused::Malformed);
+        }
+        self.bytes[..payload.len()].copy_from_slice(payload);
+        self.len = payload.len();
+        Ok(())
+    }
+
+    /// The id of the port or service called `name`.
+    pub fn lookup(&self, kind: EntryKind, name: &[u8]) -> Option<u32> {
+        entries(&self.bytes[..self.len])
+            .find(|e| e.kind == kind && e.name == name)
+            .map(|e| e.id)
+    }
+
+    /// The entries held.
+    pub fn entries(&self) -> impl Iterator<Item = Entry<'_>> {
+        entries(&self.bytes[..self.len])
+    }
+}
+
+impl<const N: usize> Default for DirectoryCopy<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_takes_only_whole_well_formed_directories_that_fit() {
+        let mut buf = [0u8; 256];
+        let dir = |list: &[Entry<'_>], buf: &mut [u8; 256]| {
+            let n = encode(list.iter().copied(), buf).unwrap();
+            buf[..n].to_vec()
+        };
+        let first = dir(
+            &[
+                Entry {
+                    id: 0,
+                    kind: EntryKind::Port,
+                    name: b"client",
+                },
+                Entry {
+                    id: 3,
+                    kind: EntryKind::Service,
+                    name: b"echo",
+                },
+            ],
+            &mut buf,
+        );
+        let mut copy = DirectoryCopy::<64>::new();
+        assert_eq!(copy.lookup(EntryKind::Port, b"client"), None);
+        copy.replace(&first, first.len()).unwrap();
+        assert_eq!(copy.lookup(EntryKind::Port, b"client"), Some(0));
+        assert_eq!(copy.lookup(EntryKind::Service, b"echo"), Some(3));
+        // A name is looked up with its kind: no port is called "echo".
+        assert_eq!(copy.lookup(EntryKind::Port, b"echo"), None);
+        // An update that names a new port replaces it all.
+        let second = dir(
+            &[Entry {
+                id: 5,
+                kind: EntryKind::Port,
+                name: b"late",
+            }],
+            &mut buf,
+        );
+        copy.replace(&second, second.len()).unwrap();
+        assert_eq!(copy.lookup(EntryKind::Port, b"late"), Some(5));
+        assert_eq!(copy.lookup(EntryKind::Port, b"client"), None);
+        // Refused, each keeping what was held: cut short of what the header said, too long
+        // for the copy, a lying count, a bad kind, trailing bytes, nothing at all.
+        assert_eq!(
+            copy.replace(&first[..first.len() - 1], first.len()),
+            Err(Refused::Cut)
+        );
+        let long = dir(
+            &[Entry {
+                id: 1,
+                kind: EntryKind::Port,
+                name: &[b'x'; 100],
+            }],
+            &mut buf,
+        );
+        assert_eq!(copy.replace(&long, long.len()), Err(Refused::TooLong));
+        let mut lying = first.clone();
+        lying[0] = 3;
+        assert_eq!(copy.replace(&lying, lying.len()), Err(Refused::Malformed));
+        let mut bad_kind = first.clone();
+        bad_kind[8] = 7;
+        assert_eq!(
+            copy.replace(&bad_kind, bad_kind.len()),
+            Err(Refused::Malformed)
+        );
+        let mut trailing = second.clone();
+        trailing.push(0);
+        assert_eq!(
+            copy.replace(&trailing, trailing.len()),
+            Err(Refused::Malformed)
+        );
+        assert_eq!(copy.replace(&[], 0), Err(Refused::Malformed));
+        assert_eq!(copy.lookup(EntryKind::Port, b"late"), Some(5));
+        assert_eq!(copy.entries().count(), 1);
+        // The empty directory (a switch with nothing in it) is whole.
+        assert!(well_formed(&0u32.to_le_bytes()));
+    }
 
     #[test]
     fn round_trip_and_truncation() {

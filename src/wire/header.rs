@@ -45,6 +45,11 @@ pub enum MsgKind {
     /// Sent by the switch when a port comes up: tells the guest its port id; payload is the
     /// service directory.
     Hello = 5,
+    /// Sent by the switch to every live port when a port or service comes or goes (a VM
+    /// added, removed, broken or revived; a service added or removed): `dst` is the receiver's
+    /// port id, the payload is the whole new directory (as in a [`MsgKind::Hello`]), which
+    /// replaces the one the guest holds. Not a hello: the receiver's own port did not change.
+    DirectoryUpdate = 6,
 }
 
 impl MsgKind {
@@ -56,6 +61,7 @@ impl MsgKind {
             3 => Self::OneWay,
             4 => Self::LoadReport,
             5 => Self::Hello,
+            6 => Self::DirectoryUpdate,
             _ => return None,
         })
     }

@@ -1,9 +1,13 @@
 //! `client`: sends requests and checks that every one gets exactly one, correct, reply.
 //!
 //! Parameters (`abi::image::client::param`): `COUNT` requests of `SIZE` payload bytes (byte `i` of request
-//! `id` is `abi::image::client::request_byte(id, i)`; ids run 1..=COUNT) to service `SERVICE`, or to port
-//! `TARGET` when set (`abi::image::port_param`); at most `WINDOW` outstanding (0 = the tx ring, which
-//! bounds it anyway); `WAIT` = 0 spins, 1 parks on the doorbell when idle; `QUEUE_SIZE`.
+//! `id` is `abi::image::client::request_byte(id, i)`; ids run 1..=COUNT) to the service named by
+//! `SERVICE`, or to the port (VM) named by `TARGET` when set (name parameters,
+//! `abi::image::text_param`): the client looks the name up in the switch's directory, waiting
+//! for a directory update if it is not there yet; at most `WINDOW` outstanding (0 = the tx
+//! ring, which bounds it anyway); every request with class `CLASS` and affinity key `KEY` +
+//! `id % KEY_SPREAD` (`vmq::traffic::Exchange::key_of`); `WAIT` = 0 spins, 1 parks on the
+//! doorbell when idle; `QUEUE_SIZE`.
 //!
 //! A reply must carry an outstanding id; with `Status::Ok` its payload must be the request's
 //! bytes XOR `abi::image::worker::PAYLOAD_XOR`. Results: `RES_SENT`, `RES_RECEIVED` (replies to outstanding
@@ -26,7 +30,8 @@ use guest_rt::results;
 use guest_rt::virtio::{on_error, probe_or_exit, FreeMem, Vmq};
 use vmq::traffic::{Client, ClientHooks, Destination, Exchange, Verdict};
 use vmq::virtio::{Buf, RxMsg};
-use vmq::wire::{MsgKind, Status, HEADER_SIZE};
+use vmq::wire::directory::EntryKind;
+use vmq::wire::{Status, HEADER_SIZE};
 
 guest_rt::entry!(main);
 
@@ -72,21 +77,33 @@ fn main(bb: &BootBlock) -> u32 {
         0 => tx_size,
         w => w.min(tx_size),
     };
-    let target = abi::image::param_port(p[abi::image::client::param::TARGET]);
-    let service = p[abi::image::client::param::SERVICE] as u32;
+    let target = guest_rt::param_name(bb, abi::image::client::param::TARGET);
+    let service = guest_rt::param_name(bb, abi::image::client::param::SERVICE);
+    let class = p[abi::image::client::param::CLASS];
+    if class > u64::from(u8::MAX) || (target.is_none() && service.is_none()) {
+        return abi::image::exit::BAD_PARAM;
+    }
+    let mut buf = [0u8; MAX];
+    let dst = match (target, service) {
+        (Some(vm), _) => Destination::Port(dev.await_name(EntryKind::Port, vm, &mut buf)),
+        (None, Some(s)) => Destination::Service(dev.await_name(EntryKind::Service, s, &mut buf)),
+        (None, None) => return abi::image::exit::BAD_PARAM,
+    };
     let mut client = Client::new(
         replied,
         abi::image::worker::PAYLOAD_XOR,
         Some(size as usize),
     );
     let ex = Exchange {
-        dst: target.map_or(Destination::Service(service), Destination::Port),
+        dst,
         count,
         window,
         size: size as usize,
         src: None,
+        class: class as u8,
+        key: p[abi::image::client::param::KEY] as u32,
+        key_spread: p[abi::image::client::param::KEY_SPREAD].min(u64::from(u32::MAX)) as u32,
     };
-    let mut buf = [0u8; MAX];
     let mut payload = [0u8; MAX];
     let mut report = Report { sent_at };
     client.exchange(&mut dev, &mut report, &ex, &mut buf, &mut payload);
@@ -153,10 +170,9 @@ impl ClientHooks<Vmq> for Report {
         }
     }
 
-    fn other(&mut self, dev: &mut Vmq, m: &RxMsg, _payload: &mut [u8]) {
-        match m.header.kind() {
-            Some(MsgKind::Hello) => dev.note_hello(&m.header),
-            _ => results::add(abi::image::client::result::RING_ERRORS, 1),
+    fn other(&mut self, dev: &mut Vmq, m: &RxMsg, payload: &mut [u8]) {
+        if !dev.note_switch(&m.header, payload) {
+            results::add(abi::image::client::result::RING_ERRORS, 1);
         }
     }
 }

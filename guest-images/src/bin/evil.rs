@@ -2,8 +2,10 @@
 //! way `MODE` says (`abi::mode::evil`), and reports what it saw.
 //!
 //! Honest phase: `COUNT` requests of `SIZE` bytes (byte `i` of request `id` is
-//! `abi::image::client::request_byte(id, i)`) to service `SERVICE`, at most `WINDOW` outstanding (0 = the tx
+//! `abi::image::client::request_byte(id, i)`) to the service named by `SERVICE`, at most `WINDOW` outstanding (0 = the tx
 //! ring; `EVIL_FLOOD` always uses the whole tx ring), every reply checked like a `client` does.
+//! `SERVICE`, `SIDE_SERVICE` and `TARGET` are name parameters (`abi::image::text_param`): the
+//! evil looks them up in the switch's directory before it starts, like a client.
 //!
 //! Then, by mode:
 //! - `EVIL_HONEST`, `EVIL_FLOOD`: nothing more; exit 0.
@@ -30,6 +32,7 @@ use vmq::traffic::{
 };
 use vmq::virtio::spec::{DESC_F_NEXT, DESC_SIZE};
 use vmq::virtio::{Buf, RingMemory, RxMsg};
+use vmq::wire::directory::EntryKind;
 use vmq::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE};
 
 guest_rt::entry!(main);
@@ -57,6 +60,8 @@ struct Evil {
     chains: u64,
     /// Everything else it receives.
     watch: Watch,
+    /// The port `TARGET` names, looked up in the directory (`None`: not set).
+    target: Option<u32>,
 }
 
 /// What the evil sees besides the replies to its requests (the client loop's hooks).
@@ -111,16 +116,26 @@ fn main(bb: &BootBlock) -> u32 {
             mirror_intact: true,
             hellos: 0,
         },
+        target: None,
     };
-    let service = p[abi::image::evil::param::SERVICE] as u32;
-    let side = p[abi::image::evil::param::SIDE_SERVICE] as u32;
+    let Some(service) = guest_rt::param_name(bb, abi::image::evil::param::SERVICE) else {
+        return abi::image::exit::BAD_PARAM;
+    };
+    let service = ev.dev.await_name(EntryKind::Service, service, ev.buf);
+    // Unset: a service id no directory gives (the modes that need it are told to set it).
+    let side = match guest_rt::param_name(bb, abi::image::evil::param::SIDE_SERVICE) {
+        Some(name) => ev.dev.await_name(EntryKind::Service, name, ev.buf),
+        None => NOWHERE,
+    };
+    ev.target = guest_rt::param_name(bb, abi::image::evil::param::TARGET)
+        .map(|name| ev.dev.await_name(EntryKind::Port, name, ev.buf));
     let tx_size = u64::from(ev.dev.tx.ring().size());
     let window = match (mode, p[abi::image::evil::param::WINDOW]) {
         (abi::mode::evil::FLOOD, _) | (_, 0) => tx_size,
         (_, w) => w.min(tx_size),
     };
     let forged = if mode == abi::mode::evil::FORGE_SRC {
-        abi::image::param_port(p[abi::image::evil::param::TARGET])
+        ev.target
     } else {
         None
     };
@@ -184,8 +199,9 @@ impl ClientHooks<Vmq> for Watch {
         match h.kind() {
             Some(MsgKind::Hello) => {
                 self.hellos += 1;
-                dev.note_hello(&h);
+                dev.note_hello(&h, payload);
             }
+            Some(MsgKind::DirectoryUpdate) => dev.note_directory(&h, payload),
             // Its own probes and one-way messages coming back.
             Some(MsgKind::Reply) => {}
             Some(MsgKind::Request) => self.request(dev, &h, payload),
@@ -235,6 +251,9 @@ impl Evil {
             window,
             size: self.size,
             src: forged,
+            class: 0,
+            key: 0,
+            key_spread: 0,
         };
         self.client
             .exchange(&mut self.dev, &mut self.watch, &ex, self.buf, self.out);
@@ -510,8 +529,7 @@ impl Evil {
 
     /// `EVIL_FORGE_SRC`'s second act: replies for tokens it was never given.
     fn forge_replies(&mut self) {
-        let victim =
-            abi::image::param_port(self.bb.params[abi::image::evil::param::TARGET]).unwrap_or(0);
+        let victim = self.target.unwrap_or(0);
         let per_gen = abi::mode::evil::FORGED_REPLIES / 4;
         for k in 0..abi::mode::evil::FORGED_REPLIES {
             let token = ((1 + k / per_gen) << 32) | (k % per_gen);
@@ -541,8 +559,7 @@ impl Evil {
             }
             results::add(abi::image::evil::result::SENT, 1);
         }
-        if let Some(port) = abi::image::param_port(self.bb.params[abi::image::evil::param::TARGET])
-        {
+        if let Some(port) = self.target {
             for seq in 0..abi::mode::evil::RESET_ONEWAYS {
                 let hdr = MsgHeader::new(MsgKind::OneWay, port, seq, 0);
                 if let Err(e) = self.dev.send(&hdr, &[]) {

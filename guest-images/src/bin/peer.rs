@@ -5,7 +5,8 @@
 //! (at least 8): `seq` as a little-endian `u64`, then byte `i` = `payload_byte(src, seq, i)`;
 //! its `msg_id` is `seq`. The peer waits for the switch's hello (its port id) before sending.
 //!
-//! Parameters (`abi::image::peer::param`): `COUNT` messages to port `TARGET` (`port_param`); `EXPECT`
+//! Parameters (`abi::image::peer::param`): `COUNT` messages to the port (VM) named by `TARGET`
+//! (a name parameter, looked up in the switch's directory once it names it); `EXPECT`
 //! messages to receive; `SIZE`; `WAIT`; `QUEUE_SIZE`.
 //!
 //! Results: `result::SENT`, `result::RECEIVED`, `result::OK` (in order and intact), `result::MISMATCHES`
@@ -20,10 +21,11 @@
 #![no_main]
 
 use guest_rt::abi::image::peer::{param, payload_byte, result};
-use guest_rt::abi::image::{exit, param_port, MAX_GUEST_PAYLOAD};
+use guest_rt::abi::image::{exit, MAX_GUEST_PAYLOAD};
 use guest_rt::abi::platform::BootBlock;
 use guest_rt::results;
 use guest_rt::virtio::{on_error, probe_or_exit, FreeMem, Vmq};
+use vmq::wire::directory::EntryKind;
 use vmq::wire::{MsgHeader, MsgKind, Status};
 
 guest_rt::entry!(main);
@@ -44,7 +46,7 @@ fn main(bb: &BootBlock) -> u32 {
         return exit::BAD_PARAM;
     }
     let (count, expect) = (p[param::COUNT], p[param::EXPECT]);
-    let target = param_port(p[param::TARGET]);
+    let target = guest_rt::param_name(bb, param::TARGET);
     if count > 0 && target.is_none() {
         return exit::BAD_PARAM;
     }
@@ -59,12 +61,16 @@ fn main(bb: &BootBlock) -> u32 {
     let mut payload = [0u8; MAX];
     let size = size as usize;
     let mut seq = 0u64;
+    let mut dst = None;
     loop {
         let mut progress = peer.receive(&mut buf);
+        if dst.is_none() {
+            dst = target.and_then(|t| peer.dev.lookup(EntryKind::Port, t));
+        }
         if let Err(e) = peer.dev.tx.reclaim() {
             on_error(e.into());
         }
-        if let (Some(me), Some(dst)) = (peer.dev.port_id(), target) {
+        if let (Some(me), Some(dst)) = (peer.dev.port_id(), dst) {
             while seq < count && peer.dev.tx.free() > 0 {
                 payload[..8].copy_from_slice(&seq.to_le_bytes());
                 for (i, b) in payload[8..size].iter_mut().enumerate() {
@@ -111,7 +117,9 @@ impl Peer {
         while let Some(m) = self.dev.next_message(buf, &mut any) {
             let h = m.header;
             match h.kind() {
-                Some(MsgKind::Hello) => self.dev.note_hello(&h),
+                Some(MsgKind::Hello | MsgKind::DirectoryUpdate) => {
+                    self.dev.note_switch(&h, &buf[..m.len]);
+                }
                 Some(MsgKind::OneWay) => self.one_way(&h, &buf[..m.len]),
                 _ if h.status() != Some(Status::Ok) => results::add(result::ERRORS, 1),
                 _ => results::add(result::RING_ERRORS, 1),

@@ -8,7 +8,8 @@
 //! the queues forever (parked on the doorbell); `CRASH_AFTER` K: exit with `abi::image::exit::CRASHED`
 //! right after the K-th reply, leaving the rest unanswered; `MUTE_AFTER` K: after the K-th
 //! reply keep taking requests off the rx queue (and re-posting the buffers) but never answer
-//! another one; `WAIT`, `QUEUE_SIZE`, `SIZE`
+//! another one; `LIE_LOAD` n: a liar, spending n more busy-loop iterations per request while
+//! reporting load 0 (idle) in every reply; `WAIT`, `QUEUE_SIZE`, `SIZE`
 //! (largest request payload expected: sizes the rx slots, at least 1 KiB).
 //!
 //! Results: `RES_RECEIVED` requests, `RES_SENT` replies, `RES_OK` ok replies, `RES_ERRORS`
@@ -22,7 +23,6 @@ use guest_rt::virtio::{probe_or_exit, FreeMem, Vmq};
 use guest_rt::{doorbell_wait, results};
 use vmq::traffic::{Worker, WorkerConfig, WorkerHooks, WorkerStop};
 use vmq::virtio::RxMsg;
-use vmq::wire::MsgKind;
 
 guest_rt::entry!(main);
 
@@ -48,10 +48,9 @@ impl WorkerHooks<Vmq> for Report {
         results::add(abi::image::worker::result::SENT, 1);
     }
 
-    fn other(&mut self, dev: &mut Vmq, m: &RxMsg, _payload: &mut [u8]) {
-        match m.header.kind() {
-            Some(MsgKind::Hello) => dev.note_hello(&m.header),
-            _ => results::add(abi::image::worker::result::RING_ERRORS, 1),
+    fn other(&mut self, dev: &mut Vmq, m: &RxMsg, payload: &mut [u8]) {
+        if !dev.note_switch(&m.header, payload) {
+            results::add(abi::image::worker::result::RING_ERRORS, 1);
         }
     }
 }
@@ -81,6 +80,7 @@ fn main(bb: &BootBlock) -> u32 {
         mute_after,
         key: abi::image::worker::PAYLOAD_XOR,
         report_load: true,
+        lie_load: p[abi::image::worker::param::LIE_LOAD],
     });
     match worker.run(&mut dev, &mut Report, &mut buf) {
         WorkerStop::Done => 0,

@@ -4,7 +4,9 @@
 /// Parameter slots (indices into `BootBlock::params`) it reads, from [`param`](super::param).
 pub mod param {
     pub use super::super::driver::param::*;
-    pub use super::super::param::{COUNT, MODE, SERVICE, SIZE, TARGET, WINDOW};
+    pub use super::super::param::{
+        CLASS, COUNT, KEY, KEY_SPREAD, MODE, SERVICE, SIZE, TARGET, WINDOW,
+    };
 }
 
 /// Result slots (indices into `BootBlock::results`).

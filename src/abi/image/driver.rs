@@ -17,9 +17,18 @@ pub mod result {
     pub const WAIT_TIMEOUTS: usize = 8;
     /// The guest's port id from the switch's hello (`u64::MAX` before it came).
     pub const PORT_ID: usize = 9;
-    /// Ring or protocol errors the guest's driver saw (bad messages, ring faults).
+    /// Ring or protocol errors the guest's driver saw (bad messages, ring faults, a
+    /// directory that was cut, too long or malformed).
     pub const RING_ERRORS: usize = 10;
+    /// Directories the guest took from the switch (its hello's, then every update's).
+    pub const DIRECTORIES: usize = 21;
 }
+
+/// Most directory bytes a guest keeps (the payload the smallest rx slot holds): about 45
+/// entries of 16-byte names. A longer directory is refused (counted in
+/// [`result::RING_ERRORS`]) and the one held before stays; a topology whose directory would be
+/// longer is refused when parsed.
+pub const DIRECTORY_MAX: usize = 1024;
 
 /// [`param::WAIT`]: spin on the rings, never sleep (one core per guest).
 pub const WAIT_POLL: u64 = 0;

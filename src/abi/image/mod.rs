@@ -19,6 +19,7 @@
 //! | 6..11   | [`driver`]: kicks, waits, wait timeouts, port id, ring errors |
 //! | 11..16  | [`client`]: error replies by status |
 //! | 16..21  | [`evil`]: what its attacks did |
+//! | 21      | [`driver`]: directories taken from the switch |
 //!
 //! [`BootBlock::params`]: crate::abi::platform::BootBlock::params
 //! [`BootBlock::results`]: crate::abi::platform::BootBlock::results
@@ -59,17 +60,32 @@ pub mod exit {
 /// Largest payload the guest images send (their `SIZE` parameter).
 pub const MAX_GUEST_PAYLOAD: u64 = 4096;
 
-/// Encodes port id `port` for a `TARGET` parameter (`port + 1`, so 0 can mean "not set").
-pub const fn port_param(port: u32) -> u64 {
-    port as u64 + 1
+/// Longest name a name parameter carries (a directory entry's longest name,
+/// [`MAX_NAME`](crate::wire::directory::MAX_NAME)).
+pub const MAX_PARAM_NAME: usize = crate::wire::directory::MAX_NAME;
+
+/// Encodes a name parameter (`TARGET`, `SERVICE`, `SIDE_SERVICE`): the name is `len` bytes at
+/// `offset` in the parameter text ([`PARAM_TEXT_ADDR`](crate::abi::platform::PARAM_TEXT_ADDR)),
+/// the value `offset << 16 | len`; 0 (an empty name) means "not set". Guests resolve the name
+/// in the switch's directory: ports and services are named, never numbered, in parameters.
+pub const fn text_param(offset: u32, len: u32) -> u64 {
+    ((offset as u64) << 16) | len as u64
 }
 
-/// Decodes a `TARGET` parameter: `None` when not set or out of range.
-pub const fn param_port(value: u64) -> Option<u32> {
-    if value == 0 || value > u32::MAX as u64 {
+/// Decodes a name parameter into `(offset, len)` within the parameter text: `None` when not
+/// set, longer than [`MAX_PARAM_NAME`] or past
+/// [`PARAM_TEXT_SIZE`](crate::abi::platform::PARAM_TEXT_SIZE).
+pub const fn param_text(value: u64) -> Option<(usize, usize)> {
+    let len = (value & 0xffff) as usize;
+    let offset = value >> 16;
+    if len == 0
+        || len > MAX_PARAM_NAME
+        || offset > crate::abi::platform::PARAM_TEXT_SIZE as u64
+        || offset as usize + len > crate::abi::platform::PARAM_TEXT_SIZE
+    {
         None
     } else {
-        Some((value - 1) as u32)
+        Some((offset as usize, len))
     }
 }
 
@@ -116,6 +132,7 @@ const _: () = assert!(distinct_below(
         evil::result::SNAPSHOT_OK,
         evil::result::BEFORE_RESET,
         evil::result::REVIVED,
+        driver::result::DIRECTORIES,
     ],
     NUM_RESULTS
 ));

@@ -23,7 +23,8 @@ pub const MODE: usize = 0;
 /// messages to send; `hello`: port or MMIO writes (modes 2 and 3).
 pub const COUNT: usize = 1;
 /// `client`: the service to send requests to (unless [`TARGET`] is set); `evil`: the service
-/// of the honest phase; `hello`: a number it prints in its greeting.
+/// of the honest phase: a name parameter ([`text_param`](super::text_param)) the guest looks
+/// up in the switch's directory. `hello`: a number it prints in its greeting.
 pub const SERVICE: usize = 2;
 /// `worker`: stop draining after this many requests (0 = never), for failover tests.
 pub const STALL_AFTER: usize = 3;
@@ -37,9 +38,10 @@ pub const EXIT_STATUS: usize = 4;
 pub const SIZE: usize = 5;
 /// `hello`: an MMIO address it writes and reads back (0 = none).
 pub const TEST_ADDR: usize = 6;
-/// A port, encoded with [`port_param`](super::port_param) (0 = not set). `client`: where to
-/// send instead of [`SERVICE`]; `peer`: where to send its one-way messages; `evil`: the `src`
-/// it forges, or where it sends one-way messages before a reset.
+/// A port (VM) by name, a name parameter ([`text_param`](super::text_param); 0 = not set)
+/// the guest looks up in the switch's directory. `client`: where to send instead of
+/// [`SERVICE`]; `peer`: where to send its one-way messages; `evil`: the `src` it forges, or
+/// where it sends one-way messages before a reset.
 pub const TARGET: usize = 8;
 /// `client`, `evil` (honest phase): most requests outstanding (0 = as many as its tx ring
 /// holds; it is always bounded by the tx ring).
@@ -63,8 +65,20 @@ pub const QUEUE_SIZE: usize = 15;
 /// `worker`: go mute after the K-th reply: keep taking requests off the rx queue but never
 /// answer another one (0 = never). The switch sees a backend that drains but does not answer.
 pub const MUTE_AFTER: usize = 16;
-/// `evil`: the service of its rewrite and reset attacks.
+/// `evil`: the service of its rewrite and reset attacks (a name parameter, like [`SERVICE`]).
 pub const SIDE_SERVICE: usize = 17;
+/// `client`: the request class of every request (0..=255; selects a byte-share class table,
+/// 0 = the default).
+pub const CLASS: usize = 18;
+/// `client`: the affinity key of its requests (key-hash policies such as Maglev); with
+/// [`KEY_SPREAD`] the base of a range.
+pub const KEY: usize = 19;
+/// `client`: spread the affinity keys over this many values: request `id` carries
+/// `KEY + id % KEY_SPREAD` (0 or 1: every request carries [`KEY`]).
+pub const KEY_SPREAD: usize = 20;
+/// `worker`: lie about its load: spend this many more busy-loop iterations per request
+/// (draining slowly) while reporting load 0 (idle) in every reply (0 = honest).
+pub const LIE_LOAD: usize = 21;
 
 // Different names never share a slot, and every slot is in the boot block.
 const _: () = assert!(super::distinct_below(
@@ -86,6 +100,10 @@ const _: () = assert!(super::distinct_below(
         QUEUE_SIZE,
         MUTE_AFTER,
         SIDE_SERVICE,
+        CLASS,
+        KEY,
+        KEY_SPREAD,
+        LIE_LOAD,
     ],
     NUM_PARAMS
 ));

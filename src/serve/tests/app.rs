@@ -37,8 +37,27 @@ pub(in crate::serve::tests) struct App {
 
 impl App {
     pub(in crate::serve::tests) fn new(dir: &Dir, cid: u64, listen: Option<u32>) -> Self {
+        Self::with_vmm(guest(&dir.sock(cid)), cid, listen)
+    }
+
+    /// A guest whose driver posts rx buffers of `rx_buf_size` bytes (vsock header included).
+    pub(in crate::serve::tests) fn with_rx_buf(
+        dir: &Dir,
+        cid: u64,
+        listen: Option<u32>,
+        rx_buf_size: u32,
+    ) -> Self {
+        let cfg = FrontendConfig {
+            rx_buf_size,
+            ..FrontendConfig::default()
+        };
+        let g = VmmFrontend::connect(dir.sock(cid), cfg).expect("VMM connects");
+        Self::with_vmm(g, cid, listen)
+    }
+
+    fn with_vmm(g: VmmFrontend, cid: u64, listen: Option<u32>) -> Self {
         Self {
-            g: guest(&dir.sock(cid)),
+            g,
             cid,
             listen,
             eps: HashMap::new(),

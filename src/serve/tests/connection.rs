@@ -325,3 +325,79 @@ fn a_connection_services_counters_are_in_the_metrics() {
     assert_eq!(m.get("vmq_port_pending_connects", &member), 0.0);
     server.shutdown().unwrap();
 }
+
+#[test]
+fn a_drained_member_takes_no_new_connection_keeps_its_own_and_leaves_when_they_close() {
+    let (_dir, server, mut client, mut workers) = world(
+        "conn-drain",
+        &[(4, 1.0), (5, 1.0)],
+        4,
+        &conn_mode(POLICY_ONLY),
+    );
+    let open = |client: &mut App, workers: &mut [App], n: usize| {
+        let keys: Vec<_> = (0..n).map(|_| client.connect()).collect();
+        let mut apps: Vec<&mut App> = std::iter::once(client).chain(workers.iter_mut()).collect();
+        run_until(&mut apps, |a| {
+            keys.iter().all(|k| {
+                a[0].eps
+                    .get(k)
+                    .is_some_and(|e| e.state() == EndpointState::Established)
+            })
+        });
+        keys
+    };
+    // Equal weights: one connection each.
+    let kept = open(&mut client, &mut workers, 2);
+    assert_eq!((workers[0].accepted, workers[1].accepted), (1, 1));
+    let r = server.drain("echo", 4).unwrap();
+    assert_eq!((r.member, r.active_left), (4, 1), "{r}");
+    // New connections go to the member that stays.
+    let fresh = open(&mut client, &mut workers, 4);
+    assert_eq!((workers[0].accepted, workers[1].accepted), (1, 5));
+    // The drained member's connection still carries messages both ways, and so does it port
+    // while its member is gone from the service.
+    for k in &kept {
+        let ep = client.eps.get_mut(k).unwrap();
+        ep.write_message(b"still", true).unwrap();
+    }
+    let mut from = Vec::new();
+    let mut apps: Vec<&mut App> = std::iter::once(&mut client)
+        .chain(workers.iter_mut())
+        .collect();
+    run_until(&mut apps, |a| {
+        for k in &kept {
+            if let Some(m) = a[0].eps.get_mut(k).and_then(|e| e.read_message()) {
+                assert_eq!(&m.data[..5], b"still");
+                from.push(m.data[5]);
+            }
+        }
+        from.len() == 2
+    });
+    from.sort();
+    assert_eq!(
+        from,
+        [4, 5],
+        "each kept connection answered by its own backend"
+    );
+    let snap = snapshot_when(&server, |s| {
+        s.services[0]
+            .members
+            .iter()
+            .any(|m| m.name == "svc-echo-vm4" && m.state == "gone")
+    });
+    let port4 = snap
+        .ports
+        .iter()
+        .find(|p| p.name == "svc-echo-vm4")
+        .unwrap();
+    assert!(!port4.down, "its port stays while its connection is open");
+    // Every connection closes; then the drained member's port goes.
+    for k in kept.iter().chain(&fresh) {
+        apps[0].eps.get_mut(k).unwrap().shutdown(SHUTDOWN_BOTH);
+    }
+    run_until(&mut apps, |a| a.iter().all(|x| x.eps.is_empty()));
+    snapshot_when(&server, |s| {
+        s.ports.iter().any(|p| p.name == "svc-echo-vm4" && p.down)
+    });
+    server.shutdown().unwrap();
+}

@@ -2,9 +2,11 @@
 //! when no backend lives) and what a hostile backend cannot do.
 
 use super::app::App;
+use super::connection::port_counters;
 use super::world::*;
 use super::*;
-use crate::vsock::endpoint::EndpointState;
+use crate::serve::front_port_name;
+use crate::vsock::endpoint::{CloseReason, EndpointState};
 
 #[test]
 fn a_message_service_spreads_requests_by_weight_and_answers_each_in_order() {
@@ -249,5 +251,34 @@ fn one_client_vm_gets_no_more_service_connections_than_the_per_vm_limit() {
         })
         .count();
     assert_eq!(open, 2, "the third connection is refused");
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_client_whose_rx_buffers_cannot_hold_a_reply_is_reset_at_both_ends() {
+    let dir = Dir::new("svc-tiny-rx");
+    let cfg = service_config(&dir, &[(4, 1.0)], "");
+    let server = Server::start(&cfg).unwrap();
+    // Room for a header and not one byte more: the connection opens, no reply fits.
+    let mut client = App::with_rx_buf(&dir, 3, None, HEADER_LEN as u32);
+    let mut worker = App::new(&dir, 4, Some(SERVICE_PORT));
+    wait_connected(&server);
+    let key = client.connect();
+    run_until(&mut [&mut client, &mut worker], |a| {
+        a[0].eps
+            .get(&key)
+            .is_some_and(|e| e.state() == EndpointState::Established)
+    });
+    let ep = client.eps.get_mut(&key).unwrap();
+    ep.write_message(b"ping", true).unwrap();
+    run_until(&mut [&mut client, &mut worker], |a| {
+        a[0].closed.contains_key(&key)
+    });
+    assert_eq!(client.closed[&key], Some(CloseReason::PeerReset));
+    // The service's end learnt it too: the connection is gone, not left waiting.
+    let front = port_counters(&server, &front_port_name("echo"), |c| c["conns_open"] == 0);
+    assert_eq!(front["conns_open"], 0, "{front:?}");
+    let c = server.counts().into_iter().find(|v| v.cid == 3).unwrap();
+    assert_eq!((c.rx_too_small, c.resets), (1, 1), "{c:?}");
     server.shutdown().unwrap();
 }

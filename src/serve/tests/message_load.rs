@@ -69,7 +69,8 @@ fn load_reports_on_the_load_port_change_the_picks() {
 fn a_backend_that_reports_idle_while_it_does_not_read_is_caught() {
     // Four requests at most on each backend; a stall window long enough that the cross-check,
     // not the stall rule, is what acts first; drain averaged over 20 ms. Health is the load
-    // report alone: without the cross-check, the liar would keep its full weight.
+    // report alone: without the cross-check, the liar would keep its full weight. Reports
+    // come every 10 answers, so on a busy machine far apart: they stay fresh for 2 s.
     let (_dir, server, mut client, mut workers) = world(
         "svc-liar",
         &[(4, 1.0), (5, 1.0)],
@@ -77,7 +78,7 @@ fn a_backend_that_reports_idle_while_it_does_not_read_is_caught() {
         &format!(
             "load_port = {LOAD_PORT}\npolicy = {{ kind = \"wrr\" }}\n\
              failover = {{ stall_window_ns = 3000000000 }}\nrequest_timeout_ms = 20000\n\
-             health = {{ ewma_half_life_ns = 20000000, weights = {{ drain = 0.0, \
+             health = {{ ewma_half_life_ns = 20000000, load_report_ttl_ns = 2000000000, weights = {{ drain = 0.0, \
              latency = 0.0, in_flight = 0.0, free_rx = 0.0 }} }}"
         ),
     );

@@ -38,6 +38,84 @@ fn hello_tells_each_port_its_id_and_the_directory() {
     );
 }
 
+/// The (kind, name, id) entries of a directory payload.
+fn dir_entries(dir: &[u8]) -> Vec<(crate::wire::directory::EntryKind, String, u32)> {
+    crate::wire::directory::entries(dir)
+        .map(|e| (e.kind, String::from_utf8(e.name.to_vec()).unwrap(), e.id))
+        .collect()
+}
+
+#[test]
+fn ports_and_services_that_come_and_go_send_every_live_port_one_directory_update() {
+    use crate::wire::directory::EntryKind::{Port, Service};
+    let mut n = net(3, 16);
+    n.step();
+    for p in &mut n.peers {
+        assert_eq!(p.recv_all()[0].0.kind(), Some(MsgKind::Hello));
+    }
+    let updates = |n: &mut Net, p: usize| -> Vec<_> {
+        n.peers[p]
+            .recv_all()
+            .into_iter()
+            .inspect(|(h, _)| {
+                assert_eq!(h.kind(), Some(MsgKind::DirectoryUpdate));
+                assert_eq!(h.dst(), p as u32);
+                assert_eq!(h.src(), SWITCH_PORT);
+            })
+            .map(|(_, d)| dir_entries(&d))
+            .collect()
+    };
+    // Several changes before the ports read: one update each, carrying all of them.
+    n.service("echo", PolicyKind::Wrr, &[(1, 1.0)]);
+    n.sw.remove_port(2);
+    n.step();
+    let want = vec![
+        (Port, "p0".to_string(), 0),
+        (Port, "p1".to_string(), 1),
+        (Service, "echo".to_string(), 0),
+    ];
+    assert_eq!(updates(&mut n, 0), vec![want.clone()]);
+    assert_eq!(updates(&mut n, 1), vec![want.clone()]);
+    // A port that is down gets nothing, and is not listed.
+    assert!(n.peers[2].recv_all().is_empty());
+    // Revived, it is listed again under its id; it gets a hello, the others an update.
+    n.revive(2, 16);
+    n.step();
+    let hello = n.peers[2].recv_all();
+    assert_eq!(hello.len(), 1);
+    assert_eq!(hello[0].0.kind(), Some(MsgKind::Hello));
+    let with_p2 = vec![
+        (Port, "p0".to_string(), 0),
+        (Port, "p1".to_string(), 1),
+        (Port, "p2".to_string(), 2),
+        (Service, "echo".to_string(), 0),
+    ];
+    assert_eq!(dir_entries(&hello[0].1), with_p2);
+    assert_eq!(updates(&mut n, 0), vec![with_p2.clone()]);
+    assert_eq!(updates(&mut n, 1), vec![with_p2]);
+    // A new port gets the next id; a removed service leaves the directory.
+    let (peer, dev) = Peer::new(16);
+    n.peers.push(peer);
+    let id = n.sw.add_port("late", dev, Box::new(Polling)).unwrap();
+    assert_eq!(id, 3);
+    let echo = n.sw.service_id("echo").unwrap();
+    n.sw.remove_service(echo).unwrap();
+    n.step();
+    let last = vec![
+        (Port, "p0".to_string(), 0),
+        (Port, "p1".to_string(), 1),
+        (Port, "p2".to_string(), 2),
+        (Port, "late".to_string(), 3),
+    ];
+    for p in 0..3 {
+        assert_eq!(updates(&mut n, p), vec![last.clone()]);
+    }
+    assert_eq!(n.peers[3].recv_all()[0].0.kind(), Some(MsgKind::Hello));
+    // Queued: 3 for the service (removing p2 found them waiting), 2 for the revival, 3 for
+    // the new port (removing the service found them waiting).
+    assert_eq!(n.sw.snapshot().totals.directory_updates, 3 + 2 + 3);
+}
+
 #[test]
 fn one_way_unicast_arrives_in_order_and_intact() {
     let mut n = net(2, 8);

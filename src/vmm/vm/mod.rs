@@ -53,8 +53,14 @@ pub struct VmConfig {
     /// Back guest RAM with a memfd (shared mapping) instead of anonymous memory, so that its
     /// pages can be handed to another VM without a copy ([`Vm::pages`], [`crate::vmm::pages`]).
     pub shared_memory: bool,
+    /// The parameter text: the names that name parameters refer to
+    /// ([`VmConfig::name_param`]), written at [`platform::PARAM_TEXT_ADDR`]; at most
+    /// [`platform::PARAM_TEXT_SIZE`] bytes.
+    pub param_text: Vec<u8>,
     /// An out-of-range index given to [`VmConfig::param`], reported by [`Vm::new`].
     bad_param: Option<usize>,
+    /// A name given to [`VmConfig::name_param`] that does not fit, reported by [`Vm::new`].
+    bad_name: Option<String>,
 }
 
 impl VmConfig {
@@ -68,7 +74,9 @@ impl VmConfig {
             mmio_count: 0,
             echo_console: false,
             shared_memory: false,
+            param_text: Vec::new(),
             bad_param: None,
+            bad_name: None,
         }
     }
 
@@ -92,6 +100,28 @@ impl VmConfig {
             None => self.bad_param = Some(index),
         }
         self
+    }
+
+    /// Sets name parameter `index` to `name` (a port or service the guest looks up in the
+    /// switch's directory): the name goes into the parameter text, the slot gets
+    /// [`text_param`](crate::abi::image::text_param). An empty name, one longer than
+    /// [`MAX_PARAM_NAME`](crate::abi::image::MAX_PARAM_NAME) bytes, or names past
+    /// [`platform::PARAM_TEXT_SIZE`] bytes together are reported by [`Vm::new`].
+    pub fn name_param(mut self, index: usize, name: &str) -> Self {
+        let offset = self.param_text.len();
+        let len = name.len();
+        if len == 0
+            || len > crate::abi::image::MAX_PARAM_NAME
+            || offset + len > platform::PARAM_TEXT_SIZE
+        {
+            self.bad_name = Some(name.to_string());
+            return self;
+        }
+        self.param_text.extend_from_slice(name.as_bytes());
+        self.param(
+            index,
+            crate::abi::image::text_param(offset as u32, len as u32),
+        )
     }
 }
 
@@ -166,6 +196,9 @@ impl Vm {
         }
         if let Some(i) = config.bad_param {
             return Err(Error::ParamIndex(i));
+        }
+        if let Some(name) = config.bad_name {
+            return Err(Error::ParamName(name));
         }
         let size = config.mem_size;
         if !(platform::MIN_MEM_SIZE..=platform::MAX_MEM_SIZE).contains(&size)
@@ -374,6 +407,16 @@ impl Vm {
             .map_err(|e| Error::GuestWrite {
                 what: "boot block",
                 addr: platform::BOOT_BLOCK_ADDR,
+                reason: e.to_string(),
+            })?;
+        self.mem
+            .write_slice(
+                &self.config.param_text,
+                GuestAddress(platform::PARAM_TEXT_ADDR),
+            )
+            .map_err(|e| Error::GuestWrite {
+                what: "parameter text",
+                addr: platform::PARAM_TEXT_ADDR,
                 reason: e.to_string(),
             })?;
         let vcpu = self.vcpu.as_ref().ok_or(Error::AlreadyStarted)?;

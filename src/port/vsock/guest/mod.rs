@@ -10,7 +10,7 @@ use super::{SharedQueues, Staging, VmEntry, VsockNetwork, PIECE_PAYLOAD};
 use crate::port::PortId;
 use crate::vhost_user::DeviceQueues;
 use crate::virtio::{DeviceError, TxChain};
-use crate::vsock::packet::{Op, PacketHeader, HEADER_LEN, HOST_CID, MAX_PAYLOAD};
+use crate::vsock::packet::{Op, PacketHeader, SocketType, HEADER_LEN, HOST_CID, MAX_PAYLOAD};
 use crate::vsock::relay::Verdict;
 
 /// Pieces one guest packet may become (64 KiB cut into 4 KiB).
@@ -38,7 +38,16 @@ pub struct VsockPort {
     carry: Option<(PortId, u64, usize)>,
     /// The last delivery found no rx buffer (counts a stall once, not once per retry).
     rx_stalled: bool,
+    /// RSTs this guest owes a service or the host side (whose connections the relay does not
+    /// know) for connections it cannot receive on, and the port each goes to; staged at the
+    /// next [`take_sent`](crate::port::Port::take_sent). At most [`MAX_OWED_RESETS`], one per
+    /// connection.
+    owed_resets: Vec<(PacketHeader, PortId)>,
 }
+
+/// RSTs a guest may owe at once (see [`VsockPort::owed_resets`]); past it, the peer's
+/// connection ends by its own timeout.
+const MAX_OWED_RESETS: usize = 256;
 
 impl VsockPort {
     /// The port of VM `cid` in `net`, driving the queues in `queues` when they run, staging at
@@ -66,6 +75,7 @@ impl VsockPort {
             consumed: 0,
             carry: None,
             rx_stalled: false,
+            owed_resets: Vec::new(),
         })
     }
 
@@ -182,17 +192,43 @@ impl VsockPort {
         }
     }
 
-    /// Ends the connection `hdr` (a packet for this guest) belongs to: RSTs to both ends, as
-    /// if its sender had reset it.
-    fn reset_connection(&self, hdr: &PacketHeader) {
-        let Some(r) = self.net.relay().reset_between(hdr.src(), hdr.dst()) else {
+    /// Ends the connection `hdr` (a packet for this guest from switch port `from`) belongs to:
+    /// RSTs to both ends, as if its sender had reset it.
+    fn reset_connection(&mut self, hdr: &PacketHeader, from: PortId) {
+        self.me.counters.resets.fetch_add(1, Ordering::Relaxed);
+        if let Some(r) = self.net.relay().reset_between(hdr.src(), hdr.dst()) {
+            for rst in [r.to_initiator, r.to_acceptor] {
+                if let Some(vm) = self.net.vm(rst.dst_cid) {
+                    vm.push_control(rst);
+                }
+            }
+            return;
+        }
+        // A service's or the host side's connection: the relay does not know it, so the
+        // guest gets an RST from its peer here and the peer one from the guest, through the
+        // switch (behind what this guest sent on it before).
+        let Some(to_peer) = hdr.rst_reply() else {
             return;
         };
-        self.me.counters.resets.fetch_add(1, Ordering::Relaxed);
-        for rst in [r.to_initiator, r.to_acceptor] {
-            if let Some(vm) = self.net.vm(rst.dst_cid) {
-                vm.push_control(rst);
-            }
+        let ty = hdr.socket_type().unwrap_or(SocketType::Stream);
+        self.me
+            .push_control(PacketHeader::new(ty, Op::Rst, hdr.src(), hdr.dst()));
+        let owed = self
+            .owed_resets
+            .iter()
+            .any(|(h, to)| *to == from && h.src() == to_peer.src() && h.dst() == to_peer.dst());
+        if !owed && self.owed_resets.len() < MAX_OWED_RESETS {
+            self.owed_resets.push((to_peer, from));
+        }
+    }
+
+    /// Stages the RSTs this guest owes, as staging room allows.
+    fn stage_owed_resets(&mut self, sent: &mut Vec<TxChain>) {
+        while self.staging.free() > 0 {
+            let Some((rst, to)) = self.owed_resets.pop() else {
+                return;
+            };
+            self.stage(&rst, to, sent);
         }
     }
 

@@ -113,6 +113,7 @@ impl Port<GuestMemoryMmap> for VsockPort {
         let mem: &GuestMemoryMmap = &mem_guard;
         self.flush_control(q, mem);
         let before = sent.len();
+        self.stage_owed_resets(sent);
         {
             let mut tx = q.tx().get_mut();
             let queue = tx.get_queue_mut();
@@ -233,7 +234,7 @@ impl Port<GuestMemoryMmap> for VsockPort {
                     .rx_too_small
                     .fetch_add(1, Ordering::Relaxed);
                 drop(rx);
-                self.reset_connection(&hdr);
+                self.reset_connection(&hdr, header.src());
                 return Ok(false);
             };
             let c = &self.me.counters;
