@@ -199,6 +199,8 @@ enum BenchCommand {
     Ring(BenchOpts),
     /// Guest -> switch -> guest through real KVM guests: msgs/s, round trips, exits/message.
     Vm(BenchOpts),
+    /// Page hand-off between two of vmq's own VMs vs copying, 4 KiB to 1 MiB messages.
+    Handoff(BenchOpts),
     /// Frontend -> switch -> backends over virtqueues (one switch thread) vs an rtrb relay,
     /// and the cost of one balancing decision per policy.
     Switch(BenchOpts),
@@ -326,6 +328,7 @@ fn run_bench(b: BenchCommand) -> ExitCode {
     match b {
         BenchCommand::Ring(o) => print(&bench::ring::run(o.quick, Placement::two_cores()), &o),
         BenchCommand::Vm(o) => print(&bench::vm::run(o.quick), &o),
+        BenchCommand::Handoff(o) => print(&bench::handoff::run(o.quick), &o),
         BenchCommand::Switch(o) => print(
             &bench::switch::run(o.quick, SwitchPlacement::two_cores()),
             &o,
@@ -342,6 +345,7 @@ fn run_bench(b: BenchCommand) -> ExitCode {
     let (name, o) = match &b {
         BenchCommand::Ring(o) => ("ring", o),
         BenchCommand::Vm(o) => ("vm", o),
+        BenchCommand::Handoff(o) => ("handoff", o),
         BenchCommand::Switch(o) => ("switch", o),
         BenchCommand::Vsock { opts, .. } => ("vsock", opts),
     };

@@ -5,6 +5,7 @@
 
 mod affinity;
 pub mod exits;
+pub mod handoff;
 pub mod notify;
 mod report;
 pub mod ring;

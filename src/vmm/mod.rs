@@ -25,6 +25,7 @@ mod bus;
 mod error;
 pub mod images;
 mod loader;
+pub mod pages;
 mod vcpu;
 mod vm;
 

@@ -6,6 +6,7 @@
 
 pub mod directory;
 mod header;
+pub mod pages;
 
 pub use header::{
     MsgHeader, MsgKind, Status, WireError, DST_SERVICE, HEADER_SIZE, LOAD_MAX, LOAD_REPORT,

@@ -21,13 +21,14 @@ use std::sync::Arc;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::arch;
 use super::bus::MmioBus;
 use super::error::{Error, Result};
 use super::loader::{load_elf, LoadedImage};
+use super::pages::{self, PageSpace};
 use super::vcpu::{Console, ExitCounters, VcpuContext, VcpuHandle};
 use crate::abi::platform;
 use crate::mmio::MmioDevice;
@@ -49,6 +50,9 @@ pub struct VmConfig {
     pub mmio_count: u64,
     /// Also send every console line to `log::info!`.
     pub echo_console: bool,
+    /// Back guest RAM with a memfd (shared mapping) instead of anonymous memory, so that its
+    /// pages can be handed to another VM without a copy ([`Vm::pages`], [`crate::vmm::pages`]).
+    pub shared_memory: bool,
     /// The parameter text: the names that name parameters refer to
     /// ([`VmConfig::name_param`]), written at [`platform::PARAM_TEXT_ADDR`]; at most
     /// [`platform::PARAM_TEXT_SIZE`] bytes.
@@ -69,6 +73,7 @@ impl VmConfig {
             mmio_base: platform::MMIO_BASE,
             mmio_count: 0,
             echo_console: false,
+            shared_memory: false,
             param_text: Vec::new(),
             bad_param: None,
             bad_name: None,
@@ -78,6 +83,12 @@ impl VmConfig {
     /// Sets the memory size.
     pub fn mem_size(mut self, bytes: u64) -> Self {
         self.mem_size = bytes;
+        self
+    }
+
+    /// Backs guest RAM with a memfd (see [`VmConfig::shared_memory`]).
+    pub fn shared_memory(mut self, on: bool) -> Self {
+        self.shared_memory = on;
         self
     }
 
@@ -161,6 +172,7 @@ pub struct Vm {
     console: Console,
     counters: Arc<ExitCounters>,
     work: Arc<EventFd>,
+    pages: Option<PageSpace>,
     mem: GuestMemoryMmap,
 }
 
@@ -204,12 +216,25 @@ impl Vm {
             return Err(Error::KvmApiVersion(api));
         }
         let vm_fd = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)]).map_err(
-            |e| Error::MemoryAlloc {
-                size,
-                reason: e.to_string(),
-            },
-        )?;
+        let alloc = |e: &dyn std::fmt::Display| Error::MemoryAlloc {
+            size,
+            reason: e.to_string(),
+        };
+        let (mem, memfd) = if config.shared_memory {
+            let memfd = pages::memfd(&config.name, size).map_err(|e| alloc(&e))?;
+            let file = memfd.try_clone().map_err(|e| alloc(&e))?;
+            let mem = GuestMemoryMmap::<()>::from_ranges_with_files([(
+                GuestAddress(0),
+                size as usize,
+                Some(FileOffset::new(file, 0)),
+            )])
+            .map_err(|e| alloc(&e))?;
+            (mem, Some(memfd))
+        } else {
+            let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
+                .map_err(|e| alloc(&e))?;
+            (mem, None)
+        };
         let host = mem
             .get_host_address(GuestAddress(0))
             .map_err(|e| Error::MemoryAlloc {
@@ -223,9 +248,10 @@ impl Vm {
             memory_size: size,
             userspace_addr: host as u64,
         };
-        // SAFETY: `host..host + size` is one anonymous mapping owned by `mem`, which lives in
-        // this `Vm` and in every vCPU thread's context, and is dropped only after the vCPU and
-        // VM fds (field order above; the vCPU thread drops its fd before its memory clone).
+        // SAFETY: `host..host + size` is one mapping (anonymous, or of the memfd) owned by
+        // `mem`, which lives in this `Vm` (and its `PageSpace`) and in every vCPU thread's
+        // context, and is dropped only after the vCPU and VM fds (field order above; the vCPU
+        // thread drops its fd before its memory clone).
         unsafe { vm_fd.set_user_memory_region(region) }
             .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
         arch::write_tables(&mem)?;
@@ -236,8 +262,15 @@ impl Vm {
             what: "the work eventfd",
             source,
         })?;
+        let pages = match memfd {
+            Some(fd) => {
+                Some(PageSpace::new(fd, mem.clone(), host as usize, size).map_err(|e| alloc(&e))?)
+            }
+            None => None,
+        };
         Ok(Self {
             vcpu: Some(vcpu),
+            pages,
             vm_fd,
             kvm,
             console: Console::new(&config.name, config.echo_console),
@@ -407,6 +440,12 @@ impl Vm {
     /// Guest memory (RAM at guest-physical `0..mem_size`). Cheap to clone; shares the mapping.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem
+    }
+
+    /// The VM's page space when its RAM is memfd backed ([`VmConfig::shared_memory`]): what
+    /// moves its pages to and from other VMs. Cheap to clone.
+    pub fn pages(&self) -> Option<&PageSpace> {
+        self.pages.as_ref()
     }
 
     /// Guest memory size in bytes.

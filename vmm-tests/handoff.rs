@@ -1,0 +1,262 @@
+//! Page hand-off between vmq's own VMs on real KVM: pages move between running guests by host
+//! mapping changes (memfd-backed RAM, `mmap(MAP_FIXED)`), and KVM follows them.
+//!
+//! Without a usable `/dev/kvm` each test prints "skipping" and passes, unless `CI=true` or
+//! `VMQ_REQUIRE_KVM=1`.
+
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress};
+use vmq::abi::image::hello;
+use vmq::vmm::pages::{Ledger, Member, PageError, PAGE_SIZE};
+use vmq::vmm::{images, RunOutcome, VcpuHandle, Vm, VmConfig};
+
+mod common;
+use common::require_kvm;
+
+/// A page of A's free RAM.
+const X: u64 = 0x80_0000;
+/// B's receive window (16 pages).
+const WINDOW: u64 = 0x90_0000;
+const WINDOW_PAGES: u64 = 16;
+
+/// A memfd-backed `hello` VM probing `addr` (mode 6).
+fn probe_vm(name: &str, addr: u64) -> Vm {
+    let cfg = VmConfig::new(name)
+        .shared_memory(true)
+        .param(hello::param::MODE, 6)
+        .param(hello::param::TEST_ADDR, addr);
+    let mut vm = Vm::new(cfg).expect("create VM");
+    vm.load_elf(images::HELLO).expect("load hello");
+    vm
+}
+
+fn read(vm: &Vm, addr: u64) -> u64 {
+    vm.memory().read_obj(GuestAddress(addr)).unwrap()
+}
+
+fn write(vm: &Vm, addr: u64, v: u64) {
+    vm.memory().write_obj(v, GuestAddress(addr)).unwrap()
+}
+
+/// Waits (a hang guard, not a timing assertion) until the probe at `addr` has read its first
+/// value (it writes 1 at `addr + 16`).
+fn wait_armed(vm: &Vm, addr: u64, h: &VcpuHandle) {
+    let start = Instant::now();
+    while read(vm, addr + 16) != 1 {
+        assert!(
+            !h.is_finished(),
+            "{} ended early: {:?}",
+            vm.name(),
+            vm.console().lines()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} never armed",
+            vm.name()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Joins `h`, stopping the guest if it does not end in 60 s (KVM did not follow the remap).
+fn join(vm: &Vm, h: VcpuHandle) -> RunOutcome {
+    let start = Instant::now();
+    while !h.is_finished() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    h.stop();
+    let out = h.join().unwrap();
+    eprintln!("{}: {out:?} {:?}", vm.name(), vm.console().lines());
+    out
+}
+
+fn member(vm: &Vm, window: std::ops::Range<u64>) -> Member {
+    Member {
+        space: vm.pages().expect("memfd-backed").clone(),
+        window,
+        cap: WINDOW_PAGES,
+        reserved: vec![(0..0x20_0000, "the boot area")],
+    }
+}
+
+/// The mechanism on this machine's KVM: a page of running guest A moves into running guest B's
+/// window; B reads A's data, A reads a zero stand-in from then on and its writes do not reach
+/// B; B's writes come back with the page when B releases it.
+#[test]
+fn a_page_moves_between_running_guests_without_a_copy() {
+    if !require_kvm() {
+        return;
+    }
+    let _g = common::kvm_lock();
+    // A probes X + 0x100, B probes its window page at + 0x200; A's page carries 42 at both.
+    let a = probe_vm("pages-a", X + 0x100);
+    let b = probe_vm("pages-b", WINDOW + 0x200);
+    let (mut a, mut b) = (a, b);
+    write(&a, X + 0x100, 42);
+    write(&a, X + 0x200, 42);
+    let ha = a.start().unwrap();
+    let hb = b.start().unwrap();
+    wait_armed(&a, X + 0x100, &ha);
+    wait_armed(&b, WINDOW + 0x200, &hb);
+
+    let mut ledger = Ledger::new();
+    ledger.join(0, member(&a, 0xa0_0000..0xa1_0000)).unwrap();
+    ledger
+        .join(1, member(&b, WINDOW..WINDOW + WINDOW_PAGES * PAGE_SIZE))
+        .unwrap();
+    let (loan, dst) = ledger.hand_off(0, 1, &[X]).unwrap();
+    assert_eq!(dst, vec![WINDOW]);
+
+    // B saw A's 42 (and wrote 43 next to it); A saw its stand-in's zero (and wrote 1).
+    assert_eq!(join(&b, hb), RunOutcome::Exited(42));
+    assert_eq!(join(&a, ha), RunOutcome::Exited(0));
+    assert_eq!(read(&b, WINDOW + 0x208), 43, "B's write lands in A's page");
+    assert_eq!(
+        read(&b, WINDOW + 0x110),
+        1,
+        "A's arming write travelled with the page"
+    );
+    assert_eq!(
+        read(&b, WINDOW + 0x108),
+        0,
+        "A's write after the hand-off must not reach B"
+    );
+    assert_eq!(read(&a, X + 0x108), 1, "A wrote into its stand-in");
+    assert_eq!((ledger.held(1), ledger.lent(0)), (1, 1));
+    let _ = loan;
+
+    // B releases: A's page comes back with B's write; A's stand-in write is gone; B has its
+    // own page again.
+    assert_eq!(ledger.release(1, &[WINDOW]).unwrap(), vec![(0, X)]);
+    assert_eq!(read(&a, X + 0x208), 43);
+    assert_eq!(read(&a, X + 0x108), 0);
+    assert_eq!(read(&b, WINDOW + 0x208), 0);
+    assert_eq!(
+        read(&b, WINDOW + 0x210),
+        1,
+        "B's own page, with its arming write"
+    );
+    assert_eq!((ledger.held(1), ledger.lent(0)), (0, 0));
+}
+
+/// The receiver's control block and window for the `hello` page reader (mode 7).
+const CTL: u64 = 0x3f_f000;
+const DATA: u64 = 0x40_0000;
+
+fn ctl(vm: &Vm, i: u64) -> &std::sync::atomic::AtomicU64 {
+    use vm_memory::GuestMemoryBackend;
+    let p = vm
+        .memory()
+        .get_host_address(GuestAddress(CTL + 8 * i))
+        .unwrap();
+    // SAFETY: an 8-byte aligned u64 of the VM's RAM mapping, alive as long as `vm` (borrowed);
+    // the guest touches it with aligned volatile accesses only, atomic on x86.
+    unsafe { &*(p as *const std::sync::atomic::AtomicU64) }
+}
+
+/// Tells the reader in `b` to read `pages` window pages; returns the sum it read.
+fn read_window(b: &Vm, h: &VcpuHandle, seq: u64, pages: u64) -> u64 {
+    use std::sync::atomic::Ordering::SeqCst;
+    ctl(b, 1).store(pages, SeqCst);
+    ctl(b, 0).store(seq, SeqCst);
+    let start = Instant::now();
+    while ctl(b, 2).load(SeqCst) != seq {
+        assert!(
+            !h.is_finished(),
+            "the reader ended: {:?}",
+            b.console().lines()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the reader never answered"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    ctl(b, 3).load(SeqCst)
+}
+
+/// A receiver guest that keeps the pages it was handed is held to its cap (the next hand-off is
+/// refused and counted, the sender keeps those pages), and when its port goes down the pages go
+/// back to the sender while the guest, still running, reads its own pages in its window again.
+#[test]
+fn a_receiver_that_keeps_pages_is_capped_and_its_port_going_down_returns_them() {
+    if !require_kvm() {
+        return;
+    }
+    let _g = common::kvm_lock();
+    let vm = |name: &str, mode: u64, size: u64| {
+        let cfg = VmConfig::new(name)
+            .shared_memory(true)
+            .param(hello::param::MODE, mode)
+            .param(hello::param::TEST_ADDR, CTL)
+            .param(hello::param::SIZE, size);
+        let mut vm = Vm::new(cfg).unwrap();
+        vm.load_elf(images::HELLO).unwrap();
+        vm
+    };
+    // The sender parks in a doorbell wait; the receiver runs the page reader.
+    let mut a = vm("keep-a", 4, u64::from(u32::MAX));
+    let mut b = vm("keep-b", 7, WINDOW);
+    for i in 0..8 {
+        write(&a, DATA + i * PAGE_SIZE, i + 1);
+        write(&b, WINDOW + i * PAGE_SIZE, 1000 + i);
+    }
+    let ha = a.start().unwrap();
+    let hb = b.start().unwrap();
+    let mut ledger = Ledger::new();
+    ledger.join(0, member(&a, 0xa0_0000..0xa1_0000)).unwrap();
+    let mut m = member(&b, WINDOW..WINDOW + WINDOW_PAGES * PAGE_SIZE);
+    m.cap = 4;
+    ledger.join(1, m).unwrap();
+
+    assert_eq!(read_window(&b, &hb, 1, 3), 1000 + 1001 + 1002);
+    let src = [DATA, DATA + PAGE_SIZE, DATA + 2 * PAGE_SIZE];
+    ledger.hand_off(0, 1, &src).unwrap();
+    assert_eq!(
+        read_window(&b, &hb, 2, 3),
+        1 + 2 + 3,
+        "the guest reads the sender's pages"
+    );
+    // The sender scribbles over what it handed off: the receiver must not see it.
+    write(&a, DATA, 666);
+    assert_eq!(read_window(&b, &hb, 3, 3), 1 + 2 + 3);
+    // It keeps them; two more would pass its cap of 4.
+    let e = ledger
+        .hand_off(0, 1, &[DATA + 3 * PAGE_SIZE, DATA + 4 * PAGE_SIZE])
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            PageError::ReceiverFull {
+                held: 3,
+                cap: 4,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(ledger.stats().refused_full, 1);
+    assert_eq!(
+        read(&a, DATA + 3 * PAGE_SIZE),
+        4,
+        "refused pages stay with the sender"
+    );
+    // Its port goes down with the pages out.
+    assert_eq!(ledger.port_down(1), 3);
+    assert_eq!(
+        read_window(&b, &hb, 4, 3),
+        1000 + 1001 + 1002,
+        "its own pages again"
+    );
+    assert_eq!(
+        read(&a, DATA),
+        1,
+        "the page came home; the stand-in write is gone"
+    );
+    assert_eq!((ledger.held(1), ledger.lent(0)), (0, 0));
+    ctl(&b, 0).store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(join(&b, hb), RunOutcome::Exited(0));
+    ha.stop();
+    let _ = ha.join();
+}
