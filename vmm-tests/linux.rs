@@ -301,19 +301,9 @@ fn linux_guests_exchange_stream_and_seqpacket_through_vmq_serve() {
 /// of them are answered.
 #[test]
 fn a_linux_client_gets_every_answer_once_from_a_message_service_when_a_worker_is_stopped() {
-    let Some(assets) = linux::require_linux_or_skip() else {
+    let Some(s) = one_client_demo(vmq::linux_demo::Disruption::Stop) else {
         return;
     };
-    let _one_at_a_time = linux::many_guests_lock();
-    let cfg = vmq::linux_demo::DemoConfig {
-        clients: 1,
-        requests_per_client: 6000,
-        stopped_worker: 5,
-        ..Default::default()
-    };
-    let s = vmq::linux_demo::run(&assets, &cfg, &mut |l| eprintln!("{l}"))
-        .unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("{s}");
     let client = &s.clients[0];
     assert_eq!(client.exit_code, 0, "client:\n{}", client.output);
     assert!(client.ok(), "client: no ok line:\n{}", client.output);
@@ -329,25 +319,34 @@ fn a_linux_client_gets_every_answer_once_from_a_message_service_when_a_worker_is
     assert!(s.clean(), "{s:?}");
 }
 
-/// The demo's service with one Linux client; worker 5 is drained on purpose a third of the way
-/// in (no new request reaches it, it answers what it has and leaves), then a reload of the
-/// same configuration brings it back, and it serves again. Nothing is lost or answered twice.
-#[test]
-fn a_linux_worker_drained_by_command_and_brought_back_by_a_reload_loses_nothing() {
-    let Some(assets) = linux::require_linux_or_skip() else {
-        return;
-    };
+/// `vmq demo --linux`'s scenario with one client sending 6,000 requests, worker 5 disrupted
+/// as `disruption` says; `None` when Linux guests are not available here (skipped).
+fn one_client_demo(
+    disruption: vmq::linux_demo::Disruption,
+) -> Option<vmq::linux_demo::DemoSummary> {
+    let assets = linux::require_linux_or_skip()?;
     let _one_at_a_time = linux::many_guests_lock();
     let cfg = vmq::linux_demo::DemoConfig {
         clients: 1,
         requests_per_client: 6000,
         stopped_worker: 5,
-        disruption: vmq::linux_demo::Disruption::DrainThenRejoin,
+        disruption,
         ..Default::default()
     };
     let s = vmq::linux_demo::run(&assets, &cfg, &mut |l| eprintln!("{l}"))
         .unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{s}");
+    Some(s)
+}
+
+/// The demo's service with one Linux client; worker 5 is drained on purpose a third of the way
+/// in (no new request reaches it, it answers what it has and leaves), then a reload of the
+/// same configuration brings it back, and it serves again. Nothing is lost or answered twice.
+#[test]
+fn a_linux_worker_drained_by_command_and_brought_back_by_a_reload_loses_nothing() {
+    let Some(s) = one_client_demo(vmq::linux_demo::Disruption::DrainThenRejoin) else {
+        return;
+    };
     let client = &s.clients[0];
     assert!(client.ok(), "client:\n{}", client.output);
     assert!(s.clean(), "every request answered exactly once: {s:?}");

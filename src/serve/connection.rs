@@ -99,10 +99,7 @@ pub(super) fn member_port(
     id: PortId,
 ) -> Result<ConnBackendPort, ServeError> {
     let cid = m.cid;
-    let vm = net.vm(cid).cloned().ok_or_else(|| ServeError::Io {
-        what: format!("service {}", s.name),
-        source: std::io::Error::other(format!("member CID {cid} is no VM")),
-    })?;
+    let vm = super::message::member_vm(net, s, cid)?;
     let connect_timeout_ns = s.connect_timeout_ms.saturating_mul(1_000_000);
     ConnBackendPort::new(
         vm,

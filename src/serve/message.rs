@@ -9,7 +9,7 @@ use super::{io, MemberConfig, ServeConfig, ServeError, ServiceTable};
 use crate::port::vsock::service::{
     BackendConfig, FrontConfig, ServiceBackendPort, ServiceFrontPort,
 };
-use crate::port::vsock::VsockNetwork;
+use crate::port::vsock::{VmEntry, VsockNetwork};
 use crate::port::PortId;
 use crate::switch::{Clock, Switch};
 use crate::vsock::endpoint::EndpointConfig;
@@ -108,10 +108,7 @@ pub(super) fn backend_port(
 ) -> Result<ServiceBackendPort, ServeError> {
     let cid = m.cid;
     let max_message = s.max_message_kib * 1024;
-    let vm = net.vm(cid).cloned().ok_or_else(|| ServeError::Io {
-        what: format!("service {}", s.name),
-        source: std::io::Error::other(format!("member CID {cid} is no VM")),
-    })?;
+    let vm = member_vm(net, s, cid)?;
     ServiceBackendPort::new(
         vm,
         BackendConfig {
@@ -137,3 +134,15 @@ pub(super) fn backend_port(
 /// Staging slots of a service's front: its requests in flight (three quarters) and packets
 /// for its clients, each slot one message of up to `max_message_kib`.
 const FRONT_SLOTS: u32 = 1024;
+
+/// The VM of member `cid` of service `s`.
+pub(super) fn member_vm(
+    net: &VsockNetwork,
+    s: &ServiceTable,
+    cid: u64,
+) -> Result<Arc<VmEntry>, ServeError> {
+    net.vm(cid).cloned().ok_or_else(|| ServeError::Io {
+        what: format!("service {}", s.name),
+        source: std::io::Error::other(format!("member CID {cid} is no VM")),
+    })
+}
