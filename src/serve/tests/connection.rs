@@ -332,7 +332,7 @@ fn a_drained_member_takes_no_new_connection_keeps_its_own_and_leaves_when_they_c
         "conn-drain",
         &[(4, 1.0), (5, 1.0)],
         4,
-        &conn_mode(POLICY_ONLY),
+        &conn_mode(&format!("policy = {{ kind = \"wrr\" }}\n{POLICY_ONLY}")),
     );
     // Equal weights: one connection each.
     let kept = open_conns(&mut client, &mut workers, 2);
@@ -431,8 +431,10 @@ fn ask(client: &mut App, workers: &mut [App], keys: &[(u32, u64, u32)], msg: &[u
 
 #[test]
 fn a_reload_moves_a_connection_services_members_and_keeps_their_connections() {
+    // wrr: the spread asserted is its, not a tie-break of p2c's random draws.
     let extra = conn_mode(
-        "health = { weights = { drain = 0.0, latency = 0.0, in_flight = 0.0, free_rx = 0.0 } }\n\
+        "policy = { kind = \"wrr\" }\n\
+         health = { weights = { drain = 0.0, latency = 0.0, in_flight = 0.0, free_rx = 0.0 } }\n\
          failover = { stall_window_ns = 60000000000, slow_start_ns = 0 }",
     );
     let both = [(4, 1.0), (5, 1.0)];
