@@ -42,9 +42,12 @@
 //! # kill_after_ms = T       # the host stops the VM T ms into the run
 //! ```
 
+mod check;
 mod error;
 mod params;
 mod spec;
+#[cfg(test)]
+mod tests;
 
 pub use error::{from_toml, TomlError, TopologyError};
 pub use params::{MAX_QUEUE_SIZE, PARAMS};
