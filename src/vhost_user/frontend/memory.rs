@@ -36,15 +36,7 @@ impl Layout {
 
 /// A memfd-backed guest memory of `size` bytes at `base`.
 pub(super) fn memfd_memory(base: u64, size: u64) -> Result<GuestMemoryMmap, FrontendError> {
-    // SAFETY: the name is a NUL-terminated string that outlives the call; memfd_create reads
-    // only it and returns a new descriptor or -1.
-    let fd = unsafe { libc::memfd_create(c"vmq-guest".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io_err("memfd_create")(io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` was just returned by memfd_create and nothing else owns it.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(size).map_err(io_err("sizing the memfd"))?;
+    let file = crate::vmm::pages::memfd("guest", size).map_err(io_err("memfd_create"))?;
     let len = usize::try_from(size).map_err(|e| FrontendError::Memory(e.to_string()))?;
     let region = MmapRegion::from_file(FileOffset::new(file, 0), len)
         .map_err(|e| FrontendError::Memory(e.to_string()))?;

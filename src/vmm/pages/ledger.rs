@@ -189,6 +189,14 @@ impl Ledger {
         if src.len() > MAX_PAGES {
             return Err(PageError::TooMany(src.len()));
         }
+        if src.is_empty() {
+            // Nothing to lend: a loan of no pages would never be returned, so never recorded.
+            return Err(PageError::OutOfRange {
+                gpa: 0,
+                pages: 0,
+                size: s.m.space.size(),
+            });
+        }
         let mut seen = BTreeSet::new();
         for &p in src {
             s.m.space.check(p, 1)?;
@@ -198,7 +206,10 @@ impl Ledger {
                     what: "its receive window",
                 });
             }
-            if let Some((_, what)) = s.m.reserved.iter().find(|(r, _)| r.contains(&p)) {
+            // Any overlap: a ring need not start on a page boundary. `p + PAGE_SIZE` fits,
+            // `space.check` having placed the page inside the VM's RAM.
+            let overlaps = |r: &Range<u64>| r.start < p + PAGE_SIZE && p < r.end;
+            if let Some((_, what)) = s.m.reserved.iter().find(|(r, _)| overlaps(r)) {
                 return Err(PageError::Reserved { gpa: p, what });
             }
             if s.lent.contains_key(&p) {
@@ -301,45 +312,46 @@ impl Ledger {
     /// the lenders' pages return to the lenders (runs of consecutive pages share one `mmap`).
     fn give_back(&mut self, to: u32, mut idx: Vec<usize>) -> Vec<(u32, u64)> {
         idx.sort_unstable();
+        idx.dedup();
         let Some(r) = self.members.get_mut(&to) else {
             return Vec::new();
         };
+        idx.retain(|&i| r.slots.get(i).is_some_and(Option::is_some));
+        let (rspace, wstart) = (r.m.space.clone(), r.m.window.start);
         let mut back: Vec<(u32, u64, LoanId)> = Vec::with_capacity(idx.len());
-        let mut taken: Vec<usize> = Vec::with_capacity(idx.len());
-        for i in idx {
-            if let Some(slot) = r.slots.get_mut(i).and_then(Option::take) {
-                back.push((slot.from, slot.src, slot.loan));
-                taken.push(i);
+        let mut remaps = 0;
+        for run in idx.chunk_by(|a, b| *b == a + 1) {
+            remaps += 1;
+            // Until the receiver's own pages are back in its window, the borrowed ones stay
+            // mapped there and counted out: the lender does not get them back (a page is
+            // never writable by two guests at once), and a later release or port-down tries
+            // again.
+            if rspace
+                .restore(wstart + run[0] as u64 * PAGE_SIZE, run.len() as u64)
+                .is_err()
+            {
+                continue;
+            }
+            for &i in run {
+                if let Some(slot) = r.slots[i].take() {
+                    back.push((slot.from, slot.src, slot.loan));
+                }
             }
         }
-        r.held -= taken.len() as u64;
-        let (rspace, wstart) = (r.m.space.clone(), r.m.window.start);
-        let mut remaps = 0;
-        for (first, n) in index_runs(&taken) {
-            // A failed restore leaves the borrowed page mapped in the receiver's window, which
-            // it may still read but which the ledger no longer counts; nothing else is exposed.
-            let _ = rspace.restore(wstart + first as u64 * PAGE_SIZE, n);
-            remaps += 1;
-        }
+        r.held -= back.len() as u64;
         let mut by_lender: Vec<(u32, u64)> = back.iter().map(|&(f, s, _)| (f, s)).collect();
         by_lender.sort_unstable();
-        let mut k = 0;
-        while k < by_lender.len() {
-            let (from, start) = by_lender[k];
-            let mut n = 1;
-            while k + (n as usize) < by_lender.len()
-                && by_lender[k + n as usize] == (from, start + n * PAGE_SIZE)
-            {
-                n += 1;
-            }
+        for run in by_lender.chunk_by(|a, b| a.0 == b.0 && b.1 == a.1 + PAGE_SIZE) {
+            let (from, start) = run[0];
             if let Some(s) = self.members.get_mut(&from) {
-                for j in 0..n {
-                    s.lent.remove(&(start + j * PAGE_SIZE));
+                for &(_, p) in run {
+                    s.lent.remove(&p);
                 }
-                let _ = s.m.space.restore(start, n);
+                // A failed restore leaves the lender its zero stand-in (its data is safe in
+                // the file, mapped nowhere else): only the lender is short of its bytes.
+                let _ = s.m.space.restore(start, run.len() as u64);
                 remaps += 1;
             }
-            k += n as usize;
         }
         for &(_, _, loan) in &back {
             if let Some(l) = self.loans.get_mut(&loan) {
@@ -353,18 +365,6 @@ impl Ledger {
         self.stats.pages_returned += back.len() as u64;
         back.into_iter().map(|(f, s, _)| (f, s)).collect()
     }
-}
-
-/// Runs of consecutive indices in sorted `idx`: `(first, count)`.
-fn index_runs(idx: &[usize]) -> Vec<(usize, u64)> {
-    let mut out: Vec<(usize, u64)> = Vec::new();
-    for &i in idx {
-        match out.last_mut() {
-            Some((f, n)) if *f + *n as usize == i => *n += 1,
-            _ => out.push((i, 1)),
-        }
-    }
-    out
 }
 
 /// Runs of pages consecutive in both lists: `(src, dst, pages)`.
@@ -451,6 +451,22 @@ mod tests {
             "the receiver's own page is back"
         );
         assert_eq!((l.held(2), l.lent(1)), (1, 1));
+    }
+
+    #[test]
+    fn an_empty_list_and_a_page_a_reserved_range_only_overlaps_are_refused() {
+        let (mut l, ma, _mb) = two(8);
+        assert!(matches!(
+            l.hand_off(1, 2, &[]),
+            Err(PageError::OutOfRange { pages: 0, .. })
+        ));
+        l.reserve(1, 30 * P + 0x800..30 * P + 0xa00, "a ring inside a page");
+        assert!(matches!(
+            l.hand_off(1, 2, &[30 * P]),
+            Err(PageError::Reserved { .. })
+        ));
+        assert_eq!(rd(&ma, 30 * P), 0xa000 + 30, "nothing moved");
+        assert_eq!(l.held(2), 0);
     }
 
     #[test]

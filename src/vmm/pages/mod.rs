@@ -30,8 +30,8 @@ mod space;
 pub use ledger::{Ledger, LedgerStats, LoanId, Member};
 pub use space::{memfd, PageSpace};
 
-/// The page size hand-off works in.
-pub const PAGE_SIZE: u64 = 4096;
+/// The page size hand-off works in (the wire format's).
+pub use crate::wire::pages::PAGE_SIZE;
 
 /// Why a hand-off, a release or a mapping change was refused.
 #[derive(Debug, thiserror::Error)]

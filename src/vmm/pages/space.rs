@@ -150,39 +150,40 @@ impl PageSpace {
     }
 
     fn map_from(&self, gpa: u64, file: &File, offset: u64, pages: u64) -> Result<(), PageError> {
-        let len = (pages * PAGE_SIZE) as usize;
-        let addr = self.inner.host + gpa as usize;
-        // SAFETY: `addr..addr + len` lies inside this VM's RAM mapping (checked by the caller
-        // with `check`), which `_mem` keeps alive; MAP_FIXED replaces those pages only. Host
-        // code reaches guest memory through volatile accesses (vm-memory), never through Rust
-        // references, so nothing observes the swap other than as a change of guest data.
-        // `offset..offset + len` lies inside `file` (every memfd is as large as its RAM).
-        let r = unsafe {
-            libc::mmap(
-                addr as *mut libc::c_void,
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                file.as_raw_fd(),
-                offset as libc::off_t,
-            )
-        };
-        Self::mapped(r, addr, gpa)
+        // `offset..offset + len` lies inside `file`: every memfd is as large as its RAM.
+        self.remap(gpa, pages, libc::MAP_SHARED, file.as_raw_fd(), offset)
     }
 
+    /// Private anonymous (zero) pages at `gpa..+pages`.
     fn map_stand_in(&self, gpa: u64, pages: u64) -> Result<(), PageError> {
+        self.remap(gpa, pages, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+    }
+
+    /// Replaces this VM's RAM at `gpa..+pages` (checked by the caller with `check`) by the
+    /// mapping `flags`, `fd` and `offset` describe.
+    fn remap(
+        &self,
+        gpa: u64,
+        pages: u64,
+        flags: libc::c_int,
+        fd: libc::c_int,
+        offset: u64,
+    ) -> Result<(), PageError> {
         let len = (pages * PAGE_SIZE) as usize;
         let addr = self.inner.host + gpa as usize;
-        // SAFETY: as in `map_from`: a range inside this VM's RAM mapping, replaced by private
-        // anonymous (zero) pages.
+        // SAFETY: `addr..addr + len` lies inside this VM's RAM mapping (the caller checked the
+        // range), which `_mem` keeps alive; MAP_FIXED replaces those pages only. The kernel
+        // swaps the range in one step under the process's memory-map lock, so it is never
+        // unmapped: a host thread or a vCPU touching it at the same time sees the old page's
+        // bytes or the new page's, as with any concurrent guest write, and cannot fault.
         let r = unsafe {
             libc::mmap(
                 addr as *mut libc::c_void,
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                -1,
-                0,
+                flags | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                fd,
+                offset as libc::off_t,
             )
         };
         Self::mapped(r, addr, gpa)

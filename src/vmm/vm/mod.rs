@@ -21,14 +21,14 @@ use std::sync::Arc;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::arch;
 use super::bus::MmioBus;
 use super::error::{Error, Result};
 use super::loader::{load_elf, LoadedImage};
-use super::pages::{self, PageSpace};
+use super::pages::PageSpace;
 use super::vcpu::{Console, ExitCounters, VcpuContext, VcpuHandle};
 use crate::abi::platform;
 use crate::mmio::MmioDevice;
@@ -220,16 +220,9 @@ impl Vm {
             size,
             reason: e.to_string(),
         };
-        let (mem, memfd) = if config.shared_memory {
-            let memfd = pages::memfd(&config.name, size).map_err(|e| alloc(&e))?;
-            let file = memfd.try_clone().map_err(|e| alloc(&e))?;
-            let mem = GuestMemoryMmap::<()>::from_ranges_with_files([(
-                GuestAddress(0),
-                size as usize,
-                Some(FileOffset::new(file, 0)),
-            )])
-            .map_err(|e| alloc(&e))?;
-            (mem, Some(memfd))
+        let (mem, pages) = if config.shared_memory {
+            let (space, mem) = PageSpace::create(&config.name, size).map_err(|e| alloc(&e))?;
+            (mem, Some(space))
         } else {
             let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
                 .map_err(|e| alloc(&e))?;
@@ -237,10 +230,7 @@ impl Vm {
         };
         let host = mem
             .get_host_address(GuestAddress(0))
-            .map_err(|e| Error::MemoryAlloc {
-                size,
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| alloc(&e))?;
         let region = kvm_userspace_memory_region {
             slot: 0,
             flags: 0,
@@ -262,12 +252,6 @@ impl Vm {
             what: "the work eventfd",
             source,
         })?;
-        let pages = match memfd {
-            Some(fd) => {
-                Some(PageSpace::new(fd, mem.clone(), host as usize, size).map_err(|e| alloc(&e))?)
-            }
-            None => None,
-        };
         Ok(Self {
             vcpu: Some(vcpu),
             pages,
