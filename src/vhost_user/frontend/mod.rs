@@ -15,9 +15,8 @@
 //! of order (through [`VmmFrontend::vhost`]), a memory table past the end of its file, garbage
 //! bytes; and it can tell when the device closed the connection.
 
-use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
