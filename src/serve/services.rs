@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use vm_memory::GuestMemoryMmap;
 
@@ -45,8 +46,14 @@ pub(super) struct ServiceSet {
     /// connections they carry are still open: their ports and routes stay until the last
     /// closes. At most one entry per member port.
     lingering: Vec<PortId>,
+    /// When the lingering members' connections were last counted (a pass over their tables:
+    /// at most every [`LINGER_CHECK`], not every tick).
+    lingering_checked: Instant,
     status: Arc<Mutex<ReloadStatus>>,
 }
+
+/// How often the connections of lingering members are counted.
+const LINGER_CHECK: Duration = Duration::from_millis(100);
 
 /// How a member joins.
 enum Joining {
@@ -86,6 +93,7 @@ impl ServiceSet {
             backends,
             tables,
             lingering: Vec::new(),
+            lingering_checked: Instant::now(),
             status,
         }
     }
@@ -142,10 +150,19 @@ impl ServiceSet {
     /// client connections it carries have closed.
     pub fn departures(&mut self, sw: &mut Switch<GuestMemoryMmap>) {
         let departed = sw.take_departed();
-        if departed.is_empty() && self.lingering.is_empty() {
+        let recheck =
+            !self.lingering.is_empty() && self.lingering_checked.elapsed() >= LINGER_CHECK;
+        if departed.is_empty() && !recheck {
             return;
         }
-        let mut candidates = std::mem::take(&mut self.lingering);
+        if recheck {
+            self.lingering_checked = Instant::now();
+        }
+        let mut candidates = if recheck {
+            std::mem::take(&mut self.lingering)
+        } else {
+            Vec::new()
+        };
         candidates.extend(departed.iter().map(|d| d.port));
         for port in candidates {
             let route = self.backends.get(&port).copied();

@@ -126,6 +126,9 @@ pub struct Switch<M> {
     pub(super) run_queue: Option<Box<dyn RunQueueClock>>,
     /// Members that drained and left, until [`Switch::take_departed`].
     pub(super) departed: Vec<Departure>,
+    /// The encoded directory hellos and updates carry, made when one is first delivered after
+    /// a change ([`Switch::directory_changed`] drops it): not once per delivery attempt.
+    pub(super) directory: Option<Vec<u8>>,
 }
 
 impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
@@ -147,6 +150,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             next_sweep_ns: now,
             run_queue: None,
             departed: Vec::new(),
+            directory: None,
         })
     }
 

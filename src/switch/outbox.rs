@@ -270,12 +270,15 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                 .port
                 .deliver(&hdr, &Payload::Bytes(&[])),
             Outbound::Hello | Outbound::Directory => {
-                let dir = self.directory();
+                if self.directory.is_none() {
+                    self.directory = Some(self.encode_directory());
+                }
+                let dir = self.directory.as_deref().unwrap_or_default();
                 let mut h = hdr;
                 h.set_len(dir.len() as u32);
                 self.ports[d as usize]
                     .port
-                    .deliver(&h, &Payload::Bytes(&dir))
+                    .deliver(&h, &Payload::Bytes(dir))
             }
         };
         match r {
@@ -465,6 +468,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
     /// or an update already waits in its outbox (encoded when delivered, it will carry this
     /// change too). So an outbox holds at most one of them whatever the churn.
     pub(super) fn directory_changed(&mut self) {
+        self.directory = None;
         for slot in self.ports.iter_mut().filter(|s| !s.down) {
             let waiting = slot
                 .outbox
@@ -479,7 +483,7 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
 
     /// The directory sent in hellos and directory updates: every live port (not down: broken,
     /// removed or not yet revived) and every service with its id.
-    fn directory(&self) -> Vec<u8> {
+    fn encode_directory(&self) -> Vec<u8> {
         let ports = self
             .ports
             .iter()

@@ -324,11 +324,6 @@ impl VsockNetwork {
         }
     }
 
-    /// Whether `cid` is a service's address.
-    pub fn is_service(&self, cid: u64) -> bool {
-        self.services().contains_key(&cid)
-    }
-
     /// The VM with guest CID `cid`.
     pub fn vm(&self, cid: u64) -> Option<&Arc<VmEntry>> {
         self.by_cid.get(&cid).map(|&i| &self.vms[i])

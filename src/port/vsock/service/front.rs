@@ -98,6 +98,9 @@ pub struct ServiceFrontPort {
     net: Arc<VsockNetwork>,
     staging: Staging,
     conns: HashMap<(u64, u32), FrontConn>,
+    /// Connections per client CID (entries only for clients with one open): the per-client
+    /// limit without a pass over every connection.
+    per_client: HashMap<u64, usize>,
     /// Which connection a request's id (its upper half) belongs to.
     ids: HashMap<u32, (u64, u32)>,
     next_id: u32,
@@ -124,6 +127,7 @@ impl ServiceFrontPort {
             net,
             staging,
             conns: HashMap::new(),
+            per_client: HashMap::new(),
             ids: HashMap::new(),
             next_id: 1,
             requests_held: 0,
@@ -184,7 +188,7 @@ impl ServiceFrontPort {
         // Message mode speaks SEQPACKET on the service's port only.
         let full = || {
             self.conns.len() >= self.cfg.max_connections
-                || self.conns.keys().filter(|k| k.0 == hdr.src_cid).count()
+                || self.per_client.get(&hdr.src_cid).copied().unwrap_or(0)
                     >= self.cfg.max_per_client
         };
         if hdr.dst_port != self.cfg.port || hdr.ty != SocketType::SeqPacket as u16 || full() {
@@ -196,6 +200,7 @@ impl ServiceFrontPort {
                 let id = self.conn_id();
                 self.ids.insert(id, key);
                 self.counters.connections += 1;
+                *self.per_client.entry(key.0).or_insert(0) += 1;
                 self.conns.insert(
                     key,
                     FrontConn {
@@ -280,6 +285,12 @@ impl ServiceFrontPort {
         for key in ended {
             if let Some(c) = conns.remove(&key) {
                 self.ids.remove(&c.id);
+                if let Some(n) = self.per_client.get_mut(&key.0) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_client.remove(&key.0);
+                    }
+                }
             }
         }
         self.conns = conns;
@@ -448,6 +459,7 @@ impl Port<GuestMemoryMmap> for ServiceFrontPort {
             }
         }
         self.ids.clear();
+        self.per_client.clear();
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

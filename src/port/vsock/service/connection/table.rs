@@ -45,7 +45,7 @@ pub struct TableConfig {
     pub members: usize,
     /// The credit cap per direction (`credit_cap`), the connect deadline
     /// (`request_timeout_ns`: a client's REQUEST no backend accepted in this long is reset)
-    /// and the close timeout. Its `max_conns_per_guest` is replaced by `max_connections`.
+    /// and the close timeout. Its `max_conns_per_guest` is capped at `max_connections`.
     pub relay: RelayConfig,
 }
 
@@ -193,13 +193,7 @@ impl ConnTable {
         // Connections are known by the client's address alone: from the same port to another
         // of the service CID's ports is none of them (and must not reach the backend's leg).
         if hdr.dst() != self.service() {
-            self.counters.refused += 1;
-            if let Some(rst) = hdr.rst_reply() {
-                out.push(Out::Control {
-                    vm: client.clone(),
-                    hdr: rst,
-                });
-            }
+            self.refuse(client, hdr, out);
             return None;
         }
         let before = self.relay.state(&self.key(addr));
@@ -247,6 +241,17 @@ impl ConnTable {
         None
     }
 
+    /// Refuses client `client`'s packet `hdr` (counted): an RST back, unless it is one.
+    fn refuse(&mut self, client: &Arc<VmEntry>, hdr: &PacketHeader, out: &mut Vec<Out>) {
+        self.counters.refused += 1;
+        if let Some(rst) = hdr.rst_reply() {
+            out.push(Out::Control {
+                vm: client.clone(),
+                hdr: rst,
+            });
+        }
+    }
+
     /// A packet from a client for no connection: a REQUEST is taken if it may be.
     fn open(
         &mut self,
@@ -269,13 +274,7 @@ impl ConnTable {
             _ => None,
         };
         let Some((ty, h)) = taken else {
-            self.counters.refused += 1;
-            if let Some(rst) = hdr.rst_reply() {
-                out.push(Out::Control {
-                    vm: client.clone(),
-                    hdr: rst,
-                });
-            }
+            self.refuse(client, hdr, out);
             return None;
         };
         let id = self.free_id();
