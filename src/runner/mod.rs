@@ -244,12 +244,9 @@ pub fn run(topo: &Topology, opts: &RunOptions) -> Result<RunReport, RunError> {
     }
     let mut switch: Switch<GuestMemoryMmap> =
         Switch::new(topo.switch, Arc::new(MonotonicClock::new()))?;
-    for (b, port) in vms.iter().zip(ports) {
-        switch.attach(&b.name, native_port(b, port))?;
-    }
-    // Ports are the VMs in file order.
-    for (i, spec) in topo.vms.iter().enumerate() {
-        switch.set_notify_deadline(i as u32, spec.notify_deadline_ns())?;
+    for ((b, port), spec) in vms.iter().zip(ports).zip(&topo.vms) {
+        let id = switch.attach(&b.name, native_port(b, port))?;
+        switch.set_notify_deadline(id, spec.notify_deadline_ns())?;
     }
     for s in &topo.services {
         let members: Vec<(u32, f64)> = s

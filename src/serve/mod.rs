@@ -219,7 +219,7 @@ impl Server {
         // Then each service's front and its members' ports.
         let mut next_port = next_host;
         let mut service_ports = Vec::new();
-        let mut conn_tables = Vec::new();
+        let mut conn_by_cid: HashMap<u64, Arc<SharedTable>> = HashMap::new();
         let mut member_ports = HashMap::new();
         for s in &cfg.service {
             let front = next_port;
@@ -241,10 +241,9 @@ impl Server {
                     load_port: s.load_port,
                 },
             )?;
-            conn_tables.push(match s.mode {
-                BalanceMode::Connection => Some(connection::table(&mut net, cfg, s)?),
-                BalanceMode::Message => None,
-            });
+            if s.mode == BalanceMode::Connection {
+                conn_by_cid.insert(s.cid, connection::table(&mut net, cfg, s)?);
+            }
             service_ports.push((front, backends));
         }
         let net = Arc::new(net);
@@ -315,14 +314,8 @@ impl Server {
                 uds.display()
             );
         }
-        let conn_by_cid: HashMap<u64, Arc<SharedTable>> = cfg
-            .service
-            .iter()
-            .zip(&conn_tables)
-            .filter_map(|(s, t)| Some((s.cid, t.clone()?)))
-            .collect();
         for (k, (s, (front, backends))) in cfg.service.iter().zip(service_ports).enumerate() {
-            match &conn_tables[k] {
+            match conn_by_cid.get(&s.cid) {
                 Some(t) => {
                     connection::add(&mut sw, &net, &clock, cfg, k as u32, s, t, front, &backends)?
                 }

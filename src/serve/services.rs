@@ -473,22 +473,29 @@ impl ServiceSet {
                 sw.set_member_weight(sid, id, m.weight)
             }
             Joining::ConnPort(mut port, table) => {
-                let id = sw.port_id(&name).unwrap_or_else(|| sw.next_port_id());
-                port.set_member(id);
-                let id = place(sw, &name, port)?;
-                self.backends.insert(id, (t.cid, m.cid));
-                self.net.set_backend(t.cid, m.cid, Some(id));
-                sw.add_member(sid, id, m.weight)?;
+                // The port knows its own id (its table knows legs by it).
+                port.set_member(sw.port_id(&name).unwrap_or_else(|| sw.next_port_id()));
+                self.place_member(sw, sid, t, m, port)?;
                 table.lock().set_members(sw.members(sid).len());
                 Ok(())
             }
-            Joining::Port(port) => {
-                let id = place(sw, &name, port)?;
-                self.backends.insert(id, (t.cid, m.cid));
-                self.net.set_backend(t.cid, m.cid, Some(id));
-                sw.add_member(sid, id, m.weight)
-            }
+            Joining::Port(port) => self.place_member(sw, sid, t, m, port),
         }
+    }
+
+    /// Member `m` of service `sid` (table `t`) joins on `port`, routed there.
+    fn place_member(
+        &mut self,
+        sw: &mut Switch<GuestMemoryMmap>,
+        sid: u32,
+        t: &ServiceTable,
+        m: &MemberConfig,
+        port: Box<dyn Port<GuestMemoryMmap>>,
+    ) -> Result<(), SwitchError> {
+        let id = place(sw, &backend_name(t, m.cid), port)?;
+        self.backends.insert(id, (t.cid, m.cid));
+        self.net.set_backend(t.cid, m.cid, Some(id));
+        sw.add_member(sid, id, m.weight)
     }
 
     /// Service `s` comes: its members' ports, the switch's service, its front, then its

@@ -137,6 +137,7 @@ impl Topology {
     /// stands for.
     pub fn names_of(&self, vm: usize) -> Result<Vec<(usize, String)>, TopologyError> {
         let spec = &self.vms[vm];
+        let bytes = self.directory_bytes();
         let mut out = Vec::new();
         for (name, value) in spec
             .params
@@ -145,7 +146,6 @@ impl Topology {
         {
             let idx = slot(name).expect("every name parameter has a slot");
             out.push((idx, self.resolve_name(name, value)?));
-            let bytes = self.directory_bytes();
             if bytes > driver::DIRECTORY_MAX {
                 return Err(self.invalid(
                     value.span(),
@@ -164,14 +164,23 @@ impl Topology {
 
     /// Bytes of the directory the switch sends for this topology (every VM and service).
     fn directory_bytes(&self) -> usize {
-        let names = self
+        use crate::wire::directory::{encoded_len, Entry, EntryKind};
+        fn entry(kind: EntryKind, name: &str) -> Entry<'_> {
+            Entry {
+                id: 0,
+                kind,
+                name: name.as_bytes(),
+            }
+        }
+        let vms = self
             .vms
             .iter()
-            .map(|v| v.name.get_ref().len())
-            .chain(self.services.iter().map(|s| s.name.get_ref().len()));
-        4 + names
-            .map(|n| 6 + n.min(crate::wire::directory::MAX_NAME))
-            .sum::<usize>()
+            .map(|v| entry(EntryKind::Port, v.name.get_ref()));
+        let services = self
+            .services
+            .iter()
+            .map(|s| entry(EntryKind::Service, s.name.get_ref()));
+        encoded_len(vms.chain(services))
     }
 
     /// The boot-block parameters of VM `vm` (index into `vms`) but its name parameters

@@ -51,17 +51,7 @@ fn a_backend_whose_application_stops_reading_fails_over_and_nothing_is_lost() {
         a[1].eps.values().all(|e| e.messages_ready() == 0) && a[1].pump()
     });
     let snap = snapshot_when(&server, |s| s.services[0].stats.late_replies_dropped > late);
-    assert_eq!(
-        snap.services[0].stats.replies, 400,
-        "{:?}",
-        snap.services[0]
-    );
-    for ep in client.eps.values_mut() {
-        assert!(
-            ep.read_message().is_none(),
-            "no answer beyond one per request"
-        );
-    }
+    assert_each_answered_once(&snap, &mut client);
     server.shutdown().unwrap();
 }
 
@@ -77,18 +67,7 @@ fn a_backend_whose_vcpus_stop_fails_over_and_nothing_is_lost() {
         let quiet = !a[1].pump();
         quiet && !a[0].pump()
     });
-    let snap = server.snapshot().unwrap();
-    assert_eq!(
-        snap.services[0].stats.replies, 400,
-        "{:?}",
-        snap.services[0]
-    );
-    for ep in client.eps.values_mut() {
-        assert!(
-            ep.read_message().is_none(),
-            "no answer beyond one per request"
-        );
-    }
+    assert_each_answered_once(&server.snapshot().unwrap(), &mut client);
     // And the service goes on, on the same client connections.
     let by = exchange(&mut client, &mut workers, 2, 100, 4, |_, _| {});
     assert_eq!(by.values().sum::<u32>(), 100, "{by:?}");
@@ -131,4 +110,20 @@ fn a_backend_whose_vmm_goes_away_fails_over_and_nothing_is_lost() {
     assert!(crashed.counters["requests_dropped"] > 0, "{crashed:?}");
     assert_eq!(crashed.counters["conns_open"], 0, "{crashed:?}");
     server.shutdown().unwrap();
+}
+
+/// The 400 requests of [`a_backend_stops_after_100`] were answered, and no client connection
+/// holds an answer beyond one per request.
+fn assert_each_answered_once(snap: &Snapshot, client: &mut App) {
+    assert_eq!(
+        snap.services[0].stats.replies, 400,
+        "{:?}",
+        snap.services[0]
+    );
+    for ep in client.eps.values_mut() {
+        assert!(
+            ep.read_message().is_none(),
+            "no answer beyond one per request"
+        );
+    }
 }

@@ -24,16 +24,7 @@ fn load_reports_on_the_load_port_change_the_picks() {
         8,
         &format!("load_port = {LOAD_PORT}\npolicy = {{ kind = \"wrr\" }}"),
     );
-    let keys = [
-        workers[0].connect_to(LOAD_PORT),
-        workers[1].connect_to(LOAD_PORT),
-    ];
-    let (w4, w5) = workers.split_at_mut(1);
-    run_until(&mut [&mut w4[0], &mut w5[0]], |w| {
-        w.iter()
-            .zip(keys)
-            .all(|(a, k)| a.eps[&k].state() == EndpointState::Established)
-    });
+    let keys = connect_reporters(&mut workers);
     // Worker 4 says it is busy (700: below "saturated", which a backend that drains this well
     // could not claim without being suspected), worker 5 idle, every 10 answers (reports live
     // 100 ms).
@@ -82,16 +73,7 @@ fn a_backend_that_reports_idle_while_it_does_not_read_is_caught() {
              latency = 0.0, in_flight = 0.0, free_rx = 0.0 }} }}"
         ),
     );
-    let keys = [
-        workers[0].connect_to(LOAD_PORT),
-        workers[1].connect_to(LOAD_PORT),
-    ];
-    let (w4, w5) = workers.split_at_mut(1);
-    run_until(&mut [&mut w4[0], &mut w5[0]], |w| {
-        w.iter()
-            .zip(keys)
-            .all(|(a, k)| a.eps[&k].state() == EndpointState::Established)
-    });
+    let keys = connect_reporters(&mut workers);
     // Both report "idle" every 10 answers. Worker 4's application stops reading after the
     // 100th answer and goes on reporting "idle": its requests wait unread, its connections are
     // all taken. Eight client connections, so the others' answers keep coming.
@@ -131,4 +113,20 @@ fn a_backend_that_reports_idle_while_it_does_not_read_is_caught() {
         .unwrap();
     assert!(liar.counters["load_reports"] > 0, "{liar:?}");
     server.shutdown().unwrap();
+}
+
+/// Each of the two workers opens its load-report connection; returns their keys once both
+/// are established.
+fn connect_reporters(workers: &mut [App]) -> [(u32, u64, u32); 2] {
+    let keys = [
+        workers[0].connect_to(LOAD_PORT),
+        workers[1].connect_to(LOAD_PORT),
+    ];
+    let (w4, w5) = workers.split_at_mut(1);
+    run_until(&mut [&mut w4[0], &mut w5[0]], |w| {
+        w.iter()
+            .zip(keys)
+            .all(|(a, k)| a.eps[&k].state() == EndpointState::Established)
+    });
+    keys
 }

@@ -19,7 +19,7 @@
 //! Both share the service's [`ConnTable`] (the connections, their phase, the translation, and a
 //! [`Relay`](crate::vsock::relay::Relay) that checks state and credit in the client's view), and
 //! the network tells it of every delivery of the service's packets
-//! ([`DeliveryWatch`](crate::port::vsock::DeliveryWatch)), so credit is checked exactly as
+//! ([`DeliveryWatch`]), so credit is checked exactly as
 //! between two sibling guests: end to end, the receivers' `buf_alloc` capped, nobody past the
 //! credit it was shown. vmq holds at most the cap per direction of a connection, and an
 //! application that stops reading stalls its peer, losing nothing.
