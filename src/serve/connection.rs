@@ -68,23 +68,11 @@ pub(super) fn add(
     .map_err(io(format!("service {}: staging memory", s.name)))?;
     let got = sw.attach(&super::front_name(s), Box::new(port))?;
     debug_assert_eq!(got, front);
-    let mut members = Vec::new();
-    for (m, &(cid, expected)) in s.members.iter().zip(backends) {
-        let port = member_port(net, clock, cfg, s, m, table, expected)?;
-        let got = sw.attach(&super::backend_name(s, cid), Box::new(port))?;
-        debug_assert_eq!(got, expected);
-        members.push((got, m.weight));
-    }
-    let sid = sw.add_service(&s.name, s.switch_config(), &members)?;
-    debug_assert_eq!(sid, id);
-    log::info!(
-        "service {} (connection mode): CID {} port {} over {} backends",
-        s.name,
-        s.cid,
-        s.port,
-        members.len()
-    );
-    Ok(())
+    super::message::attach_members(sw, id, s, backends, |m, expected| {
+        Ok(Box::new(member_port(
+            net, clock, cfg, s, m, table, expected,
+        )?))
+    })
 }
 
 /// The port of member `m` of `connection` service `s` over its `table`, to have id `id` in the

@@ -10,7 +10,7 @@ use crate::port::vsock::service::{
     BackendConfig, FrontConfig, ServiceBackendPort, ServiceFrontPort,
 };
 use crate::port::vsock::{VmEntry, VsockNetwork};
-use crate::port::PortId;
+use crate::port::{Port, PortId};
 use crate::switch::{Clock, Switch};
 use crate::vsock::endpoint::EndpointConfig;
 
@@ -30,18 +30,32 @@ pub(super) fn add_service(
     let port = front_port(net, cfg, id, s)?;
     let got = sw.attach(&front_name(s), Box::new(port))?;
     debug_assert_eq!(got, front);
+    attach_members(sw, id, s, backends, |m, _| {
+        Ok(Box::new(backend_port(net, clock, s, m)?))
+    })
+}
+
+/// Attaches the ports of service `s`'s members at `backends` (each made by `port`, given its
+/// member and the id it gets), then the switch's service `id` over them.
+pub(super) fn attach_members(
+    sw: &mut Switch<GuestMemoryMmap>,
+    id: u32,
+    s: &ServiceTable,
+    backends: &[(u64, PortId)],
+    mut port: impl FnMut(&MemberConfig, PortId) -> Result<Box<dyn Port<GuestMemoryMmap>>, ServeError>,
+) -> Result<(), ServeError> {
     let mut members = Vec::new();
     for (m, &(cid, expected)) in s.members.iter().zip(backends) {
-        let port = backend_port(net, clock, s, m)?;
-        let got = sw.attach(&backend_name(s, cid), Box::new(port))?;
+        let got = sw.attach(&backend_name(s, cid), port(m, expected)?)?;
         debug_assert_eq!(got, expected);
         members.push((got, m.weight));
     }
     let sid = sw.add_service(&s.name, s.switch_config(), &members)?;
     debug_assert_eq!(sid, id);
     log::info!(
-        "service {}: CID {} port {} over {} backends",
+        "service {} ({} mode): CID {} port {} over {} backends",
         s.name,
+        format!("{:?}", s.mode).to_lowercase(),
         s.cid,
         s.port,
         members.len()
