@@ -15,15 +15,11 @@ use crate::switch::{Clock, Switch};
 use crate::vsock::endpoint::EndpointConfig;
 use crate::vsock::relay::RelayConfig;
 
-/// The table of `connection` service `s`, registered with `net` so that it hears of every
-/// delivery of the service's packets.
-pub(super) fn table(
-    net: &mut VsockNetwork,
-    cfg: &ServeConfig,
-    s: &ServiceTable,
-) -> Result<Arc<SharedTable>, ServeError> {
+/// The table of `connection` service `s`; register it with the network
+/// ([`VsockNetwork::watch_deliveries`]) before the service's address routes.
+pub(super) fn table(cfg: &ServeConfig, s: &ServiceTable) -> Result<Arc<SharedTable>, ServeError> {
     let relay = cfg.relay();
-    let table = SharedTable::new(TableConfig {
+    SharedTable::new(TableConfig {
         cid: s.cid,
         port: s.port,
         max_connections: s.max_connections as usize,
@@ -34,9 +30,7 @@ pub(super) fn table(
             ..relay
         },
     })
-    .map_err(|e| ServeError::Network(NetworkError::Relay(e)))?;
-    net.watch_deliveries(s.cid, table.clone());
-    Ok(table)
+    .map_err(|e| ServeError::Network(NetworkError::Relay(e)))
 }
 
 /// Attaches `connection` service `s` (the switch's service `id`) over `table`: its front at
@@ -53,19 +47,7 @@ pub(super) fn add(
     front: PortId,
     backends: &[(u64, PortId)],
 ) -> Result<(), ServeError> {
-    let slots = cfg.limits.staging_slots;
-    let port = ConnFrontPort::new(
-        net.clone(),
-        table.clone(),
-        ConnFrontConfig {
-            service: id,
-            cid: s.cid,
-            slots,
-            max_connections: s.max_connections,
-        },
-        clock.clone(),
-    )
-    .map_err(io(format!("service {}: staging memory", s.name)))?;
+    let port = front_port(net, clock, cfg, id, s, table)?;
     let got = sw.attach(&super::front_name(s), Box::new(port))?;
     debug_assert_eq!(got, front);
     super::message::attach_members(sw, id, s, backends, |m, expected| {
@@ -73,6 +55,29 @@ pub(super) fn add(
             net, clock, cfg, s, m, table, expected,
         )?))
     })
+}
+
+/// The front of `connection` service `s` (the switch's service `id`) over its `table`.
+pub(super) fn front_port(
+    net: &Arc<VsockNetwork>,
+    clock: &Arc<dyn Clock>,
+    cfg: &ServeConfig,
+    id: u32,
+    s: &ServiceTable,
+    table: &Arc<SharedTable>,
+) -> Result<ConnFrontPort, ServeError> {
+    ConnFrontPort::new(
+        net.clone(),
+        table.clone(),
+        ConnFrontConfig {
+            service: id,
+            cid: s.cid,
+            slots: cfg.limits.staging_slots,
+            max_connections: s.max_connections,
+        },
+        clock.clone(),
+    )
+    .map_err(io(format!("service {}: staging memory", s.name)))
 }
 
 /// The port of member `m` of `connection` service `s` over its `table`, to have id `id` in the

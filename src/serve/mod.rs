@@ -215,7 +215,7 @@ impl Server {
             })
             .collect();
         let relay = cfg.relay();
-        let mut net = VsockNetwork::new(addrs, relay.clone())?;
+        let net = VsockNetwork::new(addrs, relay.clone())?;
         // Then each service's front and its members' ports.
         let mut next_port = next_host;
         let mut service_ports = Vec::new();
@@ -242,7 +242,9 @@ impl Server {
                 },
             )?;
             if s.mode == BalanceMode::Connection {
-                conn_by_cid.insert(s.cid, connection::table(&mut net, cfg, s)?);
+                let table = connection::table(cfg, s)?;
+                net.watch_deliveries(s.cid, table.clone());
+                conn_by_cid.insert(s.cid, table);
             }
             service_ports.push((front, backends));
         }

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::config::{BalanceMode, MemberConfig, ServeConfig, ServeConfigError, ServiceTable};
+use super::config::{MemberConfig, ServeConfig, ServeConfigError, ServiceTable};
 
 /// How one service that runs before and after the reload changes.
 #[derive(Debug)]
@@ -80,22 +80,6 @@ pub(super) fn plan(
             "metrics".into(),
             "[metrics] differs from the running one; the endpoint starts with the server: \
              restart vmq serve to change it"
-                .into(),
-        ));
-    }
-    // A connection service's table is built into the network at start (its deliveries are
-    // watched there): such services come and go only with a restart. Their members, weights
-    // and policy change like any service's.
-    fn fixed<'a>(a: &'a ServeConfig, b: &ServeConfig) -> Option<(usize, &'a ServiceTable)> {
-        a.service.iter().enumerate().find(|(_, s)| {
-            s.mode == BalanceMode::Connection && !b.service.iter().any(|t| t.name == s.name)
-        })
-    }
-    if let Some((i, s)) = fixed(new, old).or_else(|| fixed(old, new)) {
-        return Err(refuse(
-            format!("service[{i}] ({})", s.name),
-            "connection-mode services cannot be added or removed by a reload yet (their \
-             members, weights and policy can change): restart vmq serve to add or remove one"
                 .into(),
         ));
     }
@@ -228,6 +212,7 @@ fn fixed_service_field(old: &ServiceTable, new: &ServiceTable) -> Option<&'stati
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serve::config::BalanceMode;
 
     fn cfg(services: &str) -> ServeConfig {
         let mut text = String::new();
@@ -265,11 +250,11 @@ mod tests {
     }
 
     #[test]
-    fn connection_services_change_members_but_come_and_go_only_with_a_restart() {
+    fn connection_services_come_go_and_change_members_like_message_services() {
         let conn = "[[service]]\nname = \"c\"\ncid = 102\nport = 1\nmode = \"connection\"\n";
         let a = format!("{A}members = [{{ cid = 4 }}]\n");
         let old = cfg(&format!("{a}{conn}members = [{{ cid = 5 }}]\n"));
-        // Message services still change around it.
+        // Message services change around it.
         let grown = cfg(&format!("{a}{B}{conn}members = [{{ cid = 5 }}]\n"));
         assert_eq!(plan(&old, &grown, "t.toml").unwrap().added.len(), 1);
         // Its members change: 6 joins, 5 drains.
@@ -278,18 +263,31 @@ mod tests {
         assert_eq!(p.changed.len(), 1);
         assert_eq!(p.changed[0].joins[0].cid, 6);
         assert_eq!(p.changed[0].drains, [5]);
-        // Removed, or added: refused.
-        let e = plan(&old, &cfg(&a), "t.toml").unwrap_err().to_string();
-        assert!(e.contains("service[1] (c)") && e.contains("restart"), "{e}");
-        let e = plan(&cfg(&a), &old, "t.toml").unwrap_err().to_string();
-        assert!(e.contains("connection-mode"), "{e}");
-        // Its settings as for any service.
+        // Removed, and added back.
+        let p = plan(&old, &cfg(&a), "t.toml").unwrap();
+        assert_eq!(
+            p.removed.iter().map(|s| &s.name[..]).collect::<Vec<_>>(),
+            ["c"]
+        );
+        let p = plan(&cfg(&a), &old, "t.toml").unwrap();
+        assert_eq!(
+            p.added.iter().map(|s| &s.name[..]).collect::<Vec<_>>(),
+            ["c"]
+        );
+        assert_eq!(p.added[0].mode, BalanceMode::Connection);
+        // Its settings as for any service; its mode too.
         let port = cfg(&format!(
             "{a}[[service]]\nname = \"c\"\ncid = 102\nport = 2\nmode = \"connection\"\n\
              members = [{{ cid = 5 }}]\n"
         ));
         let e = plan(&old, &port, "t.toml").unwrap_err().to_string();
         assert!(e.contains("service[1] (c).port"), "{e}");
+        let message = cfg(&format!(
+            "{a}{}members = [{{ cid = 5 }}]\n",
+            conn.replace("connection", "message")
+        ));
+        let e = plan(&old, &message, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("service[1] (c).mode"), "{e}");
     }
 
     #[test]

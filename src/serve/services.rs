@@ -12,7 +12,8 @@
 //! - a removed service's clients' connections are reset (RST) at once, and new ones refused:
 //!   its CID is nobody's any more. Requests they had in flight are dropped with them (counted
 //!   as orphaned); the reset tells each client its outstanding messages will not be answered.
-//!   Its members' connections are reset the same way.
+//!   Its members' connections are reset the same way; a `connection` service's backend legs
+//!   get their RST from its table with the clients'.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,12 +21,12 @@ use std::time::{Duration, Instant};
 
 use vm_memory::GuestMemoryMmap;
 
-use super::config::{MemberConfig, ServeConfig, ServeConfigError, ServiceTable};
+use super::config::{BalanceMode, MemberConfig, ServeConfig, ServeConfigError, ServiceTable};
 use super::connection;
 use super::control::{Command, ControlError, DrainReport, ReloadReport, RemovedService};
 use super::reload::{plan, Plan};
 use super::{backend_name, backend_port, front_name, front_port, member_port_name};
-use crate::port::vsock::service::connection::{ConnBackendPort, SharedTable};
+use crate::port::vsock::service::connection::{ConnBackendPort, ConnFrontPort, Out, SharedTable};
 use crate::port::vsock::service::{ServiceBackendPort, ServiceFrontPort};
 use crate::port::vsock::{ServiceRoute, VsockNetwork};
 use crate::port::{Port, PortId};
@@ -73,8 +74,17 @@ struct Prepared {
     joins: Vec<Vec<Joining>>,
     /// Per changed service: its policy, as the switch takes it (shares by member slot).
     policies: Vec<PolicyConfig>,
-    /// Per added service: its members' ports and its front.
-    added: Vec<(Vec<ServiceBackendPort>, ServiceFrontPort)>,
+    /// Per added service: its ports.
+    added: Vec<NewService>,
+}
+
+/// The ports of a service a reload adds, made before its id is known (each learns its own
+/// when placed).
+enum NewService {
+    /// A `message` service's members and front.
+    Message(Vec<ServiceBackendPort>, ServiceFrontPort),
+    /// A `connection` service's members and front, over its new table.
+    Connection(Vec<ConnBackendPort>, ConnFrontPort, Arc<SharedTable>),
 }
 
 impl ServiceSet {
@@ -333,15 +343,34 @@ impl ServiceSet {
             p.policies.push(policy);
         }
         for s in &plan.added {
-            let members = s
-                .members
-                .iter()
-                .map(|m| backend_port(&self.net, &self.clock, s, m))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(resources)?;
-            // The service's id comes when the switch adds it; the front learns it then.
-            let front = front_port(&self.net, &self.cfg, 0, s).map_err(resources)?;
-            p.added.push((members, front));
+            // The service's id comes when the switch adds it; the ports learn it then.
+            let added = match s.mode {
+                BalanceMode::Message => NewService::Message(
+                    s.members
+                        .iter()
+                        .map(|m| backend_port(&self.net, &self.clock, s, m))
+                        .collect::<Result<_, _>>()
+                        .map_err(resources)?,
+                    front_port(&self.net, &self.cfg, 0, s).map_err(resources)?,
+                ),
+                BalanceMode::Connection => {
+                    let table = connection::table(&self.cfg, s).map_err(resources)?;
+                    NewService::Connection(
+                        s.members
+                            .iter()
+                            .map(|m| {
+                                let (net, clock, cfg) = (&self.net, &self.clock, &self.cfg);
+                                connection::member_port(net, clock, cfg, s, m, &table, PortId::MAX)
+                            })
+                            .collect::<Result<_, _>>()
+                            .map_err(resources)?,
+                        connection::front_port(&self.net, &self.clock, &self.cfg, 0, s, &table)
+                            .map_err(resources)?,
+                        table,
+                    )
+                }
+            };
+            p.added.push(added);
         }
         Ok(p)
     }
@@ -409,8 +438,8 @@ impl ServiceSet {
             // one that left is no member), so only a whole change is recorded.
             self.record(&t.name, Some(t));
         }
-        for (s, (members, front)) in plan.added.iter().zip(prepared.added) {
-            self.add_service(sw, s, members, front)
+        for (s, added) in plan.added.iter().zip(prepared.added) {
+            self.add_service(sw, s, added)
                 .map_err(step(format!("adding service {}", s.name)))?;
             report.added.push(s.name.clone());
             self.record(&s.name, Some(s));
@@ -418,8 +447,10 @@ impl ServiceSet {
         Ok(report)
     }
 
-    /// Service `s` goes: its address first (new connections are refused), then its front
-    /// (its clients' connections are reset), the switch's service, and its members' ports.
+    /// Service `s` goes: its address first (new connections are refused), then its clients'
+    /// connections (reset: a `message` service's by its front as it goes, a `connection`
+    /// service's, with their backend legs, from its table), the switch's service, and its
+    /// members' ports.
     fn remove_service(
         &mut self,
         sw: &mut Switch<GuestMemoryMmap>,
@@ -427,8 +458,16 @@ impl ServiceSet {
     ) -> Result<RemovedService, SwitchError> {
         self.net.remove_service(s.cid);
         let mut clients_reset = 0;
+        if let Some(table) = self.tables.remove(&s.cid) {
+            let mut rsts = Vec::new();
+            clients_reset = table.lock().reset_all(&mut rsts) as u64;
+            for o in rsts {
+                let (Out::Control { vm, hdr } | Out::Stage { vm, hdr }) = o;
+                vm.push_control(hdr);
+            }
+        }
         if let Some(front) = sw.port_id(&front_name(s)).filter(|&p| !sw.port_down(p)) {
-            clients_reset = port_counter(sw, front, "conns_open");
+            clients_reset += port_counter(sw, front, "conns_open");
             sw.remove_port(front);
         }
         if let Some(sid) = sw.service_id(&s.name) {
@@ -437,11 +476,14 @@ impl ServiceSet {
         let members: Vec<PortId> = self
             .backends
             .iter()
-            .filter(|&(&p, &(service, _))| service == s.cid && !sw.port_down(p))
+            .filter(|&(_, &(service, _))| service == s.cid)
             .map(|(&p, _)| p)
             .collect();
+        self.lingering.retain(|p| !members.contains(p));
         for p in members {
-            sw.remove_port(p);
+            if !sw.port_down(p) {
+                sw.remove_port(p);
+            }
         }
         Ok(RemovedService {
             name: s.name.clone(),
@@ -504,20 +546,49 @@ impl ServiceSet {
         &mut self,
         sw: &mut Switch<GuestMemoryMmap>,
         s: &ServiceTable,
-        members: Vec<ServiceBackendPort>,
-        mut front: ServiceFrontPort,
+        added: NewService,
     ) -> Result<(), SwitchError> {
         let mut ids = Vec::new();
         let mut backends = HashMap::new();
-        for (m, port) in s.members.iter().zip(members) {
-            let id = place(sw, &backend_name(s, m.cid), Box::new(port))?;
+        let mut add_member = |sw: &mut Switch<GuestMemoryMmap>, m: &MemberConfig, port| {
+            let id = place(sw, &backend_name(s, m.cid), port)?;
             self.backends.insert(id, (s.cid, m.cid));
             backends.insert(m.cid, id);
             ids.push((id, m.weight));
-        }
+            Ok::<_, SwitchError>(())
+        };
+        let front = match added {
+            NewService::Message(members, front) => {
+                for (m, port) in s.members.iter().zip(members) {
+                    add_member(sw, m, Box::new(port))?;
+                }
+                NewFront::Message(front)
+            }
+            NewService::Connection(members, front, table) => {
+                for (m, mut port) in s.members.iter().zip(members) {
+                    // The port knows its own id (its table knows legs by it).
+                    let name = backend_name(s, m.cid);
+                    port.set_member(sw.port_id(&name).unwrap_or_else(|| sw.next_port_id()));
+                    add_member(sw, m, Box::new(port))?;
+                }
+                NewFront::Connection(front, table)
+            }
+        };
         let sid = sw.add_service(&s.name, s.switch_config(), &ids)?;
-        front.set_service(sid);
-        let front = place(sw, &front_name(s), Box::new(front))?;
+        let front = match front {
+            NewFront::Message(mut f) => {
+                f.set_service(sid);
+                place(sw, &front_name(s), Box::new(f))?
+            }
+            NewFront::Connection(mut f, table) => {
+                f.set_service(sid);
+                let front = place(sw, &front_name(s), Box::new(f))?;
+                // Deliveries are watched before the address routes: none goes uncounted.
+                self.net.watch_deliveries(s.cid, table.clone());
+                self.tables.insert(s.cid, table);
+                front
+            }
+        };
         let route = ServiceRoute {
             front,
             backends,
@@ -529,6 +600,12 @@ impl ServiceSet {
         }
         Ok(())
     }
+}
+
+/// The front of a service a reload adds, waiting for its id.
+enum NewFront {
+    Message(ServiceFrontPort),
+    Connection(ConnFrontPort, Arc<SharedTable>),
 }
 
 /// Puts `port` in the switch as `name`: a new port, or the one that had the name (removed

@@ -211,8 +211,9 @@ pub struct VsockNetwork {
     /// lock is never contended.
     services: Mutex<HashMap<u64, ServiceRoute>>,
     relay: Mutex<Relay>,
-    /// Services that relay connections themselves, by CID.
-    watches: HashMap<u64, Arc<dyn DeliveryWatch>>,
+    /// Services that relay connections themselves, by CID. Changed by the switch thread (start,
+    /// a reload) and read by it per delivery from a service's CID: never contended.
+    watches: Mutex<HashMap<u64, Arc<dyn DeliveryWatch>>>,
 }
 
 impl VsockNetwork {
@@ -243,7 +244,7 @@ impl VsockNetwork {
             by_cid,
             services: Mutex::new(HashMap::new()),
             relay: Mutex::new(Relay::new(relay)?),
-            watches: HashMap::new(),
+            watches: Mutex::new(HashMap::new()),
         })
     }
 
@@ -262,8 +263,8 @@ impl VsockNetwork {
 
     /// Tells `watch` of every packet from service CID `cid` placed in a guest's rx queue (a
     /// `connection` service's own relay).
-    pub fn watch_deliveries(&mut self, cid: u64, watch: Arc<dyn DeliveryWatch>) {
-        self.watches.insert(cid, watch);
+    pub fn watch_deliveries(&self, cid: u64, watch: Arc<dyn DeliveryWatch>) {
+        lock(&self.watches).insert(cid, watch);
     }
 
     /// `part` (from a [`crate::vsock::relay::Verdict::Forward`], or one part of it) went into
@@ -273,20 +274,26 @@ impl VsockNetwork {
         &self,
         part: &PacketHeader,
     ) -> Result<bool, crate::vsock::credit::CreditError> {
-        match self.watches.get(&part.src_cid) {
+        // The relay holds connections between VMs only, and takes no service's lock.
+        if self.by_cid.contains_key(&part.src_cid) {
+            return self.relay().on_delivered(part);
+        }
+        // A service that relays connections itself counts its own; what the host side or a
+        // message service sent is theirs to count.
+        let watch = lock(&self.watches).get(&part.src_cid).cloned();
+        match watch {
             Some(w) => {
                 w.delivered(part);
                 Ok(true)
             }
-            // The relay holds connections between VMs only: what the host side or a message
-            // service sent is theirs to count, and takes no lock here.
-            None if self.by_cid.contains_key(&part.src_cid) => self.relay().on_delivered(part),
             None => Ok(false),
         }
     }
 
-    /// `cid` is no service's address any more: packets to it are refused (RST) from now on.
+    /// `cid` is no service's address any more: packets to it are refused (RST) from now on,
+    /// and deliveries from it are nobody's to watch.
     pub fn remove_service(&self, cid: u64) -> Option<ServiceRoute> {
+        lock(&self.watches).remove(&cid);
         self.services().remove(&cid)
     }
 
@@ -382,4 +389,10 @@ impl VsockNetwork {
     pub fn counts(&self) -> Vec<VmCounts> {
         self.vms.iter().map(|v| v.counts()).collect()
     }
+}
+
+/// `m`'s guard, poisoned or not (what it guards stays consistent: every change is one insert
+/// or remove).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

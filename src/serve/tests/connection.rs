@@ -11,7 +11,7 @@ use super::world::{
 };
 use super::*;
 use crate::port::vsock::SERVICE_BACKEND_PORTS;
-use crate::vsock::endpoint::EndpointState;
+use crate::vsock::endpoint::{CloseReason, EndpointState};
 use crate::vsock::packet::SHUTDOWN_BOTH;
 
 /// The table lines of a `connection` service, and `extra` ones.
@@ -462,5 +462,77 @@ fn a_reload_moves_a_connection_services_members_and_keeps_their_connections() {
     assert_eq!(ask(&mut client, &mut workers, &all, b"all").len(), 8);
     let front = port_counters(&server, "svc-echo", |_| true);
     assert_eq!(front["reset_by_vmq"], 0, "{front:?}");
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_reload_adds_and_removes_a_connection_service_and_the_other_keeps_its_connections() {
+    let extra = conn_mode(&format!("policy = {{ kind = \"wrr\" }}\n{POLICY_ONLY}"));
+    let both = [(4, 1.0), (5, 1.0)];
+    let (dir, server, mut client, mut workers) = world("conn-add-remove", &both, 4, &extra);
+    let base = service_config_with(&dir, &both, 4, &extra);
+    let kept = open_conns(&mut client, &mut workers, 2);
+    // A second connection service, at CID 101 over the same VMs, comes with a reload.
+    let mut grown = base.clone();
+    let mut second = grown.service[0].clone();
+    second.name = "echo2".into();
+    second.cid = SERVICE_CID + 1;
+    grown.service.push(second);
+    let r = server.apply(grown.clone()).unwrap();
+    assert_eq!(r.added, ["echo2"], "{r}");
+    let open_second = |client: &mut App, workers: &mut [App]| {
+        let keys: Vec<_> = (0..2)
+            .map(|_| client.connect_at(SERVICE_CID + 1, SERVICE_PORT))
+            .collect();
+        let mut apps: Vec<&mut App> = std::iter::once(client).chain(workers.iter_mut()).collect();
+        run_until(&mut apps, |a| {
+            keys.iter().all(|k| {
+                a[0].eps
+                    .get(k)
+                    .is_some_and(|e| e.state() == EndpointState::Established)
+            })
+        });
+        keys
+    };
+    let added = open_second(&mut client, &mut workers);
+    assert_eq!(ask(&mut client, &mut workers, &added, b"second"), [4, 5]);
+    // The backends see the new service's address, never the client's.
+    assert!(workers
+        .iter()
+        .all(|w| w.eps.keys().filter(|k| k.1 == SERVICE_CID + 1).count() == 1));
+    // It goes again: its connections are reset at both ends, at once.
+    let r = server.apply(base).unwrap();
+    assert_eq!(r.removed.len(), 1, "{r}");
+    assert_eq!(
+        (r.removed[0].name.as_str(), r.removed[0].clients_reset),
+        ("echo2", 2),
+        "{r}"
+    );
+    let mut apps: Vec<&mut App> = std::iter::once(&mut client)
+        .chain(workers.iter_mut())
+        .collect();
+    run_until(&mut apps, |a| {
+        added.iter().all(|k| !a[0].eps.contains_key(k))
+            && a[1..]
+                .iter()
+                .all(|w| !w.eps.keys().any(|k| k.1 == SERVICE_CID + 1))
+    });
+    for k in &added {
+        assert_eq!(client.closed[k], Some(CloseReason::PeerReset), "{k:?}");
+    }
+    // New connections to its address are refused.
+    let refused = client.connect_at(SERVICE_CID + 1, SERVICE_PORT);
+    let mut apps: Vec<&mut App> = std::iter::once(&mut client)
+        .chain(workers.iter_mut())
+        .collect();
+    run_until(&mut apps, |a| !a[0].eps.contains_key(&refused));
+    // The first service's connections never noticed.
+    assert_eq!(ask(&mut client, &mut workers, &kept, b"kept"), [4, 5]);
+    let front = port_counters(&server, "svc-echo", |_| true);
+    assert_eq!(front["reset_by_vmq"], 0, "{front:?}");
+    // And it can come back, on the ports its name had.
+    server.apply(grown).unwrap();
+    let again = open_second(&mut client, &mut workers);
+    assert_eq!(ask(&mut client, &mut workers, &again, b"again"), [4, 5]);
     server.shutdown().unwrap();
 }

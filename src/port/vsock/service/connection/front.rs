@@ -82,6 +82,13 @@ impl ConnFrontPort {
         })
     }
 
+    /// Sets the switch's service its connect requests go to ([`ConnFrontConfig::service`]),
+    /// for a front made before the service's id was known (a service a reload adds). Call it
+    /// before the port is placed.
+    pub fn set_service(&mut self, service: u32) {
+        self.cfg.service = service;
+    }
+
     /// Whether `n` pieces fit, leaving the slots kept for requests.
     fn room(&self, n: usize) -> bool {
         self.staging.free() >= n + self.reserve.saturating_sub(self.requests_held)

@@ -392,6 +392,17 @@ impl ConnTable {
         }
     }
 
+    /// Ends every connection on both sides, the service being removed: RSTs from vmq to each
+    /// client and to its backend, counted as vmq's resets. Returns how many there were.
+    pub fn reset_all(&mut self, out: &mut Vec<Out>) -> usize {
+        let addrs: Vec<SockAddr> = self.conns.keys().copied().collect();
+        for &addr in &addrs {
+            self.counters.reset_by_vmq += 1;
+            self.give_up(addr, out);
+        }
+        addrs.len()
+    }
+
     /// Takes the connection of client `addr` out of the table (and the relay).
     pub(super) fn remove(&mut self, addr: SockAddr) -> Option<Conn> {
         let conn = self.conns.remove(&addr)?;
