@@ -33,6 +33,7 @@ fn snap(now_ms: u64, replies: u64, redispatches: u64, w5: u64, conns: (u64, u64)
         dispatched: replies / 3,
         share: 1.0 / 3.0,
         in_flight: 0,
+        held: 0,
         drain_per_s: 0.0,
         latency_us: None,
         load_report_suspect: false,

@@ -19,7 +19,8 @@
 //!   `vmq_service_info{policy}` (always 1);
 //! - each backend of a service (labels `service`, `backend`): `vmq_backend_dispatched_total`,
 //!   the gauges `vmq_backend_health` (0 to 1), `vmq_backend_weight` (effective),
-//!   `vmq_backend_base_weight`, `vmq_backend_in_flight`, `vmq_backend_drain_per_second`,
+//!   `vmq_backend_base_weight`, `vmq_backend_in_flight`, `vmq_backend_connections_held` (a
+//!   `connection` service's established connections), `vmq_backend_drain_per_second`,
 //!   `vmq_backend_latency_seconds` (once measured), `vmq_backend_load_report_suspect`, and
 //!   the state set `vmq_backend_status{status}`: 1 for its status (`healthy`, `warming`,
 //!   `stalled`, `ejected`, `descheduled`), 0 for the others, and the state set
@@ -411,6 +412,12 @@ impl Collector for SnapshotCollector {
             "backend_in_flight",
             "Requests in flight at the backend",
             members().map(|(l, m)| (l, u64::from(m.in_flight))),
+        )?;
+        gauge(
+            &mut enc,
+            "backend_connections_held",
+            "Established connections the backend carries (connection mode), as of the last sweep",
+            members().map(|(l, m)| (l, u64::from(m.held))),
         )?;
         gauge(
             &mut enc,

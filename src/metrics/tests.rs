@@ -145,6 +145,7 @@ pub(crate) fn assert_exposition_matches(snap: &Snapshot, text: &str) {
             let l = [("service", s.name.as_str()), ("backend", b.name.as_str())];
             exact("vmq_backend_dispatched_total", &l, b.dispatched);
             exact("vmq_backend_in_flight", &l, u64::from(b.in_flight));
+            exact("vmq_backend_connections_held", &l, u64::from(b.held));
             let health = m.get("vmq_backend_health", &l);
             assert!((health - b.health).abs() < 1e-9, "{health} vs {}", b.health);
             let on: Vec<String> = ["healthy", "warming", "stalled", "ejected", "descheduled"]

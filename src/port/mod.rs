@@ -80,6 +80,11 @@ pub struct Drain {
     pub free: u16,
     /// Most buffers the guest can post (its rx queue size).
     pub capacity: u16,
+    /// Sessions the port carries for its service besides the requests in flight: a
+    /// `connection` service's member, its established client connections. Policies that weigh
+    /// load (`p2c`, `expected_delay`) count them with the requests in flight, which makes them
+    /// least-connections there. 0 for a port whose work is its requests alone.
+    pub held: u32,
 }
 
 impl Drain {
@@ -90,6 +95,7 @@ impl Drain {
             consumed,
             free: 256,
             capacity: 256,
+            held: 0,
         }
     }
 }
@@ -160,6 +166,14 @@ pub trait Port<M>: Send {
     /// while runnable, in nanoseconds; `None` for a kind that cannot say. Lets the switch tell
     /// a backend that stopped draining from one that was not scheduled.
     fn run_queue_wait_ns(&self) -> Option<u64>;
+
+    /// Whether an answered request leaves a session behind ([`Drain::held`]): a `connection`
+    /// service's member, whose accepted connect request is an established connection. The
+    /// switch then counts it held from the answer on, until the next sweep reads the port's
+    /// own count. Read once when the port is attached or revived.
+    fn holds_sessions(&self) -> bool {
+        false
+    }
 
     /// Counters of this kind of port (a vsock guest's packets, connections by state, ...),
     /// named, for the switch's snapshot; the switch shows them without reading them. Names

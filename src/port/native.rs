@@ -89,6 +89,7 @@ impl<M: GuestMemoryBackend + Send + 'static> Port<M> for NativePort<M> {
             consumed: self.dev.rx_consumer_index(),
             free: self.dev.rx_buffers_available(),
             capacity: self.dev.rx_queue_size(),
+            held: 0,
         }
     }
 

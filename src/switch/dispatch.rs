@@ -132,6 +132,9 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             let ok = c.header.status() == Some(Status::Ok);
             let latency = now.saturating_sub(r.dispatched_ns);
             self.services[s as usize].on_reply(i, latency, ok, c.header.load_report(), now);
+            if ok && self.ports[b as usize].holds_sessions {
+                self.services[s as usize].on_session(i);
+            }
         }
         let reply = Outbound::Reply {
             token: tok,

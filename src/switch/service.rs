@@ -158,6 +158,8 @@ pub(crate) struct Member {
     pub last_replies: u64,
     /// Progress counter fed to the failover's stall detection (see [`Service::observe`]).
     pub progress: u16,
+    /// Sessions its port holds, as of the last sweep and the answers since.
+    pub held: u32,
 }
 
 impl Member {
@@ -171,6 +173,7 @@ impl Member {
             bytes: 0,
             last_replies: 0,
             progress: 0,
+            held: 0,
         }
     }
 }
@@ -280,6 +283,14 @@ impl Service {
         }
     }
 
+    /// Member `i` accepted a request that leaves a session behind (its port
+    /// [holds sessions](crate::port::Port::holds_sessions)): it counts as held at once, not
+    /// only from the next sweep, so a burst of new connections spreads by what each holds.
+    pub fn on_session(&mut self, i: usize) {
+        self.members[i].held = self.members[i].held.saturating_add(1);
+        self.candidates[i].held = self.members[i].held;
+    }
+
     /// A request dispatched to member `i` passed its deadline unanswered.
     pub fn on_abandon(&mut self, i: usize) {
         self.members[i].health.on_abandon(1);
@@ -299,6 +310,7 @@ impl Service {
     /// sweep, and its rx buffers now. Feeds health and stall detection.
     pub fn observe(&mut self, i: usize, consumed: u16, drain: Drain, now_ns: u64) {
         let m = &mut self.members[i];
+        m.held = drain.held;
         if consumed > 0 {
             m.health.on_consumed(u32::from(consumed), now_ns);
         }
@@ -359,6 +371,7 @@ impl Service {
                 0.0
             };
             c.in_flight = m.health.in_flight();
+            c.held = m.held;
             c.queued = m.health.unconsumed();
             c.drain_per_s = m.health.drain_per_s(now_ns);
         }

@@ -99,12 +99,15 @@ pub(crate) struct PortSlot<M> {
     pub notify_deadline_ns: u64,
     /// Broken (DEVICE_NEEDS_RESET) or removed: no more traffic either way.
     pub down: bool,
+    /// Its answered requests leave sessions behind ([`Port::holds_sessions`]).
+    pub holds_sessions: bool,
 }
 
 impl<M: Clone> PortSlot<M> {
     pub fn new(name: &str, port: Box<dyn Port<M>>) -> Self {
         let drain = port.drain();
         let max_held = port.max_held();
+        let holds_sessions = port.holds_sessions();
         let mut outbox = VecDeque::new();
         outbox.push_back(Outbound::Hello);
         Self {
@@ -127,6 +130,7 @@ impl<M: Clone> PortSlot<M> {
             owed_since: None,
             notify_deadline_ns: DEFAULT_NOTIFY_DEADLINE_NS,
             down: false,
+            holds_sessions,
         }
     }
 
@@ -136,6 +140,7 @@ impl<M: Clone> PortSlot<M> {
         self.drain = port.drain();
         self.rx_capacity = self.drain.capacity;
         self.max_held = port.max_held();
+        self.holds_sessions = port.holds_sessions();
         self.port = port;
         self.consumed_since_sweep = 0;
         self.outbox.clear();

@@ -91,6 +91,9 @@ pub struct MemberSnapshot {
     pub share: f64,
     /// Requests in flight.
     pub in_flight: u32,
+    /// Sessions its port holds (a `connection` service's established connections), as of the
+    /// last sweep.
+    pub held: u32,
     /// Drain rate, rx buffers per second.
     pub drain_per_s: f64,
     /// Reply latency EWMA in microseconds.
@@ -219,6 +222,7 @@ impl<M: GuestMemoryBackend + Clone> Switch<M> {
                                     0.0
                                 },
                                 in_flight: m.health.in_flight(),
+                                held: m.held,
                                 drain_per_s: m.health.drain_per_s(now),
                                 latency_us: m.health.latency_ns().map(|l| l / 1e3),
                                 load_report_suspect: m.health.load_report_suspect(),

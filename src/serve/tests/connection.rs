@@ -536,3 +536,65 @@ fn a_reload_adds_and_removes_a_connection_service_and_the_other_keeps_its_connec
     assert_eq!(ask(&mut client, &mut workers, &again, b"again"), [4, 5]);
     server.shutdown().unwrap();
 }
+
+#[test]
+fn p2c_and_expected_delay_give_new_connections_to_the_backend_holding_fewest() {
+    for kind in ["p2c", "expected_delay"] {
+        let extra = conn_mode(&format!(
+            "policy = {{ kind = \"{kind}\" }}\n\
+             health = {{ weights = {{ drain = 0.0, latency = 0.0, in_flight = 0.0, free_rx = 0.0 }} }}\n\
+             failover = {{ stall_window_ns = 60000000000, slow_start_ns = 0 }}"
+        ));
+        let (_dir, server, mut client, mut workers) = world(
+            &format!("conn-least-{kind}"),
+            &[(4, 1.0), (5, 1.0)],
+            4,
+            &extra,
+        );
+        // One at a time, kept open: each goes to the one holding fewer, so they pair up.
+        let mut by_worker: HashMap<u8, Vec<(u32, u64, u32)>> = HashMap::new();
+        for n in 0..4 {
+            let key = open_conns(&mut client, &mut workers, 1)[0];
+            let cid = ask(
+                &mut client,
+                &mut workers,
+                &[key],
+                format!("c{n}").as_bytes(),
+            )[0];
+            by_worker.entry(cid).or_default().push(key);
+        }
+        let held = |cid: u8| by_worker.get(&cid).map_or(0, Vec::len);
+        assert_eq!((held(4), held(5)), (2, 2), "{kind}: {by_worker:?}");
+        // Worker 4's connections close; once the switch has seen it, the next two go to 4.
+        for key in &by_worker[&4] {
+            client.eps.get_mut(key).unwrap().shutdown(SHUTDOWN_BOTH);
+        }
+        let gone = by_worker[&4].clone();
+        let mut apps: Vec<&mut App> = std::iter::once(&mut client)
+            .chain(workers.iter_mut())
+            .collect();
+        run_until(&mut apps, |a| {
+            gone.iter().all(|k| !a[0].eps.contains_key(k))
+        });
+        snapshot_when(&server, |s| {
+            let held: Vec<u32> = s.services[0].members.iter().map(|m| m.held).collect();
+            held == [0, 2]
+        });
+        let accepted = (workers[0].accepted, workers[1].accepted);
+        let fresh = open_conns(&mut client, &mut workers, 1);
+        let more = open_conns(&mut client, &mut workers, 1);
+        assert_eq!(
+            (workers[0].accepted, workers[1].accepted),
+            (accepted.0 + 2, accepted.1),
+            "{kind}"
+        );
+        let all: Vec<_> = by_worker[&5]
+            .iter()
+            .chain(&fresh)
+            .chain(&more)
+            .copied()
+            .collect();
+        assert_eq!(ask(&mut client, &mut workers, &all, b"all"), [4, 4, 5, 5]);
+        server.shutdown().unwrap();
+    }
+}

@@ -48,7 +48,7 @@ impl Policy for ExpectedDelay {
             if !x.eligible() {
                 continue;
             }
-            let num = f64::from(x.queued) + f64::from(x.in_flight) + 1.0;
+            let num = f64::from(x.queued) + f64::from(x.load()) + 1.0;
             let drain = if known(x.drain_per_s) {
                 x.drain_per_s
             } else {
@@ -79,6 +79,7 @@ mod tests {
             in_flight: f,
             queued: q,
             drain_per_s: d,
+            held: 0,
         }
     }
 

@@ -14,6 +14,7 @@ pub fn bench_candidates(n: usize) -> Vec<Candidate> {
             in_flight: (i % 3) as u32,
             queued: (i % 5) as u32,
             drain_per_s: 100_000.0 + (i % 7) as f64 * 10_000.0,
+            held: 0,
         })
         .collect()
 }

@@ -38,6 +38,10 @@ pub struct Candidate {
     pub queued: u32,
     /// Measured drain rate in requests per second; 0 when unknown.
     pub drain_per_s: f64,
+    /// Sessions it carries besides its requests in flight ([`crate::port::Drain::held`]: a
+    /// `connection` service's established connections). Load-weighing policies add them to
+    /// `in_flight`.
+    pub held: u32,
 }
 
 impl Candidate {
@@ -48,6 +52,12 @@ impl Candidate {
             weight,
             ..Self::default()
         }
+    }
+
+    /// What it carries now: requests in flight and sessions held.
+    #[inline]
+    pub fn load(&self) -> u32 {
+        self.in_flight.saturating_add(self.held)
     }
 
     /// Whether a policy may pick it.

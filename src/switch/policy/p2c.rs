@@ -1,7 +1,8 @@
 //! Least outstanding requests by power of two choices (Envoy's least-request default).
 //!
 //! Two distinct candidates are drawn at random and the one with the higher
-//! `weight / (in_flight + 1)^bias` wins. Weights are honoured through the in-flight feedback:
+//! `weight / (load + 1)^bias` wins, where load is what a candidate has in flight plus the
+//! sessions it holds (a `connection` service's established connections: least connections). Weights are honoured through the in-flight feedback:
 //! a backend gets work until its in-flight count is in proportion to its weight. No state but the
 //! random generator, so weight changes take effect on the next pick.
 
@@ -46,8 +47,8 @@ impl LeastOutstandingP2c {
     /// True when `a` is strictly better than `b`.
     #[inline]
     fn better(&self, a: &Candidate, b: &Candidate) -> bool {
-        let fa = f64::from(a.in_flight) + 1.0;
-        let fb = f64::from(b.in_flight) + 1.0;
+        let fa = f64::from(a.load()) + 1.0;
+        let fb = f64::from(b.load()) + 1.0;
         if self.bias == 1.0 {
             // a.w / fa > b.w / fb without dividing.
             a.weight * fb > b.weight * fa

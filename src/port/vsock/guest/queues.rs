@@ -279,6 +279,7 @@ impl Port<GuestMemoryMmap> for VsockPort {
             consumed: self.consumed,
             free,
             capacity,
+            held: 0,
         }
     }
 

@@ -478,6 +478,7 @@ impl Port<GuestMemoryMmap> for ServiceBackendPort {
             consumed: self.consumed,
             free: (idle + openable).min(usize::from(cap)) as u16,
             capacity: cap,
+            held: 0,
         }
     }
 

@@ -346,7 +346,12 @@ impl Port<GuestMemoryMmap> for ConnBackendPort {
             consumed: self.consumed,
             free: free as u16,
             capacity: cap as u16,
+            held: self.table.lock().established_by(self.cfg.member) as u32,
         }
+    }
+
+    fn holds_sessions(&self) -> bool {
+        true
     }
 
     fn arm_kicks(&mut self, _rx_wanted: bool) -> bool {
