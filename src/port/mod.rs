@@ -85,6 +85,12 @@ pub struct Drain {
     /// load (`p2c`, `expected_delay`) count them with the requests in flight, which makes them
     /// least-connections there. 0 for a port whose work is its requests alone.
     pub held: u32,
+    /// Sessions that ended (wraps at 2^16; the switch only looks at differences): with
+    /// `broken`, a session's outcome, fed to the backend's error rate like a reply's.
+    pub ended: u16,
+    /// Of those, sessions the backend broke (wraps): a `connection` service's established
+    /// connections its application reset.
+    pub broken: u16,
 }
 
 impl Drain {
@@ -96,6 +102,8 @@ impl Drain {
             free: 256,
             capacity: 256,
             held: 0,
+            ended: 0,
+            broken: 0,
         }
     }
 }

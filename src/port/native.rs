@@ -90,6 +90,8 @@ impl<M: GuestMemoryBackend + Send + 'static> Port<M> for NativePort<M> {
             free: self.dev.rx_buffers_available(),
             capacity: self.dev.rx_queue_size(),
             held: 0,
+            ended: 0,
+            broken: 0,
         }
     }
 

@@ -131,9 +131,12 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         if let (Target::Service(s), Some(i)) = (r.target, r.backend.and_then(|x| x.member)) {
             let ok = c.header.status() == Some(Status::Ok);
             let latency = now.saturating_sub(r.dispatched_ns);
-            self.services[s as usize].on_reply(i, latency, ok, c.header.load_report(), now);
-            if ok && self.ports[b as usize].holds_sessions {
-                self.services[s as usize].on_session(i);
+            let session = ok && self.ports[b as usize].holds_sessions;
+            let svc = &mut self.services[s as usize];
+            if session {
+                svc.on_session_opened(i, latency, now);
+            } else {
+                svc.on_reply(i, latency, ok, c.header.load_report(), now);
             }
         }
         let reply = Outbound::Reply {

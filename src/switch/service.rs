@@ -283,12 +283,19 @@ impl Service {
         }
     }
 
-    /// Member `i` accepted a request that leaves a session behind (its port
-    /// [holds sessions](crate::port::Port::holds_sessions)): it counts as held at once, not
-    /// only from the next sweep, so a burst of new connections spreads by what each holds.
-    pub fn on_session(&mut self, i: usize) {
-        self.members[i].held = self.members[i].held.saturating_add(1);
-        self.candidates[i].held = self.members[i].held;
+    /// Member `i` accepted, `latency_ns` after dispatch, a request that leaves a session
+    /// behind (its port [holds sessions](crate::port::Port::holds_sessions)): the session counts
+    /// as held at once, not only from the next sweep, so a burst of new connections spreads by
+    /// what each holds. Its outcome (an error or not) is the session's, counted when it ends
+    /// ([`BackendHealth::on_sessions_ended`](super::health::BackendHealth::on_sessions_ended)):
+    /// a backend that accepts every connection and resets each is failing every one.
+    pub fn on_session_opened(&mut self, i: usize, latency_ns: u64, now_ns: u64) {
+        let m = &mut self.members[i];
+        m.health.on_accepted(latency_ns, now_ns);
+        m.held = m.held.saturating_add(1);
+        let c = &mut self.candidates[i];
+        c.in_flight = c.in_flight.saturating_sub(1);
+        c.held = m.held;
     }
 
     /// A request dispatched to member `i` passed its deadline unanswered.

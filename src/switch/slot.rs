@@ -78,6 +78,8 @@ pub(crate) struct PortSlot<M> {
     pub drain: Drain,
     /// Deliveries it consumed between the last two sweeps.
     pub consumed_since_sweep: u16,
+    /// Sessions that ended, and that its guest broke, between the last two sweeps.
+    pub sessions_since_sweep: (u16, u16),
     /// `Outbound::Notice` entries in `outbox` (at most `rx_capacity`).
     pub notices: u32,
     pub rx_capacity: u16,
@@ -119,6 +121,7 @@ impl<M: Clone> PortSlot<M> {
             stats: PortStats::default(),
             drain,
             consumed_since_sweep: 0,
+            sessions_since_sweep: (0, 0),
             notices: 0,
             rx_capacity: drain.capacity,
             copied_bytes: 0,
@@ -143,6 +146,7 @@ impl<M: Clone> PortSlot<M> {
         self.holds_sessions = port.holds_sessions();
         self.port = port;
         self.consumed_since_sweep = 0;
+        self.sessions_since_sweep = (0, 0);
         self.outbox.clear();
         self.outbox.push_back(Outbound::Hello);
         self.notices = 0;

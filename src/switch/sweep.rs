@@ -19,6 +19,10 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
         for e in self.ports.iter_mut() {
             let d = e.port.drain();
             e.consumed_since_sweep = d.consumed.wrapping_sub(e.drain.consumed);
+            e.sessions_since_sweep = (
+                d.ended.wrapping_sub(e.drain.ended),
+                d.broken.wrapping_sub(e.drain.broken),
+            );
             e.drain = d;
         }
         let mut events = std::mem::take(&mut self.events);
@@ -33,6 +37,10 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                 let e = &self.ports[svc.members[i].port as usize];
                 if !e.down && svc.members[i].state != MemberState::Gone {
                     svc.observe(i, e.consumed_since_sweep, e.drain, now);
+                    let (ended, broken) = e.sessions_since_sweep;
+                    if ended > 0 {
+                        svc.members[i].health.on_sessions_ended(ended, broken, now);
+                    }
                     if svc.failover.wants_run_queue_wait(i) {
                         let waited = e.port.run_queue_wait_ns();
                         svc.failover.sample_run_queue_wait(i, waited);

@@ -29,6 +29,8 @@ pub(in crate::serve::tests) struct App {
     pub(in crate::serve::tests) frozen: bool,
     /// Connections accepted.
     pub(in crate::serve::tests) accepted: u64,
+    /// A backend's application that resets each connection once it has answered on it.
+    pub(in crate::serve::tests) reset_after_answer: bool,
     /// Every source address a packet came from.
     pub(in crate::serve::tests) sources: HashSet<SockAddr>,
     /// Why each connection that ended closed, by its key.
@@ -68,6 +70,7 @@ impl App {
             pumps: 0,
             frozen: false,
             accepted: 0,
+            reset_after_answer: false,
             sources: HashSet::new(),
             closed: HashMap::new(),
         }
@@ -117,6 +120,17 @@ impl App {
                     reply.push(self.cid as u8);
                     let _ = ep.write_message(&reply, true);
                     self.answered += 1;
+                    if self.reset_after_answer {
+                        // The answer goes first, then the RST.
+                        while let Some((h, p)) = ep.next_packet(4096) {
+                            self.g.reclaim_tx().unwrap();
+                            let mut v = h.encode().to_vec();
+                            v.extend_from_slice(&p);
+                            self.g.send(&v).expect("tx works");
+                        }
+                        ep.reset();
+                        break;
+                    }
                 }
                 let mut buf = [0u8; 4096];
                 while ep.socket_type() == SocketType::Stream {

@@ -222,3 +222,76 @@ fn a_backend_forging_addresses_gets_rsts_and_harms_nobody() {
     assert_eq!(front["reset_by_vmq"], 0, "{front:?}");
     server.shutdown().unwrap();
 }
+
+/// Opens one SEQPACKET connection from `client`, sends `msg`, and returns the CID of the
+/// backend whose answer came back. Worker 4's connection is left to its backend (which resets
+/// it); the client closes the others.
+fn one_answer(client: &mut App, workers: &mut [App], msg: &[u8]) -> u8 {
+    let key = client.connect();
+    client
+        .eps
+        .get_mut(&key)
+        .unwrap()
+        .write_message(msg, true)
+        .unwrap();
+    let mut from = None;
+    let mut apps: Vec<&mut App> = std::iter::once(client).chain(workers.iter_mut()).collect();
+    run_until(&mut apps, |a| {
+        if let Some(ep) = a[0].eps.get_mut(&key) {
+            if let Some(m) = ep.read_message() {
+                assert_eq!(&m.data[..msg.len()], msg);
+                from = Some(m.data[msg.len()]);
+                if from != Some(4) {
+                    ep.shutdown(crate::vsock::packet::SHUTDOWN_BOTH);
+                }
+            }
+        }
+        from.is_some() && !a[0].eps.contains_key(&key)
+    });
+    from.unwrap()
+}
+
+#[test]
+fn a_backend_that_resets_its_established_connections_loses_health_and_new_connections() {
+    // Errors alone in health: refusals and, now, resets of established connections.
+    let (_dir, server, mut client, mut workers) = world(
+        "conn-resetter",
+        &[(4, 1.0), (5, 1.0)],
+        8,
+        &conn_mode(
+            "policy = { kind = \"wrr\" }\n\
+             health = { weights = { drain = 0.0, latency = 0.0, in_flight = 0.0, free_rx = 0.0 } }\n\
+             failover = { stall_window_ns = 60000000000 }",
+        ),
+    );
+    // Worker 4's application answers, then resets the connection.
+    workers[0].reset_after_answer = true;
+    let mut by = [0u32; 2];
+    for n in 0..12 {
+        let cid = one_answer(&mut client, &mut workers, format!("m{n}").as_bytes());
+        by[usize::from(cid - 4)] += 1;
+    }
+    assert!(by[0] > 0, "wrr gave worker 4 nothing to reset: {by:?}");
+    // The switch sees its resets at the next sweep: its health falls below worker 5's.
+    let snap = snapshot_when(&server, |s| {
+        let m = &s.services[0].members;
+        m[0].health < 0.1 && m[1].health > 0.9
+    });
+    let m = &snap.services[0].members;
+    assert!(m[0].weight < m[1].weight / 2.0, "{m:?}");
+    // And new connections go mostly to worker 5.
+    let before = workers[0].accepted;
+    for n in 0..12 {
+        one_answer(&mut client, &mut workers, format!("n{n}").as_bytes());
+    }
+    assert!(
+        workers[0].accepted - before <= 2,
+        "worker 4 kept getting connections: {} of 12",
+        workers[0].accepted - before
+    );
+    let front = port_counters(&server, "svc-echo", |c| {
+        c["reset_by_backend"] == u64::from(by[0]) + workers[0].accepted - before
+    });
+    assert_eq!(front["reset_by_vmq"], 0, "{front:?}");
+    server.shutdown().unwrap();
+}

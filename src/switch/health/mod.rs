@@ -252,7 +252,12 @@ pub struct HealthStats {
     pub reports_suspected: u64,
     /// Times the backend left rotation.
     pub left_rotation: u64,
+    /// Sessions it broke (a `connection` service's established connections it reset).
+    pub sessions_broken: u64,
 }
+
+/// Most samples one sweep's ended sessions add to the error rate.
+pub const SESSION_SAMPLES: u32 = 32;
 
 /// Weight of one sample in a value EWMA even when no time has passed, so a burst of replies in
 /// one batch still moves the average.
@@ -409,6 +414,33 @@ impl BackendHealth {
         if !ok {
             self.stats.errors += 1;
         }
+    }
+
+    /// A request that opens a session was accepted `latency_ns` after dispatch: a reply, whose
+    /// outcome comes when the session ends ([`Self::on_sessions_ended`]).
+    pub fn on_accepted(&mut self, latency_ns: u64, now_ns: u64) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.latency
+            .add(latency_ns as f64, now_ns, self.cfg.ewma_half_life_ns);
+        self.stats.replies += 1;
+    }
+
+    /// `ended` sessions the backend carried ended, `broken` of them broken by it (an
+    /// established connection its application reset): each is an outcome like a reply's, a
+    /// broken one an error. At most [`SESSION_SAMPLES`] samples per call, in proportion, so a
+    /// burst of ends moves the error rate as much as that many replies would, no more.
+    pub fn on_sessions_ended(&mut self, ended: u16, broken: u16, now_ns: u64) {
+        let (ended, broken) = (u32::from(ended), u32::from(broken.min(ended)));
+        let samples = ended.min(SESSION_SAMPLES);
+        // Broken ones rounded up: one broken session among many is still seen.
+        let bad = (broken * samples).div_ceil(ended.max(1));
+        let hl = self.cfg.ewma_half_life_ns;
+        for k in 0..samples {
+            // Spread through the samples: the last ones weigh most.
+            let is_bad = (k + 1) * bad / samples > k * bad / samples;
+            self.errors.add(if is_bad { 1.0 } else { 0.0 }, now_ns, hl);
+        }
+        self.stats.sessions_broken += u64::from(broken);
     }
 
     /// `n` requests in flight here will get no reply from this backend (re-dispatched elsewhere

@@ -280,6 +280,8 @@ impl Port<GuestMemoryMmap> for VsockPort {
             free,
             capacity,
             held: 0,
+            ended: 0,
+            broken: 0,
         }
     }
 

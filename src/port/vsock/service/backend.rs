@@ -479,6 +479,8 @@ impl Port<GuestMemoryMmap> for ServiceBackendPort {
             free: (idle + openable).min(usize::from(cap)) as u16,
             capacity: cap,
             held: 0,
+            ended: 0,
+            broken: 0,
         }
     }
 

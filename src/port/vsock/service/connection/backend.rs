@@ -342,11 +342,15 @@ impl Port<GuestMemoryMmap> for ConnBackendPort {
         } else {
             0
         };
+        let table = self.table.lock();
+        let (ended, broken) = table.outcomes(self.cfg.member);
         Drain {
             consumed: self.consumed,
             free: free as u16,
             capacity: cap as u16,
-            held: self.table.lock().established_by(self.cfg.member) as u32,
+            held: table.established_by(self.cfg.member) as u32,
+            ended,
+            broken,
         }
     }
 

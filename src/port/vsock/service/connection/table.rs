@@ -117,6 +117,9 @@ pub struct ConnTable {
     pub(super) locals: HashMap<u32, SockAddr>,
     next_id: u32,
     next_local: u32,
+    /// Per member port: established connections that ended, and of those the ones its backend
+    /// reset (both wrap). At most one entry per member port the service ever had.
+    outcomes: HashMap<PortId, (u16, u16)>,
     /// What happened to connections.
     pub counters: Counters,
 }
@@ -137,6 +140,7 @@ impl ConnTable {
             locals: HashMap::new(),
             next_id: 1,
             next_local: SERVICE_BACKEND_PORTS,
+            outcomes: HashMap::new(),
             counters: Counters::default(),
         })
     }
@@ -167,6 +171,12 @@ impl ConnTable {
     /// up once that many members refused it.
     pub fn set_members(&mut self, members: usize) {
         self.cfg.members = members;
+    }
+
+    /// Established connections through member port `member` that ended, and of those the ones
+    /// its backend reset (both wrap at 2^16): see [`crate::port::Drain::ended`].
+    pub fn outcomes(&self, member: PortId) -> (u16, u16) {
+        self.outcomes.get(&member).copied().unwrap_or_default()
     }
 
     /// Connections established through member port `member`.
@@ -429,10 +439,18 @@ impl ConnTable {
         }
         let c = &mut self.counters;
         let open = matches!(before, Some(ConnState::Requested | ConnState::Established));
+        let by_backend = hdr.op == Op::Rst as u16 && open && !from_client;
         match (hdr.op == Op::Rst as u16 && open, from_client) {
             (true, true) => c.reset_by_client += 1,
             (true, false) => c.reset_by_backend += 1,
             (false, _) => c.closed += 1,
+        }
+        // The backend's record: an established connection it reset, or one that ended
+        // otherwise.
+        if let Some(Phase::Established(leg)) = self.conns.get(&addr).map(|c| &c.phase) {
+            let o = self.outcomes.entry(leg.member).or_default();
+            o.0 = o.0.wrapping_add(1);
+            o.1 = o.1.wrapping_add(u16::from(by_backend));
         }
     }
 
