@@ -392,7 +392,19 @@ fn a_drained_member_takes_no_new_connection_keeps_its_own_and_leaves_when_they_c
 
 /// Opens `n` SEQPACKET connections from `client` and waits until all are established.
 fn open_conns(client: &mut App, workers: &mut [App], n: usize) -> Vec<(u32, u64, u32)> {
-    let keys: Vec<_> = (0..n).map(|_| client.connect()).collect();
+    open_conns_at(client, workers, SERVICE_CID, n)
+}
+
+/// [`open_conns`] to the service at CID `cid`.
+fn open_conns_at(
+    client: &mut App,
+    workers: &mut [App],
+    cid: u64,
+    n: usize,
+) -> Vec<(u32, u64, u32)> {
+    let keys: Vec<_> = (0..n)
+        .map(|_| client.connect_at(cid, SERVICE_PORT))
+        .collect();
     let mut apps: Vec<&mut App> = std::iter::once(client).chain(workers.iter_mut()).collect();
     run_until(&mut apps, |a| {
         keys.iter().all(|k| {
@@ -480,21 +492,7 @@ fn a_reload_adds_and_removes_a_connection_service_and_the_other_keeps_its_connec
     grown.service.push(second);
     let r = server.apply(grown.clone()).unwrap();
     assert_eq!(r.added, ["echo2"], "{r}");
-    let open_second = |client: &mut App, workers: &mut [App]| {
-        let keys: Vec<_> = (0..2)
-            .map(|_| client.connect_at(SERVICE_CID + 1, SERVICE_PORT))
-            .collect();
-        let mut apps: Vec<&mut App> = std::iter::once(client).chain(workers.iter_mut()).collect();
-        run_until(&mut apps, |a| {
-            keys.iter().all(|k| {
-                a[0].eps
-                    .get(k)
-                    .is_some_and(|e| e.state() == EndpointState::Established)
-            })
-        });
-        keys
-    };
-    let added = open_second(&mut client, &mut workers);
+    let added = open_conns_at(&mut client, &mut workers, SERVICE_CID + 1, 2);
     assert_eq!(ask(&mut client, &mut workers, &added, b"second"), [4, 5]);
     // The backends see the new service's address, never the client's.
     assert!(workers
@@ -532,7 +530,7 @@ fn a_reload_adds_and_removes_a_connection_service_and_the_other_keeps_its_connec
     assert_eq!(front["reset_by_vmq"], 0, "{front:?}");
     // And it can come back, on the ports its name had.
     server.apply(grown).unwrap();
-    let again = open_second(&mut client, &mut workers);
+    let again = open_conns_at(&mut client, &mut workers, SERVICE_CID + 1, 2);
     assert_eq!(ask(&mut client, &mut workers, &again, b"again"), [4, 5]);
     server.shutdown().unwrap();
 }
