@@ -291,7 +291,7 @@ impl fmt::Display for Snapshot {
             )?;
             writeln!(
                 f,
-                "  {:<12} {:>6} {:>8} {:>7} {:>8} {:>7} {:>9} {:>10} {:>9}",
+                "  {:<12} {:>6} {:>8} {:>7} {:>8} {:>7} {:>9} {:>5} {:>10} {:>9}",
                 "backend",
                 "weight",
                 "eff",
@@ -299,13 +299,14 @@ impl fmt::Display for Snapshot {
                 "status",
                 "share",
                 "in-flight",
+                "held",
                 "drain/s",
                 "lat us"
             )?;
             for m in &s.members {
                 writeln!(
                     f,
-                    "  {:<12} {:>6.1} {:>8.2} {:>7.2} {:>8} {:>6.1}% {:>9} {:>10.0} {:>9}{}",
+                    "  {:<12} {:>6.1} {:>8.2} {:>7.2} {:>8} {:>6.1}% {:>9} {:>5} {:>10.0} {:>9}{}",
                     m.name,
                     m.base_weight,
                     m.weight,
@@ -318,6 +319,7 @@ impl fmt::Display for Snapshot {
                     },
                     m.share * 100.0,
                     m.in_flight,
+                    m.held,
                     m.drain_per_s,
                     m.latency_us.map_or("-".into(), |l| format!("{l:.1}")),
                     if m.load_report_suspect {

@@ -2,9 +2,10 @@
 //!
 //! Two distinct candidates are drawn at random and the one with the higher
 //! `weight / (load + 1)^bias` wins, where load is what a candidate has in flight plus the
-//! sessions it holds (a `connection` service's established connections: least connections). Weights are honoured through the in-flight feedback:
-//! a backend gets work until its in-flight count is in proportion to its weight. No state but the
-//! random generator, so weight changes take effect on the next pick.
+//! sessions it holds (a `connection` service's established connections: least connections).
+//! Weights are honoured through that feedback: a backend gets work until its load is in
+//! proportion to its weight. No state but the random generator, so weight changes take effect
+//! on the next pick.
 
 use serde::Deserialize;
 
