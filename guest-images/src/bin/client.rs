@@ -4,7 +4,10 @@
 //! `id` is `abi::image::client::request_byte(id, i)`; ids run 1..=COUNT) to the service named by
 //! `SERVICE`, or to the port (VM) named by `TARGET` when set (name parameters,
 //! `abi::image::text_param`): the client looks the name up in the switch's directory, waiting
-//! for a directory update if it is not there yet; at most `WINDOW` outstanding (0 = the tx
+//! for a directory update if it is not there yet. A later update that no longer lists it
+//! under that id (the VM went away, the service was removed) is counted in `TARGET_GONE`, and
+//! no new request goes out until an update lists it there again (ids are stable: a revived
+//! VM keeps its id); replies to outstanding requests still come. At most `WINDOW` outstanding (0 = the tx
 //! ring, which bounds it anyway); every request with class `CLASS` and affinity key `KEY` +
 //! `id % KEY_SPREAD` (`vmq::traffic::Exchange::key_of`); `WAIT` = 0 spins, 1 parks on the
 //! doorbell when idle; `QUEUE_SIZE`; `IMMEDIATE_EVERY` n: request `id` immediate when `id` is a
@@ -15,7 +18,7 @@
 //! bytes XOR `abi::image::worker::PAYLOAD_XOR`. Results: `RES_SENT`, `RES_RECEIVED` (replies to outstanding
 //! ids), `RES_OK`, `RES_ERRORS` (+ per-status `RES_STATUS_*`), `RES_DUPLICATES` (replies to ids
 //! not outstanding), `RES_MISMATCHES`, `RES_KICKS`, `RES_WAITS`, `RES_WAIT_TIMEOUTS`,
-//! `RES_PORT_ID`, `RES_RING_ERRORS`.
+//! `RES_PORT_ID`, `RES_RING_ERRORS`, `TARGET_GONE`.
 //!
 //! Exits once every request has its reply: 0 if none was a duplicate or a mismatch, else
 //! `abi::image::exit::DUPLICATE` or `abi::image::exit::MISMATCH`. Other statuses: `EXIT_BAD_PARAM`,
@@ -43,6 +46,10 @@ const MAX: usize = abi::image::MAX_GUEST_PAYLOAD as usize + 1024;
 struct Report {
     /// TSC at send, per request id (empty when memory is short: no latency then).
     sent_at: &'static mut [u64],
+    /// The destination's kind, name and the id it had when the client started.
+    target: (EntryKind, &'static [u8], u32),
+    /// The last directory taken does not list the destination under that id: send nothing.
+    gone: bool,
 }
 
 /// Reads the time-stamp counter (allowed at CPL 3: the VMM leaves CR4.TSD clear).
@@ -86,10 +93,15 @@ fn main(bb: &BootBlock) -> u32 {
         return abi::image::exit::BAD_PARAM;
     }
     let mut buf = [0u8; MAX];
-    let dst = match (target, service) {
-        (Some(vm), _) => Destination::Port(dev.await_name(EntryKind::Port, vm, &mut buf)),
-        (None, Some(s)) => Destination::Service(dev.await_name(EntryKind::Service, s, &mut buf)),
+    let (kind, name) = match (target, service) {
+        (Some(vm), _) => (EntryKind::Port, vm),
+        (None, Some(s)) => (EntryKind::Service, s),
         (None, None) => return abi::image::exit::BAD_PARAM,
+    };
+    let id = dev.await_name(kind, name, &mut buf);
+    let dst = match kind {
+        EntryKind::Port => Destination::Port(id),
+        EntryKind::Service => Destination::Service(id),
     };
     let mut client = Client::new(
         replied,
@@ -108,7 +120,11 @@ fn main(bb: &BootBlock) -> u32 {
         key_spread: p[abi::image::client::param::KEY_SPREAD].min(u64::from(u32::MAX)) as u32,
     };
     let mut payload = [0u8; MAX];
-    let mut report = Report { sent_at };
+    let mut report = Report {
+        sent_at,
+        target: (kind, name, id),
+        gone: false,
+    };
     client.exchange(&mut dev, &mut report, &ex, &mut buf, &mut payload);
     if p[abi::image::client::param::MODE] == abi::mode::client::MALFORMED {
         post_malformed(&mut dev);
@@ -176,6 +192,19 @@ impl ClientHooks<Vmq> for Report {
     fn other(&mut self, dev: &mut Vmq, m: &RxMsg, payload: &mut [u8]) {
         if !dev.note_switch(&m.header, payload) {
             results::add(abi::image::client::result::RING_ERRORS, 1);
+            return;
         }
+        // Looked up again after every hello or update, taken or refused (a refused one
+        // leaves the copy, and so the answer, as it was).
+        let (kind, name, id) = self.target;
+        let gone = dev.lookup(kind, name) != Some(id);
+        if gone && !self.gone {
+            results::add(abi::image::client::result::TARGET_GONE, 1);
+        }
+        self.gone = gone;
+    }
+
+    fn hold(&self) -> bool {
+        self.gone
     }
 }
