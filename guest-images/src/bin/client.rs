@@ -4,10 +4,7 @@
 //! `id` is `abi::image::client::request_byte(id, i)`; ids run 1..=COUNT) to the service named by
 //! `SERVICE`, or to the port (VM) named by `TARGET` when set (name parameters,
 //! `abi::image::text_param`): the client looks the name up in the switch's directory, waiting
-//! for a directory update if it is not there yet. A later update that no longer lists it
-//! under that id (the VM went away, the service was removed) is counted in `TARGET_GONE`, and
-//! no new request goes out until an update lists it there again (ids are stable: a revived
-//! VM keeps its id); replies to outstanding requests still come. At most `WINDOW` outstanding (0 = the tx
+//! for a directory update if it is not there yet; at most `WINDOW` outstanding (0 = the tx
 //! ring, which bounds it anyway); every request with class `CLASS` and affinity key `KEY` +
 //! `id % KEY_SPREAD` (`vmq::traffic::Exchange::key_of`); `WAIT` = 0 spins, 1 parks on the
 //! doorbell when idle; `QUEUE_SIZE`; `IMMEDIATE_EVERY` n: request `id` immediate when `id` is a
@@ -18,7 +15,12 @@
 //! bytes XOR `abi::image::worker::PAYLOAD_XOR`. Results: `RES_SENT`, `RES_RECEIVED` (replies to outstanding
 //! ids), `RES_OK`, `RES_ERRORS` (+ per-status `RES_STATUS_*`), `RES_DUPLICATES` (replies to ids
 //! not outstanding), `RES_MISMATCHES`, `RES_KICKS`, `RES_WAITS`, `RES_WAIT_TIMEOUTS`,
-//! `RES_PORT_ID`, `RES_RING_ERRORS`, `TARGET_GONE`.
+//! `RES_PORT_ID`, `RES_RING_ERRORS`.
+//!
+//! Once started, a directory update that no longer lists its destination under the id it
+//! resolved (the VM went away, the service was removed) is counted in `TARGET_GONE`, and no
+//! new request goes out until an update lists it there again (ids are stable: a revived VM
+//! keeps its id); replies to outstanding requests still come.
 //!
 //! Exits once every request has its reply: 0 if none was a duplicate or a mismatch, else
 //! `abi::image::exit::DUPLICATE` or `abi::image::exit::MISMATCH`. Other statuses: `EXIT_BAD_PARAM`,
