@@ -13,83 +13,12 @@ use std::time::{Duration, Instant};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmq::abi::image::{client, driver, peer, worker};
-use vmq::abi::platform;
-use vmq::runner::VmqLink;
 use vmq::switch::{MonotonicClock, ServiceConfig, Snapshot, Switch, SwitchConfig};
-use vmq::transport::TransportEvent;
-use vmq::vmm::{images, IoeventMode, RunOutcome, VcpuHandle, Vm, VmConfig};
+use vmq::vmm::{images, IoeventMode, RunOutcome};
 
 mod common;
+use common::guest::{clone_kick, Guest};
 use common::require_kvm;
-
-/// A guest VM with a vmq device in slot 0, started.
-struct Guest {
-    vm: Vm,
-    link: VmqLink,
-    vcpu: Option<VcpuHandle>,
-}
-
-impl Guest {
-    fn start(name: &str, image: &[u8], params: &[(usize, u64)]) -> Self {
-        Self::start_named(name, image, params, &[])
-    }
-
-    /// [`Guest::start`] with name parameters (ports and services the guest looks up in the
-    /// switch's directory).
-    fn start_named(
-        name: &str,
-        image: &[u8],
-        params: &[(usize, u64)],
-        names: &[(usize, &str)],
-    ) -> Self {
-        let mut cfg = VmConfig::new(name);
-        for &(i, v) in params {
-            cfg = cfg.param(i, v);
-        }
-        for &(i, n) in names {
-            cfg = cfg.name_param(i, n);
-        }
-        let mut vm = Vm::new(cfg).expect("create VM");
-        vm.load_elf(image).expect("load image");
-        let link = VmqLink::attach(&mut vm, 0).expect("attach vmq device");
-        let vcpu = Some(vm.start().expect("start vCPU"));
-        Self { vm, link, vcpu }
-    }
-
-    /// Waits for the guest's driver to set DRIVER_OK.
-    fn activated(&self) -> vmq::virtio::DevicePort<GuestMemoryMmap> {
-        match self.link.events.recv_timeout(Duration::from_secs(10)) {
-            Ok(TransportEvent::Activated(port)) => port,
-            other => panic!(
-                "{}: expected an activation, got {other:?}; console: {:?}",
-                self.vm.name(),
-                self.vm.console().lines()
-            ),
-        }
-    }
-
-    fn join(&mut self) -> RunOutcome {
-        let h = self.vcpu.take().expect("running");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !h.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if !h.is_finished() {
-            h.stop();
-        }
-        h.join().expect("vCPU thread")
-    }
-
-    fn stop(&mut self) -> RunOutcome {
-        let h = self.vcpu.take().expect("running");
-        h.stop();
-        h.join().expect("vCPU thread")
-    }
-
-    fn results(&self) -> [u64; platform::NUM_RESULTS] {
-        self.vm.results()
-    }
-}
 
 /// The switch on its own thread: polls while there is work; when idle, asks the guests to kick
 /// and sleeps on their kick eventfds (bounded by the next sweep).
@@ -158,10 +87,6 @@ fn patient_service() -> ServiceConfig {
     cfg.failover.stall_window_ns = 10_000_000_000;
     cfg.request_timeout_ns = 60_000_000_000;
     cfg
-}
-
-fn clone_kick(g: &Guest) -> EventFd {
-    g.link.kick.try_clone().expect("clone kick eventfd")
 }
 
 #[test]

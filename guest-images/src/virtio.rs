@@ -335,11 +335,16 @@ impl Vmq {
     }
 
     /// Handles what the switch itself sends: a hello or a directory update. Returns `false`
-    /// for any other message (the caller's to handle).
+    /// for any other message (the caller's to handle). An update that comes before the hello
+    /// or is addressed to another port is not this port's: it is counted in
+    /// [`result::RING_ERRORS`] and changes nothing.
     pub fn note_switch(&mut self, hdr: &MsgHeader, payload: &[u8]) -> bool {
         match hdr.kind() {
             Some(MsgKind::Hello) => self.note_hello(hdr, payload),
-            Some(MsgKind::DirectoryUpdate) => self.note_directory(hdr, payload),
+            Some(MsgKind::DirectoryUpdate) if self.port_id == Some(hdr.dst()) => {
+                self.note_directory(hdr, payload)
+            }
+            Some(MsgKind::DirectoryUpdate) => results::add(result::RING_ERRORS, 1),
             _ => return false,
         }
         true

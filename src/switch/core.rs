@@ -523,6 +523,10 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
             log::info!("port {p} ({}) removed", e.name);
         }
         e.port.close();
+        // The directory update goes first, into every live outbox: a frontend hears that the
+        // port is gone before it hears its requests there failed (which frees its window),
+        // so it need not send another request to a port it could know was gone.
+        self.directory_changed();
         // As a backend: out of every service, its work re-dispatched.
         let member_of = self.ports[p as usize].member_of.clone();
         let mut events = std::mem::take(&mut self.events);
@@ -590,6 +594,5 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                 | Outbound::Directory => {}
             }
         }
-        self.directory_changed();
     }
 }

@@ -99,6 +99,12 @@ pub trait ClientHooks<L: Link> {
     fn other(&mut self, link: &mut L, msg: &RxMsg, payload: &mut [u8]) {
         let _ = (link, msg, payload);
     }
+    /// Whether to send no new request for now (say, the destination left the directory):
+    /// replies to outstanding requests are still taken, and sending resumes once it is
+    /// `false` again. Never, by default.
+    fn hold(&self) -> bool {
+        false
+    }
 }
 
 impl<L: Link> ClientHooks<L> for () {}
@@ -191,7 +197,8 @@ impl<'a> Client<'a> {
         }
         let end = first + ex.count;
         let answered = self.replies.answered - base;
-        while self.next_id < end
+        while !hooks.hold()
+            && self.next_id < end
             && (self.next_id - first) - answered < ex.window
             && link.tx().free() > 0
         {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod guest;
 pub mod linux;
 
 use std::sync::{Mutex, MutexGuard};

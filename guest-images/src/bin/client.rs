@@ -17,6 +17,11 @@
 //! not outstanding), `RES_MISMATCHES`, `RES_KICKS`, `RES_WAITS`, `RES_WAIT_TIMEOUTS`,
 //! `RES_PORT_ID`, `RES_RING_ERRORS`.
 //!
+//! Once started, a directory update that no longer lists its destination under the id it
+//! resolved (the VM went away, the service was removed) is counted in `TARGET_GONE`, and no
+//! new request goes out until an update lists it there again (ids are stable: a revived VM
+//! keeps its id); replies to outstanding requests still come.
+//!
 //! Exits once every request has its reply: 0 if none was a duplicate or a mismatch, else
 //! `abi::image::exit::DUPLICATE` or `abi::image::exit::MISMATCH`. Other statuses: `EXIT_BAD_PARAM`,
 //! `EXIT_NO_DEVICE`, `EXIT_RING_FAULT`.
@@ -43,6 +48,10 @@ const MAX: usize = abi::image::MAX_GUEST_PAYLOAD as usize + 1024;
 struct Report {
     /// TSC at send, per request id (empty when memory is short: no latency then).
     sent_at: &'static mut [u64],
+    /// The destination's kind, name and the id it had when the client started.
+    target: (EntryKind, &'static [u8], u32),
+    /// The last directory taken does not list the destination under that id: send nothing.
+    gone: bool,
 }
 
 /// Reads the time-stamp counter (allowed at CPL 3: the VMM leaves CR4.TSD clear).
@@ -86,10 +95,15 @@ fn main(bb: &BootBlock) -> u32 {
         return abi::image::exit::BAD_PARAM;
     }
     let mut buf = [0u8; MAX];
-    let dst = match (target, service) {
-        (Some(vm), _) => Destination::Port(dev.await_name(EntryKind::Port, vm, &mut buf)),
-        (None, Some(s)) => Destination::Service(dev.await_name(EntryKind::Service, s, &mut buf)),
+    let (kind, name) = match (target, service) {
+        (Some(vm), _) => (EntryKind::Port, vm),
+        (None, Some(s)) => (EntryKind::Service, s),
         (None, None) => return abi::image::exit::BAD_PARAM,
+    };
+    let id = dev.await_name(kind, name, &mut buf);
+    let dst = match kind {
+        EntryKind::Port => Destination::Port(id),
+        EntryKind::Service => Destination::Service(id),
     };
     let mut client = Client::new(
         replied,
@@ -108,7 +122,11 @@ fn main(bb: &BootBlock) -> u32 {
         key_spread: p[abi::image::client::param::KEY_SPREAD].min(u64::from(u32::MAX)) as u32,
     };
     let mut payload = [0u8; MAX];
-    let mut report = Report { sent_at };
+    let mut report = Report {
+        sent_at,
+        target: (kind, name, id),
+        gone: false,
+    };
     client.exchange(&mut dev, &mut report, &ex, &mut buf, &mut payload);
     if p[abi::image::client::param::MODE] == abi::mode::client::MALFORMED {
         post_malformed(&mut dev);
@@ -176,6 +194,19 @@ impl ClientHooks<Vmq> for Report {
     fn other(&mut self, dev: &mut Vmq, m: &RxMsg, payload: &mut [u8]) {
         if !dev.note_switch(&m.header, payload) {
             results::add(abi::image::client::result::RING_ERRORS, 1);
+            return;
         }
+        // Looked up again after every hello or update, taken or refused (a refused one
+        // leaves the copy, and so the answer, as it was).
+        let (kind, name, id) = self.target;
+        let gone = dev.lookup(kind, name) != Some(id);
+        if gone && !self.gone {
+            results::add(abi::image::client::result::TARGET_GONE, 1);
+        }
+        self.gone = gone;
+    }
+
+    fn hold(&self) -> bool {
+        self.gone
     }
 }

@@ -25,6 +25,12 @@ pub mod result {
     pub const STATUS_TIMEOUT_OR_BROKEN: usize = 14;
     /// Error replies with any other status.
     pub const STATUS_OTHER: usize = 15;
+    /// Directory updates after which its destination (`TARGET` or `SERVICE`) was no longer
+    /// listed under the id it resolved at start: the port or service went away (a VM removed,
+    /// broken or stopped; a service removed). From then until an update lists it there again
+    /// the client sends no new request (replies to outstanding ones still count); a switch
+    /// cannot say whether the destination comes back, so the client waits.
+    pub const TARGET_GONE: usize = 22;
 }
 
 /// Byte `i` of the payload of a client request with id `msg_id`.

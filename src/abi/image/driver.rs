@@ -19,7 +19,8 @@ pub mod result {
     /// The guest's port id from the switch's hello (`u64::MAX` before it came).
     pub const PORT_ID: usize = 9;
     /// Ring or protocol errors the guest's driver saw (bad messages, ring faults, a
-    /// directory that was cut, too long or malformed).
+    /// directory that was cut, too long, malformed or named a port or service twice, a
+    /// directory update before the hello or addressed to another port).
     pub const RING_ERRORS: usize = 10;
     /// Directories the guest took from the switch (its hello's, then every update's).
     pub const DIRECTORIES: usize = 21;

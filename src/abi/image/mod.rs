@@ -20,6 +20,7 @@
 //! | 11..16  | [`client`]: error replies by status |
 //! | 16..21  | [`evil`]: what its attacks did |
 //! | 21      | [`driver`]: directories taken from the switch |
+//! | 22      | [`client`]: its destination left the directory |
 //!
 //! [`BootBlock::params`]: crate::abi::platform::BootBlock::params
 //! [`BootBlock::results`]: crate::abi::platform::BootBlock::results
@@ -133,6 +134,7 @@ const _: () = assert!(distinct_below(
         evil::result::BEFORE_RESET,
         evil::result::REVIVED,
         driver::result::DIRECTORIES,
+        client::result::TARGET_GONE,
     ],
     NUM_RESULTS
 ));

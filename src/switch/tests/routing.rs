@@ -117,6 +117,33 @@ fn ports_and_services_that_come_and_go_send_every_live_port_one_directory_update
 }
 
 #[test]
+fn a_frontend_hears_a_port_is_gone_before_its_requests_there_fail() {
+    use crate::wire::directory::EntryKind::Port;
+    let mut n = net(2, 16);
+    n.step();
+    for p in &mut n.peers {
+        p.recv_all();
+    }
+    for id in 0..4 {
+        assert!(n.peers[0].send(&MsgHeader::new(MsgKind::Request, 1, id, 8), &payload(id, 8)));
+    }
+    n.step();
+    assert_eq!(n.peers[1].recv_all().len(), 4, "delivered, never answered");
+    n.sw.remove_port(1);
+    n.step();
+    // The update first: a client that holds its requests while its target is out of the
+    // directory sends nothing more when the errors free its window.
+    let got = n.peers[0].recv_all();
+    assert_eq!(got.len(), 5);
+    assert_eq!(got[0].0.kind(), Some(MsgKind::DirectoryUpdate));
+    assert_eq!(dir_entries(&got[0].1), vec![(Port, "p0".to_string(), 0)]);
+    for (h, _) in &got[1..] {
+        assert_eq!(h.kind(), Some(MsgKind::Reply));
+        assert_eq!(h.status(), Some(Status::PortBroken));
+    }
+}
+
+#[test]
 fn one_way_unicast_arrives_in_order_and_intact() {
     let mut n = net(2, 8);
     n.step();
