@@ -132,10 +132,11 @@ fn a_frontend_that_disappears_with_requests_in_flight_has_them_orphaned() {
         return;
     }
     const COUNT: u64 = 300;
-    // "doomed" would send far more than it gets to; the host kills it while its window of
-    // requests sits at the slow worker.
+    // "doomed" would send far more than it gets to; the host kills it once the switch took 8
+    // of its requests, while they sit at the slow worker (a count, not a time: on a loaded
+    // machine a VM may not have sent anything yet a fixed time into the run).
     let t = format!(
-        "{RUN_HEAD}{}{}{}{}[[fault]]\nvm = \"doomed\"\nkill_after_ms = 150\n",
+        "{RUN_HEAD}{}{}{}{}[[fault]]\nvm = \"doomed\"\nkill_after_requests = 8\n",
         clients(&["client0"], "slow", COUNT),
         clients(&["doomed"], "slow", 1_000_000),
         workers(&["slowpoke"], ", slow = 100000"),

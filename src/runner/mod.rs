@@ -87,12 +87,21 @@ struct Booted {
     link: VmqLink,
     vcpu: Option<VcpuHandle>,
     outcome: Option<RunOutcome>,
-    kill_after: Option<Duration>,
+    kill: Option<Kill>,
     killed: bool,
     /// Finite work: the run waits for it to exit.
     waited_for: bool,
     removed: bool,
     marked_broken: bool,
+}
+
+/// When the host stops a VM (a kill fault).
+#[derive(Clone, Copy, Debug)]
+enum Kill {
+    /// This long into the run.
+    After(Duration),
+    /// Once the switch took this many requests from it.
+    AfterRequests(u64),
 }
 
 fn vm_err(vm: &str) -> impl FnOnce(crate::vmm::Error) -> RunError + '_ {
@@ -137,13 +146,14 @@ fn boot_vm(
     let mut vm = Vm::new(cfg).map_err(vm_err(&name))?;
     vm.load_elf(image).map_err(vm_err(&name))?;
     let link = VmqLink::attach(&mut vm, 0).map_err(vm_err(&name))?;
-    let kill_after = topo
+    let kill = topo
         .faults
         .iter()
         .filter(|f| f.vm.get_ref() == &name)
         .find_map(|f| match f.kind() {
-            FaultKind::KillAfterMs(ms) => Some(Duration::from_millis(ms)),
-            _ => None,
+            FaultKind::KillAfterMs(ms) => Some(Kill::After(Duration::from_millis(ms))),
+            FaultKind::KillAfterRequests(n) => Some(Kill::AfterRequests(n)),
+            FaultKind::GuestParam(..) => None,
         });
     let role = topo.role(spec);
     let waited_for = role.waited_for();
@@ -155,7 +165,7 @@ fn boot_vm(
         link,
         vcpu: None,
         outcome: None,
-        kill_after,
+        kill,
         killed: false,
         waited_for,
         removed: false,
@@ -357,8 +367,12 @@ fn supervise(
 ) {
     for (i, b) in vms.iter_mut().enumerate() {
         let port = i as u32;
-        if let (Some(after), false) = (b.kill_after, b.killed) {
-            if now >= after {
+        if let (Some(kill), false) = (b.kill, b.killed) {
+            let due = match kill {
+                Kill::After(after) => now >= after,
+                Kill::AfterRequests(n) => sw.port_stats(port).is_some_and(|s| s.requests >= n),
+            };
+            if due {
                 b.killed = true;
                 if let Some(v) = &b.vcpu {
                     v.stop();

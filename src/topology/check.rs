@@ -324,7 +324,7 @@ impl Topology {
                 return Err(src.at(
                     f.vm.span(),
                     "fault",
-                    "a [[fault]] needs exactly one of stall_after, crash_after, error_every, mute_after, slow, lie_load, kill_after_ms".into(),
+                    "a [[fault]] needs exactly one of stall_after, crash_after, error_every, mute_after, slow, lie_load, kill_after_ms, kill_after_requests".into(),
                 ));
             }
             if let (FaultKind::GuestParam(name, _), role) = (kinds[0], self.role(vm)) {
@@ -334,7 +334,7 @@ impl Topology {
                         name,
                         format!(
                             "{name} makes a worker misbehave, and {:?} is a {}; use \
-                             kill_after_ms to stop any VM",
+                             kill_after_ms or kill_after_requests to stop any VM",
                             f.vm.get_ref(),
                             role.name()
                         ),

@@ -40,6 +40,7 @@
 //! # error_every = N         # every N-th reply carries an error status
 //! # slow = N                # worker burns N loop iterations per request
 //! # kill_after_ms = T       # the host stops the VM T ms into the run
+//! # kill_after_requests = N # the host stops the VM once the switch took N requests from it
 //! ```
 
 mod check;

@@ -236,6 +236,9 @@ pub struct FaultSpec {
     pub lie_load: Option<u64>,
     /// The host stops the VM this long into the run.
     pub kill_after_ms: Option<u64>,
+    /// The host stops the VM once the switch has taken this many requests from it (a
+    /// frontend: its requests are then in flight, whatever the machine's load).
+    pub kill_after_requests: Option<u64>,
 }
 
 /// What a fault does, once checked.
@@ -245,6 +248,8 @@ pub enum FaultKind {
     GuestParam(&'static str, u64),
     /// The host stops the VM after this many ms.
     KillAfterMs(u64),
+    /// The host stops the VM once the switch took this many requests from it.
+    KillAfterRequests(u64),
 }
 
 impl FaultSpec {
@@ -264,6 +269,9 @@ impl FaultSpec {
         }
         if let Some(ms) = self.kill_after_ms {
             k.push(FaultKind::KillAfterMs(ms));
+        }
+        if let Some(n) = self.kill_after_requests {
+            k.push(FaultKind::KillAfterRequests(n));
         }
         k
     }
