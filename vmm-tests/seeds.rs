@@ -48,14 +48,18 @@ fn with_maglev_the_same_key_lands_on_the_same_worker() {
     assert_every_request_answered_once(&r);
     assert_client_answered(&r, "sticky", 2000);
     assert_client_answered(&r, "spread", 2000);
-    // One key: every request on one worker.
+    // One key: its requests on one worker. The switch passes over a backend with no free
+    // receive buffer (every policy, Maglev too: a key waits for nobody), so a worker that had
+    // not posted its buffers yet when the client started, or was off its CPU with its queue
+    // full, sends a window's worth elsewhere (16 of 2000, seen once on a loaded machine).
+    // Without affinity the key would spread about evenly: at most two windows may move.
     let sticky: Vec<u64> = ["w0", "w1", "w2"]
         .iter()
         .map(|w| member(&r, "by_user", w).dispatched)
         .collect();
     assert_eq!(sticky.iter().sum::<u64>(), 2000, "{r}");
     assert!(
-        sticky.contains(&2000),
+        sticky.iter().any(|&n| n >= 2000 - 2 * 16),
         "key 7 moved between workers: {sticky:?}\n{r}"
     );
     // 64 keys: Maglev spreads them over every worker.
