@@ -14,6 +14,14 @@ pub mod client {
     /// outside its memory, and waits until the device sets `DEVICE_NEEDS_RESET`; it then exits
     /// with [`exit::RING_FAULT`](crate::abi::image::exit::RING_FAULT).
     pub const MALFORMED: u64 = 1;
+    /// Page hand-off (seed 004): every request's payload is written into pages of its own RAM
+    /// and the request carries their list instead (header flag
+    /// [`HANDOFF`](crate::wire::pages::HANDOFF)), one request outstanding at a time: the
+    /// reply means its pages are home, and the next request reuses them. Replies are checked
+    /// as in [`NORMAL`]; return notices are taken and counted in
+    /// [`result::PAGE_RETURNS`](crate::abi::image::client::result::PAGE_RETURNS). Needs a
+    /// topology with `[handoff]`.
+    pub const HANDOFF: u64 = 2;
     /// The buffer address of the chain a [`MALFORMED`] client publishes: above
     /// [`MAX_MEM_SIZE`], so outside the memory of any VM.
     pub const BAD_ADDR: u64 = MAX_MEM_SIZE + 0x1000;

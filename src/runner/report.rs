@@ -191,6 +191,9 @@ pub struct RunReport {
     pub switch: Snapshot,
     /// Switch loop counters.
     pub switch_loop: LoopStats,
+    /// Page hand-off counters at the end, when the topology has `[handoff]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<crate::port::handoff::HubStats>,
 }
 
 /// How a run ended, worst first; [`Verdict::exit_code`] is the exit status of `vmq run` and
@@ -342,6 +345,7 @@ pub(super) fn build(
         vms: vm_reports,
         switch: snap,
         switch_loop: loop_stats,
+        handoff: None,
     }
 }
 

@@ -25,6 +25,8 @@ pub mod result {
     pub const STATUS_TIMEOUT_OR_BROKEN: usize = 14;
     /// Error replies with any other status.
     pub const STATUS_OTHER: usize = 15;
+    /// Page return notices taken (`mode` = [`HANDOFF`](crate::abi::mode::client::HANDOFF)).
+    pub const PAGE_RETURNS: usize = 23;
 }
 
 /// Byte `i` of the payload of a client request with id `msg_id`.
