@@ -262,10 +262,10 @@ impl Topology {
                 mode::client::MALFORMED,
                 mode::client::HANDOFF
             )),
-            "mode" if image == "evil" && v > mode::evil::RESET => Err(format!(
+            "mode" if image == "evil" && v > mode::evil::PAGES_HOARD => Err(format!(
                 "{v}: evil modes are {}..={} (abi::mode::evil)",
                 mode::evil::HONEST,
-                mode::evil::RESET
+                mode::evil::PAGES_HOARD
             )),
             "count" if matches!(image, "client" | "evil") => {
                 // A client keeps a bit per request (evil: two ids per request, plus slack).

@@ -90,14 +90,18 @@ pub enum Decision {
 /// never sees it.
 ///
 /// Bounds: loans are bounded by the ledger (each member holds at most its cap of pages, so
-/// at most the sum of the caps); `answers` holds one entry per loan of a request; `notices`
-/// at most [`MAX_NOTICES`] per port.
+/// at most the sum of the caps); `answers` and `by_chain` hold one entry per loan of a
+/// request; `notices` at most [`MAX_NOTICES`] per port.
 #[derive(Default)]
 pub struct Hub {
     ledger: Ledger,
     cfg: HandoffConfig,
     /// Loans of requests still out: (receiver, msg_id it was delivered with) -> (loan, lender).
     answers: HashMap<(PortId, u64), (LoanId, PortId)>,
+    /// The same loans by the message that carries them: (lender, head of its held chain).
+    /// Stable while the request is in flight, also when failover dispatches it again under a
+    /// new id.
+    by_chain: HashMap<(PortId, u16), LoanId>,
     notices: HashMap<PortId, VecDeque<Vec<u8>>>,
     stats: HubStats,
 }
@@ -141,13 +145,14 @@ impl Hub {
     }
 
     /// Decides what happens to hand-off message `list` from `from` as it is delivered to `to`
-    /// with id `msg_id` (`request`: it is a request, answered by a reply with that id).
+    /// with id `msg_id`. `request`: it is a request, answered by a reply with that id, held
+    /// by its sender as chain `head` until then.
     pub fn decide(
         &mut self,
         from: PortId,
         to: PortId,
         msg_id: u64,
-        request: bool,
+        request: Option<u16>,
         list: &[u8],
     ) -> Decision {
         let (refs, total) = match message::decode_list(list) {
@@ -161,18 +166,12 @@ impl Hub {
         if !members || u64::from(total) < self.cfg.min_bytes {
             return self.copy(from, refs, total, members);
         }
-        if request {
+        if let Some(head) = request {
             // Dispatched again (its first backend stalled or went down): the pages come back
             // from where they went first, then move on.
-            let again: Vec<(PortId, u64)> = self
-                .answers
-                .iter()
-                .filter(|(k, v)| k.1 == msg_id && v.1 == from)
-                .map(|(k, _)| *k)
-                .collect();
-            for k in again {
-                if let Some((loan, _)) = self.answers.remove(&k) {
-                    self.ledger.return_loan(loan);
+            if let Some(loan) = self.by_chain.remove(&(from, head)) {
+                self.answers.retain(|_, v| v.0 != loan);
+                if !self.ledger.return_loan(loan).is_empty() {
                     self.stats.retaken += 1;
                 }
             }
@@ -182,8 +181,9 @@ impl Hub {
                 let mut out = vec![0u8; list_len(dst.len())];
                 // Cannot fail: `dst` has as many entries as `refs` (at most MAX_PAGES).
                 let _ = crate::wire::pages::encode(&dst, total, &mut out);
-                if request {
+                if let Some(head) = request {
                     self.answers.insert((to, msg_id), (loan, from));
+                    self.by_chain.insert((from, head), loan);
                 }
                 self.stats.handed_off += 1;
                 Decision::HandOff { loan, list: out }
@@ -229,6 +229,7 @@ impl Hub {
         self.ledger.return_loan(loan);
         self.stats.handed_off = self.stats.handed_off.saturating_sub(1);
         self.answers.retain(|_, v| v.0 != loan);
+        self.by_chain.retain(|_, v| *v != loan);
     }
 
     /// `port`'s guest released the pages `list` names; the lenders get return notices.
@@ -276,6 +277,7 @@ impl Hub {
     fn returned(&mut self, notices: Vec<(PortId, Vec<u8>)>) {
         let ledger = &self.ledger;
         self.answers.retain(|_, v| ledger.is_out(v.0));
+        self.by_chain.retain(|_, v| ledger.is_out(*v));
         for (lender, list) in notices {
             let q = self.notices.entry(lender).or_default();
             if q.len() >= MAX_NOTICES {

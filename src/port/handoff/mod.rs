@@ -258,7 +258,7 @@ impl<M: GuestMemoryBackend + Send + 'static> Port<M> for HandoffPort<M> {
             return self.inner.deliver(header, payload);
         }
         // Only a sender's held message carries pages (the switch never makes one).
-        let Payload::Chain { mem, .. } = payload else {
+        let Payload::Chain { mem, chain } = payload else {
             return Err(source_fault(0));
         };
         let n = payload.len() as usize;
@@ -273,7 +273,7 @@ impl<M: GuestMemoryBackend + Send + 'static> Port<M> for HandoffPort<M> {
             return Err(DeliverError::NoBuffer);
         }
         let from = header.src();
-        let request = header.kind() == Some(MsgKind::Request);
+        let request = (header.kind() == Some(MsgKind::Request)).then_some(chain.head);
         let list = self.list[..n].to_vec();
         let decision = self
             .hub()
