@@ -307,3 +307,138 @@ impl Hub {
     /// The longest page list a message can carry.
     pub const MAX_LIST: usize = list_len(MAX_PAGES);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::pages::{PageSpace, PAGE_SIZE};
+    use crate::wire::pages;
+
+    const P: u64 = PAGE_SIZE;
+
+    /// Ports 1 and 2 (64 pages each, window 48..56, cap 4); port 3 is no member.
+    fn hub(min_bytes: u64) -> Hub {
+        let mut h = Hub::new(HandoffConfig { min_bytes });
+        for port in [1, 2] {
+            let (space, _mem) = PageSpace::create("hub", 64 * P).unwrap();
+            let m = Member {
+                space,
+                window: 48 * P..56 * P,
+                cap: 4,
+                reserved: vec![(0..8 * P, "the boot area")],
+            };
+            h.join(port, m).unwrap();
+        }
+        h
+    }
+
+    fn list(refs: &[u64], total: u32) -> Vec<u8> {
+        let mut b = vec![0u8; pages::list_len(refs.len())];
+        pages::encode(refs, total, &mut b).unwrap();
+        b
+    }
+
+    #[test]
+    fn the_size_rule_and_membership_choose_between_hand_off_and_copy() {
+        let mut h = hub(8192);
+        let small = h.decide(1, 2, 7, None, &list(&[10 * P], 4096));
+        assert!(matches!(small, Decision::Copy { total: 4096, .. }), "{small:?}");
+        let big = h.decide(1, 2, 8, None, &list(&[10 * P, 11 * P], 8192));
+        assert!(matches!(big, Decision::HandOff { .. }), "{big:?}");
+        let outsider = h.decide(1, 3, 9, None, &list(&[12 * P, 13 * P], 8192));
+        assert!(matches!(outsider, Decision::Copy { .. }), "{outsider:?}");
+        let s = h.stats();
+        assert_eq!((s.copied_small, s.handed_off, s.copied_not_member), (1, 1, 1));
+        assert_eq!(s.pages_out, 2);
+    }
+
+    #[test]
+    fn a_copy_refuses_what_a_hand_off_would() {
+        let mut h = hub(u64::MAX);
+        for bad in [
+            list(&[P], 10),              // the boot area
+            list(&[64 * P], 10),         // outside
+            list(&[10 * P, 10 * P], 10), // twice
+            list(&[50 * P], 10),         // its own window
+            vec![1, 2, 3],               // no list at all
+            list(&[], 0),                // nothing
+        ] {
+            assert!(matches!(h.decide(1, 2, 1, None, &bad), Decision::Bad(_)), "{bad:?}");
+        }
+        assert_eq!(h.stats().refused_bad, 6);
+        // A non-member's duplicates are caught too.
+        let d = h.decide(3, 2, 1, None, &list(&[10 * P, 10 * P], 10));
+        assert!(matches!(d, Decision::Bad(_)));
+    }
+
+    #[test]
+    fn a_full_receiver_gets_copies_and_a_page_out_cannot_go_twice() {
+        let mut h = hub(0);
+        let four = list(&[10 * P, 11 * P, 12 * P, 13 * P], 100);
+        assert!(matches!(h.decide(1, 2, 1, None, &four), Decision::HandOff { .. }));
+        let more = h.decide(1, 2, 2, None, &list(&[14 * P], 100));
+        assert!(matches!(more, Decision::Copy { .. }), "at its cap: {more:?}");
+        assert_eq!(h.stats().copied_full, 1);
+        // A page lent already is refused, for a copy as for a hand-off.
+        let again = h.decide(1, 2, 3, None, &list(&[10 * P], 100));
+        assert!(matches!(again, Decision::Bad(_)), "{again:?}");
+        assert_eq!(h.held(2), 4);
+    }
+
+    #[test]
+    fn answers_releases_and_port_down_bring_pages_home_with_notices() {
+        let mut h = hub(0);
+        let Decision::HandOff { list: got, .. } =
+            h.decide(1, 2, 40, Some(3), &list(&[10 * P, 11 * P], 100))
+        else {
+            panic!("not handed off");
+        };
+        assert_eq!(pages::page(&got, 0), Ok(48 * P));
+        h.answered(2, 40);
+        assert_eq!((h.held(2), h.lent(1)), (0, 0));
+        assert_eq!(h.stats().returned_on_answer, 1);
+        assert_eq!(h.take_notice(1), Some(list(&[10 * P, 11 * P], 0)));
+        // A release names window pages; a bad one is refused and counted.
+        h.decide(1, 2, 41, None, &list(&[12 * P], 100));
+        assert!(h.release(2, &list(&[55 * P], 0)).is_err());
+        h.release(2, &list(&[48 * P], 0)).unwrap();
+        assert_eq!(h.take_notice(1), Some(list(&[12 * P], 0)));
+        assert_eq!(h.stats().releases_refused, 1);
+        // The receiver goes down with a page out: it comes home, the lender is told.
+        h.decide(1, 2, 42, None, &list(&[13 * P], 100));
+        h.port_down(2);
+        assert_eq!((h.held(2), h.lent(1)), (0, 0));
+        assert!(h.has_notice(1));
+        assert_eq!(h.stats().pages_out, 0);
+    }
+
+    #[test]
+    fn a_request_dispatched_again_takes_its_pages_from_the_first_receiver() {
+        let mut h = hub(0);
+        let refs = list(&[10 * P], 100);
+        assert!(matches!(h.decide(1, 2, 5, Some(9), &refs), Decision::HandOff { .. }));
+        // The same held chain (head 9) under a new id, to the same or another receiver.
+        assert!(matches!(h.decide(1, 2, 6, Some(9), &refs), Decision::HandOff { .. }));
+        assert_eq!(h.stats().retaken, 1);
+        assert_eq!(h.held(2), 1);
+        // The first id's late reply returns nothing; the new one's does.
+        h.answered(2, 5);
+        assert_eq!(h.held(2), 1);
+        h.answered(2, 6);
+        assert_eq!(h.held(2), 0);
+        // Another chain naming the same pages while they are out is refused.
+        h.decide(1, 2, 7, Some(9), &refs);
+        assert!(matches!(h.decide(1, 2, 8, Some(10), &refs), Decision::Bad(_)));
+    }
+
+    #[test]
+    fn notices_for_a_lender_that_does_not_read_are_bounded() {
+        let mut h = hub(0);
+        for i in 0..(MAX_NOTICES as u64 + 5) {
+            h.decide(1, 2, i, None, &list(&[10 * P], 100));
+            h.release(2, &list(&[48 * P], 0)).unwrap();
+        }
+        let s = h.stats();
+        assert_eq!((s.notices, s.notices_dropped), (MAX_NOTICES as u64, 5));
+    }
+}
