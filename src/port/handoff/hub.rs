@@ -342,13 +342,19 @@ mod tests {
     fn the_size_rule_and_membership_choose_between_hand_off_and_copy() {
         let mut h = hub(8192);
         let small = h.decide(1, 2, 7, None, &list(&[10 * P], 4096));
-        assert!(matches!(small, Decision::Copy { total: 4096, .. }), "{small:?}");
+        assert!(
+            matches!(small, Decision::Copy { total: 4096, .. }),
+            "{small:?}"
+        );
         let big = h.decide(1, 2, 8, None, &list(&[10 * P, 11 * P], 8192));
         assert!(matches!(big, Decision::HandOff { .. }), "{big:?}");
         let outsider = h.decide(1, 3, 9, None, &list(&[12 * P, 13 * P], 8192));
         assert!(matches!(outsider, Decision::Copy { .. }), "{outsider:?}");
         let s = h.stats();
-        assert_eq!((s.copied_small, s.handed_off, s.copied_not_member), (1, 1, 1));
+        assert_eq!(
+            (s.copied_small, s.handed_off, s.copied_not_member),
+            (1, 1, 1)
+        );
         assert_eq!(s.pages_out, 2);
     }
 
@@ -363,7 +369,10 @@ mod tests {
             vec![1, 2, 3],               // no list at all
             list(&[], 0),                // nothing
         ] {
-            assert!(matches!(h.decide(1, 2, 1, None, &bad), Decision::Bad(_)), "{bad:?}");
+            assert!(
+                matches!(h.decide(1, 2, 1, None, &bad), Decision::Bad(_)),
+                "{bad:?}"
+            );
         }
         assert_eq!(h.stats().refused_bad, 6);
         // A non-member's duplicates are caught too.
@@ -375,9 +384,15 @@ mod tests {
     fn a_full_receiver_gets_copies_and_a_page_out_cannot_go_twice() {
         let mut h = hub(0);
         let four = list(&[10 * P, 11 * P, 12 * P, 13 * P], 100);
-        assert!(matches!(h.decide(1, 2, 1, None, &four), Decision::HandOff { .. }));
+        assert!(matches!(
+            h.decide(1, 2, 1, None, &four),
+            Decision::HandOff { .. }
+        ));
         let more = h.decide(1, 2, 2, None, &list(&[14 * P], 100));
-        assert!(matches!(more, Decision::Copy { .. }), "at its cap: {more:?}");
+        assert!(
+            matches!(more, Decision::Copy { .. }),
+            "at its cap: {more:?}"
+        );
         assert_eq!(h.stats().copied_full, 1);
         // A page lent already is refused, for a copy as for a hand-off.
         let again = h.decide(1, 2, 3, None, &list(&[10 * P], 100));
@@ -416,9 +431,15 @@ mod tests {
     fn a_request_dispatched_again_takes_its_pages_from_the_first_receiver() {
         let mut h = hub(0);
         let refs = list(&[10 * P], 100);
-        assert!(matches!(h.decide(1, 2, 5, Some(9), &refs), Decision::HandOff { .. }));
+        assert!(matches!(
+            h.decide(1, 2, 5, Some(9), &refs),
+            Decision::HandOff { .. }
+        ));
         // The same held chain (head 9) under a new id, to the same or another receiver.
-        assert!(matches!(h.decide(1, 2, 6, Some(9), &refs), Decision::HandOff { .. }));
+        assert!(matches!(
+            h.decide(1, 2, 6, Some(9), &refs),
+            Decision::HandOff { .. }
+        ));
         assert_eq!(h.stats().retaken, 1);
         assert_eq!(h.held(2), 1);
         // The first id's late reply returns nothing; the new one's does.
@@ -428,7 +449,10 @@ mod tests {
         assert_eq!(h.held(2), 0);
         // Another chain naming the same pages while they are out is refused.
         h.decide(1, 2, 7, Some(9), &refs);
-        assert!(matches!(h.decide(1, 2, 8, Some(10), &refs), Decision::Bad(_)));
+        assert!(matches!(
+            h.decide(1, 2, 8, Some(10), &refs),
+            Decision::Bad(_)
+        ));
     }
 
     #[test]
