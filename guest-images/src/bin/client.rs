@@ -21,6 +21,9 @@
 //! `abi::image::exit::DUPLICATE` or `abi::image::exit::MISMATCH`. Other statuses: `EXIT_BAD_PARAM`,
 //! `EXIT_NO_DEVICE`, `EXIT_RING_FAULT`.
 //!
+//! `MODE` = `abi::mode::client::HANDOFF` sends every request as a page list instead of bytes
+//! (page hand-off, one request at a time; see that mode).
+//!
 //! `MODE` = `abi::mode::client::MALFORMED` makes it hostile, for tests: once every request has its
 //! reply it publishes one tx chain whose buffer is at `abi::mode::client::BAD_ADDR` (outside its
 //! memory), then waits until the device asks for a reset and exits with `EXIT_RING_FAULT`.

@@ -16,6 +16,8 @@
 //! - `EVIL_FORGE_SRC`: the honest requests carry `src` = `TARGET`; then forged replies.
 //! - `EVIL_RESET`: reset the device with requests to `SIDE_SERVICE` in flight, come back, and
 //!   run honest traffic again.
+//! - `EVIL_PAGES_*` (page hand-off, `abi::mode::evil::PAGES_OUTSIDE` ..= `PAGES_HOARD`): a bad
+//!   page list; a write to a page it lent; lending to a receiver that keeps pages, then a reset.
 //!
 //! The protocol-fault modes wait for `DEVICE_NEEDS_RESET` (`RES_EVIL_NEEDS_RESET`) and exit
 //! with `EXIT_RING_FAULT`; the others exit 0, or `EXIT_DUPLICATE` / `EXIT_MISMATCH` when a reply

@@ -12,6 +12,10 @@
 //! reporting load 0 (idle) in every reply; `WAIT`, `QUEUE_SIZE`, `SIZE`
 //! (largest request payload expected: sizes the rx slots, at least 1 KiB).
 //!
+//! Page hand-off: a request whose payload is a page list (header flag `HANDOFF`) is read from
+//! the pages it names, which must lie in this VM's receive window (above its free memory); the
+//! worker releases them (`MsgKind::PageRelease`) and answers the bytes as any request's.
+//!
 //! Results: `RES_RECEIVED` requests, `RES_SENT` replies, `RES_OK` ok replies, `RES_ERRORS`
 //! `BackendError` replies, `RES_KICKS`, `RES_WAITS`, `RES_WAIT_TIMEOUTS`, `RES_PORT_ID`,
 //! `RES_RING_ERRORS`.
