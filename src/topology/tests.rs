@@ -339,3 +339,18 @@ fn the_handoff_table_is_range_checked_with_its_line() {
     let e = err(&with("[handoff]\nwindow = 8\n"));
     assert!(e.starts_with("t.toml:8:") && e.contains("window"), "{e}");
 }
+
+#[test]
+fn the_handoff_example_parses() {
+    let t = Topology::parse(
+        include_str!("../../topologies/handoff.toml"),
+        "handoff.toml",
+        IMAGES,
+    )
+    .unwrap();
+    let h = t.handoff.unwrap();
+    assert_eq!(
+        (h.window_pages, h.cap(), h.config().min_bytes),
+        (64, 16, 4096)
+    );
+}
