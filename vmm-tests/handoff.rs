@@ -1,5 +1,7 @@
 //! Page hand-off between vmq's own VMs on real KVM: pages move between running guests by host
-//! mapping changes (memfd-backed RAM, `mmap(MAP_FIXED)`), and KVM follows them.
+//! mapping changes (memfd-backed RAM, `mmap(MAP_FIXED)`), and KVM follows them; then whole
+//! topologies with `[handoff]`, where clients send page references through the switch, and
+//! hostile senders and receivers beside them.
 //!
 //! Without a usable `/dev/kvm` each test prints "skipping" and passes, unless `CI=true` or
 //! `VMQ_REQUIRE_KVM=1`.
