@@ -453,12 +453,24 @@ fn a_write_to_a_handed_off_page_reaches_nobody() {
         &format!(
             "{}{}",
             common::workers(&["ws"], ", size = 4096, slow = 3000000"),
-            common::service("slow", &["ws"], "request_timeout_ms = 30000")
+            common::service(
+                "slow",
+                &["ws"],
+                &format!(
+                    "request_timeout_ms = 30000\nfailover = {{ {} }}\n{}",
+                    common::PATIENT,
+                    common::FLAT_HEALTH
+                )
+            )
         ),
     );
     assert_honest_clients_clean(&r);
     let e = common::vm(&r, "evil");
-    assert_eq!(e.exit_status, Some(0), "{r}");
+    assert_eq!(
+        (e.exit_status, e.errors, e.mismatches),
+        (Some(0), 0, 0),
+        "{r}"
+    );
     assert_eq!(
         e.results[evil::result::ATTACKS],
         1,

@@ -336,6 +336,7 @@ impl Evil {
     fn write_lent_page(&mut self, dst: u32) {
         let len = self.size.clamp(8, PAGE_SIZE as usize);
         let base = self.client.replies.answered;
+        let ok_before = results::get(abi::image::evil::result::OK);
         let id = self.client.take_id();
         let p = self.data_page(id, len);
         let first = |ev: &Self| {
@@ -361,8 +362,10 @@ impl Evil {
             }
         }
         self.await_replies(base, 1);
+        // Its one reply was an answer with the original bytes (a mismatch would count as
+        // such, an error reply would not count as ok).
         let ok = written
-            && results::get(abi::image::evil::result::OK) > 0
+            && results::get(abi::image::evil::result::OK) == ok_before + 1
             && results::get(abi::image::evil::result::MISMATCHES) == 0
             && first(self) == original;
         results::set(abi::image::evil::result::PAGES_OK, u64::from(ok));
