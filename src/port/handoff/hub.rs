@@ -130,7 +130,7 @@ impl Hub {
     pub fn stats(&self) -> HubStats {
         let mut s = self.stats;
         s.ledger = self.ledger.stats();
-        s.pages_out = s.ledger.pages_lent - s.ledger.pages_returned;
+        s.pages_out = s.ledger.pages_lent.saturating_sub(s.ledger.pages_returned);
         s
     }
 
