@@ -1,5 +1,7 @@
 //! Page hand-off between vmq's own VMs on real KVM: pages move between running guests by host
-//! mapping changes (memfd-backed RAM, `mmap(MAP_FIXED)`), and KVM follows them.
+//! mapping changes (memfd-backed RAM, `mmap(MAP_FIXED)`), and KVM follows them; then whole
+//! topologies with `[handoff]`, where clients send page references through the switch, and
+//! hostile senders and receivers beside them.
 //!
 //! Without a usable `/dev/kvm` each test prints "skipping" and passes, unless `CI=true` or
 //! `VMQ_REQUIRE_KVM=1`.
@@ -259,4 +261,264 @@ fn a_receiver_that_keeps_pages_is_capped_and_its_port_going_down_returns_them() 
     assert_eq!(join(&b, hb), RunOutcome::Exited(0));
     ha.stop();
     let _ = ha.join();
+}
+
+// ---- through the switch ---------------------------------------------------------------------
+
+use vmq::abi::mode;
+use vmq::runner::RunReport;
+
+/// A topology with `[handoff]` (`extra` lines in it): hand-off clients `(name, size, count)`
+/// sending to service `echo`, served by one worker.
+fn handoff_run(name: &str, extra: &str, clients: &[(&str, u64, u64)]) -> RunReport {
+    let mut t = format!(
+        "{}[handoff]\nwindow_pages = 64\n{extra}\n",
+        common::RUN_HEAD
+    );
+    for (c, size, count) in clients {
+        t += &format!(
+            "[[vm]]\nname = \"{c}\"\nimage = \"client\"\nparams = {{ mode = {}, service = \"echo\", \
+             count = {count}, size = {size}, wait = \"doorbell\" }}\n",
+            mode::client::HANDOFF
+        );
+    }
+    t += &common::workers(&["w0"], ", size = 4096");
+    t += &common::service(
+        "echo",
+        &["w0"],
+        &format!(
+            "failover = {{ {} }}\nrequest_timeout_ms = 30000",
+            common::PATIENT
+        ),
+    );
+    common::run(name, &t)
+}
+
+fn assert_clean(r: &RunReport, clients: &[(&str, u64, u64)]) {
+    for (c, _, count) in clients {
+        let v = common::vm(r, c);
+        assert_eq!(
+            (v.sent, v.received, v.ok, v.mismatches, v.duplicates),
+            (*count, *count, *count, 0, 0),
+            "{c}: every request answered once, with its bytes intact\n{r}"
+        );
+        assert_eq!(v.exit_status, Some(0), "{c}\n{r}");
+    }
+    assert_eq!(r.switch.totals.port_faults, 0, "{r}");
+}
+
+/// Requests carrying page references go through the switch: the worker reads the bytes
+/// through the page list it was delivered (the client checks the answer), releases the pages,
+/// and every page comes home; with the size rule, the small client's messages are copied in
+/// the same run and arrive intact too.
+#[test]
+fn handed_off_pages_reach_the_worker_intact_and_all_come_home() {
+    if !require_kvm() {
+        return;
+    }
+    // A page (the guest images carry at most 4 KiB); 3000 bytes: below min_bytes.
+    let clients = [("big", 4096, 60), ("small", 3000, 40)];
+    let r = handoff_run("handoff.toml", "min_bytes = 4096", &clients);
+    assert_clean(&r, &clients);
+    let h = r.handoff.expect("hand-off counters");
+    eprintln!("{h:?}");
+    assert_eq!(h.handed_off, 60, "{h:?}");
+    assert_eq!(h.copied_small, 40, "{h:?}");
+    assert_eq!((h.copied_full, h.copied_not_member), (0, 0), "{h:?}");
+    assert_eq!(h.ledger.pages_lent, 60, "{h:?}");
+    assert_eq!(h.ledger.pages_returned, 60, "{h:?}");
+    assert_eq!(h.pages_out, 0, "nothing is still out at the end: {h:?}");
+    assert_eq!(
+        h.releases, 60,
+        "the worker released every message's pages: {h:?}"
+    );
+    assert_eq!((h.refused_bad, h.releases_refused), (0, 0), "{h:?}");
+    assert_eq!(h.notices, 60, "the lender heard of every return: {h:?}");
+}
+
+/// Without `min_bytes` the switch copies every message (the honest default on a KVM where a
+/// hand-off never beats a copy): the bytes still arrive intact, inline, and nothing moves.
+#[test]
+fn by_default_referenced_bytes_are_copied_inline() {
+    if !require_kvm() {
+        return;
+    }
+    let clients = [("c0", 4000, 30)];
+    let r = handoff_run("handoff-copy.toml", "", &clients);
+    assert_clean(&r, &clients);
+    let h = r.handoff.expect("hand-off counters");
+    assert_eq!((h.handed_off, h.copied_small), (0, 30), "{h:?}");
+    assert_eq!(
+        (h.ledger.pages_lent, h.pages_out, h.releases),
+        (0, 0, 0),
+        "{h:?}"
+    );
+}
+
+// ---- hostile senders and receivers through the switch ---------------------------------------
+
+use vmq::abi::image::{evil, exit};
+
+/// Hand-off clients `c0` and `c1` (one page per request) and the hostile `evil` (mode `mode`,
+/// more `evil_params`) beside them; workers `w0` and `w1` serve `echo`; more VMs and services
+/// in `extra`. Every VM holds at most 4 borrowed pages.
+fn hostile_run(name: &str, mode: u64, evil_params: &str, extra: &str) -> RunReport {
+    let mut t = format!(
+        "{}[handoff]\nwindow_pages = 64\ncap_pages = 4\nmin_bytes = 0\n",
+        common::RUN_HEAD
+    );
+    for c in ["c0", "c1"] {
+        t += &format!(
+            "[[vm]]\nname = \"{c}\"\nimage = \"client\"\nparams = {{ mode = {}, service = \"echo\", \
+             count = {HONEST}, size = 4096, wait = \"doorbell\" }}\n",
+            mode::client::HANDOFF
+        );
+    }
+    t += &format!(
+        "[[vm]]\nname = \"evil\"\nimage = \"evil\"\nparams = {{ mode = {mode}, service = \"echo\", \
+         count = 20, size = 512, wait = \"doorbell\"{evil_params} }}\n"
+    );
+    t += &common::workers(&["w0", "w1"], ", size = 4096");
+    t += &common::service(
+        "echo",
+        &["w0", "w1"],
+        &format!(
+            "failover = {{ {} }}\nrequest_timeout_ms = 30000",
+            common::PATIENT
+        ),
+    );
+    t += extra;
+    common::run(name, &t)
+}
+
+const HONEST: u64 = 100;
+
+fn assert_honest_clients_clean(r: &RunReport) {
+    for c in ["c0", "c1"] {
+        let v = common::vm(r, c);
+        assert_eq!(
+            (v.sent, v.received, v.ok, v.mismatches, v.exit_status),
+            (HONEST, HONEST, HONEST, 0, Some(0)),
+            "{c}\n{r}"
+        );
+    }
+}
+
+/// A sender whose page list names a page outside its RAM, a page of its own rings, one page
+/// twice, or a page it handed off already (two requests published together) breaks the
+/// protocol: its port faults, the bad list is counted, nothing moves for it, its pages come
+/// home, and the other VMs keep handing pages off.
+#[test]
+fn a_bad_page_reference_faults_only_its_sender() {
+    if !require_kvm() {
+        return;
+    }
+    for m in [
+        mode::evil::PAGES_OUTSIDE,
+        mode::evil::PAGES_RINGS,
+        mode::evil::PAGES_DUPLICATE,
+        mode::evil::PAGES_TWICE,
+    ] {
+        let r = hostile_run(&format!("pages-{m}.toml"), m, "", "");
+        assert_honest_clients_clean(&r);
+        let e = common::vm(&r, "evil");
+        assert_eq!(e.exit_status, Some(exit::RING_FAULT), "mode {m}\n{r}");
+        assert_eq!(e.results[evil::result::NEEDS_RESET], 1, "mode {m}\n{r}");
+        let ep = common::port(&r, "evil");
+        assert!(ep.down, "mode {m}\n{r}");
+        assert_eq!(ep.stats.faults, 1, "mode {m}\n{r}");
+        common::assert_faults_confined_to(&r, "evil");
+        let h = r.handoff.expect("hand-off counters");
+        assert_eq!(h.refused_bad, 1, "mode {m}: {h:?}");
+        assert_eq!(
+            h.handed_off,
+            2 * HONEST + u64::from(m == mode::evil::PAGES_TWICE),
+            "mode {m}: {h:?}"
+        );
+        assert_eq!(h.pages_out, 0, "mode {m}: {h:?}");
+    }
+}
+
+/// A sender that writes to a page it handed off writes into its own stand-in: the receiver
+/// reads the original bytes (the reply carries them), and the page comes home with them.
+#[test]
+fn a_write_to_a_handed_off_page_reaches_nobody() {
+    if !require_kvm() {
+        return;
+    }
+    let r = hostile_run(
+        "pages-write.toml",
+        mode::evil::PAGES_WRITE,
+        ", side_service = \"slow\"",
+        &format!(
+            "{}{}",
+            common::workers(&["ws"], ", size = 4096, slow = 3000000"),
+            common::service(
+                "slow",
+                &["ws"],
+                &format!(
+                    "request_timeout_ms = 30000\nfailover = {{ {} }}\n{}",
+                    common::PATIENT,
+                    common::FLAT_HEALTH
+                )
+            )
+        ),
+    );
+    assert_honest_clients_clean(&r);
+    let e = common::vm(&r, "evil");
+    assert_eq!(
+        (e.exit_status, e.errors, e.mismatches),
+        (Some(0), 0, 0),
+        "{r}"
+    );
+    assert_eq!(
+        e.results[evil::result::ATTACKS],
+        1,
+        "it saw its stand-in and wrote\n{r}"
+    );
+    assert_eq!(e.results[evil::result::PAGES_OK], 1, "{r}");
+    let h = r.handoff.expect("hand-off counters");
+    assert_eq!((h.refused_bad, h.pages_out), (0, 0), "{h:?}");
+    common::assert_faults_confined_to(&r, "");
+}
+
+/// A receiver that keeps the pages it is handed reaches its cap (4 pages); later messages to
+/// it are copied instead, counted; when the lender resets its device with pages still out,
+/// they come home.
+#[test]
+fn a_receiver_that_keeps_pages_is_capped_and_a_reset_lender_gets_them_back() {
+    if !require_kvm() {
+        return;
+    }
+    let r = hostile_run(
+        "pages-hoard.toml",
+        mode::evil::PAGES_HOARD,
+        ", side_service = \"hoard\"",
+        &format!(
+            "{}{}",
+            common::workers(&["wh"], ", size = 4096, mute_after = 1"),
+            common::service(
+                "hoard",
+                &["wh"],
+                &format!("request_timeout_ms = 300\n{}", common::FLAT_HEALTH)
+            )
+        ),
+    );
+    assert_honest_clients_clean(&r);
+    let e = common::vm(&r, "evil");
+    assert_eq!(e.exit_status, Some(0), "{r}");
+    let h = r.handoff.expect("hand-off counters");
+    // All eight reach it in one poll: four fill its cap, four are copied; it answers (and
+    // releases) the first only and keeps the rest (the switch may dispatch the unanswered
+    // ones to it again, copied once more or moved again) until the lender resets.
+    assert!(h.copied_full >= mode::evil::HOARD - 4, "{h:?}");
+    assert_eq!(h.ledger.refused_full, h.copied_full, "{h:?}");
+    assert_eq!(e.errors, mode::evil::HOARD - 1, "{r}");
+    assert!(
+        h.ledger.returned_on_down >= 3,
+        "the kept pages went home on the reset: {h:?}"
+    );
+    assert_eq!((h.refused_bad, h.pages_out), (0, 0), "{h:?}");
+    assert!(!common::port(&r, "wh").down, "{r}");
+    common::assert_faults_confined_to(&r, "evil");
 }

@@ -14,6 +14,14 @@ pub mod client {
     /// outside its memory, and waits until the device sets `DEVICE_NEEDS_RESET`; it then exits
     /// with [`exit::RING_FAULT`](crate::abi::image::exit::RING_FAULT).
     pub const MALFORMED: u64 = 1;
+    /// Page hand-off (seed 004): every request's payload is written into pages of its own RAM
+    /// and the request carries their list instead (header flag
+    /// [`HANDOFF`](crate::wire::pages::HANDOFF)), one request outstanding at a time: the
+    /// reply means its pages are home, and the next request reuses them. Replies are checked
+    /// as in [`NORMAL`]; return notices are taken and counted in
+    /// [`result::PAGE_RETURNS`](crate::abi::image::client::result::PAGE_RETURNS). Needs a
+    /// topology with `[handoff]`.
+    pub const HANDOFF: u64 = 2;
     /// The buffer address of the chain a [`MALFORMED`] client publishes: above
     /// [`MAX_MEM_SIZE`], so outside the memory of any VM.
     pub const BAD_ADDR: u64 = MAX_MEM_SIZE + 0x1000;
@@ -78,6 +86,31 @@ pub mod evil {
     /// right after the first batch, before the reset (a port that cannot take them yet holds
     /// them in its backlog). Exits 0.
     pub const RESET: u64 = 10;
+    /// Page hand-off (seed 004; needs a topology with `[handoff]`): after the honest phase it
+    /// sends [`param::SERVICE`] one request whose page list names a page outside its RAM (at
+    /// its memory size), then waits for `DEVICE_NEEDS_RESET` like the ring-breaking modes.
+    pub const PAGES_OUTSIDE: u64 = 11;
+    /// As [`PAGES_OUTSIDE`], naming the page of its own tx descriptor table.
+    pub const PAGES_RINGS: u64 = 12;
+    /// As [`PAGES_OUTSIDE`], naming one of its pages twice in one list.
+    pub const PAGES_DUPLICATE: u64 = 13;
+    /// As [`PAGES_OUTSIDE`], with two requests published together naming the same page: the
+    /// second names a page the first handed off already.
+    pub const PAGES_TWICE: u64 = 14;
+    /// Writes to a page it handed off: it sends [`param::SIDE_SERVICE`] (a slow worker) one
+    /// request carrying a page of its data, waits until that page reads as zeros (the
+    /// stand-in: the hand-off happened), overwrites it, and waits for the reply, which must
+    /// carry the original bytes; then the page must read its original bytes again (home,
+    /// the write gone). [`result::PAGES_OK`] = 1 when all of that held; exits 0.
+    pub const PAGES_WRITE: u64 = 15;
+    /// Lends to a receiver that keeps pages: it sends [`param::SIDE_SERVICE`] (a worker that
+    /// stops answering, and so releasing, after one reply) [`HOARD`] requests, each carrying a
+    /// page of its own, and waits for every answer (errors at the service's deadline); then it
+    /// resets its device with the kept pages still lent (the ledger takes them back) and
+    /// exits 0.
+    pub const PAGES_HOARD: u64 = 16;
+    /// Requests a [`PAGES_HOARD`] guest sends.
+    pub const HOARD: u64 = 8;
     /// Forged replies a [`FORGE_SRC`] guest sends.
     pub const FORGED_REPLIES: u64 = 256;
     /// Requests a [`RESET`] guest leaves in flight when it resets its device.

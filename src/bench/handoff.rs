@@ -316,10 +316,19 @@ pub fn run(quick: bool) -> Report {
     }
     let s = rig.ledger.stats();
     let cross = crossover.map_or(serde_json::Value::Null, |c| c.into());
+
     for r in &mut report.records {
         r.extra.insert("crossover_bytes".into(), cross.clone());
         r.extra.insert("remaps_total".into(), s.remaps.into());
     }
+    drop(rig);
+    let on_switch = format!(
+        "switch and both host peers on one thread ({}), memfd memory, no KVM",
+        placement
+            .producer
+            .map_or("unpinned".to_string(), |c| format!("cpu{c}"))
+    );
+    super::handoff_switch::run(quick, &on_switch, &mut report);
     report
 }
 

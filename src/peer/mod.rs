@@ -97,6 +97,40 @@ pub fn host_peer(cfg: PeerConfig) -> Result<(HostPeer, DevicePort<GuestMemoryMma
                 reason: e.to_string(),
             }
         })?;
+    host_peer_on(mem, cfg)
+}
+
+/// Bytes a peer of shape `cfg` uses from address 0 ([`host_peer_on`] needs at least that).
+pub fn peer_bytes(cfg: PeerConfig) -> u64 {
+    let ring_bytes = page_up(RingLayout::total_bytes(cfg.queue_size));
+    let arena_bytes = page_up(SlotArena::bytes(cfg.queue_size, cfg.slot_size));
+    0x1000 + 2 * ring_bytes + 2 * arena_bytes
+}
+
+/// [`host_peer`] in memory the caller made (say memfd-backed RAM for page hand-off): the rings
+/// and slots take [`peer_bytes`] from address 0, the rest is the caller's.
+pub fn host_peer_on(
+    mem: GuestMemoryMmap,
+    cfg: PeerConfig,
+) -> Result<(HostPeer, DevicePort<GuestMemoryMmap>), PeerError> {
+    let qs = cfg.queue_size;
+    if !RingLayout::valid_size(qs) {
+        return Err(RingError::InvalidSize(qs).into());
+    }
+    let ring_bytes = page_up(RingLayout::total_bytes(qs));
+    let arena_bytes = page_up(SlotArena::bytes(qs, cfg.slot_size));
+    let rx_ring = 0x1000u64;
+    let tx_ring = rx_ring + ring_bytes;
+    let rx_arena = tx_ring + ring_bytes;
+    let tx_arena = rx_arena + arena_bytes;
+    let size = tx_arena + arena_bytes;
+    use vm_memory::GuestMemoryBackend;
+    if mem.last_addr().0 + 1 < size {
+        return Err(PeerError::Memory {
+            bytes: size,
+            reason: "the memory given is smaller".into(),
+        });
+    }
     let rmem = GuestView::new(mem.clone());
     let rx_layout = RingLayout::contiguous(rx_ring, qs);
     let tx_layout = RingLayout::contiguous(tx_ring, qs);

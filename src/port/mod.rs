@@ -9,7 +9,9 @@
 //! - [`NativePort`]: a vmq virtqueue pair (rx, tx) in guest memory carrying vmq's wire header
 //!   (vmq's own KVM guests, host peers in tests and benches);
 //! - [`VsockPort`]: a Linux guest's virtio-vsock device served over vhost-user;
-//! - [`vsock::HostPort`]: the host side of such a guest (host programs over its `uds-path`).
+//! - [`vsock::HostPort`]: the host side of such a guest (host programs over its `uds-path`);
+//! - [`HandoffPort`]: a native port whose guest hands pages to other such ports' guests
+//!   instead of copying bytes (page hand-off, seed 004).
 //!
 //! A new kind is one new module implementing [`Port`]; routing, policies, health, failover and
 //! the in-flight table do not change.
@@ -20,9 +22,11 @@
 //! through [`Port::release`]. A kind whose messages do not live in guest memory as chains
 //! (bytes copied out of a socket, say) provides them the same way from memory it owns.
 
+pub mod handoff;
 mod native;
 pub mod vsock;
 
+pub use handoff::HandoffPort;
 pub use native::NativePort;
 pub use vsock::VsockPort;
 

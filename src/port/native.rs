@@ -6,13 +6,16 @@ use super::{Asked, Drain, Notifier, Port, RunQueueClock};
 use crate::virtio::{
     DeliverError, DeviceError, DevicePort, GuestView, Payload, TxChain, RX_QUEUE, TX_QUEUE,
 };
-use crate::wire::MsgHeader;
+use crate::wire::pages::HANDOFF;
+use crate::wire::{MsgHeader, WireError};
 
 /// A native port: the device side of a guest's vmq queues and how to notify that guest.
 pub struct NativePort<M> {
     dev: DevicePort<M>,
     notifier: Box<dyn Notifier>,
     run_queue: Option<Box<dyn RunQueueClock>>,
+    /// Its guest may send page hand-off messages (it is inside a [`super::HandoffPort`]).
+    handoff: bool,
 }
 
 impl<M> NativePort<M> {
@@ -22,7 +25,16 @@ impl<M> NativePort<M> {
             dev,
             notifier,
             run_queue: None,
+            handoff: false,
         }
+    }
+
+    /// The same port, letting its guest send page hand-off messages
+    /// ([`HANDOFF`](crate::wire::pages::HANDOFF)); only a [`super::HandoffPort`] around it
+    /// knows what to do with them. Without it such a message is a protocol fault.
+    pub fn with_handoff(mut self) -> Self {
+        self.handoff = true;
+        self
     }
 
     /// The same port, telling the switch how long its guest's vCPU waited for a CPU.
@@ -43,7 +55,16 @@ impl<M: GuestMemoryBackend + Send + 'static> Port<M> for NativePort<M> {
     }
 
     fn take_sent(&mut self, max: usize, sent: &mut Vec<TxChain>) -> Result<usize, DeviceError> {
-        self.dev.pop_tx_batch(max, |c| sent.push(c))
+        let start = sent.len();
+        let r = self.dev.pop_tx_batch(max, |c| sent.push(c));
+        if !self.handoff {
+            // Page references mean nothing to a port that does not hand pages off.
+            if let Some(i) = sent[start..].iter().position(|c| c.header.handoff()) {
+                sent.truncate(start + i);
+                return Err(DeviceError::BadHeader(WireError::UnknownFlags(HANDOFF)));
+            }
+        }
+        r
     }
 
     fn max_held(&self) -> u32 {

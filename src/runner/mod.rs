@@ -15,11 +15,13 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::event::{LoopConfig, SwitchLoop};
 use crate::metrics::{MetricsEndpoint, MetricsError, Publisher};
-use crate::port::{NativePort, Port};
+use crate::port::handoff::{Hub, SharedHub};
+use crate::port::{HandoffPort, NativePort, Port};
 use crate::switch::{MonotonicClock, Switch, SwitchError};
-use crate::topology::{FaultKind, Role, Topology, TopologyError};
+use crate::topology::{FaultKind, HandoffSpec, Role, Topology, TopologyError};
 use crate::transport::TransportEvent;
 use crate::virtio::DevicePort;
+use crate::vmm::pages::{Member, PAGE_SIZE};
 use crate::vmm::{images, RunOutcome, VcpuHandle, Vm, VmConfig};
 
 pub use link::VmqLink;
@@ -136,6 +138,12 @@ fn boot_vm(
         }
     };
     let mut cfg = VmConfig::new(&name).mem_size(*spec.memory_mib.get_ref() << 20);
+    if let Some(h) = &topo.handoff {
+        // Memfd RAM, and the receive window at the top kept from the guest's free memory.
+        cfg = cfg
+            .shared_memory(true)
+            .reserve_top(h.window_pages * crate::vmm::pages::PAGE_SIZE);
+    }
     cfg.echo_console = opts.echo_console;
     for (idx, v) in topo.params_of(i)?.into_iter().chain(extra.iter().copied()) {
         cfg = cfg.param(idx, v);
@@ -254,8 +262,12 @@ pub fn run(topo: &Topology, opts: &RunOptions) -> Result<RunReport, RunError> {
     }
     let mut switch: Switch<GuestMemoryMmap> =
         Switch::new(topo.switch, Arc::new(MonotonicClock::new()))?;
-    for ((b, port), spec) in vms.iter().zip(ports).zip(&topo.vms) {
-        let id = switch.attach(&b.name, native_port(b, port))?;
+    let handoff = topo
+        .handoff
+        .map(|h| (h, Arc::new(Mutex::new(Hub::new(h.config())))));
+    for (i, ((b, port), spec)) in vms.iter().zip(ports).zip(&topo.vms).enumerate() {
+        debug_assert_eq!(switch.next_port_id(), i as u32);
+        let id = switch.attach(&b.name, native_port(b, port, i as u32, handoff.as_ref()))?;
         switch.set_notify_deadline(id, spec.notify_deadline_ns())?;
     }
     for s in &topo.services {
@@ -287,7 +299,7 @@ pub fn run(topo: &Topology, opts: &RunOptions) -> Result<RunReport, RunError> {
         },
         Duration::from_millis(5),
         |sw, stats, kicks| {
-            supervise(sw, &mut vms, started.elapsed(), kicks);
+            supervise(sw, &mut vms, started.elapsed(), kicks, handoff.as_ref());
             let waited: Vec<_> = vms.iter().filter(|b| b.waited_for).collect();
             all_done.set(
                 !waited.is_empty()
@@ -318,15 +330,27 @@ pub fn run(topo: &Topology, opts: &RunOptions) -> Result<RunReport, RunError> {
         }
     }
     progress.finish();
-    Ok(report::build(
+    let mut report = report::build(
         &lp.switch,
         &vms,
         elapsed,
         t0.elapsed(),
         loop_stats,
         timed_out,
-    ))
+    );
+    if let Some((_, hub)) = &handoff {
+        let mut hub = hub.lock().unwrap_or_else(|p| p.into_inner());
+        // As the run ended (`pages_out` counts what was still out); then everything goes home.
+        report.handoff = Some(hub.stats());
+        for i in 0..vms.len() {
+            hub.leave(i as u32);
+        }
+    }
+    Ok(report)
 }
+
+/// The runner's page hand-off: the topology's settings and the hub every port shares.
+type Handoff = (HandoffSpec, SharedHub);
 
 /// The switch loop, to run on the calling thread, woken by every VM's kicks.
 fn switch_loop(
@@ -347,14 +371,66 @@ fn switch_loop(
 /// VM `b`'s vmq device as a switch port: notified through its link, and telling the switch how
 /// long its vCPU waited for a CPU (so that a VM that was not scheduled is not taken for one
 /// that stalled).
-fn native_port(b: &Booted, dev: DevicePort<GuestMemoryMmap>) -> Box<dyn Port<GuestMemoryMmap>> {
-    let port = NativePort::new(dev, b.link.notifier());
-    match b.vcpu.as_ref().and_then(|v| v.sched_stat()) {
-        Some(sched) => {
-            Box::new(port.with_run_queue_clock(Box::new(move || sched.run_queue_wait_ns())))
-        }
-        None => Box::new(port),
+///
+/// With hand-off, the port is a [`HandoffPort`] and its VM joins the hub as member `id` (again,
+/// for a revived port: its new queues, or its restarted VM's new RAM).
+fn native_port(
+    b: &Booted,
+    dev: DevicePort<GuestMemoryMmap>,
+    id: u32,
+    handoff: Option<&Handoff>,
+) -> Box<dyn Port<GuestMemoryMmap>> {
+    let member = handoff.and_then(|(spec, _)| handoff_member(b, &dev, spec));
+    let mut port = NativePort::new(dev, b.link.notifier());
+    if let Some(sched) = b.vcpu.as_ref().and_then(|v| v.sched_stat()) {
+        port = port.with_run_queue_clock(Box::new(move || sched.run_queue_wait_ns()));
     }
+    let Some((_, hub)) = handoff else {
+        return Box::new(port);
+    };
+    if let Some((member, rings)) = member {
+        let mut h = hub.lock().unwrap_or_else(|p| p.into_inner());
+        match h.join(id, member) {
+            Ok(()) => {
+                for r in rings {
+                    h.reserve(id, r, "its rings");
+                }
+            }
+            // Its messages are copied then, never handed off.
+            Err(e) => log::warn!("VM {} takes no part in page hand-off: {e}", b.name),
+        }
+    }
+    Box::new(HandoffPort::new(port, id, hub.clone()))
+}
+
+/// How VM `b` takes part in hand-off: its RAM, its window (the top of its RAM, kept from its
+/// guest), its cap, the boot area and image below its free memory; and its rings (from its
+/// device's queues), which it may not hand off either.
+fn handoff_member(
+    b: &Booted,
+    dev: &DevicePort<GuestMemoryMmap>,
+    spec: &HandoffSpec,
+) -> Option<(Member, Vec<std::ops::Range<u64>>)> {
+    let space = b.vm.pages()?.clone();
+    let size = b.vm.mem_size();
+    let window = size - spec.window_pages * PAGE_SIZE..size;
+    let image_end =
+        b.vm.image()
+            .map_or(0, |i| i.end.next_multiple_of(PAGE_SIZE));
+    let mut rings = Vec::new();
+    for q in [dev.rx_queue(), dev.tx_queue()] {
+        let n = u64::from(q.size());
+        rings.push(q.desc_table()..q.desc_table() + 16 * n);
+        rings.push(q.avail_ring()..q.avail_ring() + 6 + 2 * n);
+        rings.push(q.used_ring()..q.used_ring() + 6 + 8 * n);
+    }
+    let member = Member {
+        space,
+        window,
+        cap: spec.cap(),
+        reserved: vec![(0..image_end, "the boot area and its image")],
+    };
+    Some((member, rings))
 }
 
 /// Host-side supervision, on the switch thread between polls: kill faults, guest resets,
@@ -364,6 +440,7 @@ fn supervise(
     vms: &mut [Booted],
     now: Duration,
     kicks: &mut Vec<(u32, vmm_sys_util::eventfd::EventFd)>,
+    handoff: Option<&Handoff>,
 ) {
     for (i, b) in vms.iter_mut().enumerate() {
         let port = i as u32;
@@ -394,7 +471,7 @@ fn supervise(
                     if !sw.port_down(port) {
                         sw.remove_port(port);
                     }
-                    match sw.revive(port, native_port(b, dev)) {
+                    match sw.revive(port, native_port(b, dev, port, handoff)) {
                         Ok(()) => {
                             b.removed = false;
                             b.marked_broken = false;

@@ -191,6 +191,9 @@ pub struct RunReport {
     pub switch: Snapshot,
     /// Switch loop counters.
     pub switch_loop: LoopStats,
+    /// Page hand-off counters at the end, when the topology has `[handoff]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<crate::port::handoff::HubStats>,
 }
 
 /// How a run ended, worst first; [`Verdict::exit_code`] is the exit status of `vmq run` and
@@ -342,6 +345,7 @@ pub(super) fn build(
         vms: vm_reports,
         switch: snap,
         switch_loop: loop_stats,
+        handoff: None,
     }
 }
 
@@ -387,6 +391,27 @@ impl fmt::Display for RunReport {
             "failovers {} (ejections {}, late replies dropped {})",
             self.failovers, self.ejections, self.late_replies_dropped
         )?;
+        if let Some(h) = &self.handoff {
+            writeln!(
+                f,
+                concat!(
+                    "page hand-off: {} handed off ({} pages), copied {} (small {}, ",
+                    "receiver full {}, not member {}), refused {}, releases {}, returned on ",
+                    "answer {} / on port down {} pages, pages out at the end {}"
+                ),
+                h.handed_off,
+                h.ledger.pages_lent,
+                h.copied_small + h.copied_full + h.copied_not_member,
+                h.copied_small,
+                h.copied_full,
+                h.copied_not_member,
+                h.refused_bad,
+                h.releases,
+                h.returned_on_answer,
+                h.ledger.returned_on_down,
+                h.pages_out
+            )?;
+        }
         if let Some(l) = self.latency {
             writeln!(
                 f,

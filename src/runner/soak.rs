@@ -165,7 +165,7 @@ pub fn soak(opts: &SoakOptions) -> Result<SoakReport, RunError> {
     }
     let mut switch: Switch<GuestMemoryMmap> =
         Switch::new(topo.switch, Arc::new(MonotonicClock::new()))?;
-    for b in &vms {
+    for (i, b) in vms.iter().enumerate() {
         let dev = match b.link.events.recv_timeout(Duration::from_secs(5)) {
             Ok(TransportEvent::Activated(d)) => d,
             _ => {
@@ -177,7 +177,7 @@ pub fn soak(opts: &SoakOptions) -> Result<SoakReport, RunError> {
                 })
             }
         };
-        switch.attach(&b.name, native_port(b, dev))?;
+        switch.attach(&b.name, native_port(b, dev, i as u32, None))?;
     }
     let s = &topo.services[0];
     switch.add_service(
@@ -206,7 +206,7 @@ pub fn soak(opts: &SoakOptions) -> Result<SoakReport, RunError> {
         Duration::from_millis(5),
         |sw, stats, kicks| {
             let now = Instant::now();
-            supervise(sw, &mut vms, now - started, kicks);
+            supervise(sw, &mut vms, now - started, kicks, None);
             let traffic = now < stop_traffic;
             // Clients: a finished round is recorded and, while the soak lasts, a new one starts.
             for c in CLIENTS {

@@ -401,9 +401,16 @@ impl<M: GuestMemoryBackend + Clone + Send + 'static> Switch<M> {
                 }
                 self.release(p, &c, now);
             }
-            // Guests have nothing to say with a hello or a directory; `parse` rejected unknown
-            // kinds.
-            Some(MsgKind::Hello | MsgKind::DirectoryUpdate) | None => self.release(p, &c, now),
+            // Guests have nothing to say with a hello or a directory; page releases are taken
+            // by ports that hand pages off (one that does not has none to release); `parse`
+            // rejected unknown kinds.
+            Some(
+                MsgKind::Hello
+                | MsgKind::DirectoryUpdate
+                | MsgKind::PageRelease
+                | MsgKind::PageReturn,
+            )
+            | None => self.release(p, &c, now),
         }
     }
 

@@ -111,9 +111,51 @@ impl Topology {
                 "the topology has no [[vm]]; add at least one".into(),
             ));
         }
+        if let Some(h) = &self.handoff {
+            self.check_handoff(src, h)?;
+        }
         let mut names = self.check_vms(src, images)?;
         self.check_services(src, &mut names)?;
         self.check_faults(src)
+    }
+
+    /// The hand-off window fits every VM (at most half its memory) and the cap the window.
+    fn check_handoff(&self, src: &Source, h: &super::HandoffSpec) -> Result<(), TopologyError> {
+        let anchor = src.table_start("handoff");
+        let w = h.window_pages;
+        if !(1..=super::MAX_HANDOFF_WINDOW_PAGES).contains(&w) {
+            return Err(src.at_key(
+                anchor,
+                "handoff.window_pages",
+                format!(
+                    "{w} must be in 1..={} (pages of 4 KiB)",
+                    super::MAX_HANDOFF_WINDOW_PAGES
+                ),
+            ));
+        }
+        if let Some(vm) = self
+            .vms
+            .iter()
+            .find(|v| w.saturating_mul(4096) > (*v.memory_mib.get_ref() << 20) / 2)
+        {
+            return Err(src.at_key(
+                anchor,
+                "handoff.window_pages",
+                format!(
+                    "{w} pages are more than half of VM {}'s {} MiB; give it more memory or a smaller window",
+                    vm.name.get_ref(),
+                    vm.memory_mib.get_ref()
+                ),
+            ));
+        }
+        if !(1..=w).contains(&h.cap()) {
+            return Err(src.at_key(
+                anchor,
+                "handoff.cap_pages",
+                format!("{} must be in 1..={w} (the window's pages)", h.cap()),
+            ));
+        }
+        Ok(())
     }
 
     /// Each VM: a unique name, a usable image and its role, memory, notification deadline;

@@ -33,6 +33,13 @@
 //! failover = { stall_window_ns = 5000000 }   # optional: FailoverConfig fields
 //! health = { threshold = 0.2 }               # optional: HealthConfig fields
 //!
+//! [handoff]                 # optional: page hand-off between the VMs (memfd RAM, one
+//!                           # ledger); a client with mode = 2 sends page references
+//! window_pages = 256        # receive window at the top of each VM's RAM (1..=4096, at
+//!                           # most half its memory; default 256)
+//! cap_pages = 256           # most pages one VM holds borrowed (default window_pages)
+//! min_bytes = 65536         # hand off from this size, copy below (default: never, copy all)
+//!
 //! [[fault]]                 # fault injection: exactly one kind per entry
 //! vm = "w2"
 //! stall_after = 3000        # worker stops draining after this many requests
@@ -57,6 +64,7 @@ pub use spec::{
     image_role, FaultKind, FaultSpec, MemberSpec, ParamValue, Role, RunSpec, ServiceSpec, Topology,
     VmSpec, IMAGE_ROLES, MAX_REQUEST_TIMEOUT_MS,
 };
+pub use spec::{HandoffSpec, MAX_HANDOFF_WINDOW_PAGES};
 
 /// The built-in topology `vmq demo` runs (also in `topologies/demo.toml`).
 pub const DEMO_TOML: &str = include_str!("../../topologies/demo.toml");

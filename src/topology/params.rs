@@ -19,7 +19,7 @@ pub const PARAMS: &[(&str, usize, &str)] = &[
     (
         "mode",
         client::param::MODE,
-        "image-specific mode (client: 0 normal, 1 malformed; evil: abi::mode::evil)",
+        "image-specific mode (client: 0 normal, 1 malformed, 2 page hand-off; evil: abi::mode::evil)",
     ),
     (
         "count",
@@ -256,15 +256,16 @@ impl Topology {
             "key" | "key_spread" if v > u64::from(u32::MAX) => {
                 Err(format!("{v}: affinity keys are 32-bit (0..={})", u32::MAX))
             }
-            "mode" if image == "client" && v > mode::client::MALFORMED => Err(format!(
-                "{v}: client modes are {} (normal) and {} (malformed)",
+            "mode" if image == "client" && v > mode::client::HANDOFF => Err(format!(
+                "{v}: client modes are {} (normal), {} (malformed) and {} (page hand-off)",
                 mode::client::NORMAL,
-                mode::client::MALFORMED
+                mode::client::MALFORMED,
+                mode::client::HANDOFF
             )),
-            "mode" if image == "evil" && v > mode::evil::RESET => Err(format!(
+            "mode" if image == "evil" && v > mode::evil::PAGES_HOARD => Err(format!(
                 "{v}: evil modes are {}..={} (abi::mode::evil)",
                 mode::evil::HONEST,
-                mode::evil::RESET
+                mode::evil::PAGES_HOARD
             )),
             "count" if matches!(image, "client" | "evil") => {
                 // A client keeps a bit per request (evil: two ids per request, plus slack).

@@ -83,9 +83,60 @@ pub struct Topology {
     /// Injected faults.
     #[serde(default, rename = "fault")]
     pub faults: Vec<FaultSpec>,
+    /// Page hand-off between the VMs (`[handoff]`): present, every VM's RAM is memfd backed
+    /// and its port a hand-off port.
+    #[serde(default)]
+    pub handoff: Option<HandoffSpec>,
     /// The text it was parsed from and its file name, for errors found later.
     #[serde(skip)]
     pub(super) source: (String, String),
+}
+
+/// Page hand-off (`[handoff]`, seed 004): a client in hand-off mode sends page references,
+/// and the switch moves those pages into the receiver instead of copying them, from
+/// [`HandoffSpec::min_bytes`] up.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HandoffSpec {
+    /// Pages at the top of every VM's RAM where pages handed to it land (its receive window;
+    /// its guest does not allocate there). 1..=[`MAX_HANDOFF_WINDOW_PAGES`], at most half of
+    /// each VM's memory; default 256 (1 MiB, one largest message).
+    pub window_pages: u64,
+    /// Most pages one VM may hold borrowed at once (1..=`window_pages`; default
+    /// `window_pages`): past it messages to it are copied.
+    pub cap_pages: Option<u64>,
+    /// Hand off messages carrying at least this many bytes, copy smaller ones. Default: never
+    /// hand off (copy every message), because on the KVM it was measured on (`kvm_pvm`) a
+    /// hand-off costs more than a copy at every size; set it from `vmq bench handoff` on the
+    /// machine that runs vmq (0: hand off everything).
+    pub min_bytes: Option<u64>,
+}
+
+/// Largest hand-off receive window, in pages (16 MiB).
+pub const MAX_HANDOFF_WINDOW_PAGES: u64 = 4096;
+
+impl Default for HandoffSpec {
+    fn default() -> Self {
+        Self {
+            window_pages: 256,
+            cap_pages: None,
+            min_bytes: None,
+        }
+    }
+}
+
+impl HandoffSpec {
+    /// The cap of borrowed pages per VM.
+    pub fn cap(&self) -> u64 {
+        self.cap_pages.unwrap_or(self.window_pages)
+    }
+
+    /// The size rule as the ports apply it.
+    pub fn config(&self) -> crate::port::handoff::HandoffConfig {
+        crate::port::handoff::HandoffConfig {
+            min_bytes: self.min_bytes.unwrap_or(u64::MAX),
+        }
+    }
 }
 
 /// Run control.

@@ -303,3 +303,54 @@ fn a_custom_image_needs_a_role() {
     assert!(e.starts_with("t.toml:4:"), "{e}");
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn the_handoff_table_is_range_checked_with_its_line() {
+    let t = Topology::parse(
+        &with("[handoff]\nwindow_pages = 64\nmin_bytes = 0\n"),
+        "t.toml",
+        IMAGES,
+    )
+    .unwrap();
+    let h = t.handoff.unwrap();
+    assert_eq!((h.window_pages, h.cap(), h.config().min_bytes), (64, 64, 0));
+    let dflt = Topology::parse(&with("[handoff]\n"), "t.toml", IMAGES).unwrap();
+    assert_eq!(dflt.handoff.unwrap().config().min_bytes, u64::MAX);
+    assert!(Topology::parse(&with(""), "t.toml", IMAGES)
+        .unwrap()
+        .handoff
+        .is_none());
+    // Half of a 16 MiB VM is 2048 pages.
+    assert_at(
+        &err(&with("[handoff]\nwindow_pages = 2049\n")),
+        8,
+        "handoff.window_pages",
+    );
+    assert_at(
+        &err(&with("[handoff]\nwindow_pages = 0\n")),
+        8,
+        "handoff.window_pages",
+    );
+    assert_at(
+        &err(&with("[handoff]\nwindow_pages = 8\ncap_pages = 9\n")),
+        9,
+        "handoff.cap_pages",
+    );
+    let e = err(&with("[handoff]\nwindow = 8\n"));
+    assert!(e.starts_with("t.toml:8:") && e.contains("window"), "{e}");
+}
+
+#[test]
+fn the_handoff_example_parses() {
+    let t = Topology::parse(
+        include_str!("../../topologies/handoff.toml"),
+        "handoff.toml",
+        IMAGES,
+    )
+    .unwrap();
+    let h = t.handoff.unwrap();
+    assert_eq!(
+        (h.window_pages, h.cap(), h.config().min_bytes),
+        (64, 16, 4096)
+    );
+}

@@ -70,6 +70,14 @@ pub trait WorkerHooks<L: Link> {
     fn other(&mut self, link: &mut L, msg: &RxMsg, payload: &mut [u8]) {
         let _ = (link, msg, payload);
     }
+    /// A request whose payload is a page list ([`MsgHeader::handoff`], in `payload`): reads
+    /// the bytes the pages carry into `payload` (and gives the pages back); returns their
+    /// length, answered like any request's bytes. `None` (the default, for a worker that
+    /// takes no pages): the request gets an error reply.
+    fn pages(&mut self, link: &mut L, msg: &RxMsg, payload: &mut [u8]) -> Option<usize> {
+        let _ = (link, msg, payload);
+        None
+    }
 }
 
 impl<L: Link> WorkerHooks<L> for () {}
@@ -146,10 +154,19 @@ impl Worker {
                 // Drained (its rx buffer is re-posted below), never answered.
                 continue;
             }
+            let mut m = m;
+            let mut pages_ok = true;
+            if m.header.handoff() {
+                match hooks.pages(link, &m, buf) {
+                    Some(n) => m.len = n,
+                    None => pages_ok = false,
+                }
+            }
+            let c = &mut self.counters;
             for _ in 0..cfg.slow.saturating_add(cfg.lie_load) {
                 core::hint::spin_loop();
             }
-            let ok = !(cfg.error_every != 0 && c.requests % cfg.error_every == 0);
+            let ok = pages_ok && !(cfg.error_every != 0 && c.requests % cfg.error_every == 0);
             let mut hdr = if ok {
                 xor_in_place(&mut buf[..m.len], cfg.key);
                 c.ok += 1;

@@ -4,7 +4,7 @@
 //! |-------:|-----:|----------|---------|
 //! | 0      | 1    | version  | [`WIRE_VERSION`]; anything else is rejected |
 //! | 1      | 1    | kind     | [`MsgKind`] |
-//! | 2      | 1    | flags    | [`DST_SERVICE`]: `dst` names a service, else a port; [`LOAD_REPORT`]: `load` is a report; [`NOTIFY_IMMEDIATE`] / [`NOTIFY_DEFERRED`]: how the receiver is told, see [`Notify`] |
+//! | 2      | 1    | flags    | [`DST_SERVICE`]: `dst` names a service, else a port; [`LOAD_REPORT`]: `load` is a report; [`NOTIFY_IMMEDIATE`] / [`NOTIFY_DEFERRED`]: how the receiver is told, see [`Notify`]; [`HANDOFF`](crate::wire::pages::HANDOFF): the payload is a page list |
 //! | 3      | 1    | class    | request class, selects a byte-share table (0 = default) |
 //! | 4      | 4    | dst      | destination port id or service id |
 //! | 8      | 4    | src      | source port id, stamped by the switch; a guest's value is ignored |
@@ -29,7 +29,8 @@ pub const NOTIFY_IMMEDIATE: u8 = 1 << 3;
 /// Flag: publish this message but send no notification for it ([`Notify::Deferred`]).
 pub const NOTIFY_DEFERRED: u8 = 1 << 4;
 /// Every flag this build knows.
-const KNOWN_FLAGS: u8 = DST_SERVICE | LOAD_REPORT | NOTIFY_IMMEDIATE | NOTIFY_DEFERRED;
+const KNOWN_FLAGS: u8 =
+    DST_SERVICE | LOAD_REPORT | NOTIFY_IMMEDIATE | NOTIFY_DEFERRED | crate::wire::pages::HANDOFF;
 /// Largest payload a header may announce (1 MiB). Bigger messages are a protocol error.
 pub const MAX_PAYLOAD: u32 = 1 << 20;
 /// Highest meaningful value of the cooperative `load` field.
@@ -55,6 +56,12 @@ pub enum MsgKind {
     /// port id, the payload is the whole new directory (as in a [`MsgKind::Hello`]), which
     /// replaces the one the guest holds. Not a hello: the receiver's own port did not change.
     DirectoryUpdate = 6,
+    /// A receiver gives back pages it was handed ([`crate::wire::pages`]); the payload is the
+    /// page list. Taken by its port, never routed.
+    PageRelease = 7,
+    /// Sent by the switch to a lender: pages it handed off came back; the payload is the page
+    /// list (its own addresses).
+    PageReturn = 8,
 }
 
 impl MsgKind {
@@ -67,6 +74,8 @@ impl MsgKind {
             4 => Self::LoadReport,
             5 => Self::Hello,
             6 => Self::DirectoryUpdate,
+            7 => Self::PageRelease,
+            8 => Self::PageReturn,
             _ => return None,
         })
     }
@@ -356,6 +365,20 @@ impl MsgHeader {
     /// The load report it carries, if it carries one ([`LOAD_REPORT`]).
     pub fn load_report(&self) -> Option<u16> {
         (self.flags & LOAD_REPORT != 0).then(|| self.load())
+    }
+
+    /// Whether the payload is a page-reference list ([`crate::wire::pages::HANDOFF`]).
+    pub fn handoff(&self) -> bool {
+        self.flags & crate::wire::pages::HANDOFF != 0
+    }
+
+    /// Marks the payload as a page-reference list, or as plain bytes.
+    pub fn set_handoff(&mut self, on: bool) {
+        if on {
+            self.flags |= crate::wire::pages::HANDOFF;
+        } else {
+            self.flags &= !crate::wire::pages::HANDOFF;
+        }
     }
 
     /// How the receiver is to be notified ([`Notify`]).

@@ -26,6 +26,9 @@
 //! `abi::image::exit::DUPLICATE` or `abi::image::exit::MISMATCH`. Other statuses: `EXIT_BAD_PARAM`,
 //! `EXIT_NO_DEVICE`, `EXIT_RING_FAULT`.
 //!
+//! `MODE` = `abi::mode::client::HANDOFF` sends every request as a page list instead of bytes
+//! (page hand-off, one request at a time; see that mode).
+//!
 //! `MODE` = `abi::mode::client::MALFORMED` makes it hostile, for tests: once every request has its
 //! reply it publishes one tx chain whose buffer is at `abi::mode::client::BAD_ADDR` (outside its
 //! memory), then waits until the device asks for a reset and exits with `EXIT_RING_FAULT`.
@@ -38,7 +41,8 @@ use guest_rt::virtio::{on_error, probe_or_exit, FreeMem, Vmq};
 use vmq::traffic::{Client, ClientHooks, Destination, Exchange, Verdict};
 use vmq::virtio::{Buf, RxMsg};
 use vmq::wire::directory::EntryKind;
-use vmq::wire::{Status, HEADER_SIZE};
+use vmq::wire::pages::{self, list_len, MAX_PAGES, PAGE_SIZE};
+use vmq::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE};
 
 guest_rt::entry!(main);
 
@@ -127,7 +131,11 @@ fn main(bb: &BootBlock) -> u32 {
         target: (kind, name, id),
         gone: false,
     };
-    client.exchange(&mut dev, &mut report, &ex, &mut buf, &mut payload);
+    if p[abi::image::client::param::MODE] == abi::mode::client::HANDOFF {
+        handoff_exchange(&mut dev, &mut free, &mut client, &mut report, &ex, &mut buf);
+    } else {
+        client.exchange(&mut dev, &mut report, &ex, &mut buf, &mut payload);
+    }
     if p[abi::image::client::param::MODE] == abi::mode::client::MALFORMED {
         post_malformed(&mut dev);
     }
@@ -137,6 +145,70 @@ fn main(bb: &BootBlock) -> u32 {
         abi::image::exit::MISMATCH
     } else {
         0
+    }
+}
+
+/// Page hand-off (`abi::mode::client::HANDOFF`): each request's bytes go into pages of this
+/// guest's RAM, and the request carries their list; one at a time, since the reply means the
+/// pages are home and the next request reuses them.
+fn handoff_exchange(
+    dev: &mut Vmq,
+    free: &mut FreeMem,
+    client: &mut Client<'_>,
+    report: &mut Report,
+    ex: &Exchange,
+    buf: &mut [u8],
+) {
+    let pages = ex.size.div_ceil(PAGE_SIZE as usize).clamp(1, MAX_PAGES);
+    let Some(area) = free.alloc(pages as u64 * PAGE_SIZE, PAGE_SIZE) else {
+        guest_rt::exit(abi::image::exit::BAD_PARAM);
+    };
+    let mut refs = [0u64; MAX_PAGES];
+    for (i, r) in refs[..pages].iter_mut().enumerate() {
+        *r = area + i as u64 * PAGE_SIZE;
+    }
+    let mut list = [0u8; list_len(MAX_PAGES)];
+    let Some(n) = pages::encode(&refs[..pages], ex.size as u32, &mut list) else {
+        guest_rt::exit(abi::image::exit::BAD_PARAM);
+    };
+    let base = client.replies.answered;
+    for k in 0..ex.count {
+        let id = client.take_id();
+        // SAFETY: `area` is `pages` pages of free RAM this guest allocated for its payloads,
+        // identity mapped; nothing else uses it, and no request is out while it is written
+        // (the previous reply came, so its pages are home).
+        let payload = unsafe {
+            core::slice::from_raw_parts_mut(
+                core::ptr::with_exposed_provenance_mut::<u8>(area as usize),
+                ex.size,
+            )
+        };
+        vmq::traffic::fill_request(id, payload);
+        let mut hdr = match ex.dst {
+            Destination::Port(port) => MsgHeader::new(MsgKind::Request, port, id, n as u32),
+            Destination::Service(s) => MsgHeader::request_to_service(s, id, n as u32),
+        };
+        hdr.set_handoff(true);
+        hdr.set_class(ex.class);
+        hdr.set_key(ex.key_of(id));
+        if let Err(e) = dev.send(&hdr, &list[..n]) {
+            on_error(e);
+        }
+        if let Err(e) = dev.flush_tx() {
+            on_error(e.into());
+        }
+        client.counters.sent += 1;
+        report.sent(id);
+        while client.replies.answered < base + k + 1 {
+            if !client.receive(dev, report, buf) {
+                if let Err(e) = dev.wait(false) {
+                    on_error(e);
+                }
+            }
+            if let Err(e) = dev.flush_rx() {
+                on_error(e.into());
+            }
+        }
     }
 }
 
@@ -192,6 +264,11 @@ impl ClientHooks<Vmq> for Report {
     }
 
     fn other(&mut self, dev: &mut Vmq, m: &RxMsg, payload: &mut [u8]) {
+        if m.header.kind() == Some(MsgKind::PageReturn) {
+            // Its pages are home; a reply already said so for its requests.
+            results::add(abi::image::client::result::PAGE_RETURNS, 1);
+            return;
+        }
         if !dev.note_switch(&m.header, payload) {
             results::add(abi::image::client::result::RING_ERRORS, 1);
             return;

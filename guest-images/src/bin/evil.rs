@@ -16,6 +16,8 @@
 //! - `EVIL_FORGE_SRC`: the honest requests carry `src` = `TARGET`; then forged replies.
 //! - `EVIL_RESET`: reset the device with requests to `SIDE_SERVICE` in flight, come back, and
 //!   run honest traffic again.
+//! - `EVIL_PAGES_*` (page hand-off, `abi::mode::evil::PAGES_OUTSIDE` ..= `PAGES_HOARD`): a bad
+//!   page list; a write to a page it lent; lending to a receiver that keeps pages, then a reset.
 //!
 //! The protocol-fault modes wait for `DEVICE_NEEDS_RESET` (`RES_EVIL_NEEDS_RESET`) and exit
 //! with `EXIT_RING_FAULT`; the others exit 0, or `EXIT_DUPLICATE` / `EXIT_MISMATCH` when a reply
@@ -33,6 +35,7 @@ use vmq::traffic::{
 use vmq::virtio::spec::{DESC_F_NEXT, DESC_SIZE};
 use vmq::virtio::{Buf, RingMemory, RxMsg};
 use vmq::wire::directory::EntryKind;
+use vmq::wire::pages::{self, PAGE_SIZE};
 use vmq::wire::{MsgHeader, MsgKind, Status, HEADER_SIZE};
 
 guest_rt::entry!(main);
@@ -158,6 +161,15 @@ fn main(bb: &BootBlock) -> u32 {
             ev.rewrite(side);
             ev.wait_needs_reset();
         }
+        abi::mode::evil::PAGES_OUTSIDE
+        | abi::mode::evil::PAGES_RINGS
+        | abi::mode::evil::PAGES_DUPLICATE
+        | abi::mode::evil::PAGES_TWICE => {
+            ev.bad_pages(service, mode);
+            ev.wait_needs_reset();
+        }
+        abi::mode::evil::PAGES_WRITE => ev.write_lent_page(side),
+        abi::mode::evil::PAGES_HOARD => ev.hoard(side),
         abi::mode::evil::FORGE_SRC => ev.forge_replies(),
         abi::mode::evil::RESET => ev.reset_mid_flight(service, side, count, window),
         _ => return abi::image::exit::BAD_PARAM,
@@ -206,6 +218,8 @@ impl ClientHooks<Vmq> for Watch {
             Some(MsgKind::Reply) => {}
             Some(MsgKind::Request) => self.request(dev, &h, payload),
             Some(MsgKind::OneWay) if h.msg_id() == SELF_ID => {}
+            // Pages it lent came home.
+            Some(MsgKind::PageReturn) => {}
             _ => results::add(abi::image::evil::result::RING_ERRORS, 1),
         }
     }
@@ -257,6 +271,119 @@ impl Evil {
         };
         self.client
             .exchange(&mut self.dev, &mut self.watch, &ex, self.buf, self.out);
+    }
+
+    /// A fresh page of its free RAM holding the first `len` bytes of request `id`.
+    fn data_page(&mut self, id: u64, len: usize) -> u64 {
+        let Some(p) = self.free.alloc(PAGE_SIZE, PAGE_SIZE) else {
+            guest_rt::exit(abi::image::exit::BAD_PARAM);
+        };
+        let mut bytes = [0u8; PAGE_SIZE as usize];
+        fill_request(id, &mut bytes[..len]);
+        self.store(p, &bytes[..len]);
+        p
+    }
+
+    /// Queues request `id` to service `dst` carrying the page list `refs` (`total` bytes);
+    /// published by the next flush.
+    fn send_pages(&mut self, dst: u32, id: u64, refs: &[u64], total: usize) {
+        let mut list = [0u8; pages::list_len(pages::MAX_PAGES)];
+        let n = pages::encode(refs, total as u32, &mut list).unwrap_or(0);
+        let mut h = self.header(dst, id, n as u32);
+        h.set_handoff(true);
+        if let Err(e) = self.dev.send(&h, &list[..n]) {
+            fail(e);
+        }
+        self.client.counters.sent += 1;
+        self.watch.sent(id);
+    }
+
+    /// Waits until `n` more replies than `base` came.
+    fn await_replies(&mut self, base: u64, n: u64) {
+        while self.client.replies.answered < base + n {
+            if !self.receive() {
+                if let Err(e) = self.dev.wait(false) {
+                    fail(e);
+                }
+            }
+            self.flush();
+        }
+    }
+
+    /// `EVIL_PAGES_*` faults: one request (two for `PAGES_TWICE`) with a bad page list.
+    fn bad_pages(&mut self, dst: u32, mode: u64) {
+        let len = self.size.clamp(1, PAGE_SIZE as usize);
+        let id = self.client.take_id();
+        let p = self.data_page(id, len);
+        match mode {
+            abi::mode::evil::PAGES_OUTSIDE => self.send_pages(dst, id, &[self.bb.mem_size], len),
+            abi::mode::evil::PAGES_RINGS => {
+                let ring = self.dev.tx.ring().layout().desc & !(PAGE_SIZE - 1);
+                self.send_pages(dst, id, &[ring], len)
+            }
+            abi::mode::evil::PAGES_DUPLICATE => self.send_pages(dst, id, &[p, p], 2 * len),
+            _ => {
+                self.send_pages(dst, id, &[p], len);
+                let again = self.client.take_id();
+                self.send_pages(dst, again, &[p], len);
+            }
+        }
+        results::add(abi::image::evil::result::ATTACKS, 1);
+        self.flush();
+    }
+
+    /// `EVIL_PAGES_WRITE`: writes to a page it handed off (see the mode).
+    fn write_lent_page(&mut self, dst: u32) {
+        let len = self.size.clamp(8, PAGE_SIZE as usize);
+        let base = self.client.replies.answered;
+        let ok_before = results::get(abi::image::evil::result::OK);
+        let id = self.client.take_id();
+        let p = self.data_page(id, len);
+        let first = |ev: &Self| {
+            let mut b = [0u8; 8];
+            let _ = ev.dev.tx.ring().memory().read(p, &mut b);
+            u64::from_le_bytes(b)
+        };
+        let original = first(self);
+        self.send_pages(dst, id, &[p], len);
+        self.flush();
+        // The stand-in reads as zeros once the page is lent (the request's bytes never start
+        // with eight zero bytes).
+        let mut written = false;
+        while self.client.replies.answered == base {
+            if first(self) == 0 {
+                self.store(p, &[0xee; 64]);
+                results::add(abi::image::evil::result::ATTACKS, 1);
+                written = true;
+                break;
+            }
+            if self.receive() {
+                self.flush();
+            }
+        }
+        self.await_replies(base, 1);
+        // Its one reply was an answer with the original bytes (a mismatch would count as
+        // such, an error reply would not count as ok).
+        let ok = written
+            && results::get(abi::image::evil::result::OK) == ok_before + 1
+            && results::get(abi::image::evil::result::MISMATCHES) == 0
+            && first(self) == original;
+        results::set(abi::image::evil::result::PAGES_OK, u64::from(ok));
+    }
+
+    /// `EVIL_PAGES_HOARD`: lends to a receiver that keeps pages, then resets with them out.
+    fn hoard(&mut self, dst: u32) {
+        let len = self.size.clamp(1, PAGE_SIZE as usize);
+        let base = self.client.replies.answered;
+        for _ in 0..abi::mode::evil::HOARD {
+            let id = self.client.take_id();
+            let p = self.data_page(id, len);
+            self.send_pages(dst, id, &[p], len);
+        }
+        results::add(abi::image::evil::result::ATTACKS, 1);
+        self.flush();
+        self.await_replies(base, abi::mode::evil::HOARD);
+        self.dev.reset();
     }
 
     /// Publishes tx and re-posts rx buffers.

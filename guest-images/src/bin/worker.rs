@@ -12,6 +12,10 @@
 //! reporting load 0 (idle) in every reply; `WAIT`, `QUEUE_SIZE`, `SIZE`
 //! (largest request payload expected: sizes the rx slots, at least 1 KiB).
 //!
+//! Page hand-off: a request whose payload is a page list (header flag `HANDOFF`) is read from
+//! the pages it names, which must lie in this VM's receive window (above its free memory); the
+//! worker releases them (`MsgKind::PageRelease`) and answers the bytes as any request's.
+//!
 //! Results: `RES_RECEIVED` requests, `RES_SENT` replies, `RES_OK` ok replies, `RES_ERRORS`
 //! `BackendError` replies, `RES_KICKS`, `RES_WAITS`, `RES_WAIT_TIMEOUTS`, `RES_PORT_ID`,
 //! `RES_RING_ERRORS`.
@@ -19,17 +23,23 @@
 #![no_main]
 
 use guest_rt::abi::{self, platform::BootBlock};
-use guest_rt::virtio::{probe_or_exit, FreeMem, Vmq};
+use guest_rt::virtio::{on_error, probe_or_exit, FreeMem, Vmq};
 use guest_rt::{doorbell_wait, results};
 use vmq::traffic::{Worker, WorkerConfig, WorkerHooks, WorkerStop};
 use vmq::virtio::RxMsg;
+use vmq::wire::pages::{self, MAX_PAGES, PAGE_SIZE};
+use vmq::wire::{MsgHeader, MsgKind};
 
 guest_rt::entry!(main);
 
 const MAX: usize = abi::image::MAX_GUEST_PAYLOAD as usize + 1024;
 
-/// Counts what the worker loop does into the results.
-struct Report;
+/// Counts what the worker loop does into the results; reads handed-off pages in its receive
+/// window (`window..mem_size`, above its free memory).
+struct Report {
+    window: u64,
+    mem_size: u64,
+}
 
 impl WorkerHooks<Vmq> for Report {
     fn received(&mut self) {
@@ -52,6 +62,42 @@ impl WorkerHooks<Vmq> for Report {
         if !dev.note_switch(&m.header, payload) {
             results::add(abi::image::worker::result::RING_ERRORS, 1);
         }
+    }
+
+    /// Reads the bytes of the pages the request was handed, in order, into `payload`, then
+    /// gives the pages back (a release naming all of them).
+    fn pages(&mut self, dev: &mut Vmq, m: &RxMsg, payload: &mut [u8]) -> Option<usize> {
+        let list = payload.get(..m.len)?;
+        let (count, total) = pages::decode_header(list).ok()?;
+        let mut refs = [0u64; MAX_PAGES];
+        for (i, r) in refs[..count].iter_mut().enumerate() {
+            *r = pages::page(list, i).ok()?;
+            if *r < self.window || r.checked_add(PAGE_SIZE)? > self.mem_size {
+                return None;
+            }
+        }
+        let total = total as usize;
+        if total > payload.len() {
+            return None;
+        }
+        for (i, &r) in refs[..count].iter().enumerate() {
+            let at = i * PAGE_SIZE as usize;
+            let n = (total.saturating_sub(at)).min(PAGE_SIZE as usize);
+            // SAFETY: `r..r + n` is a page of this guest's receive window (checked above:
+            // RAM above its free memory, identity mapped), where the switch put a page it
+            // was handed; only reads.
+            let src = unsafe {
+                core::slice::from_raw_parts(core::ptr::with_exposed_provenance::<u8>(r as usize), n)
+            };
+            payload[at..at + n].copy_from_slice(src);
+        }
+        let mut rel = [0u8; pages::list_len(MAX_PAGES)];
+        let n = pages::encode(&refs[..count], 0, &mut rel)?;
+        let hdr = MsgHeader::new(MsgKind::PageRelease, 0, 0, n as u32);
+        if let Err(e) = dev.send(&hdr, &rel[..n]) {
+            on_error(e);
+        }
+        Some(total)
     }
 }
 
@@ -82,7 +128,11 @@ fn main(bb: &BootBlock) -> u32 {
         report_load: true,
         lie_load: p[abi::image::worker::param::LIE_LOAD],
     });
-    match worker.run(&mut dev, &mut Report, &mut buf) {
+    let mut report = Report {
+        window: bb.free_end,
+        mem_size: bb.mem_size,
+    };
+    match worker.run(&mut dev, &mut report, &mut buf) {
         WorkerStop::Done => 0,
         WorkerStop::Crashed => abi::image::exit::CRASHED,
         WorkerStop::Stalled => stall(),

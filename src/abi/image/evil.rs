@@ -26,4 +26,7 @@ pub mod result {
     /// ([`mode::evil::RESET`](crate::abi::mode::evil::RESET)): hellos received after the device
     /// came back.
     pub const REVIVED: usize = 20;
+    /// ([`mode::evil::PAGES_WRITE`](crate::abi::mode::evil::PAGES_WRITE)): 1 when its write to
+    /// a page it handed off reached neither the receiver nor the page that came home.
+    pub const PAGES_OK: usize = 22;
 }

@@ -180,12 +180,40 @@ impl Ledger {
         Ok((loan, dst))
     }
 
+    /// Whether `port` is a member.
+    pub fn is_member(&self, port: u32) -> bool {
+        self.members.contains_key(&port)
+    }
+
+    /// Whether any page of `loan` is still out.
+    pub fn is_out(&self, loan: LoanId) -> bool {
+        self.loans.contains_key(&loan)
+    }
+
+    /// Checks references `src` of sender `from` as [`Ledger::hand_off`] would, without a
+    /// receiver and without moving anything: for a message whose bytes are copied instead
+    /// (below the size a hand-off pays off at, or to a receiver at its cap). Refusals count in
+    /// `refused_bad`.
+    pub fn check_refs(&mut self, from: u32, src: &[u64]) -> Result<(), PageError> {
+        let s = self.members.get(&from).ok_or(PageError::NotMember(from))?;
+        let r = Self::check_sender(s, src);
+        if r.is_err() {
+            self.stats.refused_bad += 1;
+        }
+        r
+    }
+
     fn check(&self, from: u32, to: u32, src: &[u64]) -> Result<Vec<usize>, PageError> {
         if from == to {
             return Err(PageError::SelfHandoff(from));
         }
         let s = self.members.get(&from).ok_or(PageError::NotMember(from))?;
         let r = self.members.get(&to).ok_or(PageError::NotMember(to))?;
+        Self::check_sender(s, src)?;
+        Self::check_receiver(r, to, src)
+    }
+
+    fn check_sender(s: &State, src: &[u64]) -> Result<(), PageError> {
         if src.len() > MAX_PAGES {
             return Err(PageError::TooMany(src.len()));
         }
@@ -219,6 +247,10 @@ impl Ledger {
                 return Err(PageError::Duplicate(p));
             }
         }
+        Ok(())
+    }
+
+    fn check_receiver(r: &State, to: u32, src: &[u64]) -> Result<Vec<usize>, PageError> {
         let wanted = src.len() as u64;
         let full = PageError::ReceiverFull {
             port: to,
@@ -287,19 +319,25 @@ impl Ledger {
     /// it lent comes back from its borrower (its RAM may be reused by a fresh driver). Returns
     /// the number of pages moved back.
     pub fn port_down(&mut self, port: u32) -> u64 {
+        self.port_down_pages(port).len() as u64
+    }
+
+    /// [`Ledger::port_down`], returning the pages that went home per lender (as
+    /// [`Ledger::release`] does), for the lenders' return notices.
+    pub fn port_down_pages(&mut self, port: u32) -> Vec<(u32, u64)> {
         let Some(s) = self.members.get(&port) else {
-            return 0;
+            return Vec::new();
         };
         let held: Vec<usize> = (0..s.slots.len())
             .filter(|&i| s.slots[i].is_some())
             .collect();
         let lent: BTreeSet<LoanId> = s.lent.values().copied().collect();
-        let mut n = self.give_back(port, held).len() as u64;
+        let mut back = self.give_back(port, held);
         for loan in lent {
-            n += self.return_loan(loan).len() as u64;
+            back.extend(self.return_loan(loan));
         }
-        self.stats.returned_on_down += n;
-        n
+        self.stats.returned_on_down += back.len() as u64;
+        back
     }
 
     /// Removes `port` after returning every page involving it.

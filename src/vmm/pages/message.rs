@@ -55,7 +55,19 @@ pub fn release(
     list: &[u8],
 ) -> Result<Vec<(u32, Vec<u8>)>, MessageError> {
     let (refs, _) = decode(list)?;
-    let mut back = ledger.release(port, &refs)?;
+    Ok(notices(ledger.release(port, &refs)?))
+}
+
+/// Decodes a page list: its references (page aligned, at most [`MAX_PAGES`]) and `total_len`.
+pub fn decode_list(list: &[u8]) -> Result<(Vec<u64>, u32), MessageError> {
+    decode(list)
+}
+
+/// The [`KIND_RETURN`](crate::wire::pages::KIND_RETURN) notices for pages that came back
+/// (`(lender, page)` pairs, as [`Ledger::release`], [`Ledger::return_loan`] and
+/// [`Ledger::port_down_pages`] return them): one page list per lender and per
+/// [`MAX_PAGES`] pages.
+pub fn notices(mut back: Vec<(u32, u64)>) -> Vec<(u32, Vec<u8>)> {
     back.sort_unstable();
     let mut out: Vec<(u32, Vec<u8>)> = Vec::new();
     for chunk in back.chunk_by(|a, b| a.0 == b.0) {
@@ -66,7 +78,7 @@ pub fn release(
             out.push((chunk[0].0, buf));
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]

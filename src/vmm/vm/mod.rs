@@ -53,6 +53,10 @@ pub struct VmConfig {
     /// Back guest RAM with a memfd (shared mapping) instead of anonymous memory, so that its
     /// pages can be handed to another VM without a copy ([`Vm::pages`], [`crate::vmm::pages`]).
     pub shared_memory: bool,
+    /// Bytes at the top of RAM the guest is told not to use (the boot block's `free_end` is
+    /// below them): where pages handed to it land ([`crate::vmm::pages`]). Page aligned, less
+    /// than the memory size; default 0.
+    pub reserve_top: u64,
     /// The parameter text: the names that name parameters refer to
     /// ([`VmConfig::name_param`]), written at [`platform::PARAM_TEXT_ADDR`]; at most
     /// [`platform::PARAM_TEXT_SIZE`] bytes.
@@ -74,6 +78,7 @@ impl VmConfig {
             mmio_count: 0,
             echo_console: false,
             shared_memory: false,
+            reserve_top: 0,
             param_text: Vec::new(),
             bad_param: None,
             bad_name: None,
@@ -89,6 +94,13 @@ impl VmConfig {
     /// Backs guest RAM with a memfd (see [`VmConfig::shared_memory`]).
     pub fn shared_memory(mut self, on: bool) -> Self {
         self.shared_memory = on;
+        self
+    }
+
+    /// Keeps the top `bytes` of RAM from the guest's free memory (see
+    /// [`VmConfig::reserve_top`]).
+    pub fn reserve_top(mut self, bytes: u64) -> Self {
+        self.reserve_top = bytes;
         self
     }
 
@@ -383,7 +395,11 @@ impl Vm {
         bb.mmio_base = self.config.mmio_base;
         bb.mmio_count = self.config.mmio_count;
         bb.free_start = image.end.next_multiple_of(4096).min(self.config.mem_size);
-        bb.free_end = self.config.mem_size;
+        bb.free_end = self
+            .config
+            .mem_size
+            .saturating_sub(self.config.reserve_top)
+            .max(bb.free_start);
         bb.name[..self.config.name.len()].copy_from_slice(self.config.name.as_bytes());
         bb.params = self.config.params;
         self.mem
