@@ -55,14 +55,21 @@ impl<M: GuestMemoryBackend + Send + 'static> Port<M> for NativePort<M> {
     }
 
     fn take_sent(&mut self, max: usize, sent: &mut Vec<TxChain>) -> Result<usize, DeviceError> {
-        let start = sent.len();
-        let r = self.dev.pop_tx_batch(max, |c| sent.push(c));
-        if !self.handoff {
-            // Page references mean nothing to a port that does not hand pages off.
-            if let Some(i) = sent[start..].iter().position(|c| c.header.handoff()) {
-                sent.truncate(start + i);
-                return Err(DeviceError::BadHeader(WireError::UnknownFlags(HANDOFF)));
+        if self.handoff {
+            return self.dev.pop_tx_batch(max, |c| sent.push(c));
+        }
+        // Page references mean nothing to a port that does not hand pages off: the batch ends
+        // before the first message that carries them, and the port faults. Checked as each
+        // message is taken, not in a second pass over the batch.
+        let mut bad = false;
+        let r = self.dev.pop_tx_batch(max, |c| {
+            bad |= c.header.handoff();
+            if !bad {
+                sent.push(c);
             }
+        });
+        if bad {
+            return Err(DeviceError::BadHeader(WireError::UnknownFlags(HANDOFF)));
         }
         r
     }
@@ -135,5 +142,45 @@ impl<M: GuestMemoryBackend + Send + 'static> Port<M> for NativePort<M> {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+}
+
+#[cfg(all(test, feature = "test-utils"))]
+mod tests {
+    use super::*;
+    use crate::peer::{host_peer, PeerConfig};
+    use crate::port::Polling;
+    use crate::wire::MsgKind;
+
+    #[test]
+    fn a_plain_port_faults_on_page_references_and_keeps_what_came_before() {
+        let cfg = PeerConfig {
+            queue_size: 16,
+            slot_size: 256,
+            event_idx: true,
+        };
+        let (mut peer, dev) = host_peer(cfg).unwrap();
+        let mut port = NativePort::new(dev, Box::new(Polling));
+        let plain = MsgHeader::new(MsgKind::OneWay, 1, 0, 0);
+        let mut refs = plain;
+        refs.set_handoff(true);
+        for h in [plain, refs, plain] {
+            peer.tx.send(&h, &[]).unwrap();
+        }
+        peer.tx.flush().unwrap();
+        let mut sent = Vec::new();
+        let r = port.take_sent(16, &mut sent);
+        assert!(
+            matches!(
+                r,
+                Err(DeviceError::BadHeader(WireError::UnknownFlags(HANDOFF)))
+            ),
+            "{r:?}"
+        );
+        assert_eq!(
+            sent.len(),
+            1,
+            "the message before the bad one is kept, none after"
+        );
     }
 }
