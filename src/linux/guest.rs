@@ -276,7 +276,9 @@ impl LinuxGuest {
     /// Starts `cmd` in the background in the guest, its output going to a file there.
     pub fn spawn(&mut self, cmd: &str) -> Result<BgJob, GuestError> {
         let log = format!("/tmp/bg-{}.log", self.seq + 1);
-        let bg = format!("({cmd}; echo VMQ-EXIT $?) > {log} 2>&1 &");
+        // The log exists before the job starts: the backgrounded shell opens its redirection
+        // only when it gets to run, and a `cat` of it right after could come first.
+        let bg = format!(": > {log}; ({cmd}; echo VMQ-EXIT $?) >> {log} 2>&1 &");
         self.run_ok(&bg, Duration::from_secs(60))?;
         Ok(BgJob {
             cmd: cmd.to_string(),
