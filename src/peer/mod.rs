@@ -79,17 +79,10 @@ pub(crate) const fn page_up(x: u64) -> u64 {
 
 /// Builds a peer: memory, two driver rings (rx posted full), and the matching device port.
 pub fn host_peer(cfg: PeerConfig) -> Result<(HostPeer, DevicePort<GuestMemoryMmap>), PeerError> {
-    let qs = cfg.queue_size;
-    if !RingLayout::valid_size(qs) {
-        return Err(RingError::InvalidSize(qs).into());
+    if !RingLayout::valid_size(cfg.queue_size) {
+        return Err(RingError::InvalidSize(cfg.queue_size).into());
     }
-    let ring_bytes = page_up(RingLayout::total_bytes(qs));
-    let arena_bytes = page_up(SlotArena::bytes(qs, cfg.slot_size));
-    let rx_ring = 0x1000u64;
-    let tx_ring = rx_ring + ring_bytes;
-    let rx_arena = tx_ring + ring_bytes;
-    let tx_arena = rx_arena + arena_bytes;
-    let size = tx_arena + arena_bytes;
+    let size = peer_bytes(cfg);
     let mem =
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)]).map_err(|e| {
             PeerError::Memory {
