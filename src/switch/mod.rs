@@ -23,6 +23,7 @@ pub mod inflight;
 mod membership;
 mod outbox;
 pub mod policy;
+mod ports;
 mod service;
 mod slot;
 mod stats;
