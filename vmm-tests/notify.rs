@@ -2,9 +2,8 @@
 //! and the rest deferred (its worker's replies echo the choice) against the same run with every
 //! request immediate; peers streaming one-way messages with the mix.
 //!
-//! Counts only, never time: every request answered once, every message in order, and fewer
-//! notifications and exits with the mix where messages reach a parked receiver one switch
-//! poll at a time. Without a usable `/dev/kvm` each test
+//! Counts only, never time or scheduling: every request answered once, every message in
+//! order, and with the mix no notification for a deferred message. Without a usable `/dev/kvm` each test
 //! prints "skipping" and passes, unless `CI=true` or `VMQ_REQUIRE_KVM=1`.
 
 use vmq::runner::RunReport;
@@ -66,8 +65,14 @@ fn assert_stream_intact(r: &RunReport) {
     assert_eq!(r.switch.totals.oneway_delivered, N, "{r}");
 }
 
+/// Which notifications b gets depends on when its vCPU parks, which the host's scheduler
+/// decides, so the run-to-run comparison of totals is printed (and measured by `vmq bench vm`)
+/// but not asserted. What does not depend on scheduling is asserted: with every message
+/// immediate nothing is withheld and every notification is an immediate one; with the mix a
+/// deferred message never notifies b by itself, so each notification b gets is an immediate
+/// message's (at most one in 16), a withheld one falling due at the deadline, or the hello's.
 #[test]
-fn a_stream_with_one_immediate_in_16_wakes_its_receiver_less_than_all_immediate() {
+fn a_stream_with_one_immediate_in_16_notifies_its_receiver_only_for_immediate_messages() {
     if !require_kvm() {
         return;
     }
@@ -85,22 +90,27 @@ fn a_stream_with_one_immediate_in_16_wakes_its_receiver_less_than_all_immediate(
         b_mix.notifies as f64 / N as f64,
         exits(&mix) as f64 / N as f64,
     );
-    assert_eq!(b_all.notifies_withheld, 0, "{all}");
+    // b's one per-poll message is the hello with the directory; it may notify b once.
+    let per_poll =
+        |p: &vmq::switch::PortStats| p.notifies - p.notifies_immediate - p.notifies_deadline;
+    assert_eq!(
+        (b_all.notifies_withheld, b_all.notifies_deadline),
+        (0, 0),
+        "{all}"
+    );
+    assert!(
+        per_poll(&b_all) <= 1,
+        "with every message immediate, every notification of b but the hello's is an immediate \
+         one: {b_all:?}"
+    );
     assert!(b_mix.notifies_withheld > 0, "{mix}");
     assert!(
         b_mix.notifies_immediate <= N / 16,
         "only one message in 16 notifies at once: {b_mix:?}"
     );
     assert!(
-        b_mix.notifies < b_all.notifies,
-        "b was notified {} times with the mix, {} with all-immediate",
-        b_mix.notifies,
-        b_all.notifies
-    );
-    assert!(
-        exits(&mix) < exits(&all),
-        "{} exits with the mix, {} with all-immediate\n{mix}\n{all}",
-        exits(&mix),
-        exits(&all)
+        per_poll(&b_mix) <= 1,
+        "a deferred message never notifies b by itself (only an immediate one, the deadline or \
+         the hello do): {b_mix:?}"
     );
 }
