@@ -333,7 +333,11 @@ fn handed_off_pages_reach_the_worker_intact_and_all_come_home() {
         "the worker released every message's pages: {h:?}"
     );
     assert_eq!((h.refused_bad, h.releases_refused), (0, 0), "{h:?}");
-    assert_eq!(h.notices, 60, "the lender heard of every return: {h:?}");
+    assert_eq!(
+        h.notices, 100,
+        "the lenders heard of every page come home, moved (60) or copied (40): {h:?}"
+    );
+    assert_eq!(h.notices_dropped, 0, "{h:?}");
 }
 
 /// Without `min_bytes` the switch copies every message (the honest default on a KVM where a
@@ -348,6 +352,10 @@ fn by_default_referenced_bytes_are_copied_inline() {
     assert_clean(&r, &clients);
     let h = r.handoff.expect("hand-off counters");
     assert_eq!((h.handed_off, h.copied_small), (0, 30), "{h:?}");
+    assert_eq!(
+        h.notices, 30,
+        "each copied message's pages announced home: {h:?}"
+    );
     assert_eq!(
         (h.ledger.pages_lent, h.pages_out, h.releases),
         (0, 0, 0),
@@ -521,4 +529,118 @@ fn a_receiver_that_keeps_pages_is_capped_and_a_reset_lender_gets_them_back() {
     assert_eq!((h.refused_bad, h.pages_out), (0, 0), "{h:?}");
     assert!(!common::port(&r, "wh").down, "{r}");
     common::assert_faults_confined_to(&r, "evil");
+}
+
+// ---- one-way streams of many pages ----------------------------------------------------------
+
+/// Two peers streaming one-way messages of many pages to each other at once, both handing off
+/// (`mode = 2`), every byte checked (`check_stride = 1`), messages of 17 pages (the last
+/// partly filled), `a` sending 300 and `b` 200; each is both a sender taking its pages back from
+/// return notices and a receiver reading borrowed pages and releasing them.
+fn two_way_pages(extra: &str) -> String {
+    format!(
+        "{}[handoff]\nwindow_pages = 128\nmin_bytes = 0\n{extra}\n\
+         [[vm]]\nname = \"a\"\nimage = \"peer\"\nmemory_mib = 32\n\
+         params = {{ mode = {h}, target = \"b\", count = {A_COUNT}, expect = {B_COUNT}, \
+         size = {A_SIZE}, queue_size = 4, check_stride = 1, wait = \"doorbell\" }}\n\
+         [[vm]]\nname = \"b\"\nimage = \"peer\"\nmemory_mib = 32\n\
+         params = {{ mode = {h}, target = \"a\", count = {B_COUNT}, expect = {A_COUNT}, \
+         size = {A_SIZE}, queue_size = 4, check_stride = 1, wait = \"doorbell\" }}\n",
+        common::RUN_HEAD,
+        h = mode::peer::HANDOFF,
+    )
+}
+
+const A_COUNT: u64 = 300;
+const B_COUNT: u64 = 200;
+/// 16 whole pages and 100 bytes of a 17th.
+const A_SIZE: u64 = 16 * 4096 + 100;
+
+fn assert_streams_intact(r: &RunReport) {
+    assert!(!r.timed_out, "{r}");
+    for (v, sent, got) in [("a", A_COUNT, B_COUNT), ("b", B_COUNT, A_COUNT)] {
+        let p = common::vm(r, v);
+        assert_eq!(p.exit_status, Some(0), "{v}\n{r}");
+        assert_eq!(p.sent, sent, "{v}\n{r}");
+        assert_eq!(
+            (p.received, p.ok, p.mismatches),
+            (got, got, 0),
+            "{v}: every message in order, every byte intact\n{r}"
+        );
+    }
+    assert_eq!(r.switch.totals.port_faults, 0, "{r}");
+}
+
+/// Many-page messages move whole in both directions at once: every message is handed off
+/// (none copied), every page moved comes home and is announced to its sender once, and
+/// nothing is out at the end.
+#[test]
+fn many_page_one_way_messages_move_both_ways_and_every_page_comes_home() {
+    if !require_kvm() {
+        return;
+    }
+    let r = common::run("handoff-two-way.toml", &two_way_pages(""));
+    assert_streams_intact(&r);
+    let h = r.handoff.expect("hand-off counters");
+    eprintln!("{h:?}");
+    let pages = A_COUNT * 17 + B_COUNT * 17;
+    assert_eq!(h.handed_off, A_COUNT + B_COUNT, "{h:?}");
+    assert_eq!(
+        (h.copied_small, h.copied_full, h.copied_not_member),
+        (0, 0, 0),
+        "{h:?}"
+    );
+    assert_eq!(
+        (h.ledger.pages_lent, h.ledger.pages_returned),
+        (pages, pages),
+        "{h:?}"
+    );
+    assert_eq!(
+        (h.releases, h.releases_refused, h.refused_bad),
+        (A_COUNT + B_COUNT, 0, 0)
+    );
+    assert_eq!(
+        (h.notices, h.notices_dropped),
+        (A_COUNT + B_COUNT, 0),
+        "{h:?}"
+    );
+    assert_eq!(h.pages_out, 0, "{h:?}");
+    for (v, sent) in [("a", A_COUNT), ("b", B_COUNT)] {
+        let p = common::vm(&r, v);
+        assert_eq!(
+            p.results[vmq::abi::image::traffic::PAGE_RETURNS],
+            sent,
+            "{v} took back every message's pages\n{r}"
+        );
+    }
+}
+
+/// A receiver whose cap cannot take a whole message gets every message copied instead,
+/// intact; its sender hears at once that the pages are home (they never left) and reuses
+/// them, so the stream finishes with nothing lent.
+#[test]
+fn many_page_messages_past_the_receivers_cap_are_copied_and_announced_home() {
+    if !require_kvm() {
+        return;
+    }
+    // 16 pages borrowed at most: a 17-page message never fits.
+    let r = common::run("handoff-two-way-cap.toml", &two_way_pages("cap_pages = 16"));
+    assert_streams_intact(&r);
+    let h = r.handoff.expect("hand-off counters");
+    eprintln!("{h:?}");
+    assert_eq!(
+        (h.handed_off, h.copied_full),
+        (0, A_COUNT + B_COUNT),
+        "{h:?}"
+    );
+    assert_eq!(
+        (h.ledger.pages_lent, h.releases, h.pages_out),
+        (0, 0, 0),
+        "{h:?}"
+    );
+    assert_eq!(
+        (h.notices, h.notices_dropped),
+        (A_COUNT + B_COUNT, 0),
+        "{h:?}"
+    );
 }

@@ -6,7 +6,7 @@
 //! pointers.
 
 use vmq::abi::image::driver::{self, param, result};
-use vmq::abi::image::{exit, MAX_GUEST_PAYLOAD};
+use vmq::abi::image::{exit, MAX_PEER_PAYLOAD};
 use vmq::abi::platform::{self, BootBlock};
 use vmq::traffic::{self, Link};
 use vmq::virtio::spec::*;
@@ -163,7 +163,7 @@ impl Options {
     /// From the boot parameters: [`param::QUEUE_SIZE`], [`param::WAIT`] and a slot
     /// for `max_payload` bytes (at least 1 KiB, for the switch's hello directory).
     pub fn from_params(bb: &BootBlock, max_payload: u64) -> Self {
-        let payload = max_payload.clamp(1024, MAX_GUEST_PAYLOAD + 1024);
+        let payload = max_payload.clamp(1024, MAX_PEER_PAYLOAD + 1024);
         Self {
             queue_size: bb.params[param::QUEUE_SIZE].min(u64::from(MAX_QUEUE_SIZE)) as u16,
             slot_size: ((HEADER_SIZE as u64 + payload + 63) & !63) as u32,

@@ -27,6 +27,25 @@ pub mod client {
     pub const BAD_ADDR: u64 = MAX_MEM_SIZE + 0x1000;
 }
 
+/// Modes of the `peer` image ([`peer::param::MODE`](crate::abi::image::peer::param::MODE)).
+pub mod peer {
+    #[cfg(doc)]
+    use crate::abi::image::peer::{param, result};
+
+    /// Sends its one-way messages as bytes (copied by the switch into the receiver's rx
+    /// buffers).
+    pub const COPY: u64 = 0;
+    /// Page hand-off (seed 004; the same number as the client's
+    /// [`HANDOFF`](super::client::HANDOFF)): each message's payload is written into pages of
+    /// its own RAM, from a pool of one area per tx slot, and the message carries their list
+    /// (header flag [`HANDOFF`](crate::wire::pages::HANDOFF)); an area is used again once the
+    /// switch's return notices gave all of its pages back (counted in
+    /// [`result::PAGE_RETURNS`]). Any peer takes handed-off messages whatever its own mode:
+    /// it reads them from its receive window, checks them like copied ones and releases the
+    /// pages. Needs a topology with `[handoff]`.
+    pub const HANDOFF: u64 = 2;
+}
+
 /// Modes of the `evil` image ([`evil::param::MODE`](crate::abi::image::evil::param::MODE)).
 pub mod evil {
     #[cfg(doc)]

@@ -95,12 +95,13 @@ pub const TSS_SELECTOR: u16 = 0x40;
 /// `BootBlock::magic`: "VMQBOOT1" in little endian.
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"VMQBOOT1");
 /// `BootBlock::version` this build writes. Version 2 added [`BootBlock::results`]; version 3
-/// grew it from 16 to [`NUM_RESULTS`] slots, so that no two images share a result slot.
-pub const BOOT_VERSION: u32 = 3;
+/// grew it from 16 to 24 slots and version 4 to [`NUM_RESULTS`], so that no two images share a
+/// result slot.
+pub const BOOT_VERSION: u32 = 4;
 /// Number of `u64` parameters in the boot block.
 pub const NUM_PARAMS: usize = 32;
 /// Number of `u64` result slots in the boot block.
-pub const NUM_RESULTS: usize = 24;
+pub const NUM_RESULTS: usize = 32;
 /// Bytes of the VM name in the boot block (NUL padded, not necessarily NUL terminated).
 pub const NAME_LEN: usize = 32;
 

@@ -329,6 +329,7 @@ pub fn run(quick: bool) -> Report {
             .map_or("unpinned".to_string(), |c| format!("cpu{c}"))
     );
     super::handoff_switch::run(quick, &on_switch, &mut report);
+    super::handoff_guests::run(quick, &mut report);
     report
 }
 

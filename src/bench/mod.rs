@@ -6,6 +6,7 @@
 mod affinity;
 pub mod exits;
 pub mod handoff;
+pub mod handoff_guests;
 pub mod handoff_switch;
 pub mod notify;
 mod report;

@@ -4,8 +4,9 @@ use toml::Spanned;
 
 use super::spec::{FaultKind, ParamValue, Role, Topology, VmSpec};
 use super::TopologyError;
-use crate::abi::image::{client, driver, evil, peer, worker, MAX_GUEST_PAYLOAD};
+use crate::abi::image::{client, driver, evil, peer, worker, MAX_GUEST_PAYLOAD, MAX_PEER_PAYLOAD};
 use crate::abi::mode;
+use crate::virtio::vmq_device::QUEUE_NUM_MAX;
 
 /// Largest queue size a guest may ask for (`queue_size`; a power of two, 0 = the device's).
 pub const MAX_QUEUE_SIZE: u64 = 32768;
@@ -19,7 +20,8 @@ pub const PARAMS: &[(&str, usize, &str)] = &[
     (
         "mode",
         client::param::MODE,
-        "image-specific mode (client: 0 normal, 1 malformed, 2 page hand-off; evil: abi::mode::evil)",
+        "image-specific mode (client: 0 normal, 1 malformed, 2 page hand-off; peer: 0 copy, 2 page \
+         hand-off; evil: abi::mode::evil)",
     ),
     (
         "count",
@@ -39,7 +41,7 @@ pub const PARAMS: &[(&str, usize, &str)] = &[
     (
         "size",
         client::param::SIZE,
-        "payload bytes (up to 4096, abi::image::MAX_GUEST_PAYLOAD)",
+        "payload bytes (up to 4096, abi::image::MAX_GUEST_PAYLOAD; peer: up to 1 MiB)",
     ),
     (
         "window",
@@ -115,6 +117,12 @@ pub const PARAMS: &[(&str, usize, &str)] = &[
         "immediate_every",
         client::param::IMMEDIATE_EVERY,
         "client, peer: every n-th message immediate, the rest deferred (0 = no flags, 1 = all immediate)",
+    ),
+    (
+        "check_stride",
+        peer::param::CHECK_STRIDE,
+        "peer: check one payload byte in every N it receives, write only those when sending \
+         (0 or 1 = every byte)",
     ),
     (
         "spin",
@@ -240,8 +248,35 @@ impl Topology {
     fn check_param(&self, spec: &VmSpec, name: &str, v: u64) -> Result<(), String> {
         let image = spec.image.get_ref().as_str();
         match name {
+            "size" if image == "peer" && v > MAX_PEER_PAYLOAD => Err(format!(
+                "{v} bytes: a peer carries at most {MAX_PEER_PAYLOAD} payload bytes (1 MiB)"
+            )),
+            "size" if image == "peer" => {
+                // Its rx and tx slots, its two message buffers and its hand-off areas (one per
+                // tx slot) all hold `size` bytes, in its free memory below the receive window.
+                let queue = match param(spec, "queue_size") {
+                    0 => u64::from(QUEUE_NUM_MAX),
+                    q => q.min(u64::from(QUEUE_NUM_MAX)),
+                };
+                let need = (3 * queue + 2).saturating_mul(v.max(1024) + 1088);
+                let mib = *spec.memory_mib.get_ref();
+                let window = self.handoff.as_ref().map_or(0, |h| h.window_pages * 4096);
+                let room = ((mib.saturating_sub(RESERVED_MIB)) << 20).saturating_sub(window);
+                if need > room {
+                    Err(format!(
+                        "{v} bytes with {queue} queue slots need about {} MiB of a peer's \
+                         free memory, more than the {} MiB {mib} MiB leaves: lower queue_size \
+                         or raise memory_mib",
+                        need.div_ceil(1 << 20),
+                        room >> 20
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
             "size" if v > MAX_GUEST_PAYLOAD => Err(format!(
-                "{v} bytes: the guest images carry at most {MAX_GUEST_PAYLOAD} payload bytes"
+                "{v} bytes: the guest images carry at most {MAX_GUEST_PAYLOAD} payload bytes \
+                 (a peer up to {MAX_PEER_PAYLOAD})"
             )),
             "queue_size" if v != 0 && (!v.is_power_of_two() || v > MAX_QUEUE_SIZE) => Err(format!(
                 "{v}: a queue size is a power of two up to {MAX_QUEUE_SIZE} (or 0 for the \
@@ -262,6 +297,13 @@ impl Topology {
                 mode::client::MALFORMED,
                 mode::client::HANDOFF
             )),
+            "mode" if image == "peer" && v != mode::peer::COPY && v != mode::peer::HANDOFF => {
+                Err(format!(
+                    "{v}: peer modes are {} (copy) and {} (page hand-off)",
+                    mode::peer::COPY,
+                    mode::peer::HANDOFF
+                ))
+            }
             "mode" if image == "evil" && v > mode::evil::PAGES_HOARD => Err(format!(
                 "{v}: evil modes are {}..={} (abi::mode::evil)",
                 mode::evil::HONEST,

@@ -354,3 +354,62 @@ fn the_handoff_example_parses() {
         (64, 16, 4096)
     );
 }
+
+/// Peers `a` and `b` (b sends nothing), `a`'s params `params`, then `more`.
+fn peers(params: &str, memory_mib: u64, more: &str) -> Result<Topology, String> {
+    Topology::parse(
+        &format!(
+            "{more}[[vm]]\nname = \"a\"\nimage = \"peer\"\nmemory_mib = {memory_mib}\n\
+             params = {{ target = \"b\", count = 1, {params} }}\n\
+             [[vm]]\nname = \"b\"\nimage = \"peer\"\nparams = {{ expect = 1 }}\n"
+        ),
+        "t.toml",
+        &["peer"],
+    )
+    .map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_peer_carries_up_to_a_mebibyte_in_the_memory_its_queues_leave() {
+    assert!(peers("size = 1048576, queue_size = 4", 64, "").is_ok());
+    assert!(peers(
+        "size = 65536, mode = 2, queue_size = 16, check_stride = 4096",
+        16,
+        ""
+    )
+    .is_ok());
+    let e = peers("size = 1048577, queue_size = 4", 64, "").unwrap_err();
+    assert!(e.contains("at most 1048576"), "{e}");
+    // 256 slots of 1 MiB each way: far more than 64 MiB.
+    let e = peers("size = 1048576", 64, "").unwrap_err();
+    assert!(e.contains("lower queue_size or raise memory_mib"), "{e}");
+    // The hand-off window comes off the top: 4 slots fit 24 MiB, not beside an 8 MiB window.
+    assert!(peers("size = 1048576, queue_size = 4", 24, "").is_ok());
+    let e = peers(
+        "size = 1048576, queue_size = 4",
+        24,
+        "[handoff]\nwindow_pages = 2048\n",
+    )
+    .unwrap_err();
+    assert!(e.contains("raise memory_mib"), "{e}");
+    // A client still carries at most a page.
+    let c = Topology::parse(
+        "[[vm]]\nname = \"c\"\nimage = \"client\"\nparams = { target = \"c\", size = 8192 }\n",
+        "t.toml",
+        &["client"],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(c.contains("at most 4096"), "{c}");
+}
+
+#[test]
+fn a_peer_copies_or_hands_off_and_nothing_else() {
+    assert!(peers("mode = 0", 16, "").is_ok());
+    assert!(peers("mode = 2", 16, "").is_ok());
+    let e = peers("mode = 1", 16, "").unwrap_err();
+    assert!(
+        e.contains("peer modes are 0 (copy) and 2 (page hand-off)"),
+        "{e}"
+    );
+}

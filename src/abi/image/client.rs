@@ -31,8 +31,6 @@ pub mod result {
     /// the client sends no new request (replies to outstanding ones still count); a switch
     /// cannot say whether the destination comes back, so the client waits.
     pub const TARGET_GONE: usize = 22;
-    /// Page return notices taken (`mode` = [`HANDOFF`](crate::abi::mode::client::HANDOFF)).
-    pub const PAGE_RETURNS: usize = 23;
 }
 
 /// Byte `i` of the payload of a client request with id `msg_id`.

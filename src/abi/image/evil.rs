@@ -28,5 +28,5 @@ pub mod result {
     pub const REVIVED: usize = 20;
     /// ([`mode::evil::PAGES_WRITE`](crate::abi::mode::evil::PAGES_WRITE)): 1 when its write to
     /// a page it handed off reached neither the receiver nor the page that came home.
-    pub const PAGES_OK: usize = 22;
+    pub const PAGES_OK: usize = 24;
 }

@@ -21,6 +21,8 @@
 //! | 16..21  | [`evil`]: what its attacks did |
 //! | 21      | [`driver`]: directories taken from the switch |
 //! | 22      | [`client`]: its destination left the directory |
+//! | 23      | [`traffic`]: page return notices (client, peer) |
+//! | 24      | [`evil`]: its write to a lent page stayed its own |
 //!
 //! [`BootBlock::params`]: crate::abi::platform::BootBlock::params
 //! [`BootBlock::results`]: crate::abi::platform::BootBlock::results
@@ -58,8 +60,12 @@ pub mod exit {
     pub const UNDELIVERED: u32 = 16;
 }
 
-/// Largest payload the guest images send (their `SIZE` parameter).
+/// Largest payload the guest images send (their `SIZE` parameter), but `peer`'s.
 pub const MAX_GUEST_PAYLOAD: u64 = 4096;
+
+/// Largest payload a `peer` sends ([`MAX_PAYLOAD`](crate::wire::MAX_PAYLOAD), 1 MiB, the most
+/// one hand-off message's pages carry): its buffers come from its free memory, not its stack.
+pub const MAX_PEER_PAYLOAD: u64 = crate::wire::MAX_PAYLOAD as u64;
 
 /// Longest name a name parameter carries (a directory entry's longest name,
 /// [`MAX_NAME`](crate::wire::directory::MAX_NAME)).
@@ -135,6 +141,8 @@ const _: () = assert!(distinct_below(
         evil::result::REVIVED,
         driver::result::DIRECTORIES,
         client::result::TARGET_GONE,
+        traffic::PAGE_RETURNS,
+        evil::result::PAGES_OK,
     ],
     NUM_RESULTS
 ));

@@ -84,6 +84,10 @@ pub const LIE_LOAD: usize = 21;
 /// poll); N = message `k` (counting from 1) immediate when `k` is a multiple of N, else
 /// deferred (1: every message immediate); the rule is `traffic::notify_for`.
 pub const IMMEDIATE_EVERY: usize = 28;
+/// `peer`: check one payload byte in every `CHECK_STRIDE` of a message it receives (0 or 1:
+/// every byte); as a sender it writes only those bytes. A stride of a page checks one byte per
+/// page, so a bench measures moving the bytes rather than making and checking them.
+pub const CHECK_STRIDE: usize = 22;
 /// How many times a guest's driver checks its rings before it parks on the doorbell (0 = the
 /// driver's default, 4096; read by the driver of every image with a vmq device). A small
 /// value makes a guest park whenever it is idle, which makes its notifications countable.
@@ -115,6 +119,7 @@ const _: () = assert!(super::distinct_below(
         LIE_LOAD,
         IMMEDIATE_EVERY,
         SPIN,
+        CHECK_STRIDE,
     ],
     NUM_PARAMS
 ));

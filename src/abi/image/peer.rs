@@ -5,7 +5,7 @@
 pub mod param {
     pub use super::super::driver::param::*;
     pub use super::super::param::IMMEDIATE_EVERY;
-    pub use super::super::param::{COUNT, EXPECT, SIZE, TARGET};
+    pub use super::super::param::{CHECK_STRIDE, COUNT, EXPECT, MODE, SIZE, TARGET};
 }
 
 /// Result slots (indices into `BootBlock::results`).

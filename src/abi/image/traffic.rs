@@ -20,3 +20,6 @@ pub const DUPLICATES: usize = 4;
 /// Client, evil: `Ok` replies whose payload is not the worker's transform of the request;
 /// peer: messages out of order or with a corrupt payload.
 pub const MISMATCHES: usize = 5;
+/// Client, peer (page hand-off, `mode` = 2): page return notices taken from the switch (its
+/// lent pages came home).
+pub const PAGE_RETURNS: usize = 23;

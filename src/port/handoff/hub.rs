@@ -232,6 +232,14 @@ impl Hub {
         self.by_chain.retain(|_, v| *v != loan);
     }
 
+    /// The bytes of `from`'s hand-off message (pages `refs`) were copied into its receiver:
+    /// the pages never left, and `from` gets a return notice for them now, as it would when
+    /// moved pages come back, so a sender learns of every hand-off message's pages the same
+    /// way (a one-way message has no reply to say so).
+    pub fn copied(&mut self, from: PortId, refs: &[u64]) {
+        self.returned(message::notices(refs.iter().map(|&r| (from, r)).collect()));
+    }
+
     /// `port`'s guest released the pages `list` names; the lenders get return notices.
     pub fn release(&mut self, port: PortId, list: &[u8]) -> Result<(), MessageError> {
         self.stats.releases += 1;
@@ -356,6 +364,22 @@ mod tests {
             (1, 1, 1)
         );
         assert_eq!(s.pages_out, 2);
+    }
+
+    #[test]
+    fn a_copied_messages_pages_are_announced_home_like_returned_ones() {
+        let mut h = hub(8192);
+        let Decision::Copy { refs, .. } = h.decide(1, 2, 7, None, &list(&[10 * P], 4096)) else {
+            panic!("below min_bytes: copied");
+        };
+        assert!(
+            !h.has_notice(1),
+            "nothing is announced before the copy is in"
+        );
+        h.copied(1, &refs);
+        let notice = h.take_notice(1).expect("a notice for the copied pages");
+        assert_eq!(notice, list(&[10 * P], 0));
+        assert_eq!((h.stats().notices, h.stats().pages_out), (1, 0));
     }
 
     #[test]

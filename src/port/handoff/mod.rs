@@ -10,7 +10,9 @@
 //!
 //! - a message below [`HandoffConfig::min_bytes`], to a receiver at its cap, or between ports
 //!   of which one is not a member is **copied**: its referenced bytes are delivered inline as
-//!   an ordinary message (cut to a header with `TooLarge` if they do not fit the buffer);
+//!   an ordinary message (cut to a header with `TooLarge` if they do not fit the buffer), and
+//!   its sender gets a [`MsgKind::PageReturn`] notice for the pages at once, as it does when
+//!   moved pages come back: every hand-off message's pages are announced home once;
 //! - a bad list or a bad reference (outside the sender's RAM, in its rings, boot area or
 //!   window, lent already, twice in one message) is the **sender's** protocol fault;
 //! - a guest's [`MsgKind::PageRelease`] is taken by its own port (never routed): the pages go
@@ -188,6 +190,10 @@ impl<M: GuestMemoryBackend + Send + 'static> HandoffPort<M> {
         let r = self.inner.deliver(&h, &Payload::Bytes(&self.copy[..total]));
         if matches!(r, Ok(true)) {
             self.counters.copied_in += 1;
+        }
+        if r.is_ok() {
+            // In (whole, or cut to a `TooLarge` header): the switch is done with the pages.
+            self.hub().copied(header.src(), refs);
         }
         r
     }
