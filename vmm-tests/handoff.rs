@@ -644,3 +644,29 @@ fn many_page_messages_past_the_receivers_cap_are_copied_and_announced_home() {
         "{h:?}"
     );
 }
+
+/// A worker does not serve one-way messages, but one that was handed pages gives them back at
+/// once: a peer streaming hand-off messages to it gets every page home and finishes (it waits
+/// for its pages before it exits, so a worker that kept them would leave it waiting).
+#[test]
+fn a_worker_handed_pages_in_a_one_way_message_gives_them_back() {
+    if !require_kvm() {
+        return;
+    }
+    let t = format!(
+        "{}[handoff]\nwindow_pages = 64\nmin_bytes = 0\n\
+         [[vm]]\nname = \"p\"\nimage = \"peer\"\nparams = {{ mode = {}, target = \"w0\", \
+         count = 50, size = 8192, queue_size = 4, wait = \"doorbell\" }}\n{}",
+        common::RUN_HEAD,
+        mode::peer::HANDOFF,
+        common::workers(&["w0"], ""),
+    );
+    let r = common::run("handoff-one-way-worker.toml", &t);
+    assert!(!r.timed_out, "{r}");
+    let p = common::vm(&r, "p");
+    assert_eq!((p.exit_status, p.sent), (Some(0), 50), "{r}");
+    let h = r.handoff.expect("hand-off counters");
+    assert_eq!((h.handed_off, h.releases, h.notices), (50, 50, 50), "{h:?}");
+    assert_eq!((h.ledger.pages_returned, h.pages_out), (100, 0), "{h:?}");
+    assert_eq!(p.results[vmq::abi::image::traffic::PAGE_RETURNS], 50, "{r}");
+}

@@ -14,7 +14,8 @@
 //!
 //! Page hand-off: a request whose payload is a page list (header flag `HANDOFF`) is read from
 //! the pages it names, which must lie in this VM's receive window (above its free memory); the
-//! worker releases them (`MsgKind::PageRelease`) and answers the bytes as any request's.
+//! worker releases them (`MsgKind::PageRelease`) and answers the bytes as any request's. A
+//! one-way message is not served; one that carries pages has them released unread.
 //!
 //! Results: `RES_RECEIVED` requests, `RES_SENT` replies, `RES_OK` ok replies, `RES_ERRORS`
 //! `BackendError` replies, `RES_KICKS`, `RES_WAITS`, `RES_WAIT_TIMEOUTS`, `RES_PORT_ID`,
@@ -58,7 +59,16 @@ impl WorkerHooks<Vmq> for Report {
         results::add(abi::image::worker::result::SENT, 1);
     }
 
+    /// A hello or a directory update is noted; a one-way message is not served, but one that
+    /// was handed pages gives them back at once (else they would stay borrowed until its port
+    /// goes down); anything else is a ring error.
     fn other(&mut self, dev: &mut Vmq, m: &RxMsg, payload: &mut [u8]) {
+        if m.header.kind() == Some(MsgKind::OneWay) {
+            if m.header.handoff() && self.release(dev, payload).is_none() {
+                results::add(abi::image::worker::result::RING_ERRORS, 1);
+            }
+            return;
+        }
         if !dev.note_switch(&m.header, payload) {
             results::add(abi::image::worker::result::RING_ERRORS, 1);
         }
@@ -68,14 +78,9 @@ impl WorkerHooks<Vmq> for Report {
     /// gives the pages back (a release naming all of them).
     fn pages(&mut self, dev: &mut Vmq, m: &RxMsg, payload: &mut [u8]) -> Option<usize> {
         let list = payload.get(..m.len)?;
-        let (count, total) = pages::decode_header(list).ok()?;
+        let (_, total) = pages::decode_header(list).ok()?;
         let mut refs = [0u64; MAX_PAGES];
-        for (i, r) in refs[..count].iter_mut().enumerate() {
-            *r = pages::page(list, i).ok()?;
-            if *r < self.window || r.checked_add(PAGE_SIZE)? > self.mem_size {
-                return None;
-            }
-        }
+        let count = self.window_refs(list, &mut refs)?;
         let total = total as usize;
         if total > payload.len() {
             return None;
@@ -91,13 +96,40 @@ impl WorkerHooks<Vmq> for Report {
             };
             payload[at..at + n].copy_from_slice(src);
         }
+        self.release_refs(dev, &refs[..count])?;
+        Some(total)
+    }
+}
+
+impl Report {
+    /// The pages of list `list`, each checked to lie in its receive window.
+    fn window_refs(&self, list: &[u8], refs: &mut [u64; MAX_PAGES]) -> Option<usize> {
+        let (count, _) = pages::decode_header(list).ok()?;
+        for (i, r) in refs[..count].iter_mut().enumerate() {
+            *r = pages::page(list, i).ok()?;
+            if *r < self.window || r.checked_add(PAGE_SIZE)? > self.mem_size {
+                return None;
+            }
+        }
+        Some(count)
+    }
+
+    /// Gives back the pages a message's list names, unread.
+    fn release(&mut self, dev: &mut Vmq, list: &[u8]) -> Option<()> {
+        let mut refs = [0u64; MAX_PAGES];
+        let count = self.window_refs(list, &mut refs)?;
+        self.release_refs(dev, &refs[..count])
+    }
+
+    /// Sends a release naming `refs`.
+    fn release_refs(&mut self, dev: &mut Vmq, refs: &[u64]) -> Option<()> {
         let mut rel = [0u8; pages::list_len(MAX_PAGES)];
-        let n = pages::encode(&refs[..count], 0, &mut rel)?;
+        let n = pages::encode(refs, 0, &mut rel)?;
         let hdr = MsgHeader::new(MsgKind::PageRelease, 0, 0, n as u32);
         if let Err(e) = dev.send(&hdr, &rel[..n]) {
             on_error(e);
         }
-        Some(total)
+        Some(())
     }
 }
 

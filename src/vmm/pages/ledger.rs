@@ -48,6 +48,11 @@ struct Slot {
     from: u32,
     src: u64,
     loan: LoanId,
+    /// The lender took its page back (its port went down) while the receiver still held the
+    /// slot: the receiver's own page is back in the window, and the slot stays taken until
+    /// the receiver releases it or goes down, so that no other message's page lands at an
+    /// address the receiver may still read or release for the old one.
+    gone: bool,
 }
 
 struct State {
@@ -111,7 +116,8 @@ impl Ledger {
         self.stats
     }
 
-    /// Borrowed pages `port` holds now.
+    /// Window pages `port` holds now: borrowed pages, and slots whose lender took its page
+    /// back while `port` held it (until `port` releases them; they count against its cap).
     pub fn held(&self, port: u32) -> u64 {
         self.members.get(&port).map_or(0, |s| s.held)
     }
@@ -157,7 +163,12 @@ impl Ledger {
             .map(|&i| wstart + i as u64 * PAGE_SIZE)
             .collect();
         for (&s, &slot) in src.iter().zip(&slots) {
-            receiver.slots[slot] = Some(Slot { from, src: s, loan });
+            receiver.slots[slot] = Some(Slot {
+                from,
+                src: s,
+                loan,
+                gone: false,
+            });
         }
         receiver.held += src.len() as u64;
         self.loans.insert(loan, (from, to, src.len() as u64));
@@ -282,7 +293,8 @@ impl Ledger {
 
     /// `port` gives back borrowed pages `gpas` (addresses in its window); returns, for each
     /// lender, the pages it got back (for its [`KIND_RETURN`](crate::wire::pages::KIND_RETURN)
-    /// notice). Nothing moves unless every page named is held by `port`.
+    /// notice). Nothing moves unless every page named is held by `port`. A slot whose lender
+    /// took its page back already is freed without a return (the lender has it).
     pub fn release(&mut self, port: u32, gpas: &[u64]) -> Result<Vec<(u32, u64)>, PageError> {
         let r = self.members.get(&port).ok_or(PageError::NotMember(port))?;
         let mut idx = Vec::with_capacity(gpas.len());
@@ -298,7 +310,7 @@ impl Ledger {
             }
             idx.push(i);
         }
-        Ok(self.give_back(port, idx))
+        Ok(self.give_back(port, idx, Keep::Free))
     }
 
     /// Every page still out under `loan` comes back (its request was answered); returns the
@@ -312,11 +324,26 @@ impl Ledger {
                 .filter(|&i| r.slots[i].as_ref().is_some_and(|s| s.loan == loan))
                 .collect()
         });
-        self.give_back(to, idx)
+        self.give_back(to, idx, Keep::Free)
+    }
+
+    /// `loan`'s lender went down: its pages come back, and the receiver's slots stay taken
+    /// (`Slot::gone`) until the receiver releases them.
+    fn take_back_loan(&mut self, loan: LoanId) -> Vec<(u32, u64)> {
+        let Some(&(_, to, _)) = self.loans.get(&loan) else {
+            return Vec::new();
+        };
+        let idx: Vec<usize> = self.members.get(&to).map_or(Vec::new(), |r| {
+            (0..r.slots.len())
+                .filter(|&i| r.slots[i].as_ref().is_some_and(|s| s.loan == loan))
+                .collect()
+        });
+        self.give_back(to, idx, Keep::Slots)
     }
 
     /// `port` went down (or left): every page it holds goes back to its lender, and every page
-    /// it lent comes back from its borrower (its RAM may be reused by a fresh driver). Returns
+    /// it lent comes back from its borrower (its RAM may be reused by a fresh driver; the
+    /// borrower's window slots stay taken until it releases them, see `Slot::gone`). Returns
     /// the number of pages moved back.
     pub fn port_down(&mut self, port: u32) -> u64 {
         self.port_down_pages(port).len() as u64
@@ -332,9 +359,9 @@ impl Ledger {
             .filter(|&i| s.slots[i].is_some())
             .collect();
         let lent: BTreeSet<LoanId> = s.lent.values().copied().collect();
-        let mut back = self.give_back(port, held);
+        let mut back = self.give_back(port, held, Keep::Free);
         for loan in lent {
-            back.extend(self.return_loan(loan));
+            back.extend(self.take_back_loan(loan));
         }
         self.stats.returned_on_down += back.len() as u64;
         back
@@ -348,7 +375,9 @@ impl Ledger {
 
     /// Window pages `idx` of `to` go back: the receiver's own pages return there first, then
     /// the lenders' pages return to the lenders (runs of consecutive pages share one `mmap`).
-    fn give_back(&mut self, to: u32, mut idx: Vec<usize>) -> Vec<(u32, u64)> {
+    /// With [`Keep::Slots`] the slots stay taken (marked gone); a gone slot freed returns
+    /// nothing (its lender has its page).
+    fn give_back(&mut self, to: u32, mut idx: Vec<usize>, keep: Keep) -> Vec<(u32, u64)> {
         idx.sort_unstable();
         idx.dedup();
         let Some(r) = self.members.get_mut(&to) else {
@@ -357,6 +386,7 @@ impl Ledger {
         idx.retain(|&i| r.slots.get(i).is_some_and(Option::is_some));
         let (rspace, wstart) = (r.m.space.clone(), r.m.window.start);
         let mut back: Vec<(u32, u64, LoanId)> = Vec::with_capacity(idx.len());
+        let mut freed = 0;
         let mut remaps = 0;
         for run in idx.chunk_by(|a, b| *b == a + 1) {
             remaps += 1;
@@ -371,12 +401,22 @@ impl Ledger {
                 continue;
             }
             for &i in run {
-                if let Some(slot) = r.slots[i].take() {
+                let Some(slot) = r.slots[i].as_mut() else {
+                    continue;
+                };
+                if !slot.gone {
                     back.push((slot.from, slot.src, slot.loan));
+                }
+                match keep {
+                    Keep::Slots => slot.gone = true,
+                    Keep::Free => {
+                        r.slots[i] = None;
+                        freed += 1;
+                    }
                 }
             }
         }
-        r.held -= back.len() as u64;
+        r.held -= freed;
         let mut by_lender: Vec<(u32, u64)> = back.iter().map(|&(f, s, _)| (f, s)).collect();
         by_lender.sort_unstable();
         for run in by_lender.chunk_by(|a, b| a.0 == b.0 && b.1 == a.1 + PAGE_SIZE) {
@@ -403,6 +443,15 @@ impl Ledger {
         self.stats.pages_returned += back.len() as u64;
         back.into_iter().map(|(f, s, _)| (f, s)).collect()
     }
+}
+
+/// Whether [`Ledger::give_back`] frees the receiver's window slots.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Free them (a release, an answer, the receiver going down).
+    Free,
+    /// Keep them taken, marked gone (the lender went down).
+    Slots,
 }
 
 /// Runs of pages consecutive in both lists: `(src, dst, pages)`.
@@ -617,5 +666,41 @@ mod tests {
         assert!(l.return_loan(loan2).is_empty());
         let s = l.stats();
         assert_eq!((s.pages_lent, s.pages_returned), (3, 3));
+    }
+
+    /// The receiver may still read or release a message whose lender went down: its window
+    /// slot stays taken (its own page back in it) until it does, so no other message's page
+    /// lands where the old list points, and its late release frees the slot without
+    /// returning anything (and without taking the new message's pages).
+    #[test]
+    fn a_slot_whose_lender_went_down_stays_taken_until_the_receiver_releases_it() {
+        let (mut l, ma, mb) = two(2);
+        let (_, dst) = l.hand_off(1, 2, &[10 * P]).unwrap();
+        assert_eq!(l.port_down_pages(1), vec![(1, 10 * P)]);
+        assert_eq!(rd(&ma, 10 * P), 0xa000 + 10, "the lender has its page");
+        assert_eq!(
+            rd(&mb, dst[0]),
+            0xb000 + 48,
+            "the receiver sees its own page"
+        );
+        assert_eq!((l.held(2), l.lent(1)), (1, 0), "the slot stays taken");
+        // The lender comes back and lends again: the page lands in the other slot, and with
+        // one slot still taken the cap of 2 refuses a second page.
+        let (_, dst2) = l.hand_off(1, 2, &[11 * P]).unwrap();
+        assert_ne!(dst2[0], dst[0], "never where the old list points");
+        assert!(matches!(
+            l.hand_off(1, 2, &[12 * P]),
+            Err(PageError::ReceiverFull { held: 2, .. })
+        ));
+        // The late release of the old message frees its slot and returns nothing.
+        assert_eq!(l.release(2, &[dst[0]]).unwrap(), vec![]);
+        assert_eq!(
+            rd(&mb, dst2[0]),
+            0xa000 + 11,
+            "the new message's page is still there"
+        );
+        assert_eq!((l.held(2), l.lent(1)), (1, 1));
+        assert_eq!(l.release(2, &[dst2[0]]).unwrap(), vec![(1, 11 * P)]);
+        assert_eq!(l.held(2), 0);
     }
 }
