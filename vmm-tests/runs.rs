@@ -173,11 +173,21 @@ fn a_crashed_worker_loses_nothing() {
     }
     const COUNT: u64 = 3000;
     let r = run_with_w2_failing("crash.toml", COUNT, PATIENT, "crash_after = 500");
-    assert!(r.failovers > 0, "w2's requests were re-dispatched\n{r}");
     let w2 = vm(&r, "w2");
     assert_eq!(w2.exit_status, Some(exit::CRASHED), "{r}");
     assert_eq!(w2.sent, 500, "{r}");
     assert!(port(&r, "w2").down, "{r}");
+    // Every request w2 was given was answered by it (its replies are delivered when its port
+    // goes) or moved to the others, as in the kill test. How many moved is what it held when
+    // it crashed, right after its 500th reply: usually a dozen or more, none when the
+    // clients' vCPUs had not sent it more yet (seen under load), so it is not asserted.
+    let given = member(&r, "echo", "w2").dispatched;
+    assert_eq!(
+        given + r.late_replies_dropped,
+        w2.sent + r.failovers,
+        "w2's work answered or moved\n{r}"
+    );
+    eprintln!("w2 held {} requests when it crashed", r.failovers);
 }
 
 #[test]
