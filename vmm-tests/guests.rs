@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmq::abi::image::{client, driver, peer, worker};
-use vmq::switch::{MonotonicClock, ServiceConfig, Snapshot, Switch, SwitchConfig};
+use vmq::switch::{
+    HealthWeights, MonotonicClock, PolicyKind, ServiceConfig, Snapshot, Switch, SwitchConfig,
+};
 use vmq::vmm::{images, IoeventMode, RunOutcome};
 
 mod common;
@@ -435,4 +437,115 @@ fn a_client_finds_a_vm_added_after_it_started_by_name_through_a_directory_update
     assert_eq!(rw[worker::result::RECEIVED], N);
     assert_eq!(rw[worker::result::PORT_ID], 1);
     assert!(snap.totals.directory_updates >= 1);
+}
+
+/// Polls `cond` until it holds, failing after 30 s (a hang guard: nothing is asserted about
+/// time).
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn weighted_round_robin_gives_each_worker_exactly_its_weight() {
+    if !require_kvm() {
+        return;
+    }
+    const N: u64 = 3000;
+    const WEIGHTS: [f64; 3] = [1.0, 2.0, 3.0];
+    // WRR passes over a worker with no free rx buffer and takes it back at the next sweep, so
+    // in a whole run the shares depend on how soon each worker's vCPU got to post its buffers
+    // (on a loaded machine: tens of picks). Here the switch sees no request before every
+    // worker has posted its whole rx queue, and with at most 32 requests outstanding in 256
+    // buffers none runs out: every pick is WRR's alone, whatever the scheduling. Health is
+    // flat (every metric weighted 0), so the effective weights are the configured ones.
+    let worker_params = [(worker::param::WAIT, driver::WAIT_DOORBELL)];
+    let mut workers: Vec<Guest> = (0..WEIGHTS.len())
+        .map(|i| Guest::start(&format!("wrr-w{i}"), images::WORKER, &worker_params))
+        .collect();
+    let mut sw = switch();
+    let mut members = Vec::new();
+    for (i, (w, weight)) in workers.iter().zip(WEIGHTS).enumerate() {
+        let port = w.activated();
+        wait_until("a worker's rx buffers", || {
+            port.rx_buffers_available() == port.rx_queue_size()
+        });
+        let id = sw
+            .add_port(&format!("w{i}"), port, w.link.notifier())
+            .unwrap();
+        members.push((id, weight));
+    }
+    let mut cfg = patient_service();
+    cfg.policy.kind = PolicyKind::Wrr;
+    cfg.health.weights = HealthWeights {
+        free_rx: 0.0,
+        drain: 0.0,
+        latency: 0.0,
+        errors: 0.0,
+        in_flight: 0.0,
+        load: 0.0,
+    };
+    sw.add_service("echo", cfg, &members).unwrap();
+    let mut clients: Vec<Guest> = (0..2)
+        .map(|i| {
+            Guest::start_named(
+                &format!("wrr-c{i}"),
+                images::CLIENT,
+                &[
+                    (client::param::COUNT, N),
+                    (client::param::SIZE, 64),
+                    (client::param::WINDOW, 16),
+                    (client::param::WAIT, driver::WAIT_DOORBELL),
+                ],
+                &[(client::param::SERVICE, "echo")],
+            )
+        })
+        .collect();
+    for (i, c) in clients.iter().enumerate() {
+        sw.add_port(&format!("c{i}"), c.activated(), c.link.notifier())
+            .unwrap();
+    }
+    let kicks = workers.iter().chain(&clients).map(clone_kick).collect();
+    let lp = SwitchLoop::spawn(sw, kicks);
+    let outcomes: Vec<RunOutcome> = clients.iter_mut().map(|c| c.join()).collect();
+    for w in &mut workers {
+        assert_eq!(w.stop(), RunOutcome::Stopped, "{:?}", w.results());
+    }
+    let (snap, _) = lp.finish();
+    for (c, o) in clients.iter().zip(outcomes) {
+        let r = c.results();
+        assert_eq!(o, RunOutcome::Exited(0), "{}: {r:?}", c.vm.name());
+        assert_eq!(
+            (r[client::result::RECEIVED], r[client::result::OK]),
+            (N, N),
+            "{}: {r:?}",
+            c.vm.name()
+        );
+    }
+    let s = &snap.services[0];
+    assert_eq!(
+        (s.stats.dispatches, s.stats.redispatches),
+        (2 * N, 0),
+        "{s:?}"
+    );
+    // Smooth EDF: over n picks each worker gets n x weight / sum of weights, within one.
+    let sum: f64 = WEIGHTS.iter().sum();
+    let got: Vec<(&str, u64)> = s
+        .members
+        .iter()
+        .map(|m| (m.name.as_str(), m.dispatched))
+        .collect();
+    eprintln!("wrr 1:2:3 over {} requests: {got:?}", 2 * N);
+    for (m, weight) in s.members.iter().zip(WEIGHTS) {
+        let want = (2 * N) as f64 * weight / sum;
+        assert!(
+            (m.dispatched as f64 - want).abs() <= 1.0,
+            "{}: {} dispatches, {want} for weight {weight}: {s:?}",
+            m.name,
+            m.dispatched
+        );
+    }
 }

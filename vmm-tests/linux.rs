@@ -366,6 +366,11 @@ fn a_linux_worker_drained_by_command_and_brought_back_by_a_reload_loses_nothing(
 /// Two `connection` services over workers 4, 5, 6 (weights 1, 2, 3, weighted round robin) for
 /// client guest 3, all on sockets in `dir`: `conns` at CID 100 port 5000 (the workers' STREAM
 /// servers) and `seq` at CID 101 port 6000 (their SEQPACKET servers).
+///
+/// The spread is the test, not failover: health is flat (every metric weighted 0), the stall
+/// window 10 s and the connect timeout 30 s, so the effective weights are the configured
+/// ones however slowly the host runs each TCG guest (with the vsock defaults a worker that
+/// accepts a few times slower than another scores lower, or is passed over after 1 s).
 fn connection_server(dir: &Path) -> vmq::serve::Server {
     let mut text = String::new();
     for cid in [3u64, 4, 5, 6] {
@@ -378,6 +383,9 @@ fn connection_server(dir: &Path) -> vmq::serve::Server {
         text += &format!(
             "[[service]]\nname = \"{name}\"\ncid = {cid}\nport = {port}\nmode = \"connection\"\n\
              policy = {{ kind = \"wrr\" }}\n\
+             health = {{ weights = {{ free_rx = 0.0, drain = 0.0, latency = 0.0, errors = 0.0, \
+             in_flight = 0.0, load = 0.0 }} }}\n\
+             failover = {{ stall_window_ns = 10000000000 }}\nconnect_timeout_ms = 30000\n\
              members = [{{ cid = 4, weight = 1.0 }}, {{ cid = 5, weight = 2.0 }}, {{ cid = 6, weight = 3.0 }}]\n\n"
         );
     }

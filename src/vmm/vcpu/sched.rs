@@ -121,16 +121,13 @@ mod tests {
         });
         let tid = rx.recv().unwrap();
         if let Some(s) = SchedStat::open(tid) {
-            // It blocks in recv (give it a moment to get there).
-            let mut asleep = false;
-            for _ in 0..200 {
-                if s.runnable() == Some(false) {
-                    asleep = true;
-                    break;
-                }
+            // It blocks in recv once the host has run it that far: wait for it (30 s is a hang
+            // guard, nothing is asserted about time).
+            let give_up = Instant::now() + std::time::Duration::from_secs(30);
+            while s.runnable() != Some(false) {
+                assert!(Instant::now() < give_up, "never seen asleep");
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            assert!(asleep);
         }
         done_tx.send(()).unwrap();
         t.join().unwrap();
