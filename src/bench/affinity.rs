@@ -56,3 +56,24 @@ pub fn pin_current_thread(cpu: Option<usize>) {
         );
     }
 }
+
+/// Lets the calling thread (and the threads it spawns from now on, which inherit its mask) run
+/// on every CPU again, after [`pin_current_thread`]. Failure is logged and ignored.
+pub fn unpin_current_thread() {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: `cpu_set_t` is a plain bitmask; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for cpu in 0..n.min(libc::CPU_SETSIZE as usize) {
+        // SAFETY: `cpu` is below CPU_SETSIZE (bounded above), and `set` is a valid,
+        // exclusively borrowed cpu_set_t.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: pid 0 means the calling thread; `set` is a valid cpu_set_t of the size passed.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        log::warn!(
+            "could not unpin thread: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}

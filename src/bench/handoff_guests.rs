@@ -71,6 +71,8 @@ fn rate(case: &str, text: &str, report: &mut Report) -> Option<RunReport> {
 /// Runs every size both ways; `quick` runs a quarter of the messages once, else the best of
 /// two rounds (alternating the paths).
 pub fn run(quick: bool, report: &mut Report) {
+    // The other halves pin this thread; VM threads would inherit its mask.
+    super::unpin_current_thread();
     let rounds = if quick { 1 } else { 2 };
     let placement = "both vCPU threads and the switch thread unpinned, doorbell guests";
     let mut crossover = None;

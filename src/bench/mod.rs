@@ -15,7 +15,7 @@ pub mod switch;
 pub mod vm;
 pub mod vsock;
 
-pub use affinity::{pin_current_thread, Placement};
+pub use affinity::{pin_current_thread, unpin_current_thread, Placement};
 pub use report::{BenchRecord, Report};
 
 use std::time::Duration;
