@@ -41,30 +41,23 @@ impl Placement {
 /// Pins the calling thread to `cpu`. Failure (e.g. a restricted cpuset) is logged and ignored:
 /// the benchmark still runs, only unpinned.
 pub fn pin_current_thread(cpu: Option<usize>) {
-    let Some(cpu) = cpu else { return };
-    // SAFETY: `cpu_set_t` is a plain bitmask; zeroed is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below CPU_SETSIZE for any machine this runs on (checked by the macro's
-    // own bounds logic in libc), and `set` is a valid, exclusively borrowed cpu_set_t.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: pid 0 means the calling thread; `set` is a valid cpu_set_t of the size passed.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc != 0 {
-        log::warn!(
-            "could not pin thread to cpu{cpu}: {}",
-            std::io::Error::last_os_error()
-        );
+    if let Some(cpu) = cpu {
+        set_affinity(cpu..cpu + 1);
     }
 }
 
 /// Lets the calling thread (and the threads it spawns from now on, which inherit its mask) run
 /// on every CPU again, after [`pin_current_thread`]. Failure is logged and ignored.
 pub fn unpin_current_thread() {
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    set_affinity(0..std::thread::available_parallelism().map_or(1, |n| n.get()));
+}
+
+/// Sets the calling thread's CPU mask to `cpus` (those below `CPU_SETSIZE`).
+fn set_affinity(cpus: std::ops::Range<usize>) {
     // SAFETY: `cpu_set_t` is a plain bitmask; zeroed is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for cpu in 0..n.min(libc::CPU_SETSIZE as usize) {
-        // SAFETY: `cpu` is below CPU_SETSIZE (bounded above), and `set` is a valid,
+    for cpu in cpus.clone().filter(|&c| c < libc::CPU_SETSIZE as usize) {
+        // SAFETY: `cpu` is below CPU_SETSIZE (filtered above), and `set` is a valid,
         // exclusively borrowed cpu_set_t.
         unsafe { libc::CPU_SET(cpu, &mut set) };
     }
@@ -72,7 +65,7 @@ pub fn unpin_current_thread() {
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     if rc != 0 {
         log::warn!(
-            "could not unpin thread: {}",
+            "could not set the thread's CPUs to {cpus:?}: {}",
             std::io::Error::last_os_error()
         );
     }

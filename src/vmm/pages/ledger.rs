@@ -316,28 +316,28 @@ impl Ledger {
     /// Every page still out under `loan` comes back (its request was answered); returns the
     /// pages, per lender, as [`Ledger::release`] does.
     pub fn return_loan(&mut self, loan: LoanId) -> Vec<(u32, u64)> {
+        let (to, idx) = self.loan_slots(loan);
+        self.give_back(to, idx, Keep::Free)
+    }
+
+    /// The receiver of `loan` and its window slots holding the loan's pages (none when the
+    /// loan is back already).
+    fn loan_slots(&self, loan: LoanId) -> (u32, Vec<usize>) {
         let Some(&(_, to, _)) = self.loans.get(&loan) else {
-            return Vec::new();
+            return (0, Vec::new());
         };
-        let idx: Vec<usize> = self.members.get(&to).map_or(Vec::new(), |r| {
+        let idx = self.members.get(&to).map_or(Vec::new(), |r| {
             (0..r.slots.len())
                 .filter(|&i| r.slots[i].as_ref().is_some_and(|s| s.loan == loan))
                 .collect()
         });
-        self.give_back(to, idx, Keep::Free)
+        (to, idx)
     }
 
     /// `loan`'s lender went down: its pages come back, and the receiver's slots stay taken
     /// (`Slot::gone`) until the receiver releases them.
     fn take_back_loan(&mut self, loan: LoanId) -> Vec<(u32, u64)> {
-        let Some(&(_, to, _)) = self.loans.get(&loan) else {
-            return Vec::new();
-        };
-        let idx: Vec<usize> = self.members.get(&to).map_or(Vec::new(), |r| {
-            (0..r.slots.len())
-                .filter(|&i| r.slots[i].as_ref().is_some_and(|s| s.loan == loan))
-                .collect()
-        });
+        let (to, idx) = self.loan_slots(loan);
         self.give_back(to, idx, Keep::Slots)
     }
 
