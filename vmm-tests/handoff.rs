@@ -516,10 +516,11 @@ fn a_receiver_that_keeps_pages_is_capped_and_a_reset_lender_gets_them_back() {
     let e = common::vm(&r, "evil");
     assert_eq!(e.exit_status, Some(0), "{r}");
     let h = r.handoff.expect("hand-off counters");
-    // All eight reach it in one poll: four fill its cap, four are copied; it answers (and
-    // releases) the first only and keeps the rest (the switch may dispatch the unanswered
-    // ones to it again, copied once more or moved again) until the lender resets.
-    assert!(h.copied_full >= mode::evil::HOARD - 4, "{h:?}");
+    // It answers (and releases) the first only and keeps the rest, at most its cap of 4, so
+    // of the eight at least three are copied, whenever they arrive (four when all reach it
+    // before it answers the first; the switch may dispatch the unanswered ones to it again,
+    // copied once more or moved again) until the lender resets.
+    assert!(h.copied_full >= mode::evil::HOARD - 1 - 4, "{h:?}");
     assert_eq!(h.ledger.refused_full, h.copied_full, "{h:?}");
     assert_eq!(e.errors, mode::evil::HOARD - 1, "{r}");
     assert!(
