@@ -355,6 +355,17 @@ fn the_handoff_example_parses() {
     );
 }
 
+#[test]
+fn the_handoff_stream_example_parses() {
+    let t = Topology::parse(
+        include_str!("../../topologies/handoff-stream.toml"),
+        "handoff-stream.toml",
+        &["peer"],
+    )
+    .unwrap();
+    assert_eq!(t.handoff.unwrap().config().min_bytes, 0);
+}
+
 /// Peers `a` and `b` (b sends nothing), `a`'s params `params`, then `more`.
 fn peers(params: &str, memory_mib: u64, more: &str) -> Result<Topology, String> {
     Topology::parse(
