@@ -1,6 +1,8 @@
 //! vmq's side of the switch bench: host peers driving real rings through one switch thread.
 
 use super::*;
+use crate::switch::Clock;
+use vm_memory::GuestMemoryMmap;
 
 /// Sends `limit` messages (or until told to stop) in batches, then says how many it sent.
 /// One-way messages go round robin over `dsts`; requests go to service `service`.
@@ -130,14 +132,21 @@ impl Side for VmqBackend {
     }
 }
 
-/// vmq: frontend -> switch -> `backends` backends, one switch thread.
-pub fn run_vmq(
+/// The switch and its host peers for one case: a frontend and `backends` echo backends of
+/// service "echo", `size`-byte messages, the frontend stopping after `limit`.
+struct Wired<B> {
+    sw: Switch<GuestMemoryMmap>,
+    front: VmqFrontend,
+    backs: B,
+}
+
+fn wire(
     case: Case,
     size: u32,
     backends: usize,
-    budget: Budget,
-    placement: SwitchPlacement,
-) -> SwitchRun {
+    limit: u64,
+    clock: Arc<dyn Clock>,
+) -> Wired<impl Iterator<Item = VmqBackend>> {
     assert!(backends >= 1, "at least one backend");
     let cfg = PeerConfig {
         queue_size: QUEUE_SIZE,
@@ -148,7 +157,7 @@ pub fn run_vmq(
         batch: BATCH as usize,
         ..SwitchConfig::default()
     };
-    let mut sw = Switch::new(swcfg, Arc::new(MonotonicClock::new())).expect("switch config");
+    let mut sw = Switch::new(swcfg, clock).expect("switch config");
     let (fpeer, fport) = host_peer(cfg).expect("frontend peer");
     sw.add_port("frontend", fport, Box::new(Polling))
         .expect("add frontend");
@@ -177,20 +186,42 @@ pub fn run_vmq(
         payload: vec![0xa5; size as usize],
         buf: vec![0; buf_len],
         id: 0,
-        limit: limit(budget),
+        limit,
         batch: BATCH,
         stopped: false,
     };
     let backs = back_peers
         .into_iter()
         .enumerate()
-        .map(|(i, peer)| VmqBackend {
+        .map(move |(i, peer)| VmqBackend {
             peer,
             // A plain echo: key 0, no load report.
             echo: (case == Case::RequestReply).then(|| Worker::new(WorkerConfig::default())),
             buf: vec![0; buf_len],
             order: InOrder::nth_of(i, backends),
         });
+    Wired { sw, front, backs }
+}
+
+/// vmq: frontend -> switch -> `backends` backends, one switch thread.
+pub fn run_vmq(
+    case: Case,
+    size: u32,
+    backends: usize,
+    budget: Budget,
+    placement: SwitchPlacement,
+) -> SwitchRun {
+    let Wired {
+        mut sw,
+        front,
+        backs,
+    } = wire(
+        case,
+        size,
+        backends,
+        limit(budget),
+        Arc::new(MonotonicClock::new()),
+    );
     let sides = Sides::new(front, backs, case == Case::RequestReply);
     drive(budget, placement, sides, move |ctl: &Ctl| {
         let mut s = HubStats::start();
@@ -236,56 +267,14 @@ mod lockstep {
         let n: u64 = std::env::var("LS_N").map_or(100_000, |s| s.parse().expect("LS_N"));
         let size = 64u32;
         let backends = case.default_backends();
-        let cfg = PeerConfig {
-            queue_size: QUEUE_SIZE,
-            slot_size: HEADER_SIZE as u32 + size,
-            event_idx: true,
-        };
-        let swcfg = SwitchConfig {
-            batch: BATCH as usize,
-            ..SwitchConfig::default()
-        };
         let clock = Arc::new(ManualClock::new(1_000_000));
-        let mut sw = Switch::new(swcfg, clock.clone()).expect("switch");
-        let (fpeer, fport) = host_peer(cfg).expect("frontend peer");
-        sw.add_port("frontend", fport, Box::new(Polling))
-            .expect("add frontend");
-        let (mut back_ports, mut back_peers) = (Vec::new(), Vec::new());
-        for i in 0..backends {
-            let (peer, port) = host_peer(cfg).expect("backend peer");
-            back_ports.push(
-                sw.add_port(&format!("backend{i}"), port, Box::new(Polling))
-                    .expect("add backend"),
-            );
-            back_peers.push(peer);
-        }
-        let members: Vec<_> = back_ports.iter().map(|&p| (p, 1.0)).collect();
-        let service = sw
-            .add_service("echo", ServiceConfig::default(), &members)
-            .expect("add service");
-        sw.resume_polling();
-        let buf_len = cfg.slot_size as usize;
-        let mut sides: Vec<Box<dyn Side>> = vec![Box::new(VmqFrontend {
-            peer: fpeer,
-            case,
-            dsts: back_ports,
-            next_dst: 0,
-            service,
-            payload: vec![0xa5; size as usize],
-            buf: vec![0; buf_len],
-            id: 0,
-            limit: n,
-            batch: BATCH,
-            stopped: false,
-        })];
-        for (i, peer) in back_peers.into_iter().enumerate() {
-            sides.push(Box::new(VmqBackend {
-                peer,
-                echo: (case == Case::RequestReply).then(|| Worker::new(WorkerConfig::default())),
-                buf: vec![0; buf_len],
-                order: InOrder::nth_of(i, backends),
-            }));
-        }
+        let Wired {
+            mut sw,
+            front,
+            backs,
+        } = wire(case, size, backends, n, clock.clone());
+        let mut sides: Vec<Box<dyn Side>> = vec![Box::new(front)];
+        sides.extend(backs.map(|b| Box::new(b) as Box<dyn Side>));
         let ctl = Ctl::new(1);
         let mut polls = 0u64;
         while ctl.got.load(Ordering::Acquire) != ctl.sent.load(Ordering::Acquire) {
