@@ -363,6 +363,51 @@ fn by_default_referenced_bytes_are_copied_inline() {
     );
 }
 
+/// A worker that never releases the pages of a request (`keep_pages = 1`) still gets them
+/// taken away when it answers: a reply means the request's pages are home, so each reply sends
+/// them back to their client, which hears of it in a notice, and nothing is out at the end.
+#[test]
+fn answering_a_request_returns_its_pages_without_a_release() {
+    if !require_kvm() {
+        return;
+    }
+    let clients = [("c0", 4096, 60), ("c1", 4096, 40)];
+    let mut t = format!(
+        "{}[handoff]\nwindow_pages = 64\nmin_bytes = 0\n",
+        common::RUN_HEAD
+    );
+    for (c, size, count) in clients {
+        t += &format!(
+            "[[vm]]\nname = \"{c}\"\nimage = \"client\"\nparams = {{ mode = {}, service = \"echo\", \
+             count = {count}, size = {size}, wait = \"doorbell\" }}\n",
+            mode::client::HANDOFF
+        );
+    }
+    t += &common::workers(&["w0"], ", size = 4096, keep_pages = 1");
+    t += &common::service(
+        "echo",
+        &["w0"],
+        &format!(
+            "failover = {{ {} }}\nrequest_timeout_ms = 30000",
+            common::PATIENT
+        ),
+    );
+    let r = common::run("handoff-keep.toml", &t);
+    assert_clean(&r, &clients);
+    let h = r.handoff.expect("hand-off counters");
+    eprintln!("{h:?}");
+    assert_eq!((h.handed_off, h.releases), (100, 0), "{h:?}");
+    assert_eq!(
+        h.returned_on_answer, 100,
+        "every reply brought its request's page home: {h:?}"
+    );
+    assert_eq!(
+        (h.ledger.pages_returned, h.notices, h.pages_out),
+        (100, 100, 0),
+        "{h:?}"
+    );
+}
+
 // ---- hostile senders and receivers through the switch ---------------------------------------
 
 use vmq::abi::image::{evil, exit};

@@ -119,6 +119,11 @@ pub const PARAMS: &[(&str, usize, &str)] = &[
         "client, peer: every n-th message immediate, the rest deferred (0 = no flags, 1 = all immediate)",
     ),
     (
+        "keep_pages",
+        worker::param::KEEP_PAGES,
+        "worker: 1 = never release pages it is handed (its reply returns them)",
+    ),
+    (
         "check_stride",
         peer::param::CHECK_STRIDE,
         "peer: check one payload byte in every N it receives, write only those when sending \

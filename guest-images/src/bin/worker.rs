@@ -9,7 +9,8 @@
 //! right after the K-th reply, leaving the rest unanswered; `MUTE_AFTER` K: after the K-th
 //! reply keep taking requests off the rx queue (and re-posting the buffers) but never answer
 //! another one; `LIE_LOAD` n: a liar, spending n more busy-loop iterations per request while
-//! reporting load 0 (idle) in every reply; `WAIT`, `QUEUE_SIZE`, `SIZE`
+//! reporting load 0 (idle) in every reply; `KEEP_PAGES` 1: never release handed-off pages (the
+//! reply returns them); `WAIT`, `QUEUE_SIZE`, `SIZE`
 //! (largest request payload expected: sizes the rx slots, at least 1 KiB).
 //!
 //! Page hand-off: a request whose payload is a page list (header flag `HANDOFF`) is read from
@@ -40,6 +41,8 @@ const MAX: usize = abi::image::MAX_GUEST_PAYLOAD as usize + 1024;
 struct Report {
     window: u64,
     mem_size: u64,
+    /// Never release a request's pages: the reply returns them (`KEEP_PAGES`).
+    keep_pages: bool,
 }
 
 impl WorkerHooks<Vmq> for Report {
@@ -96,7 +99,9 @@ impl WorkerHooks<Vmq> for Report {
             };
             payload[at..at + n].copy_from_slice(src);
         }
-        self.release_refs(dev, &refs[..count])?;
+        if !self.keep_pages {
+            self.release_refs(dev, &refs[..count])?;
+        }
         Some(total)
     }
 }
@@ -163,6 +168,7 @@ fn main(bb: &BootBlock) -> u32 {
     let mut report = Report {
         window: bb.free_end,
         mem_size: bb.mem_size,
+        keep_pages: p[abi::image::worker::param::KEEP_PAGES] != 0,
     };
     match worker.run(&mut dev, &mut report, &mut buf) {
         WorkerStop::Done => 0,

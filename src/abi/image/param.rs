@@ -88,6 +88,9 @@ pub const IMMEDIATE_EVERY: usize = 28;
 /// every byte); as a sender it writes only those bytes. A stride of a page checks one byte per
 /// page, so a bench measures moving the bytes rather than making and checking them.
 pub const CHECK_STRIDE: usize = 22;
+/// `worker`: 1 = read the pages a request was handed but never release them: its reply
+/// returns them (a reply means the request's pages are home); 0 = release them before replying.
+pub const KEEP_PAGES: usize = 23;
 /// How many times a guest's driver checks its rings before it parks on the doorbell (0 = the
 /// driver's default, 4096; read by the driver of every image with a vmq device). A small
 /// value makes a guest park whenever it is idle, which makes its notifications countable.
@@ -120,6 +123,7 @@ const _: () = assert!(super::distinct_below(
         IMMEDIATE_EVERY,
         SPIN,
         CHECK_STRIDE,
+        KEEP_PAGES,
     ],
     NUM_PARAMS
 ));

@@ -5,7 +5,7 @@
 pub mod param {
     pub use super::super::driver::param::*;
     pub use super::super::param::{
-        COUNT, CRASH_AFTER, ERROR_EVERY, LIE_LOAD, MUTE_AFTER, SIZE, SLOW, STALL_AFTER,
+        COUNT, CRASH_AFTER, ERROR_EVERY, KEEP_PAGES, LIE_LOAD, MUTE_AFTER, SIZE, SLOW, STALL_AFTER,
     };
 }
 
