@@ -34,7 +34,7 @@ use vm_memory::GuestMemoryBackend;
 
 use super::{Asked, Drain, NativePort, Port, PortId};
 use crate::virtio::{ChainError, DeliverError, DeviceError, GuestView, Payload, TxChain};
-use crate::wire::pages::{MAX_PAGES, PAGE_SIZE};
+use crate::wire::pages::MAX_PAGES;
 use crate::wire::{MsgHeader, MsgKind, WireError, MAX_PAYLOAD};
 
 /// The `src` of a return notice: the switch's own (it makes such messages, no guest does).
@@ -51,8 +51,6 @@ pub struct HandoffPort<M> {
     hub: SharedHub,
     /// A page list read from a held message (at most [`Hub::MAX_LIST`] bytes).
     list: Vec<u8>,
-    /// Copied bytes of a message copied instead of handed off (at most [`MAX_PAYLOAD`]).
-    copy: Vec<u8>,
     counters: Counters,
 }
 
@@ -75,7 +73,6 @@ impl<M> HandoffPort<M> {
             id,
             hub,
             list: vec![0; Hub::MAX_LIST],
-            copy: Vec::new(),
             counters: Counters::default(),
         }
     }
@@ -163,8 +160,8 @@ impl<M: GuestMemoryBackend + Send + 'static> HandoffPort<M> {
         self.inner.release(c)
     }
 
-    /// Delivers a message copied instead of handed off: the bytes of `refs` read from the
-    /// sender's memory `mem`, inline.
+    /// Delivers a message copied instead of handed off: the bytes of `refs` in the sender's
+    /// memory `mem`, copied straight into the receiver's buffer (one copy), inline.
     fn deliver_copy(
         &mut self,
         header: &MsgHeader,
@@ -172,22 +169,26 @@ impl<M: GuestMemoryBackend + Send + 'static> HandoffPort<M> {
         refs: &[u64],
         total: u32,
     ) -> Result<bool, DeliverError> {
-        let total = total.min(MAX_PAYLOAD) as usize;
-        self.copy.resize(total, 0);
-        for (i, &r) in refs.iter().enumerate() {
-            let at = i * PAGE_SIZE as usize;
-            if at >= total {
-                break;
+        let payload = Payload::Pages {
+            mem,
+            pages: refs,
+            len: total.min(MAX_PAYLOAD),
+        };
+        // Every page's share must read before anything is written (the hub checked members'
+        // references; a non-member's are only known not to repeat).
+        let mut bad = None;
+        payload.for_each_page_span(|addr, _, n| {
+            if bad.is_none() && !mem.in_range(addr, n as u32) {
+                bad = Some(n);
             }
-            let end = (at + PAGE_SIZE as usize).min(total);
-            if !mem.read(r, &mut self.copy[at..end]) {
-                return Err(source_fault(end - at));
-            }
+        });
+        if let Some(n) = bad {
+            return Err(source_fault(n));
         }
         let mut h = *header;
         h.set_handoff(false);
-        h.set_len(total as u32);
-        let r = self.inner.deliver(&h, &Payload::Bytes(&self.copy[..total]));
+        h.set_len(payload.len());
+        let r = self.inner.deliver(&h, &payload);
         if matches!(r, Ok(true)) {
             self.counters.copied_in += 1;
         }

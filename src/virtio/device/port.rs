@@ -306,6 +306,9 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
                         return Err(DeliverError::Source(e));
                     }
                 }
+                Payload::Pages { mem, .. } => {
+                    payload.for_each_page_span(|addr, _, n| w.copy_from(*mem, addr, n as u64));
+                }
             }
             needed as u32
         } else {

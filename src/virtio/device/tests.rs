@@ -12,6 +12,33 @@ use crate::virtio::{
 };
 use crate::wire::{MsgHeader, MsgKind, WireError, HEADER_SIZE};
 
+/// A copied hand-off message's payload is its pages' bytes in list order (not address
+/// order), cut at `len` inside the last page, and never more than its pages hold.
+#[test]
+fn a_pages_payload_reads_its_pages_in_list_order_up_to_its_length() {
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x4000)]).unwrap();
+    for (page, byte) in [(0x1000u64, 1u8), (0x2000, 2), (0x3000, 3)] {
+        mem.write_slice(&[byte; 4096], GuestAddress(page)).unwrap();
+    }
+    let view = GuestView::new(mem);
+    let pages = [0x3000, 0x1000];
+    let p = Payload::Pages {
+        mem: &view,
+        pages: &pages,
+        len: 4096 + 10,
+    };
+    assert_eq!(p.len(), 4106);
+    let mut buf = vec![0u8; 4106];
+    assert_eq!(p.copy_to(&mut buf).unwrap(), 4106);
+    assert!(buf[..4096].iter().all(|&b| b == 3) && buf[4096..].iter().all(|&b| b == 1));
+    let over = Payload::Pages {
+        mem: &view,
+        pages: &pages[..1],
+        len: 9000,
+    };
+    assert_eq!(over.len(), 4096, "no more than its pages hold");
+}
+
 type Ring = DriverRing<GuestView<GuestMemoryMmap>, Vec<u16>>;
 
 /// One side of a queue: a memory with one ring at 0x1000 and a data area after it.

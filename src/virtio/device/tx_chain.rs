@@ -8,6 +8,9 @@ use super::DeviceError;
 use crate::virtio::GuestView;
 use crate::wire::{MsgHeader, HEADER_SIZE};
 
+/// Bytes of one page of a [`Payload::Pages`].
+const PAGE: usize = crate::wire::pages::PAGE_SIZE as usize;
+
 /// Buffers of a chain kept inline in its [`TxChain`]; longer chains are walked again.
 const INLINE_SEGS: usize = 4;
 
@@ -109,6 +112,17 @@ pub enum Payload<'a, M> {
         /// The chain.
         chain: &'a TxChain,
     },
+    /// The first `len` bytes of a run of 4 KiB pages of a port's memory, page after page (a
+    /// page hand-off message copied instead of moved). The caller checked that every page lies
+    /// in `mem`.
+    Pages {
+        /// That port's memory.
+        mem: &'a GuestView<M>,
+        /// Page addresses, in order.
+        pages: &'a [u64],
+        /// Bytes they carry (at most `pages.len()` pages).
+        len: u32,
+    },
 }
 
 impl<M: GuestMemoryBackend> Payload<'_, M> {
@@ -135,6 +149,15 @@ impl<M: GuestMemoryBackend> Payload<'_, M> {
                     return Err(short);
                 }
             }
+            Self::Pages { mem, .. } => {
+                let mut ok = true;
+                self.for_each_page_span(|addr, at, n| {
+                    ok &= mem.read(addr, &mut dst[at..at + n]);
+                });
+                if !ok {
+                    return Err(short);
+                }
+            }
         }
         Ok(len)
     }
@@ -146,6 +169,22 @@ impl<M> Payload<'_, M> {
         match self {
             Self::Bytes(b) => b.len() as u32,
             Self::Chain { chain, .. } => chain.header.len(),
+            Self::Pages { len, pages, .. } => (*len).min((pages.len() * PAGE) as u32),
+        }
+    }
+
+    /// For [`Payload::Pages`]: calls `f(page address, offset in the payload, bytes)` for each
+    /// page's share of the payload, in order (nothing for the other kinds).
+    pub(crate) fn for_each_page_span(&self, mut f: impl FnMut(u64, usize, usize)) {
+        if let Self::Pages { pages, .. } = self {
+            let len = self.len() as usize;
+            for (i, &p) in pages.iter().enumerate() {
+                let at = i * PAGE;
+                if at >= len {
+                    break;
+                }
+                f(p, at, (len - at).min(PAGE));
+            }
         }
     }
     /// Whether the payload is empty.
