@@ -36,7 +36,10 @@ pub use network::{
     DeliveryWatch, NetworkError, ServiceRoute, VmAddress, VmCounters, VmCounts, VmEntry,
     VsockNetwork, CONTROL_QUEUE_MAX, SERVICE_BACKEND_PORTS,
 };
-pub use staging::{read_piece, Owed, Piece, Staging, MAX_SLOTS, PIECE_PAYLOAD, SLOT_SIZE};
+pub use staging::{
+    read_piece, read_piece_between, Owed, Piece, Staging, MAX_SLOTS, PIECE_PAYLOAD, SLOT_SIZE,
+};
+pub(crate) use staging::{ringless_port, staged_port_memory};
 
 use std::sync::{Arc, Mutex};
 

@@ -87,6 +87,11 @@ impl Staging {
         self.in_use.len()
     }
 
+    /// Slots staged now (held by the switch until it releases them).
+    pub fn in_use(&self) -> usize {
+        self.slots() - self.free()
+    }
+
     /// Takes a slot; returns its number and address.
     pub fn take(&mut self) -> Option<(u16, u64)> {
         let i = self.free.pop()?;
@@ -216,3 +221,62 @@ pub fn read_piece<'b>(
         .filter(|h| h.len as usize == len - HEADER_LEN)
         .map(|h| (h, &buf[HEADER_LEN..len])))
 }
+
+/// [`read_piece`] for a port that takes pieces of one VM's connections to one CID only (a
+/// guest's host side, a service backend): `Ok(None)` also when the header's source CID is not
+/// `src` or its destination CID not `dst`. The network routes by CID, but a piece that says
+/// otherwise was not meant for this port and is refused rather than trusted.
+pub fn read_piece_between<'b>(
+    payload: &Payload<'_, GuestMemoryMmap>,
+    buf: &'b mut Piece,
+    src: u64,
+    dst: u64,
+) -> Result<Option<(PacketHeader, &'b [u8])>, DeliverError> {
+    Ok(read_piece(payload, buf)?.filter(|(h, _)| h.src_cid == src && h.dst_cid == dst))
+}
+
+/// The [`Port`](crate::port::Port) methods of a port whose messages all live in its
+/// [`Staging`] (a field named `staging`): its memory, how many it may hold (one per slot), and
+/// copying a payload out. Every vsock port answers these the same way; invoke inside its
+/// `impl Port<GuestMemoryMmap>`.
+macro_rules! staged_port_memory {
+    () => {
+        fn memory(&self) -> &$crate::virtio::GuestView<::vm_memory::GuestMemoryMmap> {
+            self.staging.view()
+        }
+
+        fn max_held(&self) -> u32 {
+            self.staging.slots() as u32
+        }
+
+        fn copy_payload(
+            &mut self,
+            msg: &$crate::virtio::TxChain,
+            buf: &mut [u8],
+        ) -> Result<usize, $crate::virtio::DeviceError> {
+            self.staging.copy_payload(msg, buf)
+        }
+    };
+}
+pub(crate) use staged_port_memory;
+
+/// The [`Port`](crate::port::Port) methods of a port with no guest rings of its own (a guest's
+/// host side, the ports of a service): nothing to publish or notify, no kicks to disarm, and
+/// no vCPU of vmq's to watch (a backend VM's vCPUs are threads of its VMM's process, which vmq
+/// does not see). Invoke inside its `impl Port<GuestMemoryMmap>`.
+macro_rules! ringless_port {
+    () => {
+        fn publish(&mut self) -> bool {
+            false
+        }
+
+        fn notify(&self) {}
+
+        fn disarm_kicks(&mut self) {}
+
+        fn run_queue_wait_ns(&self) -> Option<u64> {
+            None
+        }
+    };
+}
+pub(crate) use ringless_port;

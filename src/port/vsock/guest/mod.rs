@@ -86,7 +86,7 @@ impl VsockPort {
 
     /// Pieces staged now (held by the switch).
     pub fn staged(&self) -> usize {
-        self.staging.slots() - self.staging.free()
+        self.staging.in_use()
     }
 
     /// The shared queue slot; lock it with [`lock`] and hold the guard for the whole batch:

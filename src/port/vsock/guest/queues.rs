@@ -10,11 +10,12 @@ use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 
 use super::{VsockPort, MAX_PIECES};
+use crate::port::vsock::staged_port_memory;
 use crate::port::vsock::SharedQueues;
 use crate::port::vsock::PIECE_PAYLOAD;
 use crate::port::{Drain, Port};
 use crate::vhost_user::DeviceQueues;
-use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
+use crate::virtio::{DeliverError, DeviceError, Payload, TxChain};
 use crate::vsock::packet::{PacketHeader, HEADER_LEN};
 use crate::wire::{MsgHeader, MsgKind};
 
@@ -99,9 +100,7 @@ fn read_chain(
 }
 
 impl Port<GuestMemoryMmap> for VsockPort {
-    fn memory(&self) -> &GuestView<GuestMemoryMmap> {
-        self.staging.view()
-    }
+    staged_port_memory!();
 
     fn take_sent(&mut self, max: usize, sent: &mut Vec<TxChain>) -> Result<usize, DeviceError> {
         let shared = self.shared();
@@ -141,14 +140,6 @@ impl Port<GuestMemoryMmap> for VsockPort {
         self.flush_control(q, mem);
         self.publish_queues(q);
         Ok(sent.len() - before)
-    }
-
-    fn max_held(&self) -> u32 {
-        self.staging.slots() as u32
-    }
-
-    fn copy_payload(&mut self, msg: &TxChain, buf: &mut [u8]) -> Result<usize, DeviceError> {
-        self.staging.copy_payload(msg, buf)
     }
 
     fn release(&mut self, msg: &TxChain) -> Result<(), DeviceError> {

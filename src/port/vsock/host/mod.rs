@@ -41,9 +41,10 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::{read_piece, Staging, VmEntry, PIECE_PAYLOAD};
+use crate::port::vsock::{ringless_port, staged_port_memory};
 use crate::port::{Drain, Port, PortId};
 use crate::switch::Clock;
-use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
+use crate::virtio::{DeliverError, DeviceError, Payload, TxChain};
 use crate::vsock::endpoint::{CloseReason, EndpointConfig, EndpointState};
 use crate::vsock::packet::{Op, HEADER_LEN, HOST_CID};
 use crate::wire::{MsgHeader, MsgKind};
@@ -331,9 +332,7 @@ impl HostPort {
 }
 
 impl Port<GuestMemoryMmap> for HostPort {
-    fn memory(&self) -> &GuestView<GuestMemoryMmap> {
-        self.staging.view()
-    }
+    staged_port_memory!();
 
     fn take_sent(&mut self, max: usize, sent: &mut Vec<TxChain>) -> Result<usize, DeviceError> {
         let departures = self.me.departures.load(Ordering::Acquire);
@@ -353,14 +352,6 @@ impl Port<GuestMemoryMmap> for HostPort {
             self.pump(max, sent);
         }
         Ok(sent.len() - before)
-    }
-
-    fn max_held(&self) -> u32 {
-        self.staging.slots() as u32
-    }
-
-    fn copy_payload(&mut self, msg: &TxChain, buf: &mut [u8]) -> Result<usize, DeviceError> {
-        self.staging.copy_payload(msg, buf)
     }
 
     fn release(&mut self, msg: &TxChain) -> Result<(), DeviceError> {
@@ -406,11 +397,7 @@ impl Port<GuestMemoryMmap> for HostPort {
         Ok(true)
     }
 
-    fn publish(&mut self) -> bool {
-        false
-    }
-
-    fn notify(&self) {}
+    ringless_port!();
 
     fn drain(&self) -> Drain {
         // Never a service's backend: nothing to judge. Every delivery is taken at once.
@@ -424,12 +411,6 @@ impl Port<GuestMemoryMmap> for HostPort {
         self.dirty
     }
 
-    fn disarm_kicks(&mut self) {}
-
-    fn run_queue_wait_ns(&self) -> Option<u64> {
-        None
-    }
-
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let open = |s| self.conns.values().filter(|c| c.ep.state() == s).count() as u64;
         vec![
@@ -438,10 +419,7 @@ impl Port<GuestMemoryMmap> for HostPort {
             ("conns_established", open(EndpointState::Established)),
             ("conns_closed", open(EndpointState::Closed)),
             ("pending_lines", self.pending.len() as u64),
-            (
-                "staged",
-                (self.staging.slots() - self.staging.free()) as u64,
-            ),
+            ("staged", self.staging.in_use() as u64),
         ]
     }
 

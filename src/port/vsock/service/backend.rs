@@ -24,9 +24,10 @@ use vm_memory::GuestMemoryMmap;
 use super::reports::Reporters;
 use super::{reset_to, slot_size};
 use crate::port::vsock::{read_piece, Staging, VmEntry, PIECE_PAYLOAD, SERVICE_BACKEND_PORTS};
+use crate::port::vsock::{ringless_port, staged_port_memory};
 use crate::port::{Drain, Port};
 use crate::switch::Clock;
-use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
+use crate::virtio::{DeliverError, DeviceError, Payload, TxChain};
 use crate::vsock::endpoint::{CloseReason, Endpoint, EndpointConfig, EndpointState, WriteError};
 use crate::vsock::packet::{Op, SockAddr, SocketType, HEADER_LEN};
 use crate::wire::{MsgHeader, MsgKind};
@@ -341,9 +342,7 @@ impl ServiceBackendPort {
 }
 
 impl Port<GuestMemoryMmap> for ServiceBackendPort {
-    fn memory(&self) -> &GuestView<GuestMemoryMmap> {
-        self.staging.view()
-    }
+    staged_port_memory!();
 
     fn take_sent(&mut self, max: usize, sent: &mut Vec<TxChain>) -> Result<usize, DeviceError> {
         let before = sent.len();
@@ -360,14 +359,6 @@ impl Port<GuestMemoryMmap> for ServiceBackendPort {
             self.pump(max, now, deadlines_due, sent);
         }
         Ok(sent.len() - before)
-    }
-
-    fn max_held(&self) -> u32 {
-        self.staging.slots() as u32
-    }
-
-    fn copy_payload(&mut self, msg: &TxChain, buf: &mut [u8]) -> Result<usize, DeviceError> {
-        self.staging.copy_payload(msg, buf)
     }
 
     fn release(&mut self, msg: &TxChain) -> Result<(), DeviceError> {
@@ -455,11 +446,7 @@ impl Port<GuestMemoryMmap> for ServiceBackendPort {
         Ok(true)
     }
 
-    fn publish(&mut self) -> bool {
-        false
-    }
-
-    fn notify(&self) {}
+    ringless_port!();
 
     fn drain(&self) -> Drain {
         let cap = self.cfg.max_in_flight.min(u32::from(u16::MAX)) as u16;
@@ -486,13 +473,6 @@ impl Port<GuestMemoryMmap> for ServiceBackendPort {
 
     fn arm_kicks(&mut self, _rx_wanted: bool) -> bool {
         self.dirty
-    }
-
-    fn disarm_kicks(&mut self) {}
-
-    fn run_queue_wait_ns(&self) -> Option<u64> {
-        // The backend's vCPUs are threads of its VMM's process; vmq does not see them.
-        None
     }
 
     fn close(&mut self) {

@@ -18,8 +18,9 @@ use vm_memory::GuestMemoryMmap;
 
 use super::{reset_to, slot_size};
 use crate::port::vsock::{read_piece, Staging, VmEntry, VsockNetwork, PIECE_PAYLOAD};
+use crate::port::vsock::{ringless_port, staged_port_memory};
 use crate::port::{Drain, Port};
-use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
+use crate::virtio::{DeliverError, DeviceError, Payload, TxChain};
 use crate::vsock::endpoint::{Endpoint, EndpointConfig, EndpointState};
 use crate::vsock::packet::{Op, PacketHeader, SocketType, HEADER_LEN};
 use crate::wire::{MsgHeader, MsgKind, Status};
@@ -373,9 +374,7 @@ impl ServiceFrontPort {
 }
 
 impl Port<GuestMemoryMmap> for ServiceFrontPort {
-    fn memory(&self) -> &GuestView<GuestMemoryMmap> {
-        self.staging.view()
-    }
+    staged_port_memory!();
 
     fn take_sent(&mut self, max: usize, sent: &mut Vec<TxChain>) -> Result<usize, DeviceError> {
         let before = sent.len();
@@ -383,14 +382,6 @@ impl Port<GuestMemoryMmap> for ServiceFrontPort {
             self.pump(max, sent);
         }
         Ok(sent.len() - before)
-    }
-
-    fn max_held(&self) -> u32 {
-        self.staging.slots() as u32
-    }
-
-    fn copy_payload(&mut self, msg: &TxChain, buf: &mut [u8]) -> Result<usize, DeviceError> {
-        self.staging.copy_payload(msg, buf)
     }
 
     fn release(&mut self, msg: &TxChain) -> Result<(), DeviceError> {
@@ -428,11 +419,7 @@ impl Port<GuestMemoryMmap> for ServiceFrontPort {
         Ok(true)
     }
 
-    fn publish(&mut self) -> bool {
-        false
-    }
-
-    fn notify(&self) {}
+    ringless_port!();
 
     fn drain(&self) -> Drain {
         // Never a backend: every delivery is taken at once.
@@ -441,12 +428,6 @@ impl Port<GuestMemoryMmap> for ServiceFrontPort {
 
     fn arm_kicks(&mut self, _rx_wanted: bool) -> bool {
         self.dirty
-    }
-
-    fn disarm_kicks(&mut self) {}
-
-    fn run_queue_wait_ns(&self) -> Option<u64> {
-        None
     }
 
     fn close(&mut self) {

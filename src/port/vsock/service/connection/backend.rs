@@ -26,9 +26,10 @@ use vm_memory::GuestMemoryMmap;
 use super::super::reports::Reporters;
 use super::{apply, Answer, Connect, Out, SharedTable, CHECK_NS};
 use crate::port::vsock::{read_piece, Piece, Staging, VmEntry, PIECE_PAYLOAD};
+use crate::port::vsock::{ringless_port, staged_port_memory};
 use crate::port::{Drain, Port, PortId};
 use crate::switch::Clock;
-use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
+use crate::virtio::{DeliverError, DeviceError, Payload, TxChain};
 use crate::vsock::endpoint::EndpointConfig;
 use crate::vsock::packet::{PacketHeader, HEADER_LEN};
 use crate::wire::{MsgHeader, MsgKind, Status};
@@ -257,9 +258,7 @@ impl ConnBackendPort {
 }
 
 impl Port<GuestMemoryMmap> for ConnBackendPort {
-    fn memory(&self) -> &GuestView<GuestMemoryMmap> {
-        self.staging.view()
-    }
+    staged_port_memory!();
 
     fn take_sent(&mut self, max: usize, sent: &mut Vec<TxChain>) -> Result<usize, DeviceError> {
         let now = self.clock.now_ns();
@@ -272,14 +271,6 @@ impl Port<GuestMemoryMmap> for ConnBackendPort {
         let n = self.outgoing.len().min(max);
         sent.extend(self.outgoing.drain(..n));
         Ok(n)
-    }
-
-    fn max_held(&self) -> u32 {
-        self.staging.slots() as u32
-    }
-
-    fn copy_payload(&mut self, msg: &TxChain, buf: &mut [u8]) -> Result<usize, DeviceError> {
-        self.staging.copy_payload(msg, buf)
     }
 
     fn release(&mut self, msg: &TxChain) -> Result<(), DeviceError> {
@@ -329,11 +320,7 @@ impl Port<GuestMemoryMmap> for ConnBackendPort {
         Ok(true)
     }
 
-    fn publish(&mut self) -> bool {
-        false
-    }
-
-    fn notify(&self) {}
+    ringless_port!();
 
     fn drain(&self) -> Drain {
         let cap = self.cfg.max_connecting.min(u32::from(u16::MAX)) as usize;
@@ -362,13 +349,6 @@ impl Port<GuestMemoryMmap> for ConnBackendPort {
         !self.outgoing.is_empty()
     }
 
-    fn disarm_kicks(&mut self) {}
-
-    fn run_queue_wait_ns(&self) -> Option<u64> {
-        // The backend's vCPUs are threads of its VMM's process; vmq does not see them.
-        None
-    }
-
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let c = self.counters;
         let established = self.table.lock().established_by(self.cfg.member);
@@ -383,10 +363,7 @@ impl Port<GuestMemoryMmap> for ConnBackendPort {
             ("connects_lost", c.lost),
             ("load_reports", self.reporters.reports),
             ("bad_reports", self.reporters.bad),
-            (
-                "staged",
-                (self.staging.slots() - self.staging.free()) as u64,
-            ),
+            ("staged", self.staging.in_use() as u64),
         ]
     }
 

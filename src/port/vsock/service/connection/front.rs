@@ -20,9 +20,10 @@ use vm_memory::GuestMemoryMmap;
 
 use super::{apply, Next, Out, SharedTable, CHECK_NS};
 use crate::port::vsock::{read_piece, Piece, Staging, VsockNetwork, MAX_SLOTS, PIECE_PAYLOAD};
+use crate::port::vsock::{ringless_port, staged_port_memory};
 use crate::port::{Drain, Port};
 use crate::switch::Clock;
-use crate::virtio::{DeliverError, DeviceError, GuestView, Payload, TxChain};
+use crate::virtio::{DeliverError, DeviceError, Payload, TxChain};
 use crate::vsock::packet::{PacketHeader, HEADER_LEN};
 use crate::wire::{MsgHeader, MsgKind};
 
@@ -136,9 +137,7 @@ impl ConnFrontPort {
 }
 
 impl Port<GuestMemoryMmap> for ConnFrontPort {
-    fn memory(&self) -> &GuestView<GuestMemoryMmap> {
-        self.staging.view()
-    }
+    staged_port_memory!();
 
     fn take_sent(&mut self, max: usize, sent: &mut Vec<TxChain>) -> Result<usize, DeviceError> {
         let now = self.clock.now_ns();
@@ -150,14 +149,6 @@ impl Port<GuestMemoryMmap> for ConnFrontPort {
         let n = self.outgoing.len().min(max);
         sent.extend(self.outgoing.drain(..n));
         Ok(n)
-    }
-
-    fn max_held(&self) -> u32 {
-        self.staging.slots() as u32
-    }
-
-    fn copy_payload(&mut self, msg: &TxChain, buf: &mut [u8]) -> Result<usize, DeviceError> {
-        self.staging.copy_payload(msg, buf)
     }
 
     fn release(&mut self, msg: &TxChain) -> Result<(), DeviceError> {
@@ -206,11 +197,7 @@ impl Port<GuestMemoryMmap> for ConnFrontPort {
         Ok(taken)
     }
 
-    fn publish(&mut self) -> bool {
-        false
-    }
-
-    fn notify(&self) {}
+    ringless_port!();
 
     fn drain(&self) -> Drain {
         // Never a backend: every delivery is taken at once (or refused as back-pressure).
@@ -219,12 +206,6 @@ impl Port<GuestMemoryMmap> for ConnFrontPort {
 
     fn arm_kicks(&mut self, _rx_wanted: bool) -> bool {
         !self.outgoing.is_empty()
-    }
-
-    fn disarm_kicks(&mut self) {}
-
-    fn run_queue_wait_ns(&self) -> Option<u64> {
-        None
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -248,10 +229,7 @@ impl Port<GuestMemoryMmap> for ConnFrontPort {
             ("no_connection", c.no_connection),
             ("stale", c.stale),
             ("pending_requests", self.requests_held as u64),
-            (
-                "staged",
-                (self.staging.slots() - self.staging.free()) as u64,
-            ),
+            ("staged", self.staging.in_use() as u64),
         ]
     }
 
