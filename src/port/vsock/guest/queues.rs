@@ -10,9 +10,7 @@ use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 
 use super::{VsockPort, MAX_PIECES};
-use crate::port::vsock::staged_port_memory;
-use crate::port::vsock::SharedQueues;
-use crate::port::vsock::PIECE_PAYLOAD;
+use crate::port::vsock::{staged_port_memory, SharedQueues, PIECE_PAYLOAD};
 use crate::port::{Drain, Port};
 use crate::vhost_user::DeviceQueues;
 use crate::virtio::{DeliverError, DeviceError, Payload, TxChain};

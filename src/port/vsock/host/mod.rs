@@ -40,8 +40,9 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::{read_piece, Staging, VmEntry, PIECE_PAYLOAD};
-use crate::port::vsock::{ringless_port, staged_port_memory};
+use super::{
+    read_piece_between, ringless_port, staged_port_memory, Piece, Staging, VmEntry, PIECE_PAYLOAD,
+};
 use crate::port::{Drain, Port, PortId};
 use crate::switch::Clock;
 use crate::virtio::{DeliverError, DeviceError, Payload, TxChain};
@@ -371,10 +372,10 @@ impl Port<GuestMemoryMmap> for HostPort {
             return Ok(true);
         }
         self.consumed = self.consumed.wrapping_add(1);
-        let mut piece = [0u8; HEADER_LEN + PIECE_PAYLOAD as usize];
-        let (hdr, data) = match read_piece(payload, &mut piece)? {
-            Some((h, data)) if h.src_cid == self.cid() && h.dst_cid == HOST_CID => (h, data),
-            _ => return Ok(false),
+        let mut piece: Piece = [0; HEADER_LEN + PIECE_PAYLOAD as usize];
+        let Some((hdr, data)) = read_piece_between(payload, &mut piece, self.cid(), HOST_CID)?
+        else {
+            return Ok(false);
         };
         let key = (hdr.dst_port, hdr.src_port);
         self.dirty = true;

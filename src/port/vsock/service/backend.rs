@@ -23,8 +23,10 @@ use vm_memory::GuestMemoryMmap;
 
 use super::reports::Reporters;
 use super::{reset_to, slot_size};
-use crate::port::vsock::{read_piece, Staging, VmEntry, PIECE_PAYLOAD, SERVICE_BACKEND_PORTS};
-use crate::port::vsock::{ringless_port, staged_port_memory};
+use crate::port::vsock::{
+    read_piece_between, ringless_port, staged_port_memory, Piece, Staging, VmEntry, PIECE_PAYLOAD,
+    SERVICE_BACKEND_PORTS,
+};
 use crate::port::{Drain, Port};
 use crate::switch::Clock;
 use crate::virtio::{DeliverError, DeviceError, Payload, TxChain};
@@ -409,14 +411,10 @@ impl Port<GuestMemoryMmap> for ServiceBackendPort {
                 self.dirty = true;
             }
             Some(MsgKind::OneWay) => {
-                let mut piece = [0u8; HEADER_LEN + PIECE_PAYLOAD as usize];
-                let (hdr, data) = match read_piece(payload, &mut piece)? {
-                    Some((h, data))
-                        if h.src_cid == self.cid() && h.dst_cid == self.cfg.service_cid =>
-                    {
-                        (h, data)
-                    }
-                    _ => return Ok(false),
+                let mut piece: Piece = [0; HEADER_LEN + PIECE_PAYLOAD as usize];
+                let (src, dst) = (self.cid(), self.cfg.service_cid);
+                let Some((hdr, data)) = read_piece_between(payload, &mut piece, src, dst)? else {
+                    return Ok(false);
                 };
                 self.dirty = true;
                 if Some(hdr.dst_port) == self.cfg.load_port {

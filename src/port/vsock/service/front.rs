@@ -17,8 +17,9 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
 use super::{reset_to, slot_size};
-use crate::port::vsock::{read_piece, Staging, VmEntry, VsockNetwork, PIECE_PAYLOAD};
-use crate::port::vsock::{ringless_port, staged_port_memory};
+use crate::port::vsock::{
+    read_piece, ringless_port, staged_port_memory, Staging, VmEntry, VsockNetwork, PIECE_PAYLOAD,
+};
 use crate::port::{Drain, Port};
 use crate::virtio::{DeliverError, DeviceError, Payload, TxChain};
 use crate::vsock::endpoint::{Endpoint, EndpointConfig, EndpointState};

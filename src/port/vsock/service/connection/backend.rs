@@ -25,8 +25,9 @@ use vm_memory::GuestMemoryMmap;
 
 use super::super::reports::Reporters;
 use super::{apply, Answer, Connect, Out, SharedTable, CHECK_NS};
-use crate::port::vsock::{read_piece, Piece, Staging, VmEntry, PIECE_PAYLOAD};
-use crate::port::vsock::{ringless_port, staged_port_memory};
+use crate::port::vsock::{
+    read_piece_between, ringless_port, staged_port_memory, Piece, Staging, VmEntry, PIECE_PAYLOAD,
+};
 use crate::port::{Drain, Port, PortId};
 use crate::switch::Clock;
 use crate::virtio::{DeliverError, DeviceError, Payload, TxChain};
@@ -301,13 +302,9 @@ impl Port<GuestMemoryMmap> for ConnBackendPort {
             }
             Some(MsgKind::OneWay) => {
                 let mut piece: Piece = [0; HEADER_LEN + PIECE_PAYLOAD as usize];
-                let (h, data) = match read_piece(payload, &mut piece)? {
-                    Some((h, data))
-                        if h.src_cid == self.cid() && h.dst_cid == self.cfg.service_cid =>
-                    {
-                        (h, data)
-                    }
-                    _ => return Ok(false),
+                let (src, dst) = (self.cid(), self.cfg.service_cid);
+                let Some((h, data)) = read_piece_between(payload, &mut piece, src, dst)? else {
+                    return Ok(false);
                 };
                 // A piece for the client, and the reply if it answers a REQUEST.
                 if self.staging.free() < 2 {

@@ -19,8 +19,10 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
 use super::{apply, Next, Out, SharedTable, CHECK_NS};
-use crate::port::vsock::{read_piece, Piece, Staging, VsockNetwork, MAX_SLOTS, PIECE_PAYLOAD};
-use crate::port::vsock::{ringless_port, staged_port_memory};
+use crate::port::vsock::{
+    read_piece, ringless_port, staged_port_memory, Piece, Staging, VsockNetwork, MAX_SLOTS,
+    PIECE_PAYLOAD,
+};
 use crate::port::{Drain, Port};
 use crate::switch::Clock;
 use crate::virtio::{DeliverError, DeviceError, Payload, TxChain};
