@@ -22,7 +22,7 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
 use super::reports::Reporters;
-use super::{reset_to, slot_size};
+use super::{next_backend_port, reset_to, slot_size};
 use crate::port::vsock::{
     read_piece_between, ringless_port, staged_port_memory, Piece, Staging, VmEntry, PIECE_PAYLOAD,
     SERVICE_BACKEND_PORTS,
@@ -164,17 +164,7 @@ impl ServiceBackendPort {
 
     /// A local port no connection of this port uses.
     fn local_port(&mut self) -> u32 {
-        loop {
-            let p = self.next_local;
-            self.next_local = self
-                .next_local
-                .checked_add(1)
-                .filter(|&p| p < u32::MAX)
-                .unwrap_or(SERVICE_BACKEND_PORTS);
-            if !self.conns.contains_key(&p) {
-                return p;
-            }
-        }
+        next_backend_port(&mut self.next_local, |p| self.conns.contains_key(&p))
     }
 
     /// A request dropped with its connection: drained as far as the health rules go (its

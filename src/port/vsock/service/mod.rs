@@ -30,7 +30,7 @@ pub use front::{FrontConfig, ServiceFrontPort};
 
 use std::sync::atomic::Ordering;
 
-use super::VmEntry;
+use super::{VmEntry, SERVICE_BACKEND_PORTS};
 use crate::vsock::endpoint::Endpoint;
 use crate::vsock::packet::{Op, PacketHeader, HEADER_LEN};
 use crate::wire::HEADER_SIZE;
@@ -39,6 +39,24 @@ use crate::wire::HEADER_SIZE;
 /// packet piece with its vsock header, whichever is larger).
 fn slot_size(max_message: u32) -> u64 {
     (HEADER_SIZE + HEADER_LEN) as u64 + u64::from(max_message.max(super::PIECE_PAYLOAD))
+}
+
+/// The next local port at or above [`SERVICE_BACKEND_PORTS`] that `taken` says is free,
+/// counting on from `*next` (which moves past it, wrapping back to the first backend port
+/// before `u32::MAX`): ports go round the whole range, so one given up is reused only after
+/// all the others. Ends because each caller holds far fewer ports (its bound) than the range
+/// has.
+fn next_backend_port(next: &mut u32, taken: impl Fn(u32) -> bool) -> u32 {
+    loop {
+        let p = *next;
+        *next = next
+            .checked_add(1)
+            .filter(|&p| p < u32::MAX)
+            .unwrap_or(SERVICE_BACKEND_PORTS);
+        if !taken(p) {
+            return p;
+        }
+    }
 }
 
 /// Ends connection `ep` (vmq's end of it) for `vm`'s guest with an RST from vmq, written into

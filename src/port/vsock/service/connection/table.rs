@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use super::legs::{rst_to_backend, to_backend};
 use super::{is_local, Counters, Out};
+use crate::port::vsock::service::next_backend_port;
 use crate::port::vsock::{VmEntry, SERVICE_BACKEND_PORTS};
 use crate::port::PortId;
 use crate::vsock::packet::{Op, PacketHeader, SockAddr, SocketType};
@@ -318,17 +319,7 @@ impl ConnTable {
 
     /// A service-side port no leg uses.
     pub(super) fn free_local(&mut self) -> u32 {
-        loop {
-            let p = self.next_local;
-            self.next_local = self
-                .next_local
-                .checked_add(1)
-                .filter(|&p| p < u32::MAX)
-                .unwrap_or(SERVICE_BACKEND_PORTS);
-            if !self.locals.contains_key(&p) {
-                return p;
-            }
-        }
+        next_backend_port(&mut self.next_local, |p| self.locals.contains_key(&p))
     }
 
     /// The connection with id `id` on its attempt `attempt`, by its client's address.
