@@ -24,7 +24,7 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
 use super::super::reports::Reporters;
-use super::{apply, Answer, Connect, Out, SharedTable, CHECK_NS};
+use super::{apply, hand_over, Answer, Connect, Out, SharedTable, CHECK_NS};
 use crate::port::vsock::{
     read_piece_between, ringless_port, staged_port_memory, Piece, Staging, VmEntry, PIECE_PAYLOAD,
 };
@@ -269,9 +269,7 @@ impl Port<GuestMemoryMmap> for ConnBackendPort {
             self.check(now);
         }
         self.reporters.pump(&mut self.staging, &mut self.outgoing);
-        let n = self.outgoing.len().min(max);
-        sent.extend(self.outgoing.drain(..n));
-        Ok(n)
+        Ok(hand_over(&mut self.outgoing, max, sent))
     }
 
     fn release(&mut self, msg: &TxChain) -> Result<(), DeviceError> {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use vm_memory::GuestMemoryMmap;
 
-use super::{apply, Next, Out, SharedTable, CHECK_NS};
+use super::{apply, hand_over, Next, Out, SharedTable, CHECK_NS};
 use crate::port::vsock::{
     read_piece, ringless_port, staged_port_memory, Piece, Staging, VsockNetwork, MAX_SLOTS,
     PIECE_PAYLOAD,
@@ -148,9 +148,7 @@ impl Port<GuestMemoryMmap> for ConnFrontPort {
             self.table.lock().sweep(now, &mut self.outs);
             apply(&mut self.staging, &mut self.outs, &[], &mut self.outgoing);
         }
-        let n = self.outgoing.len().min(max);
-        sent.extend(self.outgoing.drain(..n));
-        Ok(n)
+        Ok(hand_over(&mut self.outgoing, max, sent))
     }
 
     fn release(&mut self, msg: &TxChain) -> Result<(), DeviceError> {

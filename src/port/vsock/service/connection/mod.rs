@@ -158,6 +158,14 @@ fn apply(staging: &mut Staging, outs: &mut Vec<Out>, payload: &[u8], sent: &mut 
     }
 }
 
+/// Moves at most `max` of the packets a port staged (oldest first) into `sent`, the switch's
+/// batch; the rest wait for the next pass. Returns how many moved.
+fn hand_over(outgoing: &mut Vec<TxChain>, max: usize, sent: &mut Vec<TxChain>) -> usize {
+    let n = outgoing.len().min(max);
+    sent.extend(outgoing.drain(..n));
+    n
+}
+
 /// Whether `port` is one of the ports vmq opens to backends.
 fn is_local(port: u32) -> bool {
     port >= SERVICE_BACKEND_PORTS
