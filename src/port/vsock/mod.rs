@@ -20,7 +20,8 @@
 //!
 //! Files: `guest` ([`VsockPort`]: what becomes of each packet the guest sends) and its
 //! `queues` (the device's rings: taking tx, delivering rx, control packets, the [`Port`] impl);
-//! `staging`, `network`, `host` (a guest's host side) and `service` (load-balanced services).
+//! `staging` (also the [`Port`] methods every staging-backed port answers alike), `network`,
+//! `host` (a guest's host side) and `service` (load-balanced services).
 //!
 //! [`Port`]: crate::port::Port
 

@@ -1,5 +1,8 @@
 //! [`Staging`]: host memory where a vsock port keeps the packets it took from its guest until
-//! the switch has delivered them, so the guest's tx descriptors go back at once.
+//! the switch has delivered them, so the guest's tx descriptors go back at once; with it, how a
+//! delivered piece is read back ([`read_piece`]) and the [`Port`](crate::port::Port) methods
+//! that every port built on a `Staging` answers the same way (`staged_port_memory!`,
+//! `ringless_port!`).
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
