@@ -88,11 +88,12 @@ fn a_backend_that_reports_idle_while_it_does_not_read_is_caught() {
         }
         if n > 100 && n % 10 == 5 && !caught {
             let snap = server.snapshot();
-            // Caught: its report is distrusted and its weight follows the queue it does not
-            // drain.
+            // Caught: its report was distrusted and its weight follows the queue it does not
+            // drain. The count, not the flag: the flag may already have cleared (an ejected
+            // member's report is moot) by the time this samples it.
             if snap.is_some_and(|s| {
                 let m = &s.services[0].members[0];
-                m.load_report_suspect && m.weight < 0.1
+                m.load_reports_suspected > 0 && m.weight < 0.1
             }) {
                 caught = true;
                 w[0].reading = true;
