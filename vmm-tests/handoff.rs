@@ -269,8 +269,8 @@ use vmq::abi::mode;
 use vmq::runner::RunReport;
 
 /// A topology with `[handoff]` (`extra` lines in it): hand-off clients `(name, size, count)`
-/// sending to service `echo`, served by one worker.
-fn handoff_run(name: &str, extra: &str, clients: &[(&str, u64, u64)]) -> RunReport {
+/// sending to service `echo`, served by one worker (more `worker` params).
+fn handoff_run(name: &str, extra: &str, worker: &str, clients: &[(&str, u64, u64)]) -> RunReport {
     let mut t = format!(
         "{}[handoff]\nwindow_pages = 64\n{extra}\n",
         common::RUN_HEAD
@@ -282,7 +282,7 @@ fn handoff_run(name: &str, extra: &str, clients: &[(&str, u64, u64)]) -> RunRepo
             mode::client::HANDOFF
         );
     }
-    t += &common::workers(&["w0"], ", size = 4096");
+    t += &common::workers(&["w0"], &format!(", size = 4096{worker}"));
     t += &common::service(
         "echo",
         &["w0"],
@@ -318,7 +318,7 @@ fn handed_off_pages_reach_the_worker_intact_and_all_come_home() {
     }
     // A page (the guest images carry at most 4 KiB); 3000 bytes: below min_bytes.
     let clients = [("big", 4096, 60), ("small", 3000, 40)];
-    let r = handoff_run("handoff.toml", "min_bytes = 4096", &clients);
+    let r = handoff_run("handoff.toml", "min_bytes = 4096", "", &clients);
     assert_clean(&r, &clients);
     let h = r.handoff.expect("hand-off counters");
     eprintln!("{h:?}");
@@ -348,7 +348,7 @@ fn by_default_referenced_bytes_are_copied_inline() {
         return;
     }
     let clients = [("c0", 4000, 30)];
-    let r = handoff_run("handoff-copy.toml", "", &clients);
+    let r = handoff_run("handoff-copy.toml", "", "", &clients);
     assert_clean(&r, &clients);
     let h = r.handoff.expect("hand-off counters");
     assert_eq!((h.handed_off, h.copied_small), (0, 30), "{h:?}");
@@ -372,27 +372,12 @@ fn answering_a_request_returns_its_pages_without_a_release() {
         return;
     }
     let clients = [("c0", 4096, 60), ("c1", 4096, 40)];
-    let mut t = format!(
-        "{}[handoff]\nwindow_pages = 64\nmin_bytes = 0\n",
-        common::RUN_HEAD
+    let r = handoff_run(
+        "handoff-keep.toml",
+        "min_bytes = 0",
+        ", keep_pages = 1",
+        &clients,
     );
-    for (c, size, count) in clients {
-        t += &format!(
-            "[[vm]]\nname = \"{c}\"\nimage = \"client\"\nparams = {{ mode = {}, service = \"echo\", \
-             count = {count}, size = {size}, wait = \"doorbell\" }}\n",
-            mode::client::HANDOFF
-        );
-    }
-    t += &common::workers(&["w0"], ", size = 4096, keep_pages = 1");
-    t += &common::service(
-        "echo",
-        &["w0"],
-        &format!(
-            "failover = {{ {} }}\nrequest_timeout_ms = 30000",
-            common::PATIENT
-        ),
-    );
-    let r = common::run("handoff-keep.toml", &t);
     assert_clean(&r, &clients);
     let h = r.handoff.expect("hand-off counters");
     eprintln!("{h:?}");
