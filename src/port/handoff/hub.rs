@@ -237,7 +237,8 @@ impl Hub {
     /// moved pages come back, so a sender learns of every hand-off message's pages the same
     /// way (a one-way message has no reply to say so).
     pub fn copied(&mut self, from: PortId, refs: &[u64]) {
-        self.returned(message::notices(refs.iter().map(|&r| (from, r)).collect()));
+        // Nothing moved, so no loan changed: only the notices.
+        self.queue_notices(message::notices(refs.iter().map(|&r| (from, r)).collect()));
     }
 
     /// `port`'s guest released the pages `list` names; the lenders get return notices.
@@ -286,6 +287,11 @@ impl Hub {
         let ledger = &self.ledger;
         self.answers.retain(|_, v| ledger.is_out(v.0));
         self.by_chain.retain(|_, v| ledger.is_out(*v));
+        self.queue_notices(notices);
+    }
+
+    /// Queues return notices for their lenders, at most [`MAX_NOTICES`] each.
+    fn queue_notices(&mut self, notices: Vec<(PortId, Vec<u8>)>) {
         for (lender, list) in notices {
             let q = self.notices.entry(lender).or_default();
             if q.len() >= MAX_NOTICES {

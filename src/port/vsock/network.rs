@@ -313,7 +313,7 @@ impl VsockNetwork {
     }
 
     fn services(&self) -> MutexGuard<'_, HashMap<u64, ServiceRoute>> {
-        self.services.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.services)
     }
 
     /// The switch port a packet from VM `from` to `dst_cid:dst_port` goes to when `dst_cid`
@@ -355,7 +355,7 @@ impl VsockNetwork {
 
     /// The relayed connections.
     pub fn relay(&self) -> MutexGuard<'_, Relay> {
-        self.relay.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.relay)
     }
 
     /// VM `cid` went away (its VMM stopped the device or disconnected): its connections end and

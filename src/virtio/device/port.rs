@@ -293,6 +293,26 @@ impl<M: GuestMemoryBackend> DevicePort<M> {
         };
         let needed = HEADER_SIZE as u64 + payload.len() as u64;
         let fits = capacity >= needed;
+        // A page run is written without a chain walk to vouch for it: every page's share must
+        // read before anything is written.
+        if fits {
+            if let Payload::Pages { mem, .. } = payload {
+                let mut bad = None;
+                payload.for_each_page_span(|addr, _, n| {
+                    if bad.is_none() && !mem.in_range(addr, n as u32) {
+                        bad = Some(ChainError::BufferOutOfRange {
+                            addr,
+                            len: n as u32,
+                        });
+                    }
+                });
+                if let Some(e) = bad {
+                    // Undo the pop: the rx buffer is still the guest's to use.
+                    self.rx.unpop_avail();
+                    return Err(DeliverError::Source(e));
+                }
+            }
+        }
         let mut w = ChainWriter::new(&self.mem, &self.rx_segs);
         let written = if fits {
             w.write(&header.to_bytes());

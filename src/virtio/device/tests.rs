@@ -367,6 +367,40 @@ fn event_idx_kicks_follow_avail_event() {
     assert_eq!((c.kicks, c.kicks_suppressed), (2, 4));
 }
 
+/// A page run with a page outside the sender's memory is the sender's fault: nothing is
+/// written, and the receiver keeps its rx buffer for the next delivery.
+#[test]
+fn a_pages_payload_with_a_page_outside_memory_is_refused_before_anything_is_written() {
+    let (mut s, q) = side(8, 8192, false);
+    let mut port = rx_port(&s, 8, false, q);
+    s.ring.add(&[Buf::writable(s.data, 8192)]).unwrap();
+    s.ring.publish().unwrap();
+    let src = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x2000)]).unwrap();
+    let view = GuestView::new(src);
+    let (h, _) = msg_bytes(1, 0);
+    let bad = Payload::Pages {
+        mem: &view,
+        pages: &[0x1000, 0x8000],
+        len: 8000,
+    };
+    assert!(matches!(
+        port.deliver::<GuestMemoryMmap>(&h, &bad),
+        Err(DeliverError::Source(_))
+    ));
+    let good = Payload::Pages {
+        mem: &view,
+        pages: &[0x1000],
+        len: 100,
+    };
+    let (written, whole) = port.deliver::<GuestMemoryMmap>(&h, &good).unwrap();
+    assert_eq!((written, whole), (HEADER_SIZE as u32 + 100, true));
+    port.publish_rx();
+    assert!(
+        s.ring.pop_used().unwrap().is_some(),
+        "the same buffer took the good one"
+    );
+}
+
 #[test]
 fn event_idx_interrupts_follow_used_event() {
     let (mut s, q) = side(8, 64, true);

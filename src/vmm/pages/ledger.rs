@@ -316,28 +316,30 @@ impl Ledger {
     /// Every page still out under `loan` comes back (its request was answered); returns the
     /// pages, per lender, as [`Ledger::release`] does.
     pub fn return_loan(&mut self, loan: LoanId) -> Vec<(u32, u64)> {
-        let (to, idx) = self.loan_slots(loan);
+        let Some((to, idx)) = self.loan_slots(loan) else {
+            return Vec::new();
+        };
         self.give_back(to, idx, Keep::Free)
     }
 
-    /// The receiver of `loan` and its window slots holding the loan's pages (none when the
+    /// The receiver of `loan` and its window slots holding the loan's pages (`None` when the
     /// loan is back already).
-    fn loan_slots(&self, loan: LoanId) -> (u32, Vec<usize>) {
-        let Some(&(_, to, _)) = self.loans.get(&loan) else {
-            return (0, Vec::new());
-        };
+    fn loan_slots(&self, loan: LoanId) -> Option<(u32, Vec<usize>)> {
+        let &(_, to, _) = self.loans.get(&loan)?;
         let idx = self.members.get(&to).map_or(Vec::new(), |r| {
             (0..r.slots.len())
                 .filter(|&i| r.slots[i].as_ref().is_some_and(|s| s.loan == loan))
                 .collect()
         });
-        (to, idx)
+        Some((to, idx))
     }
 
     /// `loan`'s lender went down: its pages come back, and the receiver's slots stay taken
     /// (`Slot::gone`) until the receiver releases them.
     fn take_back_loan(&mut self, loan: LoanId) -> Vec<(u32, u64)> {
-        let (to, idx) = self.loan_slots(loan);
+        let Some((to, idx)) = self.loan_slots(loan) else {
+            return Vec::new();
+        };
         self.give_back(to, idx, Keep::Slots)
     }
 
@@ -446,7 +448,7 @@ impl Ledger {
 }
 
 /// Whether [`Ledger::give_back`] frees the receiver's window slots.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Keep {
     /// Free them (a release, an answer, the receiver going down).
     Free,

@@ -430,8 +430,9 @@ impl ConnTable {
         }
         let c = &mut self.counters;
         let open = matches!(before, Some(ConnState::Requested | ConnState::Established));
-        let by_backend = hdr.op == Op::Rst as u16 && open && !from_client;
-        match (hdr.op == Op::Rst as u16 && open, from_client) {
+        let rst = hdr.op == Op::Rst as u16 && open;
+        let by_backend = rst && !from_client;
+        match (rst, from_client) {
             (true, true) => c.reset_by_client += 1,
             (true, false) => c.reset_by_backend += 1,
             (false, _) => c.closed += 1,
